@@ -1,0 +1,98 @@
+//! The bench contract (`../shared/bench/CONTRACT.md`) with plain blocking handlers.
+//!
+//! ```text
+//! cargo build --release --example bench_server
+//! PORT=18080 target/release/examples/bench_server
+//! ../shared/bench/compare.sh target/release/examples/bench_server
+//! ```
+//!
+//! Logs only warnings and errors, so that the access log does not weigh on the numbers;
+//! `RUST_LOG` overrides that.
+
+use std::io::Read;
+use std::time::Duration;
+
+use syncbridge::bytes::Bytes;
+use syncbridge::http::{header, HeaderValue, StatusCode};
+use syncbridge::{Request, Response, ResponseBody, Server};
+
+const CHUNK: usize = 64 * 1024;
+static XS: [u8; CHUNK] = [b'x'; CHUNK];
+
+fn query_u64(req: &Request, key: &str) -> u64 {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn plain(body: impl Into<ResponseBody>) -> Response {
+    let mut response = Response::new(body.into());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn upload(mut req: Request) -> std::io::Result<Response> {
+    let (mut len, mut sum) = (0u64, 0u64);
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = req.body_mut().read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        sum = buf[..n]
+            .iter()
+            .fold(sum, |acc, &b| acc.wrapping_add(u64::from(b)));
+    }
+    Ok(plain(format!("{len} {sum}")))
+}
+
+fn download(req: &Request) -> Response {
+    let total = query_u64(req, "bytes");
+    let chunks = (0..total.div_ceil(CHUNK as u64)).map(move |i| {
+        let k = (total - i * CHUNK as u64).min(CHUNK as u64) as usize;
+        Ok(Bytes::from_static(&XS[..k]))
+    });
+    let mut response = Response::new(ResponseBody::from_iter(chunks));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    response
+}
+
+fn route(req: Request) -> std::io::Result<Response> {
+    match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/hello") => Ok(plain("Hello, World!")),
+        ("GET", "/sleep") => {
+            std::thread::sleep(Duration::from_millis(query_u64(&req, "ms")));
+            Ok(plain("ok"))
+        }
+        ("POST", "/upload") => upload(req),
+        ("GET", "/download") => Ok(download(&req)),
+        _ => {
+            let mut response = plain("not found");
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            Ok(response)
+        }
+    }
+}
+
+fn main() -> syncbridge::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let port = std::env::var("PORT").unwrap_or_else(|_| "18080".to_owned());
+    Server::bind(format!("127.0.0.1:{port}")).serve(route)
+}

@@ -1,0 +1,27 @@
+//! Bodies in both directions, and the bounded channel that carries them across the
+//! sync/async line.
+//!
+//! ```text
+//! request:  hyper Incoming --(async pump, in the service future)--> channel --> Body: io::Read
+//! response: ResponseBody --(producer, on the handler thread)--> channel --> BridgeBody --> hyper
+//! ```
+
+mod bridge;
+pub(crate) mod channel;
+mod produce;
+mod request;
+mod response;
+
+pub use bridge::BridgeBody;
+pub(crate) use bridge::Completion;
+pub(crate) use produce::{produce, Produced};
+pub use request::Body;
+pub use response::ResponseBody;
+pub(crate) use response::{Producer, ResponseKind};
+
+/// The most bytes in one chunk read from a response reader or written through a writer.
+pub(crate) const CHUNK_SIZE: usize = 64 * 1024;
+
+/// The most chunks in flight in one direction of one request. With 64 KiB chunks a
+/// request holds at most 256 KiB of response body in the bridge, whatever its size.
+pub(crate) const CHUNKS_IN_FLIGHT: usize = 4;

@@ -1,0 +1,120 @@
+//! Runs a streamed response body's producer on the handler thread.
+
+use std::io::{self, Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::{Bytes, BytesMut};
+
+use super::channel::{Closed, Sender};
+use super::{Producer, CHUNK_SIZE};
+use crate::error::panic_message;
+
+/// How a producer ended.
+#[derive(Debug)]
+pub(crate) enum Produced {
+    /// Every chunk was handed over; `u64` bytes.
+    Complete(u64),
+    /// The client went away (or the response was dropped) after `u64` bytes.
+    Disconnected(u64),
+    /// The producer failed; the response was aborted.
+    Failed(io::Error),
+    /// The producer panicked; the response was aborted.
+    Panicked(String),
+}
+
+/// Drives `producer` into `tx` until it ends, the receiver goes away, or it fails.
+/// The producer is dropped before this returns, so a disconnect frees what it holds.
+pub(crate) fn produce(producer: Producer, tx: Sender) -> Produced {
+    let mut sent = 0u64;
+    let result = catch_unwind(AssertUnwindSafe(|| run(producer, &tx, &mut sent)));
+    match result {
+        Ok(Ok(())) => {
+            tx.finish();
+            Produced::Complete(sent)
+        }
+        Ok(Err(err)) if err.kind() == io::ErrorKind::BrokenPipe && tx.is_closed() => {
+            Produced::Disconnected(sent)
+        }
+        Ok(Err(err)) => {
+            tx.fail(err.kind(), err.to_string());
+            Produced::Failed(err)
+        }
+        Err(payload) => {
+            // Dropping `tx` unfinished aborts the response rather than ending it cleanly.
+            drop(tx);
+            Produced::Panicked(panic_message(&*payload))
+        }
+    }
+}
+
+fn broken_pipe(_: Closed) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the client went away")
+}
+
+fn run(producer: Producer, tx: &Sender, sent: &mut u64) -> io::Result<()> {
+    match producer {
+        Producer::Reader(mut reader) => {
+            let mut buf = BytesMut::new();
+            loop {
+                // `reserve` takes back the previous chunk's allocation once hyper has
+                // written and dropped it, so a steady stream reuses a few buffers.
+                buf.reserve(CHUNK_SIZE);
+                buf.resize(CHUNK_SIZE, 0);
+                let n = loop {
+                    match reader.read(&mut buf[..]) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                };
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                tx.blocking_send(buf.split().freeze())
+                    .map_err(broken_pipe)?;
+                *sent += n as u64;
+            }
+        }
+        Producer::Iter(iter) => {
+            for chunk in iter {
+                let chunk = chunk?;
+                if chunk.is_empty() {
+                    continue;
+                }
+                let n = chunk.len() as u64;
+                tx.blocking_send(chunk).map_err(broken_pipe)?;
+                *sent += n;
+            }
+            Ok(())
+        }
+        Producer::Writer(write) => {
+            let mut writer = ChannelWriter { tx, sent };
+            write(&mut writer)
+        }
+    }
+}
+
+/// The `io::Write` a writer-style body writes into: each write becomes a chunk.
+struct ChannelWriter<'a> {
+    tx: &'a Sender,
+    sent: &'a mut u64,
+}
+
+impl Write for ChannelWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(CHUNK_SIZE);
+        self.tx
+            .blocking_send(Bytes::copy_from_slice(&buf[..n]))
+            .map_err(broken_pipe)?;
+        *self.sent += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! The request body a handler reads: `std::io::Read` over bounded chunks.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::task::Poll;
+
+use bytes::{Buf, Bytes};
+
+use super::channel::Receiver;
+
+/// The body of a [`Request`](crate::Request): read it with [`std::io::Read`] or chunk by
+/// chunk with [`Body::chunk`].
+///
+/// A body that came off the network is fed by the connection task through a bounded
+/// channel (a few chunks at most), so it is never held whole in memory, and a handler that
+/// reads slowly slows the client down. A body over the server's size limit fails the read
+/// with an [`io::Error`] of kind [`io::ErrorKind::InvalidData`] and the client gets
+/// `413 Payload Too Large`, whatever the handler answers.
+///
+/// # Where it may be read
+///
+/// Reading blocks the calling thread while the next chunk is on its way, so read it from
+/// a handler thread or any plain thread. Read from async code (inside a tokio runtime), a
+/// read that would have to wait fails with an [`io::Error`] instead of blocking the runtime,
+/// which could be the very thread that has to deliver the chunk.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::Read;
+/// use syncbridge::Body;
+///
+/// let mut body = Body::from("hello");
+/// let mut text = String::new();
+/// body.read_to_string(&mut text).unwrap();
+/// assert_eq!(text, "hello");
+/// ```
+pub struct Body {
+    kind: Kind,
+}
+
+enum Kind {
+    Empty,
+    Full(Bytes),
+    Streamed { rx: Receiver, current: Bytes },
+}
+
+impl Body {
+    /// A body with no bytes.
+    pub fn empty() -> Self {
+        Body { kind: Kind::Empty }
+    }
+
+    pub(crate) fn streamed(rx: Receiver) -> Self {
+        Body {
+            kind: Kind::Streamed {
+                rx,
+                current: Bytes::new(),
+            },
+        }
+    }
+
+    /// The next chunk of the body as it arrived, or `None` at its end.
+    ///
+    /// What [`Read`] has not consumed of the current chunk comes first. Blocks like
+    /// [`Read::read`]; see the type docs for where that is allowed.
+    ///
+    /// # Errors
+    ///
+    /// The client went away, sent a malformed body, or went past the size limit.
+    pub fn chunk(&mut self) -> io::Result<Option<Bytes>> {
+        match &mut self.kind {
+            Kind::Empty => Ok(None),
+            Kind::Full(bytes) => {
+                if bytes.is_empty() {
+                    Ok(None)
+                } else {
+                    Ok(Some(std::mem::take(bytes)))
+                }
+            }
+            Kind::Streamed { rx, current } => {
+                if !current.is_empty() {
+                    return Ok(Some(std::mem::take(current)));
+                }
+                recv(rx)
+            }
+        }
+    }
+
+    /// Reads the whole body into memory. Only for bodies you know are small: the size
+    /// limit still applies, but everything up to it is held at once.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Body::chunk`].
+    pub fn to_bytes(mut self) -> io::Result<Bytes> {
+        let first = match self.chunk()? {
+            None => return Ok(Bytes::new()),
+            Some(chunk) => chunk,
+        };
+        let Some(second) = self.chunk()? else {
+            return Ok(first);
+        };
+        let mut all = Vec::with_capacity(first.len() + second.len());
+        all.extend_from_slice(&first);
+        all.extend_from_slice(&second);
+        while let Some(chunk) = self.chunk()? {
+            all.extend_from_slice(&chunk);
+        }
+        Ok(all.into())
+    }
+
+    /// Whether the body is known to have no more bytes, without blocking.
+    pub fn is_end(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(bytes) => bytes.is_empty(),
+            Kind::Streamed { rx, current } => current.is_empty() && rx.is_end(),
+        }
+    }
+}
+
+/// Takes the next chunk, refusing to block a thread that runs async code.
+fn recv(rx: &Receiver) -> io::Result<Option<Bytes>> {
+    if let Poll::Ready(next) = rx.try_recv() {
+        return next.transpose();
+    }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "syncbridge::Body read from async code would block the runtime; \
+             read it on a handler thread (or through ensure_async)",
+        ));
+    }
+    rx.blocking_recv().transpose()
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let current = match &mut self.kind {
+            Kind::Empty => return Ok(0),
+            Kind::Full(bytes) => bytes,
+            Kind::Streamed { rx, current } => {
+                while current.is_empty() {
+                    match recv(rx)? {
+                        Some(chunk) => *current = chunk,
+                        None => return Ok(0),
+                    }
+                }
+                current
+            }
+        };
+        let n = buf.len().min(current.len());
+        buf[..n].copy_from_slice(&current[..n]);
+        current.advance(n);
+        Ok(n)
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::empty()
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Empty => "empty",
+            Kind::Full(_) => "full",
+            Kind::Streamed { .. } => "streamed",
+        };
+        f.debug_struct("Body").field("kind", &kind).finish()
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Body {
+            kind: Kind::Full(bytes),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Self {
+        Body::from(Bytes::from(bytes))
+    }
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Self {
+        Body::from(Bytes::from(s))
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(s: &'static str) -> Self {
+        Body::from(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(s: &'static [u8]) -> Self {
+        Body::from(Bytes::from_static(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::channel::channel;
+
+    #[test]
+    fn reads_across_chunks_and_reports_eof() {
+        let (tx, rx) = channel(4);
+        let mut body = Body::streamed(rx);
+        std::thread::spawn(move || {
+            tx.blocking_send(Bytes::from_static(b"hel")).unwrap();
+            tx.blocking_send(Bytes::from_static(b"lo")).unwrap();
+            tx.finish();
+        });
+        let mut s = String::new();
+        body.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello");
+        assert_eq!(body.read(&mut [0; 4]).unwrap(), 0);
+    }
+
+    #[test]
+    fn read_from_async_code_fails_instead_of_blocking() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (_tx, rx) = channel(1);
+        let mut body = Body::streamed(rx);
+        let err = rt.block_on(async move { body.read(&mut [0; 8]).unwrap_err() });
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+}

@@ -1,0 +1,154 @@
+//! The response body a handler returns: full bytes, or a stream produced on its thread.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+
+/// The body of a [`Response`](crate::Response).
+///
+/// Either bytes known up front (sent with `Content-Length`), or a stream produced on the
+/// handler's thread after the handler returns: from a reader, an iterator of chunks, or a
+/// closure writing into an [`io::Write`] (like WSGI's `write()`). Streams go to the client
+/// through a bounded channel of a few chunks, so a slow client slows the producer and
+/// nothing is buffered whole. When the client goes away, the writer's next `write` fails
+/// with [`io::ErrorKind::BrokenPipe`], and a reader or iterator is dropped at its next
+/// chunk, so the thread is freed.
+///
+/// A streamed body is sent chunked unless the handler sets `Content-Length` itself.
+///
+/// # Examples
+///
+/// ```
+/// use syncbridge::ResponseBody;
+///
+/// let full = ResponseBody::from("hello");
+/// let file_like = ResponseBody::from_reader(std::io::Cursor::new(vec![0u8; 1024]));
+/// let chunks = ResponseBody::from_iter(["a", "b"].map(|s| Ok(bytes::Bytes::from(s))));
+/// let written = ResponseBody::from_writer(|w| {
+///     w.write_all(b"line 1\n")?;
+///     w.write_all(b"line 2\n")
+/// });
+/// # let _ = (full, file_like, chunks, written);
+/// ```
+pub struct ResponseBody {
+    pub(crate) kind: ResponseKind,
+}
+
+pub(crate) enum ResponseKind {
+    Full(Bytes),
+    Stream(Producer),
+}
+
+/// Where a streamed body's chunks come from; runs on the handler's thread.
+pub(crate) enum Producer {
+    Reader(Box<dyn Read + Send>),
+    Iter(Box<dyn Iterator<Item = io::Result<Bytes>> + Send>),
+    Writer(Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>),
+}
+
+impl ResponseBody {
+    /// A body with no bytes.
+    pub fn empty() -> Self {
+        ResponseBody {
+            kind: ResponseKind::Full(Bytes::new()),
+        }
+    }
+
+    /// Streams what `reader` yields until EOF, in chunks of up to 64 KiB.
+    pub fn from_reader(reader: impl Read + Send + 'static) -> Self {
+        ResponseBody {
+            kind: ResponseKind::Stream(Producer::Reader(Box::new(reader))),
+        }
+    }
+
+    /// Streams the chunks of `iter`; an `Err` item aborts the response.
+    pub fn from_iter<I>(iter: I) -> Self
+    where
+        I: IntoIterator<Item = io::Result<Bytes>>,
+        I::IntoIter: Send + 'static,
+    {
+        ResponseBody {
+            kind: ResponseKind::Stream(Producer::Iter(Box::new(iter.into_iter()))),
+        }
+    }
+
+    /// Streams what `write` writes into the writer it is given. Each `write` call sends
+    /// (at most 64 KiB of) its bytes as a chunk; returning an `Err` aborts the response.
+    pub fn from_writer<F>(write: F) -> Self
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
+    {
+        ResponseBody {
+            kind: ResponseKind::Stream(Producer::Writer(Box::new(write))),
+        }
+    }
+
+    /// The body's length, when it is known before it is sent.
+    pub fn len_hint(&self) -> Option<u64> {
+        match &self.kind {
+            ResponseKind::Full(b) => Some(b.len() as u64),
+            ResponseKind::Stream(_) => None,
+        }
+    }
+}
+
+impl Default for ResponseBody {
+    fn default() -> Self {
+        ResponseBody::empty()
+    }
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ResponseKind::Full(b) => f.debug_tuple("ResponseBody::Full").field(&b.len()).finish(),
+            ResponseKind::Stream(_) => f.write_str("ResponseBody::Stream"),
+        }
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(bytes: Bytes) -> Self {
+        ResponseBody {
+            kind: ResponseKind::Full(bytes),
+        }
+    }
+}
+
+impl From<Vec<u8>> for ResponseBody {
+    fn from(bytes: Vec<u8>) -> Self {
+        ResponseBody::from(Bytes::from(bytes))
+    }
+}
+
+impl From<String> for ResponseBody {
+    fn from(s: String) -> Self {
+        ResponseBody::from(Bytes::from(s))
+    }
+}
+
+impl From<&'static str> for ResponseBody {
+    fn from(s: &'static str) -> Self {
+        ResponseBody::from(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl From<&'static [u8]> for ResponseBody {
+    fn from(s: &'static [u8]) -> Self {
+        ResponseBody::from(Bytes::from_static(s))
+    }
+}
+
+impl From<()> for ResponseBody {
+    fn from(_: ()) -> Self {
+        ResponseBody::empty()
+    }
+}
+
+/// A request body is a reader, so it can be sent straight back (an echo).
+impl From<crate::Body> for ResponseBody {
+    fn from(body: crate::Body) -> Self {
+        ResponseBody::from_reader(body)
+    }
+}

@@ -1,0 +1,312 @@
+//! The future a [`SyncService`](super::SyncService) call returns: it pumps the request
+//! body to the handler thread and waits for the response head.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Buf;
+use http::{header, HeaderValue, StatusCode};
+use http_body::Body as HttpBody;
+use tokio::time::Sleep;
+
+use super::reply::ReplyCell;
+use super::BoxError;
+use crate::body::channel::Sender;
+use crate::body::{BridgeBody, Completion};
+
+/// The future returned by [`SyncService`](super::SyncService)'s `call`.
+///
+/// While it waits for the response head it also feeds the request body to the handler
+/// thread, a few chunks ahead of the handler's reads. Dropping it (the client went away)
+/// withdraws a request that has not started, and drops the response of one that has,
+/// which stops its body producer.
+#[must_use = "futures do nothing unless polled"]
+pub struct SyncServiceFuture<B> {
+    state: State<B>,
+    completion: Option<Completion>,
+}
+
+enum State<B> {
+    Ready(Option<http::Response<BridgeBody>>),
+    Waiting(Waiting<B>),
+    Done,
+}
+
+struct Waiting<B> {
+    cell: Arc<ReplyCell>,
+    pump: Option<Pump<B>>,
+    queue_deadline: Option<Pin<Box<Sleep>>>,
+    retry_after: HeaderValue,
+}
+
+impl<B> SyncServiceFuture<B> {
+    pub(super) fn ready(response: http::Response<BridgeBody>, completion: Completion) -> Self {
+        SyncServiceFuture {
+            state: State::Ready(Some(response)),
+            completion: Some(completion),
+        }
+    }
+
+    pub(super) fn waiting(
+        cell: Arc<ReplyCell>,
+        pump: Option<Pump<B>>,
+        queue_timeout: Option<Duration>,
+        retry_after: HeaderValue,
+        completion: Completion,
+    ) -> Self {
+        SyncServiceFuture {
+            state: State::Waiting(Waiting {
+                cell,
+                pump,
+                // Only queued requests pay for a timer: the fast path has a thread already.
+                queue_deadline: queue_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+                retry_after,
+            }),
+            completion: Some(completion),
+        }
+    }
+
+    fn finish(&mut self, mut response: http::Response<BridgeBody>) -> http::Response<BridgeBody> {
+        self.state = State::Done;
+        if let Some(mut completion) = self.completion.take() {
+            completion.status = response.status();
+            response.body_mut().set_completion(completion);
+        }
+        response
+    }
+}
+
+impl<B> Future for SyncServiceFuture<B>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<http::Response<BridgeBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let waiting = match &mut this.state {
+            State::Ready(response) => {
+                let response = response.take().expect("polled after completion");
+                return Poll::Ready(Ok(this.finish(response)));
+            }
+            State::Waiting(waiting) => waiting,
+            State::Done => panic!("SyncServiceFuture polled after completion"),
+        };
+
+        if let Some(pump) = &mut waiting.pump {
+            match pump.poll(cx) {
+                PumpPoll::Pending => {}
+                PumpPoll::Done => waiting.pump = None,
+                PumpPoll::TooLarge => {
+                    let limit = pump.limit;
+                    waiting.pump = None;
+                    waiting.cell.cancel();
+                    waiting.cell.abandon();
+                    if let Some(c) = &this.completion {
+                        tracing::warn!(
+                            method = %c.method, path = %c.uri.path(), limit,
+                            "request body grew past the limit; answered 413"
+                        );
+                    }
+                    return Poll::Ready(Ok(this.finish(payload_too_large())));
+                }
+            }
+        }
+
+        if let Poll::Ready(response) = waiting.cell.poll_response(cx) {
+            if let Some(pump) = waiting.pump.take() {
+                pump.continue_detached();
+            }
+            return Poll::Ready(Ok(this.finish(response)));
+        }
+
+        if let Some(deadline) = &mut waiting.queue_deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                waiting.queue_deadline = None;
+                if waiting.cell.cancel() {
+                    let retry_after = waiting.retry_after.clone();
+                    if let Some(c) = &this.completion {
+                        tracing::warn!(
+                            method = %c.method, path = %c.uri.path(),
+                            waited_ms = c.start.elapsed().as_millis() as u64,
+                            "request timed out waiting for a handler thread; answered 503"
+                        );
+                    }
+                    return Poll::Ready(Ok(this.finish(overloaded(retry_after))));
+                }
+                // A worker claimed it just in time: wait for its answer.
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<B> Drop for SyncServiceFuture<B> {
+    fn drop(&mut self) {
+        if let State::Waiting(waiting) = &self.state {
+            let withdrawn = waiting.cell.cancel();
+            waiting.cell.abandon();
+            if let Some(c) = &mut self.completion {
+                c.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+                tracing::info!(
+                    method = %c.method, path = %c.uri.path(),
+                    handler_ran = !withdrawn && waiting.cell.was_claimed(),
+                    "request abandoned before its response (client left or server deadline)"
+                );
+            }
+        }
+    }
+}
+
+impl<B> fmt::Debug for SyncServiceFuture<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Ready(_) => "ready",
+            State::Waiting(_) => "waiting",
+            State::Done => "done",
+        };
+        f.debug_struct("SyncServiceFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+/// Feeds the request body, chunk by chunk, into the channel the handler reads from.
+pub(super) struct Pump<B> {
+    body: Pin<Box<B>>,
+    tx: Option<Sender>,
+    seen: u64,
+    limit: u64,
+}
+
+enum PumpPoll {
+    Pending,
+    Done,
+    TooLarge,
+}
+
+impl<B> Pump<B>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(super) fn new(body: B, tx: Sender, limit: u64) -> Self {
+        Pump {
+            body: Box::pin(body),
+            tx: Some(tx),
+            seen: 0,
+            limit,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> PumpPoll {
+        let Some(tx) = &self.tx else {
+            return PumpPoll::Done;
+        };
+        loop {
+            // Backpressure: take the next frame only when the channel has room for it.
+            match tx.poll_ready(cx) {
+                Poll::Pending => return PumpPoll::Pending,
+                Poll::Ready(Err(_)) => return PumpPoll::Done, // the handler dropped the body
+                Poll::Ready(Ok(())) => {}
+            }
+            match self.body.as_mut().poll_frame(cx) {
+                Poll::Pending => return PumpPoll::Pending,
+                Poll::Ready(None) => {
+                    if let Some(tx) = self.tx.take() {
+                        tx.finish();
+                    }
+                    return PumpPoll::Done;
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    let err: BoxError = err.into();
+                    tracing::debug!(error = %err, "request body failed while streaming");
+                    if let Some(tx) = self.tx.take() {
+                        tx.fail(io::ErrorKind::ConnectionAborted, err.to_string());
+                    }
+                    return PumpPoll::Done;
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not passed on: a sync reader has nowhere to put them.
+                    let Ok(mut data) = frame.into_data() else {
+                        continue;
+                    };
+                    let n = data.remaining();
+                    self.seen += n as u64;
+                    if self.seen > self.limit {
+                        if let Some(tx) = self.tx.take() {
+                            tx.fail(
+                                io::ErrorKind::InvalidData,
+                                format!("request body exceeds the limit of {} bytes", self.limit),
+                            );
+                        }
+                        return PumpPoll::TooLarge;
+                    }
+                    if n > 0 {
+                        tx.send_ready(data.copy_to_bytes(n));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The response is out but the handler kept the request body (an echo, or a body
+    /// moved into the response stream): keep feeding it from a task of its own.
+    fn continue_detached(mut self) {
+        let Some(tx) = &self.tx else { return };
+        if tx.is_closed() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(std::future::poll_fn(move |cx| match self.poll(cx) {
+                    PumpPoll::Pending => Poll::Pending,
+                    PumpPoll::Done | PumpPoll::TooLarge => Poll::Ready(()),
+                }));
+            }
+            Err(_) => tracing::warn!(
+                "request body still being read after the response, but no runtime to feed it"
+            ),
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> http::Response<BridgeBody> {
+    let mut response =
+        http::Response::new(BridgeBody::full(bytes::Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+pub(super) fn overloaded(retry_after: HeaderValue) -> http::Response<BridgeBody> {
+    let mut response = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable: the server is busy, retry later",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, retry_after);
+    response
+}
+
+pub(super) fn payload_too_large() -> http::Response<BridgeBody> {
+    let mut response = plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+    // The rest of the body is not read: the connection cannot be reused.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}

@@ -1,0 +1,105 @@
+//! What a pool thread does with one request: run the handler, catch what goes wrong,
+//! hand the head back, then produce a streamed body on the same thread.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use http::{Method, Uri};
+
+use super::reply::ReplyCell;
+use super::Shared;
+use crate::body::{channel, produce, BridgeBody, Produced, ResponseKind, CHUNKS_IN_FLIGHT};
+use crate::context;
+use crate::error::panic_message;
+use crate::handler::{internal_error, Handler, HandlerError, Request};
+
+/// A wait for a thread longer than this is logged at debug level, shorter ones at trace.
+const QUEUE_WAIT_WORTH_LOGGING: Duration = Duration::from_millis(1);
+
+pub(super) fn run<H: Handler>(
+    shared: &Shared<H>,
+    cell: &ReplyCell,
+    request: Request,
+    submitted_at: Instant,
+) {
+    if !cell.claim() {
+        // Timed out in the queue or the client left: the future already answered.
+        return;
+    }
+    let wait = submitted_at.elapsed();
+    if wait >= QUEUE_WAIT_WORTH_LOGGING {
+        tracing::debug!(
+            wait_us = wait.as_micros() as u64,
+            "request waited for a handler thread"
+        );
+    } else {
+        tracing::trace!(
+            wait_us = wait.as_micros() as u64,
+            "request handed to a handler thread"
+        );
+    }
+    // Kept for the log lines below: the request itself moves into the handler.
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        context::enter(shared.context.get(), || shared.handler.call(request))
+    }));
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(payload) => {
+            tracing::error!(
+                method = %method,
+                path = %uri.path(),
+                panic = %panic_message(&*payload),
+                "handler panicked; answered 500"
+            );
+            internal_error()
+        }
+    };
+    if let Some(HandlerError(Some(err))) = response.extensions_mut().remove::<HandlerError>() {
+        tracing::error!(
+            method = %method,
+            path = %uri.path(),
+            error = %err,
+            "handler returned an error; answered 500"
+        );
+    }
+
+    let (parts, body) = response.into_parts();
+    match body.kind {
+        ResponseKind::Full(bytes) => {
+            let _ = cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
+        }
+        ResponseKind::Stream(producer) => {
+            let (tx, rx) = channel::channel(CHUNKS_IN_FLIGHT);
+            let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
+            if cell.complete(response).is_err() {
+                tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");
+                return;
+            }
+            // The thread (and its pool slot) stays with the response until the body is out.
+            log_produced(produce(producer, tx), &method, &uri);
+        }
+    }
+}
+
+fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
+    match produced {
+        Produced::Complete(bytes) => {
+            tracing::trace!(method = %method, path = %uri.path(), bytes, "response body produced")
+        }
+        Produced::Disconnected(bytes) => tracing::debug!(
+            method = %method, path = %uri.path(), bytes,
+            "client went away during the response body; producer stopped"
+        ),
+        Produced::Failed(err) => tracing::error!(
+            method = %method, path = %uri.path(), error = %err,
+            "response body producer failed; response aborted"
+        ),
+        Produced::Panicked(msg) => tracing::error!(
+            method = %method, path = %uri.path(), panic = %msg,
+            "response body producer panicked; response aborted"
+        ),
+    }
+}

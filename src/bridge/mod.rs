@@ -1,0 +1,367 @@
+//! The bridge: a tower/hyper service that moves each request onto the blocking pool and
+//! its response back.
+//!
+//! ```text
+//! call(request) -> admission: pool.try_submit(job)       (full: 503 + Retry-After now)
+//!   job on a pool thread:  handler(Request{head, Body: io::Read <- channel <- pump})
+//!                          -> head through the ReplyCell; streamed body -> channel
+//!   SyncServiceFuture:     pumps the request body, waits for the head, enforces the
+//!                          queue timeout (503) and the body limit (413)
+//! ```
+
+mod future;
+mod job;
+mod reply;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue};
+
+pub use future::SyncServiceFuture;
+
+use crate::body::{channel, Body, BridgeBody, Completion, CHUNKS_IN_FLIGHT};
+use crate::context::Context;
+use crate::handler::{Handler, Request};
+use crate::pool::{Admission, BlockingPool};
+use future::Pump;
+use reply::ReplyCell;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A `tower::Service` and `hyper::service::Service` that runs a blocking [`Handler`] on a
+/// [`BlockingPool`], for any request body type.
+///
+/// Mount it in an axum `Router` (`fallback_service`, `nest_service`), put tower-http
+/// layers around it, or hand it to hyper. Its error type is [`Infallible`]: overload is a
+/// `503` with `Retry-After`, a body over the limit a `413`, a handler panic a `500`.
+///
+/// # Where it may be called from
+///
+/// `call` must run inside a tokio runtime (any flavour): the queue timeout uses tokio's
+/// timer, and the runtime becomes the one handler threads reach through the crate's
+/// context. The handler itself never runs on that runtime's threads.
+///
+/// # Examples
+///
+/// ```
+/// use syncbridge::{Request, SyncService};
+///
+/// let service = SyncService::new(|_req: Request| "hello from a blocking handler");
+/// // axum: Router::new().route("/async", get(..)).fallback_service(service)
+/// # let _ = service;
+/// ```
+pub struct SyncService<H> {
+    shared: Arc<Shared<H>>,
+    /// The connection this clone serves, when the bundled server tracks idleness.
+    activity: Option<Arc<Activity>>,
+}
+
+pub(crate) struct Shared<H> {
+    handler: H,
+    pool: BlockingPool,
+    max_body_size: u64,
+    retry_after: HeaderValue,
+    context: OnceLock<Arc<Context>>,
+}
+
+impl<H: Handler> SyncService<H> {
+    /// Wraps `handler` with a pool of its own and the default limits.
+    pub fn new(handler: H) -> Self {
+        Self::builder(handler).build()
+    }
+
+    /// Configures the pool and limits of a service for `handler`.
+    pub fn builder(handler: H) -> SyncServiceBuilder<H> {
+        SyncServiceBuilder {
+            handler,
+            pool: None,
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            retry_after: Duration::from_secs(1),
+            runtime: None,
+        }
+    }
+
+    /// The pool this service runs its handler on.
+    pub fn pool(&self) -> &BlockingPool {
+        &self.shared.pool
+    }
+
+    pub(crate) fn with_activity(&self, activity: Arc<Activity>) -> Self {
+        SyncService {
+            shared: self.shared.clone(),
+            activity: Some(activity),
+        }
+    }
+
+    fn context(&self) -> Option<&Arc<Context>> {
+        if let Some(ctx) = self.shared.context.get() {
+            return Some(ctx);
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        Some(
+            self.shared
+                .context
+                .get_or_init(|| Arc::new(Context { runtime })),
+        )
+    }
+
+    /// Starts handling `request`; the returned future resolves to the response head.
+    fn start<B>(&self, request: http::Request<B>) -> SyncServiceFuture<B>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.context();
+        let (parts, body) = request.into_parts();
+        if let Some(activity) = &self.activity {
+            activity.request_started();
+        }
+        let completion = Completion {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            status: http::StatusCode::OK,
+            start: Instant::now(),
+            bytes: 0,
+            complete: false,
+            activity: self.activity.clone(),
+        };
+        let shared = &self.shared;
+
+        if declared_length(&parts.headers).is_some_and(|len| len > shared.max_body_size) {
+            tracing::warn!(
+                method = %parts.method, path = %parts.uri.path(), limit = shared.max_body_size,
+                "request body declared larger than the limit; answered 413"
+            );
+            return SyncServiceFuture::ready(future::payload_too_large(), completion);
+        }
+
+        let (body, pump) = if body.is_end_stream() {
+            (Body::empty(), None)
+        } else {
+            let (tx, rx) = channel::channel(CHUNKS_IN_FLIGHT);
+            (
+                Body::streamed(rx),
+                Some(Pump::new(body, tx, shared.max_body_size)),
+            )
+        };
+        let request = Request::from_parts(parts, body);
+        let cell = Arc::new(ReplyCell::new());
+        let job_cell = cell.clone();
+        let job_shared = self.shared.clone();
+        let submitted_at = completion.start;
+        let job = Box::new(move || job::run(&job_shared, &job_cell, request, submitted_at));
+
+        match shared.pool.try_submit(job) {
+            Ok(admission) => {
+                let queue_timeout =
+                    (admission == Admission::Queued).then(|| shared.pool.queue_timeout());
+                SyncServiceFuture::waiting(
+                    cell,
+                    pump,
+                    queue_timeout,
+                    shared.retry_after.clone(),
+                    completion,
+                )
+            }
+            Err(_job) => {
+                tracing::warn!(
+                    method = %completion.method, path = %completion.uri.path(),
+                    "blocking pool and queue are full; answered 503"
+                );
+                SyncServiceFuture::ready(future::overloaded(shared.retry_after.clone()), completion)
+            }
+        }
+    }
+}
+
+/// The default cap on a request body: 64 MiB. Streaming keeps memory flat at any size;
+/// the cap is about how long one request may occupy a handler thread.
+pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl<H> Clone for SyncService<H> {
+    fn clone(&self) -> Self {
+        SyncService {
+            shared: self.shared.clone(),
+            activity: self.activity.clone(),
+        }
+    }
+}
+
+impl<H> fmt::Debug for SyncService<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncService")
+            .field("pool", &self.shared.pool)
+            .field("max_body_size", &self.shared.max_body_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H, B> tower_service::Service<http::Request<B>> for SyncService<H>
+where
+    H: Handler,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<BridgeBody>;
+    type Error = Infallible;
+    type Future = SyncServiceFuture<B>;
+
+    /// Always ready: admission happens in `call`, which answers `503` when the pool is
+    /// full, rather than holding connections back unseen.
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.start(request)
+    }
+}
+
+impl<H, B> hyper::service::Service<http::Request<B>> for SyncService<H>
+where
+    H: Handler,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<BridgeBody>;
+    type Error = Infallible;
+    type Future = SyncServiceFuture<B>;
+
+    fn call(&self, request: http::Request<B>) -> Self::Future {
+        self.start(request)
+    }
+}
+
+/// Configures a [`SyncService`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct SyncServiceBuilder<H> {
+    handler: H,
+    pool: Option<BlockingPool>,
+    max_body_size: u64,
+    retry_after: Duration,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl<H: Handler> SyncServiceBuilder<H> {
+    /// The pool to run the handler on; share one pool between services to share its
+    /// limit. Default is a new pool with [`BlockingPool::new`]'s limits.
+    pub fn pool(mut self, pool: BlockingPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The largest request body accepted, in bytes. A larger declared `Content-Length` is
+    /// answered `413` before the handler runs; a body that grows past it while streaming
+    /// fails the handler's read and is answered `413`. Default is 64 MiB.
+    pub fn max_body_size(mut self, bytes: u64) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// The `Retry-After` sent with a `503` when the pool is full, rounded up to whole
+    /// seconds. Default is 1 second.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = after;
+        self
+    }
+
+    /// The runtime handler threads reach for `ensure_sync` and background tasks. Default
+    /// is the runtime that first calls the service.
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    /// Builds the service.
+    pub fn build(self) -> SyncService<H> {
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        let context = OnceLock::new();
+        if let Some(runtime) = self.runtime {
+            let _ = context.set(Arc::new(Context { runtime }));
+        }
+        SyncService {
+            shared: Arc::new(Shared {
+                handler: self.handler,
+                pool: self.pool.unwrap_or_default(),
+                max_body_size: self.max_body_size,
+                retry_after: HeaderValue::from(secs.max(1)),
+                context,
+            }),
+            activity: None,
+        }
+    }
+}
+
+impl<H> fmt::Debug for SyncServiceBuilder<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncServiceBuilder")
+            .field("max_body_size", &self.max_body_size)
+            .field("retry_after", &self.retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the bundled server knows of one connection: requests in flight and when the
+/// last one ended, for the keep-alive idle timeout.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` when the connection was last busy.
+    last_busy_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_busy_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_busy_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    pub(crate) fn request_done(&self) {
+        self.touch();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How long the connection has had no request in flight; zero while one is.
+    pub(crate) fn idle_for(&self) -> Duration {
+        if self.in_flight() > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_busy_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}

@@ -1,0 +1,107 @@
+//! The one-shot cell a handler's response travels back in, with the claim that settles
+//! the race between a worker starting a request and the request giving up.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+
+use crate::body::BridgeBody;
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const CANCELLED: u8 = 3;
+
+/// Shared by the service future (async side) and the job (handler thread).
+///
+/// A request is either *claimed* by a worker (`QUEUED -> RUNNING`) or *cancelled* by the
+/// future (`QUEUED -> CANCELLED`, on queue timeout or disconnect), never both: a client
+/// told `503, retry` can be sure the handler did not run.
+pub(crate) struct ReplyCell {
+    state: AtomicU8,
+    slot: Mutex<Slot>,
+    waker: AtomicWaker,
+}
+
+struct Slot {
+    response: Option<http::Response<BridgeBody>>,
+    abandoned: bool,
+}
+
+impl ReplyCell {
+    pub(crate) fn new() -> Self {
+        ReplyCell {
+            state: AtomicU8::new(QUEUED),
+            slot: Mutex::new(Slot {
+                response: None,
+                abandoned: false,
+            }),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Worker side: take the request. False if it was cancelled first.
+    pub(crate) fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Async side: withdraw the request. True if no worker will ever run it.
+    pub(crate) fn cancel(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Worker side: deliver the response. Gives it back when nobody waits for it any
+    /// more, so the caller can drop it (and skip producing its body) on its own thread.
+    pub(crate) fn complete(
+        &self,
+        response: http::Response<BridgeBody>,
+    ) -> Result<(), http::Response<BridgeBody>> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.abandoned {
+            return Err(response);
+        }
+        slot.response = Some(response);
+        self.state.store(DONE, Ordering::Release);
+        drop(slot);
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Async side: the response, once delivered.
+    pub(crate) fn poll_response(&self, cx: &mut Context<'_>) -> Poll<http::Response<BridgeBody>> {
+        if self.state.load(Ordering::Acquire) != DONE {
+            self.waker.register(cx.waker());
+            if self.state.load(Ordering::Acquire) != DONE {
+                return Poll::Pending;
+            }
+        }
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.response.take() {
+            Some(response) => Poll::Ready(response),
+            // Taken already: the future is polled after completion, which it never is.
+            None => Poll::Pending,
+        }
+    }
+
+    /// Async side: nobody will read the response. Drops one already delivered, which
+    /// closes its body channel and stops the producer.
+    pub(crate) fn abandon(&self) {
+        let response = {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            slot.abandoned = true;
+            slot.response.take()
+        };
+        drop(response);
+    }
+
+    /// Whether a worker has started or finished the request.
+    pub(crate) fn was_claimed(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), RUNNING | DONE)
+    }
+}

@@ -1,0 +1,200 @@
+//! The crate's one error type.
+
+use std::fmt;
+
+/// A `Result` alias whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error returned by syncbridge's fallible functions.
+///
+/// Opaque on purpose (as in `reqwest` and `hyper-util`): ask it what happened with the
+/// `is_*` predicates and walk [`std::error::Error::source`] for the cause.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    message: Option<String>,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Binding or configuring the listening socket failed.
+    Bind,
+    /// Building the tokio runtime or a worker thread failed.
+    Runtime,
+    /// A blocking function was called from async code, where it would stall the runtime.
+    AsyncContext,
+    /// A function that needs a syncbridge context was called outside one.
+    NoContext,
+    /// The blocking pool's concurrency limit and queue are both full.
+    Overloaded,
+    /// The work waited longer than the queue timeout or its deadline.
+    TimedOut,
+    /// The work was cancelled before it finished.
+    Cancelled,
+    /// The work panicked.
+    Panicked,
+    /// The server or pool is shutting down.
+    Shutdown,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                message: None,
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.inner.message = Some(message.into());
+        self
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.inner.kind
+    }
+
+    /// Binding or configuring the listening socket failed.
+    pub fn is_bind(&self) -> bool {
+        self.kind() == Kind::Bind
+    }
+
+    /// Building the tokio runtime or a worker thread failed.
+    pub fn is_runtime(&self) -> bool {
+        self.kind() == Kind::Runtime
+    }
+
+    /// A blocking function was called from async code (a tokio task or `block_on`),
+    /// where blocking would stall the runtime or deadlock it.
+    pub fn is_async_context(&self) -> bool {
+        self.kind() == Kind::AsyncContext
+    }
+
+    /// A function that needs a syncbridge context (a handler thread, a background task,
+    /// a running server) was called outside one.
+    pub fn is_no_context(&self) -> bool {
+        self.kind() == Kind::NoContext
+    }
+
+    /// The blocking pool refused the work: all threads are busy and the queue is full.
+    pub fn is_overloaded(&self) -> bool {
+        self.kind() == Kind::Overloaded
+    }
+
+    /// The work waited in the queue past its timeout, or ran past its deadline.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == Kind::TimedOut
+    }
+
+    /// The work was cancelled before it finished.
+    pub fn is_cancelled(&self) -> bool {
+        self.kind() == Kind::Cancelled
+    }
+
+    /// The work panicked; the message is in `Display`.
+    pub fn is_panic(&self) -> bool {
+        self.kind() == Kind::Panicked
+    }
+
+    /// The server or pool is shutting down and takes no more work.
+    pub fn is_shutdown(&self) -> bool {
+        self.kind() == Kind::Shutdown
+    }
+
+    fn describe(&self) -> &'static str {
+        match self.kind() {
+            Kind::Bind => "failed to bind the listening socket",
+            Kind::Runtime => "failed to start the runtime or a thread",
+            Kind::AsyncContext => "a blocking call was made from async code",
+            Kind::NoContext => "called outside a syncbridge context",
+            Kind::Overloaded => "the blocking pool is full",
+            Kind::TimedOut => "timed out",
+            Kind::Cancelled => "cancelled",
+            Kind::Panicked => "panicked",
+            Kind::Shutdown => "shutting down",
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("syncbridge::Error");
+        d.field("kind", &self.kind());
+        if let Some(message) = &self.inner.message {
+            d.field("message", message);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())?;
+        if let Some(message) = &self.inner.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Turns a panic payload into the message it carried, for logs and errors.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn assert<T: Send + Sync + 'static + std::error::Error>() {}
+        assert::<Error>();
+    }
+
+    #[test]
+    fn display_includes_message_and_source_is_kept() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "in use");
+        let err = Error::new(Kind::Bind)
+            .with_message("127.0.0.1:1")
+            .with_source(io);
+        assert!(err.is_bind());
+        assert_eq!(
+            err.to_string(),
+            "failed to bind the listening socket: 127.0.0.1:1"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+    }
+}

@@ -1,0 +1,190 @@
+//! The sync handler model: an ordinary blocking function from request to response.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+
+use crate::body::{Body, ResponseBody};
+
+/// The request a handler receives: an [`http::Request`] whose body is read with
+/// [`std::io::Read`].
+pub type Request = http::Request<Body>;
+
+/// The response a handler produces.
+pub type Response = http::Response<ResponseBody>;
+
+type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// A blocking request handler.
+///
+/// Implemented for every `Fn(Request) -> R` that is `Send + Sync + 'static` where `R`
+/// converts [`IntoResponse`]: a [`Response`], a string, bytes, a `(StatusCode, body)`
+/// pair, or a `Result` whose `Err` becomes a logged `500`.
+///
+/// # Where it runs
+///
+/// Always on a thread of the server's [`BlockingPool`](crate::BlockingPool), never on a
+/// thread that drives connections or the tokio runtime, so it may block as long as it
+/// likes: a sync database client, `std::fs`, `reqwest::blocking`. A panic is caught,
+/// logged with the method and path, and answered `500`; the thread goes on serving.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::Read;
+/// use syncbridge::{Handler, Request};
+///
+/// fn count_bytes(mut req: Request) -> std::io::Result<String> {
+///     let mut n = 0u64;
+///     let mut buf = [0u8; 8192];
+///     loop {
+///         match req.body_mut().read(&mut buf)? {
+///             0 => return Ok(format!("{n} bytes")),
+///             k => n += k as u64,
+///         }
+///     }
+/// }
+///
+/// fn assert_handler(_: impl Handler) {}
+/// assert_handler(count_bytes);
+/// assert_handler(|_req: Request| "hello");
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request. Called on a pool thread.
+    fn call(&self, request: Request) -> Response;
+}
+
+impl<F, R> Handler for F
+where
+    F: Fn(Request) -> R + Send + Sync + 'static,
+    R: IntoResponse,
+{
+    fn call(&self, request: Request) -> Response {
+        self(request).into_response()
+    }
+}
+
+/// Converts a handler's return value into a [`Response`].
+pub trait IntoResponse {
+    /// Makes the response.
+    fn into_response(self) -> Response;
+}
+
+impl IntoResponse for Response {
+    fn into_response(self) -> Response {
+        self
+    }
+}
+
+impl IntoResponse for ResponseBody {
+    fn into_response(self) -> Response {
+        Response::new(self)
+    }
+}
+
+fn text(body: ResponseBody) -> Response {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn octets(body: ResponseBody) -> Response {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
+}
+
+impl IntoResponse for &'static str {
+    fn into_response(self) -> Response {
+        text(self.into())
+    }
+}
+
+impl IntoResponse for String {
+    fn into_response(self) -> Response {
+        text(self.into())
+    }
+}
+
+impl IntoResponse for Bytes {
+    fn into_response(self) -> Response {
+        octets(self.into())
+    }
+}
+
+impl IntoResponse for Vec<u8> {
+    fn into_response(self) -> Response {
+        octets(self.into())
+    }
+}
+
+impl IntoResponse for () {
+    fn into_response(self) -> Response {
+        Response::new(ResponseBody::empty())
+    }
+}
+
+impl IntoResponse for StatusCode {
+    fn into_response(self) -> Response {
+        let mut response = Response::new(ResponseBody::empty());
+        *response.status_mut() = self;
+        response
+    }
+}
+
+impl<T: IntoResponse> IntoResponse for (StatusCode, T) {
+    fn into_response(self) -> Response {
+        let mut response = self.1.into_response();
+        *response.status_mut() = self.0;
+        response
+    }
+}
+
+impl<T, E> IntoResponse for Result<T, E>
+where
+    T: IntoResponse,
+    E: Into<BoxError>,
+{
+    fn into_response(self) -> Response {
+        match self {
+            Ok(ok) => ok.into_response(),
+            Err(err) => {
+                let mut response = internal_error();
+                // The bridge logs it with the method and path, which only it knows.
+                response
+                    .extensions_mut()
+                    .insert(HandlerError(Some(err.into())));
+                response
+            }
+        }
+    }
+}
+
+/// The error a handler returned, carried to the bridge for logging.
+pub(crate) struct HandlerError(pub(crate) Option<BoxError>);
+
+impl Clone for HandlerError {
+    // Extensions must be `Clone`; the bridge takes the error out, so a clone is never read.
+    fn clone(&self) -> Self {
+        HandlerError(None)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HandlerError").field(&self.0).finish()
+    }
+}
+
+/// The generic `500` for a panic or an error: the details go to the log, not the client.
+pub(crate) fn internal_error() -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response()
+}

@@ -1,0 +1,24 @@
+//! syncbridge: serve ordinary blocking Rust handlers over HTTP on a persistent tokio
+//! runtime and hyper 1.x.
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod bridge;
+mod context;
+mod error;
+mod handler;
+mod pool;
+mod server;
+
+pub use body::{Body, BridgeBody, ResponseBody};
+pub use bridge::{SyncService, SyncServiceBuilder, SyncServiceFuture};
+pub use error::{Error, Result};
+pub use handler::{Handler, IntoResponse, Request, Response};
+pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
+pub use server::{Server, ShutdownHandle};
+
+pub use bytes;
+pub use http;

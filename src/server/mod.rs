@@ -1,0 +1,452 @@
+//! The bundled server: bind, accept, serve HTTP/1.1 and h2c on one port, shut down
+//! gracefully.
+//!
+//! ```text
+//! Server::serve (plain thread) -- owns --> persistent multi-thread tokio runtime
+//!   accept loop: max_connections permits -> one task per connection (hyper, async)
+//!     -> SyncService: admission -> pool thread runs the handler -> response back
+//!   shutdown (handle, Ctrl-C, SIGTERM): stop accepting -> drain -> deadline -> cut off
+//! ```
+
+mod conn;
+mod shutdown;
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use shutdown::ShutdownHandle;
+
+use crate::bridge::{SyncService, DEFAULT_MAX_BODY_SIZE};
+use crate::error::{Error, Kind, Result};
+use crate::handler::Handler;
+use crate::pool::{BlockingPool, BlockingPoolBuilder};
+use conn::ConnConfig;
+
+/// An HTTP server for a blocking [`Handler`].
+///
+/// Bind it, tune it with the builder methods (each states its default), then run it with
+/// [`serve`](Server::serve) on a plain thread, or [`serve_async`](Server::serve_async)
+/// inside a runtime you already have. HTTP/1.1 (with keep-alive) and HTTP/2 over
+/// cleartext with prior knowledge are served on the same port.
+///
+/// # Examples
+///
+/// ```no_run
+/// use syncbridge::{Request, Server};
+///
+/// fn hello(_req: Request) -> &'static str {
+///     "Hello, World!"
+/// }
+///
+/// fn main() -> syncbridge::Result<()> {
+///     Server::bind("127.0.0.1:8000").serve(hello)
+/// }
+/// ```
+pub struct Server {
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+    shutdown: ShutdownHandle,
+    config: Config,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    pool: BlockingPoolBuilder,
+    shared_pool: Option<BlockingPool>,
+    max_connections: usize,
+    header_read_timeout: Duration,
+    keep_alive_timeout: Option<Duration>,
+    max_header_size: usize,
+    max_body_size: u64,
+    retry_after: Duration,
+    shutdown_timeout: Duration,
+    worker_threads: Option<usize>,
+    handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pool: BlockingPool::builder(),
+            shared_pool: None,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Some(Duration::from_secs(30)),
+            max_header_size: 32 * 1024,
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            retry_after: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+            worker_threads: None,
+            handle_signals: true,
+        }
+    }
+}
+
+/// The listen backlog: room for bursts of new connections (gunicorn uses 2048).
+const LISTEN_BACKLOG: i32 = 2048;
+
+impl Server {
+    /// Binds to `addr`.
+    ///
+    /// Callable from any thread; it does not need a runtime.
+    ///
+    /// # Panics
+    ///
+    /// If the address cannot be bound. Use [`try_bind`](Server::try_bind) to handle that.
+    pub fn bind(addr: impl ToSocketAddrs) -> Server {
+        Server::try_bind(addr).unwrap_or_else(|err| panic!("syncbridge: {err}"))
+    }
+
+    /// Binds to the first address of `addr` that works.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`] when no address could be bound.
+    pub fn try_bind(addr: impl ToSocketAddrs) -> Result<Server> {
+        let addrs = addr
+            .to_socket_addrs()
+            .map_err(|e| Error::new(Kind::Bind).with_source(e))?;
+        let mut last = None;
+        for addr in addrs {
+            match bind_socket(addr) {
+                Ok(listener) => return Server::from_listener(listener),
+                Err(err) => last = Some((addr, err)),
+            }
+        }
+        Err(match last {
+            Some((addr, err)) => Error::new(Kind::Bind)
+                .with_message(addr.to_string())
+                .with_source(err),
+            None => Error::new(Kind::Bind).with_message("no address to bind"),
+        })
+    }
+
+    /// Serves on a listener bound elsewhere (socket activation, a test's port).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`] when the listener cannot be made non-blocking.
+    pub fn from_listener(listener: std::net::TcpListener) -> Result<Server> {
+        let local_addr = listener
+            .local_addr()
+            .and_then(|addr| listener.set_nonblocking(true).map(|()| addr))
+            .map_err(|e| Error::new(Kind::Bind).with_source(e))?;
+        Ok(Server {
+            listener,
+            local_addr,
+            shutdown: ShutdownHandle::default(),
+            config: Config::default(),
+        })
+    }
+
+    /// The address the server listens on (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that starts a graceful shutdown from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// The most handlers running at once. Default is 512, as tokio's blocking pool.
+    pub fn max_threads(mut self, n: usize) -> Self {
+        self.config.pool = self.config.pool.max_threads(n);
+        self
+    }
+
+    /// How many requests may wait for a handler thread when all are busy; past that,
+    /// requests are answered `503` with `Retry-After` at once. Default is 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.config.pool = self.config.pool.queue_capacity(n);
+        self
+    }
+
+    /// How long a request may wait for a handler thread before it is answered `503`.
+    /// Default is 30 seconds.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.config.pool = self.config.pool.queue_timeout(timeout);
+        self
+    }
+
+    /// How long an idle handler thread lives. Default is 10 seconds.
+    pub fn thread_keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.config.pool = self.config.pool.keep_alive(keep_alive);
+        self
+    }
+
+    /// Runs handlers on `pool` instead of a pool of the server's own (its limits replace
+    /// `max_threads`, `queue_capacity`, `queue_timeout`, `thread_keep_alive`).
+    pub fn pool(mut self, pool: BlockingPool) -> Self {
+        self.config.shared_pool = Some(pool);
+        self
+    }
+
+    /// The `Retry-After` sent with a `503`. Default is 1 second.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.config.retry_after = after;
+        self
+    }
+
+    /// The most connections open at once. When reached, the server stops accepting until
+    /// one closes; new clients wait in the listen backlog. Default is 10,000.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n.max(1);
+        self
+    }
+
+    /// How long an HTTP/1 client may take to send a request head (Slowloris protection).
+    /// hyper also runs this timer while a keep-alive connection waits for its next
+    /// request. Default is 30 seconds.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.config.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may stay open with no request in flight. `None` keeps idle
+    /// connections open (HTTP/1 still closes at the header read timeout). Default is 30
+    /// seconds.
+    pub fn keep_alive_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.keep_alive_timeout = timeout;
+        self
+    }
+
+    /// The largest request head (request line and headers) accepted; a larger one is
+    /// answered `431 Request Header Fields Too Large`. Default is 32 KiB, nginx's
+    /// `large_client_header_buffers 4 8k`. HTTP/1 raises values below 8 KiB to 8 KiB.
+    pub fn max_header_size(mut self, bytes: usize) -> Self {
+        self.config.max_header_size = bytes;
+        self
+    }
+
+    /// The largest request body accepted; larger ones get `413`. Default is 64 MiB.
+    pub fn max_body_size(mut self, bytes: u64) -> Self {
+        self.config.max_body_size = bytes;
+        self
+    }
+
+    /// How long a graceful shutdown waits for in-flight requests before it cuts them off
+    /// (and logs each). Default is 30 seconds, gunicorn's `graceful_timeout`.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The runtime's worker threads (they drive connections, never handlers), for
+    /// [`serve`](Server::serve). Default is the number of CPUs available.
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.config.worker_threads = Some(n.max(1));
+        self
+    }
+
+    /// Whether Ctrl-C and SIGTERM start a graceful shutdown (a second one cuts it off).
+    /// Default is true.
+    pub fn handle_signals(mut self, enabled: bool) -> Self {
+        self.config.handle_signals = enabled;
+        self
+    }
+
+    /// Serves `handler` until shut down, blocking the calling thread.
+    ///
+    /// Builds a multi-thread tokio runtime that lives as long as the server: it drives
+    /// the connections, and handler threads reach it through `ensure_sync`.
+    ///
+    /// Call it from a plain thread (`main`, a thread you spawned).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_async_context`] when called from async code (use
+    /// [`serve_async`](Server::serve_async) there); [`Error::is_runtime`] when the
+    /// runtime cannot start.
+    pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::new(Kind::AsyncContext).with_message(
+                "Server::serve blocks its thread; inside a tokio runtime use Server::serve_async",
+            ));
+        }
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all().thread_name("syncbridge-rt");
+        if let Some(n) = self.config.worker_threads {
+            builder.worker_threads(n);
+        }
+        let runtime = builder
+            .build()
+            .map_err(|e| Error::new(Kind::Runtime).with_source(e))?;
+        let result = runtime.block_on(self.run(handler));
+        // Everything the server spawned has ended by now; don't wait on stray tasks.
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        result
+    }
+
+    /// Serves `handler` on the current tokio runtime until shut down.
+    ///
+    /// Call it from async code: it must be polled inside a tokio runtime (any flavour).
+    /// Handlers still run on the server's blocking pool, not on the runtime's threads.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`] when the listener cannot be registered with the runtime.
+    pub async fn serve_async<H: Handler>(self, handler: H) -> Result<()> {
+        self.run(handler).await
+    }
+
+    async fn run<H: Handler>(self, handler: H) -> Result<()> {
+        let Server {
+            listener,
+            local_addr,
+            shutdown,
+            config,
+        } = self;
+        let listener =
+            TcpListener::from_std(listener).map_err(|e| Error::new(Kind::Bind).with_source(e))?;
+        let pool = config
+            .shared_pool
+            .clone()
+            .unwrap_or_else(|| config.pool.clone().build());
+        let service = SyncService::builder(handler)
+            .pool(pool.clone())
+            .max_body_size(config.max_body_size)
+            .retry_after(config.retry_after)
+            .runtime(tokio::runtime::Handle::current())
+            .build();
+        let force = CancellationToken::new();
+        let conn_config = Arc::new(ConnConfig {
+            http: http_builder(&config),
+            keep_alive: config.keep_alive_timeout,
+            graceful: shutdown.graceful.clone(),
+            force: force.clone(),
+        });
+        if config.handle_signals {
+            tokio::spawn(shutdown::watch_signals(
+                shutdown.graceful.clone(),
+                force.clone(),
+            ));
+        }
+        let connections = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        tracing::info!(addr = %local_addr, max_threads = pool.max_threads(), "syncbridge listening");
+
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.graceful.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.graceful.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(conn::serve(
+                        stream,
+                        peer,
+                        conn_config.clone(),
+                        service.clone(),
+                        permit,
+                    ));
+                }
+                Err(err) if is_per_connection(&err) => {
+                    tracing::debug!(error = %err, "accept failed for one connection");
+                }
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    tracing::error!(error = %err, "accept failed; retrying in 100 ms");
+                    tokio::select! {
+                        _ = shutdown.graceful.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+
+        drop(listener);
+        connections.close();
+        tracing::info!(
+            connections = connections.len(),
+            handlers_running = pool.stats().busy,
+            deadline_secs = config.shutdown_timeout.as_secs_f64(),
+            "shutting down: stopped accepting, draining in-flight requests"
+        );
+        let drained = tokio::select! {
+            _ = connections.wait() => true,
+            _ = tokio::time::sleep(config.shutdown_timeout) => false,
+            _ = force.cancelled() => false,
+        };
+        if !drained {
+            tracing::warn!(
+                connections = connections.len(),
+                "shutdown deadline reached; cutting off the remaining connections"
+            );
+            force.cancel();
+            // Each connection task logs what it cuts off and returns at once.
+            let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+        }
+        force.cancel(); // ends the signal watcher
+        let stats = pool.stats();
+        if stats.busy > 0 || stats.queued > 0 {
+            tracing::warn!(
+                handlers_running = stats.busy,
+                queued = stats.queued,
+                "blocking handlers still running at shutdown; their responses are dropped"
+            );
+        }
+        if config.shared_pool.is_none() {
+            pool.shutdown();
+        }
+        tracing::info!(addr = %local_addr, "syncbridge stopped");
+        Ok(())
+    }
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(config.max_header_size.max(8192));
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_size).unwrap_or(u32::MAX));
+    http
+}
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Restarting a server must not wait for old connections in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Accept errors that concern one connection only; the listener is fine.
+fn is_per_connection(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    )
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,95 @@
+//! Triggering a graceful shutdown: a handle, Ctrl-C and SIGTERM.
+
+use tokio_util::sync::CancellationToken;
+
+/// Starts the graceful shutdown of a [`Server`](crate::Server).
+///
+/// Obtained with [`Server::shutdown_handle`](crate::Server::shutdown_handle) before the
+/// server runs. Cloning is cheap. `shutdown` may be called from any thread, async or not,
+/// any number of times; calls after the first do nothing.
+///
+/// # Examples
+///
+/// ```no_run
+/// use syncbridge::{Request, Server};
+///
+/// let server = Server::bind("127.0.0.1:0");
+/// let handle = server.shutdown_handle();
+/// let thread = std::thread::spawn(move || server.serve(|_req: Request| "hi"));
+/// handle.shutdown();
+/// thread.join().unwrap().unwrap();
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownHandle {
+    pub(super) graceful: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Stops accepting connections and lets in-flight requests finish, up to the server's
+    /// shutdown timeout.
+    pub fn shutdown(&self) {
+        if !self.graceful.is_cancelled() {
+            tracing::info!("shutdown requested through the handle");
+        }
+        self.graceful.cancel();
+    }
+
+    /// Whether a shutdown has been requested.
+    pub fn is_shutdown(&self) -> bool {
+        self.graceful.is_cancelled()
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM and starts a graceful shutdown; a second signal cuts the
+/// drain short.
+pub(super) async fn watch_signals(graceful: CancellationToken, force: CancellationToken) {
+    for round in 0..2 {
+        let signal = tokio::select! {
+            s = next_signal() => s,
+            _ = force.cancelled() => return,
+            _ = graceful.cancelled(), if round == 0 => {
+                // Shut down by other means; still let a signal cut the drain short.
+                continue;
+            }
+        };
+        match signal {
+            None => return,
+            Some(name) if round == 0 && !graceful.is_cancelled() => {
+                tracing::info!(signal = name, "shutdown signal received; draining");
+                graceful.cancel();
+            }
+            Some(name) => {
+                tracing::warn!(
+                    signal = name,
+                    "second shutdown signal; cutting off the drain"
+                );
+                graceful.cancel();
+                force.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// The next Ctrl-C or SIGTERM; `None` when signals cannot be watched.
+async fn next_signal() -> Option<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot watch SIGTERM");
+                return None;
+            }
+        };
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.ok().map(|()| "SIGINT"),
+            _ = term.recv() => Some("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C")
+    }
+}
