@@ -1,0 +1,176 @@
+//! Shared helpers for the behaviour tests: a real server on 127.0.0.1:0 on its own
+//! thread and runtime, and a real HTTP client (hyper) over TCP. Every await goes through
+//! [`within`], so a hang fails the test instead of stalling the suite.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use syncbridge::{Handler, Server, ShutdownHandle};
+use tokio::net::TcpStream;
+
+/// How long any single step of a test may take before it counts as a hang.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test if it takes longer than [`STEP`].
+pub async fn within<F: Future>(fut: F) -> F::Output {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("test step timed out after {STEP:?}"),
+    }
+}
+
+/// A server running `serve` on a thread of its own.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ShutdownHandle,
+    thread: Option<JoinHandle<syncbridge::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts `handler` on 127.0.0.1:0 with the default settings.
+    pub fn start<H: Handler>(handler: H) -> Self {
+        Self::start_with(Server::bind("127.0.0.1:0"), handler)
+    }
+
+    /// Starts `handler` on a server configured by the caller (bound to 127.0.0.1:0).
+    pub fn start_with<H: Handler>(server: Server, handler: H) -> Self {
+        init_tracing();
+        let server = server.handle_signals(false).worker_threads(2);
+        let addr = server.local_addr();
+        let handle = server.shutdown_handle();
+        let thread = std::thread::spawn(move || server.serve(handler));
+        TestServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Shuts down gracefully and waits (at most [`STEP`]) for `serve` to return.
+    pub fn stop(mut self) {
+        self.handle.shutdown();
+        self.join();
+    }
+
+    /// Waits (at most [`STEP`]) for `serve` to return, after a shutdown from elsewhere.
+    pub fn join(&mut self) {
+        let thread = self.thread.take().expect("joined once");
+        let deadline = std::time::Instant::now() + STEP;
+        while !thread.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not stop in time"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        thread.join().expect("serve panicked").expect("serve failed");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "syncbridge=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// An HTTP/1.1 connection; the connection task runs in the background.
+pub async fn h1<B>(addr: SocketAddr) -> http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = within(TcpStream::connect(addr)).await.expect("connect");
+    let (send, conn) = within(http1::handshake(TokioIo::new(stream)))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// An HTTP/2 connection over cleartext with prior knowledge (h2c).
+pub async fn h2<B>(addr: SocketAddr) -> http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = within(TcpStream::connect(addr)).await.expect("connect");
+    let (send, conn) = within(http2::handshake(TokioExecutor::new(), TokioIo::new(stream)))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// A response with its body read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads a response whole (under [`within`]).
+pub async fn collect(response: http::Response<hyper::body::Incoming>) -> Reply {
+    let (parts, body) = response.into_parts();
+    let body = within(body.collect())
+        .await
+        .expect("response body")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// One request on a fresh HTTP/1.1 connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut send = h1::<Full<Bytes>>(addr).await;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Full::new(body.into()))
+        .unwrap();
+    let response = within(send.send_request(req)).await.expect("response");
+    collect(response).await
+}
+
+/// `GET path` on a fresh HTTP/1.1 connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path, Bytes::new()).await
+}
