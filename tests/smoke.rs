@@ -10,5 +10,5 @@ async fn hello_over_http1() {
     assert_eq!(reply.text(), "Hello, World!");
     assert_eq!(reply.headers["content-length"], "13");
     within(async {}).await;
-    server.stop();
+    server.stop().await;
 }

@@ -53,24 +53,26 @@ impl TestServer {
         }
     }
 
-    /// Shuts down gracefully and waits (at most [`STEP`]) for `serve` to return.
-    pub fn stop(mut self) {
+    /// Shuts down gracefully and waits (at most [`STEP`]) for `serve` to return. Async so
+    /// that the test's own runtime keeps driving client connections meanwhile (an h2
+    /// client must answer the server's GOAWAY ping).
+    pub async fn stop(mut self) {
         self.handle.shutdown();
-        self.join();
+        self.join().await.expect("serve failed");
     }
 
     /// Waits (at most [`STEP`]) for `serve` to return, after a shutdown from elsewhere.
-    pub fn join(&mut self) {
+    pub async fn join(&mut self) -> syncbridge::Result<()> {
         let thread = self.thread.take().expect("joined once");
-        let deadline = std::time::Instant::now() + STEP;
+        let deadline = tokio::time::Instant::now() + STEP;
         while !thread.is_finished() {
             assert!(
-                std::time::Instant::now() < deadline,
+                tokio::time::Instant::now() < deadline,
                 "server did not stop in time"
             );
-            std::thread::sleep(Duration::from_millis(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        thread.join().expect("serve panicked").expect("serve failed");
+        thread.join().expect("serve panicked")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -153,12 +155,7 @@ pub async fn collect(response: http::Response<hyper::body::Incoming>) -> Reply {
 }
 
 /// One request on a fresh HTTP/1.1 connection.
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: impl Into<Bytes>,
-) -> Reply {
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: impl Into<Bytes>) -> Reply {
     let mut send = h1::<Full<Bytes>>(addr).await;
     let req = http::Request::builder()
         .method(method)
@@ -173,4 +170,76 @@ pub async fn request(
 /// `GET path` on a fresh HTTP/1.1 connection.
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     request(addr, "GET", path, Bytes::new()).await
+}
+
+/// A raw HTTP/1.1 response read off a socket (only `Content-Length` framing).
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// Reads one `Content-Length`-framed response from `stream`; `None` if the server
+/// closed the connection before a response head.
+pub async fn read_raw_response(stream: &mut TcpStream) -> Option<RawReply> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = within(stream.read(&mut chunk)).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head[9..12].parse().expect("status code");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let mut chunk = vec![0u8; len - body.len()];
+        let n = within(stream.read(&mut chunk)).await.expect("body read");
+        assert!(n > 0, "connection closed inside the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some(RawReply { status, head, body })
+}
+
+/// Whether the server closes `stream` (EOF or reset) within [`STEP`].
+pub async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(STEP, stream.read(&mut chunk)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Peak and current resident memory of this process, in bytes (Linux).
+pub fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("memory field")
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }

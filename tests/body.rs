@@ -1,0 +1,375 @@
+//! Request and response bodies: streamed both ways, in parts, with backpressure.
+mod support;
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::{h1, h2, read_raw_response, request, within, TestServer};
+use syncbridge::{Request, Response, ResponseBody, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PART: usize = 64 * 1024;
+
+/// A handler that reads the body a part at a time and reports each part as it lands.
+fn parts_handler(parts_seen: mpsc::SyncSender<usize>) -> impl Fn(Request) -> String + Send + Sync {
+    let parts_seen = Mutex::new(parts_seen);
+    move |mut req: Request| {
+        let mut total = 0;
+        let mut part = vec![0u8; PART];
+        for i in 0..3 {
+            req.body_mut().read_exact(&mut part).expect("part");
+            assert!(part.iter().all(|&b| b == b'a' + i as u8));
+            total += part.len();
+            parts_seen.lock().unwrap().send(i).unwrap();
+        }
+        assert_eq!(req.body_mut().read(&mut part).unwrap(), 0);
+        format!("{total}")
+    }
+}
+
+async fn next_part(rx: &Arc<Mutex<mpsc::Receiver<usize>>>) -> usize {
+    let rx = rx.clone();
+    within(tokio::task::spawn_blocking(move || {
+        rx.lock()
+            .unwrap()
+            .recv_timeout(support::STEP)
+            .expect("handler saw part")
+    }))
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn http1_body_sent_in_parts_after_the_head_reaches_the_handler_part_by_part() {
+    let (tx, rx) = mpsc::sync_channel(4);
+    let rx = Arc::new(Mutex::new(rx));
+    let server = TestServer::start(parts_handler(tx));
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let head = format!(
+        "POST /parts HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        3 * PART
+    );
+    within(stream.write_all(head.as_bytes())).await.unwrap();
+    for i in 0..3u8 {
+        // The next part goes out only once the handler has read the previous one: a
+        // handler that ran on the connection's thread would deadlock here.
+        within(stream.write_all(&vec![b'a' + i; PART]))
+            .await
+            .unwrap();
+        assert_eq!(next_part(&rx).await, i as usize);
+    }
+    let reply = read_raw_response(&mut stream).await.expect("response");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, format!("{}", 3 * PART).as_bytes());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_body_sent_in_parts_after_the_head_reaches_the_handler_part_by_part() {
+    let (tx, rx) = mpsc::sync_channel(4);
+    let rx = Arc::new(Mutex::new(rx));
+    let server = TestServer::start(parts_handler(tx));
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let body = StreamBody::new(stream::unfold(body_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+    }))
+    .boxed();
+    let mut send = h2(server.addr).await;
+    let req = http::Request::post(server.url("/parts"))
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(send.send_request(req));
+    for i in 0..3u8 {
+        within(body_tx.send(Bytes::from(vec![b'a' + i; PART])))
+            .await
+            .unwrap();
+        assert_eq!(next_part(&rx).await, i as usize);
+    }
+    drop(body_tx);
+    let response = within(response).await.unwrap().expect("h2 response");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let reply = support::collect(response).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), format!("{}", 3 * PART));
+    server.stop().await;
+}
+
+const BIG: u64 = 256 * 1024 * 1024;
+/// What the transfer may add to the process's peak memory (client and server together).
+const MEMORY_BOUND: u64 = 48 * 1024 * 1024;
+
+#[tokio::test]
+async fn upload_of_256_mib_streams_with_bounded_memory() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").max_body_size(BIG),
+        |mut req: Request| {
+            let mut n = 0u64;
+            let mut buf = vec![0u8; PART];
+            loop {
+                match req.body_mut().read(&mut buf).expect("read") {
+                    0 => return n.to_string(),
+                    k => n += k as u64,
+                }
+            }
+        },
+    );
+    let (_, rss_before) = support::memory();
+    let chunk = Bytes::from(vec![7u8; 1 << 20]);
+    let chunks = stream::iter(
+        (0..BIG >> 20).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))),
+    );
+    let mut send = h1(server.addr).await;
+    let req = http::Request::post("/upload")
+        .header("host", "x")
+        .header("content-length", BIG)
+        .body(StreamBody::new(chunks))
+        .unwrap();
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(120), send.send_request(req))
+            .await
+            .expect("upload in time")
+            .expect("response");
+    let reply = support::collect(response).await;
+    assert_eq!(reply.text(), BIG.to_string());
+    let (peak, _) = support::memory();
+    assert!(
+        peak.saturating_sub(rss_before) < MEMORY_BOUND,
+        "peak memory grew by {} MiB for a 256 MiB upload",
+        peak.saturating_sub(rss_before) >> 20
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn download_of_256_mib_streams_with_bounded_memory() {
+    let server = TestServer::start(|_req: Request| {
+        let mut response =
+            Response::new(ResponseBody::from_reader(std::io::repeat(b'x').take(BIG)));
+        response.headers_mut().insert("content-length", BIG.into());
+        response
+    });
+    let (_, rss_before) = support::memory();
+    let mut send = h1(server.addr).await;
+    let req = http::Request::get("/big")
+        .header("host", "x")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = within(send.send_request(req)).await.expect("response");
+    assert_eq!(
+        response.headers()["content-length"],
+        BIG.to_string().as_str()
+    );
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    let mut last_byte = 0u8;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while let Some(frame) = within(body.frame()).await {
+        let data = frame.expect("frame").into_data().expect("data");
+        received += data.len() as u64;
+        last_byte = *data.last().unwrap_or(&last_byte);
+        assert!(std::time::Instant::now() < deadline, "download too slow");
+    }
+    assert_eq!(received, BIG);
+    assert_eq!(last_byte, b'x');
+    let (peak, _) = support::memory();
+    assert!(
+        peak.saturating_sub(rss_before) < MEMORY_BOUND,
+        "peak memory grew by {} MiB for a 256 MiB download",
+        peak.saturating_sub(rss_before) >> 20
+    );
+    server.stop().await;
+}
+
+/// A reader of `x` bytes that counts what it produced and reports when it is dropped.
+struct CountingReader {
+    produced: Arc<AtomicU64>,
+    limit: u64,
+    dropped: Option<mpsc::SyncSender<()>>,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let done = self.produced.load(Ordering::SeqCst);
+        let n = (self.limit - done).min(buf.len() as u64) as usize;
+        buf[..n].fill(b'x');
+        self.produced.fetch_add(n as u64, Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+impl Drop for CountingReader {
+    fn drop(&mut self) {
+        if let Some(tx) = self.dropped.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_client_holds_the_producer_back() {
+    const TOTAL: u64 = 64 * 1024 * 1024;
+    let produced = Arc::new(AtomicU64::new(0));
+    let server_produced = produced.clone();
+    let server = TestServer::start(move |_req: Request| {
+        let mut response = Response::new(ResponseBody::from_reader(CountingReader {
+            produced: server_produced.clone(),
+            limit: TOTAL,
+            dropped: None,
+        }));
+        response
+            .headers_mut()
+            .insert("content-length", TOTAL.into());
+        response
+    });
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0u64;
+    while read < 1024 * 1024 {
+        read += within(stream.read(&mut buf)).await.unwrap() as u64;
+    }
+    // The client stops reading: the producer must stall once the bridge's few chunks and
+    // the kernel's socket buffers are full. Wait for it to stall, then check how far ahead
+    // it got (this polls a counter; it does not synchronise anything).
+    let deadline = std::time::Instant::now() + support::STEP;
+    let mut last = produced.load(Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = produced.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "producer never stalled"
+        );
+        last = now;
+    }
+    assert!(
+        last < read + 32 * 1024 * 1024,
+        "producer ran {} MiB ahead of a paused client",
+        (last - read) >> 20
+    );
+    assert!(last < TOTAL);
+    // Reading resumes; everything arrives (the head is a few dozen bytes on top).
+    within(async {
+        while read < TOTAL {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed early");
+            read += n as u64;
+        }
+    })
+    .await;
+    assert_eq!(produced.load(Ordering::SeqCst), TOTAL);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_download_drops_the_reader() {
+    let (dropped_tx, dropped_rx) = mpsc::sync_channel(1);
+    let dropped_tx = Mutex::new(Some(dropped_tx));
+    let server = TestServer::start(move |req: Request| {
+        if req.uri().path() != "/endless" {
+            return ResponseBody::from("ok");
+        }
+        ResponseBody::from_reader(CountingReader {
+            produced: Arc::new(AtomicU64::new(0)),
+            limit: u64::MAX,
+            dropped: dropped_tx.lock().unwrap().take(),
+        })
+    });
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0;
+    while read < 512 * 1024 {
+        read += within(stream.read(&mut buf)).await.unwrap();
+    }
+    drop(stream);
+    within(tokio::task::spawn_blocking(move || {
+        dropped_rx.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the endless reader was dropped after the client left");
+    // The pool slot came back: the server still answers.
+    let reply = support::get(server.addr, "/after").await;
+    assert_eq!(reply.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn writer_iterator_and_echo_bodies_arrive_whole() {
+    let server = TestServer::start(|req: Request| match req.uri().path() {
+        "/writer" => ResponseBody::from_writer(|w| {
+            for i in 0..1000 {
+                writeln!(w, "line {i}")?;
+            }
+            Ok(())
+        }),
+        "/iter" => ResponseBody::from_iter((0..100).map(|i| Ok(Bytes::from(format!("{i},"))))),
+        "/echo" => ResponseBody::from(req.into_body()),
+        _ => ResponseBody::from("?"),
+    });
+    let writer = support::get(server.addr, "/writer").await;
+    let expected: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(writer.text(), expected);
+    let iter = support::get(server.addr, "/iter").await;
+    let expected: String = (0..100).map(|i| format!("{i},")).collect();
+    assert_eq!(iter.text(), expected);
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let echo = request(server.addr, "POST", "/echo", payload.clone()).await;
+    assert_eq!(echo.status, 200);
+    assert!(echo.body == payload, "echo differs");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn body_over_the_limit_gets_413_and_fails_the_handlers_read() {
+    let (err_tx, err_rx) = mpsc::sync_channel(1);
+    let err_tx = Mutex::new(err_tx);
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").max_body_size(100_000),
+        move |mut req: Request| {
+            let mut sink = Vec::new();
+            let result = req.body_mut().read_to_end(&mut sink);
+            let _ = err_tx.lock().unwrap().send(result.map_err(|e| e.kind()));
+            "read it all"
+        },
+    );
+    // Declared too large: refused before the handler runs.
+    let declared = request(server.addr, "POST", "/declared", vec![0u8; 200_000]).await;
+    assert_eq!(declared.status, 413);
+
+    // Streamed without a length: the limit trips mid-body.
+    let chunks = stream::iter(
+        (0..50).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![1u8; 8192])))),
+    );
+    let mut send = h1(server.addr).await;
+    let req = http::Request::post("/streamed")
+        .header("host", "x")
+        .body(StreamBody::new(chunks))
+        .unwrap();
+    let reply = support::collect(within(send.send_request(req)).await.expect("response")).await;
+    assert_eq!(reply.status, 413);
+    let read = within(tokio::task::spawn_blocking(move || {
+        err_rx.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("handler reported its read");
+    assert_eq!(read, Err(std::io::ErrorKind::InvalidData));
+    server.stop().await;
+}
