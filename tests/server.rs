@@ -1,0 +1,260 @@
+//! The bundled server: failures, overload, limits, timeouts, protocols.
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use support::{closed_by_server, get, h2, read_raw_response, within, TestServer};
+use syncbridge::{Request, Server};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A handler whose `/block` requests wait for the test to release them, announcing when
+/// they start; everything else answers at once.
+struct Gate {
+    started: Mutex<mpsc::SyncSender<()>>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+fn gate() -> (Arc<Gate>, mpsc::Receiver<()>, mpsc::SyncSender<()>) {
+    let (started_tx, started_rx) = mpsc::sync_channel(16);
+    let (release_tx, release_rx) = mpsc::sync_channel(16);
+    let gate = Arc::new(Gate {
+        started: Mutex::new(started_tx),
+        release: Mutex::new(release_rx),
+    });
+    (gate, started_rx, release_tx)
+}
+
+fn gated(gate: Arc<Gate>) -> impl Fn(Request) -> &'static str + Send + Sync {
+    move |req: Request| {
+        if req.uri().path() == "/block" {
+            gate.started.lock().unwrap().send(()).unwrap();
+            let _ = gate
+                .release
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(30));
+        }
+        "done"
+    }
+}
+
+async fn recv_blocking(rx: mpsc::Receiver<()>) -> mpsc::Receiver<()> {
+    within(tokio::task::spawn_blocking(move || {
+        rx.recv_timeout(support::STEP).expect("signal");
+        rx
+    }))
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn handler_panic_returns_500_and_the_next_request_200() {
+    let server = TestServer::start(|req: Request| {
+        if req.uri().path() == "/panic" {
+            panic!("legacy code blew up");
+        }
+        "fine"
+    });
+    let reply = get(server.addr, "/panic").await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.text(), "Internal Server Error");
+    for _ in 0..3 {
+        let reply = get(server.addr, "/ok").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "fine");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn handler_error_returns_500_without_leaking_details() {
+    let server = TestServer::start(|_req: Request| -> Result<&'static str, std::io::Error> {
+        Err(std::io::Error::other("database password is hunter2"))
+    });
+    let reply = get(server.addr, "/").await;
+    assert_eq!(reply.status, 500);
+    assert!(!reply.text().contains("hunter2"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn overload_answers_503_with_retry_after_at_once() {
+    let (gate, started, release) = gate();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_threads(1)
+            .queue_capacity(0)
+            .retry_after(Duration::from_secs(3)),
+        gated(gate),
+    );
+    let addr = server.addr;
+    let busy = tokio::spawn(async move { get(addr, "/block").await });
+    let _started = recv_blocking(started).await;
+
+    let t0 = Instant::now();
+    let reply = get(server.addr, "/hello").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers["retry-after"], "3");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "503 took {:?}",
+        t0.elapsed()
+    );
+
+    release.send(()).unwrap();
+    assert_eq!(within(busy).await.unwrap().status, 200);
+    assert_eq!(get(server.addr, "/hello").await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn queued_request_times_out_with_503_and_never_runs() {
+    let (gate, started, release) = gate();
+    let ran_late = Arc::new(AtomicUsize::new(0));
+    let ran = ran_late.clone();
+    let inner = gated(gate);
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_threads(1)
+            .queue_capacity(4)
+            .queue_timeout(Duration::from_millis(200)),
+        move |req: Request| {
+            if req.uri().path() == "/late" {
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+            inner(req)
+        },
+    );
+    let addr = server.addr;
+    let busy = tokio::spawn(async move { get(addr, "/block").await });
+    let _started = recv_blocking(started).await;
+
+    let reply = get(server.addr, "/late").await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.headers.contains_key("retry-after"));
+
+    release.send(()).unwrap();
+    assert_eq!(within(busy).await.unwrap().status, 200);
+    // The pool is free again and has worked off its queue: the timed-out request was
+    // withdrawn, not run late.
+    assert_eq!(get(server.addr, "/hello").await.status, 200);
+    assert_eq!(ran_late.load(Ordering::SeqCst), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let server = TestServer::start(|_req: Request| "ok");
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let big = "a".repeat(64 * 1024);
+    let head = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    // The server may answer before it has read everything we send.
+    let _ = within(stream.write_all(head.as_bytes())).await;
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(reply.status, 431);
+
+    let normal = get(server.addr, "/").await;
+    assert_eq!(normal.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keep_alive_serves_several_requests_on_one_connection() {
+    let server = TestServer::start(|req: Request| format!("you asked {}", req.uri().path()));
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    for i in 0..3 {
+        let head = format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        within(stream.write_all(head.as_bytes())).await.unwrap();
+        let reply = read_raw_response(&mut stream)
+            .await
+            .expect("response on the same connection");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, format!("you asked /{i}").as_bytes());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_request_is_served() {
+    let server = TestServer::start(|req: Request| format!("{:?}", req.version()));
+    let mut send = h2::<Empty<Bytes>>(server.addr).await;
+    for _ in 0..2 {
+        let req = http::Request::get(server.url("/"))
+            .body(Empty::new())
+            .unwrap();
+        let response = within(send.send_request(req)).await.expect("h2 response");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let reply = support::collect(response).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "HTTP/2.0");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_request_head_is_cut_off_by_the_header_read_timeout() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").header_read_timeout(Duration::from_millis(300)),
+        |_req: Request| "ok",
+    );
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n"))
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut stream).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .keep_alive_timeout(Some(Duration::from_millis(300)))
+            .header_read_timeout(Duration::from_secs(60)),
+        |_req: Request| "ok",
+    );
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
+    let t0 = Instant::now();
+    assert!(closed_by_server(&mut stream).await);
+    // Well before the 60 s header timer: the idle timeout closed it.
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").max_connections(1),
+        |_req: Request| "ok",
+    );
+    let mut first = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(first.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_raw_response(&mut first).await.unwrap().status, 200);
+
+    // The second connection sits in the listen backlog, unserved.
+    let mut second = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let early =
+        tokio::time::timeout(Duration::from_millis(300), read_raw_response(&mut second)).await;
+    assert!(early.is_err(), "second connection served past the limit");
+
+    drop(first);
+    let reply = read_raw_response(&mut second)
+        .await
+        .expect("served after the first closed");
+    assert_eq!(reply.status, 200);
+    server.stop().await;
+}

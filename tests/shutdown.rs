@@ -1,0 +1,103 @@
+//! Graceful shutdown: in-flight requests finish, new connections are refused, and the
+//! deadline cuts off what does not finish.
+mod support;
+
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{get, within, TestServer};
+use syncbridge::{Request, Server};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn graceful_shutdown_completes_an_inflight_request_and_refuses_new_connections() {
+    let (started_tx, started_rx) = mpsc::sync_channel::<()>(1);
+    let (release_tx, release_rx) = mpsc::sync_channel::<()>(1);
+    let started_tx = Mutex::new(started_tx);
+    let release_rx = Mutex::new(release_rx);
+    let mut server = TestServer::start(move |_req: Request| {
+        started_tx.lock().unwrap().send(()).unwrap();
+        release_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(support::STEP)
+            .unwrap();
+        "finished"
+    });
+    let addr = server.addr;
+    let inflight = tokio::spawn(async move { get(addr, "/slow").await });
+    within(tokio::task::spawn_blocking(move || {
+        started_rx.recv_timeout(support::STEP).unwrap()
+    }))
+    .await
+    .unwrap();
+
+    server.handle.shutdown();
+    // New connections are refused once the listener is closed.
+    let deadline = Instant::now() + support::STEP;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after shutdown");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    release_tx.send(()).unwrap();
+    let reply = within(inflight).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "finished");
+    within(server.join()).await.expect("serve returned Ok");
+}
+
+#[tokio::test]
+async fn shutdown_deadline_cuts_off_a_request_that_does_not_finish() {
+    let (release_tx, release_rx) = mpsc::sync_channel::<()>(1);
+    let release_rx = Mutex::new(release_rx);
+    let (started_tx, started_rx) = mpsc::sync_channel::<()>(1);
+    let started_tx = Mutex::new(started_tx);
+    let mut server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").shutdown_timeout(Duration::from_millis(200)),
+        move |_req: Request| {
+            started_tx.lock().unwrap().send(()).unwrap();
+            // Stuck until the test ends: only the deadline can end the connection.
+            let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
+            "too late"
+        },
+    );
+    let addr = server.addr;
+    let stuck = tokio::spawn(async move {
+        let mut send = support::h1::<http_body_util::Empty<bytes::Bytes>>(addr).await;
+        let req = http::Request::get("/stuck")
+            .header("host", "x")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        within(send.send_request(req)).await
+    });
+    within(tokio::task::spawn_blocking(move || {
+        started_rx.recv_timeout(support::STEP).unwrap()
+    }))
+    .await
+    .unwrap();
+
+    let t0 = Instant::now();
+    server.handle.shutdown();
+    within(server.join()).await.expect("serve returned Ok");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // The client sees its connection closed without a response.
+    assert!(within(stuck).await.unwrap().is_err());
+    release_tx.send(()).unwrap();
+}
+
+#[test]
+fn serve_from_async_code_is_a_clear_error() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt
+        .block_on(async { Server::bind("127.0.0.1:0").serve(|_req: Request| "x") })
+        .unwrap_err();
+    assert!(err.is_async_context(), "{err}");
+}
