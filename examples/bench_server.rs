@@ -60,7 +60,7 @@ fn download(req: &Request) -> Response {
         let k = (total - i * CHUNK as u64).min(CHUNK as u64) as usize;
         Ok(Bytes::from_static(&XS[..k]))
     });
-    let mut response = Response::new(ResponseBody::from_iter(chunks));
+    let mut response = Response::new(ResponseBody::from_chunks(chunks));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -319,7 +319,7 @@ async fn writer_iterator_and_echo_bodies_arrive_whole() {
             }
             Ok(())
         }),
-        "/iter" => ResponseBody::from_iter((0..100).map(|i| Ok(Bytes::from(format!("{i},"))))),
+        "/iter" => ResponseBody::from_chunks((0..100).map(|i| Ok(Bytes::from(format!("{i},"))))),
         "/echo" => ResponseBody::from(req.into_body()),
         _ => ResponseBody::from("?"),
     });

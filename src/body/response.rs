@@ -24,7 +24,7 @@ use bytes::Bytes;
 ///
 /// let full = ResponseBody::from("hello");
 /// let file_like = ResponseBody::from_reader(std::io::Cursor::new(vec![0u8; 1024]));
-/// let chunks = ResponseBody::from_iter(["a", "b"].map(|s| Ok(bytes::Bytes::from(s))));
+/// let chunks = ResponseBody::from_chunks(["a", "b"].map(|s| Ok(bytes::Bytes::from(s))));
 /// let written = ResponseBody::from_writer(|w| {
 ///     w.write_all(b"line 1\n")?;
 ///     w.write_all(b"line 2\n")
@@ -40,11 +40,14 @@ pub(crate) enum ResponseKind {
     Stream(Producer),
 }
 
+/// A writer-style body: a closure that writes the body into the `io::Write` it is given.
+pub(crate) type WriteFn = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+
 /// Where a streamed body's chunks come from; runs on the handler's thread.
 pub(crate) enum Producer {
     Reader(Box<dyn Read + Send>),
     Iter(Box<dyn Iterator<Item = io::Result<Bytes>> + Send>),
-    Writer(Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>),
+    Writer(WriteFn),
 }
 
 impl ResponseBody {
@@ -63,7 +66,7 @@ impl ResponseBody {
     }
 
     /// Streams the chunks of `iter`; an `Err` item aborts the response.
-    pub fn from_iter<I>(iter: I) -> Self
+    pub fn from_chunks<I>(iter: I) -> Self
     where
         I: IntoIterator<Item = io::Result<Bytes>>,
         I::IntoIter: Send + 'static,

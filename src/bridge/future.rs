@@ -32,6 +32,9 @@ pub struct SyncServiceFuture<B> {
     completion: Option<Completion>,
 }
 
+// `Ready` (an early 413/503) is rare and short-lived; boxing it would cost the common
+// path nothing but cost the rare one an allocation, so the size difference stays.
+#[allow(clippy::large_enum_variant)]
 enum State<B> {
     Ready(Option<http::Response<BridgeBody>>),
     Waiting(Waiting<B>),

@@ -69,12 +69,12 @@ pub(super) fn run<H: Handler>(
     let (parts, body) = response.into_parts();
     match body.kind {
         ResponseKind::Full(bytes) => {
-            let _ = cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
+            cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
         }
         ResponseKind::Stream(producer) => {
             let (tx, rx) = channel::channel(CHUNKS_IN_FLIGHT);
             let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
-            if cell.complete(response).is_err() {
+            if !cell.complete(response) {
                 tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");
                 return;
             }

@@ -56,21 +56,20 @@ impl ReplyCell {
             .is_ok()
     }
 
-    /// Worker side: deliver the response. Gives it back when nobody waits for it any
-    /// more, so the caller can drop it (and skip producing its body) on its own thread.
-    pub(crate) fn complete(
-        &self,
-        response: http::Response<BridgeBody>,
-    ) -> Result<(), http::Response<BridgeBody>> {
+    /// Worker side: deliver the response. False when nobody waits for it any more: the
+    /// response is then dropped here, on the worker's thread, and its body never produced.
+    pub(crate) fn complete(&self, response: http::Response<BridgeBody>) -> bool {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         if slot.abandoned {
-            return Err(response);
+            drop(slot);
+            drop(response);
+            return false;
         }
         slot.response = Some(response);
         self.state.store(DONE, Ordering::Release);
         drop(slot);
         self.waker.wake();
-        Ok(())
+        true
     }
 
     /// Async side: the response, once delivered.
