@@ -1,5 +1,4 @@
-//! syncbridge: serve ordinary blocking Rust handlers over HTTP on a persistent tokio
-//! runtime and hyper 1.x.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]

@@ -119,6 +119,8 @@ pub(crate) struct Completion {
     pub(crate) status: StatusCode,
     pub(crate) start: Instant,
     pub(crate) bytes: u64,
+    /// The response's `Content-Length`: hyper stops polling once it has that many bytes.
+    pub(crate) expected: Option<u64>,
     pub(crate) complete: bool,
     pub(crate) activity: Option<Arc<crate::bridge::Activity>>,
 }
@@ -135,7 +137,7 @@ impl Drop for Completion {
             status = self.status.as_u16(),
             bytes = self.bytes,
             latency_us = self.start.elapsed().as_micros() as u64,
-            complete = self.complete,
+            complete = self.complete || self.expected == Some(self.bytes),
         );
     }
 }

@@ -79,6 +79,7 @@ impl<B> SyncServiceFuture<B> {
         self.state = State::Done;
         if let Some(mut completion) = self.completion.take() {
             completion.status = response.status();
+            completion.expected = super::declared_length(response.headers());
             response.body_mut().set_completion(completion);
         }
         response

@@ -128,6 +128,7 @@ impl<H: Handler> SyncService<H> {
             status: http::StatusCode::OK,
             start: Instant::now(),
             bytes: 0,
+            expected: None,
             complete: false,
             activity: self.activity.clone(),
         };
@@ -184,7 +185,7 @@ impl<H: Handler> SyncService<H> {
 /// the cap is about how long one request may occupy a handler thread.
 pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
 
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
