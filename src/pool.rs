@@ -6,6 +6,7 @@
 //! without bound under overload. Threads are started on demand and exit after
 //! `keep_alive` without work, so an idle server holds no threads here.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -64,16 +65,54 @@ struct PoolConfig {
 
 struct State {
     queue: VecDeque<Job>,
-    /// Threads alive, busy or idle.
+    /// Threads alive. Always `running + idle + searching`.
     threads: usize,
-    /// Threads waiting on the condvar that no submitter has claimed yet.
+    /// Threads running a job.
+    running: usize,
+    /// Threads parked on the condvar and not claimed by a submitter.
     idle: usize,
-    /// Wake-ups sent to idle threads and not yet consumed: tells a woken thread from a
-    /// spurious or timed-out wake-up (the scheme of tokio's blocking pool).
-    notified: usize,
+    /// Threads that will look at the queue before they park: woken or new threads on
+    /// their way, and threads whose job is finishing. While one exists, a submit only
+    /// pushes: no wake-up, no new thread. This is what keeps a burst of fast requests on
+    /// one or two threads instead of waking (or spawning) a thread per request.
+    searching: usize,
+    /// Wake-ups sent to parked threads and not yet consumed: tells a claimed thread from
+    /// a spurious or timed-out wake-up.
+    wakeups: usize,
     shutdown: bool,
     /// Peak of `threads`, for stats and tests.
     peak_threads: usize,
+}
+
+/// What a caller must do after releasing the lock.
+enum Wake {
+    Nothing,
+    Notify,
+    Spawn(Option<Job>),
+}
+
+thread_local! {
+    /// The pool this thread works for, and whether its current job has already
+    /// announced that it is finishing (see [`job_finishing`]).
+    static WORKER: RefCell<Option<Arc<Inner>>> = const { RefCell::new(None) };
+    static FINISHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by a job on a pool thread right before it hands its result back: the thread
+/// counts as searching from now on, so the next submit (which the result may trigger at
+/// once, e.g. the next request on a keep-alive connection) finds it instead of waking
+/// or spawning another thread. Does nothing off a pool thread.
+pub(crate) fn job_finishing() {
+    WORKER.with(|worker| {
+        if let Some(inner) = &*worker.borrow() {
+            if !FINISHING.get() {
+                FINISHING.set(true);
+                let mut state = inner.lock();
+                state.running -= 1;
+                state.searching += 1;
+            }
+        }
+    });
 }
 
 impl BlockingPool {
@@ -102,7 +141,7 @@ impl BlockingPool {
         let state = self.inner.lock();
         PoolStats {
             threads: state.threads,
-            busy: state.threads - state.idle,
+            busy: state.running,
             queued: state.queue.len(),
             peak_threads: state.peak_threads,
         }
@@ -110,62 +149,42 @@ impl BlockingPool {
 
     /// Hands `job` to a thread, queues it, or gives it back when the pool is full or shut
     /// down. Never blocks beyond a short lock.
+    ///
+    /// `Started` means a thread will take it without waiting for a running job to end;
+    /// `Queued` means every thread is busy, so the caller should enforce the queue
+    /// timeout.
     pub(crate) fn try_submit(&self, job: Job) -> Result<Admission, Job> {
+        let config = &self.inner.config;
         let mut state = self.inner.lock();
-        if state.shutdown {
+        let free = config.max_threads - state.running;
+        if state.shutdown || state.queue.len() >= free + config.queue_capacity {
             return Err(job);
         }
-        if state.idle > 0 {
-            state.idle -= 1;
-            state.notified += 1;
-            state.queue.push_back(job);
-            drop(state);
-            self.inner.condvar.notify_one();
-            return Ok(Admission::Started);
-        }
-        if state.threads < self.inner.config.max_threads {
+        let admission = if state.queue.len() < free {
+            Admission::Started
+        } else {
+            Admission::Queued
+        };
+        let wake = if state.searching == 0 && state.idle == 0 && state.threads < config.max_threads
+        {
+            // Nobody could take it soon: a new thread starts with it in hand.
             state.threads += 1;
+            state.running += 1;
             state.peak_threads = state.peak_threads.max(state.threads);
-            drop(state);
-            return match self.spawn_thread(job) {
-                Ok(()) => Ok(Admission::Started),
-                Err((job, err)) => {
-                    self.inner.lock().threads -= 1;
-                    tracing::error!(pool = %self.inner.config.name, error = %err, "failed to start a pool thread");
-                    Err(job)
-                }
-            };
-        }
-        if state.queue.len() < self.inner.config.queue_capacity {
+            Wake::Spawn(Some(job))
+        } else {
             state.queue.push_back(job);
-            return Ok(Admission::Queued);
-        }
-        Err(job)
-    }
-
-    fn spawn_thread(&self, first: Job) -> Result<(), (Job, std::io::Error)> {
-        let inner = self.inner.clone();
-        let mut builder = std::thread::Builder::new().name(inner.config.name.clone());
-        if let Some(size) = inner.config.stack_size {
-            builder = builder.stack_size(size);
-        }
-        // The job travels inside a slot so that it can be handed back if the spawn fails.
-        let slot = Arc::new(Mutex::new(Some(first)));
-        let thread_slot = slot.clone();
-        match builder.spawn(move || {
-            let first = thread_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            drop(thread_slot);
-            inner.work(first)
-        }) {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                let job = slot
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .expect("job still in its slot");
-                Err((job, err))
+            if state.searching == 0 {
+                self.inner.claim(&mut state)
+            } else {
+                Wake::Nothing
             }
+        };
+        drop(state);
+        match self.inner.act(wake) {
+            Ok(()) => Ok(admission),
+            Err(Some(job)) => Err(job),
+            Err(None) => Ok(admission),
         }
     }
 
@@ -183,54 +202,156 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A pool thread's life: run jobs while there are any, then wait up to `keep_alive`.
-    fn work(&self, first: Option<Job>) {
-        if let Some(job) = first {
-            job();
+    /// Gets one more thread looking at the queue: a parked one if any, else a new one
+    /// (below the limit). Called with the lock held; the caller acts on the result.
+    fn claim(&self, state: &mut State) -> Wake {
+        if state.idle > 0 {
+            state.idle -= 1;
+            state.searching += 1;
+            state.wakeups += 1;
+            Wake::Notify
+        } else if state.threads < self.config.max_threads {
+            state.threads += 1;
+            state.searching += 1;
+            state.peak_threads = state.peak_threads.max(state.threads);
+            Wake::Spawn(None)
+        } else {
+            Wake::Nothing
         }
+    }
+
+    /// Carries out a [`Wake`] outside the lock. A failed spawn is undone and logged; the
+    /// job it carried, if any, is handed back.
+    fn act(self: &Arc<Self>, wake: Wake) -> Result<(), Option<Job>> {
+        match wake {
+            Wake::Nothing => Ok(()),
+            Wake::Notify => {
+                self.condvar.notify_one();
+                Ok(())
+            }
+            Wake::Spawn(first) => {
+                let with_job = first.is_some();
+                self.spawn_thread(first).map_err(|(job, err)| {
+                    let mut state = self.lock();
+                    state.threads -= 1;
+                    if with_job {
+                        state.running -= 1;
+                    } else {
+                        state.searching -= 1;
+                    }
+                    drop(state);
+                    tracing::error!(pool = %self.config.name, error = %err, "failed to start a pool thread");
+                    job
+                })
+            }
+        }
+    }
+
+    fn spawn_thread(
+        self: &Arc<Self>,
+        first: Option<Job>,
+    ) -> Result<(), (Option<Job>, std::io::Error)> {
+        let inner = self.clone();
+        let mut builder = std::thread::Builder::new().name(inner.config.name.clone());
+        if let Some(size) = inner.config.stack_size {
+            builder = builder.stack_size(size);
+        }
+        // The job travels inside a slot so that it can be handed back if the spawn fails.
+        let slot = Arc::new(Mutex::new(first));
+        let thread_slot = slot.clone();
+        match builder.spawn(move || {
+            let first = thread_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(thread_slot);
+            inner.work(first)
+        }) {
+            Ok(_) => Ok(()),
+            Err(err) => Err((slot.lock().unwrap_or_else(|e| e.into_inner()).take(), err)),
+        }
+    }
+
+    /// A pool thread's life: run jobs while there are any, then park up to `keep_alive`.
+    /// It starts either with a job in hand (counted as running) or as a searcher.
+    fn work(self: Arc<Self>, first: Option<Job>) {
+        WORKER.with(|worker| *worker.borrow_mut() = Some(self.clone()));
+        let mut next = first;
         let mut state = self.lock();
         loop {
-            if let Some(job) = state.queue.pop_front() {
-                drop(state);
-                job();
-                state = self.lock();
-                continue;
-            }
-            if state.shutdown {
-                break;
-            }
-            state.idle += 1;
-            let deadline = Instant::now() + self.config.keep_alive;
-            let mut timed_out = false;
-            loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    timed_out = true;
-                    break;
-                }
-                let (guard, _) = self
-                    .condvar
-                    .wait_timeout(state, deadline - now)
-                    .unwrap_or_else(|e| e.into_inner());
-                state = guard;
-                if state.notified > 0 {
-                    // A submitter claimed this thread and already took it off `idle`.
-                    state.notified -= 1;
-                    break;
-                }
-                if state.shutdown {
-                    state.idle -= 1;
-                    break;
-                }
-            }
-            if timed_out {
-                state.idle -= 1;
-                if state.queue.is_empty() {
-                    break;
-                }
+            let (job, wake) = match next.take() {
+                Some(job) => (job, Wake::Nothing),
+                None => match state.queue.pop_front() {
+                    Some(job) => {
+                        state.searching -= 1;
+                        state.running += 1;
+                        // More work waiting and nobody else looking: get another thread
+                        // on its way, so a handler that blocks long does not hold up
+                        // the queue behind it.
+                        let wake = if !state.queue.is_empty() && state.searching == 0 {
+                            self.claim(&mut state)
+                        } else {
+                            Wake::Nothing
+                        };
+                        (job, wake)
+                    }
+                    None => {
+                        let (guard, again) = self.park(state);
+                        state = guard;
+                        if !again {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            drop(state);
+            let _ = self.act(wake);
+            FINISHING.set(false);
+            job();
+            state = self.lock();
+            if !FINISHING.get() {
+                state.running -= 1;
+                state.searching += 1;
             }
         }
         state.threads -= 1;
+        drop(state);
+        WORKER.with(|worker| worker.borrow_mut().take());
+    }
+
+    /// Parks a searching thread that found the queue empty. Returns true when it should
+    /// look at the queue again (claimed, or timed out with work waiting), false when the
+    /// thread should exit (kept alive long enough, or shut down).
+    fn park<'a>(&'a self, mut state: MutexGuard<'a, State>) -> (MutexGuard<'a, State>, bool) {
+        state.searching -= 1;
+        if state.shutdown {
+            return (state, false);
+        }
+        state.idle += 1;
+        let deadline = Instant::now() + self.config.keep_alive;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                state.idle -= 1;
+                if state.queue.is_empty() {
+                    return (state, false);
+                }
+                state.searching += 1;
+                return (state, true);
+            }
+            state = self
+                .condvar
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if state.wakeups > 0 {
+                // A submitter claimed this thread: it already moved it to `searching`.
+                state.wakeups -= 1;
+                return (state, true);
+            }
+            if state.shutdown {
+                state.idle -= 1;
+                return (state, false);
+            }
+        }
     }
 }
 
@@ -333,8 +454,10 @@ impl BlockingPoolBuilder {
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
                     threads: 0,
+                    running: 0,
                     idle: 0,
-                    notified: 0,
+                    searching: 0,
+                    wakeups: 0,
                     shutdown: false,
                     peak_threads: 0,
                 }),
@@ -408,5 +531,57 @@ mod tests {
             }
         }
         assert_eq!(pool.stats().peak_threads, 1);
+    }
+
+    #[test]
+    fn a_burst_of_blocking_jobs_gets_a_thread_each() {
+        let pool = BlockingPool::builder().max_threads(64).build();
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        for _ in 0..50 {
+            let started = started.clone();
+            let release_rx = release_rx.clone();
+            let job: Job = Box::new(move || {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = release_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10));
+            });
+            assert!(pool.try_submit(job).is_ok());
+        }
+        // All 50 must be running at once: each one that starts gets the next thread going.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while started.load(std::sync::atomic::Ordering::SeqCst) < 50 {
+            assert!(
+                Instant::now() < deadline,
+                "only {} started",
+                started.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(pool.stats().busy, 50);
+        for _ in 0..50 {
+            release_tx.send(()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_burst_of_fast_jobs_stays_on_few_threads() {
+        let pool = BlockingPool::new();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        for _ in 0..1000 {
+            let done_tx = done_tx.clone();
+            assert!(pool
+                .try_submit(Box::new(move || done_tx.send(()).unwrap()))
+                .is_ok());
+        }
+        for _ in 0..1000 {
+            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        // tokio's scheme wakes or spawns a thread per submit it cannot hand over; here
+        // only one thread at a time is on its way.
+        assert!(pool.stats().peak_threads <= 8, "{:?}", pool.stats());
     }
 }

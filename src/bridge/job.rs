@@ -69,6 +69,9 @@ pub(super) fn run<H: Handler>(
     let (parts, body) = response.into_parts();
     match body.kind {
         ResponseKind::Full(bytes) => {
+            // Nothing left to do here once the reply is out: let the pool count this
+            // thread as free before the reply can trigger the next request.
+            crate::pool::job_finishing();
             cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
         }
         ResponseKind::Stream(producer) => {
