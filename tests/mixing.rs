@@ -471,3 +471,35 @@ fn single_thread_thread_exits_when_the_handler_is_dropped() {
         .recv_timeout(STEP)
         .expect("the instance was dropped with the handler");
 }
+
+#[tokio::test]
+async fn ensure_sync_with_timeout_built_inside_async_block() {
+    // `tokio::time::timeout` needs a runtime when built; inside `async move` it is built
+    // on the runtime. The timeout fires, proving the bound works from a handler.
+    let server = start(|_req: Request| {
+        let outcome = ensure_sync(async move {
+            tokio::time::timeout(Duration::from_millis(20), std::future::pending::<()>()).await
+        });
+        match outcome {
+            Ok(Err(_elapsed)) => "timed out as asked",
+            _ => "unexpected",
+        }
+    });
+    assert_eq!(get(server.addr, "/").await.text(), "timed out as asked");
+    server.stop();
+}
+
+#[tokio::test]
+async fn sync_fn_builds_eager_tokio_futures_on_the_runtime() {
+    // A plain (non-async) fn that builds `sleep` at once: called on the handler thread
+    // it would panic; `sync_fn` calls it on the runtime.
+    fn eager_sleep(ms: u64) -> tokio::time::Sleep {
+        tokio::time::sleep(Duration::from_millis(ms))
+    }
+    let sleep = sync_fn(eager_sleep);
+    let server = start(move |_req: Request| sleep(5).map(|()| "slept"));
+    let reply = get(server.addr, "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "slept");
+    server.stop();
+}

@@ -47,6 +47,16 @@ use crate::error::{panic_message, Error, Kind, Result};
 /// The future must be `Send + 'static` because it runs on the runtime's threads, not on
 /// the caller's.
 ///
+/// # Build the future inside `async move`
+///
+/// The future is *built* on the calling thread, which has no tokio runtime entered, and
+/// some tokio futures need one the moment they are built: `tokio::time::sleep(d)` and
+/// `tokio::time::timeout(d, f)` panic there with "there is no reactor running". Wrap such
+/// calls in a block, which builds them only when it first runs, on the runtime:
+/// `ensure_sync(async move { tokio::time::timeout(d, call()).await })`. `async fn`
+/// calls are always fine: their body does not run until polled. [`sync_fn`] builds the
+/// future on the runtime for you.
+///
 /// # Bounds
 ///
 /// The call waits as long as the future runs: bound it inside, for instance with
@@ -136,7 +146,8 @@ where
 /// `ensure_sync` / asgiref's `async_to_sync` as a value.
 ///
 /// The returned function takes one argument (use a tuple for several) and returns
-/// `Result<output>`.
+/// `Result<output>`. It calls `f` on the runtime, so `f` may build tokio futures eagerly
+/// (see [`ensure_sync`] on why that matters).
 ///
 /// # Where it may be called from
 ///
@@ -159,10 +170,16 @@ where
 pub fn sync_fn<F, A, Fut>(f: F) -> impl Fn(A) -> Result<Fut::Output> + Send + Sync + 'static
 where
     F: Fn(A) -> Fut + Send + Sync + 'static,
+    A: Send + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: Send + 'static,
 {
-    move |args| ensure_sync(f(args))
+    let f = Arc::new(f);
+    move |args| {
+        let f = f.clone();
+        // `f` is called inside the block, on the runtime, not on this thread.
+        ensure_sync(async move { f(args).await })
+    }
 }
 
 /// Refuses to block a thread that runs async code: parking it would stall the runtime, and
