@@ -56,12 +56,13 @@ async fn sync_fn_turns_an_async_fn_into_a_blocking_one() {
 
 #[tokio::test]
 async fn panicking_future_in_ensure_sync_is_an_error_not_a_dead_thread() {
-    let server = start(|_req: Request| {
-        match ensure_sync(async { panic!("async side exploded") }).map(|()| ()) {
-            Err(err) if err.is_panic() => format!("caught: {err}"),
-            other => format!("unexpected: {other:?}"),
-        }
-    });
+    let server =
+        start(
+            |_req: Request| match ensure_sync(async { panic!("async side exploded") }) {
+                Err(err) if err.is_panic() => format!("caught: {err}"),
+                other => format!("unexpected: {other:?}"),
+            },
+        );
     let reply = get(server.addr, "/").await;
     assert_eq!(reply.text(), "caught: panicked: async side exploded");
     server.stop();

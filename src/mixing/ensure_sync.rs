@@ -275,9 +275,7 @@ mod tests {
             .worker_threads(1)
             .build()
             .unwrap();
-        let err = ensure_sync_with_handle(runtime.handle(), async { panic!("boom") })
-            .map(|()| ())
-            .unwrap_err();
+        let err = ensure_sync_with_handle(runtime.handle(), async { panic!("boom") }).unwrap_err();
         assert!(err.is_panic(), "{err:?}");
         assert!(err.to_string().contains("boom"));
     }

@@ -79,9 +79,12 @@ pub struct PerThread<F> {
     alive: Arc<()>,
 }
 
+/// One thread's instance of one `PerThread`, with the liveness token of its owner.
+type Instance = (Weak<()>, Rc<dyn Any>);
+
 thread_local! {
     /// This thread's instances, by `PerThread::id`.
-    static INSTANCES: RefCell<HashMap<u64, (Weak<()>, Rc<dyn Any>)>> = RefCell::new(HashMap::new());
+    static INSTANCES: RefCell<HashMap<u64, Instance>> = RefCell::new(HashMap::new());
 }
 
 impl<F, H, R> PerThread<F>
