@@ -504,3 +504,25 @@ async fn sync_fn_builds_eager_tokio_futures_on_the_runtime() {
     assert_eq!(reply.text(), "slept");
     server.stop();
 }
+
+#[tokio::test]
+async fn handler_awaiting_ensure_async_on_its_own_full_pool_gets_an_error_not_a_deadlock() {
+    // asgiref's classic deadlock: sync code waits for async code that waits for a thread
+    // the sync code itself holds. Here the one thread is the handler's, the queue is
+    // empty by construction, so the inner call is refused and the handler answers.
+    let pool = BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(0)
+        .build();
+    let inner_pool = pool.clone();
+    let server = start_with(
+        Server::bind("127.0.0.1:0").pool(pool),
+        move |_req: Request| match ensure_sync(ensure_async_on(&inner_pool, || "ran")) {
+            Ok(Ok(text)) => text.to_owned(),
+            Ok(Err(err)) if err.is_overloaded() => "refused: overloaded".to_owned(),
+            other => format!("unexpected: {other:?}"),
+        },
+    );
+    assert_eq!(get(server.addr, "/").await.text(), "refused: overloaded");
+    server.stop();
+}
