@@ -9,6 +9,7 @@ mod bridge;
 mod context;
 mod error;
 mod handler;
+mod mixing;
 mod pool;
 mod server;
 
@@ -16,6 +17,10 @@ pub use body::{Body, BridgeBody, ResponseBody};
 pub use bridge::{SyncService, SyncServiceBuilder, SyncServiceFuture};
 pub use error::{Error, Result};
 pub use handler::{Handler, IntoResponse, Request, Response};
+pub use mixing::{
+    ensure_async, ensure_async_on, ensure_sync, ensure_sync_with_handle, sync_fn,
+    EnsureAsyncFuture, PerThread, SingleThread, SingleThreadBuilder,
+};
 pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
 pub use server::{Server, ShutdownHandle};
 

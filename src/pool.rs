@@ -580,8 +580,10 @@ mod tests {
         for _ in 0..1000 {
             done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
-        // tokio's scheme wakes or spawns a thread per submit it cannot hand over; here
-        // only one thread at a time is on its way.
-        assert!(pool.stats().peak_threads <= 8, "{:?}", pool.stats());
+        // tokio's scheme wakes or spawns a thread per submit it cannot hand over (the
+        // bridge micro-benchmark saw 95 to 187 threads for 64 requests in flight); here
+        // only one thread at a time is on its way. A loaded machine preempts workers
+        // mid-burst, which lets the chain grow (16 to 21 seen under a parallel test run).
+        assert!(pool.stats().peak_threads <= 64, "{:?}", pool.stats());
     }
 }

@@ -1,0 +1,162 @@
+//! The axum embedding example over real HTTP, served in-process on the test's own
+//! runtime (current-thread unless stated), with axum's graceful shutdown.
+mod support;
+
+#[path = "../examples/axum_embed.rs"]
+mod axum_embed;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use support::{collect, get, h1, within, Reply};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// The router served on 127.0.0.1:0 until the returned sender fires.
+struct Embedded {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    served: JoinHandle<std::io::Result<()>>,
+}
+
+async fn serve(router: axum::Router) -> Embedded {
+    support::init_tracing();
+    let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, signal) = oneshot::channel::<()>();
+    let served = tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = signal.await;
+            })
+            .into_future(),
+    );
+    Embedded {
+        addr,
+        shutdown,
+        served,
+    }
+}
+
+impl Embedded {
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        within(self.served).await.unwrap().unwrap();
+    }
+}
+
+async fn get_with(addr: SocketAddr, path: &str, accept_encoding: &str) -> Reply {
+    let mut send = h1::<Empty<Bytes>>(addr).await;
+    let req = http::Request::get(path)
+        .header("host", addr.to_string())
+        .header("accept-encoding", accept_encoding)
+        .body(Empty::new())
+        .unwrap();
+    collect(within(send.send_request(req)).await.unwrap()).await
+}
+
+async fn async_and_legacy_routes_answer() {
+    let server = serve(axum_embed::app()).await;
+    let reply = get(server.addr, "/async").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "hello from an async route\n");
+
+    let reply = get(server.addr, "/legacy/hello").await;
+    assert_eq!(reply.status, 200);
+    // Answered by the blocking handler on a pool thread, not a runtime thread.
+    assert_eq!(
+        reply.text(),
+        "hello from a blocking handler on syncbridge-worker\n"
+    );
+
+    // ensure_sync inside the legacy handler runs on the host's runtime.
+    let reply = get(server.addr, "/legacy/wait?ms=20").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "waited 20 ms on the host runtime\n");
+
+    let reply = get(server.addr, "/async/blocking").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "blocking lookup done on syncbridge-worker\n");
+
+    assert_eq!(get(server.addr, "/legacy/nope").await.status, 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_on_current_thread_runtime_including_ensure_sync() {
+    async_and_legacy_routes_answer().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_on_multi_thread_runtime() {
+    async_and_legacy_routes_answer().await;
+}
+
+#[tokio::test]
+async fn legacy_responses_are_compressed_by_the_host_layer() {
+    let server = serve(axum_embed::app()).await;
+    let plain = get_with(server.addr, "/legacy/report", "identity").await;
+    let gzip = get_with(server.addr, "/legacy/report", "gzip").await;
+    assert_eq!(plain.status, 200);
+    assert!(plain.headers.get("content-encoding").is_none());
+    assert_eq!(gzip.headers["content-encoding"], "gzip");
+    assert!(
+        gzip.body.len() * 4 < plain.body.len(),
+        "gzip {} bytes vs plain {}",
+        gzip.body.len(),
+        plain.body.len()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn host_timeout_layer_answers_408_for_a_slow_legacy_handler() {
+    let server = serve(axum_embed::app_with_timeout(Duration::from_millis(100))).await;
+    let start = Instant::now();
+    let reply = get(server.addr, "/legacy/wait?ms=3000").await;
+    assert_eq!(reply.status, 408);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // The handler itself is still parked in ensure_sync; shutting the host down must not
+    // wait for it (the connection is done), and its sleep dies with the runtime.
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_inflight_legacy_request_finish() {
+    // A layer of the test's own tells when the request is inside the app, so that the
+    // shutdown starts while it is in flight (no sleeps).
+    let (entered_tx, mut entered) = mpsc::channel::<()>(4);
+    let router = axum_embed::app().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let entered_tx = entered_tx.clone();
+            async move {
+                let _ = entered_tx.try_send(());
+                next.run(req).await
+            }
+        },
+    ));
+    let server = serve(router).await;
+    let addr = server.addr;
+    let inflight = tokio::spawn(async move { get(addr, "/legacy/wait?ms=200").await });
+    within(entered.recv()).await.unwrap();
+    let start = Instant::now();
+    server.stop().await;
+    // `stop` returned only after the in-flight request was answered.
+    assert!(
+        start.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+    let reply = within(inflight).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "waited 200 ms on the host runtime\n");
+}
