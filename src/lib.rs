@@ -12,6 +12,7 @@ mod error;
 mod handler;
 mod pool;
 mod server;
+mod tasks;
 
 pub use body::{Body, BridgeBody, ResponseBody};
 pub use bridge::{SyncService, SyncServiceBuilder, SyncServiceFuture};
@@ -19,6 +20,9 @@ pub use error::{Error, Result};
 pub use handler::{Handler, IntoResponse, Request, Response};
 pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
 pub use server::{Server, ShutdownHandle};
+pub use tasks::{
+    TaskBuilder, TaskContext, TaskHandle, TaskId, TaskInfo, TaskSet, TaskSetBuilder, TaskStatus,
+};
 
 pub use bytes;
 pub use http;
