@@ -595,7 +595,14 @@ async fn server_shutdown_waits_for_a_running_task_before_serve_returns() {
             let handle = TaskSet::current()?
                 .task()
                 .on_done(move |_| flag.store(true, Ordering::SeqCst))
-                .spawn_blocking(move |_| rx.recv_timeout(STEP))?;
+                .spawn_blocking(move |ctx| {
+                    rx.recv_timeout(STEP)?;
+                    // A drain that cancelled instead of waiting would show here.
+                    if ctx.is_cancelled() {
+                        return Err::<(), BoxError>("cancelled during the drain".into());
+                    }
+                    Ok(())
+                })?;
             Ok(handle.id().to_string())
         },
     );

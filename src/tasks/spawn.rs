@@ -757,3 +757,28 @@ impl std::error::Error for ArcError {
         self.0.source()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_first_wait_and_is_capped() {
+        let first = Duration::from_millis(100);
+        assert_eq!(backoff(first, 1), Duration::from_millis(100));
+        assert_eq!(backoff(first, 2), Duration::from_millis(200));
+        assert_eq!(backoff(first, 4), Duration::from_millis(800));
+        assert_eq!(backoff(first, 40), MAX_BACKOFF);
+        assert_eq!(backoff(Duration::ZERO, 5), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_failed_task_error_keeps_the_task_error_as_source() {
+        let source: SharedError = Arc::from(BoxError::from("boom"));
+        let err = Error::new(Kind::TaskFailed)
+            .with_message("boom")
+            .with_source(ArcError(source));
+        assert!(err.is_task_failed());
+        assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "boom");
+    }
+}
