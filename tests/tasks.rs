@@ -118,6 +118,15 @@ async fn wait_for_status(set: &TaskSet, id: TaskId, status: TaskStatus) {
     }
 }
 
+/// Polls until no task thread is busy (a short poll with a deadline, not a sleep).
+async fn wait_for_idle_task_pool(set: &TaskSet) {
+    let deadline = Instant::now() + STEP;
+    while set.live() > 0 || set.pool().stats().busy > 0 {
+        assert!(Instant::now() < deadline, "task pool stayed busy");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// A blocking task body that waits until its token is cancelled (or STEP passes).
 fn until_cancelled(ctx: &syncbridge::TaskContext) -> Result<(), BoxError> {
     let deadline = Instant::now() + STEP;
@@ -443,6 +452,10 @@ async fn a_full_task_pool_refuses_with_overloaded_while_requests_are_still_serve
             }
         },
     );
+    // The first request also binds the set to the server's runtime: a set runs its tasks
+    // on the first runtime it is used from, and this test's runtime blocks in `stop`.
+    assert_eq!(get(server.addr, "/").await.text(), "spawned");
+    wait_for_idle_task_pool(&set).await;
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
     let blocker = set
@@ -457,6 +470,8 @@ async fn a_full_task_pool_refuses_with_overloaded_while_requests_are_still_serve
     assert_eq!(set.live(), 1, "the refused task left no entry behind");
     release_tx.send(()).unwrap();
     within(blocker.join()).await.unwrap();
+    // A task has ended a moment before its thread is free again.
+    wait_for_idle_task_pool(&set).await;
     assert_eq!(get(server.addr, "/").await.text(), "spawned");
     server.stop();
 }
@@ -650,4 +665,61 @@ async fn server_shutdown_abandons_a_task_past_the_task_drain_timeout_and_logs_it
         &format!("task_id={id}"),
         "abandoned at the drain deadline"
     ]));
+}
+
+#[tokio::test]
+async fn tasks_get_their_own_drain_even_when_requests_are_cut_off_at_the_request_deadline() {
+    logs::install();
+    let set = TaskSet::new();
+    let (task_tx, task_rx) = mpsc::channel::<()>();
+    let (handler_tx, handler_rx) = mpsc::channel::<()>();
+    let receivers = Arc::new(Mutex::new(Some((task_rx, handler_rx))));
+    let (id_tx, mut id_rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .tasks(set.clone())
+            .shutdown_timeout(Duration::from_millis(50))
+            .task_drain_timeout(STEP),
+        move |_req: Request| -> Result<String, BoxError> {
+            let (task_rx, handler_rx) = receivers.lock().unwrap().take().expect("one request");
+            let handle = TaskSet::current()?.spawn_blocking(move |ctx| {
+                task_rx.recv_timeout(STEP)?;
+                if ctx.is_cancelled() {
+                    return Err::<(), BoxError>("cancelled during the drain".into());
+                }
+                Ok(())
+            })?;
+            id_tx.send(handle.id()).unwrap();
+            // A request still in flight at the request deadline: cut off.
+            let _ = handler_rx.recv_timeout(STEP);
+            Ok(String::new())
+        },
+    );
+    let addr = server.addr;
+    // A raw request whose connection will be cut off: read until the server closes it.
+    let hanging = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink).await;
+    });
+    let id = within(id_rx.recv()).await.unwrap();
+    server.handle.shutdown();
+    let deadline = Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "listener never closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Give the request deadline time to pass: the connection is cut off, the task is not.
+    within(hanging).await.unwrap();
+    assert_eq!(set.status(id), TaskStatus::Running);
+    task_tx.send(()).unwrap();
+    let stopped = tokio::task::spawn_blocking(move || server.stop());
+    within(stopped).await.unwrap();
+    assert_eq!(set.status(id), TaskStatus::Succeeded, "{:?}", set.info(id));
+    let _ = handler_tx.send(());
 }

@@ -305,6 +305,10 @@ impl Server {
     /// `max_task_threads`, `task_queue_capacity`, `max_tasks`, `task_ttl`). Keep a clone
     /// to spawn from outside handlers, or to look tasks up. The server still drains it at
     /// shutdown, after which it takes no new tasks.
+    ///
+    /// A set runs its futures and timers on the first runtime it is bound to: the
+    /// server's, unless the set was built with [`TaskSetBuilder::runtime`] or already
+    /// spawned from another runtime before the server started.
     pub fn tasks(mut self, tasks: TaskSet) -> Self {
         self.config.shared_tasks = Some(tasks);
         self
@@ -463,7 +467,17 @@ impl Server {
         } else {
             config.task_drain_timeout
         };
-        let abandoned = tasks.drain(task_deadline, force.cancelled()).await;
+        // `force` now means a second signal only if the connection drain did not cancel
+        // it itself at its deadline (the signal watcher has stopped in that case).
+        let watch_signal = !force.is_cancelled();
+        let second_signal = async {
+            if watch_signal {
+                force.cancelled().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        let abandoned = tasks.drain(task_deadline, second_signal).await;
         if !abandoned.is_empty() {
             tracing::warn!(
                 abandoned = abandoned.len(),
