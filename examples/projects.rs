@@ -77,7 +77,9 @@ impl App {
             (Method::POST, "/projects") => {
                 let new: NewProject = match serde_json::from_reader(req.body_mut()) {
                     Ok(new) => new,
-                    Err(err) => return reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()})),
+                    Err(err) => {
+                        return reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()}))
+                    }
                 };
                 self.create(new)
             }
@@ -97,7 +99,12 @@ impl App {
         // No handle threaded through: the server's task set is found from this thread.
         let tasks = match TaskSet::current() {
             Ok(tasks) => tasks,
-            Err(err) => return reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": err.to_string()})),
+            Err(err) => {
+                return reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": err.to_string()}),
+                )
+            }
         };
         let app = self.clone();
         let name = new.name;
@@ -112,14 +119,19 @@ impl App {
                 json!({"task_id": handle.id().to_string(), "status": "pending"}),
             ),
             Err(err) if err.is_overloaded() || err.is_shutdown() => {
-                let mut response =
-                    reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": err.to_string()}));
+                let mut response = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": err.to_string()}),
+                );
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 response
             }
-            Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": err.to_string()})),
+            Err(err) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": err.to_string()}),
+            ),
         }
     }
 
@@ -216,7 +228,8 @@ fn notify(url: &str, info: &TaskInfo) {
 
 /// A minimal HTTP/1.1 POST over a `TcpStream` (http:// only), returning the status code.
 fn post_json(url: &str, body: &Value) -> std::io::Result<u16> {
-    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| invalid("only http:// callback URLs are supported"))?;
@@ -274,13 +287,20 @@ fn main() -> Result<(), BoxError> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--database" => database = args.next().ok_or("--database needs a path")?,
-            other => return Err(format!("unknown argument {other}; usage: projects [--database PATH]").into()),
+            other => {
+                return Err(
+                    format!("unknown argument {other}; usage: projects [--database PATH]").into(),
+                )
+            }
         }
     }
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
     let app = app(&database, Duration::from_secs(2))?;
     let server = server(&format!("127.0.0.1:{port}"));
-    println!("serving on http://{} (database {database})", server.local_addr());
+    println!(
+        "serving on http://{} (database {database})",
+        server.local_addr()
+    );
     server.serve(move |req: Request| app.handle(req))?;
     Ok(())
 }

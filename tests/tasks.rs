@@ -65,11 +65,7 @@ mod logs {
                     .map(|f| f.0.clone())
                     .unwrap_or_default()
             };
-            let line = format!(
-                "FOLLOWS {} <- {}",
-                describe(&span),
-                describe(&follows)
-            );
+            let line = format!("FOLLOWS {} <- {}", describe(&span), describe(&follows));
             LINES.lock().unwrap().push(line);
         }
     }
@@ -168,10 +164,7 @@ async fn handler_spawns_a_task_that_finishes_after_the_response() {
     let id = get(server.addr, "/spawn").await.text();
     assert!(TaskId::parse(&id).is_some(), "{id}");
     let running = get(server.addr, &format!("/status/{id}")).await.text();
-    assert!(
-        running == "running " || running == "pending ",
-        "{running}"
-    );
+    assert!(running == "running " || running == "pending ", "{running}");
 
     release_tx.send(()).unwrap();
     let deadline = Instant::now() + STEP;
@@ -241,9 +234,7 @@ async fn a_failing_task_is_failed_logged_with_its_id_and_both_callbacks_run() {
         .task()
         .name("doomed")
         .on_error(move |info| tx.send(format!("error {}", info.status())).unwrap())
-        .on_done(move |info| {
-            tx2.send(format!("done {:?}", info.error())).unwrap()
-        })
+        .on_done(move |info| tx2.send(format!("done {:?}", info.error())).unwrap())
         .spawn_blocking(|_| Err::<(), _>("disk on fire"))
         .unwrap();
     let id = handle.id();
@@ -388,7 +379,10 @@ async fn a_task_past_its_timeout_is_timed_out_and_its_token_cancelled() {
     let err = within(handle.join()).await.unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert_eq!(set.status(id), TaskStatus::TimedOut);
-    assert!(within(saw_rx).await.unwrap(), "the closure saw its token cancelled");
+    assert!(
+        within(saw_rx).await.unwrap(),
+        "the closure saw its token cancelled"
+    );
     assert!(logs::contains(&[&format!("task_id={id}"), "timed out"]));
 }
 
@@ -418,7 +412,11 @@ async fn failed_attempts_are_retried_with_backoff_until_one_succeeds() {
     let info = set.info(id).unwrap();
     assert_eq!(info.attempts(), 3);
     assert_eq!(info.status(), TaskStatus::Succeeded);
-    assert!(logs::contains(&[&format!("task_id={id}"), "retrying", "flaky 1"]));
+    assert!(logs::contains(&[
+        &format!("task_id={id}"),
+        "retrying",
+        "flaky 1"
+    ]));
 }
 
 #[tokio::test]
@@ -587,7 +585,10 @@ async fn shutdown_cancels_tasks_past_the_drain_deadline_and_reports_each_id() {
             "abandoned at the drain deadline"
         ]));
     }
-    assert!(!ran.load(Ordering::SeqCst), "a queued task ran after cancellation");
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "a queued task ran after cancellation"
+    );
     let err = set.spawn(|_| async { Ok::<_, BoxError>(()) }).unwrap_err();
     assert!(err.is_shutdown(), "{err:?}");
 }

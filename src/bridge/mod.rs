@@ -105,14 +105,12 @@ impl<H: Handler> SyncService<H> {
             return Some(ctx);
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(
-            self.shared
-                .context
-                .get_or_init(|| Arc::new(Context {
-                    runtime,
-                    tasks: None,
-                })),
-        )
+        Some(self.shared.context.get_or_init(|| {
+            Arc::new(Context {
+                runtime,
+                tasks: None,
+            })
+        }))
     }
 
     /// Starts handling `request`; the returned future resolves to the response head.

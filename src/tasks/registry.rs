@@ -201,7 +201,10 @@ mod tests {
         let newcomer = TaskId::generate();
         registry.insert_at(newcomer, None, t0).unwrap();
         assert_eq!(registry.len(), 3);
-        assert!(registry.get_at(ids[2], t0).is_none(), "oldest finished evicted");
+        assert!(
+            registry.get_at(ids[2], t0).is_none(),
+            "oldest finished evicted"
+        );
         assert!(registry.get_at(ids[1], t0).is_some());
         assert!(registry.get_at(ids[0], t0).is_some(), "live entry kept");
     }

@@ -208,7 +208,11 @@ impl TaskSet {
     }
 
     /// [`shutdown`](Self::shutdown), cut short when `abort` completes (a second signal).
-    pub(crate) async fn drain(&self, deadline: Duration, abort: impl Future<Output = ()>) -> Vec<TaskId> {
+    pub(crate) async fn drain(
+        &self,
+        deadline: Duration,
+        abort: impl Future<Output = ()>,
+    ) -> Vec<TaskId> {
         let shared = &self.shared;
         shared.closed.store(true, Ordering::SeqCst);
         shared.tracker.close();

@@ -459,7 +459,12 @@ where
                 );
             }
         });
-        self.set.shared.pool.try_submit(job).map(|_| rx).map_err(|_| ())
+        self.set
+            .shared
+            .pool
+            .try_submit(job)
+            .map(|_| rx)
+            .map_err(|_| ())
     }
 }
 
@@ -629,7 +634,10 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
                 tracing::debug!(task_id = %id, elapsed_ms, "background task succeeded");
                 let value = Arc::new(value);
                 let erased: ErasedValue = value.clone();
-                (outcome(TaskStatus::Succeeded, Some(erased), None), Ok(value))
+                (
+                    outcome(TaskStatus::Succeeded, Some(erased), None),
+                    Ok(value),
+                )
             }
             Ended::Failed(failure) => {
                 let message = failure.message();
@@ -664,7 +672,11 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
                     "background task timed out; cancelled through its token"
                 );
                 (
-                    outcome(TaskStatus::TimedOut, None, Some(Arc::from(message.as_str()))),
+                    outcome(
+                        TaskStatus::TimedOut,
+                        None,
+                        Some(Arc::from(message.as_str())),
+                    ),
                     Err(Error::new(Kind::TimedOut).with_message(message)),
                 )
             }

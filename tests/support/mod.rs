@@ -70,7 +70,10 @@ impl TestServer {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        thread.join().expect("serve panicked").expect("serve failed");
+        thread
+            .join()
+            .expect("serve panicked")
+            .expect("serve failed");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -153,12 +156,7 @@ pub async fn collect(response: http::Response<hyper::body::Incoming>) -> Reply {
 }
 
 /// One request on a fresh HTTP/1.1 connection.
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: impl Into<Bytes>,
-) -> Reply {
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: impl Into<Bytes>) -> Reply {
     let mut send = h1::<Full<Bytes>>(addr).await;
     let req = http::Request::builder()
         .method(method)
