@@ -12,11 +12,14 @@
 //! `docs/background-tasks.md`.
 
 mod backend;
+mod handle;
 mod info;
 mod registry;
 mod set;
 mod spawn;
+mod supervise;
 
+pub use handle::TaskHandle;
 pub use info::{TaskId, TaskInfo, TaskStatus};
 pub use set::{TaskSet, TaskSetBuilder};
-pub use spawn::{TaskBuilder, TaskContext, TaskHandle};
+pub use spawn::{TaskBuilder, TaskContext};

@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::backend::Backend;
+use super::handle::TaskHandle;
 use super::info::{TaskId, TaskInfo, TaskStatus};
 use super::registry::{Registry, DEFAULT_MAX_ENTRIES, DEFAULT_TTL};
-use super::spawn::{TaskBuilder, TaskContext, TaskHandle};
+use super::spawn::{TaskBuilder, TaskContext};
 use crate::context::{self, Context};
 use crate::error::{Error, Kind, Result};
 use crate::pool::BlockingPool;
