@@ -21,12 +21,12 @@ pub struct TaskHandle<T> {
 }
 
 impl<T> TaskHandle<T> {
-    /// The task's id, for [`TaskSet::status`] and [`TaskSet::info`] in a later request.
+    /// The task's id, for [`TaskSet::status`](crate::TaskSet::status) and [`TaskSet::info`](crate::TaskSet::info) in a later request.
     pub fn id(&self) -> TaskId {
         self.id
     }
 
-    /// Asks the task to stop, as [`TaskSet::cancel`]. Callable from anywhere.
+    /// Asks the task to stop, as [`TaskSet::cancel`](crate::TaskSet::cancel). Callable from anywhere.
     pub fn cancel(&self) {
         self.token.cancel();
     }

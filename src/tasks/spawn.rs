@@ -112,7 +112,7 @@ impl<'a> TaskBuilder<'a> {
 
     /// The longest the task may take, all attempts and backoffs together, counted from
     /// the spawn (so time waiting in the queue counts). Past it, the task's token is
-    /// cancelled, its status becomes [`TaskStatus::TimedOut`] and any later result is
+    /// cancelled, its status becomes [`TaskStatus::TimedOut`](crate::TaskStatus::TimedOut) and any later result is
     /// discarded (and logged). A blocking closure cannot be preempted: it keeps its thread
     /// until it returns, so it should check its token. Default is no timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
