@@ -174,7 +174,9 @@ impl TaskSet {
     /// next await. Returns false when the task is not live (finished or unknown).
     /// Callable from anywhere.
     pub fn cancel(&self, id: TaskId) -> bool {
-        match self.shared.live().get(&id) {
+        // Cloned out so that cancelling (which wakes other tasks) runs outside the lock.
+        let token = self.shared.live().get(&id).cloned();
+        match token {
             Some(token) => {
                 tracing::info!(task_id = %id, "background task cancellation requested");
                 token.cancel();
