@@ -9,12 +9,17 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
+use crate::tasks::TaskSet;
+
 /// What a handler thread can reach while it runs a job.
 #[derive(Clone, Debug)]
 pub(crate) struct Context {
     /// The persistent runtime that drives the server's connections.
     #[allow(dead_code)] // read by ensure_sync and background tasks
     pub(crate) runtime: Handle,
+    /// The server's background task set, for `TaskSet::current()`; `None` for a
+    /// `SyncService` used without the bundled server.
+    pub(crate) tasks: Option<TaskSet>,
 }
 
 thread_local! {
@@ -37,7 +42,6 @@ pub(crate) fn enter<R>(ctx: Option<&Arc<Context>>, f: impl FnOnce() -> R) -> R {
 }
 
 /// The current thread's context, if it runs a syncbridge job.
-#[allow(dead_code)] // read by the mixing and tasks modules
 pub(crate) fn current() -> Option<Arc<Context>> {
     CURRENT.with(|c| c.borrow().clone())
 }

@@ -39,6 +39,8 @@ pub(crate) enum Kind {
     Cancelled,
     /// The work panicked.
     Panicked,
+    /// A background task returned an error (its `source`).
+    TaskFailed,
     /// The server or pool is shutting down.
     Shutdown,
 }
@@ -110,6 +112,11 @@ impl Error {
         self.kind() == Kind::Panicked
     }
 
+    /// A background task returned an error; the task's own error is the `source`.
+    pub fn is_task_failed(&self) -> bool {
+        self.kind() == Kind::TaskFailed
+    }
+
     /// The server or pool is shutting down and takes no more work.
     pub fn is_shutdown(&self) -> bool {
         self.kind() == Kind::Shutdown
@@ -125,6 +132,7 @@ impl Error {
             Kind::TimedOut => "timed out",
             Kind::Cancelled => "cancelled",
             Kind::Panicked => "panicked",
+            Kind::TaskFailed => "background task failed",
             Kind::Shutdown => "shutting down",
         }
     }

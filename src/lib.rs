@@ -12,6 +12,7 @@ mod handler;
 mod mixing;
 mod pool;
 mod server;
+mod tasks;
 
 pub use body::{Body, BridgeBody, ResponseBody};
 pub use bridge::{SyncService, SyncServiceBuilder, SyncServiceFuture};
@@ -23,6 +24,9 @@ pub use mixing::{
 };
 pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
 pub use server::{Server, ShutdownHandle};
+pub use tasks::{
+    TaskBuilder, TaskContext, TaskHandle, TaskId, TaskInfo, TaskSet, TaskSetBuilder, TaskStatus,
+};
 
 pub use bytes;
 pub use http;

@@ -28,6 +28,7 @@ use crate::body::{channel, Body, BridgeBody, Completion, CHUNKS_IN_FLIGHT};
 use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::pool::{Admission, BlockingPool};
+use crate::tasks::TaskSet;
 use future::Pump;
 use reply::ReplyCell;
 
@@ -83,6 +84,7 @@ impl<H: Handler> SyncService<H> {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             retry_after: Duration::from_secs(1),
             runtime: None,
+            tasks: None,
         }
     }
 
@@ -103,11 +105,12 @@ impl<H: Handler> SyncService<H> {
             return Some(ctx);
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(
-            self.shared
-                .context
-                .get_or_init(|| Arc::new(Context { runtime })),
-        )
+        Some(self.shared.context.get_or_init(|| {
+            Arc::new(Context {
+                runtime,
+                tasks: None,
+            })
+        }))
     }
 
     /// Starts handling `request`; the returned future resolves to the response head.
@@ -258,6 +261,7 @@ pub struct SyncServiceBuilder<H> {
     max_body_size: u64,
     retry_after: Duration,
     runtime: Option<tokio::runtime::Handle>,
+    tasks: Option<TaskSet>,
 }
 
 impl<H: Handler> SyncServiceBuilder<H> {
@@ -290,12 +294,22 @@ impl<H: Handler> SyncServiceBuilder<H> {
         self
     }
 
+    /// The background task set handlers reach with `TaskSet::current()`; set by the
+    /// bundled server, which owns and drains it. Takes effect with `runtime`.
+    pub(crate) fn tasks(mut self, tasks: TaskSet) -> Self {
+        self.tasks = Some(tasks);
+        self
+    }
+
     /// Builds the service.
     pub fn build(self) -> SyncService<H> {
         let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
         let context = OnceLock::new();
         if let Some(runtime) = self.runtime {
-            let _ = context.set(Arc::new(Context { runtime }));
+            let _ = context.set(Arc::new(Context {
+                runtime,
+                tasks: self.tasks,
+            }));
         }
         SyncService {
             shared: Arc::new(Shared {

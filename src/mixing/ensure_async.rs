@@ -186,7 +186,10 @@ where
         )
     })?;
     // The closure's thread gets a context for this runtime, so `ensure_sync` works there.
-    let ctx = Arc::new(Context { runtime });
+    let ctx = Arc::new(Context {
+        runtime,
+        tasks: None,
+    });
     let state = Arc::new(AtomicU8::new(PENDING));
     let guard = AbandonOnDrop(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<std::result::Result<T, String>>();

@@ -6,6 +6,7 @@
 //!   accept loop: max_connections permits -> one task per connection (hyper, async)
 //!     -> SyncService: admission -> pool thread runs the handler -> response back
 //!   shutdown (handle, Ctrl-C, SIGTERM): stop accepting -> drain -> deadline -> cut off
+//!     -> background tasks drain (own deadline) -> cancel the rest, log each id
 //! ```
 
 mod conn;
@@ -29,6 +30,7 @@ use crate::bridge::{SyncService, DEFAULT_MAX_BODY_SIZE};
 use crate::error::{Error, Kind, Result};
 use crate::handler::Handler;
 use crate::pool::{BlockingPool, BlockingPoolBuilder};
+use crate::tasks::{TaskSet, TaskSetBuilder};
 use conn::ConnConfig;
 
 /// An HTTP server for a blocking [`Handler`].
@@ -71,6 +73,9 @@ struct Config {
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
     handle_signals: bool,
+    tasks: TaskSetBuilder,
+    shared_tasks: Option<TaskSet>,
+    task_drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -87,6 +92,9 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: None,
             handle_signals: true,
+            tasks: TaskSet::builder(),
+            shared_tasks: None,
+            task_drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -255,6 +263,57 @@ impl Server {
         self
     }
 
+    /// The most background blocking tasks running at once, on a pool apart from the
+    /// handlers' so that background work never starves requests. Default is 16.
+    pub fn max_task_threads(mut self, n: usize) -> Self {
+        self.config.tasks = self.config.tasks.max_threads(n);
+        self
+    }
+
+    /// How many background blocking tasks may wait for a thread; past that, spawning fails
+    /// with [`Error::is_overloaded`]. Default is 1024.
+    pub fn task_queue_capacity(mut self, n: usize) -> Self {
+        self.config.tasks = self.config.tasks.queue_capacity(n);
+        self
+    }
+
+    /// The most entries in the task registry, live and finished. When full, the oldest
+    /// finished entry is evicted; when all are live, spawning fails with
+    /// [`Error::is_overloaded`]. Default is 10,000.
+    pub fn max_tasks(mut self, n: usize) -> Self {
+        self.config.tasks = self.config.tasks.max_entries(n);
+        self
+    }
+
+    /// How long a finished task's status and result are kept for lookups. Default is one
+    /// hour.
+    pub fn task_ttl(mut self, ttl: Duration) -> Self {
+        self.config.tasks = self.config.tasks.ttl(ttl);
+        self
+    }
+
+    /// How long a graceful shutdown waits for background tasks, after the connections
+    /// have drained, before it cancels the rest through their tokens and logs each
+    /// abandoned task id. Apart from [`shutdown_timeout`](Server::shutdown_timeout). A
+    /// second signal cuts it short. Default is 30 seconds.
+    pub fn task_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.task_drain_timeout = timeout;
+        self
+    }
+
+    /// Uses `tasks` as the server's task set instead of one of its own (its limits replace
+    /// `max_task_threads`, `task_queue_capacity`, `max_tasks`, `task_ttl`). Keep a clone
+    /// to spawn from outside handlers, or to look tasks up. The server still drains it at
+    /// shutdown, after which it takes no new tasks.
+    ///
+    /// A set runs its futures and timers on the first runtime it is bound to: the
+    /// server's, unless the set was built with [`TaskSetBuilder::runtime`] or already
+    /// spawned from another runtime before the server started.
+    pub fn tasks(mut self, tasks: TaskSet) -> Self {
+        self.config.shared_tasks = Some(tasks);
+        self
+    }
+
     /// Serves `handler` until shut down, blocking the calling thread.
     ///
     /// Builds a multi-thread tokio runtime that lives as long as the server: it drives
@@ -312,11 +371,17 @@ impl Server {
             .shared_pool
             .clone()
             .unwrap_or_else(|| config.pool.clone().build());
+        let tasks = config
+            .shared_tasks
+            .clone()
+            .unwrap_or_else(|| config.tasks.clone().build());
+        tasks.bind_runtime(tokio::runtime::Handle::current());
         let service = SyncService::builder(handler)
             .pool(pool.clone())
             .max_body_size(config.max_body_size)
             .retry_after(config.retry_after)
             .runtime(tokio::runtime::Handle::current())
+            .tasks(tasks.clone())
             .build();
         let force = CancellationToken::new();
         let conn_config = Arc::new(ConnConfig {
@@ -384,6 +449,8 @@ impl Server {
             _ = tokio::time::sleep(config.shutdown_timeout) => false,
             _ = force.cancelled() => false,
         };
+        // A second signal during the connection drain also cuts the task drain short.
+        let signalled = force.is_cancelled();
         if !drained {
             tracing::warn!(
                 connections = connections.len(),
@@ -392,6 +459,30 @@ impl Server {
             force.cancel();
             // Each connection task logs what it cuts off and returns at once.
             let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+        }
+        // Background tasks after the connections: handlers that finished late may have
+        // spawned some. Each abandoned task id is logged inside `drain`.
+        let task_deadline = if signalled {
+            Duration::ZERO
+        } else {
+            config.task_drain_timeout
+        };
+        // `force` now means a second signal only if the connection drain did not cancel
+        // it itself at its deadline (the signal watcher has stopped in that case).
+        let watch_signal = !force.is_cancelled();
+        let second_signal = async {
+            if watch_signal {
+                force.cancelled().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        let abandoned = tasks.drain(task_deadline, second_signal).await;
+        if !abandoned.is_empty() {
+            tracing::warn!(
+                abandoned = abandoned.len(),
+                "background tasks abandoned at shutdown"
+            );
         }
         force.cancel(); // ends the signal watcher
         let stats = pool.stats();

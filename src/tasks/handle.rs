@@ -1,0 +1,72 @@
+//! The typed handle of a spawned task.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::info::TaskId;
+use crate::error::{Error, Kind, Result};
+
+/// A spawned task, typed: its id, cancellation, and its value once it ends.
+///
+/// Dropping the handle detaches the task: it still runs, is recorded, logged and drained.
+#[must_use = "dropping a TaskHandle detaches the task; keep its id() to look it up later"]
+pub struct TaskHandle<T> {
+    pub(super) id: TaskId,
+    pub(super) token: CancellationToken,
+    pub(super) rx: oneshot::Receiver<Result<Arc<T>>>,
+}
+
+impl<T> TaskHandle<T> {
+    /// The task's id, for [`TaskSet::status`](crate::TaskSet::status) and [`TaskSet::info`](crate::TaskSet::info) in a later request.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// Asks the task to stop, as [`TaskSet::cancel`](crate::TaskSet::cancel). Callable from anywhere.
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Waits for the task to end (callbacks included) and returns its value. The value is
+    /// shared with the registry entry, hence the `Arc`.
+    ///
+    /// Call it from async code.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_task_failed`] (the task's error is the `source`), [`Error::is_panic`],
+    /// [`Error::is_timeout`], [`Error::is_cancelled`], [`Error::is_overloaded`] (a retry
+    /// found no thread), or [`Error::is_shutdown`] when the runtime went away first.
+    pub async fn join(self) -> Result<Arc<T>> {
+        self.rx.await.unwrap_or_else(|_| Err(dropped()))
+    }
+
+    /// [`join`](Self::join) for blocking code: a handler thread, a blocking task, a plain
+    /// thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Self::join); and [`Error::is_async_context`] when called from async
+    /// code, where blocking would stall the runtime.
+    pub fn join_blocking(self) -> Result<Arc<T>> {
+        if Handle::try_current().is_ok() {
+            return Err(Error::new(Kind::AsyncContext)
+                .with_message("TaskHandle::join_blocking called from async code; use join"));
+        }
+        self.rx.blocking_recv().unwrap_or_else(|_| Err(dropped()))
+    }
+}
+
+fn dropped() -> Error {
+    Error::new(Kind::Shutdown).with_message("the task was dropped with its runtime")
+}
+
+impl<T> fmt::Debug for TaskHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle").field("id", &self.id).finish()
+    }
+}

@@ -1,0 +1,25 @@
+//! Background tasks that outlive the request: spawn, identify, look up, cancel, drain.
+//!
+//! ```text
+//! handler thread --TaskSet::current()--> TaskSet --spawn_blocking--> task pool (own limits)
+//!                                                 --spawn----------> runtime
+//!   every task: id + registry entry (bounded, TTL) + token + span following the caller's
+//! later request --TaskSet::status(id) / info(id)--> registry (not_found is distinct)
+//! server shutdown: connections drain -> tasks drain (own deadline) -> cancel the rest
+//! ```
+//!
+//! The guide with the Flask-Executor / Celery / Starlette mapping is
+//! `docs/background-tasks.md`.
+
+mod backend;
+mod handle;
+mod info;
+mod registry;
+mod set;
+mod spawn;
+mod supervise;
+
+pub use handle::TaskHandle;
+pub use info::{TaskId, TaskInfo, TaskStatus};
+pub use set::{TaskSet, TaskSetBuilder};
+pub use spawn::{TaskBuilder, TaskContext};

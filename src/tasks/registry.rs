@@ -1,0 +1,235 @@
+//! The in-memory task registry: bounded in size, finished entries expire after a TTL.
+//!
+//! Bounds, so that a busy server's memory cannot grow without limit:
+//! - a finished entry is kept for `ttl` after it finished, then forgotten;
+//! - at most `max_entries` entries exist; inserting into a full registry first evicts the
+//!   oldest *finished* entry (a client polling it gets "not found", as after the TTL);
+//! - when every entry is live (pending or running), nothing can be evicted without losing
+//!   a running task's status, so the insert fails with `is_overloaded()` instead.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::backend::{Backend, Outcome};
+use super::info::{TaskId, TaskInfo, TaskStatus};
+use crate::error::{Error, Kind, Result};
+
+/// The default cap on entries, live and finished.
+pub(crate) const DEFAULT_MAX_ENTRIES: usize = 10_000;
+/// The default time a finished entry is kept.
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    max_entries: usize,
+    ttl: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<TaskId, TaskInfo>,
+    /// Finished ids in the order they finished: with one TTL for all, the front is always
+    /// the next to expire and the oldest to evict.
+    finished: VecDeque<(TaskId, Instant)>,
+}
+
+impl Registry {
+    pub(crate) fn new(max_entries: usize, ttl: Duration) -> Registry {
+        Registry {
+            max_entries: max_entries.max(1),
+            ttl,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No user code runs under the lock, so it is never poisoned by a panic there.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert_at(&self, id: TaskId, name: Option<Arc<str>>, now: Instant) -> Result<()> {
+        let mut state = self.lock();
+        state.expire(now, self.ttl);
+        if state.entries.len() >= self.max_entries {
+            match state.finished.pop_front() {
+                Some((oldest, _)) => {
+                    state.entries.remove(&oldest);
+                    tracing::debug!(task_id = %oldest, "task registry full; evicted the oldest finished entry");
+                }
+                None => {
+                    return Err(Error::new(Kind::Overloaded).with_message(format!(
+                        "the task registry holds {} live tasks, its limit",
+                        state.entries.len()
+                    )))
+                }
+            }
+        }
+        state.entries.insert(id, TaskInfo::pending(id, name));
+        Ok(())
+    }
+
+    fn finished_at(&self, id: TaskId, outcome: Outcome, now: Instant) -> Option<TaskInfo> {
+        let mut state = self.lock();
+        let entry = state.entries.get_mut(&id)?;
+        if entry.status.is_finished() {
+            return Some(entry.clone());
+        }
+        entry.status = outcome.status;
+        entry.result = outcome.result;
+        entry.error = outcome.error;
+        entry.finished_at = Some(SystemTime::now());
+        let info = entry.clone();
+        state.finished.push_back((id, now));
+        Some(info)
+    }
+
+    fn get_at(&self, id: TaskId, now: Instant) -> Option<TaskInfo> {
+        let mut state = self.lock();
+        state.expire(now, self.ttl);
+        state.entries.get(&id).cloned()
+    }
+
+    fn update(&self, id: TaskId, f: impl FnOnce(&mut TaskInfo)) {
+        if let Some(entry) = self.lock().entries.get_mut(&id) {
+            if !entry.status.is_finished() {
+                f(entry);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+impl State {
+    fn expire(&mut self, now: Instant, ttl: Duration) {
+        while let Some(&(id, finished)) = self.finished.front() {
+            if now.saturating_duration_since(finished) < ttl {
+                break;
+            }
+            self.finished.pop_front();
+            self.entries.remove(&id);
+        }
+    }
+}
+
+impl Backend for Registry {
+    fn insert(&self, id: TaskId, name: Option<Arc<str>>) -> Result<()> {
+        self.insert_at(id, name, Instant::now())
+    }
+
+    fn remove(&self, id: TaskId) {
+        let mut state = self.lock();
+        state.entries.remove(&id);
+        state.finished.retain(|(f, _)| *f != id);
+    }
+
+    fn started(&self, id: TaskId, attempt: u32) {
+        self.update(id, |e| {
+            e.status = TaskStatus::Running;
+            e.attempts = attempt;
+            e.started_at.get_or_insert_with(SystemTime::now);
+        });
+    }
+
+    fn retrying(&self, id: TaskId, error: Arc<str>) {
+        self.update(id, |e| {
+            e.status = TaskStatus::Pending;
+            e.error = Some(error);
+        });
+    }
+
+    fn finished(&self, id: TaskId, outcome: Outcome) -> Option<TaskInfo> {
+        self.finished_at(id, outcome, Instant::now())
+    }
+
+    fn get(&self, id: TaskId) -> Option<TaskInfo> {
+        self.get_at(id, Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(status: TaskStatus) -> Outcome {
+        Outcome {
+            status,
+            result: Some(Arc::new(7u32)),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn finished_entries_expire_after_the_ttl() {
+        let registry = Registry::new(10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let id = TaskId::generate();
+        registry.insert_at(id, None, t0).unwrap();
+        registry.finished_at(id, done(TaskStatus::Succeeded), t0);
+        let kept = registry.get_at(id, t0 + Duration::from_secs(59)).unwrap();
+        assert_eq!(kept.status(), TaskStatus::Succeeded);
+        assert_eq!(kept.result::<u32>(), Some(&7));
+        assert!(registry.get_at(id, t0 + Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn live_entries_never_expire() {
+        let registry = Registry::new(10, Duration::from_secs(1));
+        let t0 = Instant::now();
+        let id = TaskId::generate();
+        registry.insert_at(id, None, t0).unwrap();
+        registry.started(id, 1);
+        let later = registry.get_at(id, t0 + Duration::from_secs(3600)).unwrap();
+        assert_eq!(later.status(), TaskStatus::Running);
+    }
+
+    #[test]
+    fn full_registry_evicts_the_oldest_finished_entry() {
+        let registry = Registry::new(3, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        let ids: Vec<_> = (0..3).map(|_| TaskId::generate()).collect();
+        for id in &ids {
+            registry.insert_at(*id, None, t0).unwrap();
+        }
+        registry.finished_at(ids[2], done(TaskStatus::Failed), t0);
+        registry.finished_at(ids[1], done(TaskStatus::Succeeded), t0);
+        let newcomer = TaskId::generate();
+        registry.insert_at(newcomer, None, t0).unwrap();
+        assert_eq!(registry.len(), 3);
+        assert!(
+            registry.get_at(ids[2], t0).is_none(),
+            "oldest finished evicted"
+        );
+        assert!(registry.get_at(ids[1], t0).is_some());
+        assert!(registry.get_at(ids[0], t0).is_some(), "live entry kept");
+    }
+
+    #[test]
+    fn full_registry_of_live_tasks_refuses_with_overloaded() {
+        let registry = Registry::new(2, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        registry.insert_at(TaskId::generate(), None, t0).unwrap();
+        registry.insert_at(TaskId::generate(), None, t0).unwrap();
+        let err = registry
+            .insert_at(TaskId::generate(), None, t0)
+            .unwrap_err();
+        assert!(err.is_overloaded(), "{err:?}");
+        assert_eq!(registry.len(), 2);
+    }
+
+    #[test]
+    fn a_finished_status_is_final() {
+        let registry = Registry::new(2, Duration::from_secs(3600));
+        let id = TaskId::generate();
+        registry.insert(id, None).unwrap();
+        registry.finished(id, done(TaskStatus::TimedOut));
+        registry.started(id, 2);
+        registry.finished(id, done(TaskStatus::Succeeded));
+        assert_eq!(registry.get(id).unwrap().status(), TaskStatus::TimedOut);
+    }
+}

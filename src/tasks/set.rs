@@ -1,0 +1,433 @@
+//! The task set: where tasks are spawned, looked up, cancelled and drained.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::backend::Backend;
+use super::handle::TaskHandle;
+use super::info::{TaskId, TaskInfo, TaskStatus};
+use super::registry::{Registry, DEFAULT_MAX_ENTRIES, DEFAULT_TTL};
+use super::spawn::{TaskBuilder, TaskContext};
+use crate::context::{self, Context};
+use crate::error::{Error, Kind, Result};
+use crate::pool::BlockingPool;
+
+/// How long, after the drain deadline cancelled the remaining tasks, the drain waits for
+/// them to notice before it gives up on them.
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// The set an async task was spawned from, so `TaskSet::current()` works inside it.
+    pub(super) static CURRENT_SET: TaskSet;
+}
+
+/// Background tasks that outlive the request that started them: spawn, look up,
+/// cancel, drain.
+///
+/// Blocking closures run on a [`BlockingPool`] of the set's own, apart from request
+/// handlers, with its own limits, so background work can never starve request handling.
+/// Futures run on the tokio runtime. Every task gets a [`TaskId`] and an entry in a
+/// bounded registry that later requests query with [`status`](TaskSet::status) and
+/// [`info`](TaskSet::info).
+///
+/// Cloning is cheap and shares the set.
+///
+/// # Getting one
+///
+/// - On a handler thread of the bundled [`Server`](crate::Server), or inside a task the
+///   set runs: [`TaskSet::current`], with no handle threaded through legacy code.
+/// - Anywhere else: build one with [`TaskSet::builder`] and keep it (hand it to the server
+///   with [`Server::tasks`](crate::Server::tasks) to share it with handlers).
+///
+/// # Shutdown
+///
+/// The bundled server drains its set after the connections, up to
+/// [`Server::task_drain_timeout`](crate::Server::task_drain_timeout). A set used on its
+/// own (say in an axum app) is drained with [`shutdown`](TaskSet::shutdown).
+///
+/// # Examples
+///
+/// ```
+/// use syncbridge::{Request, TaskSet};
+///
+/// fn create_report(_req: Request) -> syncbridge::Result<String> {
+///     let tasks = TaskSet::current()?; // is_no_context() outside a handler
+///     let handle = tasks.spawn_blocking(|_ctx| {
+///         // slow, blocking work, after the response has gone
+///         Ok::<_, std::io::Error>(42)
+///     })?;
+///     Ok(format!("accepted: {}", handle.id()))
+/// }
+/// # let _ = create_report;
+/// ```
+#[derive(Clone)]
+pub struct TaskSet {
+    pub(super) shared: Arc<Shared>,
+}
+
+pub(super) struct Shared {
+    pub(super) backend: Box<dyn Backend>,
+    pub(super) pool: BlockingPool,
+    runtime: OnceLock<Handle>,
+    pub(super) tracker: TaskTracker,
+    /// The parent of every task's token: cancelled at the drain deadline.
+    pub(super) root: CancellationToken,
+    /// Tasks spawned and not yet ended, with their tokens: for `cancel` by id and for
+    /// naming every abandoned task at shutdown.
+    live: Mutex<HashMap<TaskId, CancellationToken>>,
+    closed: AtomicBool,
+}
+
+impl TaskSet {
+    /// A set with the default limits (see [`TaskSetBuilder`]). Callable from anywhere.
+    pub fn new() -> TaskSet {
+        TaskSet::builder().build()
+    }
+
+    /// A builder for a set with other limits. Callable from anywhere.
+    pub fn builder() -> TaskSetBuilder {
+        TaskSetBuilder::default()
+    }
+
+    /// The task set of the server whose handler (or background task) runs on this thread.
+    ///
+    /// Callable from a handler thread of the bundled [`Server`](crate::Server), from a
+    /// blocking task or callback a set runs, and from inside an async task a set runs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_no_context`] anywhere else: a plain thread, async code outside a
+    /// task, or a [`SyncService`](crate::SyncService) used without the bundled server.
+    /// Keep an explicit [`TaskSet`] there instead.
+    pub fn current() -> Result<TaskSet> {
+        if let Some(ctx) = context::current() {
+            if let Some(tasks) = &ctx.tasks {
+                return Ok(tasks.clone());
+            }
+            return Err(Error::new(Kind::NoContext).with_message(
+                "this handler's service has no task set (the bundled Server provides one); \
+                 spawn through an explicit TaskSet",
+            ));
+        }
+        if let Ok(set) = CURRENT_SET.try_with(TaskSet::clone) {
+            return Ok(set);
+        }
+        Err(Error::new(Kind::NoContext).with_message(
+            "TaskSet::current() called outside a handler thread or background task; \
+             spawn through an explicit TaskSet",
+        ))
+    }
+
+    /// Options for one task: name, timeout, retries, callbacks. See [`TaskBuilder`].
+    pub fn task(&self) -> TaskBuilder<'_> {
+        TaskBuilder::new(self)
+    }
+
+    /// Runs the blocking closure `f` on the set's task pool, after the response if
+    /// called from a handler. Shorthand for `self.task().spawn_blocking(f)`; see
+    /// [`TaskBuilder::spawn_blocking`] for where it may be called from and its errors.
+    pub fn spawn_blocking<F, T, E>(&self, f: F) -> Result<TaskHandle<T>>
+    where
+        F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
+        T: Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.task().spawn_blocking(f)
+    }
+
+    /// Runs the future `make(ctx)` returns on the runtime. Shorthand for
+    /// `self.task().spawn(make)`; see [`TaskBuilder::spawn`].
+    pub fn spawn<F, Fut, T, E>(&self, make: F) -> Result<TaskHandle<T>>
+    where
+        F: FnMut(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+        T: Send + Sync + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.task().spawn(make)
+    }
+
+    /// The task's status; [`TaskStatus::NotFound`] for an id never issued by this set,
+    /// or whose entry expired or was evicted. Callable from anywhere; never blocks beyond
+    /// a short lock.
+    pub fn status(&self, id: TaskId) -> TaskStatus {
+        self.info(id)
+            .map_or(TaskStatus::NotFound, |info| info.status())
+    }
+
+    /// A snapshot of the task's entry: status, times, value or error. `None` when not
+    /// found. Callable from anywhere.
+    pub fn info(&self, id: TaskId) -> Option<TaskInfo> {
+        self.shared.backend.get(id)
+    }
+
+    /// Asks the task to stop through its token. A task that has not started yet never
+    /// runs; a running blocking closure must check its token; a future is dropped at its
+    /// next await. Returns false when the task is not live (finished or unknown).
+    /// Callable from anywhere.
+    pub fn cancel(&self, id: TaskId) -> bool {
+        // Cloned out so that cancelling (which wakes other tasks) runs outside the lock.
+        let token = self.shared.live().get(&id).cloned();
+        match token {
+            Some(token) => {
+                tracing::info!(task_id = %id, "background task cancellation requested");
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many tasks are live (pending, running or in their callbacks).
+    pub fn live(&self) -> usize {
+        self.shared.live().len()
+    }
+
+    /// The task pool's load.
+    pub fn pool(&self) -> &BlockingPool {
+        &self.shared.pool
+    }
+
+    /// Stops taking tasks, waits for the live ones up to `deadline`, then cancels the rest
+    /// through their tokens and logs each abandoned id at `warn`. Returns the abandoned
+    /// ids (empty when everything finished in time).
+    ///
+    /// After it starts, spawning fails with [`Error::is_shutdown`]. Tasks cancelled at the
+    /// deadline get up to one more second to notice; a blocking closure that ignores its
+    /// token is left running on its thread, and logged at `error`.
+    ///
+    /// Call it from async code (any tokio runtime). The bundled server calls it for its
+    /// own set; call it yourself for a set you use without the server.
+    pub async fn shutdown(&self, deadline: Duration) -> Vec<TaskId> {
+        self.drain(deadline, std::future::pending::<()>()).await
+    }
+
+    /// [`shutdown`](Self::shutdown), cut short when `abort` completes (a second signal).
+    pub(crate) async fn drain(
+        &self,
+        deadline: Duration,
+        abort: impl Future<Output = ()>,
+    ) -> Vec<TaskId> {
+        let shared = &self.shared;
+        shared.closed.store(true, Ordering::SeqCst);
+        shared.tracker.close();
+        let live = self.live();
+        if live > 0 {
+            let stats = shared.pool.stats();
+            tracing::info!(
+                live,
+                running_blocking = stats.busy,
+                queued_blocking = stats.queued,
+                deadline_secs = deadline.as_secs_f64(),
+                "draining background tasks"
+            );
+        }
+        let drained = tokio::select! {
+            _ = shared.tracker.wait() => true,
+            _ = tokio::time::sleep(deadline) => false,
+            _ = abort => false,
+        };
+        let mut abandoned = Vec::new();
+        if !drained {
+            abandoned = shared.live().keys().copied().collect::<Vec<_>>();
+            abandoned.sort();
+            for id in &abandoned {
+                tracing::warn!(
+                    task_id = %id,
+                    status = %self.status(*id),
+                    "background task abandoned at the drain deadline; cancelling it"
+                );
+            }
+            shared.root.cancel();
+            if tokio::time::timeout(CANCEL_GRACE, shared.tracker.wait())
+                .await
+                .is_err()
+            {
+                for id in shared.live().keys() {
+                    tracing::error!(
+                        task_id = %id,
+                        "background task did not stop after cancellation; left running"
+                    );
+                }
+            }
+        }
+        shared.pool.shutdown();
+        abandoned
+    }
+
+    /// Binds the runtime futures and timers run on, if none is bound yet.
+    pub(crate) fn bind_runtime(&self, handle: Handle) {
+        let _ = self.shared.runtime.set(handle);
+    }
+
+    /// The runtime to run on: the bound one, else the current one (which is then bound).
+    pub(super) fn runtime(&self) -> Result<Handle> {
+        if let Some(handle) = self.shared.runtime.get() {
+            return Ok(handle.clone());
+        }
+        match Handle::try_current() {
+            Ok(handle) => Ok(self.shared.runtime.get_or_init(|| handle).clone()),
+            Err(_) => Err(Error::new(Kind::NoContext).with_message(
+                "this TaskSet has no runtime yet: spawn from async code, from a handler of a \
+                 running server, or give one with TaskSetBuilder::runtime",
+            )),
+        }
+    }
+
+    /// The context blocking tasks and callbacks run in, so they can spawn in turn.
+    pub(super) fn context(&self, runtime: Handle) -> Arc<Context> {
+        // Built per job, not stored: a stored one would hold the set it belongs to.
+        Arc::new(Context {
+            runtime,
+            tasks: Some(self.clone()),
+        })
+    }
+
+    pub(super) fn check_open(&self) -> Result<()> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(Error::new(Kind::Shutdown)
+                .with_message("the task set is shutting down and takes no new tasks"));
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    pub(super) fn live(&self) -> MutexGuard<'_, HashMap<TaskId, CancellationToken>> {
+        // Only map operations run under the lock.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Default for TaskSet {
+    fn default() -> Self {
+        TaskSet::new()
+    }
+}
+
+impl fmt::Debug for TaskSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskSet")
+            .field("live", &self.live())
+            .field("pool", &self.shared.pool)
+            .field("backend", &self.shared.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`TaskSet`]. Every bound has a default; none is unbounded.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use syncbridge::TaskSet;
+///
+/// let tasks = TaskSet::builder()
+///     .max_threads(4)
+///     .queue_capacity(100)
+///     .max_entries(1_000)
+///     .ttl(Duration::from_secs(600))
+///     .build();
+/// assert_eq!(tasks.pool().max_threads(), 4);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct TaskSetBuilder {
+    max_threads: usize,
+    queue_capacity: usize,
+    max_entries: usize,
+    ttl: Duration,
+    runtime: Option<Handle>,
+}
+
+impl Default for TaskSetBuilder {
+    fn default() -> Self {
+        TaskSetBuilder {
+            max_threads: 16,
+            queue_capacity: 1024,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            ttl: DEFAULT_TTL,
+            runtime: None,
+        }
+    }
+}
+
+impl TaskSetBuilder {
+    /// The most blocking tasks running at once, each on a thread of the set's own pool.
+    /// Default is 16. Values below 1 are raised to 1.
+    pub fn max_threads(mut self, n: usize) -> Self {
+        self.max_threads = n.max(1);
+        self
+    }
+
+    /// How many blocking tasks may wait for a thread; past that, spawning fails with
+    /// [`Error::is_overloaded`]. Queued tasks wait without a timeout (they can be
+    /// cancelled). Default is 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
+
+    /// The most registry entries, live and finished. When full, the oldest finished entry
+    /// is evicted; when all are live, spawning fails with [`Error::is_overloaded`].
+    /// Default is 10,000.
+    pub fn max_entries(mut self, n: usize) -> Self {
+        self.max_entries = n.max(1);
+        self
+    }
+
+    /// How long a finished task's entry (status, value, error) is kept; after that its id
+    /// is [`TaskStatus::NotFound`]. Default is one hour.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The runtime futures and timers run on. Default is the runtime of the first spawn
+    /// (or the server's, for the server's set).
+    pub fn runtime(mut self, handle: Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    /// Builds the set. No thread starts until the first blocking task. Callable from
+    /// anywhere.
+    pub fn build(self) -> TaskSet {
+        let runtime = OnceLock::new();
+        if let Some(handle) = self.runtime {
+            let _ = runtime.set(handle);
+        }
+        TaskSet {
+            shared: Arc::new(Shared {
+                backend: Box::new(Registry::new(self.max_entries, self.ttl)),
+                pool: BlockingPool::builder()
+                    .max_threads(self.max_threads)
+                    .queue_capacity(self.queue_capacity)
+                    .thread_name("syncbridge-task")
+                    .build(),
+                runtime,
+                tracker: TaskTracker::new(),
+                root: CancellationToken::new(),
+                live: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+pub(super) fn register_live(set: &TaskSet, id: TaskId, token: CancellationToken) {
+    set.shared.live().insert(id, token);
+}
+
+pub(super) fn unregister_live(set: &TaskSet, id: TaskId) {
+    set.shared.live().remove(&id);
+}

@@ -1,0 +1,304 @@
+//! Spawning one task: its options ([`TaskBuilder`]) and what it knows of itself
+//! ([`TaskContext`]). Running and supervising it is `supervise.rs`.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::handle::TaskHandle;
+use super::info::{TaskId, TaskInfo};
+use super::set::{register_live, unregister_live, TaskSet, CURRENT_SET};
+use super::supervise::{AsyncWork, BlockingWork, Supervisor, Work};
+use crate::error::{Error, Kind, Result};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(super) type Callback = Box<dyn FnOnce(&TaskInfo) + Send + 'static>;
+
+/// What a running task knows of itself: its id, which attempt this is, and the token
+/// through which it is asked to stop.
+///
+/// A blocking task should check [`is_cancelled`](TaskContext::is_cancelled) between
+/// steps; an async task may await `cancellation_token().cancelled()`.
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    pub(super) id: TaskId,
+    pub(super) attempt: u32,
+    pub(super) token: CancellationToken,
+}
+
+impl TaskContext {
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether the task was asked to stop: [`TaskSet::cancel`], [`TaskHandle::cancel`],
+    /// its timeout, or the drain deadline at shutdown.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The task's cancellation token.
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+/// Options for one task, from [`TaskSet::task`]: name, timeout, retries, callbacks.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use syncbridge::{TaskSet, TaskStatus};
+///
+/// # fn f() -> syncbridge::Result<()> {
+/// let tasks = TaskSet::current()?;
+/// let handle = tasks
+///     .task()
+///     .name("send-invoice")
+///     .timeout(Duration::from_secs(60))
+///     .retries(3, Duration::from_millis(500)) // 0.5 s, 1 s, 2 s between attempts
+///     .on_done(|info| println!("{} ended {}", info.id(), info.status()))
+///     .on_error(|info| eprintln!("{} failed: {:?}", info.id(), info.error()))
+///     .spawn_blocking(|ctx| {
+///         if ctx.is_cancelled() {
+///             return Err("cancelled".into());
+///         }
+///         Ok::<_, Box<dyn std::error::Error + Send + Sync>>("sent")
+///     })?;
+/// # let _ = handle; Ok(()) }
+/// ```
+#[must_use = "a task builder does nothing until `spawn` or `spawn_blocking` is called"]
+pub struct TaskBuilder<'a> {
+    set: &'a TaskSet,
+    name: Option<Arc<str>>,
+    timeout: Option<Duration>,
+    retries: u32,
+    backoff: Duration,
+    on_done: Option<Callback>,
+    on_error: Option<Callback>,
+}
+
+impl<'a> TaskBuilder<'a> {
+    pub(super) fn new(set: &'a TaskSet) -> Self {
+        TaskBuilder {
+            set,
+            name: None,
+            timeout: None,
+            retries: 0,
+            backoff: Duration::ZERO,
+            on_done: None,
+            on_error: None,
+        }
+    }
+
+    /// A name for logs, spans and [`TaskInfo::name`]. Default is none.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(Arc::from(name.into()));
+        self
+    }
+
+    /// The longest the task may take, all attempts and backoffs together, counted from
+    /// the spawn (so time waiting in the queue counts). Past it, the task's token is
+    /// cancelled, its status becomes [`TaskStatus::TimedOut`](crate::TaskStatus::TimedOut) and any later result is
+    /// discarded (and logged). A blocking closure cannot be preempted: it keeps its thread
+    /// until it returns, so it should check its token. Default is no timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Retries an attempt that returned an error or panicked, at most `max` times,
+    /// waiting `first_backoff` before the first retry and doubling the wait each time
+    /// (capped at 10 minutes). Cancellation and timeouts are never retried. Default is no
+    /// retry.
+    pub fn retries(mut self, max: u32, first_backoff: Duration) -> Self {
+        self.retries = max;
+        self.backoff = first_backoff;
+        self
+    }
+
+    /// Runs `callback` once the task has ended, whatever the outcome, with the final
+    /// registry entry. It runs on a blocking thread (never a runtime worker) inside the
+    /// server's context, before [`TaskHandle::join`] returns; it may block. A panic in it
+    /// is caught and logged with the task id.
+    pub fn on_done(mut self, callback: impl FnOnce(&TaskInfo) + Send + 'static) -> Self {
+        self.on_done = Some(Box::new(callback));
+        self
+    }
+
+    /// Runs `callback` when the task failed, panicked, timed out or was cancelled, before
+    /// the [`on_done`](Self::on_done) callback and like it.
+    pub fn on_error(mut self, callback: impl FnOnce(&TaskInfo) + Send + 'static) -> Self {
+        self.on_error = Some(Box::new(callback));
+        self
+    }
+
+    /// Runs the blocking closure `f` on the set's task pool (not the request pool), inside
+    /// the server's context, so it may itself call [`TaskSet::current`]. `f` is called
+    /// once per attempt.
+    ///
+    /// Callable from any thread: a handler thread, async code, a plain thread. It never
+    /// blocks beyond a short lock; from async code it is safe to call directly.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::is_overloaded`]: the task pool's threads and queue are full, or the
+    ///   registry is full of live tasks. Nothing was started.
+    /// - [`Error::is_shutdown`]: the set is draining.
+    /// - [`Error::is_no_context`]: the set has no runtime yet and this thread has none
+    ///   (see [`TaskSetBuilder::runtime`](crate::TaskSetBuilder::runtime)).
+    pub fn spawn_blocking<F, T, E>(self, f: F) -> Result<TaskHandle<T>>
+    where
+        F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
+        T: Send + Sync + 'static,
+        E: Into<BoxError>,
+    {
+        let prepared = self.prepare()?;
+        let mut work = BlockingWork {
+            f: None,
+            first: None,
+            set: self.set.clone(),
+            runtime: prepared.runtime.clone(),
+            span: prepared.span.clone(),
+        };
+        // The first attempt is submitted now, so that a full pool is an error for the
+        // caller (who can answer 503) rather than a failed task later.
+        let ctx = prepared.context(1);
+        match work.submit(f, ctx) {
+            Ok(rx) => work.first = Some(rx),
+            Err(()) => {
+                prepared.abort(self.set);
+                return Err(Error::new(Kind::Overloaded)
+                    .with_message("the background task pool and its queue are full"));
+            }
+        }
+        Ok(self.launch(prepared, work))
+    }
+
+    /// Runs the future that `make(ctx)` returns on the runtime; `make` is called once per
+    /// attempt. Cancellation drops the future at its next await.
+    ///
+    /// Callable from any thread, like [`spawn_blocking`](Self::spawn_blocking), with the
+    /// same errors except that the task pool is not involved. Inside the future,
+    /// [`TaskSet::current`] returns this set.
+    pub fn spawn<F, Fut, T, E>(self, make: F) -> Result<TaskHandle<T>>
+    where
+        F: FnMut(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+        T: Send + Sync + 'static,
+        E: Into<BoxError>,
+    {
+        let prepared = self.prepare()?;
+        let work = AsyncWork {
+            make,
+            set: self.set.clone(),
+        };
+        Ok(self.launch(prepared, work))
+    }
+
+    fn prepare(&self) -> Result<Prepared> {
+        self.set.check_open()?;
+        let runtime = self.set.runtime()?;
+        let id = TaskId::generate();
+        self.set.shared.backend.insert(id, self.name.clone())?;
+        let token = self.set.shared.root.child_token();
+        register_live(self.set, id, token.clone());
+        // A root span of its own that *follows from* the caller's: the task outlives the
+        // request, so it must not be the request span's child.
+        let span = tracing::info_span!(
+            parent: None,
+            "task",
+            task_id = %id,
+            name = self.name.as_deref().unwrap_or(""),
+        );
+        span.follows_from(tracing::Span::current());
+        Ok(Prepared {
+            runtime,
+            id,
+            token,
+            span,
+        })
+    }
+
+    fn launch<T, W>(self, prepared: Prepared, work: W) -> TaskHandle<T>
+    where
+        T: Send + Sync + 'static,
+        W: Work<T>,
+    {
+        let (reply, rx) = oneshot::channel();
+        let Prepared {
+            runtime,
+            id,
+            token,
+            span,
+        } = prepared;
+        let supervisor = Supervisor {
+            set: self.set.clone(),
+            id,
+            token: token.clone(),
+            span: span.clone(),
+            runtime: runtime.clone(),
+            timeout: self.timeout,
+            retries: self.retries,
+            backoff: self.backoff,
+            reply,
+        };
+        // Kept out of the supervisor: boxed `FnOnce`s are not `Sync`, and `&Supervisor`
+        // is held across awaits, which must stay `Send`.
+        let callbacks = (self.on_error, self.on_done);
+        tracing::debug!(parent: &span, task_id = %id, "background task spawned");
+        let future = CURRENT_SET.scope(self.set.clone(), supervisor.run(work, callbacks));
+        self.set
+            .shared
+            .tracker
+            .spawn_on(future.instrument(span), &runtime);
+        TaskHandle { id, token, rx }
+    }
+}
+
+impl fmt::Debug for TaskBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskBuilder")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Prepared {
+    runtime: Handle,
+    id: TaskId,
+    token: CancellationToken,
+    span: tracing::Span,
+}
+
+impl Prepared {
+    fn context(&self, attempt: u32) -> TaskContext {
+        TaskContext {
+            id: self.id,
+            attempt,
+            token: self.token.clone(),
+        }
+    }
+
+    /// Undoes `prepare` when the task could not be started after all.
+    fn abort(self, set: &TaskSet) {
+        unregister_live(set, self.id);
+        set.shared.backend.remove(self.id);
+    }
+}

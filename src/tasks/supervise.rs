@@ -1,0 +1,455 @@
+//! Supervising one task: attempts, retries, timeout, cancellation,
+//! recording the outcome, callbacks, logging.
+//!
+//! ```text
+//! spawn_blocking / spawn (any thread) -> registry entry (pending) -> live token
+//!   supervisor future on the runtime, tracked for the drain, in the task's span:
+//!     loop { attempt: pool thread (blocking) | this future (async)
+//!            ok -> succeeded | err/panic -> retry after backoff, or failed }
+//!     under the timeout -> timed out (token cancelled)
+//!   -> registry entry final -> log -> callbacks (blocking thread) -> handle
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::backend::Outcome;
+use super::info::{ErasedValue, TaskId, TaskInfo, TaskStatus};
+use super::set::{unregister_live, TaskSet};
+use super::spawn::{Callback, TaskContext};
+use crate::context;
+use crate::error::{panic_message, Error, Kind, Result};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The longest wait between two attempts, however many retries came before.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// How one attempt ended.
+pub(super) enum Attempt<T> {
+    Ok(T),
+    Err(SharedError),
+    Panicked(String),
+    /// Cancelled before it started, or (async) while it ran.
+    Cancelled,
+}
+
+/// Why a task did not succeed.
+#[derive(Clone)]
+enum Failure {
+    Error(SharedError),
+    Panic(String),
+}
+
+impl Failure {
+    fn message(&self) -> Arc<str> {
+        match self {
+            Failure::Error(e) => Arc::from(e.to_string()),
+            Failure::Panic(msg) => Arc::from(format!("panicked: {msg}")),
+        }
+    }
+}
+
+/// One attempt of a task, however it runs.
+pub(super) trait Work<T>: Send + 'static {
+    fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>>;
+}
+
+/// A blocking closure. It travels to the pool thread for each attempt and comes back
+/// with the outcome, so `FnMut` suffices for retries (no `Sync`, no `Clone`).
+pub(super) struct BlockingWork<F, T> {
+    pub(super) f: Option<F>,
+    pub(super) first: Option<oneshot::Receiver<(F, Attempt<T>)>>,
+    pub(super) set: TaskSet,
+    pub(super) runtime: Handle,
+    pub(super) span: tracing::Span,
+}
+
+impl<F, T, E> BlockingWork<F, T>
+where
+    F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    pub(super) fn submit(
+        &self,
+        mut f: F,
+        ctx: TaskContext,
+    ) -> std::result::Result<oneshot::Receiver<(F, Attempt<T>)>, ()> {
+        let (tx, rx) = oneshot::channel();
+        let set = self.set.clone();
+        let runtime = self.runtime.clone();
+        let span = self.span.clone();
+        let job = Box::new(move || {
+            let _entered = span.enter();
+            let id = ctx.id;
+            if ctx.is_cancelled() {
+                // Cancellation before the start is guaranteed: the closure never runs.
+                let _ = tx.send((f, Attempt::Cancelled));
+                return;
+            }
+            set.shared.backend.started(id, ctx.attempt);
+            let context = set.context(runtime);
+            let outcome =
+                context::enter(Some(&context), || catch_unwind(AssertUnwindSafe(|| f(ctx))));
+            let attempt = match outcome {
+                Ok(Ok(value)) => Attempt::Ok(value),
+                Ok(Err(err)) => Attempt::Err(Arc::from(err.into())),
+                Err(payload) => Attempt::Panicked(panic_message(&*payload)),
+            };
+            if tx.send((f, attempt)).is_err() {
+                tracing::warn!(
+                    task_id = %id,
+                    "background task returned after its timeout; its outcome is discarded"
+                );
+            }
+        });
+        self.set
+            .shared
+            .pool
+            .try_submit(job)
+            .map(|_| rx)
+            .map_err(|_| ())
+    }
+}
+
+impl<F, T, E> Work<T> for BlockingWork<F, T>
+where
+    F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>> {
+        Box::pin(async move {
+            let rx = match self.first.take() {
+                Some(rx) => rx,
+                None => {
+                    let Some(f) = self.f.take() else {
+                        return Attempt::Err(Arc::from(BoxError::from(
+                            "the task's closure was lost in an earlier attempt",
+                        )));
+                    };
+                    match self.submit(f, ctx) {
+                        Ok(rx) => rx,
+                        Err(()) => {
+                            return Attempt::Err(Arc::from(BoxError::from(
+                                "the background task pool and its queue are full",
+                            )))
+                        }
+                    }
+                }
+            };
+            match rx.await {
+                Ok((f, attempt)) => {
+                    self.f = Some(f);
+                    attempt
+                }
+                // The pool dropped the job without running it: it never does while alive.
+                Err(_) => Attempt::Err(Arc::from(BoxError::from(
+                    "the task pool dropped the task without running it",
+                ))),
+            }
+        })
+    }
+}
+
+/// A future factory; each attempt's future runs inside the supervisor's own task.
+pub(super) struct AsyncWork<F> {
+    pub(super) make: F,
+    pub(super) set: TaskSet,
+}
+
+impl<F, Fut, T, E> Work<T> for AsyncWork<F>
+where
+    F: FnMut(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>> {
+        Box::pin(async move {
+            let token = ctx.token.clone();
+            if token.is_cancelled() {
+                return Attempt::Cancelled;
+            }
+            self.set.shared.backend.started(ctx.id, ctx.attempt);
+            let future = match catch_unwind(AssertUnwindSafe(|| (self.make)(ctx))) {
+                Ok(future) => future,
+                Err(payload) => return Attempt::Panicked(panic_message(&*payload)),
+            };
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => Attempt::Cancelled,
+                outcome = AssertUnwindSafe(future).catch_unwind() => match outcome {
+                    Ok(Ok(value)) => Attempt::Ok(value),
+                    Ok(Err(err)) => Attempt::Err(Arc::from(err.into())),
+                    Err(payload) => Attempt::Panicked(panic_message(&*payload)),
+                },
+            }
+        })
+    }
+}
+
+/// How the task ended, before it is recorded.
+enum Ended<T> {
+    Succeeded(T),
+    Failed(Failure),
+    Cancelled(Option<Failure>),
+    TimedOut(Duration),
+}
+
+pub(super) struct Supervisor<T> {
+    pub(super) set: TaskSet,
+    pub(super) id: TaskId,
+    pub(super) token: CancellationToken,
+    pub(super) span: tracing::Span,
+    pub(super) runtime: Handle,
+    pub(super) timeout: Option<Duration>,
+    pub(super) retries: u32,
+    pub(super) backoff: Duration,
+    pub(super) reply: oneshot::Sender<Result<Arc<T>>>,
+}
+
+impl<T: Send + Sync + 'static> Supervisor<T> {
+    pub(super) async fn run<W: Work<T>>(
+        self,
+        mut work: W,
+        callbacks: (Option<Callback>, Option<Callback>),
+    ) {
+        let start = Instant::now();
+        let attempts = self.attempts(&mut work);
+        let ended = match self.timeout {
+            Some(limit) => match tokio::time::timeout(limit, attempts).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    self.token.cancel();
+                    Ended::TimedOut(limit)
+                }
+            },
+            None => attempts.await,
+        };
+        drop(work);
+        self.finish(ended, start, callbacks).await;
+    }
+
+    async fn attempts<W: Work<T>>(&self, work: &mut W) -> Ended<T> {
+        let mut attempt = 1;
+        loop {
+            let ctx = TaskContext {
+                id: self.id,
+                attempt,
+                token: self.token.clone(),
+            };
+            let failure = match work.attempt(ctx).await {
+                Attempt::Ok(value) => return Ended::Succeeded(value),
+                Attempt::Cancelled => return Ended::Cancelled(None),
+                Attempt::Err(err) => Failure::Error(err),
+                Attempt::Panicked(msg) => Failure::Panic(msg),
+            };
+            if self.token.is_cancelled() {
+                return Ended::Cancelled(Some(failure));
+            }
+            if attempt > self.retries {
+                return Ended::Failed(failure);
+            }
+            let delay = backoff(self.backoff, attempt);
+            let message = failure.message();
+            tracing::warn!(
+                task_id = %self.id,
+                attempt,
+                error = %message,
+                retry_in_ms = delay.as_millis() as u64,
+                "background task attempt failed; retrying"
+            );
+            self.set.shared.backend.retrying(self.id, message);
+            tokio::select! {
+                _ = self.token.cancelled() => return Ended::Cancelled(Some(failure)),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn finish(
+        self,
+        ended: Ended<T>,
+        start: Instant,
+        (on_error, on_done): (Option<Callback>, Option<Callback>),
+    ) {
+        let id = self.id;
+        let elapsed_ms = start.elapsed().as_millis() as u64;
+        let (outcome, reply) = match ended {
+            Ended::Succeeded(value) => {
+                tracing::debug!(task_id = %id, elapsed_ms, "background task succeeded");
+                let value = Arc::new(value);
+                let erased: ErasedValue = value.clone();
+                (
+                    outcome(TaskStatus::Succeeded, Some(erased), None),
+                    Ok(value),
+                )
+            }
+            Ended::Failed(failure) => {
+                let message = failure.message();
+                let err = match &failure {
+                    Failure::Error(source) => {
+                        tracing::error!(task_id = %id, elapsed_ms, error = %message, "background task failed");
+                        Error::new(Kind::TaskFailed)
+                            .with_message(message.to_string())
+                            .with_source(ArcError(source.clone()))
+                    }
+                    Failure::Panic(msg) => {
+                        tracing::error!(task_id = %id, elapsed_ms, panic = %msg, "background task panicked");
+                        Error::new(Kind::Panicked).with_message(msg.clone())
+                    }
+                };
+                (outcome(TaskStatus::Failed, None, Some(message)), Err(err))
+            }
+            Ended::Cancelled(failure) => {
+                let message = failure.as_ref().map(Failure::message);
+                tracing::warn!(task_id = %id, elapsed_ms, error = message.as_deref(), "background task cancelled");
+                let mut err = Error::new(Kind::Cancelled);
+                if let Some(message) = &message {
+                    err = err.with_message(message.to_string());
+                }
+                (outcome(TaskStatus::Cancelled, None, message), Err(err))
+            }
+            Ended::TimedOut(limit) => {
+                let message = format!("ran past its timeout of {limit:?}");
+                tracing::error!(
+                    task_id = %id,
+                    timeout_ms = limit.as_millis() as u64,
+                    "background task timed out; cancelled through its token"
+                );
+                (
+                    outcome(
+                        TaskStatus::TimedOut,
+                        None,
+                        Some(Arc::from(message.as_str())),
+                    ),
+                    Err(Error::new(Kind::TimedOut).with_message(message)),
+                )
+            }
+        };
+        let status = outcome.status;
+        let info = self.set.shared.backend.finished(id, outcome);
+        let mut callbacks = Vec::new();
+        if status != TaskStatus::Succeeded {
+            callbacks.extend(on_error.map(|cb| ("on_error", cb)));
+        }
+        callbacks.extend(on_done.map(|cb| ("on_done", cb)));
+        self.run_callbacks(info, callbacks).await;
+        unregister_live(&self.set, id);
+        // Nobody may be waiting: the outcome is recorded and logged above either way.
+        let _ = self.reply.send(reply);
+    }
+
+    async fn run_callbacks(
+        &self,
+        info: Option<TaskInfo>,
+        callbacks: Vec<(&'static str, Callback)>,
+    ) {
+        if callbacks.is_empty() {
+            return;
+        }
+        let Some(info) = info else {
+            tracing::error!(task_id = %self.id, "background task entry vanished before its callbacks; not run");
+            return;
+        };
+        let id = self.id;
+        let span = self.span.clone();
+        let context = self.set.context(self.runtime.clone());
+        // Callbacks may block (the example POSTs to a callback URL), so they get a
+        // blocking thread, never a runtime worker.
+        let ran = self
+            .runtime
+            .spawn_blocking(move || {
+                let _entered = span.enter();
+                context::enter(Some(&context), || {
+                    for (which, callback) in callbacks {
+                        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(&info))) {
+                            tracing::error!(
+                                task_id = %id,
+                                callback = which,
+                                panic = %panic_message(&*payload),
+                                "background task callback panicked"
+                            );
+                        }
+                    }
+                })
+            })
+            .await;
+        if let Err(err) = ran {
+            tracing::error!(task_id = %id, error = %err, "background task callbacks did not run to the end");
+        }
+    }
+}
+
+fn outcome(status: TaskStatus, result: Option<ErasedValue>, error: Option<Arc<str>>) -> Outcome {
+    Outcome {
+        status,
+        result,
+        error,
+    }
+}
+
+/// The wait before retry number `attempt` (from 1): `first * 2^(attempt - 1)`, capped.
+fn backoff(first: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+    first.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// A task's error, shared between the registry's text and the handle's `source`.
+struct ArcError(SharedError);
+
+impl fmt::Debug for ArcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ArcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for ArcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_first_wait_and_is_capped() {
+        let first = Duration::from_millis(100);
+        assert_eq!(backoff(first, 1), Duration::from_millis(100));
+        assert_eq!(backoff(first, 2), Duration::from_millis(200));
+        assert_eq!(backoff(first, 4), Duration::from_millis(800));
+        assert_eq!(backoff(first, 40), MAX_BACKOFF);
+        assert_eq!(backoff(Duration::ZERO, 5), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_failed_task_error_keeps_the_task_error_as_source() {
+        let source: SharedError = Arc::from(BoxError::from("boom"));
+        let err = Error::new(Kind::TaskFailed)
+            .with_message("boom")
+            .with_source(ArcError(source));
+        assert!(err.is_task_failed());
+        assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "boom");
+    }
+}

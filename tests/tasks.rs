@@ -1,0 +1,726 @@
+//! Background tasks: spawning from handlers and from anywhere, status lookups, callbacks,
+//! failures and panics in the log, cancellation, timeouts, retries, bounds, spans and the
+//! drain at shutdown.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{get, within, TestServer, STEP};
+use syncbridge::{Request, Server, TaskId, TaskSet, TaskStatus};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A global subscriber that keeps what the crate logs, so tests can assert that nothing
+/// fails silently. Installed before any server starts (support's `init_tracing` then finds
+/// a subscriber already set and leaves it).
+mod logs {
+    use std::fmt::Write as _;
+    use std::sync::{Mutex, Once};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id};
+    use tracing::{Event, Level, Subscriber};
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    struct Fields(String);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, "{}={:?} ", field.name(), value);
+        }
+    }
+
+    struct Capture;
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            let mut fields = Fields(format!("{} ", event.metadata().level()));
+            event.record(&mut fields);
+            LINES.lock().unwrap().push(fields.0);
+        }
+
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let mut fields = Fields(format!("{} ", attrs.metadata().name()));
+            attrs.record(&mut fields);
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(fields);
+            }
+        }
+
+        fn on_follows_from(&self, span: &Id, follows: &Id, ctx: Context<'_, S>) {
+            let (Some(span), Some(follows)) = (ctx.span(span), ctx.span(follows)) else {
+                return;
+            };
+            let describe = |s: &tracing_subscriber::registry::SpanRef<'_, S>| {
+                s.extensions()
+                    .get::<Fields>()
+                    .map(|f| f.0.clone())
+                    .unwrap_or_default()
+            };
+            let line = format!("FOLLOWS {} <- {}", describe(&span), describe(&follows));
+            LINES.lock().unwrap().push(line);
+        }
+    }
+
+    pub fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let capture = Capture.with_filter(
+                Targets::new()
+                    .with_target("syncbridge", Level::DEBUG)
+                    .with_target("tasks", Level::TRACE),
+            );
+            let print = tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(Targets::new().with_target("syncbridge", Level::WARN));
+            tracing_subscriber::registry()
+                .with(capture)
+                .with(print)
+                .init();
+        });
+    }
+
+    /// Whether one captured line contains every part.
+    pub fn contains(parts: &[&str]) -> bool {
+        LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| parts.iter().all(|p| line.contains(p)))
+    }
+}
+
+/// Polls `set` until `id` reaches `status` (a short poll with a deadline, not a sleep).
+async fn wait_for_status(set: &TaskSet, id: TaskId, status: TaskStatus) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let now = set.status(id);
+        if now == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} stayed {now}, expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls until no task thread is busy (a short poll with a deadline, not a sleep).
+async fn wait_for_idle_task_pool(set: &TaskSet) {
+    let deadline = Instant::now() + STEP;
+    while set.live() > 0 || set.pool().stats().busy > 0 {
+        assert!(Instant::now() < deadline, "task pool stayed busy");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A blocking task body that waits until its token is cancelled (or STEP passes).
+fn until_cancelled(ctx: &syncbridge::TaskContext) -> Result<(), BoxError> {
+    let deadline = Instant::now() + STEP;
+    while !ctx.is_cancelled() {
+        if Instant::now() > deadline {
+            return Ok(());
+        }
+        std::thread::park_timeout(Duration::from_millis(2));
+    }
+    Err("stopped: cancelled".into())
+}
+
+#[tokio::test]
+async fn handler_spawns_a_task_that_finishes_after_the_response() {
+    logs::install();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+    let server = TestServer::start(move |req: Request| -> Result<String, BoxError> {
+        let path = req.uri().path();
+        if path == "/spawn" {
+            let rx = release_rx.lock().unwrap().take().expect("spawned once");
+            let handle = TaskSet::current()?.spawn_blocking(move |_ctx| {
+                rx.recv_timeout(STEP)?;
+                Ok::<_, BoxError>(String::from("report ready"))
+            })?;
+            return Ok(handle.id().to_string());
+        }
+        let id = path.trim_start_matches("/status/");
+        let tasks = TaskSet::current()?;
+        let status = TaskId::parse(id).map_or(TaskStatus::NotFound, |id| tasks.status(id));
+        let result = TaskId::parse(id)
+            .and_then(|id| tasks.info(id))
+            .and_then(|info| info.result::<String>().cloned())
+            .unwrap_or_default();
+        Ok(format!("{status} {result}"))
+    });
+
+    // The response comes back while the task is still blocked on `release`.
+    let id = get(server.addr, "/spawn").await.text();
+    assert!(TaskId::parse(&id).is_some(), "{id}");
+    let running = get(server.addr, &format!("/status/{id}")).await.text();
+    assert!(running == "running " || running == "pending ", "{running}");
+
+    release_tx.send(()).unwrap();
+    let deadline = Instant::now() + STEP;
+    loop {
+        let status = get(server.addr, &format!("/status/{id}")).await.text();
+        if status == "succeeded report ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "last status: {status}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let unknown = TaskId::parse(&"0".repeat(32)).unwrap();
+    assert_eq!(
+        get(server.addr, &format!("/status/{unknown}")).await.text(),
+        "not_found "
+    );
+    assert_eq!(
+        get(server.addr, "/status/garbage").await.text(),
+        "not_found "
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn current_outside_a_handler_is_a_no_context_error() {
+    logs::install();
+    let err = TaskSet::current().unwrap_err();
+    assert!(err.is_no_context(), "{err:?}");
+    let err = std::thread::spawn(|| TaskSet::current().unwrap_err())
+        .join()
+        .unwrap();
+    assert!(err.is_no_context(), "{err:?}");
+}
+
+#[test]
+fn spawning_on_a_set_without_a_runtime_from_a_plain_thread_is_a_no_context_error() {
+    logs::install();
+    let set = TaskSet::new();
+    let err = set.spawn_blocking(|_| Ok::<_, BoxError>(())).unwrap_err();
+    assert!(err.is_no_context(), "{err:?}");
+    assert_eq!(set.live(), 0);
+}
+
+#[test]
+fn an_explicit_set_spawns_from_a_plain_thread_once_bound_to_a_runtime() {
+    logs::install();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let set = TaskSet::builder().runtime(runtime.handle().clone()).build();
+    // Spawned from this plain thread; the supervisor waits on the runtime below.
+    let handle = set
+        .spawn_blocking(|ctx| Ok::<_, BoxError>(ctx.attempt() * 10))
+        .unwrap();
+    let value = runtime.block_on(async { within(handle.join()).await.unwrap() });
+    assert_eq!(*value, 10);
+}
+
+#[tokio::test]
+async fn a_failing_task_is_failed_logged_with_its_id_and_both_callbacks_run() {
+    logs::install();
+    let set = TaskSet::new();
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    let handle = set
+        .task()
+        .name("doomed")
+        .on_error(move |info| tx.send(format!("error {}", info.status())).unwrap())
+        .on_done(move |info| tx2.send(format!("done {:?}", info.error())).unwrap())
+        .spawn_blocking(|_| Err::<(), _>("disk on fire"))
+        .unwrap();
+    let id = handle.id();
+    let err = within(handle.join()).await.unwrap_err();
+    assert!(err.is_task_failed(), "{err:?}");
+    assert_eq!(
+        std::error::Error::source(&err).unwrap().to_string(),
+        "disk on fire"
+    );
+    assert_eq!(rx.try_recv().unwrap(), "error failed");
+    assert_eq!(rx.try_recv().unwrap(), "done Some(\"disk on fire\")");
+    let info = set.info(id).unwrap();
+    assert_eq!(info.status(), TaskStatus::Failed);
+    assert!(info.finished_at().unwrap() >= info.started_at().unwrap());
+    assert!(logs::contains(&[
+        "ERROR",
+        &format!("task_id={id}"),
+        "background task failed",
+        "disk on fire"
+    ]));
+}
+
+#[tokio::test]
+async fn a_panic_nobody_awaits_is_logged_with_the_task_id_and_recorded_as_failed() {
+    logs::install();
+    let set = TaskSet::new();
+    let id = set
+        .spawn_blocking(|_| -> Result<(), BoxError> { panic!("unexpected null") })
+        .unwrap()
+        .id(); // handle dropped: nobody awaits this task
+    wait_for_status(&set, id, TaskStatus::Failed).await;
+    assert_eq!(
+        set.info(id).unwrap().error(),
+        Some("panicked: unexpected null")
+    );
+    assert!(logs::contains(&[
+        "ERROR",
+        &format!("task_id={id}"),
+        "background task panicked",
+        "unexpected null"
+    ]));
+}
+
+#[tokio::test]
+async fn a_panicking_callback_is_caught_and_logged_and_the_next_still_runs() {
+    logs::install();
+    let set = TaskSet::new();
+    let (tx, rx) = mpsc::channel();
+    let handle = set
+        .task()
+        .on_error(|_| panic!("callback bug"))
+        .on_done(move |info| tx.send(info.status()).unwrap())
+        .spawn(|_| async { Err::<(), _>("nope") })
+        .unwrap();
+    let id = handle.id();
+    assert!(within(handle.join()).await.unwrap_err().is_task_failed());
+    assert_eq!(rx.try_recv().unwrap(), TaskStatus::Failed);
+    assert!(logs::contains(&[
+        &format!("task_id={id}"),
+        "callback=\"on_error\"",
+        "callback bug",
+        "callback panicked"
+    ]));
+}
+
+#[tokio::test]
+async fn a_task_cancelled_before_it_starts_never_runs() {
+    logs::install();
+    let set = TaskSet::builder().max_threads(1).build();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    // FnMut (called once per attempt), so a sender usable by reference.
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let first = set
+        .spawn_blocking(move |_| {
+            let _ = started_tx.send(());
+            release_rx.recv_timeout(STEP)
+        })
+        .unwrap();
+    within(started_rx.recv()).await.unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let ran2 = ran.clone();
+    let (done_tx, done_rx) = mpsc::channel();
+    let queued = set
+        .task()
+        .on_done(move |info| done_tx.send(info.status()).unwrap())
+        .spawn_blocking(move |_| {
+            ran2.store(true, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .unwrap();
+    assert_eq!(set.status(queued.id()), TaskStatus::Pending);
+    assert!(set.cancel(queued.id()));
+    release_tx.send(()).unwrap();
+    within(first.join()).await.unwrap();
+    let err = within(queued.join()).await.unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert!(!ran.load(Ordering::SeqCst), "a cancelled queued task ran");
+    assert_eq!(done_rx.try_recv().unwrap(), TaskStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn cancelling_a_running_async_task_drops_it_at_its_next_await() {
+    logs::install();
+    let set = TaskSet::new();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let mut started_tx = Some(started_tx);
+    let handle = set
+        .spawn(move |_| {
+            let tx = started_tx.take();
+            async move {
+                let _ = tx.unwrap().send(());
+                std::future::pending::<()>().await;
+                Ok::<_, BoxError>(())
+            }
+        })
+        .unwrap();
+    within(started_rx).await.unwrap();
+    assert_eq!(set.status(handle.id()), TaskStatus::Running);
+    handle.cancel();
+    let id = handle.id();
+    assert!(within(handle.join()).await.unwrap_err().is_cancelled());
+    assert_eq!(set.status(id), TaskStatus::Cancelled);
+    assert!(!set.cancel(id), "a finished task is not live");
+}
+
+#[tokio::test]
+async fn a_task_past_its_timeout_is_timed_out_and_its_token_cancelled() {
+    logs::install();
+    let set = TaskSet::new();
+    let (saw_tx, saw_rx) = tokio::sync::oneshot::channel();
+    let mut saw_tx = Some(saw_tx);
+    let handle = set
+        .task()
+        .timeout(Duration::from_millis(50))
+        .spawn_blocking(move |ctx| {
+            let outcome = until_cancelled(&ctx);
+            let _ = saw_tx.take().unwrap().send(ctx.is_cancelled());
+            outcome
+        })
+        .unwrap();
+    let id = handle.id();
+    let err = within(handle.join()).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(set.status(id), TaskStatus::TimedOut);
+    assert!(
+        within(saw_rx).await.unwrap(),
+        "the closure saw its token cancelled"
+    );
+    assert!(logs::contains(&[&format!("task_id={id}"), "timed out"]));
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_with_backoff_until_one_succeeds() {
+    logs::install();
+    let set = TaskSet::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let start = Instant::now();
+    let handle = set
+        .task()
+        .retries(5, Duration::from_millis(10))
+        .spawn_blocking(move |ctx| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if ctx.attempt() < 3 {
+                return Err(format!("flaky {}", ctx.attempt()));
+            }
+            Ok(ctx.attempt())
+        })
+        .unwrap();
+    let id = handle.id();
+    assert_eq!(*within(handle.join()).await.unwrap(), 3);
+    // Waits of 10 ms then 20 ms: exponential, so at least 30 ms.
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let info = set.info(id).unwrap();
+    assert_eq!(info.attempts(), 3);
+    assert_eq!(info.status(), TaskStatus::Succeeded);
+    assert!(logs::contains(&[
+        &format!("task_id={id}"),
+        "retrying",
+        "flaky 1"
+    ]));
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_maximum_and_the_task_fails() {
+    logs::install();
+    let set = TaskSet::new();
+    let handle = set
+        .task()
+        .retries(2, Duration::from_millis(1))
+        .spawn(|ctx| async move { Err::<(), _>(format!("attempt {} failed", ctx.attempt())) })
+        .unwrap();
+    let id = handle.id();
+    let err = within(handle.join()).await.unwrap_err();
+    assert!(err.is_task_failed());
+    let info = set.info(id).unwrap();
+    assert_eq!(info.attempts(), 3);
+    assert_eq!(info.error(), Some("attempt 3 failed"));
+}
+
+#[tokio::test]
+async fn a_full_task_pool_refuses_with_overloaded_while_requests_are_still_served() {
+    logs::install();
+    let set = TaskSet::builder().max_threads(1).queue_capacity(0).build();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").tasks(set.clone()),
+        |_req: Request| -> Result<String, BoxError> {
+            match TaskSet::current()?.spawn_blocking(|_| Ok::<_, BoxError>(())) {
+                Ok(_) => Ok("spawned".into()),
+                Err(err) if err.is_overloaded() => Ok("overloaded".into()),
+                Err(err) => Err(err.into()),
+            }
+        },
+    );
+    // The first request also binds the set to the server's runtime: a set runs its tasks
+    // on the first runtime it is used from, and this test's runtime blocks in `stop`.
+    assert_eq!(get(server.addr, "/").await.text(), "spawned");
+    wait_for_idle_task_pool(&set).await;
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let blocker = set
+        .spawn_blocking(move |_| {
+            let _ = started_tx.send(());
+            release_rx.recv_timeout(STEP)
+        })
+        .unwrap();
+    within(started_rx.recv()).await.unwrap();
+    // The only task thread is busy and there is no queue: refused, yet answered at once.
+    assert_eq!(get(server.addr, "/").await.text(), "overloaded");
+    assert_eq!(set.live(), 1, "the refused task left no entry behind");
+    release_tx.send(()).unwrap();
+    within(blocker.join()).await.unwrap();
+    // A task has ended a moment before its thread is free again.
+    wait_for_idle_task_pool(&set).await;
+    assert_eq!(get(server.addr, "/").await.text(), "spawned");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_registry_full_of_live_tasks_refuses_with_overloaded() {
+    logs::install();
+    let set = TaskSet::builder().max_entries(1).build();
+    let live = set
+        .spawn(|ctx| async move {
+            ctx.cancellation_token().cancelled().await;
+            Ok::<_, BoxError>(())
+        })
+        .unwrap();
+    let err = set.spawn(|_| async { Ok::<_, BoxError>(()) }).unwrap_err();
+    assert!(err.is_overloaded(), "{err:?}");
+    live.cancel();
+    let id = live.id();
+    let _ = within(live.join()).await;
+    // Now the one entry is finished, so it is evicted for the next task.
+    let next = set.spawn(|_| async { Ok::<_, BoxError>(1) }).unwrap();
+    assert_eq!(*within(next.join()).await.unwrap(), 1);
+    assert_eq!(set.status(id), TaskStatus::NotFound);
+}
+
+#[tokio::test]
+async fn tasks_reach_their_set_and_spawn_children_from_blocking_and_async_code() {
+    logs::install();
+    let set = TaskSet::new();
+    let parent = set
+        .spawn_blocking(|_| -> Result<TaskId, syncbridge::Error> {
+            let child = TaskSet::current()?.spawn(|_| async {
+                let grandchild = TaskSet::current()?.spawn_blocking(|_| Ok::<_, BoxError>(7))?;
+                Ok::<_, syncbridge::Error>(grandchild.id())
+            })?;
+            Ok(child.id())
+        })
+        .unwrap();
+    let child = *within(parent.join()).await.unwrap();
+    wait_for_status(&set, child, TaskStatus::Succeeded).await;
+    let grandchild = *set.info(child).unwrap().result::<TaskId>().unwrap();
+    wait_for_status(&set, grandchild, TaskStatus::Succeeded).await;
+    assert_eq!(set.info(grandchild).unwrap().result::<i32>(), Some(&7));
+}
+
+#[tokio::test]
+async fn join_blocking_from_async_code_is_an_async_context_error() {
+    logs::install();
+    let set = TaskSet::new();
+    let handle = set.spawn(|_| async { Ok::<_, BoxError>(()) }).unwrap();
+    let err = handle.join_blocking().unwrap_err();
+    assert!(err.is_async_context(), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_task_span_follows_from_the_request_span_that_spawned_it() {
+    logs::install();
+    let server = TestServer::start(|req: Request| -> Result<String, BoxError> {
+        let span = tracing::info_span!("request", path = req.uri().path());
+        let _entered = span.enter();
+        let handle = TaskSet::current()?
+            .task()
+            .name("follower")
+            .spawn_blocking(|_| Ok::<_, BoxError>(()))?;
+        Ok(handle.id().to_string())
+    });
+    let id = get(server.addr, "/traced").await.text();
+    assert!(
+        logs::contains(&[
+            "FOLLOWS task",
+            &format!("task_id={id}"),
+            "name=\"follower\"",
+            "<- request path=\"/traced\""
+        ]),
+        "no follows-from edge from the request span to task {id}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_cancels_tasks_past_the_drain_deadline_and_reports_each_id() {
+    logs::install();
+    let set = TaskSet::builder().max_threads(1).build();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let mut started_tx = Some(started_tx);
+    let running = set
+        .spawn_blocking(move |ctx| {
+            let _ = started_tx.take().unwrap().send(());
+            until_cancelled(&ctx)
+        })
+        .unwrap();
+    within(started_rx).await.unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let ran2 = ran.clone();
+    let queued = set
+        .spawn_blocking(move |_| {
+            ran2.store(true, Ordering::SeqCst);
+            Ok::<_, BoxError>(())
+        })
+        .unwrap();
+    let (running, queued) = (running.id(), queued.id());
+
+    let mut abandoned = within(set.shutdown(Duration::from_millis(50))).await;
+    abandoned.sort();
+    let mut expected = vec![running, queued];
+    expected.sort();
+    assert_eq!(abandoned, expected);
+    for id in [running, queued] {
+        assert_eq!(set.status(id), TaskStatus::Cancelled);
+        assert!(logs::contains(&[
+            "WARN",
+            &format!("task_id={id}"),
+            "abandoned at the drain deadline"
+        ]));
+    }
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "a queued task ran after cancellation"
+    );
+    let err = set.spawn(|_| async { Ok::<_, BoxError>(()) }).unwrap_err();
+    assert!(err.is_shutdown(), "{err:?}");
+}
+
+#[tokio::test]
+async fn server_shutdown_waits_for_a_running_task_before_serve_returns() {
+    logs::install();
+    let set = TaskSet::new();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+    let finished = Arc::new(AtomicBool::new(false));
+    let flag = finished.clone();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .tasks(set.clone())
+            .task_drain_timeout(STEP),
+        move |_req: Request| -> Result<String, BoxError> {
+            let rx = release_rx.lock().unwrap().take().expect("one request");
+            let flag = flag.clone();
+            let handle = TaskSet::current()?
+                .task()
+                .on_done(move |_| flag.store(true, Ordering::SeqCst))
+                .spawn_blocking(move |ctx| {
+                    rx.recv_timeout(STEP)?;
+                    // A drain that cancelled instead of waiting would show here.
+                    if ctx.is_cancelled() {
+                        return Err::<(), BoxError>("cancelled during the drain".into());
+                    }
+                    Ok(())
+                })?;
+            Ok(handle.id().to_string())
+        },
+    );
+    let addr = server.addr;
+    let id = TaskId::parse(&get(addr, "/").await.text()).unwrap();
+    server.handle.shutdown();
+    // Once the listener is gone the connections have drained: the server is now in the
+    // task drain, which must wait for this task.
+    let deadline = Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "listener never closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(set.status(id), TaskStatus::Running);
+    release_tx.send(()).unwrap();
+    let stopped = tokio::spawn(server.stop());
+    within(stopped).await.unwrap();
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "serve returned before the task and its callback ended"
+    );
+    assert_eq!(set.status(id), TaskStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn server_shutdown_abandons_a_task_past_the_task_drain_timeout_and_logs_its_id() {
+    logs::install();
+    let set = TaskSet::new();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .tasks(set.clone())
+            .task_drain_timeout(Duration::from_millis(50)),
+        |_req: Request| -> Result<String, BoxError> {
+            let handle = TaskSet::current()?.spawn_blocking(|ctx| until_cancelled(&ctx))?;
+            Ok(handle.id().to_string())
+        },
+    );
+    let id = TaskId::parse(&get(server.addr, "/").await.text()).unwrap();
+    wait_for_status(&set, id, TaskStatus::Running).await;
+    let stopped = tokio::spawn(server.stop());
+    within(stopped).await.unwrap();
+    assert_eq!(set.status(id), TaskStatus::Cancelled);
+    assert!(logs::contains(&[
+        "WARN",
+        &format!("task_id={id}"),
+        "abandoned at the drain deadline"
+    ]));
+}
+
+#[tokio::test]
+async fn tasks_get_their_own_drain_even_when_requests_are_cut_off_at_the_request_deadline() {
+    logs::install();
+    let set = TaskSet::new();
+    let (task_tx, task_rx) = mpsc::channel::<()>();
+    let (handler_tx, handler_rx) = mpsc::channel::<()>();
+    let receivers = Arc::new(Mutex::new(Some((task_rx, handler_rx))));
+    let (id_tx, mut id_rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .tasks(set.clone())
+            .shutdown_timeout(Duration::from_millis(50))
+            .task_drain_timeout(STEP),
+        move |_req: Request| -> Result<String, BoxError> {
+            let (task_rx, handler_rx) = receivers.lock().unwrap().take().expect("one request");
+            let handle = TaskSet::current()?.spawn_blocking(move |ctx| {
+                task_rx.recv_timeout(STEP)?;
+                if ctx.is_cancelled() {
+                    return Err::<(), BoxError>("cancelled during the drain".into());
+                }
+                Ok(())
+            })?;
+            id_tx.send(handle.id()).unwrap();
+            // A request still in flight at the request deadline: cut off.
+            let _ = handler_rx.recv_timeout(STEP);
+            Ok(String::new())
+        },
+    );
+    let addr = server.addr;
+    // A raw request whose connection will be cut off: read until the server closes it.
+    let hanging = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink).await;
+    });
+    let id = within(id_rx.recv()).await.unwrap();
+    server.handle.shutdown();
+    let deadline = Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "listener never closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Give the request deadline time to pass: the connection is cut off, the task is not.
+    within(hanging).await.unwrap();
+    assert_eq!(set.status(id), TaskStatus::Running);
+    task_tx.send(()).unwrap();
+    let stopped = tokio::spawn(server.stop());
+    within(stopped).await.unwrap();
+    assert_eq!(set.status(id), TaskStatus::Succeeded, "{:?}", set.info(id));
+    let _ = handler_tx.send(());
+}
