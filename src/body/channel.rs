@@ -87,6 +87,15 @@ impl State {
         }
     }
 
+    /// After a chunk was taken: wakes a waiting sender only once the queue has drained to
+    /// half. Waking it at the first free slot would cost a thread wake-up per chunk (the
+    /// sender fills the slot, blocks again, is woken again); this way it refills several.
+    fn chunk_taken(&mut self, condvar: &Condvar) {
+        if self.queue.len() <= self.capacity / 2 {
+            self.wake_sender(condvar);
+        }
+    }
+
     fn wake_sender(&mut self, condvar: &Condvar) {
         if let Some(w) = self.send_waker.take() {
             w.wake();
@@ -199,7 +208,7 @@ impl Receiver {
         let mut state = self.shared.lock();
         loop {
             if let Some(chunk) = state.queue.pop_front() {
-                state.wake_sender(&self.shared.condvar);
+                state.chunk_taken(&self.shared.condvar);
                 return Some(Ok(chunk));
             }
             match &state.end {
@@ -239,7 +248,7 @@ impl Receiver {
 
     fn take(state: &mut State, condvar: &Condvar) -> Poll<Option<io::Result<Bytes>>> {
         if let Some(chunk) = state.queue.pop_front() {
-            state.wake_sender(condvar);
+            state.chunk_taken(condvar);
             return Poll::Ready(Some(Ok(chunk)));
         }
         match &state.end {

@@ -306,6 +306,13 @@ pub(super) fn overloaded(retry_after: HeaderValue) -> http::Response<BridgeBody>
     response
 }
 
+pub(super) fn header_too_large() -> http::Response<BridgeBody> {
+    plain(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "Request Header Fields Too Large",
+    )
+}
+
 pub(super) fn payload_too_large() -> http::Response<BridgeBody> {
     let mut response = plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
     // The rest of the body is not read: the connection cannot be reused.

@@ -66,6 +66,7 @@ pub(crate) struct Shared<H> {
     handler: H,
     pool: BlockingPool,
     max_body_size: u64,
+    max_header_size: Option<usize>,
     retry_after: HeaderValue,
     context: OnceLock<Arc<Context>>,
 }
@@ -82,6 +83,7 @@ impl<H: Handler> SyncService<H> {
             handler,
             pool: None,
             max_body_size: DEFAULT_MAX_BODY_SIZE,
+            max_header_size: None,
             retry_after: Duration::from_secs(1),
             runtime: None,
             tasks: None,
@@ -137,6 +139,16 @@ impl<H: Handler> SyncService<H> {
         };
         let shared = &self.shared;
 
+        if shared
+            .max_header_size
+            .is_some_and(|limit| head_size(&parts) > limit)
+        {
+            tracing::warn!(
+                method = %parts.method, path = %parts.uri.path(),
+                "request head larger than the limit; answered 431"
+            );
+            return SyncServiceFuture::ready(future::header_too_large(), completion);
+        }
         if declared_length(&parts.headers).is_some_and(|len| len > shared.max_body_size) {
             tracing::warn!(
                 method = %parts.method, path = %parts.uri.path(), limit = shared.max_body_size,
@@ -187,6 +199,17 @@ impl<H: Handler> SyncService<H> {
 /// The default cap on a request body: 64 MiB. Streaming keeps memory flat at any size;
 /// the cap is about how long one request may occupy a handler thread.
 pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
+
+/// The size of a request head as it came in: request line and header lines.
+fn head_size(parts: &http::request::Parts) -> usize {
+    let line = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
+}
 
 pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
@@ -259,6 +282,7 @@ pub struct SyncServiceBuilder<H> {
     handler: H,
     pool: Option<BlockingPool>,
     max_body_size: u64,
+    max_header_size: Option<usize>,
     retry_after: Duration,
     runtime: Option<tokio::runtime::Handle>,
     tasks: Option<TaskSet>,
@@ -277,6 +301,14 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// fails the handler's read and is answered `413`. Default is 64 MiB.
     pub fn max_body_size(mut self, bytes: u64) -> Self {
         self.max_body_size = bytes;
+        self
+    }
+
+    /// The largest request head (request line and headers) accepted, in bytes; a larger
+    /// one is answered `431 Request Header Fields Too Large`. Default is no limit of the
+    /// service's own: the server in front of it (hyper, axum) has one.
+    pub fn max_header_size(mut self, bytes: usize) -> Self {
+        self.max_header_size = Some(bytes);
         self
     }
 
@@ -316,6 +348,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 handler: self.handler,
                 pool: self.pool.unwrap_or_default(),
                 max_body_size: self.max_body_size,
+                max_header_size: self.max_header_size,
                 retry_after: HeaderValue::from(secs.max(1)),
                 context,
             }),
