@@ -16,12 +16,14 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
-/// Creates a channel that holds at most `capacity` chunks (at least one).
-pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
+/// Creates a channel that holds at most `max_bytes` of chunks. A chunk is always taken
+/// when the channel is empty, so one chunk larger than the bound still passes.
+pub(crate) fn channel(max_bytes: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            queue: VecDeque::with_capacity(capacity.max(1)),
-            capacity: capacity.max(1),
+            queue: VecDeque::with_capacity(8),
+            queued_bytes: 0,
+            max_bytes: max_bytes.max(1),
             end: End::Open,
             receiver_alive: true,
             recv_waker: None,
@@ -48,7 +50,8 @@ struct Shared {
 
 struct State {
     queue: VecDeque<Bytes>,
-    capacity: usize,
+    queued_bytes: usize,
+    max_bytes: usize,
     end: End,
     receiver_alive: bool,
     recv_waker: Option<Waker>,
@@ -69,39 +72,89 @@ enum End {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+/// Whom to wake, decided under the lock and done after it is released: a woken thread
+/// often runs at once (on one core it preempts the waker), and if the lock were still
+/// held it would only block on it again, costing two more context switches.
+#[must_use]
+struct Wake {
+    waker: Option<Waker>,
+    notify: bool,
+}
+
+impl Wake {
+    const NONE: Wake = Wake {
+        waker: None,
+        notify: false,
+    };
+
+    fn fire(self, condvar: &Condvar) {
+        if self.notify {
+            condvar.notify_all();
+        }
+        if let Some(waker) = self.waker {
+            waker.wake();
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic never happens while the lock is held (no user code runs under it), so
         // a poisoned lock still holds consistent state.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn wait<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.condvar.wait(state).unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl State {
-    fn wake_receiver(&mut self, condvar: &Condvar) {
-        if let Some(w) = self.recv_waker.take() {
-            w.wake();
-        }
-        if self.blocked_receiver {
-            condvar.notify_all();
+    fn has_room(&self) -> bool {
+        self.queue.is_empty() || self.queued_bytes < self.max_bytes
+    }
+
+    fn push(&mut self, chunk: Bytes) -> Wake {
+        self.queued_bytes += chunk.len();
+        self.queue.push_back(chunk);
+        self.receiver_wake()
+    }
+
+    fn receiver_wake(&mut self) -> Wake {
+        Wake {
+            waker: self.recv_waker.take(),
+            notify: self.blocked_receiver,
         }
     }
 
-    /// After a chunk was taken: wakes a waiting sender only once the queue has drained to
-    /// half. Waking it at the first free slot would cost a thread wake-up per chunk (the
-    /// sender fills the slot, blocks again, is woken again); this way it refills several.
-    fn chunk_taken(&mut self, condvar: &Condvar) {
-        if self.queue.len() <= self.capacity / 2 {
-            self.wake_sender(condvar);
+    fn sender_wake(&mut self) -> Wake {
+        Wake {
+            waker: self.send_waker.take(),
+            notify: self.blocked_sender,
         }
     }
 
-    fn wake_sender(&mut self, condvar: &Condvar) {
-        if let Some(w) = self.send_waker.take() {
-            w.wake();
-        }
-        if self.blocked_sender {
-            condvar.notify_all();
+    /// Takes the next chunk. A waiting sender is woken only once the queue has drained
+    /// to half: waking it at the first free byte would cost a thread wake-up per chunk
+    /// (it fills the room, blocks again, is woken again); this way it refills several.
+    fn pop(&mut self) -> Option<(Bytes, Wake)> {
+        let chunk = self.queue.pop_front()?;
+        self.queued_bytes -= chunk.len();
+        let wake = if self.queued_bytes <= self.max_bytes / 2 {
+            self.sender_wake()
+        } else {
+            Wake::NONE
+        };
+        Some((chunk, wake))
+    }
+
+    fn ended(&self) -> Poll<Option<io::Result<Bytes>>> {
+        match &self.end {
+            End::Open => Poll::Pending,
+            End::Finished => Poll::Ready(None),
+            End::Failed(kind, msg) => {
+                Poll::Ready(Some(Err(io::Error::new(*kind, msg.to_string()))))
+            }
         }
     }
 }
@@ -117,30 +170,27 @@ impl Sender {
     /// Fails once the receiver is gone. Call only from a thread that may block.
     pub(crate) fn blocking_send(&self, chunk: Bytes) -> Result<(), Closed> {
         let mut state = self.shared.lock();
-        while state.receiver_alive && state.queue.len() >= state.capacity {
+        while state.receiver_alive && !state.has_room() {
             state.blocked_sender = true;
-            state = self
-                .shared
-                .condvar
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.shared.wait(state);
             state.blocked_sender = false;
         }
         if !state.receiver_alive {
             return Err(Closed);
         }
-        state.queue.push_back(chunk);
-        state.wake_receiver(&self.shared.condvar);
+        let wake = state.push(chunk);
+        drop(state);
+        wake.fire(&self.shared.condvar);
         Ok(())
     }
 
-    /// Ready when a chunk may be sent without exceeding the capacity.
+    /// Ready when a chunk may be sent without exceeding the bound.
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
         let mut state = self.shared.lock();
         if !state.receiver_alive {
             return Poll::Ready(Err(Closed));
         }
-        if state.queue.len() < state.capacity {
+        if state.has_room() {
             return Poll::Ready(Ok(()));
         }
         match &state.send_waker {
@@ -154,8 +204,9 @@ impl Sender {
     pub(crate) fn send_ready(&self, chunk: Bytes) {
         let mut state = self.shared.lock();
         if state.receiver_alive {
-            state.queue.push_back(chunk);
-            state.wake_receiver(&self.shared.condvar);
+            let wake = state.push(chunk);
+            drop(state);
+            wake.fire(&self.shared.condvar);
         }
     }
 
@@ -181,7 +232,9 @@ impl Sender {
         if let End::Open = state.end {
             state.end = end;
         }
-        state.wake_receiver(&self.shared.condvar);
+        let wake = state.receiver_wake();
+        drop(state);
+        wake.fire(&self.shared.condvar);
     }
 }
 
@@ -207,21 +260,16 @@ impl Receiver {
     pub(crate) fn blocking_recv(&self) -> Option<io::Result<Bytes>> {
         let mut state = self.shared.lock();
         loop {
-            if let Some(chunk) = state.queue.pop_front() {
-                state.chunk_taken(&self.shared.condvar);
+            if let Some((chunk, wake)) = state.pop() {
+                drop(state);
+                wake.fire(&self.shared.condvar);
                 return Some(Ok(chunk));
             }
-            match &state.end {
-                End::Open => {}
-                End::Finished => return None,
-                End::Failed(kind, msg) => return Some(Err(io::Error::new(*kind, msg.to_string()))),
+            if let Poll::Ready(end) = state.ended() {
+                return end;
             }
             state.blocked_receiver = true;
-            state = self
-                .shared
-                .condvar
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.shared.wait(state);
             state.blocked_receiver = false;
         }
     }
@@ -230,13 +278,23 @@ impl Receiver {
     /// `Poll::Pending` means nothing is there yet.
     pub(crate) fn try_recv(&self) -> Poll<Option<io::Result<Bytes>>> {
         let mut state = self.shared.lock();
-        Self::take(&mut state, &self.shared.condvar)
+        if let Some((chunk, wake)) = state.pop() {
+            drop(state);
+            wake.fire(&self.shared.condvar);
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        state.ended()
     }
 
     /// Async receive; `None` at a clean end.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         let mut state = self.shared.lock();
-        let polled = Self::take(&mut state, &self.shared.condvar);
+        if let Some((chunk, wake)) = state.pop() {
+            drop(state);
+            wake.fire(&self.shared.condvar);
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        let polled = state.ended();
         if polled.is_pending() {
             match &state.recv_waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
@@ -244,20 +302,6 @@ impl Receiver {
             }
         }
         polled
-    }
-
-    fn take(state: &mut State, condvar: &Condvar) -> Poll<Option<io::Result<Bytes>>> {
-        if let Some(chunk) = state.queue.pop_front() {
-            state.chunk_taken(condvar);
-            return Poll::Ready(Some(Ok(chunk)));
-        }
-        match &state.end {
-            End::Open => Poll::Pending,
-            End::Finished => Poll::Ready(None),
-            End::Failed(kind, msg) => {
-                Poll::Ready(Some(Err(io::Error::new(*kind, msg.to_string()))))
-            }
-        }
     }
 
     /// Whether the stream has ended (cleanly or not) and every chunk was taken.
@@ -272,8 +316,12 @@ impl Drop for Receiver {
         let mut state = self.shared.lock();
         state.receiver_alive = false;
         // Free the queued chunks now rather than when the sender goes.
-        state.queue.clear();
-        state.wake_sender(&self.shared.condvar);
+        let queued = std::mem::take(&mut state.queue);
+        state.queued_bytes = 0;
+        let wake = state.sender_wake();
+        drop(state);
+        wake.fire(&self.shared.condvar);
+        drop(queued);
     }
 }
 
@@ -319,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn never_holds_more_than_capacity() {
+    fn never_holds_more_than_its_byte_bound() {
         let (tx, rx) = channel(3);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);

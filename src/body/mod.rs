@@ -22,6 +22,7 @@ pub(crate) use response::{Producer, ResponseKind};
 /// The most bytes in one chunk read from a response reader or written through a writer.
 pub(crate) const CHUNK_SIZE: usize = 64 * 1024;
 
-/// The most chunks in flight in one direction of one request. With 64 KiB chunks a
-/// request holds at most 256 KiB of response body in the bridge, whatever its size.
-pub(crate) const CHUNKS_IN_FLIGHT: usize = 4;
+/// The most body bytes in flight in one direction of one request (plus one chunk when
+/// a single chunk is larger): 256 KiB, four 64 KiB response chunks, whatever the body's
+/// size.
+pub(crate) const BYTES_IN_FLIGHT: usize = 256 * 1024;

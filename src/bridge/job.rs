@@ -8,7 +8,7 @@ use http::{Method, Uri};
 
 use super::reply::ReplyCell;
 use super::Shared;
-use crate::body::{channel, produce, BridgeBody, Produced, ResponseKind, CHUNKS_IN_FLIGHT};
+use crate::body::{channel, produce, BridgeBody, Produced, ResponseKind, BYTES_IN_FLIGHT};
 use crate::context;
 use crate::error::panic_message;
 use crate::handler::{internal_error, Handler, HandlerError, Request};
@@ -75,7 +75,7 @@ pub(super) fn run<H: Handler>(
             cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
         }
         ResponseKind::Stream(producer) => {
-            let (tx, rx) = channel::channel(CHUNKS_IN_FLIGHT);
+            let (tx, rx) = channel::channel(BYTES_IN_FLIGHT);
             let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
             if !cell.complete(response) {
                 tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");

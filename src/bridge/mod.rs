@@ -24,7 +24,7 @@ use http::{header, HeaderValue};
 
 pub use future::SyncServiceFuture;
 
-use crate::body::{channel, Body, BridgeBody, Completion, CHUNKS_IN_FLIGHT};
+use crate::body::{channel, Body, BridgeBody, Completion, BYTES_IN_FLIGHT};
 use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::pool::{Admission, BlockingPool};
@@ -160,7 +160,7 @@ impl<H: Handler> SyncService<H> {
         let (body, pump) = if body.is_end_stream() {
             (Body::empty(), None)
         } else {
-            let (tx, rx) = channel::channel(CHUNKS_IN_FLIGHT);
+            let (tx, rx) = channel::channel(BYTES_IN_FLIGHT);
             (
                 Body::streamed(rx),
                 Some(Pump::new(body, tx, shared.max_body_size)),
