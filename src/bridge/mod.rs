@@ -202,7 +202,12 @@ pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
 
 /// The size of a request head as it came in: request line and header lines.
 fn head_size(parts: &http::request::Parts) -> usize {
-    let line = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    // Lengths only: this runs for every request, so nothing is formatted or allocated.
+    let uri = &parts.uri;
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = parts.method.as_str().len() + uri_len + 12;
     parts
         .headers
         .iter()
