@@ -99,8 +99,8 @@ impl Default for Config {
     }
 }
 
-/// hyper's default read/write buffer limit (8 KiB + 100 × 4 KiB).
-const HYPER_BUF_SIZE: usize = 8192 + 4096 * 100;
+/// hyper's read/write buffer limit, and so the largest request body frame: 64 KiB.
+const HYPER_BUF_SIZE: usize = 64 * 1024;
 
 /// The listen backlog: room for bursts of new connections (gunicorn uses 2048).
 const LISTEN_BACKLOG: i32 = 2048;
@@ -512,8 +512,10 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true)
         // hyper's buffer limit is also its head limit, but it sizes every body read and
-        // write too: at 32 KiB it halves upload and download throughput. So hyper keeps
-        // its own default and the service enforces `max_header_size` (431 either way).
+        // write too: at 32 KiB it halves upload and download throughput, at hyper's own
+        // ~400 KiB an upload-heavy load holds 2.5 times the memory for no gain (see
+        // docs/benchmarks.md). So hyper gets 64 KiB and the service enforces
+        // `max_header_size` (431 either way).
         .max_buf_size(HYPER_BUF_SIZE.max(config.max_header_size));
     http.http2()
         .timer(TokioTimer::new())
