@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -152,7 +153,8 @@ impl BlockingPool {
     }
 
     /// Hands `job` to a thread, queues it, or gives it back when the pool is full or shut
-    /// down. Never blocks beyond a short lock.
+    /// down. Never waits for the pool, but may start an OS thread on the calling thread
+    /// (tens of microseconds) when the pool grows.
     ///
     /// `Started` means a thread will take it without waiting for a running job to end;
     /// `Queued` means every thread is busy, so the caller should enforce the queue
@@ -276,9 +278,8 @@ impl Inner {
     /// A pool thread's life: run jobs while there are any, then park up to `keep_alive`.
     /// It starts either with a job in hand (counted as running) or as a searcher.
     fn work(self: Arc<Self>, first: Option<Job>) {
-        if self.config.nice > 0 {
-            crate::sys::lower_thread_priority(self.config.nice);
-        }
+        // Always, even for 0: the thread may have inherited a pool thread's value.
+        crate::sys::set_thread_nice(self.config.nice);
         WORKER.with(|worker| *worker.borrow_mut() = Some(self.clone()));
         let mut next = first;
         let mut state = self.lock();
@@ -312,7 +313,16 @@ impl Inner {
             drop(state);
             let _ = self.act(wake);
             FINISHING.set(false);
-            job();
+            // Jobs guard user code themselves; this catches what slips past (a panicking
+            // `Drop` or `Display` of a user type), so the counters stay right and the
+            // thread lives on.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(job)) {
+                tracing::error!(
+                    pool = %self.config.name,
+                    panic = %crate::error::panic_message(&*payload),
+                    "a pool job panicked outside its own guard; the thread goes on"
+                );
+            }
             state = self.lock();
             if !FINISHING.get() {
                 state.running -= 1;
@@ -613,7 +623,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn pool_threads_run_at_the_configured_nice_value() {
-        let nice_of_job = |pool: BlockingPool| {
+        fn nice_of_job(pool: BlockingPool) -> i32 {
             let (tx, rx) = mpsc::channel();
             pool.try_submit(Box::new(move || {
                 let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
@@ -625,11 +635,22 @@ mod tests {
             .ok()
             .unwrap();
             rx.recv_timeout(Duration::from_secs(5)).unwrap()
-        };
+        }
         let base = nice_of_job(BlockingPool::builder().nice(0).build());
         assert_eq!(
             nice_of_job(BlockingPool::new()),
             (base + DEFAULT_NICE).min(19)
         );
+        // A pool thread started from another pool thread (the usual case when a burst
+        // fans out) inherits that thread's value; it must still end up at base + 10.
+        let (tx, rx) = mpsc::channel();
+        BlockingPool::new()
+            .try_submit(Box::new(move || {
+                tx.send(nice_of_job(BlockingPool::new())).unwrap();
+            }))
+            .ok()
+            .unwrap();
+        let nested = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(nested, (base + DEFAULT_NICE).min(19));
     }
 }

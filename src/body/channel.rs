@@ -42,6 +42,9 @@ pub(crate) fn channel(max_bytes: usize) -> (Sender, Receiver) {
     )
 }
 
+/// The most chunks queued at once, whatever their size.
+const MAX_QUEUED_CHUNKS: usize = 64;
+
 struct Shared {
     state: Mutex<State>,
     // One condvar serves both blocking ends: only one end of a channel ever blocks.
@@ -111,7 +114,10 @@ impl Shared {
 
 impl State {
     fn has_room(&self) -> bool {
-        self.queue.is_empty() || self.queued_bytes < self.max_bytes
+        // Bytes alone would let a stream of one-byte chunks queue a quarter of a million
+        // `Bytes` (and their allocations) within the byte bound: count chunks too.
+        self.queue.is_empty()
+            || (self.queued_bytes < self.max_bytes && self.queue.len() < MAX_QUEUED_CHUNKS)
     }
 
     fn push(&mut self, chunk: Bytes) -> Wake {
@@ -140,7 +146,9 @@ impl State {
     fn pop(&mut self) -> Option<(Bytes, Wake)> {
         let chunk = self.queue.pop_front()?;
         self.queued_bytes -= chunk.len();
-        let wake = if self.queued_bytes <= self.max_bytes / 2 {
+        let wake = if self.queued_bytes <= self.max_bytes / 2
+            && self.queue.len() <= MAX_QUEUED_CHUNKS / 2
+        {
             self.sender_wake()
         } else {
             Wake::NONE
@@ -378,5 +386,19 @@ mod tests {
         assert!(tx.poll_ready(&mut cx).is_pending());
         assert!(matches!(rx.try_recv(), Poll::Ready(Some(Ok(_)))));
         assert!(matches!(tx.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    }
+
+    #[test]
+    fn tiny_chunks_are_bounded_by_count_too() {
+        let (tx, _rx) = channel(256 * 1024);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut queued = 0;
+        while let Poll::Ready(Ok(())) = tx.poll_ready(&mut cx) {
+            tx.send_ready(Bytes::from_static(b"x"));
+            queued += 1;
+            assert!(queued <= MAX_QUEUED_CHUNKS, "unbounded in chunks");
+        }
+        assert_eq!(queued, MAX_QUEUED_CHUNKS);
     }
 }

@@ -3,7 +3,7 @@
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::channel::{Closed, Sender};
 use super::{Producer, CHUNK_SIZE};
@@ -89,32 +89,53 @@ fn run(producer: Producer, tx: &Sender, sent: &mut u64) -> io::Result<()> {
             Ok(())
         }
         Producer::Writer(write) => {
-            let mut writer = ChannelWriter { tx, sent };
-            write(&mut writer)
+            let mut writer = ChannelWriter {
+                tx,
+                sent,
+                buf: BytesMut::new(),
+            };
+            write(&mut writer)?;
+            writer.send_buffered()
         }
     }
 }
 
-/// The `io::Write` a writer-style body writes into: each write becomes a chunk.
+/// The `io::Write` a writer-style body writes into. Small writes are gathered into
+/// chunks of up to 64 KiB (a `writeln!` per line would otherwise cost a chunk, a wake-up
+/// and a chunk header on the wire each); `flush` sends what has been gathered.
 struct ChannelWriter<'a> {
     tx: &'a Sender,
     sent: &'a mut u64,
+    buf: BytesMut,
+}
+
+impl ChannelWriter<'_> {
+    fn send_buffered(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        let n = chunk.len() as u64;
+        self.tx.blocking_send(chunk).map_err(broken_pipe)?;
+        *self.sent += n;
+        Ok(())
+    }
 }
 
 impl Write for ChannelWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
             return Ok(0);
         }
-        let n = buf.len().min(CHUNK_SIZE);
-        self.tx
-            .blocking_send(Bytes::copy_from_slice(&buf[..n]))
-            .map_err(broken_pipe)?;
-        *self.sent += n as u64;
+        if self.buf.len() + data.len() > CHUNK_SIZE {
+            self.send_buffered()?;
+        }
+        let n = data.len().min(CHUNK_SIZE);
+        self.buf.extend_from_slice(&data[..n]);
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.send_buffered()
     }
 }

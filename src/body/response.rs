@@ -76,8 +76,9 @@ impl ResponseBody {
         }
     }
 
-    /// Streams what `write` writes into the writer it is given. Each `write` call sends
-    /// (at most 64 KiB of) its bytes as a chunk; returning an `Err` aborts the response.
+    /// Streams what `write` writes into the writer it is given. Writes are gathered into
+    /// chunks of up to 64 KiB; call `flush` to send what has been written so far (a
+    /// stream of events, a progress line). Returning an `Err` aborts the response.
     pub fn from_writer<F>(write: F) -> Self
     where
         F: FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,

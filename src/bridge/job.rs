@@ -26,6 +26,10 @@ pub(super) fn run<H: Handler>(
         // Timed out in the queue or the client left: the future already answered.
         return;
     }
+    // From here on the future waits for this thread's answer with no timer of its own.
+    // Should anything below unwind past the handler's own guard (a panicking `Display`
+    // of its error, a panicking `Drop` of its body), the guard still answers 500.
+    let mut answered = AnswerOnUnwind { cell, done: false };
     let wait = submitted_at.elapsed();
     if wait >= QUEUE_WAIT_WORTH_LOGGING {
         tracing::debug!(
@@ -72,11 +76,13 @@ pub(super) fn run<H: Handler>(
             // Nothing left to do here once the reply is out: let the pool count this
             // thread as free before the reply can trigger the next request.
             crate::pool::job_finishing();
+            answered.done = true;
             cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
         }
         ResponseKind::Stream(producer) => {
             let (tx, rx) = channel::channel(BYTES_IN_FLIGHT);
             let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
+            answered.done = true;
             if !cell.complete(response) {
                 tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");
                 return;
@@ -104,5 +110,26 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
             method = %method, path = %uri.path(), panic = %msg,
             "response body producer panicked; response aborted"
         ),
+    }
+}
+
+/// Answers `500` for a claimed request if the job unwinds before it answered.
+struct AnswerOnUnwind<'a> {
+    cell: &'a ReplyCell,
+    done: bool,
+}
+
+impl Drop for AnswerOnUnwind<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::error!("request job unwound before answering; answered 500");
+            let (parts, body) = internal_error().into_parts();
+            let bytes = match body.kind {
+                ResponseKind::Full(bytes) => bytes,
+                ResponseKind::Stream(_) => bytes::Bytes::new(),
+            };
+            self.cell
+                .complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
+        }
     }
 }

@@ -43,7 +43,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// # Where it may be called from
 ///
-/// `call` must run inside a tokio runtime (any flavour): the queue timeout uses tokio's
+/// `call` must run inside a tokio runtime (any flavour) with timers enabled (`enable_all`,
+/// as `#[tokio::main]` does; without them the first request that has to queue would
+/// panic in tokio): the queue timeout uses tokio's
 /// timer, and the runtime becomes the one handler threads reach through the crate's
 /// context. The handler itself never runs on that runtime's threads.
 ///

@@ -36,7 +36,8 @@ use crate::pool::{Admission, BlockingPool, Job};
 ///
 /// # Where it may be called from
 ///
-/// The returned future must be polled inside a tokio runtime (any flavour): an axum
+/// The returned future must be polled inside a tokio runtime (any flavour, timers enabled
+/// as with `enable_all`): an axum
 /// handler, a tokio task, `block_on`. Polled anywhere else it resolves to an error for
 /// which [`Error::is_no_context`] is true and `f` does not run. Building the future does
 /// nothing until it is polled. On a plain thread, just call `f`.

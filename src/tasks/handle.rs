@@ -48,6 +48,10 @@ impl<T> TaskHandle<T> {
     /// [`join`](Self::join) for blocking code: a handler thread, a blocking task, a plain
     /// thread.
     ///
+    /// From a blocking task, mind the task pool's size: if every task thread waits on a
+    /// task still queued in the same pool, none can run it. Give such waits a task
+    /// timeout, or spawn the inner work as an async task.
+    ///
     /// # Errors
     ///
     /// As [`join`](Self::join); and [`Error::is_async_context`] when called from async
