@@ -258,3 +258,56 @@ async fn connections_past_the_limit_wait_until_one_closes() {
     assert_eq!(reply.status, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn queued_request_body_is_not_read_until_a_handler_takes_it() {
+    use std::io::Read;
+    use tokio::io::AsyncReadExt;
+    let (gate, started, release) = gate();
+    let blocking = gated(gate);
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").max_threads(1).queue_capacity(4),
+        move |mut req: Request| {
+            if req.uri().path() == "/upload" {
+                let mut body = String::new();
+                req.body_mut().read_to_string(&mut body).unwrap();
+                return format!("got {body}");
+            }
+            blocking(req).to_owned()
+        },
+    );
+    let addr = server.addr;
+    let busy = tokio::spawn(async move { get(addr, "/block").await });
+    let _started = recv_blocking(started).await;
+
+    // The only thread is busy: this request queues. Its body is left to TCP, so a
+    // client that asked to be told when to send it hears nothing yet.
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    ))
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let early = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await;
+    assert!(early.is_err(), "the queued request's body was asked for");
+
+    release.send(()).unwrap();
+    assert_eq!(within(busy).await.unwrap().status, 200);
+    let n = within(stream.read(&mut buf)).await.unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(got.starts_with("HTTP/1.1 100 Continue\r\n\r\n"), "{got:?}");
+    within(stream.write_all(b"hello")).await.unwrap();
+    let mut all = got.into_bytes();
+    while !all.ends_with(b"got hello") {
+        let n = within(stream.read(&mut buf)).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before the response: {:?}",
+            String::from_utf8_lossy(&all)
+        );
+        all.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&all).contains("HTTP/1.1 200 OK"));
+    server.stop().await;
+}

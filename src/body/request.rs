@@ -110,6 +110,11 @@ impl Body {
         Ok(all.into())
     }
 
+    /// Whether the body is fed from the network (and not yet known to be empty).
+    pub(crate) fn is_streamed(&self) -> bool {
+        matches!(self.kind, Kind::Streamed { .. })
+    }
+
     /// Whether the body is known to have no more bytes, without blocking.
     pub fn is_end(&self) -> bool {
         match &self.kind {

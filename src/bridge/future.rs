@@ -105,31 +105,42 @@ where
             State::Done => panic!("SyncServiceFuture polled after completion"),
         };
 
-        if let Some(pump) = &mut waiting.pump {
-            match pump.poll(cx) {
-                PumpPoll::Pending => {}
-                PumpPoll::Done => waiting.pump = None,
-                PumpPoll::TooLarge => {
-                    let limit = pump.limit;
-                    waiting.pump = None;
-                    waiting.cell.cancel();
-                    waiting.cell.abandon();
-                    if let Some(c) = &this.completion {
-                        tracing::warn!(
-                            method = %c.method, path = %c.uri.path(), limit,
-                            "request body grew past the limit; answered 413"
-                        );
+        loop {
+            // The body is read only once a handler runs: a queued request leaves it to TCP
+            // (no memory held for it, and `Expect: 100-continue` is answered only then).
+            // The worker wakes this future when it claims a request with a body.
+            let claimed = waiting.cell.was_claimed();
+            if let (true, Some(pump)) = (claimed, &mut waiting.pump) {
+                match pump.poll(cx) {
+                    PumpPoll::Pending => {}
+                    PumpPoll::Done => waiting.pump = None,
+                    PumpPoll::TooLarge => {
+                        let limit = pump.limit;
+                        waiting.pump = None;
+                        waiting.cell.abandon();
+                        if let Some(c) = &this.completion {
+                            tracing::warn!(
+                                method = %c.method, path = %c.uri.path(), limit,
+                                "request body grew past the limit; answered 413"
+                            );
+                        }
+                        return Poll::Ready(Ok(this.finish(payload_too_large())));
                     }
-                    return Poll::Ready(Ok(this.finish(payload_too_large())));
                 }
             }
-        }
 
-        if let Poll::Ready(response) = waiting.cell.poll_response(cx) {
-            if let Some(pump) = waiting.pump.take() {
-                pump.continue_detached();
+            if let Poll::Ready(response) = waiting.cell.poll_response(cx) {
+                if let Some(pump) = waiting.pump.take() {
+                    pump.continue_detached();
+                }
+                return Poll::Ready(Ok(this.finish(response)));
             }
-            return Poll::Ready(Ok(this.finish(response)));
+            // Claimed between the check above and the waker's registration: the worker's
+            // wake may have found no waker, so pump now rather than wait for it.
+            if !claimed && waiting.pump.is_some() && waiting.cell.was_claimed() {
+                continue;
+            }
+            break;
         }
 
         if let Some(deadline) = &mut waiting.queue_deadline {

@@ -22,9 +22,14 @@ pub(super) fn run<H: Handler>(
     request: Request,
     submitted_at: Instant,
 ) {
+    let streamed = request.body().is_streamed();
     if !cell.claim() {
         // Timed out in the queue or the client left: the future already answered.
         return;
+    }
+    if streamed {
+        // The future starts reading the body now that a handler will consume it.
+        cell.wake_waiter();
     }
     // From here on the future waits for this thread's answer with no timer of its own.
     // Should anything below unwind past the handler's own guard (a panicking `Display`

@@ -49,6 +49,12 @@ impl ReplyCell {
             .is_ok()
     }
 
+    /// Worker side: wake the future, which pumps the request body only once the request
+    /// is claimed.
+    pub(crate) fn wake_waiter(&self) {
+        self.waker.wake();
+    }
+
     /// Async side: withdraw the request. True if no worker will ever run it.
     pub(crate) fn cancel(&self) -> bool {
         self.state
