@@ -17,7 +17,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::Service as _;
 use syncbridge::{Request, SyncService};
 
 fn request() -> http::Request<Empty<Bytes>> {
@@ -36,20 +35,14 @@ async fn async_hello(
     ))))
 }
 
-async fn run_sync(service: &SyncService<fn(Request) -> &'static str>, n: usize, width: usize) {
-    for _ in 0..n / width {
-        let calls = (0..width).map(|_| async {
-            let response = service.call(request()).await.unwrap();
-            response.into_body().collect().await.unwrap().to_bytes()
-        });
-        for body in join_all(calls).await {
-            assert_eq!(&body[..], b"Hello, World!");
-        }
-    }
-}
-
-async fn run_async(n: usize, width: usize) {
-    let service = hyper::service::service_fn(async_hello);
+/// Sends `n` requests through `service`, `width` at a time, and checks every body.
+async fn run<S, B>(service: &S, n: usize, width: usize)
+where
+    S: hyper::service::Service<http::Request<Empty<Bytes>>, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
     for _ in 0..n / width {
         let calls = (0..width).map(|_| async {
             let response = service.call(request()).await.unwrap();
@@ -71,15 +64,16 @@ fn main() {
         .build()
         .unwrap();
     let service = SyncService::new(hello as fn(Request) -> &'static str);
+    let async_service = hyper::service::service_fn(async_hello);
     rt.block_on(async {
         // Warm up: start the pool's threads and fault in the allocator.
-        run_sync(&service, 1000, 1).await;
+        run(&service, 1000, 1).await;
         for width in [1, 64] {
             let t = Instant::now();
-            run_async(n, width).await;
+            run(&async_service, n, width).await;
             let ceiling = t.elapsed().as_nanos() as f64 / n as f64;
             let t = Instant::now();
-            run_sync(&service, n, width).await;
+            run(&service, n, width).await;
             let bridged = t.elapsed().as_nanos() as f64 / n as f64;
             println!(
                 "in flight {width:>2}: async service_fn {ceiling:8.0} ns/req   SyncService {bridged:8.0} ns/req   ratio {:.2}   pool threads {}",
