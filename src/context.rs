@@ -15,7 +15,6 @@ use crate::tasks::TaskSet;
 #[derive(Clone, Debug)]
 pub(crate) struct Context {
     /// The persistent runtime that drives the server's connections.
-    #[allow(dead_code)] // read by ensure_sync and background tasks
     pub(crate) runtime: Handle,
     /// The server's background task set, for `TaskSet::current()`; `None` for a
     /// `SyncService` used without the bundled server.
