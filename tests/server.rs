@@ -211,6 +211,30 @@ async fn slow_request_head_is_cut_off_by_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_request_in_flight_outlives_the_idle_and_header_timeouts() {
+    let (gate, started, release) = gate();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .header_read_timeout(Duration::from_millis(150))
+            .keep_alive_timeout(Some(Duration::from_millis(150))),
+        gated(gate),
+    );
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let _started = recv_blocking(started).await;
+    // Several times both limits: the watchdog fires meanwhile and must see the request.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    release.send(()).unwrap();
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(reply.status, 200);
+    // Idle again: now the header read timeout closes it.
+    assert!(closed_by_server(&mut stream).await);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0")

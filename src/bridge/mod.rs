@@ -15,7 +15,7 @@ mod reply;
 
 use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -127,7 +127,7 @@ impl<H: Handler> SyncService<H> {
         self.context();
         let (parts, body) = request.into_parts();
         if let Some(activity) = &self.activity {
-            activity.request_started();
+            activity.request_started(parts.version);
         }
         let completion = Completion {
             method: parts.method.clone(),
@@ -373,13 +373,14 @@ impl<H> fmt::Debug for SyncServiceBuilder<H> {
     }
 }
 
-/// What the bundled server knows of one connection: requests in flight and when the
-/// last one ended, for the keep-alive idle timeout.
+/// What the bundled server knows of one connection: requests in flight, when the last
+/// one ended, and whether it speaks HTTP/2; for its keep-alive and header timeouts.
 #[derive(Debug)]
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
-    /// Milliseconds since `epoch` when the connection was last busy.
+    /// Milliseconds since `epoch` when the last request ended (0: the connection's start).
     last_busy_ms: AtomicU64,
+    http2: AtomicBool,
     epoch: Instant,
 }
 
@@ -388,27 +389,33 @@ impl Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             last_busy_ms: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
 
-    fn touch(&self) {
-        self.last_busy_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn request_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
+    // No clock read here: `idle_for` is zero while a request is in flight anyway.
+    fn request_started(&self, version: http::Version) {
+        if version == http::Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) fn request_done(&self) {
-        self.touch();
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.last_busy_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // Release: whoever sees the count drop also sees the time above.
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Whether a request on this connection came over HTTP/2.
+    pub(crate) fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// How long the connection has had no request in flight; zero while one is.

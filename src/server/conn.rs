@@ -1,14 +1,25 @@
 //! One connection's task: hyper drives it on the runtime, the handlers run elsewhere.
+//!
+//! Besides hyper's connection future, the task watches two things: the server's
+//! shutdown signal and the connection's idle time (the keep-alive timeout, and the
+//! header read timeout that cuts off a client too slow to send a request head). Both
+//! are checked with an atomic load or two per poll, because the task is polled at least
+//! twice per request: a `select!` over cancellation tokens and a timer costs more than
+//! the blocking hand-off it sits beside (see docs/benchmarks.md).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::{Instant, Sleep};
 
 use crate::bridge::{Activity, SyncService};
 use crate::handler::Handler;
@@ -17,8 +28,38 @@ use crate::handler::Handler;
 pub(super) struct ConnConfig {
     pub(super) http: auto::Builder<TokioExecutor>,
     pub(super) keep_alive: Option<Duration>,
-    pub(super) graceful: CancellationToken,
-    pub(super) force: CancellationToken,
+    /// How long an HTTP/1 connection may go without a request in flight before it is
+    /// closed outright; hyper's own header timer is off (see `http_builder`).
+    pub(super) header_read_timeout: Duration,
+    pub(super) signal: ConnSignal,
+}
+
+/// The server's word to its connections: keep serving, drain, or stop now.
+///
+/// A level only rises. Connections read it with one atomic load per poll and sleep on
+/// `notify` in between, so a shutdown reaches every connection at once.
+#[derive(Debug, Default)]
+pub(super) struct ConnSignal {
+    level: AtomicU8,
+    notify: Notify,
+}
+
+pub(super) const SERVE: u8 = 0;
+/// Finish the requests in flight, take no new ones.
+pub(super) const DRAIN: u8 = 1;
+/// Stop now: the shutdown deadline passed or a second signal came.
+pub(super) const FORCE: u8 = 2;
+
+impl ConnSignal {
+    pub(super) fn raise(&self, level: u8) {
+        if self.level.fetch_max(level, Ordering::AcqRel) < level {
+            self.notify.notify_waiters();
+        }
+    }
+
+    fn level(&self) -> u8 {
+        self.level.load(Ordering::Acquire)
+    }
 }
 
 /// Serves one connection until it closes, idles out, or the server stops.
@@ -38,41 +79,157 @@ pub(super) async fn serve<H: Handler>(
         service.with_activity(activity.clone()),
     );
     let mut conn = std::pin::pin!(conn);
-    let mut draining = false;
-    loop {
-        // Re-armed only when this loop turns (a shutdown or an idle check), not per request.
-        let idle_check = match config.keep_alive {
-            Some(limit) if !draining => limit.saturating_sub(activity.idle_for()),
-            _ => Duration::from_secs(3600),
-        };
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                }
-                return;
+    let mut notified = std::pin::pin!(config.signal.notify.notified());
+    let mut watchdog = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut state = Watch {
+        seen_level: SERVE,
+        draining: false,
+        armed: false,
+        registered: None,
+        limits: Limits {
+            keep_alive: config.keep_alive,
+            header_read: config.header_read_timeout,
+        },
+    };
+
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            if let Err(err) = result {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
-            _ = config.force.cancelled() => {
+            return Poll::Ready(());
+        }
+
+        // Both wake-up sources hold this task's waker from an earlier poll; they are
+        // polled again only when they fired or the waker changed, not on every request.
+        let fresh = !state
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if fresh {
+            state.registered = Some(cx.waker().clone());
+        }
+
+        let level = config.signal.level();
+        if level != state.seen_level || fresh {
+            if level >= FORCE {
                 let in_flight = activity.in_flight();
                 if in_flight > 0 {
                     tracing::warn!(%peer, in_flight, "connection cut off at the shutdown deadline");
                 }
-                return;
+                return Poll::Ready(());
             }
-            _ = config.graceful.cancelled(), if !draining => {
+            if level == DRAIN && !state.draining {
                 conn.as_mut().graceful_shutdown();
-                draining = true;
+                state.draining = true;
             }
-            _ = tokio::time::sleep(idle_check), if config.keep_alive.is_some() && !draining => {
-                if let Some(limit) = config.keep_alive {
-                    if activity.idle_for() >= limit {
-                        tracing::debug!(%peer, "keep-alive idle timeout; closing");
-                        conn.as_mut().graceful_shutdown();
-                        draining = true;
-                    }
+            if level != state.seen_level {
+                // The old `Notified` completed; wait for the next level on a new one.
+                state.seen_level = level;
+                notified.set(config.signal.notify.notified());
+            }
+            // Registers the waker. The `Notified` existed before the load above, so a
+            // level raised since then completes it; the second load catches a raise
+            // between that load and a `Notified` made just now.
+            if notified.as_mut().poll(cx).is_ready() || config.signal.level() != level {
+                continue;
+            }
+            if level == DRAIN {
+                continue; // hyper may be able to finish now
+            }
+        }
+
+        if fresh || (state.armed && watchdog.is_elapsed()) {
+            match state.check_idle(&activity, watchdog.as_mut(), cx) {
+                Idle::Busy => {}
+                Idle::Drain => {
+                    tracing::debug!(%peer, "keep-alive idle timeout; closing");
+                    conn.as_mut().graceful_shutdown();
+                    continue;
+                }
+                Idle::Close => {
+                    tracing::debug!(%peer, "no request head within the header read timeout; closing");
+                    return Poll::Ready(());
                 }
             }
         }
+        return Poll::Pending;
+    })
+    .await
+}
+
+struct Limits {
+    keep_alive: Option<Duration>,
+    header_read: Duration,
+}
+
+/// The watchdog's bookkeeping for one connection.
+struct Watch {
+    seen_level: u8,
+    draining: bool,
+    /// Whether the timer waits for a deadline; an HTTP/2 connection without a
+    /// keep-alive timeout has none.
+    armed: bool,
+    /// The waker the signal and the timer hold.
+    registered: Option<Waker>,
+    limits: Limits,
+}
+
+enum Idle {
+    Busy,
+    Drain,
+    Close,
+}
+
+impl Watch {
+    /// Acts on the connection's idle time and re-arms the timer for the next check.
+    fn check_idle(
+        &mut self,
+        activity: &Activity,
+        mut timer: Pin<&mut Sleep>,
+        cx: &mut Context<'_>,
+    ) -> Idle {
+        loop {
+            let now = Instant::now();
+            let next = if activity.in_flight() > 0 {
+                // Busy: nothing can expire before the request ends; look again later.
+                Some(now + self.limits.shortest())
+            } else {
+                let idle = activity.idle_for();
+                // HTTP/1 reads a request head all the while it is idle, and a client has
+                // `header_read` to send one (hyper's semantics; Slowloris protection). An
+                // HTTP/2 connection has its own pings and only the keep-alive timeout.
+                let head_limit = (!activity.is_http2()).then_some(self.limits.header_read);
+                if head_limit.is_some_and(|limit| idle >= limit) {
+                    return Idle::Close;
+                }
+                let idle_limit = self.limits.keep_alive.filter(|_| !self.draining);
+                if idle_limit.is_some_and(|limit| idle >= limit) {
+                    self.draining = true;
+                    return Idle::Drain;
+                }
+                [head_limit, idle_limit]
+                    .into_iter()
+                    .flatten()
+                    .map(|limit| now + (limit - idle))
+                    .min()
+            };
+            let Some(next) = next else {
+                self.armed = false; // nothing left to watch, for good
+                return Idle::Busy;
+            };
+            self.armed = true;
+            timer.as_mut().reset(next);
+            if timer.as_mut().poll(cx).is_pending() {
+                return Idle::Busy;
+            }
+        }
+    }
+}
+
+impl Limits {
+    fn shortest(&self) -> Duration {
+        self.keep_alive
+            .map_or(self.header_read, |k| k.min(self.header_read))
     }
 }

@@ -31,7 +31,7 @@ use crate::error::{Error, Kind, Result};
 use crate::handler::Handler;
 use crate::pool::{BlockingPool, BlockingPoolBuilder};
 use crate::tasks::{TaskSet, TaskSetBuilder};
-use conn::ConnConfig;
+use conn::{ConnConfig, ConnSignal};
 
 /// An HTTP server for a blocking [`Handler`].
 ///
@@ -391,8 +391,8 @@ impl Server {
         let conn_config = Arc::new(ConnConfig {
             http: http_builder(&config),
             keep_alive: config.keep_alive_timeout,
-            graceful: shutdown.graceful.clone(),
-            force: force.clone(),
+            header_read_timeout: config.header_read_timeout,
+            signal: ConnSignal::default(),
         });
         if config.handle_signals {
             tokio::spawn(shutdown::watch_signals(
@@ -441,6 +441,7 @@ impl Server {
         }
 
         drop(listener);
+        conn_config.signal.raise(conn::DRAIN);
         connections.close();
         tracing::info!(
             connections = connections.len(),
@@ -461,6 +462,7 @@ impl Server {
                 "shutdown deadline reached; cutting off the remaining connections"
             );
             force.cancel();
+            conn_config.signal.raise(conn::FORCE);
             // Each connection task logs what it cuts off and returns at once.
             let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
         }
@@ -508,8 +510,10 @@ impl Server {
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        // The connection task enforces the header read timeout (see `conn`): hyper's
+        // own timer allocates and registers a tokio timer for every request head, a
+        // tenth of the per-request cost of the whole bridge.
+        .header_read_timeout(None)
         .keep_alive(true)
         // hyper's buffer limit is also its head limit, but it sizes every body read and
         // write too: at 32 KiB it halves upload and download throughput, at hyper's own
