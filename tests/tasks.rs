@@ -599,6 +599,8 @@ async fn server_shutdown_waits_for_a_running_task_before_serve_returns() {
     let set = TaskSet::new();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let started_tx = Arc::new(Mutex::new(started_tx));
     let finished = Arc::new(AtomicBool::new(false));
     let flag = finished.clone();
     let server = TestServer::start_with(
@@ -608,10 +610,12 @@ async fn server_shutdown_waits_for_a_running_task_before_serve_returns() {
         move |_req: Request| -> Result<String, BoxError> {
             let rx = release_rx.lock().unwrap().take().expect("one request");
             let flag = flag.clone();
+            let started = started_tx.lock().unwrap().clone();
             let handle = TaskSet::current()?
                 .task()
                 .on_done(move |_| flag.store(true, Ordering::SeqCst))
                 .spawn_blocking(move |ctx| {
+                    started.send(())?;
                     rx.recv_timeout(STEP)?;
                     // A drain that cancelled instead of waiting would show here.
                     if ctx.is_cancelled() {
@@ -624,6 +628,13 @@ async fn server_shutdown_waits_for_a_running_task_before_serve_returns() {
     );
     let addr = server.addr;
     let id = TaskId::parse(&get(addr, "/").await.text()).unwrap();
+    // Running, not merely accepted: a task pool thread may take a moment to start.
+    within(tokio::task::spawn_blocking(move || {
+        started_rx.recv_timeout(STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the task started");
     server.handle.shutdown();
     // Once the listener is gone the connections have drained: the server is now in the
     // task drain, which must wait for this task.
