@@ -42,7 +42,8 @@ enum State<B> {
 }
 
 struct Waiting<B> {
-    cell: Arc<ReplyCell>,
+    /// The request's job, seen only as the cell its reply comes back in.
+    cell: Arc<dyn AsRef<ReplyCell> + Send + Sync>,
     pump: Option<Pump<B>>,
     queue_deadline: Option<Pin<Box<Sleep>>>,
     retry_after: HeaderValue,
@@ -57,7 +58,7 @@ impl<B> SyncServiceFuture<B> {
     }
 
     pub(super) fn waiting(
-        cell: Arc<ReplyCell>,
+        cell: Arc<dyn AsRef<ReplyCell> + Send + Sync>,
         pump: Option<Pump<B>>,
         queue_timeout: Option<Duration>,
         retry_after: HeaderValue,
@@ -105,11 +106,12 @@ where
             State::Done => panic!("SyncServiceFuture polled after completion"),
         };
 
+        let cell: &ReplyCell = (*waiting.cell).as_ref();
         loop {
             // The body is read only once a handler runs: a queued request leaves it to TCP
             // (no memory held for it, and `Expect: 100-continue` is answered only then).
             // The worker wakes this future when it claims a request with a body.
-            let claimed = waiting.cell.was_claimed();
+            let claimed = cell.was_claimed();
             if let (true, Some(pump)) = (claimed, &mut waiting.pump) {
                 match pump.poll(cx) {
                     PumpPoll::Pending => {}
@@ -117,7 +119,7 @@ where
                     PumpPoll::TooLarge => {
                         let limit = pump.limit;
                         waiting.pump = None;
-                        waiting.cell.abandon();
+                        cell.abandon();
                         if let Some(c) = &this.completion {
                             tracing::warn!(
                                 method = %c.method, path = %c.uri.path(), limit,
@@ -129,7 +131,7 @@ where
                 }
             }
 
-            if let Poll::Ready(response) = waiting.cell.poll_response(cx) {
+            if let Poll::Ready(response) = cell.poll_response(cx) {
                 if let Some(pump) = waiting.pump.take() {
                     pump.continue_detached();
                 }
@@ -137,7 +139,7 @@ where
             }
             // Claimed between the check above and the waker's registration: the worker's
             // wake may have found no waker, so pump now rather than wait for it.
-            if !claimed && waiting.pump.is_some() && waiting.cell.was_claimed() {
+            if !claimed && waiting.pump.is_some() && cell.was_claimed() {
                 continue;
             }
             break;
@@ -146,7 +148,7 @@ where
         if let Some(deadline) = &mut waiting.queue_deadline {
             if deadline.as_mut().poll(cx).is_ready() {
                 waiting.queue_deadline = None;
-                if waiting.cell.cancel() {
+                if cell.cancel() {
                     let retry_after = waiting.retry_after.clone();
                     if let Some(c) = &this.completion {
                         tracing::warn!(
@@ -167,13 +169,14 @@ where
 impl<B> Drop for SyncServiceFuture<B> {
     fn drop(&mut self) {
         if let State::Waiting(waiting) = &self.state {
-            let withdrawn = waiting.cell.cancel();
-            waiting.cell.abandon();
+            let cell: &ReplyCell = (*waiting.cell).as_ref();
+            let withdrawn = cell.cancel();
+            cell.abandon();
             if let Some(c) = &mut self.completion {
                 c.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
                 tracing::info!(
                     method = %c.method, path = %c.uri.path(),
-                    handler_ran = !withdrawn && waiting.cell.was_claimed(),
+                    handler_ran = !withdrawn && cell.was_claimed(),
                     "request abandoned before its response (client left or server deadline)"
                 );
             }

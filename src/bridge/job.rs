@@ -2,6 +2,7 @@
 //! hand the head back, then produce a streamed body on the same thread.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Method, Uri};
@@ -12,16 +13,52 @@ use crate::body::{channel, produce, BridgeBody, Produced, ResponseKind, BYTES_IN
 use crate::context;
 use crate::error::panic_message;
 use crate::handler::{internal_error, Handler, HandlerError, Request};
+use crate::pool::SharedJob;
 
 /// A wait for a thread longer than this is logged at debug level, shorter ones at trace.
 const QUEUE_WAIT_WORTH_LOGGING: Duration = Duration::from_millis(1);
 
-pub(super) fn run<H: Handler>(
-    shared: &Shared<H>,
-    cell: &ReplyCell,
-    request: Request,
+/// One request on its way through the pool: what the worker runs and the cell its reply
+/// comes back in, in one allocation that the service future shares.
+pub(super) struct RequestJob<H> {
+    cell: ReplyCell,
+    shared: Arc<Shared<H>>,
+    /// Taken by the worker; a `Mutex` nobody else touches, so it is never contended.
+    request: Mutex<Option<Request>>,
     submitted_at: Instant,
-) {
+}
+
+impl<H> RequestJob<H> {
+    pub(super) fn new(shared: Arc<Shared<H>>, request: Request, submitted_at: Instant) -> Self {
+        RequestJob {
+            cell: ReplyCell::new(),
+            shared,
+            request: Mutex::new(Some(request)),
+            submitted_at,
+        }
+    }
+}
+
+impl<H> AsRef<ReplyCell> for RequestJob<H> {
+    fn as_ref(&self) -> &ReplyCell {
+        &self.cell
+    }
+}
+
+impl<H: Handler> SharedJob for RequestJob<H> {
+    fn run(self: Arc<Self>) {
+        let request = self
+            .request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(request) = request {
+            run(&self.shared, &self.cell, request, self.submitted_at);
+        }
+    }
+}
+
+fn run<H: Handler>(shared: &Shared<H>, cell: &ReplyCell, request: Request, submitted_at: Instant) {
     let streamed = request.body().is_streamed();
     if !cell.claim() {
         // Timed out in the queue or the client left: the future already answered.

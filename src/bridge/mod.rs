@@ -27,9 +27,10 @@ pub use future::SyncServiceFuture;
 use crate::body::{channel, Body, BridgeBody, Completion, BYTES_IN_FLIGHT};
 use crate::context::Context;
 use crate::handler::{Handler, Request};
-use crate::pool::{Admission, BlockingPool};
+use crate::pool::{Admission, BlockingPool, Job};
 use crate::tasks::TaskSet;
 use future::Pump;
+use job::RequestJob;
 use reply::ReplyCell;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -169,13 +170,14 @@ impl<H: Handler> SyncService<H> {
             )
         };
         let request = Request::from_parts(parts, body);
-        let cell = Arc::new(ReplyCell::new());
-        let job_cell = cell.clone();
-        let job_shared = self.shared.clone();
-        let submitted_at = completion.start;
-        let job = Box::new(move || job::run(&job_shared, &job_cell, request, submitted_at));
+        let job = Arc::new(RequestJob::new(
+            self.shared.clone(),
+            request,
+            completion.start,
+        ));
+        let cell: Arc<dyn AsRef<ReplyCell> + Send + Sync> = job.clone();
 
-        match shared.pool.try_submit(job) {
+        match shared.pool.try_submit(Job::Shared(job)) {
             Ok(admission) => {
                 let queue_timeout =
                     (admission == Admission::Queued).then(|| shared.pool.queue_timeout());

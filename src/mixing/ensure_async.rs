@@ -195,7 +195,7 @@ where
     let guard = AbandonOnDrop(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<std::result::Result<T, String>>();
 
-    let job: Job = Box::new(move || {
+    let job = Job::boxed(move || {
         if state
             .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
             .is_err()

@@ -28,6 +28,7 @@ use super::set::{unregister_live, TaskSet};
 use super::spawn::{Callback, TaskContext};
 use crate::context;
 use crate::error::{panic_message, Error, Kind, Result};
+use crate::pool::Job;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -90,7 +91,7 @@ where
         let set = self.set.clone();
         let runtime = self.runtime.clone();
         let span = self.span.clone();
-        let job = Box::new(move || {
+        let job = Job::boxed(move || {
             let _entered = span.enter();
             let id = ctx.id;
             if ctx.is_cancelled() {
