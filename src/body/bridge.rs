@@ -45,6 +45,10 @@ impl BridgeBody {
         }
     }
 
+    pub(crate) fn is_full(&self) -> bool {
+        matches!(self.kind, Kind::Full(_))
+    }
+
     pub(crate) fn set_completion(&mut self, completion: Completion) {
         self.completion = Some(completion);
     }
@@ -111,11 +115,33 @@ impl fmt::Debug for BridgeBody {
     }
 }
 
+/// A request's method and URI, kept for log lines after the request itself has moved
+/// into the handler. The bridge keeps them in the allocation a request shares with its
+/// pool job, so that one copy serves the job's logs and the access log.
+pub(crate) trait RequestLine: Send + Sync {
+    fn method(&self) -> &Method;
+    fn uri(&self) -> &Uri;
+}
+
+/// A request line of its own, for requests refused before they reach the pool.
+pub(crate) struct OwnedLine {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+}
+
+impl RequestLine for OwnedLine {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+    fn uri(&self) -> &Uri {
+        &self.uri
+    }
+}
+
 /// Marks a request done when its response body is dropped: writes the access-log event
 /// and tells the connection it is idle again.
 pub(crate) struct Completion {
-    pub(crate) method: Method,
-    pub(crate) uri: Uri,
+    pub(crate) line: Arc<dyn RequestLine>,
     pub(crate) status: StatusCode,
     pub(crate) start: Instant,
     pub(crate) bytes: u64,
@@ -125,6 +151,16 @@ pub(crate) struct Completion {
     pub(crate) activity: Option<Arc<crate::bridge::Activity>>,
 }
 
+impl Completion {
+    pub(crate) fn method(&self) -> &Method {
+        self.line.method()
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.line.uri().path()
+    }
+}
+
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(activity) = &self.activity {
@@ -132,8 +168,8 @@ impl Drop for Completion {
         }
         tracing::info!(
             target: "syncbridge::access",
-            method = %self.method,
-            path = %self.uri.path(),
+            method = %self.line.method(),
+            path = %self.line.uri().path(),
             status = self.status.as_u16(),
             bytes = self.bytes,
             latency_us = self.start.elapsed().as_micros() as u64,

@@ -13,7 +13,7 @@ mod request;
 mod response;
 
 pub use bridge::BridgeBody;
-pub(crate) use bridge::Completion;
+pub(crate) use bridge::{Completion, OwnedLine, RequestLine};
 pub(crate) use produce::{produce, Produced};
 pub use request::Body;
 pub use response::ResponseBody;

@@ -80,7 +80,11 @@ impl<B> SyncServiceFuture<B> {
         self.state = State::Done;
         if let Some(mut completion) = self.completion.take() {
             completion.status = response.status();
-            completion.expected = super::declared_length(response.headers());
+            // A full body is known to be complete once hyper has taken it; a streamed one
+            // is complete at `Content-Length` bytes, where hyper stops polling it.
+            if !response.body().is_full() {
+                completion.expected = super::declared_length(response.headers());
+            }
             response.body_mut().set_completion(completion);
         }
         response
@@ -122,7 +126,7 @@ where
                         cell.abandon();
                         if let Some(c) = &this.completion {
                             tracing::warn!(
-                                method = %c.method, path = %c.uri.path(), limit,
+                                method = %c.method(), path = %c.path(), limit,
                                 "request body grew past the limit; answered 413"
                             );
                         }
@@ -152,7 +156,7 @@ where
                     let retry_after = waiting.retry_after.clone();
                     if let Some(c) = &this.completion {
                         tracing::warn!(
-                            method = %c.method, path = %c.uri.path(),
+                            method = %c.method(), path = %c.path(),
                             waited_ms = c.start.elapsed().as_millis() as u64,
                             "request timed out waiting for a handler thread; answered 503"
                         );
@@ -175,7 +179,7 @@ impl<B> Drop for SyncServiceFuture<B> {
             if let Some(c) = &mut self.completion {
                 c.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
                 tracing::info!(
-                    method = %c.method, path = %c.uri.path(),
+                    method = %c.method(), path = %c.path(),
                     handler_ran = !withdrawn && cell.was_claimed(),
                     "request abandoned before its response (client left or server deadline)"
                 );

@@ -9,7 +9,9 @@ use http::{Method, Uri};
 
 use super::reply::ReplyCell;
 use super::Shared;
-use crate::body::{channel, produce, BridgeBody, Produced, ResponseKind, BYTES_IN_FLIGHT};
+use crate::body::{
+    channel, produce, BridgeBody, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
+};
 use crate::context;
 use crate::error::panic_message;
 use crate::handler::{internal_error, Handler, HandlerError, Request};
@@ -23,6 +25,9 @@ const QUEUE_WAIT_WORTH_LOGGING: Duration = Duration::from_millis(1);
 pub(super) struct RequestJob<H> {
     cell: ReplyCell,
     shared: Arc<Shared<H>>,
+    /// For log lines, here and in the access log, once the request is the handler's.
+    method: Method,
+    uri: Uri,
     /// Taken by the worker; a `Mutex` nobody else touches, so it is never contended.
     request: Mutex<Option<Request>>,
     submitted_at: Instant,
@@ -33,6 +38,8 @@ impl<H> RequestJob<H> {
         RequestJob {
             cell: ReplyCell::new(),
             shared,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
             request: Mutex::new(Some(request)),
             submitted_at,
         }
@@ -45,6 +52,15 @@ impl<H> AsRef<ReplyCell> for RequestJob<H> {
     }
 }
 
+impl<H: Handler> RequestLine for RequestJob<H> {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+    fn uri(&self) -> &Uri {
+        &self.uri
+    }
+}
+
 impl<H: Handler> SharedJob for RequestJob<H> {
     fn run(self: Arc<Self>) {
         let request = self
@@ -53,84 +69,86 @@ impl<H: Handler> SharedJob for RequestJob<H> {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(request) = request {
-            run(&self.shared, &self.cell, request, self.submitted_at);
+            self.run_handler(request);
         }
     }
 }
 
-fn run<H: Handler>(shared: &Shared<H>, cell: &ReplyCell, request: Request, submitted_at: Instant) {
-    let streamed = request.body().is_streamed();
-    if !cell.claim() {
-        // Timed out in the queue or the client left: the future already answered.
-        return;
-    }
-    if streamed {
-        // The future starts reading the body now that a handler will consume it.
-        cell.wake_waiter();
-    }
-    // From here on the future waits for this thread's answer with no timer of its own.
-    // Should anything below unwind past the handler's own guard (a panicking `Display`
-    // of its error, a panicking `Drop` of its body), the guard still answers 500.
-    let mut answered = AnswerOnUnwind { cell, done: false };
-    let wait = submitted_at.elapsed();
-    if wait >= QUEUE_WAIT_WORTH_LOGGING {
-        tracing::debug!(
-            wait_us = wait.as_micros() as u64,
-            "request waited for a handler thread"
-        );
-    } else {
-        tracing::trace!(
-            wait_us = wait.as_micros() as u64,
-            "request handed to a handler thread"
-        );
-    }
-    // Kept for the log lines below: the request itself moves into the handler.
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        context::enter(shared.context.get(), || shared.handler.call(request))
-    }));
-    let mut response = match outcome {
-        Ok(response) => response,
-        Err(payload) => {
+impl<H: Handler> RequestJob<H> {
+    fn run_handler(&self, request: Request) {
+        let (shared, cell, method, uri) = (&*self.shared, &self.cell, &self.method, &self.uri);
+        let streamed = request.body().is_streamed();
+        if !cell.claim() {
+            // Timed out in the queue or the client left: the future already answered.
+            return;
+        }
+        if streamed {
+            // The future starts reading the body now that a handler will consume it.
+            cell.wake_waiter();
+        }
+        // From here on the future waits for this thread's answer with no timer of its own.
+        // Should anything below unwind past the handler's own guard (a panicking `Display`
+        // of its error, a panicking `Drop` of its body), the guard still answers 500.
+        let mut answered = AnswerOnUnwind { cell, done: false };
+        // The clock is read only when the wait can be logged at all.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let wait = self.submitted_at.elapsed();
+            if wait >= QUEUE_WAIT_WORTH_LOGGING {
+                tracing::debug!(
+                    wait_us = wait.as_micros() as u64,
+                    "request waited for a handler thread"
+                );
+            } else {
+                tracing::trace!(
+                    wait_us = wait.as_micros() as u64,
+                    "request handed to a handler thread"
+                );
+            }
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            context::enter(shared.context.get(), || shared.handler.call(request))
+        }));
+        let mut response = match outcome {
+            Ok(response) => response,
+            Err(payload) => {
+                tracing::error!(
+                    method = %method,
+                    path = %uri.path(),
+                    panic = %panic_message(&*payload),
+                    "handler panicked; answered 500"
+                );
+                internal_error()
+            }
+        };
+        if let Some(HandlerError(Some(err))) = response.extensions_mut().remove::<HandlerError>() {
             tracing::error!(
                 method = %method,
                 path = %uri.path(),
-                panic = %panic_message(&*payload),
-                "handler panicked; answered 500"
+                error = %err,
+                "handler returned an error; answered 500"
             );
-            internal_error()
         }
-    };
-    if let Some(HandlerError(Some(err))) = response.extensions_mut().remove::<HandlerError>() {
-        tracing::error!(
-            method = %method,
-            path = %uri.path(),
-            error = %err,
-            "handler returned an error; answered 500"
-        );
-    }
 
-    let (parts, body) = response.into_parts();
-    match body.kind {
-        ResponseKind::Full(bytes) => {
-            // Nothing left to do here once the reply is out: let the pool count this
-            // thread as free before the reply can trigger the next request.
-            crate::pool::job_finishing();
-            answered.done = true;
-            cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
-        }
-        ResponseKind::Stream(producer) => {
-            let (tx, rx) = channel::channel(BYTES_IN_FLIGHT);
-            let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
-            answered.done = true;
-            if !cell.complete(response) {
-                tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");
-                return;
+        let (parts, body) = response.into_parts();
+        match body.kind {
+            ResponseKind::Full(bytes) => {
+                // Nothing left to do here once the reply is out: let the pool count this
+                // thread as free before the reply can trigger the next request.
+                crate::pool::job_finishing();
+                answered.done = true;
+                cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
             }
-            // The thread (and its pool slot) stays with the response until the body is out.
-            log_produced(produce(producer, tx), &method, &uri);
+            ResponseKind::Stream(producer) => {
+                let (tx, rx) = channel::channel(BYTES_IN_FLIGHT);
+                let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
+                answered.done = true;
+                if !cell.complete(response) {
+                    tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");
+                    return;
+                }
+                // The thread (and its pool slot) stays with the response until the body is out.
+                log_produced(produce(producer, tx), method, uri);
+            }
         }
     }
 }

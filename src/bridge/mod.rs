@@ -24,7 +24,7 @@ use http::{header, HeaderValue};
 
 pub use future::SyncServiceFuture;
 
-use crate::body::{channel, Body, BridgeBody, Completion, BYTES_IN_FLIGHT};
+use crate::body::{channel, Body, BridgeBody, Completion, OwnedLine, BYTES_IN_FLIGHT};
 use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::pool::{Admission, BlockingPool, Job};
@@ -130,15 +130,19 @@ impl<H: Handler> SyncService<H> {
         if let Some(activity) = &self.activity {
             activity.request_started(parts.version);
         }
-        let completion = Completion {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
+        let start = Instant::now();
+        let activity = self.activity.clone();
+        let refused = |parts: http::request::Parts| Completion {
+            line: Arc::new(OwnedLine {
+                method: parts.method,
+                uri: parts.uri,
+            }),
             status: http::StatusCode::OK,
-            start: Instant::now(),
+            start,
             bytes: 0,
             expected: None,
             complete: false,
-            activity: self.activity.clone(),
+            activity: activity.clone(),
         };
         let shared = &self.shared;
 
@@ -150,14 +154,14 @@ impl<H: Handler> SyncService<H> {
                 method = %parts.method, path = %parts.uri.path(),
                 "request head larger than the limit; answered 431"
             );
-            return SyncServiceFuture::ready(future::header_too_large(), completion);
+            return SyncServiceFuture::ready(future::header_too_large(), refused(parts));
         }
         if declared_length(&parts.headers).is_some_and(|len| len > shared.max_body_size) {
             tracing::warn!(
                 method = %parts.method, path = %parts.uri.path(), limit = shared.max_body_size,
                 "request body declared larger than the limit; answered 413"
             );
-            return SyncServiceFuture::ready(future::payload_too_large(), completion);
+            return SyncServiceFuture::ready(future::payload_too_large(), refused(parts));
         }
 
         let (body, pump) = if body.is_end_stream() {
@@ -169,13 +173,21 @@ impl<H: Handler> SyncService<H> {
                 Some(Pump::new(body, tx, shared.max_body_size)),
             )
         };
-        let request = Request::from_parts(parts, body);
         let job = Arc::new(RequestJob::new(
             self.shared.clone(),
-            request,
-            completion.start,
+            Request::from_parts(parts, body),
+            start,
         ));
         let cell: Arc<dyn AsRef<ReplyCell> + Send + Sync> = job.clone();
+        let completion = Completion {
+            line: job.clone(),
+            status: http::StatusCode::OK,
+            start,
+            bytes: 0,
+            expected: None,
+            complete: false,
+            activity,
+        };
 
         match shared.pool.try_submit(Job::Shared(job)) {
             Ok(admission) => {
@@ -191,7 +203,7 @@ impl<H: Handler> SyncService<H> {
             }
             Err(_job) => {
                 tracing::warn!(
-                    method = %completion.method, path = %completion.uri.path(),
+                    method = %completion.method(), path = %completion.path(),
                     "blocking pool and queue are full; answered 503"
                 );
                 SyncServiceFuture::ready(future::overloaded(shared.retry_after.clone()), completion)
