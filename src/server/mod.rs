@@ -215,9 +215,11 @@ impl Server {
         self
     }
 
-    /// How long an HTTP/1 client may take to send a request head (Slowloris protection).
-    /// hyper also runs this timer while a keep-alive connection waits for its next
-    /// request. Default is 30 seconds.
+    /// How long an HTTP/1 client may take to send a request head (Slowloris protection),
+    /// counted from the connection's start or the end of the previous response, as
+    /// hyper counts it: a keep-alive connection waiting for its next request is closed
+    /// at this timeout too. A connection that has not sent its first request is held to
+    /// it whatever its protocol. Default is 30 seconds.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout;
         self
