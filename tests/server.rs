@@ -197,6 +197,32 @@ async fn h2c_request_is_served() {
 }
 
 #[tokio::test]
+async fn an_idle_h2_connection_outlives_the_http1_header_read_timeout() {
+    // The header read timeout is HTTP/1's; h2 has only the keep-alive timeout, off here.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .header_read_timeout(Duration::from_millis(150))
+            .keep_alive_timeout(None),
+        |req: Request| format!("{:?}", req.version()),
+    );
+    let mut send = h2::<Empty<Bytes>>(server.addr).await;
+    for round in 0..2 {
+        if round == 1 {
+            // Idle for several header read timeouts between the two requests.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let req = http::Request::get(server.url("/"))
+            .body(Empty::new())
+            .unwrap();
+        let response = within(send.send_request(req))
+            .await
+            .expect("the same h2 connection still serves");
+        assert_eq!(support::collect(response).await.text(), "HTTP/2.0");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn slow_request_head_is_cut_off_by_the_header_read_timeout() {
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0").header_read_timeout(Duration::from_millis(300)),
