@@ -197,6 +197,31 @@ async fn h2c_request_is_served() {
 }
 
 #[tokio::test]
+async fn a_slow_reader_gets_the_whole_response_past_the_idle_and_header_timeouts() {
+    const SIZE: usize = 8 << 20;
+    // The response is handed to hyper at once, so no request is in flight while hyper
+    // still waits for the client to make room for it: that wait is not idleness.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .header_read_timeout(Duration::from_millis(150))
+            .keep_alive_timeout(Some(Duration::from_millis(150))),
+        |_req: Request| vec![b'x'; SIZE],
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = within(socket.connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    // Several times both limits with the socket full, then read it all.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), SIZE);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn an_idle_h2_connection_outlives_the_http1_header_read_timeout() {
     // The header read timeout is HTTP/1's; h2 has only the keep-alive timeout, off here.
     let server = TestServer::start_with(

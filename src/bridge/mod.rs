@@ -395,6 +395,8 @@ pub(crate) struct Activity {
     /// Milliseconds since `epoch` when the last request ended (0: the connection's start).
     last_busy_ms: AtomicU64,
     http2: AtomicBool,
+    /// Whether the connection's last write found the socket full (see `server::conn`).
+    write_blocked: AtomicBool,
     epoch: Instant,
 }
 
@@ -404,6 +406,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_busy_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -417,10 +420,24 @@ impl Activity {
     }
 
     pub(crate) fn request_done(&self) {
-        self.last_busy_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.touch();
         // Release: whoever sees the count drop also sees the time above.
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts the connection as busy until now.
+    pub(crate) fn touch(&self) {
+        self.last_busy_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_write_blocked(&self, blocked: bool) {
+        // A plain store per write: the connection task is the only writer and reader.
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    pub(crate) fn write_blocked(&self) -> bool {
+        self.write_blocked.load(Ordering::Relaxed)
     }
 
     pub(crate) fn in_flight(&self) -> usize {

@@ -8,6 +8,7 @@
 //! the blocking hand-off it sits beside (see docs/benchmarks.md).
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -75,7 +76,10 @@ pub(super) async fn serve<H: Handler>(
 ) {
     let activity = Arc::new(Activity::new());
     let conn = config.http.serve_connection(
-        TokioIo::new(stream),
+        WatchedIo {
+            io: TokioIo::new(stream),
+            activity: activity.clone(),
+        },
         service.with_activity(activity.clone()),
     );
     let mut conn = std::pin::pin!(conn);
@@ -191,8 +195,11 @@ impl Watch {
     ) -> Idle {
         loop {
             let now = Instant::now();
-            let next = if activity.in_flight() > 0 {
-                // Busy: nothing can expire before the request ends; look again later.
+            let next = if activity.in_flight() > 0 || activity.write_blocked() {
+                // Busy: a request in flight, or a response hyper still waits to write
+                // to a slow reader. Nothing can expire before that ends; look again
+                // later, counting idleness from now at the earliest.
+                activity.touch();
                 Some(now + self.limits.shortest())
             } else {
                 let idle = activity.idle_for();
@@ -231,5 +238,63 @@ impl Limits {
     fn shortest(&self) -> Duration {
         self.keep_alive
             .map_or(self.header_read, |k| k.min(self.header_read))
+    }
+}
+
+/// The connection's socket as hyper sees it, telling `Activity` whether hyper waits to
+/// write: a response handed to hyper whole counts as done for the bridge while the
+/// client may still be reading it, and a slow reader is not an idle connection.
+struct WatchedIo {
+    io: TokioIo<TcpStream>,
+    activity: Arc<Activity>,
+}
+
+impl WatchedIo {
+    fn watch<T>(&self, polled: Poll<T>) -> Poll<T> {
+        self.activity.set_write_blocked(polled.is_pending());
+        polled
+    }
+}
+
+impl hyper::rt::Read for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        hyper::rt::Write::is_write_vectored(&self.io)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
