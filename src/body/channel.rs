@@ -59,7 +59,8 @@ struct State {
     receiver_alive: bool,
     recv_waker: Option<Waker>,
     send_waker: Option<Waker>,
-    // Whether a thread waits on the condvar; a notify without a waiter is a wasted syscall.
+    // Whether a thread waits on the condvar and has not been notified since: a notify
+    // without a waiter, or a second one before the waiter runs, is a wasted syscall.
     blocked_receiver: bool,
     blocked_sender: bool,
 }
@@ -129,14 +130,16 @@ impl State {
     fn receiver_wake(&mut self) -> Wake {
         Wake {
             waker: self.recv_waker.take(),
-            notify: self.blocked_receiver,
+            // Taken, not read: one notify wakes the thread, and until it blocks again
+            // (setting the flag anew) further chunks need not make the syscall again.
+            notify: std::mem::take(&mut self.blocked_receiver),
         }
     }
 
     fn sender_wake(&mut self) -> Wake {
         Wake {
             waker: self.send_waker.take(),
-            notify: self.blocked_sender,
+            notify: std::mem::take(&mut self.blocked_sender),
         }
     }
 
@@ -386,6 +389,31 @@ mod tests {
         assert!(tx.poll_ready(&mut cx).is_pending());
         assert!(matches!(rx.try_recv(), Poll::Ready(Some(Ok(_)))));
         assert!(matches!(tx.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    }
+
+    #[test]
+    fn a_blocked_receiver_is_notified_once_until_it_blocks_again() {
+        let (tx, _rx) = channel(256 * 1024);
+        // As `blocking_recv` leaves it just before it waits on the condvar.
+        tx.shared.lock().blocked_receiver = true;
+        let notifies = |tx: &Sender| {
+            let mut state = tx.shared.lock();
+            let wake = state.push(Bytes::from_static(b"x"));
+            drop(state);
+            let notify = wake.notify;
+            wake.fire(&tx.shared.condvar);
+            notify
+        };
+        assert!(
+            notifies(&tx),
+            "the first chunk must wake the blocked receiver"
+        );
+        assert!(
+            !notifies(&tx),
+            "a second notify before it runs is a wasted syscall"
+        );
+        tx.shared.lock().blocked_receiver = true;
+        assert!(notifies(&tx), "blocked again, it must be woken again");
     }
 
     #[test]
