@@ -1,4 +1,4 @@
-//! The one thing std cannot do for us: lower a thread's scheduling priority.
+//! What std cannot do for us: lower a thread's scheduling priority and policy.
 
 /// Sets the calling thread's nice value to the process's own plus `increment` (the
 /// kernel caps it at 19). Best effort: a failure only costs the scheduling benefit, so
@@ -26,6 +26,52 @@ pub(crate) fn set_thread_nice(increment: i32) {
     }
 }
 
+/// Puts the calling thread under `SCHED_BATCH` (`batch`) or `SCHED_OTHER`, keeping its
+/// nice value. Best effort, like [`set_thread_nice`].
+///
+/// Only between those two policies: a process that runs under a real-time policy or
+/// `SCHED_IDLE` chose that itself, so its threads are left as they are. Explicit both ways
+/// because a new thread inherits its creator's policy, as it does the nice value.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn set_thread_batch(batch: bool) {
+    // SAFETY: an integer argument; the policy of the main thread (tid = pid) stands for
+    // the process's.
+    let process = unsafe { libc::sched_getscheduler(std::process::id() as libc::pid_t) };
+    if process != libc::SCHED_OTHER && process != libc::SCHED_BATCH {
+        return;
+    }
+    let policy = if batch {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` outlives the call and is only read. The raw syscall because it
+    // names one thread (0 = the caller), which is what Linux does; musl's libc wrapper
+    // refuses per-thread use with ENOSYS. Leaving SCHED_BATCH or SCHED_OTHER for the
+    // other needs no privilege, and the nice value is kept.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0 as libc::pid_t,
+            policy,
+            &param as *const libc::sched_param,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            batch,
+            "could not set a pool thread's scheduling policy"
+        );
+    }
+}
+
 /// No portable per-thread priority elsewhere: nothing to do.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn set_thread_nice(_increment: i32) {}
+
+/// No scheduling policies to choose from elsewhere: nothing to do.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_thread_batch(_batch: bool) {}
