@@ -516,7 +516,7 @@ impl BlockingPoolBuilder {
     /// channel did, on every refill: two context switches per two 64 KiB chunks. Under
     /// `SCHED_BATCH` a woken pool thread waits until the runtime thread blocks or its time
     /// slice ends, and then runs with the nice value above. Streaming 16 MiB downloads on
-    /// one core, this halved the context switches and cut the CPU per download by 15 to
+    /// one core, this halved the context switches and cut the CPU per download by 10 to
     /// 20 % (see docs/benchmarks.md). A cost: a pool thread woken on a core that a busy
     /// nice-0 thread holds may wait up to a time slice (a few milliseconds) before it
     /// runs; on an idle core it runs at once. `false` keeps the normal policy.
