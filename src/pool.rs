@@ -519,7 +519,10 @@ impl BlockingPoolBuilder {
     /// one core, this halved the context switches and cut the CPU per download by 10 to
     /// 20 % (see docs/benchmarks.md). A cost: a pool thread woken on a core that a busy
     /// nice-0 thread holds may wait up to a time slice (a few milliseconds) before it
-    /// runs; on an idle core it runs at once. `false` keeps the normal policy.
+    /// runs; on an idle core it runs at once. The other side of the same rule: a runtime
+    /// thread woken on a pool thread's core (a reply has come) preempts it at once, which
+    /// puts the response on the wire sooner but costs two switches when the runtime has
+    /// almost nothing to do per reply. `false` keeps the normal policy.
     ///
     /// Threads a handler spawns inherit the policy, as they inherit the nice value. A
     /// process running under a real-time policy or `SCHED_IDLE` keeps it in its pool

@@ -35,10 +35,19 @@ pub(crate) fn set_thread_nice(increment: i32) {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 pub(crate) fn set_thread_batch(batch: bool) {
+    // Raw syscalls throughout: Linux keeps a policy per thread, and musl's libc wrappers
+    // refuse to touch one (ENOSYS), as POSIX speaks only of processes.
     // SAFETY: an integer argument; the policy of the main thread (tid = pid) stands for
     // the process's.
-    let process = unsafe { libc::sched_getscheduler(std::process::id() as libc::pid_t) };
-    if process != libc::SCHED_OTHER && process != libc::SCHED_BATCH {
+    let process = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getscheduler,
+            std::process::id() as libc::pid_t,
+        )
+    };
+    if process != libc::c_long::from(libc::SCHED_OTHER)
+        && process != libc::c_long::from(libc::SCHED_BATCH)
+    {
         return;
     }
     let policy = if batch {
@@ -47,10 +56,9 @@ pub(crate) fn set_thread_batch(batch: bool) {
         libc::SCHED_OTHER
     };
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` outlives the call and is only read. The raw syscall because it
-    // names one thread (0 = the caller), which is what Linux does; musl's libc wrapper
-    // refuses per-thread use with ENOSYS. Leaving SCHED_BATCH or SCHED_OTHER for the
-    // other needs no privilege, and the nice value is kept.
+    // SAFETY: `param` outlives the call and is only read. `0` names the calling thread.
+    // Leaving SCHED_BATCH or SCHED_OTHER for the other needs no privilege, and the nice
+    // value is kept.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_sched_setscheduler,
