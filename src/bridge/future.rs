@@ -324,6 +324,11 @@ pub(super) fn overloaded(retry_after: HeaderValue) -> http::Response<BridgeBody>
     response
 }
 
+/// What a claimed request gets when its job unwinds before answering.
+pub(super) fn internal_server_error() -> http::Response<BridgeBody> {
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+}
+
 pub(super) fn header_too_large() -> http::Response<BridgeBody> {
     plain(
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -183,13 +183,7 @@ impl Drop for AnswerOnUnwind<'_> {
     fn drop(&mut self) {
         if !self.done {
             tracing::error!("request job unwound before answering; answered 500");
-            let (parts, body) = internal_error().into_parts();
-            let bytes = match body.kind {
-                ResponseKind::Full(bytes) => bytes,
-                ResponseKind::Stream(_) => bytes::Bytes::new(),
-            };
-            self.cell
-                .complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
+            self.cell.complete(super::future::internal_server_error());
         }
     }
 }
