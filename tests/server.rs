@@ -71,6 +71,47 @@ async fn handler_panic_returns_500_and_the_next_request_200() {
     server.stop().await;
 }
 
+/// An error whose `Drop` panics: it unwinds the job after the handler's own guard.
+#[derive(Debug)]
+struct PanicsOnDrop;
+
+impl std::fmt::Display for PanicsOnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an error that panics when dropped")
+    }
+}
+
+impl std::error::Error for PanicsOnDrop {}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("dropping the handler's error");
+    }
+}
+
+#[tokio::test]
+async fn a_panic_past_the_handler_still_answers_500_and_the_thread_serves_on() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").max_threads(1),
+        |req: Request| -> Result<&'static str, PanicsOnDrop> {
+            if req.uri().path() == "/bad" {
+                return Err(PanicsOnDrop);
+            }
+            Ok("fine")
+        },
+    );
+    let reply = get(server.addr, "/bad").await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.text(), "Internal Server Error");
+    // The pool's only thread survived and counts itself free again.
+    for _ in 0..3 {
+        let reply = get(server.addr, "/ok").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "fine");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn handler_error_returns_500_without_leaking_details() {
     let server = TestServer::start(|_req: Request| -> Result<&'static str, std::io::Error> {
