@@ -52,6 +52,18 @@ async fn recv_blocking(rx: mpsc::Receiver<()>) -> mpsc::Receiver<()> {
     .unwrap()
 }
 
+/// `bad` answers a bare 500, and the handler answers "fine" on the next requests.
+async fn answers_500_then_serves_on(server: &TestServer, bad: &str) {
+    let reply = get(server.addr, bad).await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.text(), "Internal Server Error");
+    for _ in 0..3 {
+        let reply = get(server.addr, "/ok").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "fine");
+    }
+}
+
 #[tokio::test]
 async fn handler_panic_returns_500_and_the_next_request_200() {
     let server = TestServer::start(|req: Request| {
@@ -60,14 +72,7 @@ async fn handler_panic_returns_500_and_the_next_request_200() {
         }
         "fine"
     });
-    let reply = get(server.addr, "/panic").await;
-    assert_eq!(reply.status, 500);
-    assert_eq!(reply.text(), "Internal Server Error");
-    for _ in 0..3 {
-        let reply = get(server.addr, "/ok").await;
-        assert_eq!(reply.status, 200);
-        assert_eq!(reply.text(), "fine");
-    }
+    answers_500_then_serves_on(&server, "/panic").await;
     server.stop().await;
 }
 
@@ -100,15 +105,8 @@ async fn a_panic_past_the_handler_still_answers_500_and_the_thread_serves_on() {
             Ok("fine")
         },
     );
-    let reply = get(server.addr, "/bad").await;
-    assert_eq!(reply.status, 500);
-    assert_eq!(reply.text(), "Internal Server Error");
-    // The pool's only thread survived and counts itself free again.
-    for _ in 0..3 {
-        let reply = get(server.addr, "/ok").await;
-        assert_eq!(reply.status, 200);
-        assert_eq!(reply.text(), "fine");
-    }
+    // With one pool thread, the next requests show it survived and counts itself free.
+    answers_500_then_serves_on(&server, "/bad").await;
     server.stop().await;
 }
 
