@@ -63,7 +63,7 @@ BENCH_DIR=$BENCH_DIR taskset -c "$LOAD_CPU" \
 WRK=$!
 sleep 1
 perf stat -x, -o "$OUT/perf.csv" -p "$PID" \
-    -e task-clock,context-switches,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_write,syscalls:sys_enter_writev \
+    -e task-clock,context-switches,page-faults,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_write,syscalls:sys_enter_writev \
     -- sleep "$SECS"
 wait "$WRK"
 
