@@ -44,7 +44,10 @@ esac
 OUT=$(mktemp -d)
 PORT=$PORT taskset -c "$SERVER_CPU" "$BIN" >"$OUT/server.log" 2>&1 &
 PID=$!
+WRK=
 cleanup() {
+    # wrk stops by itself, but not before its duration when perf fails early.
+    [ -z "$WRK" ] || kill "$WRK" 2>/dev/null || true
     kill -TERM "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
     rm -rf "$OUT"
