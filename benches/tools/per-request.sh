@@ -69,6 +69,7 @@ perf stat -x, -o "$OUT/perf.csv" -p "$PID" \
     -e task-clock,context-switches,page-faults,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_write,syscalls:sys_enter_writev \
     -- sleep "$SECS"
 wait "$WRK"
+WRK=
 
 RPS=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk.log")
 [ -n "$RPS" ] || { echo "per-request.sh: wrk failed" >&2; cat "$OUT/wrk.log" >&2; exit 1; }
