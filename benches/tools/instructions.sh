@@ -23,21 +23,11 @@ done
 
 OUT=$(mktemp -d)
 CG=${KEEP:-$OUT/callgrind.out}
-PORT=$PORT valgrind --tool=callgrind --callgrind-out-file="$CG" "$BIN" >"$OUT/server.log" 2>&1 &
-PID=$!
-cleanup() {
-    kill -TERM "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-    rm -rf "$OUT"
-}
-trap cleanup EXIT
-
-# Start-up under valgrind is slow: wait up to 30 s for the first answer.
-for _ in $(seq 150); do
-    curl -s -o /dev/null "http://127.0.0.1:$PORT/hello" && break
-    kill -0 "$PID" 2>/dev/null || { echo "instructions.sh: server exited" >&2; cat "$OUT/server.log" >&2; exit 1; }
-    sleep 0.2
-done
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=server.sh
+. "$HERE/server.sh"
+# Start-up under valgrind is slow.
+start_server instructions.sh 30 valgrind --tool=callgrind --callgrind-out-file="$CG" "$BIN"
 
 ab -k -n "$N" -c 32 "http://127.0.0.1:$PORT/hello" >"$OUT/ab.log" 2>&1
 FAILED=$(awk '/^Failed requests/ {print $3}' "$OUT/ab.log")

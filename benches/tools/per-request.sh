@@ -42,24 +42,9 @@ case $WORKLOAD in
 esac
 
 OUT=$(mktemp -d)
-PORT=$PORT taskset -c "$SERVER_CPU" "$BIN" >"$OUT/server.log" 2>&1 &
-PID=$!
-WRK=
-cleanup() {
-    # wrk stops by itself, but not before its duration when perf fails early.
-    [ -z "$WRK" ] || kill "$WRK" 2>/dev/null || true
-    kill -TERM "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-    rm -rf "$OUT"
-}
-trap cleanup EXIT
-
-# Ready when it answers, for at most 10 s.
-for _ in $(seq 100); do
-    curl -s -o /dev/null "$BASE/hello" && break
-    kill -0 "$PID" 2>/dev/null || { echo "per-request.sh: server exited" >&2; cat "$OUT/server.log" >&2; exit 1; }
-    sleep 0.1
-done
+# shellcheck source=server.sh
+. "$HERE/server.sh"
+start_server per-request.sh 10 taskset -c "$SERVER_CPU" "$BIN"
 
 BENCH_DIR=$BENCH_DIR taskset -c "$LOAD_CPU" \
     wrk -t1 -c"$CONNS" -d"$((SECS + 2))s" --latency "${SCRIPT[@]}" "$URL" >"$OUT/wrk.log" 2>&1 &
