@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Kernel-side cost per request of one workload: CPU time, context switches and the
-# syscalls the hand-off makes, counted by `perf stat` while wrk drives the server.
+# Kernel-side cost per request of one workload: CPU time, context switches, page faults
+# and the syscalls the hand-off makes, counted by `perf stat` while wrk drives the server.
 #
 #   benches/tools/per-request.sh BINARY w1|w3|w4|w5|w6 [SECONDS]
 #
