@@ -465,8 +465,19 @@ impl Server {
             );
             force.cancel();
             conn_config.signal.raise(conn::FORCE);
-            // Each connection task logs what it cuts off and returns at once.
-            let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+            // Each connection task logs what it cuts off and returns on its next poll; one
+            // that is not polled again within the grace below is left behind, said here.
+            let grace = Duration::from_secs(5);
+            if tokio::time::timeout(grace, connections.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    connections = connections.len(),
+                    grace_secs = grace.as_secs(),
+                    "connections still open after being cut off; left behind at shutdown"
+                );
+            }
         }
         // Background tasks after the connections: handlers that finished late may have
         // spawned some. Each abandoned task id is logged inside `drain`.
