@@ -5,6 +5,10 @@
 //! response chunks from the producer thread (`blocking_send`) to hyper (`poll_recv`).
 //! At most `capacity` chunks are in flight, so a slow side slows the other one down.
 //!
+//! A blocking end waits for the other side at most `stall_limit` at a time: a client that
+//! stops sending its body, or stops reading the response, would otherwise hold a pool
+//! thread for as long as it keeps the connection open.
+//!
 //! The end of a stream is explicit: a sender dropped without [`Sender::finish`] (a panic
 //! while producing, a cancelled pump) ends the stream with an error, never with a clean
 //! EOF, so a truncated body is never mistaken for a complete one.
@@ -13,13 +17,16 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 /// Creates a channel that holds at most `max_bytes` of chunks. A chunk is always taken
-/// when the channel is empty, so one chunk larger than the bound still passes.
-pub(crate) fn channel(max_bytes: usize) -> (Sender, Receiver) {
+/// when the channel is empty, so one chunk larger than the bound still passes. A blocking
+/// end waits at most `stall_limit` for the other side to move (`None`: for ever).
+pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
+        stall_limit,
         state: Mutex::new(State {
             queue: VecDeque::with_capacity(8),
             queued_bytes: 0,
@@ -30,6 +37,7 @@ pub(crate) fn channel(max_bytes: usize) -> (Sender, Receiver) {
             send_waker: None,
             blocked_receiver: false,
             blocked_sender: false,
+            stalled: false,
         }),
         condvar: Condvar::new(),
     });
@@ -46,6 +54,7 @@ pub(crate) fn channel(max_bytes: usize) -> (Sender, Receiver) {
 const MAX_QUEUED_CHUNKS: usize = 64;
 
 struct Shared {
+    stall_limit: Option<Duration>,
     state: Mutex<State>,
     // One condvar serves both blocking ends: only one end of a channel ever blocks.
     condvar: Condvar,
@@ -63,6 +72,8 @@ struct State {
     // without a waiter, or a second one before the waiter runs, is a wasted syscall.
     blocked_receiver: bool,
     blocked_sender: bool,
+    /// Whether a blocking end gave up waiting for the other side (see `stall_limit`).
+    stalled: bool,
 }
 
 #[derive(Clone)]
@@ -72,7 +83,16 @@ enum End {
     Failed(io::ErrorKind, Arc<str>),
 }
 
-/// The sender went away or the receiver was dropped: nobody will read what is sent.
+/// Why a chunk could not be sent.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The receiver was dropped: nobody will read what is sent.
+    Closed,
+    /// The receiver took nothing for the channel's stall limit.
+    Stalled,
+}
+
+/// The receiver was dropped: nobody will read what is sent.
 #[derive(Debug)]
 pub(crate) struct Closed;
 
@@ -108,8 +128,32 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.condvar.wait(state).unwrap_or_else(|e| e.into_inner())
+    /// Waits for a notify, or until `deadline`; `Err` with the lock once the deadline has
+    /// passed. The deadline is set at the first wait of a call, so the clock is read only
+    /// when a thread blocks.
+    fn wait<'a>(
+        &self,
+        state: MutexGuard<'a, State>,
+        deadline: &mut Option<Instant>,
+    ) -> Result<MutexGuard<'a, State>, MutexGuard<'a, State>> {
+        if let Some(limit) = self.stall_limit {
+            if deadline.is_none() {
+                // A limit too large for the clock (`Duration::MAX`) means no limit.
+                *deadline = Instant::now().checked_add(limit);
+            }
+        }
+        let Some(until) = *deadline else {
+            return Ok(self.condvar.wait(state).unwrap_or_else(|e| e.into_inner()));
+        };
+        let now = Instant::now();
+        if now >= until {
+            return Err(state);
+        }
+        let (state, _) = self
+            .condvar
+            .wait_timeout(state, until - now)
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(state)
     }
 }
 
@@ -178,16 +222,26 @@ pub(crate) struct Sender {
 
 impl Sender {
     /// Waits, blocking the thread, until there is room, then queues `chunk`.
-    /// Fails once the receiver is gone. Call only from a thread that may block.
-    pub(crate) fn blocking_send(&self, chunk: Bytes) -> Result<(), Closed> {
+    /// Fails once the receiver is gone, or when it has taken nothing for the stall limit.
+    /// Call only from a thread that may block.
+    pub(crate) fn blocking_send(&self, chunk: Bytes) -> Result<(), SendError> {
         let mut state = self.shared.lock();
+        let mut deadline = None;
         while state.receiver_alive && !state.has_room() {
             state.blocked_sender = true;
-            state = self.shared.wait(state);
+            let (woken, timed_out) = match self.shared.wait(state, &mut deadline) {
+                Ok(state) => (state, false),
+                Err(state) => (state, true),
+            };
+            state = woken;
             state.blocked_sender = false;
+            if timed_out {
+                state.stalled = true;
+                return Err(SendError::Stalled);
+            }
         }
         if !state.receiver_alive {
-            return Err(Closed);
+            return Err(SendError::Closed);
         }
         let wake = state.push(chunk);
         drop(state);
@@ -219,6 +273,11 @@ impl Sender {
             drop(state);
             wake.fire(&self.shared.condvar);
         }
+    }
+
+    /// Whether a blocking end gave up waiting for the other side.
+    pub(crate) fn stalled(&self) -> bool {
+        self.shared.lock().stalled
     }
 
     /// Whether the receiver has been dropped.
@@ -260,16 +319,27 @@ impl Drop for Sender {
     }
 }
 
+/// Tells whether a blocking end of a channel gave up waiting for the other side.
+pub(crate) struct StallProbe(Arc<Shared>);
+
+impl StallProbe {
+    pub(crate) fn stalled(&self) -> bool {
+        self.0.lock().stalled
+    }
+}
+
 /// The consuming end.
 pub(crate) struct Receiver {
     shared: Arc<Shared>,
 }
 
 impl Receiver {
-    /// Waits, blocking the thread, for the next chunk; `None` at a clean end.
+    /// Waits, blocking the thread, for the next chunk; `None` at a clean end. When the
+    /// sender sends nothing for the stall limit, the stream fails with `TimedOut`.
     /// Call only from a thread that may block.
     pub(crate) fn blocking_recv(&self) -> Option<io::Result<Bytes>> {
         let mut state = self.shared.lock();
+        let mut deadline = None;
         loop {
             if let Some((chunk, wake)) = state.pop() {
                 drop(state);
@@ -280,7 +350,21 @@ impl Receiver {
                 return end;
             }
             state.blocked_receiver = true;
-            state = self.shared.wait(state);
+            state = match self.shared.wait(state, &mut deadline) {
+                Ok(state) => state,
+                Err(mut state) => {
+                    // Failed for good: a handler that reads on would only wait again.
+                    state.stalled = true;
+                    let waited = self.shared.stall_limit.unwrap_or_default();
+                    state.end = End::Failed(
+                        io::ErrorKind::TimedOut,
+                        Arc::from(format!(
+                            "no request body data from the client for {waited:?}"
+                        )),
+                    );
+                    state
+                }
+            };
             state.blocked_receiver = false;
         }
     }
@@ -315,6 +399,11 @@ impl Receiver {
         polled
     }
 
+    /// A handle that tells, after this end is gone, whether it gave up waiting.
+    pub(crate) fn stall_probe(&self) -> StallProbe {
+        StallProbe(self.shared.clone())
+    }
+
     /// Whether the stream has ended (cleanly or not) and every chunk was taken.
     pub(crate) fn is_end(&self) -> bool {
         let state = self.shared.lock();
@@ -343,7 +432,7 @@ mod tests {
 
     #[test]
     fn blocking_ends_pass_chunks_in_order_and_finish() {
-        let (tx, rx) = channel(2);
+        let (tx, rx) = channel(2, None);
         let producer = thread::spawn(move || {
             for i in 0..100u8 {
                 tx.blocking_send(Bytes::from(vec![i])).unwrap();
@@ -360,7 +449,7 @@ mod tests {
 
     #[test]
     fn sender_dropped_without_finish_is_an_error_not_eof() {
-        let (tx, rx) = channel(2);
+        let (tx, rx) = channel(2, None);
         tx.blocking_send(Bytes::from_static(b"a")).unwrap();
         drop(tx);
         assert_eq!(&rx.blocking_recv().unwrap().unwrap()[..], b"a");
@@ -370,7 +459,7 @@ mod tests {
 
     #[test]
     fn dropping_receiver_unblocks_a_full_sender() {
-        let (tx, rx) = channel(1);
+        let (tx, rx) = channel(1, None);
         tx.blocking_send(Bytes::from_static(b"a")).unwrap();
         let producer = thread::spawn(move || tx.blocking_send(Bytes::from_static(b"b")));
         drop(rx);
@@ -378,8 +467,49 @@ mod tests {
     }
 
     #[test]
+    fn a_receiver_waits_at_most_the_stall_limit_then_fails_for_good() {
+        let (tx, rx) = channel(2, Some(Duration::from_millis(50)));
+        let probe = rx.stall_probe();
+        let err = rx.blocking_recv().unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(probe.stalled());
+        // Chunks sent after the stall do not turn it back into a complete body.
+        tx.blocking_send(Bytes::from_static(b"late")).unwrap();
+        tx.finish();
+        assert_eq!(&rx.blocking_recv().unwrap().unwrap()[..], b"late");
+        assert_eq!(
+            rx.blocking_recv().unwrap().unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+    }
+
+    #[test]
+    fn a_full_sender_waits_at_most_the_stall_limit() {
+        let (tx, rx) = channel(1, Some(Duration::from_millis(50)));
+        tx.blocking_send(Bytes::from_static(b"a")).unwrap();
+        assert_eq!(
+            tx.blocking_send(Bytes::from_static(b"b")),
+            Err(SendError::Stalled)
+        );
+        assert!(tx.stalled());
+        drop(rx);
+    }
+
+    #[test]
+    fn a_stall_limit_too_large_for_the_clock_means_no_limit() {
+        let (tx, rx) = channel(1, Some(Duration::MAX));
+        let producer = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            tx.blocking_send(Bytes::from_static(b"a")).unwrap();
+            tx.finish();
+        });
+        assert_eq!(&rx.blocking_recv().unwrap().unwrap()[..], b"a");
+        producer.join().unwrap();
+    }
+
+    #[test]
     fn never_holds_more_than_its_byte_bound() {
-        let (tx, rx) = channel(3);
+        let (tx, rx) = channel(3, None);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         for _ in 0..3 {
@@ -393,7 +523,7 @@ mod tests {
 
     #[test]
     fn a_blocked_receiver_is_notified_once_until_it_blocks_again() {
-        let (tx, _rx) = channel(256 * 1024);
+        let (tx, _rx) = channel(256 * 1024, None);
         // As `blocking_recv` leaves it just before it waits on the condvar.
         tx.shared.lock().blocked_receiver = true;
         let notifies = |tx: &Sender| {
@@ -418,7 +548,7 @@ mod tests {
 
     #[test]
     fn tiny_chunks_are_bounded_by_count_too() {
-        let (tx, _rx) = channel(256 * 1024);
+        let (tx, _rx) = channel(256 * 1024, None);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut queued = 0;

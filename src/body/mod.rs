@@ -14,6 +14,7 @@ mod response;
 
 pub use bridge::BridgeBody;
 pub(crate) use bridge::{Completion, OwnedLine, RequestLine};
+pub(crate) use channel::StallProbe;
 pub(crate) use produce::{produce, Produced};
 pub use request::Body;
 pub use response::ResponseBody;

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::BytesMut;
 
-use super::channel::{Closed, Sender};
+use super::channel::{SendError, Sender};
 use super::{Producer, CHUNK_SIZE};
 use crate::error::panic_message;
 
@@ -16,6 +16,9 @@ pub(crate) enum Produced {
     Complete(u64),
     /// The client went away (or the response was dropped) after `u64` bytes.
     Disconnected(u64),
+    /// The client read nothing for the stall limit after `u64` bytes; the response was
+    /// aborted to free the thread.
+    Stalled(u64),
     /// The producer failed; the response was aborted.
     Failed(io::Error),
     /// The producer panicked; the response was aborted.
@@ -32,9 +35,11 @@ pub(crate) fn produce(producer: Producer, tx: Sender) -> Produced {
             tx.finish();
             Produced::Complete(sent)
         }
-        Ok(Err(err)) if err.kind() == io::ErrorKind::BrokenPipe && tx.is_closed() => {
-            Produced::Disconnected(sent)
+        Ok(Err(err)) if err.kind() == io::ErrorKind::TimedOut && tx.stalled() => {
+            tx.fail(err.kind(), err.to_string());
+            Produced::Stalled(sent)
         }
+        Ok(Err(err)) if client_gone(&err, &tx) => Produced::Disconnected(sent),
         Ok(Err(err)) => {
             tx.fail(err.kind(), err.to_string());
             Produced::Failed(err)
@@ -47,8 +52,24 @@ pub(crate) fn produce(producer: Producer, tx: Sender) -> Produced {
     }
 }
 
-fn broken_pipe(_: Closed) -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the client went away")
+/// Whether a producer's error only reports that the client left: our channel closed
+/// under it, or the request body it was reading (an echo) broke off with the connection.
+fn client_gone(err: &io::Error, tx: &Sender) -> bool {
+    match err.kind() {
+        io::ErrorKind::BrokenPipe => tx.is_closed(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => true,
+        _ => false,
+    }
+}
+
+fn send_error(err: SendError) -> io::Error {
+    match err {
+        SendError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"),
+        SendError::Stalled => io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read none of the response for the body timeout",
+        ),
+    }
 }
 
 fn run(producer: Producer, tx: &Sender, sent: &mut u64) -> io::Result<()> {
@@ -71,8 +92,7 @@ fn run(producer: Producer, tx: &Sender, sent: &mut u64) -> io::Result<()> {
                     return Ok(());
                 }
                 buf.truncate(n);
-                tx.blocking_send(buf.split().freeze())
-                    .map_err(broken_pipe)?;
+                tx.blocking_send(buf.split().freeze()).map_err(send_error)?;
                 *sent += n as u64;
             }
         }
@@ -83,7 +103,7 @@ fn run(producer: Producer, tx: &Sender, sent: &mut u64) -> io::Result<()> {
                     continue;
                 }
                 let n = chunk.len() as u64;
-                tx.blocking_send(chunk).map_err(broken_pipe)?;
+                tx.blocking_send(chunk).map_err(send_error)?;
                 *sent += n;
             }
             Ok(())
@@ -116,7 +136,7 @@ impl ChannelWriter<'_> {
         }
         let chunk = self.buf.split().freeze();
         let n = chunk.len() as u64;
-        self.tx.blocking_send(chunk).map_err(broken_pipe)?;
+        self.tx.blocking_send(chunk).map_err(send_error)?;
         *self.sent += n;
         Ok(())
     }

@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn reads_across_chunks_and_reports_eof() {
-        let (tx, rx) = channel(4);
+        let (tx, rx) = channel(4, None);
         let mut body = Body::streamed(rx);
         std::thread::spawn(move || {
             tx.blocking_send(Bytes::from_static(b"hel")).unwrap();
@@ -239,7 +239,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let (_tx, rx) = channel(1);
+        let (_tx, rx) = channel(1, None);
         let mut body = Body::streamed(rx);
         let err = rt.block_on(async move { body.read(&mut [0; 8]).unwrap_err() });
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);

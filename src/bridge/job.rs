@@ -10,7 +10,7 @@ use http::{Method, Uri};
 use super::reply::ReplyCell;
 use super::Shared;
 use crate::body::{
-    channel, produce, BridgeBody, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
+    channel, produce, BridgeBody, Produced, RequestLine, ResponseKind, StallProbe, BYTES_IN_FLIGHT,
 };
 use crate::context;
 use crate::error::panic_message;
@@ -30,17 +30,25 @@ pub(super) struct RequestJob<H> {
     uri: Uri,
     /// Taken by the worker; a `Mutex` nobody else touches, so it is never contended.
     request: Mutex<Option<Request>>,
+    /// Tells whether the handler gave up waiting for the request body (streamed bodies).
+    body_stall: Option<StallProbe>,
     submitted_at: Instant,
 }
 
 impl<H> RequestJob<H> {
-    pub(super) fn new(shared: Arc<Shared<H>>, request: Request, submitted_at: Instant) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared<H>>,
+        request: Request,
+        body_stall: Option<StallProbe>,
+        submitted_at: Instant,
+    ) -> Self {
         RequestJob {
             cell: ReplyCell::new(),
             shared,
             method: request.method().clone(),
             uri: request.uri().clone(),
             request: Mutex::new(Some(request)),
+            body_stall,
             submitted_at,
         }
     }
@@ -120,7 +128,18 @@ impl<H: Handler> RequestJob<H> {
                 internal_error()
             }
         };
-        if let Some(HandlerError(Some(err))) = response.extensions_mut().remove::<HandlerError>() {
+        if self.body_stall.as_ref().is_some_and(StallProbe::stalled) {
+            // Whatever the handler made of its failed read, the client is the cause.
+            tracing::warn!(
+                method = %method,
+                path = %uri.path(),
+                timeout_ms = shared.body_timeout.as_millis() as u64,
+                "client sent no request body data for the body timeout; answered 408"
+            );
+            response = request_timeout();
+        } else if let Some(HandlerError(Some(err))) =
+            response.extensions_mut().remove::<HandlerError>()
+        {
             tracing::error!(
                 method = %method,
                 path = %uri.path(),
@@ -139,7 +158,7 @@ impl<H: Handler> RequestJob<H> {
                 cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
             }
             ResponseKind::Stream(producer) => {
-                let (tx, rx) = channel::channel(BYTES_IN_FLIGHT);
+                let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, Some(shared.body_timeout));
                 let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
                 answered.done = true;
                 if !cell.complete(response) {
@@ -162,6 +181,10 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
             method = %method, path = %uri.path(), bytes,
             "client went away during the response body; producer stopped"
         ),
+        Produced::Stalled(bytes) => tracing::warn!(
+            method = %method, path = %uri.path(), bytes,
+            "client read none of the response body for the body timeout; response aborted"
+        ),
         Produced::Failed(err) => tracing::error!(
             method = %method, path = %uri.path(), error = %err,
             "response body producer failed; response aborted"
@@ -171,6 +194,22 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
             "response body producer panicked; response aborted"
         ),
     }
+}
+
+/// What a request whose body stopped arriving gets. The rest of the body is not read,
+/// so the connection cannot be reused.
+fn request_timeout() -> crate::handler::Response {
+    use crate::handler::IntoResponse;
+    let mut response = (
+        http::StatusCode::REQUEST_TIMEOUT,
+        "Request Timeout: the request body stopped arriving",
+    )
+        .into_response();
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Answers `500` for a claimed request if the job unwinds before it answered.

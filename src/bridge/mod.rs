@@ -71,6 +71,7 @@ pub(crate) struct Shared<H> {
     max_body_size: u64,
     max_header_size: Option<usize>,
     retry_after: HeaderValue,
+    body_timeout: Duration,
     context: OnceLock<Arc<Context>>,
 }
 
@@ -88,6 +89,7 @@ impl<H: Handler> SyncService<H> {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             max_header_size: None,
             retry_after: Duration::from_secs(1),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             runtime: None,
             tasks: None,
         }
@@ -164,18 +166,21 @@ impl<H: Handler> SyncService<H> {
             return SyncServiceFuture::ready(future::payload_too_large(), refused(parts));
         }
 
-        let (body, pump) = if body.is_end_stream() {
-            (Body::empty(), None)
+        let (body, pump, stall_probe) = if body.is_end_stream() {
+            (Body::empty(), None, None)
         } else {
-            let (tx, rx) = channel::channel(BYTES_IN_FLIGHT);
+            let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, Some(shared.body_timeout));
+            let probe = rx.stall_probe();
             (
                 Body::streamed(rx),
                 Some(Pump::new(body, tx, shared.max_body_size)),
+                Some(probe),
             )
         };
         let job = Arc::new(RequestJob::new(
             self.shared.clone(),
             Request::from_parts(parts, body),
+            stall_probe,
             start,
         ));
         let cell: Arc<dyn AsRef<ReplyCell> + Send + Sync> = job.clone();
@@ -215,6 +220,9 @@ impl<H: Handler> SyncService<H> {
 /// The default cap on a request body: 64 MiB. Streaming keeps memory flat at any size;
 /// the cap is about how long one request may occupy a handler thread.
 pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
+
+/// The default body timeout: 30 seconds, gunicorn's worker `timeout`.
+pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The size of a request head as it came in: request line and header lines.
 fn head_size(parts: &http::request::Parts) -> usize {
@@ -305,6 +313,7 @@ pub struct SyncServiceBuilder<H> {
     max_body_size: u64,
     max_header_size: Option<usize>,
     retry_after: Duration,
+    body_timeout: Duration,
     runtime: Option<tokio::runtime::Handle>,
     tasks: Option<TaskSet>,
 }
@@ -333,6 +342,23 @@ impl<H: Handler> SyncServiceBuilder<H> {
         self
     }
 
+    /// How long a handler thread waits on the client at a time: for the next piece of the
+    /// request body, or for the client to take the next piece of a streamed response.
+    /// Default is 30 seconds, gunicorn's worker `timeout`.
+    ///
+    /// Why: a handler thread is one of the pool's few; a client that sends half a body and
+    /// goes quiet, or stops reading a download, would otherwise hold it for as long as it
+    /// keeps its connection. Past the limit the handler's read fails with
+    /// [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut) and the request is
+    /// answered `408 Request Timeout` (whatever the handler answers), or the streamed
+    /// response is aborted and its producer stops; either is logged at warn level. The
+    /// time a handler spends on its own work is not limited. `Duration::MAX` waits for
+    /// ever.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
     /// The `Retry-After` sent with a `503` when the pool is full, rounded up to whole
     /// seconds. Default is 1 second.
     pub fn retry_after(mut self, after: Duration) -> Self {
@@ -356,7 +382,10 @@ impl<H: Handler> SyncServiceBuilder<H> {
 
     /// Builds the service.
     pub fn build(self) -> SyncService<H> {
-        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        let secs = self
+            .retry_after
+            .as_secs()
+            .saturating_add(u64::from(self.retry_after.subsec_nanos() > 0));
         let context = OnceLock::new();
         if let Some(runtime) = self.runtime {
             let _ = context.set(Arc::new(Context {
@@ -371,6 +400,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 max_body_size: self.max_body_size,
                 max_header_size: self.max_header_size,
                 retry_after: HeaderValue::from(secs.max(1)),
+                body_timeout: self.body_timeout,
                 context,
             }),
             activity: None,

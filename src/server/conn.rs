@@ -32,6 +32,9 @@ pub(super) struct ConnConfig {
     /// How long an HTTP/1 connection may go without a request in flight before it is
     /// closed outright; hyper's own header timer is off (see `http_builder`).
     pub(super) header_read_timeout: Duration,
+    /// How long a client may leave a response unread (the socket full) before the
+    /// connection is closed: the server's body timeout.
+    pub(super) write_stall_timeout: Duration,
     pub(super) signal: ConnSignal,
 }
 
@@ -93,6 +96,7 @@ pub(super) async fn serve<H: Handler>(
         limits: Limits {
             keep_alive: config.keep_alive,
             header_read: config.header_read_timeout,
+            write_stall: config.write_stall_timeout,
         },
     };
 
@@ -155,6 +159,14 @@ pub(super) async fn serve<H: Handler>(
                     tracing::debug!(%peer, "no request head within the header read timeout; closing");
                     return Poll::Ready(());
                 }
+                Idle::Stalled => {
+                    tracing::warn!(
+                        %peer,
+                        timeout_ms = state.limits.write_stall.as_millis() as u64,
+                        "client read none of its response for the body timeout; connection closed"
+                    );
+                    return Poll::Ready(());
+                }
             }
         }
         return Poll::Pending;
@@ -165,6 +177,7 @@ pub(super) async fn serve<H: Handler>(
 struct Limits {
     keep_alive: Option<Duration>,
     header_read: Duration,
+    write_stall: Duration,
 }
 
 /// The watchdog's bookkeeping for one connection.
@@ -183,6 +196,8 @@ enum Idle {
     Busy,
     Drain,
     Close,
+    /// The client has not taken any of a pending response for the write stall limit.
+    Stalled,
 }
 
 impl Watch {
@@ -195,12 +210,20 @@ impl Watch {
     ) -> Idle {
         loop {
             let now = Instant::now();
-            let next = if activity.in_flight() > 0 || activity.write_blocked() {
-                // Busy: a request in flight, or a response hyper still waits to write
-                // to a slow reader. Nothing can expire before that ends; look again
-                // later, counting idleness from now at the earliest.
+            let next = if activity.in_flight() > 0 {
+                // Busy: a handler runs (its own time is not limited here; its waits on the
+                // client are, in the body channels). Nothing can expire before it ends;
+                // look again later, counting idleness from now at the earliest.
                 activity.touch();
-                Some(now + self.limits.shortest())
+                Some(later(now, self.limits.shortest()))
+            } else if activity.write_blocked() {
+                // A response hyper still waits to write: not idle, but the client must
+                // take some of it within the limit (`WatchedIo` marks each bit it takes).
+                let stalled = activity.idle_for();
+                if stalled >= self.limits.write_stall {
+                    return Idle::Stalled;
+                }
+                Some(later(now, self.limits.write_stall - stalled))
             } else {
                 let idle = activity.idle_for();
                 // HTTP/1 reads a request head all the while it is idle, and a client has
@@ -218,7 +241,7 @@ impl Watch {
                 [head_limit, idle_limit]
                     .into_iter()
                     .flatten()
-                    .map(|limit| now + (limit - idle))
+                    .map(|limit| later(now, limit - idle))
                     .min()
             };
             let Some(next) = next else {
@@ -234,10 +257,20 @@ impl Watch {
     }
 }
 
+/// `now + after`, for any `after`: a limit too large for the clock (`Duration::MAX`) is a
+/// check a year from now, which is as good as never.
+fn later(now: Instant, after: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    now + after.min(FAR)
+}
+
 impl Limits {
+    /// How soon a busy connection is looked at again: the response it is busy with may
+    /// stall, and the request may end and leave it idle.
     fn shortest(&self) -> Duration {
         self.keep_alive
             .map_or(self.header_read, |k| k.min(self.header_read))
+            .min(self.write_stall)
     }
 }
 
@@ -251,7 +284,13 @@ struct WatchedIo {
 
 impl WatchedIo {
     fn watch<T>(&self, polled: Poll<T>) -> Poll<T> {
-        self.activity.set_write_blocked(polled.is_pending());
+        let blocked = polled.is_pending();
+        if !blocked && self.activity.write_blocked() {
+            // The client took some of a response it had left waiting: the write stall
+            // limit counts from here. A clock read only after a full socket.
+            self.activity.touch();
+        }
+        self.activity.set_write_blocked(blocked);
         polled
     }
 }

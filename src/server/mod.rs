@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 pub use shutdown::ShutdownHandle;
 
-use crate::bridge::{SyncService, DEFAULT_MAX_BODY_SIZE};
+use crate::bridge::{SyncService, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_SIZE};
 use crate::error::{Error, Kind, Result};
 use crate::handler::Handler;
 use crate::pool::{BlockingPool, BlockingPoolBuilder};
@@ -69,6 +69,7 @@ struct Config {
     keep_alive_timeout: Option<Duration>,
     max_header_size: usize,
     max_body_size: u64,
+    body_timeout: Duration,
     retry_after: Duration,
     shutdown_timeout: Duration,
     worker_threads: Option<usize>,
@@ -88,6 +89,7 @@ impl Default for Config {
             keep_alive_timeout: Some(Duration::from_secs(30)),
             max_header_size: 32 * 1024,
             max_body_size: DEFAULT_MAX_BODY_SIZE,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             retry_after: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: None,
@@ -247,6 +249,22 @@ impl Server {
         self
     }
 
+    /// How long the client may keep a handler or a response waiting: sending none of the
+    /// rest of its request body, or reading none of its response. Default is 30 seconds,
+    /// gunicorn's worker `timeout`.
+    ///
+    /// A request whose body stops arriving is answered `408 Request Timeout` and its
+    /// handler thread freed (see [`SyncServiceBuilder::body_timeout`]); a streamed
+    /// response nobody reads is aborted and its producer stopped; a connection whose
+    /// client reads none of a pending response for this long is closed. Each is logged at
+    /// warn level. A handler's own work is not limited. `Duration::MAX` waits for ever.
+    ///
+    /// [`SyncServiceBuilder::body_timeout`]: crate::SyncServiceBuilder::body_timeout
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.config.body_timeout = timeout;
+        self
+    }
+
     /// How long a graceful shutdown waits for in-flight requests before it cuts them off
     /// (and logs each). Default is 30 seconds, gunicorn's `graceful_timeout`.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -385,6 +403,7 @@ impl Server {
             .pool(pool.clone())
             .max_body_size(config.max_body_size)
             .max_header_size(config.max_header_size)
+            .body_timeout(config.body_timeout)
             .retry_after(config.retry_after)
             .runtime(tokio::runtime::Handle::current())
             .tasks(tasks.clone())
@@ -394,6 +413,7 @@ impl Server {
             http: http_builder(&config),
             keep_alive: config.keep_alive_timeout,
             header_read_timeout: config.header_read_timeout,
+            write_stall_timeout: config.body_timeout,
             signal: ConnSignal::default(),
         });
         if config.handle_signals {

@@ -1,0 +1,133 @@
+//! Clients that stop sending their body or stop reading their response: each is cut off
+//! at the body timeout, and the handler thread it held serves the next request.
+mod support;
+
+use std::io::Read;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{closed_by_server, get, read_raw_response, within, TestServer, STEP};
+use syncbridge::{Request, Response, ResponseBody, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BODY_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// One handler thread: a second request waits in the queue until the first one's thread
+/// is free again (for longer than a test step, if it never is).
+fn one_thread() -> Server {
+    Server::bind("127.0.0.1:0")
+        .max_threads(1)
+        .body_timeout(BODY_TIMEOUT)
+}
+
+/// Waits, off the test's runtime, for what a handler thread reports.
+async fn report<T: Send + 'static>(rx: mpsc::Receiver<T>) -> T {
+    within(tokio::task::spawn_blocking(move || {
+        rx.recv_timeout(STEP).expect("no report from the handler")
+    }))
+    .await
+    .expect("report task")
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_answered_408_and_frees_the_thread() {
+    let (tx, rx) = mpsc::channel();
+    let server = TestServer::start_with(one_thread(), move |mut req: Request| {
+        if req.uri().path() == "/hello" {
+            return Ok("hello".to_owned());
+        }
+        let mut body = Vec::new();
+        let read = req.body_mut().read_to_end(&mut body);
+        tx.send(read.as_ref().map_err(|e| e.kind()).copied())
+            .unwrap();
+        read.map(|n| n.to_string())
+    });
+
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let head = "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n";
+    within(stream.write_all(head.as_bytes())).await.unwrap();
+    within(stream.write_all(&[b'x'; 10])).await.unwrap();
+    // ... and nothing more.
+
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(reply.status, 408, "{}", reply.head);
+    assert!(reply
+        .head
+        .to_ascii_lowercase()
+        .contains("connection: close"));
+    assert_eq!(report(rx).await, Err(std::io::ErrorKind::TimedOut));
+    assert!(closed_by_server(&mut stream).await);
+
+    assert_eq!(get(server.addr, "/hello").await.text(), "hello");
+    server.stop().await;
+}
+
+/// An endless streamed body that reports when its producer is dropped.
+struct Endless(mpsc::Sender<()>);
+
+impl Iterator for Endless {
+    type Item = std::io::Result<Bytes>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(Ok(Bytes::from_static(&[b'y'; 64 * 1024])))
+    }
+}
+
+impl Drop for Endless {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_response_nobody_reads_is_aborted_and_its_producer_stops() {
+    let (tx, rx) = mpsc::channel();
+    let server = TestServer::start_with(one_thread(), move |req: Request| {
+        if req.uri().path() == "/hello" {
+            return Response::new("hello".into());
+        }
+        Response::new(ResponseBody::from_chunks(Endless(tx.clone())))
+    });
+
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    // Reads nothing: the socket buffers fill, then the producer blocks on its channel.
+
+    report(rx).await;
+    assert_eq!(get(server.addr, "/hello").await.text(), "hello");
+    assert!(closed_by_server(&mut stream).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_whose_client_reads_none_of_a_full_response_is_closed() {
+    const SIZE: usize = 32 * 1024 * 1024; // more than the socket buffers hold
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").body_timeout(BODY_TIMEOUT),
+        |_req: Request| Bytes::from(vec![b'z'; SIZE]),
+    );
+
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    // The stall itself is the time that passes: the client reads nothing for three
+    // body timeouts, then takes what the server had written before it gave up.
+    tokio::time::sleep(BODY_TIMEOUT * 3).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match within(stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    assert!(
+        received < SIZE,
+        "the whole response arrived: the connection was not cut off"
+    );
+    server.stop().await;
+}
