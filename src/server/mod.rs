@@ -279,8 +279,14 @@ impl Server {
         self
     }
 
-    /// Whether Ctrl-C and SIGTERM start a graceful shutdown (a second one cuts it off).
-    /// Default is true.
+    /// Whether Ctrl-C and SIGTERM start a graceful shutdown. A second one, at any point
+    /// of the shutdown, cuts off what is left: the connection drain, the grace after its
+    /// deadline and the background task drain. Default is true.
+    ///
+    /// tokio keeps its signal handler installed once it has one, so after `serve` returns
+    /// Ctrl-C and SIGTERM no longer end the process by themselves; a program with long
+    /// clean-up after the server should watch for them itself, or pass `false` and call
+    /// [`ShutdownHandle::shutdown`] from its own handler.
     pub fn handle_signals(mut self, enabled: bool) -> Self {
         self.config.handle_signals = enabled;
         self
@@ -408,7 +414,8 @@ impl Server {
             .runtime(tokio::runtime::Handle::current())
             .tasks(tasks.clone())
             .build();
-        let force = CancellationToken::new();
+        // Cancelled by a second Ctrl-C/SIGTERM only: it cuts every remaining wait short.
+        let second_signal = CancellationToken::new();
         let conn_config = Arc::new(ConnConfig {
             http: http_builder(&config),
             keep_alive: config.keep_alive_timeout,
@@ -416,12 +423,12 @@ impl Server {
             write_stall_timeout: config.body_timeout,
             signal: ConnSignal::default(),
         });
-        if config.handle_signals {
+        let signal_watcher = config.handle_signals.then(|| {
             tokio::spawn(shutdown::watch_signals(
                 shutdown.graceful.clone(),
-                force.clone(),
-            ));
-        }
+                second_signal.clone(),
+            ))
+        });
         let connections = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.max_connections));
         tracing::info!(addr = %local_addr, max_threads = pool.max_threads(), "syncbridge listening");
@@ -474,24 +481,23 @@ impl Server {
         let drained = tokio::select! {
             _ = connections.wait() => true,
             _ = tokio::time::sleep(config.shutdown_timeout) => false,
-            _ = force.cancelled() => false,
+            _ = second_signal.cancelled() => false,
         };
-        // A second signal during the connection drain also cuts the task drain short.
-        let signalled = force.is_cancelled();
         if !drained {
             tracing::warn!(
                 connections = connections.len(),
                 "shutdown deadline reached; cutting off the remaining connections"
             );
-            force.cancel();
             conn_config.signal.raise(conn::FORCE);
             // Each connection task logs what it cuts off and returns on its next poll; one
             // that is not polled again within the grace below is left behind, said here.
             let grace = Duration::from_secs(5);
-            if tokio::time::timeout(grace, connections.wait())
-                .await
-                .is_err()
-            {
+            let all_closed = tokio::select! {
+                _ = connections.wait() => true,
+                _ = tokio::time::sleep(grace) => false,
+                _ = second_signal.cancelled() => false,
+            };
+            if !all_closed {
                 tracing::error!(
                     connections = connections.len(),
                     grace_secs = grace.as_secs(),
@@ -500,30 +506,23 @@ impl Server {
             }
         }
         // Background tasks after the connections: handlers that finished late may have
-        // spawned some. Each abandoned task id is logged inside `drain`.
-        let task_deadline = if signalled {
+        // spawned some. Each abandoned task id is logged inside `drain`; a second signal,
+        // before or during it, cuts it short.
+        let task_deadline = if second_signal.is_cancelled() {
             Duration::ZERO
         } else {
             config.task_drain_timeout
         };
-        // `force` now means a second signal only if the connection drain did not cancel
-        // it itself at its deadline (the signal watcher has stopped in that case).
-        let watch_signal = !force.is_cancelled();
-        let second_signal = async {
-            if watch_signal {
-                force.cancelled().await
-            } else {
-                std::future::pending().await
-            }
-        };
-        let abandoned = tasks.drain(task_deadline, second_signal).await;
+        let abandoned = tasks.drain(task_deadline, second_signal.cancelled()).await;
         if !abandoned.is_empty() {
             tracing::warn!(
                 abandoned = abandoned.len(),
                 "background tasks abandoned at shutdown"
             );
         }
-        force.cancel(); // ends the signal watcher
+        if let Some(watcher) = signal_watcher {
+            watcher.abort();
+        }
         let stats = pool.stats();
         if stats.busy > 0 || stats.queued > 0 {
             tracing::warn!(

@@ -40,13 +40,13 @@ impl ShutdownHandle {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM and starts a graceful shutdown; a second signal cuts the
-/// drain short.
-pub(super) async fn watch_signals(graceful: CancellationToken, force: CancellationToken) {
+/// Waits for Ctrl-C or SIGTERM and starts a graceful shutdown; a second signal cancels
+/// `second`, which cuts every remaining wait of the shutdown short. Runs until then, or
+/// until the server aborts it once `serve` is done.
+pub(super) async fn watch_signals(graceful: CancellationToken, second: CancellationToken) {
     for round in 0..2 {
         let signal = tokio::select! {
             s = next_signal() => s,
-            _ = force.cancelled() => return,
             _ = graceful.cancelled(), if round == 0 => {
                 // Shut down by other means; still let a signal cut the drain short.
                 continue;
@@ -64,7 +64,7 @@ pub(super) async fn watch_signals(graceful: CancellationToken, force: Cancellati
                     "second shutdown signal; cutting off the drain"
                 );
                 graceful.cancel();
-                force.cancel();
+                second.cancel();
                 return;
             }
         }
