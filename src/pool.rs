@@ -370,22 +370,27 @@ impl Inner {
             return (state, false);
         }
         state.idle += 1;
-        let deadline = Instant::now() + self.config.keep_alive;
+        // A keep-alive too large for the clock (`Duration::MAX`) means for ever.
+        let deadline = Instant::now().checked_add(self.config.keep_alive);
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                state.idle -= 1;
-                if state.queue.is_empty() {
-                    return (state, false);
+            state = match deadline {
+                None => self.condvar.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        state.idle -= 1;
+                        if state.queue.is_empty() {
+                            return (state, false);
+                        }
+                        state.searching += 1;
+                        return (state, true);
+                    }
+                    self.condvar
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
-                state.searching += 1;
-                return (state, true);
-            }
-            state = self
-                .condvar
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            };
             if state.wakeups > 0 {
                 // A submitter claimed this thread: it already moved it to `searching`.
                 state.wakeups -= 1;
@@ -475,7 +480,7 @@ impl BlockingPoolBuilder {
     }
 
     /// How long a thread waits for work before it exits. Default is 10 seconds, as tokio's
-    /// blocking pool.
+    /// blocking pool. `Duration::MAX` keeps threads for ever.
     pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
         self.config.keep_alive = keep_alive;
         self
@@ -580,6 +585,20 @@ mod tests {
         done_rx
             .recv_timeout(Duration::from_secs(5))
             .expect("queued job ran");
+    }
+
+    #[test]
+    fn a_keep_alive_too_large_for_the_clock_keeps_threads_for_ever() {
+        let pool = BlockingPool::builder().keep_alive(Duration::MAX).build();
+        for _ in 0..3 {
+            let (tx, rx) = mpsc::channel();
+            pool.try_submit(Job::boxed(move || tx.send(()).unwrap()))
+                .ok()
+                .unwrap();
+            // Before: the first idle thread panicked computing its deadline, and the
+            // next job went to that dead thread and never ran.
+            rx.recv_timeout(Duration::from_secs(5)).expect("job ran");
+        }
     }
 
     #[test]
