@@ -425,3 +425,24 @@ async fn queued_request_body_is_not_read_until_a_handler_takes_it() {
     assert!(String::from_utf8_lossy(&all).contains("HTTP/1.1 200 OK"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn limits_at_their_largest_values_mean_no_limit() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_connections(usize::MAX)
+            .thread_keep_alive(Duration::MAX)
+            .queue_timeout(Duration::MAX)
+            .retry_after(Duration::MAX)
+            .header_read_timeout(Duration::MAX)
+            .keep_alive_timeout(Some(Duration::MAX))
+            .body_timeout(Duration::MAX),
+        |req: Request| format!("{} ok", req.uri().path()),
+    );
+    // The second request goes to the thread the first one left parked.
+    assert_eq!(get(server.addr, "/first").await.text(), "/first ok");
+    assert_eq!(get(server.addr, "/second").await.text(), "/second ok");
+    let reply = support::request(server.addr, "POST", "/third", "body").await;
+    assert_eq!(reply.text(), "/third ok");
+    server.stop().await;
+}

@@ -211,9 +211,11 @@ impl Server {
     }
 
     /// The most connections open at once. When reached, the server stops accepting until
-    /// one closes; new clients wait in the listen backlog. Default is 10,000.
+    /// one closes; new clients wait in the listen backlog. Default is 10,000. Values
+    /// above tokio's semaphore limit (`usize::MAX >> 3`) are lowered to it, so
+    /// `usize::MAX` means no limit of the server's own.
     pub fn max_connections(mut self, n: usize) -> Self {
-        self.config.max_connections = n.max(1);
+        self.config.max_connections = n.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 
