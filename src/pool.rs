@@ -42,6 +42,14 @@ impl Job {
             Job::Shared(job) => job.run(),
         }
     }
+
+    /// Where a shared job lives: what its submitter knows it by.
+    fn address(&self) -> Option<*const ()> {
+        match self {
+            Job::Boxed(_) => None,
+            Job::Shared(job) => Some(Arc::as_ptr(job) as *const ()),
+        }
+    }
 }
 
 /// How a job was admitted.
@@ -218,6 +226,25 @@ impl BlockingPool {
             Err(Some(job)) => Err(job),
             Err(None) => Ok(admission),
         }
+    }
+
+    /// Takes a shared job that no thread has started out of the queue, so that a request
+    /// that timed out or whose client left stops counting against the queue's capacity.
+    /// `address` is the job's allocation (`Arc::as_ptr`). Returns whether it was there.
+    /// Callable from any thread; costs a scan of the queue, under its lock.
+    pub(crate) fn withdraw(&self, address: *const ()) -> bool {
+        let mut state = self.inner.lock();
+        let Some(at) = state
+            .queue
+            .iter()
+            .position(|job| job.address() == Some(address))
+        else {
+            return false;
+        };
+        let job = state.queue.remove(at);
+        drop(state);
+        drop(job); // outside the lock: it may hold the last reference to a request
+        true
     }
 
     /// Stops taking work and lets idle threads exit. Running jobs finish on their own;

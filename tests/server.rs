@@ -186,6 +186,52 @@ async fn queued_request_times_out_with_503_and_never_runs() {
     server.stop().await;
 }
 
+/// Waits (at most a test step) until `done` holds; for state only the server can see.
+async fn until(done: impl Fn() -> bool) {
+    within(async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn requests_given_up_in_the_queue_free_their_place_in_it() {
+    let (gate, started, release) = gate();
+    let pool = syncbridge::BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(1)
+        .queue_timeout(Duration::from_millis(200))
+        .build();
+    let server =
+        TestServer::start_with(Server::bind("127.0.0.1:0").pool(pool.clone()), gated(gate));
+    let addr = server.addr;
+    let busy = tokio::spawn(async move { get(addr, "/block").await });
+    let _started = recv_blocking(started).await;
+
+    // Timed out in the queue: answered 503, and out of the queue.
+    assert_eq!(get(server.addr, "/late").await.status, 503);
+    assert_eq!(pool.stats().queued, 0);
+
+    // The client leaves while its request waits: out of the queue too.
+    let mut gone = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(gone.write_all(b"GET /gone HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    until(|| pool.stats().queued == 1).await;
+    drop(gone);
+    until(|| pool.stats().queued == 0).await;
+
+    // So the one place in the queue is free for the next request.
+    let next = tokio::spawn(async move { get(addr, "/next").await });
+    until(|| pool.stats().queued == 1).await;
+    release.send(()).unwrap();
+    assert_eq!(within(busy).await.unwrap().status, 200);
+    assert_eq!(within(next).await.unwrap().status, 200);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let server = TestServer::start(|_req: Request| "ok");

@@ -8,7 +8,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Buf;
 use http::{header, HeaderValue, StatusCode};
@@ -19,6 +18,7 @@ use super::reply::ReplyCell;
 use super::BoxError;
 use crate::body::channel::Sender;
 use crate::body::{BridgeBody, Completion};
+use crate::pool::BlockingPool;
 
 /// The future returned by [`SyncService`](super::SyncService)'s `call`.
 ///
@@ -46,7 +46,24 @@ struct Waiting<B> {
     cell: Arc<dyn AsRef<ReplyCell> + Send + Sync>,
     pump: Option<Pump<B>>,
     queue_deadline: Option<Pin<Box<Sleep>>>,
+    /// The pool a queued request waits in, to take it out again if it is given up.
+    queued_in: Option<BlockingPool>,
     retry_after: HeaderValue,
+}
+
+impl<B> Waiting<B> {
+    /// Gives up the request unless a thread has claimed it, and frees its place in the
+    /// queue. Returns whether it was given up (no handler runs for it).
+    fn withdraw(&self) -> bool {
+        let cell: &ReplyCell = (*self.cell).as_ref();
+        if !cell.cancel() {
+            return false;
+        }
+        if let Some(pool) = &self.queued_in {
+            pool.withdraw(Arc::as_ptr(&self.cell) as *const ());
+        }
+        true
+    }
 }
 
 impl<B> SyncServiceFuture<B> {
@@ -57,10 +74,11 @@ impl<B> SyncServiceFuture<B> {
         }
     }
 
+    /// `queued_in` is the pool when the request waits in its queue (no thread yet).
     pub(super) fn waiting(
         cell: Arc<dyn AsRef<ReplyCell> + Send + Sync>,
         pump: Option<Pump<B>>,
-        queue_timeout: Option<Duration>,
+        queued_in: Option<BlockingPool>,
         retry_after: HeaderValue,
         completion: Completion,
     ) -> Self {
@@ -69,7 +87,10 @@ impl<B> SyncServiceFuture<B> {
                 cell,
                 pump,
                 // Only queued requests pay for a timer: the fast path has a thread already.
-                queue_deadline: queue_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+                queue_deadline: queued_in
+                    .as_ref()
+                    .map(|pool| Box::pin(tokio::time::sleep(pool.queue_timeout()))),
+                queued_in,
                 retry_after,
             }),
             completion: Some(completion),
@@ -152,7 +173,7 @@ where
         if let Some(deadline) = &mut waiting.queue_deadline {
             if deadline.as_mut().poll(cx).is_ready() {
                 waiting.queue_deadline = None;
-                if cell.cancel() {
+                if waiting.withdraw() {
                     let retry_after = waiting.retry_after.clone();
                     if let Some(c) = &this.completion {
                         tracing::warn!(
@@ -174,7 +195,7 @@ impl<B> Drop for SyncServiceFuture<B> {
     fn drop(&mut self) {
         if let State::Waiting(waiting) = &self.state {
             let cell: &ReplyCell = (*waiting.cell).as_ref();
-            let withdrawn = cell.cancel();
+            let withdrawn = waiting.withdraw();
             cell.abandon();
             if let Some(c) = &mut self.completion {
                 c.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);

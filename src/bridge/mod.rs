@@ -196,12 +196,11 @@ impl<H: Handler> SyncService<H> {
 
         match shared.pool.try_submit(Job::Shared(job)) {
             Ok(admission) => {
-                let queue_timeout =
-                    (admission == Admission::Queued).then(|| shared.pool.queue_timeout());
+                let queued_in = (admission == Admission::Queued).then(|| shared.pool.clone());
                 SyncServiceFuture::waiting(
                     cell,
                     pump,
-                    queue_timeout,
+                    queued_in,
                     shared.retry_after.clone(),
                     completion,
                 )
