@@ -247,6 +247,11 @@ impl BlockingPool {
         true
     }
 
+    /// Whether [`shutdown`](Self::shutdown) was called: no job will be taken again.
+    pub(crate) fn is_shutdown(&self) -> bool {
+        self.inner.lock().shutdown
+    }
+
     /// Stops taking work and lets idle threads exit. Running jobs finish on their own;
     /// queued jobs still run. Callable from any thread.
     pub(crate) fn shutdown(&self) {

@@ -735,3 +735,43 @@ async fn tasks_get_their_own_drain_even_when_requests_are_cut_off_at_the_request
     assert_eq!(set.status(id), TaskStatus::Succeeded, "{:?}", set.info(id));
     let _ = handler_tx.send(());
 }
+
+#[tokio::test]
+async fn callbacks_run_on_the_sets_own_threads_within_its_limit() {
+    let set = TaskSet::builder().max_threads(1).build();
+    let running = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let (running, most, tx) = (running.clone(), most.clone(), tx.clone());
+        let handle = set
+            .task()
+            .on_done(move |_| {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                running.fetch_sub(1, Ordering::SeqCst);
+                let thread = std::thread::current().name().map(str::to_owned);
+                // A callback may do what a handler thread does: await async code.
+                let awaited = syncbridge::ensure_sync(async { 7 }).map_err(|e| e.to_string());
+                tx.send((thread, awaited)).unwrap();
+            })
+            .spawn(|_| async { Ok::<_, std::io::Error>(()) })
+            .unwrap();
+        handles.push(handle);
+    }
+    for handle in handles {
+        within(handle.join()).await.unwrap();
+    }
+    for _ in 0..4 {
+        let (thread, awaited) = rx.try_recv().expect("every callback ran");
+        assert_eq!(thread.as_deref(), Some("syncbridge-task"));
+        assert_eq!(awaited, Ok(7));
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "callbacks ran beside each other"
+    );
+}

@@ -35,6 +35,8 @@ type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The longest wait between two attempts, however many retries came before.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// How often callbacks that found the task pool full try again.
+const CALLBACK_RETRY: Duration = Duration::from_millis(10);
 
 /// How one attempt ended.
 pub(super) enum Attempt<T> {
@@ -369,28 +371,45 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         let id = self.id;
         let span = self.span.clone();
         let context = self.set.context(self.runtime.clone());
-        // Callbacks may block (the example POSTs to a callback URL), so they get a
-        // blocking thread, never a runtime worker.
-        let ran = self
-            .runtime
-            .spawn_blocking(move || {
-                let _entered = span.enter();
-                context::enter(Some(&context), || {
-                    for (which, callback) in callbacks {
-                        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(&info))) {
-                            tracing::error!(
-                                task_id = %id,
-                                callback = which,
-                                panic = %panic_message(&*payload),
-                                "background task callback panicked"
-                            );
-                        }
+        let (ran_tx, ran_rx) = oneshot::channel::<()>();
+        // Callbacks may block (the example POSTs to a callback URL), so they run on a
+        // thread of the set's own pool, never a runtime worker: bounded like the tasks
+        // themselves, and a plain thread where `ensure_sync` works.
+        let mut job = Job::boxed(move || {
+            let _entered = span.enter();
+            context::enter(Some(&context), || {
+                for (which, callback) in callbacks {
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(&info))) {
+                        tracing::error!(
+                            task_id = %id,
+                            callback = which,
+                            panic = %panic_message(&*payload),
+                            "background task callback panicked"
+                        );
                     }
-                })
-            })
-            .await;
-        if let Err(err) = ran {
-            tracing::error!(task_id = %id, error = %err, "background task callbacks did not run to the end");
+                }
+            });
+            let _ = ran_tx.send(());
+        });
+        let pool = &self.set.shared.pool;
+        loop {
+            match pool.try_submit(job) {
+                Ok(_) => break,
+                Err(_) if pool.is_shutdown() => {
+                    tracing::error!(task_id = %id, "background task callbacks not run: the task pool has shut down");
+                    return;
+                }
+                Err(back) => {
+                    // Threads and queue full: wait for room rather than take more
+                    // threads than the set may have.
+                    tracing::debug!(task_id = %id, "background task callbacks wait for room in the task pool");
+                    job = back;
+                    tokio::time::sleep(CALLBACK_RETRY).await;
+                }
+            }
+        }
+        if ran_rx.await.is_err() {
+            tracing::error!(task_id = %id, "background task callbacks did not run to the end");
         }
     }
 }
