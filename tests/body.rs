@@ -315,3 +315,28 @@ async fn body_over_the_limit_gets_413_and_fails_the_handlers_read() {
     drop(started_rx);
     server.stop().await;
 }
+
+/// Through the service itself: a host's body (here one that simply ends, as an HTTP/2
+/// stream reset with NO_ERROR does in hyper) that stops short of its `Content-Length`.
+#[tokio::test]
+async fn a_body_that_ends_short_of_its_content_length_fails_the_read() {
+    let (tx, rx) = mpsc::channel();
+    let service = syncbridge::SyncService::new(move |mut req: Request| {
+        let mut body = Vec::new();
+        let read = req.body_mut().read_to_end(&mut body);
+        tx.send(read.map_err(|e| e.kind())).unwrap();
+        "read"
+    });
+    let req = http::Request::post("/")
+        .header("content-length", "10")
+        .body(http_body_util::Full::new(Bytes::from_static(b"abc")))
+        .unwrap();
+    let response = within(tower::ServiceExt::oneshot(service, req))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        rx.recv_timeout(support::STEP).unwrap(),
+        Err(std::io::ErrorKind::UnexpectedEof)
+    );
+}

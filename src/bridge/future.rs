@@ -228,6 +228,8 @@ pub(super) struct Pump<B> {
     tx: Option<Sender>,
     seen: u64,
     limit: u64,
+    /// The request's `Content-Length`: a body that ends short of it was cut off.
+    declared: Option<u64>,
 }
 
 enum PumpPoll {
@@ -242,12 +244,13 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    pub(super) fn new(body: B, tx: Sender, limit: u64) -> Self {
+    pub(super) fn new(body: B, tx: Sender, limit: u64, declared: Option<u64>) -> Self {
         Pump {
             body: Box::pin(body),
             tx: Some(tx),
             seen: 0,
             limit,
+            declared,
         }
     }
 
@@ -266,7 +269,18 @@ where
                 Poll::Pending => return PumpPoll::Pending,
                 Poll::Ready(None) => {
                     if let Some(tx) = self.tx.take() {
-                        tx.finish();
+                        match self.declared {
+                            // hyper's HTTP/1 checks this itself; an HTTP/2 stream reset
+                            // with NO_ERROR, or another service's body, may not.
+                            Some(declared) if self.seen < declared => tx.fail(
+                                io::ErrorKind::UnexpectedEof,
+                                format!(
+                                    "request body ended after {} of its {declared} declared bytes",
+                                    self.seen
+                                ),
+                            ),
+                            _ => tx.finish(),
+                        }
                     }
                     return PumpPoll::Done;
                 }

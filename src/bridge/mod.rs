@@ -158,7 +158,8 @@ impl<H: Handler> SyncService<H> {
             );
             return SyncServiceFuture::ready(future::header_too_large(), refused(parts));
         }
-        if declared_length(&parts.headers).is_some_and(|len| len > shared.max_body_size) {
+        let declared = declared_length(&parts.headers);
+        if declared.is_some_and(|len| len > shared.max_body_size) {
             tracing::warn!(
                 method = %parts.method, path = %parts.uri.path(), limit = shared.max_body_size,
                 "request body declared larger than the limit; answered 413"
@@ -173,7 +174,7 @@ impl<H: Handler> SyncService<H> {
             let probe = rx.stall_probe();
             (
                 Body::streamed(rx),
-                Some(Pump::new(body, tx, shared.max_body_size)),
+                Some(Pump::new(body, tx, shared.max_body_size, declared)),
                 Some(probe),
             )
         };

@@ -38,9 +38,10 @@ impl<T> TaskHandle<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::is_task_failed`] (the task's error is the `source`), [`Error::is_panic`],
-    /// [`Error::is_timeout`], [`Error::is_cancelled`], [`Error::is_overloaded`] (a retry
-    /// found no thread), or [`Error::is_shutdown`] when the runtime went away first.
+    /// [`Error::is_task_failed`] (the task's error is the `source`; a retry that found
+    /// the task pool and its queue full fails this way too, as a failed attempt),
+    /// [`Error::is_panic`], [`Error::is_timeout`], [`Error::is_cancelled`], or
+    /// [`Error::is_shutdown`] when the runtime went away first.
     pub async fn join(self) -> Result<Arc<T>> {
         self.rx.await.unwrap_or_else(|_| Err(dropped()))
     }
