@@ -775,3 +775,48 @@ async fn callbacks_run_on_the_sets_own_threads_within_its_limit() {
         "callbacks ran beside each other"
     );
 }
+
+#[tokio::test]
+async fn cancelling_a_task_that_waits_for_a_thread_ends_it_at_once() {
+    let set = TaskSet::builder().max_threads(1).build();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let holder = set
+        .spawn_blocking(move |_| {
+            started_tx.send(()).unwrap();
+            release_rx.recv_timeout(STEP).map_err(|e| e.to_string())
+        })
+        .unwrap();
+    within(tokio::task::spawn_blocking(move || {
+        started_rx.recv_timeout(STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the first task holds the only thread");
+
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = ran.clone();
+    let queued = set
+        .spawn_blocking(move |_| {
+            flag.store(true, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    let id = queued.id();
+    assert!(set.cancel(id));
+    // The only thread is still taken: the task ends without it.
+    let err = within(queued.join()).await.unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert_eq!(set.info(id).unwrap().status(), TaskStatus::Cancelled);
+
+    release_tx.send(()).unwrap();
+    within(holder.join()).await.unwrap();
+    // One thread, first in first out: once a later task has run, so has the queue
+    // entry of the cancelled one.
+    let later = set.spawn_blocking(|_| Ok::<_, std::io::Error>(())).unwrap();
+    within(later.join()).await.unwrap();
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "a cancelled task's closure ran"
+    );
+}

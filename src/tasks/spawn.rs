@@ -182,7 +182,7 @@ impl<'a> TaskBuilder<'a> {
         // caller (who can answer 503) rather than a failed task later.
         let ctx = prepared.context(1);
         match work.submit(f, ctx) {
-            Ok(rx) => work.first = Some(rx),
+            Ok(submitted) => work.first = Some(submitted),
             Err(()) => {
                 prepared.abort(self.set);
                 return Err(Error::new(Kind::Overloaded)

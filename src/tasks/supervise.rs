@@ -13,6 +13,7 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,11 +73,24 @@ pub(super) trait Work<T>: Send + 'static {
 /// with the outcome, so `FnMut` suffices for retries (no `Sync`, no `Clone`).
 pub(super) struct BlockingWork<F, T> {
     pub(super) f: Option<F>,
-    pub(super) first: Option<oneshot::Receiver<(F, Attempt<T>)>>,
+    pub(super) first: Option<Submitted<F, T>>,
     pub(super) set: TaskSet,
     pub(super) runtime: Handle,
     pub(super) span: tracing::Span,
 }
+
+/// An attempt handed to the pool: its outcome comes back on `rx`, and `start` tells
+/// whether a thread has taken it up.
+pub(super) struct Submitted<F, T> {
+    rx: oneshot::Receiver<(F, Attempt<T>)>,
+    start: Arc<AtomicU8>,
+}
+
+/// `Submitted::start`: the attempt waits in the queue, runs, or was given up while it
+/// waited. The pool thread and a cancelling supervisor race to move it off `WAITING`.
+const WAITING: u8 = 0;
+const STARTED: u8 = 1;
+const WITHDRAWN: u8 = 2;
 
 impl<F, T, E> BlockingWork<F, T>
 where
@@ -88,15 +102,20 @@ where
         &self,
         mut f: F,
         ctx: TaskContext,
-    ) -> std::result::Result<oneshot::Receiver<(F, Attempt<T>)>, ()> {
+    ) -> std::result::Result<Submitted<F, T>, ()> {
         let (tx, rx) = oneshot::channel();
+        let start = Arc::new(AtomicU8::new(WAITING));
+        let started = start.clone();
         let set = self.set.clone();
         let runtime = self.runtime.clone();
         let span = self.span.clone();
         let job = Job::boxed(move || {
             let _entered = span.enter();
             let id = ctx.id;
-            if ctx.is_cancelled() {
+            let claimed = started
+                .compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if !claimed || ctx.is_cancelled() {
                 // Cancellation before the start is guaranteed: the closure never runs.
                 let _ = tx.send((f, Attempt::Cancelled));
                 return;
@@ -121,7 +140,7 @@ where
             .shared
             .pool
             .try_submit(job)
-            .map(|_| rx)
+            .map(|_| Submitted { rx, start })
             .map_err(|_| ())
     }
 }
@@ -134,8 +153,9 @@ where
 {
     fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>> {
         Box::pin(async move {
-            let rx = match self.first.take() {
-                Some(rx) => rx,
+            let token = ctx.token.clone();
+            let Submitted { mut rx, start } = match self.first.take() {
+                Some(submitted) => submitted,
                 None => {
                     let Some(f) = self.f.take() else {
                         return Attempt::Err(Arc::from(BoxError::from(
@@ -143,7 +163,7 @@ where
                         )));
                     };
                     match self.submit(f, ctx) {
-                        Ok(rx) => rx,
+                        Ok(submitted) => submitted,
                         Err(()) => {
                             return Attempt::Err(Arc::from(BoxError::from(
                                 "the background task pool and its queue are full",
@@ -152,7 +172,22 @@ where
                     }
                 }
             };
-            match rx.await {
+            let returned = tokio::select! {
+                biased;
+                returned = &mut rx => returned,
+                _ = token.cancelled() => {
+                    // Still in the queue: give it up now rather than when a thread frees.
+                    // Already running: it sees the token; wait for it to return.
+                    if start
+                        .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Attempt::Cancelled;
+                    }
+                    rx.await
+                }
+            };
+            match returned {
                 Ok((f, attempt)) => {
                     self.f = Some(f);
                     attempt
