@@ -13,16 +13,31 @@ use super::channel::Receiver;
 ///
 /// A body that came off the network is fed by the connection task through a bounded
 /// channel (a few chunks at most), so it is never held whole in memory, and a handler that
-/// reads slowly slows the client down. A body over the server's size limit fails the read
-/// with an [`io::Error`] of kind [`io::ErrorKind::InvalidData`] and the client gets
-/// `413 Payload Too Large`, whatever the handler answers.
+/// reads slowly slows the client down.
+///
+/// # Errors a read may return
+///
+/// - [`io::ErrorKind::InvalidData`]: the body grew over the server's size limit. The
+///   client gets `413 Payload Too Large`, whatever the handler answers (unless the
+///   handler already answered with a streamed response that reads this body, an echo:
+///   that response is cut off instead).
+/// - [`io::ErrorKind::TimedOut`]: the client sent nothing for the body timeout
+///   ([`Server::body_timeout`](crate::Server::body_timeout)). The client gets `408 Request Timeout`, whatever the
+///   handler answers.
+/// - [`io::ErrorKind::UnexpectedEof`] or [`io::ErrorKind::ConnectionAborted`]: the body
+///   ended short of its `Content-Length`, or the connection broke.
+/// - [`io::ErrorKind::WouldBlock`]: read from the wrong place (below).
 ///
 /// # Where it may be read
 ///
 /// Reading blocks the calling thread while the next chunk is on its way, so read it from
-/// a handler thread or any plain thread. Read from async code (inside a tokio runtime), a
-/// read that would have to wait fails with an [`io::Error`] instead of blocking the runtime,
-/// which could be the very thread that has to deliver the chunk.
+/// a handler thread or any plain thread. Read from inside a tokio runtime context (an
+/// async task, but also a `tokio::task::spawn_blocking` closure or code under
+/// `Handle::enter`), a read that would have to wait fails with
+/// [`io::ErrorKind::WouldBlock`] instead of blocking: the thread could be the very one
+/// that has to deliver the chunk. Reads of chunks already there still succeed, so such a
+/// reader fails only some of the time; read on a handler thread, or hand the body to
+/// one with [`ensure_async`](crate::ensure_async).
 ///
 /// # Examples
 ///
