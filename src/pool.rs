@@ -224,7 +224,9 @@ impl BlockingPool {
         match self.inner.act(wake) {
             Ok(()) => Ok(admission),
             Err(Some(job)) => Err(job),
-            Err(None) => Ok(admission),
+            // The job is queued but the thread meant for it did not start (logged): a
+            // thread that frees up will take it, and the caller must bound the wait.
+            Err(None) => Ok(Admission::Queued),
         }
     }
 
