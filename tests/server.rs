@@ -492,3 +492,40 @@ async fn limits_at_their_largest_values_mean_no_limit() {
     assert_eq!(reply.text(), "/third ok");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_http2_client_that_stops_answering_is_still_closed_at_the_keep_alive_timeout() {
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    // One connection at a time: a second client is served only once the first is closed.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_connections(1)
+            .keep_alive_timeout(Some(Duration::from_millis(200))),
+        |_req: Request| "ok",
+    );
+    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut send, conn) = within(http2::handshake(TokioExecutor::new(), TokioIo::new(stream)))
+        .await
+        .unwrap();
+    let (pause, paused) = tokio::sync::oneshot::channel::<()>();
+    let client = tokio::spawn(async move {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = paused => {}
+        }
+        // The connection stays open, but nothing reads it: the server's GOAWAY and the
+        // ping that goes with it are never answered.
+        std::future::pending::<()>().await;
+    });
+    let req = http::Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+    let response = within(send.send_request(req)).await.unwrap();
+    assert_eq!(support::collect(response).await.text(), "ok");
+    pause.send(()).unwrap();
+
+    assert_eq!(get(server.addr, "/").await.text(), "ok");
+    client.abort();
+    server.stop().await;
+}
