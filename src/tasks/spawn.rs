@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use super::handle::TaskHandle;
@@ -214,6 +215,9 @@ impl<'a> TaskBuilder<'a> {
     }
 
     fn prepare(&self) -> Result<Prepared> {
+        // Counted by the drain before the check, so that a drain that starts in between
+        // waits for this task instead of finishing without it.
+        let tracked = self.set.shared.tracker.token();
         self.set.check_open()?;
         let runtime = self.set.runtime()?;
         let id = TaskId::generate();
@@ -234,6 +238,7 @@ impl<'a> TaskBuilder<'a> {
             id,
             token,
             span,
+            tracked,
         })
     }
 
@@ -248,6 +253,7 @@ impl<'a> TaskBuilder<'a> {
             id,
             token,
             span,
+            tracked,
         } = prepared;
         let supervisor = Supervisor {
             set: self.set.clone(),
@@ -269,6 +275,7 @@ impl<'a> TaskBuilder<'a> {
             .shared
             .tracker
             .spawn_on(future.instrument(span), &runtime);
+        drop(tracked); // the supervisor is tracked from here on
         TaskHandle { id, token, rx }
     }
 }
@@ -289,6 +296,8 @@ struct Prepared {
     id: TaskId,
     token: CancellationToken,
     span: tracing::Span,
+    /// Holds the drain off until the supervisor is spawned (and tracked) or given up.
+    tracked: TaskTrackerToken,
 }
 
 impl Prepared {
