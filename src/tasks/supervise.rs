@@ -427,6 +427,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
             let _ = ran_tx.send(());
         });
         let pool = &self.set.shared.pool;
+        let mut waited = false;
         loop {
             match pool.try_submit(job) {
                 Ok(_) => break,
@@ -437,7 +438,10 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
                 Err(back) => {
                     // Threads and queue full: wait for room rather than take more
                     // threads than the set may have.
-                    tracing::debug!(task_id = %id, "background task callbacks wait for room in the task pool");
+                    if !waited {
+                        tracing::debug!(task_id = %id, "background task callbacks wait for room in the task pool");
+                        waited = true;
+                    }
                     job = back;
                     tokio::time::sleep(CALLBACK_RETRY).await;
                 }
