@@ -15,6 +15,7 @@ mod pool;
 mod server;
 mod sys;
 mod tasks;
+mod timer;
 
 pub use body::{Body, BridgeBody, ResponseBody};
 pub use bridge::{SyncService, SyncServiceBuilder, SyncServiceFuture};

@@ -160,3 +160,59 @@ async fn graceful_shutdown_lets_an_inflight_legacy_request_finish() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "waited 200 ms on the host runtime\n");
 }
+
+/// A host runtime built without timers: the queue wait cannot be bounded there, so a
+/// request that finds every handler thread busy gets `503` at once instead of a panic
+/// inside tokio.
+#[test]
+fn in_a_runtime_without_timers_a_request_that_would_queue_gets_503() {
+    use std::sync::mpsc as std_mpsc;
+    use tower::Service;
+
+    support::init_tracing();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let (started_tx, started_rx) = std_mpsc::channel();
+    let (release_tx, release_rx) = std_mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let pool = syncbridge::BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(4)
+        .build();
+    let mut service = syncbridge::SyncService::builder(move |req: syncbridge::Request| {
+        if req.uri().path() == "/block" {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
+        }
+        "done"
+    })
+    .pool(pool.clone())
+    .build();
+    let request = |path: &str| {
+        http::Request::get(path)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+
+    let guard = runtime.enter();
+    let busy = service.call(request("/block"));
+    started_rx
+        .recv_timeout(support::STEP)
+        .expect("the handler started");
+    // Ready at once (no timer here to wrap it in): the answer is decided in `call`.
+    let refused = runtime.block_on(service.call(request("/queued"))).unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(pool.stats().queued, 0);
+    drop(guard);
+
+    release_tx.send(()).unwrap();
+    let (done_tx, done_rx) = std_mpsc::channel();
+    std::thread::spawn(move || done_tx.send(runtime.block_on(busy).unwrap().status()));
+    let status = done_rx
+        .recv_timeout(support::STEP)
+        .expect("the first request ended");
+    assert_eq!(status, 200);
+}

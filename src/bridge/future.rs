@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Buf;
@@ -74,25 +74,37 @@ impl<B> SyncServiceFuture<B> {
         }
     }
 
-    /// `queued_in` is the pool when the request waits in its queue (no thread yet).
+    /// `queued_in` is the pool when the request waits in its queue (no thread yet);
+    /// `timers` caches whether the runtime has a timer to bound that wait with.
     pub(super) fn waiting(
         cell: Arc<dyn AsRef<ReplyCell> + Send + Sync>,
         pump: Option<Pump<B>>,
         queued_in: Option<BlockingPool>,
         retry_after: HeaderValue,
         completion: Completion,
+        timers: &OnceLock<bool>,
     ) -> Self {
+        // Only queued requests pay for a timer: the fast path has a thread already.
+        let queue_deadline = queued_in
+            .as_ref()
+            .and_then(|pool| crate::timer::sleep(pool.queue_timeout(), Some(timers)));
+        let waiting = Waiting {
+            cell,
+            pump,
+            queue_deadline,
+            queued_in,
+            retry_after,
+        };
+        if waiting.queued_in.is_some() && waiting.queue_deadline.is_none() && waiting.withdraw() {
+            // No timer to bound the wait with: refuse now rather than wait unbounded.
+            tracing::warn!(
+                method = %completion.method(), path = %completion.path(),
+                "no handler thread free and no timer to bound a wait; answered 503"
+            );
+            return Self::ready(overloaded(waiting.retry_after.clone()), completion);
+        }
         SyncServiceFuture {
-            state: State::Waiting(Waiting {
-                cell,
-                pump,
-                // Only queued requests pay for a timer: the fast path has a thread already.
-                queue_deadline: queued_in
-                    .as_ref()
-                    .map(|pool| Box::pin(tokio::time::sleep(pool.queue_timeout()))),
-                queued_in,
-                retry_after,
-            }),
+            state: State::Waiting(waiting),
             completion: Some(completion),
         }
     }

@@ -44,11 +44,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// # Where it may be called from
 ///
-/// `call` must run inside a tokio runtime (any flavour) with timers enabled (`enable_all`,
-/// as `#[tokio::main]` does; without them the first request that has to queue would
-/// panic in tokio): the queue timeout uses tokio's
-/// timer, and the runtime becomes the one handler threads reach through the crate's
-/// context. The handler itself never runs on that runtime's threads.
+/// `call` must run inside a tokio runtime (any flavour), which becomes the one handler
+/// threads reach through the crate's context. The queue timeout uses tokio's timer: in a
+/// runtime built without timers (no `enable_time`/`enable_all`, which `#[tokio::main]`
+/// has) a request that finds every handler thread busy is answered `503` at once, and
+/// an error saying so is logged. The handler itself never runs on that runtime's threads.
 ///
 /// # Examples
 ///
@@ -73,6 +73,8 @@ pub(crate) struct Shared<H> {
     retry_after: HeaderValue,
     body_timeout: Duration,
     context: OnceLock<Arc<Context>>,
+    /// Whether the runtime driving the service has timers (see `crate::timer`).
+    timers: OnceLock<bool>,
 }
 
 impl<H: Handler> SyncService<H> {
@@ -204,6 +206,7 @@ impl<H: Handler> SyncService<H> {
                     queued_in,
                     shared.retry_after.clone(),
                     completion,
+                    &shared.timers,
                 )
             }
             Err(_job) => {
@@ -402,6 +405,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 retry_after: HeaderValue::from(secs.max(1)),
                 body_timeout: self.body_timeout,
                 context,
+                timers: OnceLock::new(),
             }),
             activity: None,
         }
