@@ -526,3 +526,41 @@ async fn handler_awaiting_ensure_async_on_its_own_full_pool_gets_an_error_not_a_
     assert_eq!(get(server.addr, "/").await.text(), "refused: overloaded");
     server.stop().await;
 }
+
+#[test]
+fn ensure_async_queued_in_a_runtime_without_timers_is_a_clear_error() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let pool = BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(4)
+        .build();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let holder_pool = pool.clone();
+    let holder = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(ensure_async_on(&holder_pool, move || {
+            started_tx.send(()).unwrap();
+            release_rx.recv_timeout(STEP).unwrap();
+        }))
+    });
+    started_rx
+        .recv_timeout(STEP)
+        .expect("the pool's one thread is taken");
+
+    // Ready at once (no timer here to wrap it in): refused before it would wait.
+    let err = runtime
+        .block_on(ensure_async_on(&pool, || "never"))
+        .unwrap_err();
+    assert!(err.is_no_context(), "{err:?}");
+    assert!(err.to_string().contains("no timer"), "{err}");
+
+    release_tx.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+}

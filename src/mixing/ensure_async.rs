@@ -36,10 +36,11 @@ use crate::pool::{Admission, BlockingPool, Job};
 ///
 /// # Where it may be called from
 ///
-/// The returned future must be polled inside a tokio runtime (any flavour, timers enabled
-/// as with `enable_all`): an axum
+/// The returned future must be polled inside a tokio runtime (any flavour): an axum
 /// handler, a tokio task, `block_on`. Polled anywhere else it resolves to an error for
-/// which [`Error::is_no_context`] is true and `f` does not run. Building the future does
+/// which [`Error::is_no_context`] is true and `f` does not run. The same error comes when
+/// every pool thread is busy and the runtime has no timer to bound the wait with (built
+/// without `enable_time` or `enable_all`). Building the future does
 /// nothing until it is polled. On a plain thread, just call `f`.
 ///
 /// # Cancellation
@@ -55,7 +56,8 @@ use crate::pool::{Admission, BlockingPool, Job};
 ///   [`queue_timeout`](BlockingPool::queue_timeout); it will not run.
 /// - [`Error::is_panic`]: `f` panicked; the panic is logged and its message is in
 ///   `Display`.
-/// - [`Error::is_no_context`]: polled outside a tokio runtime.
+/// - [`Error::is_no_context`]: polled outside a tokio runtime, or queued in one without
+///   timers.
 ///
 /// # Examples
 ///
@@ -223,9 +225,19 @@ where
     let mut rx = rx;
     if admission == Admission::Queued {
         let timeout = pool.queue_timeout();
+        let Some(deadline) = crate::timer::sleep(timeout, None) else {
+            if guard.abandon() {
+                return Err(Error::new(Kind::NoContext).with_message(
+                    "every pool thread is busy and the runtime has no timer to bound the wait \
+                     (build it with `enable_time` or `enable_all`)",
+                ));
+            }
+            // A thread took it meanwhile: nothing left to bound.
+            return finish(rx.await);
+        };
         tokio::select! {
             result = &mut rx => return finish(result),
-            () = tokio::time::sleep(timeout) => {
+            () = deadline => {
                 if guard.abandon() {
                     tracing::warn!(timeout_ms = timeout.as_millis() as u64, "ensure_async closure waited too long in the queue; it will not run");
                     return Err(Error::new(Kind::TimedOut)
