@@ -83,7 +83,9 @@ impl Drop for Endless {
 #[tokio::test]
 async fn a_streamed_response_nobody_reads_is_aborted_and_its_producer_stops() {
     let (tx, rx) = mpsc::channel();
-    let server = TestServer::start_with(one_thread(), move |req: Request| {
+    // One connection too: the second client is served only once the server has closed
+    // the first by itself (the stalled client reads nothing until then).
+    let server = TestServer::start_with(one_thread().max_connections(1), move |req: Request| {
         if req.uri().path() == "/hello" {
             return Response::new("hello".into());
         }

@@ -421,6 +421,9 @@ impl<H> fmt::Debug for SyncServiceBuilder<H> {
     }
 }
 
+/// `Activity::write_blocked_since_ms` when the socket is not full.
+const NOT_BLOCKED: u64 = u64::MAX;
+
 /// What the bundled server knows of one connection: requests in flight, when the last
 /// one ended, and whether it speaks HTTP/2; for its keep-alive and header timeouts.
 #[derive(Debug)]
@@ -429,8 +432,9 @@ pub(crate) struct Activity {
     /// Milliseconds since `epoch` when the last request ended (0: the connection's start).
     last_busy_ms: AtomicU64,
     http2: AtomicBool,
-    /// Whether the connection's last write found the socket full (see `server::conn`).
-    write_blocked: AtomicBool,
+    /// Milliseconds since `epoch` when the connection's writes began to find the socket
+    /// full, or `NOT_BLOCKED` (see `server::conn`).
+    write_blocked_since_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -440,7 +444,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_busy_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
-            write_blocked: AtomicBool::new(false),
+            write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             epoch: Instant::now(),
         }
     }
@@ -465,13 +469,30 @@ impl Activity {
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Records whether the last write found the socket full. The clock is read only when
+    /// that changes: when the socket fills, and when the client takes some of it again,
+    /// which counts as activity for the idle timeouts.
     pub(crate) fn set_write_blocked(&self, blocked: bool) {
-        // A plain store per write: the connection task is the only writer and reader.
-        self.write_blocked.store(blocked, Ordering::Relaxed);
+        // Plain loads and stores: the connection task is the only writer and reader.
+        let was_blocked = self.write_blocked_since_ms.load(Ordering::Relaxed) != NOT_BLOCKED;
+        if blocked && !was_blocked {
+            self.write_blocked_since_ms
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        } else if !blocked && was_blocked {
+            self.write_blocked_since_ms
+                .store(NOT_BLOCKED, Ordering::Relaxed);
+            self.touch();
+        }
     }
 
-    pub(crate) fn write_blocked(&self) -> bool {
-        self.write_blocked.load(Ordering::Relaxed)
+    /// How long the socket has been full without the client taking any of it, if it is.
+    pub(crate) fn write_blocked_for(&self) -> Option<Duration> {
+        let since = self.write_blocked_since_ms.load(Ordering::Relaxed);
+        (since != NOT_BLOCKED).then(|| {
+            self.epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(since))
+        })
     }
 
     pub(crate) fn in_flight(&self) -> usize {

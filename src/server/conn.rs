@@ -210,20 +210,20 @@ impl Watch {
     ) -> Idle {
         loop {
             let now = Instant::now();
-            let next = if activity.in_flight() > 0 {
+            let next = if let Some(stalled) = activity.write_blocked_for() {
+                // A response waits for a client that reads none of it. Checked before the
+                // requests in flight: a streamed response whose producer gave up stays in
+                // flight, because hyper polls a body only when it can buffer more of it.
+                if stalled >= self.limits.write_stall {
+                    return Idle::Stalled;
+                }
+                Some(later(now, self.limits.write_stall - stalled))
+            } else if activity.in_flight() > 0 {
                 // Busy: a handler runs (its own time is not limited here; its waits on the
                 // client are, in the body channels). Nothing can expire before it ends;
                 // look again later, counting idleness from now at the earliest.
                 activity.touch();
                 Some(later(now, self.limits.shortest()))
-            } else if activity.write_blocked() {
-                // A response hyper still waits to write: not idle, but the client must
-                // take some of it within the limit (`WatchedIo` marks each bit it takes).
-                let stalled = activity.idle_for();
-                if stalled >= self.limits.write_stall {
-                    return Idle::Stalled;
-                }
-                Some(later(now, self.limits.write_stall - stalled))
             } else {
                 let idle = activity.idle_for();
                 // HTTP/1 reads a request head all the while it is idle, and a client has
@@ -284,13 +284,7 @@ struct WatchedIo {
 
 impl WatchedIo {
     fn watch<T>(&self, polled: Poll<T>) -> Poll<T> {
-        let blocked = polled.is_pending();
-        if !blocked && self.activity.write_blocked() {
-            // The client took some of a response it had left waiting: the write stall
-            // limit counts from here. A clock read only after a full socket.
-            self.activity.touch();
-        }
-        self.activity.set_write_blocked(blocked);
+        self.activity.set_write_blocked(polled.is_pending());
         polled
     }
 }
