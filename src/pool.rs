@@ -43,11 +43,41 @@ impl Job {
         }
     }
 
-    /// Where a shared job lives: what its submitter knows it by.
-    fn address(&self) -> Option<*const ()> {
+    /// `f` as a job its submitter can take back out of the queue with the returned id
+    /// (see [`BlockingPool::withdraw`]); one allocation more than [`Job::boxed`].
+    pub(crate) fn withdrawable(f: impl FnOnce() + Send + 'static) -> (Self, JobId) {
+        let job = Arc::new(OnceJob(Mutex::new(Some(Box::new(f)))));
+        let id = JobId::of(&job);
+        (Job::Shared(job), id)
+    }
+
+    fn id(&self) -> Option<JobId> {
         match self {
             Job::Boxed(_) => None,
-            Job::Shared(job) => Some(Arc::as_ptr(job) as *const ()),
+            Job::Shared(job) => Some(JobId::of(job)),
+        }
+    }
+}
+
+/// Names a shared job to its submitter: the address of the allocation it lives in, which
+/// stays its own while the submitter holds a reference (or the pool holds the job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JobId(usize);
+
+impl JobId {
+    pub(crate) fn of<T: ?Sized>(job: &Arc<T>) -> Self {
+        JobId(Arc::as_ptr(job) as *const () as usize)
+    }
+}
+
+/// A closure behind an `Arc`, so that it has a [`JobId`].
+struct OnceJob(Mutex<Option<Box<dyn FnOnce() + Send + 'static>>>);
+
+impl SharedJob for OnceJob {
+    fn run(self: Arc<Self>) {
+        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = f {
+            f();
         }
     }
 }
@@ -230,17 +260,13 @@ impl BlockingPool {
         }
     }
 
-    /// Takes a shared job that no thread has started out of the queue, so that a request
-    /// that timed out or whose client left stops counting against the queue's capacity.
-    /// `address` is the job's allocation (`Arc::as_ptr`). Returns whether it was there.
-    /// Callable from any thread; costs a scan of the queue, under its lock.
-    pub(crate) fn withdraw(&self, address: *const ()) -> bool {
+    /// Takes a shared job that no thread has started out of the queue, so that work
+    /// given up while it waited (a request that timed out or whose client left, a
+    /// cancelled task) stops counting against the queue's capacity. Returns whether it
+    /// was there. Callable from any thread; costs a scan of the queue, under its lock.
+    pub(crate) fn withdraw(&self, id: JobId) -> bool {
         let mut state = self.inner.lock();
-        let Some(at) = state
-            .queue
-            .iter()
-            .position(|job| job.address() == Some(address))
-        else {
+        let Some(at) = state.queue.iter().position(|job| job.id() == Some(id)) else {
             return false;
         };
         let job = state.queue.remove(at);

@@ -778,7 +778,7 @@ async fn callbacks_run_on_the_sets_own_threads_within_its_limit() {
 
 #[tokio::test]
 async fn cancelling_a_task_that_waits_for_a_thread_ends_it_at_once() {
-    let set = TaskSet::builder().max_threads(1).build();
+    let set = TaskSet::builder().max_threads(1).queue_capacity(1).build();
     let (started_tx, started_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let holder = set
@@ -808,12 +808,12 @@ async fn cancelling_a_task_that_waits_for_a_thread_ends_it_at_once() {
     let err = within(queued.join()).await.unwrap_err();
     assert!(err.is_cancelled(), "{err:?}");
     assert_eq!(set.info(id).unwrap().status(), TaskStatus::Cancelled);
+    // Its place in the one-place queue is free again for the next task.
+    assert_eq!(set.pool().stats().queued, 0);
+    let later = set.spawn_blocking(|_| Ok::<_, std::io::Error>(())).unwrap();
 
     release_tx.send(()).unwrap();
     within(holder.join()).await.unwrap();
-    // One thread, first in first out: once a later task has run, so has the queue
-    // entry of the cancelled one.
-    let later = set.spawn_blocking(|_| Ok::<_, std::io::Error>(())).unwrap();
     within(later.join()).await.unwrap();
     assert!(
         !ran.load(Ordering::SeqCst),

@@ -18,7 +18,7 @@ use super::reply::ReplyCell;
 use super::BoxError;
 use crate::body::channel::Sender;
 use crate::body::{BridgeBody, Completion};
-use crate::pool::BlockingPool;
+use crate::pool::{BlockingPool, JobId};
 
 /// The future returned by [`SyncService`](super::SyncService)'s `call`.
 ///
@@ -60,7 +60,8 @@ impl<B> Waiting<B> {
             return false;
         }
         if let Some(pool) = &self.queued_in {
-            pool.withdraw(Arc::as_ptr(&self.cell) as *const ());
+            // The cell lives in the job's own allocation: it names the job.
+            pool.withdraw(JobId::of(&self.cell));
         }
         true
     }

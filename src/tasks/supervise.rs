@@ -29,7 +29,7 @@ use super::set::{unregister_live, TaskSet};
 use super::spawn::{Callback, TaskContext};
 use crate::context;
 use crate::error::{panic_message, Error, Kind, Result};
-use crate::pool::Job;
+use crate::pool::{Job, JobId};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -84,6 +84,8 @@ pub(super) struct BlockingWork<F, T> {
 pub(super) struct Submitted<F, T> {
     rx: oneshot::Receiver<(F, Attempt<T>)>,
     start: Arc<AtomicU8>,
+    /// To take it out of the pool's queue when it is given up there.
+    job: JobId,
 }
 
 /// `Submitted::start`: the attempt waits in the queue, runs, or was given up while it
@@ -109,7 +111,7 @@ where
         let set = self.set.clone();
         let runtime = self.runtime.clone();
         let span = self.span.clone();
-        let job = Job::boxed(move || {
+        let (job, job_id) = Job::withdrawable(move || {
             let _entered = span.enter();
             let id = ctx.id;
             let claimed = started
@@ -140,7 +142,11 @@ where
             .shared
             .pool
             .try_submit(job)
-            .map(|_| Submitted { rx, start })
+            .map(|_| Submitted {
+                rx,
+                start,
+                job: job_id,
+            })
             .map_err(|_| ())
     }
 }
@@ -154,7 +160,7 @@ where
     fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>> {
         Box::pin(async move {
             let token = ctx.token.clone();
-            let Submitted { mut rx, start } = match self.first.take() {
+            let Submitted { mut rx, start, job } = match self.first.take() {
                 Some(submitted) => submitted,
                 None => {
                     let Some(f) = self.f.take() else {
@@ -182,6 +188,8 @@ where
                         .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
+                        // And out of the queue, so it holds no place there.
+                        self.set.shared.pool.withdraw(job);
                         return Attempt::Cancelled;
                     }
                     rx.await
