@@ -737,7 +737,7 @@ async fn tasks_get_their_own_drain_even_when_requests_are_cut_off_at_the_request
 }
 
 #[tokio::test]
-async fn callbacks_run_on_the_sets_own_threads_within_its_limit() {
+async fn callbacks_run_on_threads_of_the_sets_own_within_its_limit() {
     let set = TaskSet::builder().max_threads(1).build();
     let running = Arc::new(AtomicU32::new(0));
     let most = Arc::new(AtomicU32::new(0));
@@ -766,7 +766,7 @@ async fn callbacks_run_on_the_sets_own_threads_within_its_limit() {
     }
     for _ in 0..4 {
         let (thread, awaited) = rx.try_recv().expect("every callback ran");
-        assert_eq!(thread.as_deref(), Some("syncbridge-task"));
+        assert_eq!(thread.as_deref(), Some("syncbridge-callback"));
         assert_eq!(awaited, Ok(7));
     }
     assert_eq!(
@@ -819,4 +819,27 @@ async fn cancelling_a_task_that_waits_for_a_thread_ends_it_at_once() {
         !ran.load(Ordering::SeqCst),
         "a cancelled task's closure ran"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_joining_an_async_child_with_a_callback_does_not_deadlock_a_full_pool() {
+    // The set's one thread runs the parent, which waits for the child: the child's
+    // callback must not need that thread (the pattern `join_blocking`'s docs suggest).
+    let set = TaskSet::builder().max_threads(1).build();
+    let child_set = set.clone();
+    let parent = set
+        .spawn_blocking(move |_| {
+            let (tx, rx) = mpsc::channel();
+            let child = child_set
+                .task()
+                .on_done(move |_| tx.send("callback ran").unwrap())
+                .spawn(|_| async { Ok::<_, std::io::Error>(21) })
+                .map_err(|e| e.to_string())?;
+            let value = child.join_blocking().map_err(|e| e.to_string())?;
+            let said = rx.recv_timeout(STEP).map_err(|e| e.to_string())?;
+            Ok::<_, String>((*value * 2, said))
+        })
+        .unwrap();
+    let out = within(parent.join()).await.unwrap();
+    assert_eq!(*out, (42, "callback ran"));
 }

@@ -76,6 +76,9 @@ pub struct TaskSet {
 pub(super) struct Shared {
     pub(super) backend: Box<dyn Backend>,
     pub(super) pool: BlockingPool,
+    /// Where `on_done`/`on_error` run: as bounded as `pool` but apart from it, so that a
+    /// task blocked joining another never waits for a thread to run that one's callbacks.
+    pub(super) callbacks: BlockingPool,
     runtime: OnceLock<Handle>,
     pub(super) tracker: TaskTracker,
     /// The parent of every task's token: cancelled at the drain deadline.
@@ -260,6 +263,7 @@ impl TaskSet {
             }
         }
         shared.pool.shutdown();
+        shared.callbacks.shutdown();
         abandoned
     }
 
@@ -413,6 +417,11 @@ impl TaskSetBuilder {
                     .max_threads(self.max_threads)
                     .queue_capacity(self.queue_capacity)
                     .thread_name("syncbridge-task")
+                    .build(),
+                callbacks: BlockingPool::builder()
+                    .max_threads(self.max_threads)
+                    .queue_capacity(self.queue_capacity)
+                    .thread_name("syncbridge-callback")
                     .build(),
                 runtime,
                 tracker: TaskTracker::new(),

@@ -132,12 +132,13 @@ impl<'a> TaskBuilder<'a> {
     }
 
     /// Runs `callback` once the task has ended, whatever the outcome, with the final
-    /// registry entry. It runs on a thread of the set's pool, as blocking tasks do and
-    /// counted against the same [`max_threads`](crate::TaskSetBuilder::max_threads)
-    /// (never a runtime worker), inside the server's context, before
-    /// [`TaskHandle::join`] returns. It may block, and may call what a handler thread may
+    /// registry entry. It runs inside the server's context, before [`TaskHandle::join`]
+    /// returns, on a thread of the set's callback pool: never a runtime worker, at most
+    /// [`max_threads`](crate::TaskSetBuilder::max_threads) at once, apart from the
+    /// tasks' own threads (so a task that joins another never holds the thread that
+    /// one's callbacks need). It may block, and may call what a handler thread may
     /// ([`ensure_sync`](crate::ensure_sync), [`TaskSet::current`](crate::TaskSet::current)).
-    /// When the pool and its queue are full it waits for room. A panic in it is caught
+    /// When that pool and its queue are full it waits for room. A panic in it is caught
     /// and logged with the task id.
     pub fn on_done(mut self, callback: impl FnOnce(&TaskInfo) + Send + 'static) -> Self {
         self.on_done = Some(Box::new(callback));

@@ -416,8 +416,9 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         let context = self.set.context(self.runtime.clone());
         let (ran_tx, ran_rx) = oneshot::channel::<()>();
         // Callbacks may block (the example POSTs to a callback URL), so they run on a
-        // thread of the set's own pool, never a runtime worker: bounded like the tasks
-        // themselves, and a plain thread where `ensure_sync` works.
+        // thread of the set's callback pool, never a runtime worker: bounded like the
+        // tasks, apart from them (a task joining this one must not hold the thread these
+        // callbacks wait for), and a plain thread where `ensure_sync` works.
         let mut job = Job::boxed(move || {
             let _entered = span.enter();
             context::enter(Some(&context), || {
@@ -434,20 +435,20 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
             });
             let _ = ran_tx.send(());
         });
-        let pool = &self.set.shared.pool;
+        let pool = &self.set.shared.callbacks;
         let mut waited = false;
         loop {
             match pool.try_submit(job) {
                 Ok(_) => break,
                 Err(_) if pool.is_shutdown() => {
-                    tracing::error!(task_id = %id, "background task callbacks not run: the task pool has shut down");
+                    tracing::error!(task_id = %id, "background task callbacks not run: the callback pool has shut down");
                     return;
                 }
                 Err(back) => {
                     // Threads and queue full: wait for room rather than take more
                     // threads than the set may have.
                     if !waited {
-                        tracing::debug!(task_id = %id, "background task callbacks wait for room in the task pool");
+                        tracing::debug!(task_id = %id, "background task callbacks wait for room in the callback pool");
                         waited = true;
                     }
                     job = back;
