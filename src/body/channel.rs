@@ -14,7 +14,9 @@
 //! EOF, so a truncated body is never mistaken for a complete one.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -37,8 +39,8 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             send_waker: None,
             blocked_receiver: false,
             blocked_sender: false,
-            stalled: false,
         }),
+        stalled: AtomicBool::new(false),
         condvar: Condvar::new(),
     });
     (
@@ -58,6 +60,9 @@ struct Shared {
     state: Mutex<State>,
     // One condvar serves both blocking ends: only one end of a channel ever blocks.
     condvar: Condvar,
+    /// Whether a blocking end gave up waiting for the other side (see `stall_limit`);
+    /// read without the lock by the job after its handler returns.
+    stalled: AtomicBool,
 }
 
 struct State {
@@ -72,8 +77,6 @@ struct State {
     // without a waiter, or a second one before the waiter runs, is a wasted syscall.
     blocked_receiver: bool,
     blocked_sender: bool,
-    /// Whether a blocking end gave up waiting for the other side (see `stall_limit`).
-    stalled: bool,
 }
 
 #[derive(Clone)]
@@ -81,6 +84,34 @@ enum End {
     Open,
     Finished,
     Failed(io::ErrorKind, Arc<str>),
+    /// The receiver gave up waiting for the client (a `TimedOut` that says so).
+    Stalled(Arc<str>),
+}
+
+/// The source of a `TimedOut` error that a client's stall caused, so that whoever sees
+/// it (a producer echoing the request body, the job's log) can tell it from the
+/// timeouts of the handler's own I/O.
+#[derive(Debug)]
+pub(crate) struct ClientStalled(pub(crate) Arc<str>);
+
+impl fmt::Display for ClientStalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClientStalled {}
+
+impl ClientStalled {
+    pub(crate) fn error(message: impl Into<Arc<str>>) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, ClientStalled(message.into()))
+    }
+
+    /// Whether `err` is a client's stall.
+    pub(crate) fn is(err: &io::Error) -> bool {
+        err.get_ref()
+            .is_some_and(|inner| inner.is::<ClientStalled>())
+    }
 }
 
 /// Why a chunk could not be sent.
@@ -210,6 +241,7 @@ impl State {
             End::Failed(kind, msg) => {
                 Poll::Ready(Some(Err(io::Error::new(*kind, msg.to_string()))))
             }
+            End::Stalled(msg) => Poll::Ready(Some(Err(ClientStalled::error(msg.clone())))),
         }
     }
 }
@@ -236,7 +268,7 @@ impl Sender {
             state = woken;
             state.blocked_sender = false;
             if timed_out {
-                state.stalled = true;
+                self.shared.stalled.store(true, Ordering::Release);
                 return Err(SendError::Stalled);
             }
         }
@@ -273,11 +305,6 @@ impl Sender {
             drop(state);
             wake.fire(&self.shared.condvar);
         }
-    }
-
-    /// Whether a blocking end gave up waiting for the other side.
-    pub(crate) fn stalled(&self) -> bool {
-        self.shared.lock().stalled
     }
 
     /// Whether the receiver has been dropped.
@@ -324,7 +351,7 @@ pub(crate) struct StallProbe(Arc<Shared>);
 
 impl StallProbe {
     pub(crate) fn stalled(&self) -> bool {
-        self.0.lock().stalled
+        self.0.stalled.load(Ordering::Acquire)
     }
 }
 
@@ -354,14 +381,11 @@ impl Receiver {
                 Ok(state) => state,
                 Err(mut state) => {
                     // Failed for good: a handler that reads on would only wait again.
-                    state.stalled = true;
+                    self.shared.stalled.store(true, Ordering::Release);
                     let waited = self.shared.stall_limit.unwrap_or_default();
-                    state.end = End::Failed(
-                        io::ErrorKind::TimedOut,
-                        Arc::from(format!(
-                            "no request body data from the client for {waited:?}"
-                        )),
-                    );
+                    state.end = End::Stalled(Arc::from(format!(
+                        "no request body data from the client for {waited:?}"
+                    )));
                     state
                 }
             };
@@ -491,7 +515,7 @@ mod tests {
             tx.blocking_send(Bytes::from_static(b"b")),
             Err(SendError::Stalled)
         );
-        assert!(tx.stalled());
+        assert!(rx.stall_probe().stalled());
         drop(rx);
     }
 

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::BytesMut;
 
-use super::channel::{SendError, Sender};
+use super::channel::{ClientStalled, SendError, Sender};
 use super::{Producer, CHUNK_SIZE};
 use crate::error::panic_message;
 
@@ -16,8 +16,9 @@ pub(crate) enum Produced {
     Complete(u64),
     /// The client went away (or the response was dropped) after `u64` bytes.
     Disconnected(u64),
-    /// The client read nothing for the stall limit after `u64` bytes; the response was
-    /// aborted to free the thread.
+    /// The client stalled (read none of the response, or sent none of the request body
+    /// an echo reads) for the stall limit after `u64` bytes; the response was aborted to
+    /// free the thread.
     Stalled(u64),
     /// The producer failed; the response was aborted.
     Failed(io::Error),
@@ -35,7 +36,9 @@ pub(crate) fn produce(producer: Producer, tx: Sender) -> Produced {
             tx.finish();
             Produced::Complete(sent)
         }
-        Ok(Err(err)) if err.kind() == io::ErrorKind::TimedOut && tx.stalled() => {
+        // The client stopped reading this response, or stopped sending the request body
+        // an echo reads: the client's doing, not the producer's.
+        Ok(Err(err)) if ClientStalled::is(&err) => {
             tx.fail(err.kind(), err.to_string());
             Produced::Stalled(sent)
         }
@@ -65,10 +68,9 @@ fn client_gone(err: &io::Error, tx: &Sender) -> bool {
 fn send_error(err: SendError) -> io::Error {
     match err {
         SendError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"),
-        SendError::Stalled => io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client read none of the response for the body timeout",
-        ),
+        SendError::Stalled => {
+            ClientStalled::error("the client read none of the response for the body timeout")
+        }
     }
 }
 

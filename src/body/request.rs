@@ -22,8 +22,9 @@ use super::channel::Receiver;
 ///   handler already answered with a streamed response that reads this body, an echo:
 ///   that response is cut off instead).
 /// - [`io::ErrorKind::TimedOut`]: the client sent nothing for the body timeout
-///   ([`Server::body_timeout`](crate::Server::body_timeout)). The client gets `408 Request Timeout`, whatever the
-///   handler answers.
+///   ([`Server::body_timeout`](crate::Server::body_timeout)). The client gets
+///   `408 Request Timeout`, whatever the handler answers (unless, again, a streamed
+///   response reading this body is already on its way: it is cut off).
 /// - [`io::ErrorKind::UnexpectedEof`] or [`io::ErrorKind::ConnectionAborted`]: the body
 ///   ended short of its `Content-Length`, or the connection broke.
 /// - [`io::ErrorKind::WouldBlock`]: read from the wrong place (below).

@@ -183,7 +183,7 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
         ),
         Produced::Stalled(bytes) => tracing::warn!(
             method = %method, path = %uri.path(), bytes,
-            "client read none of the response body for the body timeout; response aborted"
+            "client stalled for the body timeout during a streamed response; response aborted"
         ),
         Produced::Failed(err) => tracing::error!(
             method = %method, path = %uri.path(), error = %err,

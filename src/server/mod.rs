@@ -260,6 +260,7 @@ impl Server {
     /// response nobody reads is aborted and its producer stopped; a connection whose
     /// client reads none of a pending response for this long is closed. Each is logged at
     /// warn level. A handler's own work is not limited. `Duration::MAX` waits for ever.
+    /// Zero fails every wait on the client at once.
     ///
     /// [`SyncServiceBuilder::body_timeout`]: crate::SyncServiceBuilder::body_timeout
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
