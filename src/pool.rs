@@ -43,12 +43,11 @@ impl Job {
         }
     }
 
-    /// `f` as a job its submitter can take back out of the queue with the returned id
-    /// (see [`BlockingPool::withdraw`]); one allocation more than [`Job::boxed`].
-    pub(crate) fn withdrawable(f: impl FnOnce() + Send + 'static) -> (Self, JobId) {
+    /// `f` as a job its submitter can take back out of the queue through the returned
+    /// handle (see [`BlockingPool::withdraw`]); one allocation more than [`Job::boxed`].
+    pub(crate) fn withdrawable(f: impl FnOnce() + Send + 'static) -> (Self, Withdrawable) {
         let job = Arc::new(OnceJob(Mutex::new(Some(Box::new(f)))));
-        let id = JobId::of(&job);
-        (Job::Shared(job), id)
+        (Job::Shared(job.clone()), Withdrawable(job))
     }
 
     fn id(&self) -> Option<JobId> {
@@ -67,6 +66,16 @@ pub(crate) struct JobId(usize);
 impl JobId {
     pub(crate) fn of<T: ?Sized>(job: &Arc<T>) -> Self {
         JobId(Arc::as_ptr(job) as *const () as usize)
+    }
+}
+
+/// What the submitter of a [`Job::withdrawable`] keeps: a reference to the job, so that
+/// its [`JobId`] cannot name another job until the submitter lets go.
+pub(crate) struct Withdrawable(Arc<OnceJob>);
+
+impl Withdrawable {
+    pub(crate) fn id(&self) -> JobId {
+        JobId::of(&self.0)
     }
 }
 

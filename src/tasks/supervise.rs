@@ -29,7 +29,7 @@ use super::set::{unregister_live, TaskSet};
 use super::spawn::{Callback, TaskContext};
 use crate::context;
 use crate::error::{panic_message, Error, Kind, Result};
-use crate::pool::{Job, JobId};
+use crate::pool::{Job, Withdrawable};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -85,7 +85,7 @@ pub(super) struct Submitted<F, T> {
     rx: oneshot::Receiver<(F, Attempt<T>)>,
     start: Arc<AtomicU8>,
     /// To take it out of the pool's queue when it is given up there.
-    job: JobId,
+    job: Withdrawable,
 }
 
 /// `Submitted::start`: the attempt waits in the queue, runs, or was given up while it
@@ -111,7 +111,7 @@ where
         let set = self.set.clone();
         let runtime = self.runtime.clone();
         let span = self.span.clone();
-        let (job, job_id) = Job::withdrawable(move || {
+        let (job, withdrawable) = Job::withdrawable(move || {
             let _entered = span.enter();
             let id = ctx.id;
             let claimed = started
@@ -145,7 +145,7 @@ where
             .map(|_| Submitted {
                 rx,
                 start,
-                job: job_id,
+                job: withdrawable,
             })
             .map_err(|_| ())
     }
@@ -189,7 +189,7 @@ where
                         .is_ok()
                     {
                         // And out of the queue, so it holds no place there.
-                        self.set.shared.pool.withdraw(job);
+                        self.set.shared.pool.withdraw(job.id());
                         return Attempt::Cancelled;
                     }
                     rx.await
