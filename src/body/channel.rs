@@ -84,33 +84,32 @@ enum End {
     Open,
     Finished,
     Failed(io::ErrorKind, Arc<str>),
-    /// The receiver gave up waiting for the client (a `TimedOut` that says so).
-    Stalled(Arc<str>),
+    /// Failed by the client's doing: its errors carry [`ByClient`].
+    FailedByClient(io::ErrorKind, Arc<str>),
 }
 
-/// The source of a `TimedOut` error that a client's stall caused, so that whoever sees
-/// it (a producer echoing the request body, the job's log) can tell it from the
-/// timeouts of the handler's own I/O.
+/// The source of an error the client caused (it stalled, its connection broke, it sent
+/// more than the limit), so that whoever meets it further on, such as a producer echoing
+/// the request body, can tell it from a failure of the handler's own I/O.
 #[derive(Debug)]
-pub(crate) struct ClientStalled(pub(crate) Arc<str>);
+pub(crate) struct ByClient(Arc<str>);
 
-impl fmt::Display for ClientStalled {
+impl fmt::Display for ByClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for ClientStalled {}
+impl std::error::Error for ByClient {}
 
-impl ClientStalled {
-    pub(crate) fn error(message: impl Into<Arc<str>>) -> io::Error {
-        io::Error::new(io::ErrorKind::TimedOut, ClientStalled(message.into()))
+impl ByClient {
+    pub(crate) fn error(kind: io::ErrorKind, message: impl Into<Arc<str>>) -> io::Error {
+        io::Error::new(kind, ByClient(message.into()))
     }
 
-    /// Whether `err` is a client's stall.
+    /// Whether the client caused `err`.
     pub(crate) fn is(err: &io::Error) -> bool {
-        err.get_ref()
-            .is_some_and(|inner| inner.is::<ClientStalled>())
+        err.get_ref().is_some_and(|inner| inner.is::<ByClient>())
     }
 }
 
@@ -241,7 +240,9 @@ impl State {
             End::Failed(kind, msg) => {
                 Poll::Ready(Some(Err(io::Error::new(*kind, msg.to_string()))))
             }
-            End::Stalled(msg) => Poll::Ready(Some(Err(ClientStalled::error(msg.clone())))),
+            End::FailedByClient(kind, msg) => {
+                Poll::Ready(Some(Err(ByClient::error(*kind, msg.clone()))))
+            }
         }
     }
 }
@@ -324,6 +325,13 @@ impl Sender {
         self.close(End::Failed(kind, message.into()));
     }
 
+    /// As [`fail`](Self::fail), for a failure the client caused: the receiver's error
+    /// carries [`ByClient`].
+    pub(crate) fn fail_by_client(mut self, kind: io::ErrorKind, message: impl Into<Arc<str>>) {
+        self.finished = true;
+        self.close(End::FailedByClient(kind, message.into()));
+    }
+
     fn close(&self, end: End) {
         let mut state = self.shared.lock();
         if let End::Open = state.end {
@@ -383,9 +391,12 @@ impl Receiver {
                     // Failed for good: a handler that reads on would only wait again.
                     self.shared.stalled.store(true, Ordering::Release);
                     let waited = self.shared.stall_limit.unwrap_or_default();
-                    state.end = End::Stalled(Arc::from(format!(
-                        "no request body data from the client for {waited:?}"
-                    )));
+                    state.end = End::FailedByClient(
+                        io::ErrorKind::TimedOut,
+                        Arc::from(format!(
+                            "no request body data from the client for {waited:?}"
+                        )),
+                    );
                     state
                 }
             };

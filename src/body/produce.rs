@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::BytesMut;
 
-use super::channel::{ClientStalled, SendError, Sender};
+use super::channel::{ByClient, SendError, Sender};
 use super::{Producer, CHUNK_SIZE};
 use crate::error::panic_message;
 
@@ -16,10 +16,10 @@ pub(crate) enum Produced {
     Complete(u64),
     /// The client went away (or the response was dropped) after `u64` bytes.
     Disconnected(u64),
-    /// The client stalled (read none of the response, or sent none of the request body
-    /// an echo reads) for the stall limit after `u64` bytes; the response was aborted to
-    /// free the thread.
-    Stalled(u64),
+    /// The client's side failed after `u64` bytes: it read none of the response for the
+    /// stall limit, or the request body an echo reads stalled, broke off or grew over the
+    /// limit. The response was aborted to free the thread.
+    ByClient(u64, io::Error),
     /// The producer failed; the response was aborted.
     Failed(io::Error),
     /// The producer panicked; the response was aborted.
@@ -36,13 +36,14 @@ pub(crate) fn produce(producer: Producer, tx: Sender) -> Produced {
             tx.finish();
             Produced::Complete(sent)
         }
-        // The client stopped reading this response, or stopped sending the request body
-        // an echo reads: the client's doing, not the producer's.
-        Ok(Err(err)) if ClientStalled::is(&err) => {
+        // The client's doing, not the producer's (the channels mark such errors).
+        Ok(Err(err)) if ByClient::is(&err) => {
             tx.fail(err.kind(), err.to_string());
-            Produced::Stalled(sent)
+            Produced::ByClient(sent, err)
         }
-        Ok(Err(err)) if client_gone(&err, &tx) => Produced::Disconnected(sent),
+        Ok(Err(err)) if err.kind() == io::ErrorKind::BrokenPipe && tx.is_closed() => {
+            Produced::Disconnected(sent)
+        }
         Ok(Err(err)) => {
             tx.fail(err.kind(), err.to_string());
             Produced::Failed(err)
@@ -55,22 +56,13 @@ pub(crate) fn produce(producer: Producer, tx: Sender) -> Produced {
     }
 }
 
-/// Whether a producer's error only reports that the client left: our channel closed
-/// under it, or the request body it was reading (an echo) broke off with the connection.
-fn client_gone(err: &io::Error, tx: &Sender) -> bool {
-    match err.kind() {
-        io::ErrorKind::BrokenPipe => tx.is_closed(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => true,
-        _ => false,
-    }
-}
-
 fn send_error(err: SendError) -> io::Error {
     match err {
         SendError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"),
-        SendError::Stalled => {
-            ClientStalled::error("the client read none of the response for the body timeout")
-        }
+        SendError::Stalled => ByClient::error(
+            io::ErrorKind::TimedOut,
+            "the client read none of the response for the body timeout",
+        ),
     }
 }
 
@@ -159,5 +151,31 @@ impl Write for ChannelWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.send_buffered()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::channel::channel;
+
+    fn produce_failing(err: io::Error) -> Produced {
+        let (tx, _rx) = channel(1024, None);
+        let mut err = Some(err);
+        let iter = std::iter::from_fn(move || err.take().map(Err));
+        produce(Producer::Iter(Box::new(iter)), tx)
+    }
+
+    #[test]
+    fn an_error_the_client_caused_is_told_from_the_producers_own() {
+        // The request body an echo reads broke off with the client's connection.
+        let by_client = ByClient::error(io::ErrorKind::ConnectionAborted, "connection reset");
+        assert!(matches!(
+            produce_failing(by_client),
+            Produced::ByClient(0, _)
+        ));
+        // The producer's own upstream reset its connection: a failure, logged as one.
+        let own = io::Error::new(io::ErrorKind::ConnectionReset, "upstream reset");
+        assert!(matches!(produce_failing(own), Produced::Failed(_)));
     }
 }

@@ -285,7 +285,7 @@ where
                         match self.declared {
                             // hyper's HTTP/1 checks this itself; an HTTP/2 stream reset
                             // with NO_ERROR, or another service's body, may not.
-                            Some(declared) if self.seen < declared => tx.fail(
+                            Some(declared) if self.seen < declared => tx.fail_by_client(
                                 io::ErrorKind::UnexpectedEof,
                                 format!(
                                     "request body ended after {} of its {declared} declared bytes",
@@ -301,7 +301,7 @@ where
                     let err: BoxError = err.into();
                     tracing::debug!(error = %err, "request body failed while streaming");
                     if let Some(tx) = self.tx.take() {
-                        tx.fail(io::ErrorKind::ConnectionAborted, err.to_string());
+                        tx.fail_by_client(io::ErrorKind::ConnectionAborted, err.to_string());
                     }
                     return PumpPoll::Done;
                 }
@@ -314,7 +314,7 @@ where
                     self.seen += n as u64;
                     if self.seen > self.limit {
                         if let Some(tx) = self.tx.take() {
-                            tx.fail(
+                            tx.fail_by_client(
                                 io::ErrorKind::InvalidData,
                                 format!("request body exceeds the limit of {} bytes", self.limit),
                             );

@@ -181,9 +181,17 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
             method = %method, path = %uri.path(), bytes,
             "client went away during the response body; producer stopped"
         ),
-        Produced::Stalled(bytes) => tracing::warn!(
-            method = %method, path = %uri.path(), bytes,
-            "client stalled for the body timeout during a streamed response; response aborted"
+        // A stall costs a thread its body timeout: worth a warning. A broken connection
+        // is everyday.
+        Produced::ByClient(bytes, err) if err.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::warn!(
+                method = %method, path = %uri.path(), bytes, error = %err,
+                "client stalled during a streamed response; response aborted"
+            )
+        }
+        Produced::ByClient(bytes, err) => tracing::info!(
+            method = %method, path = %uri.path(), bytes, error = %err,
+            "client's side failed during a streamed response; response aborted"
         ),
         Produced::Failed(err) => tracing::error!(
             method = %method, path = %uri.path(), error = %err,
