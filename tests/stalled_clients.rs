@@ -144,3 +144,126 @@ async fn a_connection_whose_client_reads_none_of_a_full_response_is_closed() {
     );
     server.stop().await;
 }
+
+/// An HTTP/2 client that opens only `window` bytes of flow-control window per stream, so
+/// a response larger than that waits on it. The returned task ends when the connection
+/// does.
+async fn h2_with_window(
+    addr: std::net::SocketAddr,
+    window: u32,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = within(TcpStream::connect(addr)).await.unwrap();
+    let (send, conn) = within(
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .handshake(TokioIo::new(stream)),
+    )
+    .await
+    .expect("h2 handshake");
+    // The client keeps answering the server's frames (pings, settings); it only never
+    // reads a response body, so it never opens the window again.
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, conn)
+}
+
+/// Sends `GET path` on `send` and returns the response, its body unread.
+async fn h2_get(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    path: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let req = http::Request::get(path)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    within(send.send_request(req)).await.expect("h2 response")
+}
+
+/// A server with one connection slot: a second client is served only once the server has
+/// closed the first by itself.
+fn one_connection(keep_alive: Option<Duration>) -> Server {
+    Server::bind("127.0.0.1:0")
+        .max_connections(1)
+        .keep_alive_timeout(keep_alive)
+        .body_timeout(BODY_TIMEOUT)
+}
+
+/// Asserts the stalled HTTP/2 client's connection was closed, after the next client was
+/// served: its response body ends in an error, and its connection task has ended.
+async fn assert_cut_off(
+    held: http::Response<hyper::body::Incoming>,
+    conn: tokio::task::JoinHandle<()>,
+) {
+    use http_body_util::BodyExt;
+    let body = within(held.into_body().collect()).await;
+    assert!(body.is_err(), "the held response arrived whole");
+    within(conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_http2_client_that_opens_no_window_for_a_full_response_is_closed() {
+    let server = TestServer::start_with(one_connection(None), |req: Request| {
+        if req.uri().path() == "/big" {
+            Bytes::from(vec![b'z'; 1024 * 1024])
+        } else {
+            Bytes::from_static(b"small")
+        }
+    });
+    let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
+    // A connection in use for a while: one whole response, a pause of a few body
+    // timeouts (the server looks at an idle connection meanwhile), then one held back.
+    let first = h2_get(&mut send, "/small").await;
+    assert_eq!(support::collect(first).await.text(), "small");
+    tokio::time::sleep(3 * BODY_TIMEOUT).await;
+    let held = h2_get(&mut send, "/big").await;
+    assert_eq!(held.status(), 200);
+
+    assert_eq!(get(server.addr, "/small").await.text(), "small");
+    assert_cut_off(held, conn).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_client_that_opens_no_window_for_a_streamed_response_is_closed() {
+    let (tx, rx) = mpsc::channel();
+    let server = TestServer::start_with(one_connection(None), move |req: Request| {
+        if req.uri().path() == "/small" {
+            return Response::new("small".into());
+        }
+        Response::new(ResponseBody::from_chunks(Endless(tx.clone())))
+    });
+    let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
+    let held = h2_get(&mut send, "/endless").await;
+
+    report(rx).await; // the producer stopped at the body timeout
+    assert_eq!(get(server.addr, "/small").await.text(), "small");
+    assert_cut_off(held, conn).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_closed_for_idleness_is_closed_when_its_client_takes_no_more() {
+    // A response small enough for hyper to take whole: the request is done for the
+    // bridge while the client still holds back most of it. The keep-alive timeout then
+    // closes the connection gracefully, which waits for that stream.
+    let server = TestServer::start_with(
+        one_connection(Some(Duration::from_millis(200))),
+        |req: Request| {
+            if req.uri().path() == "/held" {
+                Bytes::from(vec![b'z'; 60 * 1024])
+            } else {
+                Bytes::from_static(b"small")
+            }
+        },
+    );
+    let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
+    let held = h2_get(&mut send, "/held").await;
+
+    assert_eq!(get(server.addr, "/small").await.text(), "small");
+    assert_cut_off(held, conn).await;
+    server.stop().await;
+}

@@ -13,6 +13,7 @@ use http::{Method, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 
 use super::channel::Receiver;
+use crate::bridge::Activity;
 
 /// The response body [`SyncService`](crate::SyncService) returns: `http_body::Body` with
 /// `Data = Bytes` and `Error = io::Error`, so hyper, axum and tower-http layers take it.
@@ -23,6 +24,46 @@ use super::channel::Receiver;
 pub struct BridgeBody {
     kind: Kind,
     completion: Option<Completion>,
+    /// Set on the bundled server's HTTP/2 connections only.
+    flow: Option<FlowWatch>,
+}
+
+/// The largest frame a full body yields on an HTTP/2 connection of the bundled server.
+const HTTP2_FULL_FRAME: usize = 64 * 1024;
+
+/// An HTTP/2 response body's standing with its client, for the connection's body
+/// timeout (`server::conn`).
+///
+/// h2 polls a body only when the client's flow-control window has room for more of it.
+/// A client that opens no window leaves the body unpolled, and the connection busy, for
+/// ever; on HTTP/1 the same client would fill the socket, which the server sees. So the
+/// body tells the connection whether it has something hyper has not taken (it waits on
+/// the client), and counts each poll (the client made room). A full body is yielded in
+/// frames of `HTTP2_FULL_FRAME` for the same reason: taken whole, it would leave the
+/// bridge's sight at once while the client still holds all of it back.
+struct FlowWatch {
+    activity: Arc<Activity>,
+    /// Whether this body counts in `Activity::held_responses`: false while its last
+    /// poll was `Pending` (it waits on its producer, not on the client).
+    held: bool,
+}
+
+impl FlowWatch {
+    fn polled(&mut self, pending: bool) {
+        self.activity.frame_taken();
+        if self.held == pending {
+            self.held = !pending;
+            self.activity.set_held(self.held);
+        }
+    }
+}
+
+impl Drop for FlowWatch {
+    fn drop(&mut self) {
+        if self.held {
+            self.activity.set_held(false);
+        }
+    }
 }
 
 enum Kind {
@@ -35,6 +76,7 @@ impl BridgeBody {
         BridgeBody {
             kind: Kind::Full(if bytes.is_empty() { None } else { Some(bytes) }),
             completion: None,
+            flow: None,
         }
     }
 
@@ -42,6 +84,7 @@ impl BridgeBody {
         BridgeBody {
             kind: Kind::Stream(rx),
             completion: None,
+            flow: None,
         }
     }
 
@@ -49,7 +92,17 @@ impl BridgeBody {
         matches!(self.kind, Kind::Full(_))
     }
 
+    /// Attaches the request's completion, and on an HTTP/2 connection of the bundled
+    /// server the watch on the client's flow control; the body is handed to hyper next.
     pub(crate) fn set_completion(&mut self, completion: Completion) {
+        if let Some(activity) = completion.activity.as_ref().filter(|a| a.is_http2()) {
+            // Held until its first poll: hyper has not taken anything yet.
+            activity.set_held(true);
+            self.flow = Some(FlowWatch {
+                activity: activity.clone(),
+                held: true,
+            });
+        }
         self.completion = Some(completion);
     }
 }
@@ -64,9 +117,15 @@ impl http_body::Body for BridgeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
+            Kind::Full(Some(bytes)) if this.flow.is_some() && bytes.len() > HTTP2_FULL_FRAME => {
+                Poll::Ready(Some(Ok(bytes.split_to(HTTP2_FULL_FRAME))))
+            }
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
             Kind::Stream(rx) => rx.poll_recv(cx),
         };
+        if let Some(flow) = &mut this.flow {
+            flow.polled(polled.is_pending());
+        }
         match &polled {
             Poll::Ready(Some(Ok(chunk))) => {
                 if let Some(c) = &mut this.completion {
@@ -148,7 +207,7 @@ pub(crate) struct Completion {
     /// The response's `Content-Length`: hyper stops polling once it has that many bytes.
     pub(crate) expected: Option<u64>,
     pub(crate) complete: bool,
-    pub(crate) activity: Option<Arc<crate::bridge::Activity>>,
+    pub(crate) activity: Option<Arc<Activity>>,
 }
 
 impl Completion {

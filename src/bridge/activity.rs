@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 const NOT_BLOCKED: u64 = u64::MAX;
 
 /// What the bundled server knows of one connection: requests in flight, when the last
-/// one ended, and whether it speaks HTTP/2; for its keep-alive and header timeouts.
+/// one ended, and whether it speaks HTTP/2; for its keep-alive and header timeouts. And,
+/// for its body timeout, whether the client takes what is written to it.
 #[derive(Debug)]
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
@@ -18,6 +19,13 @@ pub(crate) struct Activity {
     /// Milliseconds since `epoch` when the connection's writes began to find the socket
     /// full, or `NOT_BLOCKED` (see `server::conn`).
     write_blocked_since_ms: AtomicU64,
+    /// HTTP/2 responses that have a frame for hyper which hyper has not taken yet
+    /// (`body::bridge`): h2 takes one only when the client's flow-control window has
+    /// room, so these wait on the client, not on their handler or producer.
+    held_responses: AtomicUsize,
+    /// How many frames hyper has taken from HTTP/2 response bodies: whether any of them
+    /// moved since the watchdog last looked.
+    frames_taken: AtomicU64,
     epoch: Instant,
 }
 
@@ -28,6 +36,8 @@ impl Activity {
             last_busy_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
+            held_responses: AtomicUsize::new(0),
+            frames_taken: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -94,5 +104,29 @@ impl Activity {
         }
         let last = Duration::from_millis(self.last_busy_ms.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Counts an HTTP/2 response in or out of those waiting for the client's window.
+    pub(crate) fn set_held(&self, held: bool) {
+        if held {
+            self.held_responses.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.held_responses.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that hyper polled an HTTP/2 response body: its client's window had room.
+    pub(crate) fn frame_taken(&self) {
+        // Bodies are polled by hyper's per-stream tasks, on any runtime thread.
+        self.frames_taken.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many HTTP/2 responses wait for their client's window, and how many frames
+    /// all of them have had taken so far.
+    pub(crate) fn held_responses(&self) -> (usize, u64) {
+        (
+            self.held_responses.load(Ordering::Relaxed),
+            self.frames_taken.load(Ordering::Relaxed),
+        )
     }
 }

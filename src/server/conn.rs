@@ -91,7 +91,8 @@ pub(super) async fn serve<H: Handler>(
     let mut state = Watch {
         seen_level: SERVE,
         draining: false,
-        armed: false,
+        idle_close: false,
+        held: None,
         registered: None,
         limits: Limits {
             keep_alive: config.keep_alive,
@@ -147,7 +148,7 @@ pub(super) async fn serve<H: Handler>(
             }
         }
 
-        if fresh || (state.armed && watchdog.is_elapsed()) {
+        if fresh || watchdog.is_elapsed() {
             match state.check_idle(&activity, watchdog.as_mut(), cx) {
                 Idle::Busy => {}
                 Idle::Drain => {
@@ -164,6 +165,15 @@ pub(super) async fn serve<H: Handler>(
                         %peer,
                         timeout_ms = state.limits.write_stall.as_millis() as u64,
                         "client read none of its response for the body timeout; connection closed"
+                    );
+                    return Poll::Ready(());
+                }
+                Idle::Held => {
+                    tracing::warn!(
+                        %peer,
+                        timeout_ms = state.limits.write_stall.as_millis() as u64,
+                        "HTTP/2 client opened no flow-control window for its responses \
+                         for the body timeout; connection closed"
                     );
                     return Poll::Ready(());
                 }
@@ -184,9 +194,11 @@ struct Limits {
 struct Watch {
     seen_level: u8,
     draining: bool,
-    /// Whether the timer waits for a deadline; an HTTP/2 connection without a
-    /// keep-alive timeout has none.
-    armed: bool,
+    /// Whether the watchdog itself began the graceful close, for the keep-alive timeout.
+    idle_close: bool,
+    /// HTTP/2 responses wait on the client's flow-control window: the frame count seen
+    /// and when it was first seen (`Activity::held_responses`).
+    held: Option<(u64, Instant)>,
     /// The waker the signal and the timer hold.
     registered: Option<Waker>,
     limits: Limits,
@@ -198,6 +210,9 @@ enum Idle {
     Close,
     /// The client has not taken any of a pending response for the write stall limit.
     Stalled,
+    /// An HTTP/2 client has opened no window for its pending responses for the write
+    /// stall limit.
+    Held,
 }
 
 impl Watch {
@@ -211,20 +226,32 @@ impl Watch {
         loop {
             let now = Instant::now();
             let next = if let Some(stalled) = activity.write_blocked_for() {
+                self.held = None;
                 // A response waits for a client that reads none of it. Checked before the
                 // requests in flight: a streamed response whose producer gave up stays in
                 // flight, because hyper polls a body only when it can buffer more of it.
                 if stalled >= self.limits.write_stall {
                     return Idle::Stalled;
                 }
-                Some(later(now, self.limits.write_stall - stalled))
+                later(now, self.limits.write_stall - stalled)
             } else if activity.in_flight() > 0 {
                 // Busy: a handler runs (its own time is not limited here; its waits on the
                 // client are, in the body channels). Nothing can expire before it ends;
                 // look again later, counting idleness from now at the earliest.
                 activity.touch();
-                Some(later(now, self.limits.shortest()))
+                let next = later(now, self.limits.shortest());
+                match self.held_since(activity, now) {
+                    Some(since) => {
+                        let held = now - since;
+                        if held >= self.limits.write_stall {
+                            return Idle::Held;
+                        }
+                        next.min(later(now, self.limits.write_stall - held))
+                    }
+                    None => next,
+                }
             } else {
+                self.held = None;
                 let idle = activity.idle_for();
                 // HTTP/1 reads a request head all the while it is idle, and a client has
                 // `header_read` to send one (hyper's semantics; Slowloris protection). An
@@ -236,19 +263,30 @@ impl Watch {
                 let idle_limit = self.limits.keep_alive.filter(|_| !self.draining);
                 if idle_limit.is_some_and(|limit| idle >= limit) {
                     self.draining = true;
+                    self.idle_close = true;
                     return Idle::Drain;
                 }
-                [head_limit, idle_limit]
+                // An HTTP/2 connection closing gracefully waits for its streams, and a
+                // response hyper took whole (so no longer in flight) may still sit in h2's
+                // buffers, held back by the client's window. The client gets the body
+                // timeout, past the keep-alive timeout, to take it.
+                let drain_limit = self
+                    .limits
+                    .keep_alive
+                    .filter(|_| self.idle_close && activity.is_http2())
+                    .map(|limit| limit.saturating_add(self.limits.write_stall));
+                if drain_limit.is_some_and(|limit| idle >= limit) {
+                    return Idle::Held;
+                }
+                // Looked at again within a body timeout whatever the limits above: a
+                // request that starts meanwhile may leave a response waiting on its
+                // client, which must be seen in time (at most two body timeouts).
+                [head_limit, idle_limit, drain_limit]
                     .into_iter()
                     .flatten()
                     .map(|limit| later(now, limit - idle))
-                    .min()
+                    .fold(later(now, self.limits.write_stall), Instant::min)
             };
-            let Some(next) = next else {
-                self.armed = false; // nothing left to watch, for good
-                return Idle::Busy;
-            };
-            self.armed = true;
             timer.as_mut().reset(next);
             if timer.as_mut().poll(cx).is_pending() {
                 return Idle::Busy;
@@ -257,11 +295,32 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// Since when the HTTP/2 responses that wait on the client's window have had none of
+    /// their frames taken, if any wait. Sampled at each check, so the time counts from
+    /// the first check that saw them stand still.
+    fn held_since(&mut self, activity: &Activity, now: Instant) -> Option<Instant> {
+        let (held, taken) = activity.held_responses();
+        if held == 0 {
+            self.held = None;
+            return None;
+        }
+        match self.held {
+            Some((seen, since)) if seen == taken => Some(since),
+            _ => {
+                self.held = Some((taken, now));
+                Some(now)
+            }
+        }
+    }
+}
+
 /// `now + after`, for any `after`: a limit too large for the clock (`Duration::MAX`) is a
-/// check a year from now, which is as good as never.
+/// check a year from now, which is as good as never; a zero limit is a check a
+/// millisecond from now (tokio's granularity), not a timer that fires on every poll.
 fn later(now: Instant, after: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
-    now + after.min(FAR)
+    now + after.clamp(Duration::from_millis(1), FAR)
 }
 
 impl Limits {

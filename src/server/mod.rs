@@ -258,7 +258,8 @@ impl Server {
     /// A request whose body stops arriving is answered `408 Request Timeout` and its
     /// handler thread freed (see [`SyncServiceBuilder::body_timeout`]); a streamed
     /// response nobody reads is aborted and its producer stopped; a connection whose
-    /// client reads none of a pending response for this long is closed. Each is logged at
+    /// client reads none of a pending response for this long is closed (on HTTP/2: whose
+    /// client opens no flow-control window for its pending responses). Each is logged at
     /// warn level. A handler's own work is not limited. `Duration::MAX` waits for ever.
     /// Zero fails every wait on the client at once.
     ///
