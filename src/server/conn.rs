@@ -10,12 +10,14 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
@@ -23,6 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 use crate::bridge::{Activity, SyncService};
+use crate::error::panic_message;
 use crate::handler::Handler;
 
 /// What every connection task shares.
@@ -101,7 +104,7 @@ pub(super) async fn serve<H: Handler>(
         },
     };
 
-    std::future::poll_fn(|cx| loop {
+    let served = AssertUnwindSafe(std::future::poll_fn(|cx| loop {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -180,8 +183,17 @@ pub(super) async fn serve<H: Handler>(
             }
         }
         return Poll::Pending;
-    })
-    .await
+    }))
+    .catch_unwind()
+    .await;
+    // tokio would only print a panic here (hyper's or the watchdog's) on stderr.
+    if let Err(payload) = served {
+        tracing::error!(
+            %peer,
+            panic = %panic_message(&*payload),
+            "connection task panicked; connection closed"
+        );
+    }
 }
 
 struct Limits {
