@@ -24,15 +24,13 @@ use crate::bridge::Activity;
 pub struct BridgeBody {
     kind: Kind,
     completion: Option<Completion>,
-    /// Set on the bundled server's HTTP/2 connections only.
-    flow: Option<FlowWatch>,
 }
 
 /// The largest frame a full body yields on an HTTP/2 connection of the bundled server.
 const HTTP2_FULL_FRAME: usize = 64 * 1024;
 
 /// An HTTP/2 response body's standing with its client, for the connection's body
-/// timeout (`server::conn`).
+/// timeout (`server::conn`). Kept in the body's `Completion`, beside its activity.
 ///
 /// h2 polls a body only when the client's flow-control window has room for more of it.
 /// A client that opens no window leaves the body unpolled, and the connection busy, for
@@ -41,29 +39,15 @@ const HTTP2_FULL_FRAME: usize = 64 * 1024;
 /// the client), and counts each poll (the client made room). A full body is yielded in
 /// frames of `HTTP2_FULL_FRAME` for the same reason: taken whole, it would leave the
 /// bridge's sight at once while the client still holds all of it back.
-struct FlowWatch {
-    activity: Arc<Activity>,
-    /// Whether this body counts in `Activity::held_responses`: false while its last
-    /// poll was `Pending` (it waits on its producer, not on the client).
-    held: bool,
-}
-
-impl FlowWatch {
-    fn polled(&mut self, pending: bool) {
-        self.activity.frame_taken();
-        if self.held == pending {
-            self.held = !pending;
-            self.activity.set_held(self.held);
-        }
-    }
-}
-
-impl Drop for FlowWatch {
-    fn drop(&mut self) {
-        if self.held {
-            self.activity.set_held(false);
-        }
-    }
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Http2Flow {
+    /// Not an HTTP/2 connection of the bundled server.
+    Off,
+    /// Counted in `Activity::held_responses`: has (or may have) a frame hyper has not
+    /// taken.
+    Held,
+    /// Its last poll was `Pending`: it waits on its producer, not on the client.
+    Producing,
 }
 
 enum Kind {
@@ -76,7 +60,6 @@ impl BridgeBody {
         BridgeBody {
             kind: Kind::Full(if bytes.is_empty() { None } else { Some(bytes) }),
             completion: None,
-            flow: None,
         }
     }
 
@@ -84,7 +67,6 @@ impl BridgeBody {
         BridgeBody {
             kind: Kind::Stream(rx),
             completion: None,
-            flow: None,
         }
     }
 
@@ -94,16 +76,57 @@ impl BridgeBody {
 
     /// Attaches the request's completion, and on an HTTP/2 connection of the bundled
     /// server the watch on the client's flow control; the body is handed to hyper next.
-    pub(crate) fn set_completion(&mut self, completion: Completion) {
+    pub(crate) fn set_completion(&mut self, mut completion: Completion) {
         if let Some(activity) = completion.activity.as_ref().filter(|a| a.is_http2()) {
             // Held until its first poll: hyper has not taken anything yet.
             activity.set_held(true);
-            self.flow = Some(FlowWatch {
-                activity: activity.clone(),
-                held: true,
-            });
+            completion.http2 = Http2Flow::Held;
         }
         self.completion = Some(completion);
+    }
+}
+
+impl BridgeBody {
+    #[inline]
+    fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let polled = match &mut self.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
+            Kind::Stream(rx) => rx.poll_recv(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(c) = &mut self.completion {
+                    c.bytes += chunk.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(c) = &mut self.completion {
+                    c.complete = true;
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    /// `next_chunk` on an HTTP/2 connection of the bundled server: a full body in frames
+    /// of `HTTP2_FULL_FRAME`, and every poll reported to the connection (`FlowWatch`).
+    #[inline(never)]
+    fn next_http2_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let polled = match &mut self.kind {
+            Kind::Full(Some(bytes)) if bytes.len() > HTTP2_FULL_FRAME => {
+                let frame = bytes.split_to(HTTP2_FULL_FRAME);
+                if let Some(c) = &mut self.completion {
+                    c.bytes += frame.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            _ => self.next_chunk(cx),
+        };
+        if let Some(c) = &mut self.completion {
+            c.http2_polled(polled.is_pending());
+        }
+        polled
     }
 }
 
@@ -111,34 +134,19 @@ impl http_body::Body for BridgeBody {
     type Data = Bytes;
     type Error = io::Error;
 
+    #[inline]
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        let polled = match &mut this.kind {
-            Kind::Full(Some(bytes)) if this.flow.is_some() && bytes.len() > HTTP2_FULL_FRAME => {
-                Poll::Ready(Some(Ok(bytes.split_to(HTTP2_FULL_FRAME))))
-            }
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
-            Kind::Stream(rx) => rx.poll_recv(cx),
+        // HTTP/1 (and any stack but the bundled server's HTTP/2) keeps the short path.
+        let http2 = matches!(&this.completion, Some(c) if c.http2 != Http2Flow::Off);
+        let polled = if http2 {
+            this.next_http2_chunk(cx)
+        } else {
+            this.next_chunk(cx)
         };
-        if let Some(flow) = &mut this.flow {
-            flow.polled(polled.is_pending());
-        }
-        match &polled {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(c) = &mut this.completion {
-                    c.bytes += chunk.len() as u64;
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(c) = &mut this.completion {
-                    c.complete = true;
-                }
-            }
-            _ => {}
-        }
         polled.map(|next| next.map(|chunk| chunk.map(Frame::data)))
     }
 
@@ -207,6 +215,7 @@ pub(crate) struct Completion {
     /// The response's `Content-Length`: hyper stops polling once it has that many bytes.
     pub(crate) expected: Option<u64>,
     pub(crate) complete: bool,
+    pub(crate) http2: Http2Flow,
     pub(crate) activity: Option<Arc<Activity>>,
 }
 
@@ -218,11 +227,31 @@ impl Completion {
     pub(crate) fn path(&self) -> &str {
         self.line.uri().path()
     }
+
+    /// Reports a poll of an HTTP/2 body to its connection (see `Http2Flow`).
+    fn http2_polled(&mut self, pending: bool) {
+        let Some(activity) = &self.activity else {
+            return;
+        };
+        activity.frame_taken();
+        let now = if pending {
+            Http2Flow::Producing
+        } else {
+            Http2Flow::Held
+        };
+        if self.http2 != now {
+            self.http2 = now;
+            activity.set_held(now == Http2Flow::Held);
+        }
+    }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(activity) = &self.activity {
+            if self.http2 == Http2Flow::Held {
+                activity.set_held(false);
+            }
             activity.request_done();
         }
         tracing::info!(

@@ -25,7 +25,7 @@ use http::{header, HeaderValue};
 pub(crate) use activity::Activity;
 pub use future::SyncServiceFuture;
 
-use crate::body::{channel, Body, BridgeBody, Completion, OwnedLine, BYTES_IN_FLIGHT};
+use crate::body::{channel, Body, BridgeBody, Completion, Http2Flow, OwnedLine, BYTES_IN_FLIGHT};
 use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::pool::{Admission, BlockingPool, Job};
@@ -147,6 +147,7 @@ impl<H: Handler> SyncService<H> {
             bytes: 0,
             expected: None,
             complete: false,
+            http2: Http2Flow::Off,
             activity: activity.clone(),
         };
         let shared = &self.shared;
@@ -195,6 +196,7 @@ impl<H: Handler> SyncService<H> {
             bytes: 0,
             expected: None,
             complete: false,
+            http2: Http2Flow::Off,
             activity,
         };
 

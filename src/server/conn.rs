@@ -10,14 +10,12 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
@@ -25,7 +23,6 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 use crate::bridge::{Activity, SyncService};
-use crate::error::panic_message;
 use crate::handler::Handler;
 
 /// What every connection task shares.
@@ -104,7 +101,9 @@ pub(super) async fn serve<H: Handler>(
         },
     };
 
-    let served = AssertUnwindSafe(std::future::poll_fn(|cx| loop {
+    let _panic_log = PanicLog(peer);
+    std::future::poll_fn(|cx| {
+        loop {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -183,16 +182,27 @@ pub(super) async fn serve<H: Handler>(
             }
         }
         return Poll::Pending;
-    }))
-    .catch_unwind()
-    .await;
-    // tokio would only print a panic here (hyper's or the watchdog's) on stderr.
-    if let Err(payload) = served {
-        tracing::error!(
-            %peer,
-            panic = %panic_message(&*payload),
-            "connection task panicked; connection closed"
-        );
+        }
+    })
+    .await
+}
+
+/// Logs a panic that unwinds through the connection task (hyper's or the watchdog's):
+/// tokio catches it and drops the connection, and would leave only the panic hook's
+/// message on stderr. Part of the task's state, it is dropped during that unwinding
+/// (tokio drops a panicked task's future before it catches the panic), which costs
+/// nothing per poll, unlike a `catch_unwind` around each.
+struct PanicLog(SocketAddr);
+
+impl Drop for PanicLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                peer = %self.0,
+                "connection task panicked (the panic message is the one printed just \
+                 before); connection closed"
+            );
+        }
     }
 }
 
