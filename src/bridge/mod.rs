@@ -162,18 +162,18 @@ impl<H: Handler> SyncService<H> {
             );
             return SyncServiceFuture::ready(future::header_too_large(), refused(parts));
         }
-        let declared = declared_length(&parts.headers);
-        if declared.is_some_and(|len| len > shared.max_body_size) {
-            tracing::warn!(
-                method = %parts.method, path = %parts.uri.path(), limit = shared.max_body_size,
-                "request body declared larger than the limit; answered 413"
-            );
-            return SyncServiceFuture::ready(future::payload_too_large(), refused(parts));
-        }
-
         let (body, pump, stall_probe) = if body.is_end_stream() {
+            // No body (most GETs): no `Content-Length` to look up either.
             (Body::empty(), None, None)
         } else {
+            let declared = declared_length(&parts.headers);
+            if declared.is_some_and(|len| len > shared.max_body_size) {
+                tracing::warn!(
+                    method = %parts.method, path = %parts.uri.path(), limit = shared.max_body_size,
+                    "request body declared larger than the limit; answered 413"
+                );
+                return SyncServiceFuture::ready(future::payload_too_large(), refused(parts));
+            }
             let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, Some(shared.body_timeout));
             let probe = rx.stall_probe();
             (
