@@ -267,3 +267,46 @@ async fn an_http2_connection_closed_for_idleness_is_closed_when_its_client_takes
     assert_cut_off(held, conn).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_http2_response_whose_producer_pauses_is_not_cut_off() {
+    // Waiting on its own producer is not waiting on the client, however long.
+    let server = TestServer::start_with(one_connection(None), |_req: Request| {
+        let mut parts = vec![Bytes::from_static(b"b"), Bytes::from_static(b"a")];
+        Response::new(ResponseBody::from_chunks(std::iter::from_fn(move || {
+            if parts.len() == 1 {
+                std::thread::sleep(3 * BODY_TIMEOUT);
+            }
+            parts.pop().map(Ok)
+        })))
+    });
+    let mut send = support::h2::<http_body_util::Empty<Bytes>>(server.addr).await;
+    let response = h2_get(&mut send, "/pausing").await;
+    assert_eq!(support::collect(response).await.text(), "ab");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_client_that_reads_a_large_chunk_steadily_is_not_cut_off() {
+    use http_body_util::BodyExt;
+    // A chunk far larger than the client's window, and one more after it (hyper takes a
+    // body's next chunk as soon as it has handed the last one to h2, then waits for room
+    // for it): the client takes a frame every few milliseconds, so the large chunk takes
+    // several body timeouts to go out.
+    const LARGE: usize = 2 * 1024 * 1024;
+    const SIZE: usize = LARGE + 1;
+    let server = TestServer::start_with(one_connection(None), |_req: Request| {
+        let chunks = [Bytes::from(vec![b'c'; LARGE]), Bytes::from_static(b"!")];
+        Response::new(ResponseBody::from_chunks(chunks.into_iter().map(Ok)))
+    });
+    let (mut send, _conn) = h2_with_window(server.addr, 16 * 1024).await;
+    let mut body = h2_get(&mut send, "/large").await.into_body();
+    let mut received = 0;
+    while let Some(frame) = within(body.frame()).await {
+        let frame = frame.unwrap_or_else(|e| panic!("the response was cut off: {e:?}"));
+        received += frame.data_ref().map_or(0, |data| data.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(received, SIZE);
+    server.stop().await;
+}

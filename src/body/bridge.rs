@@ -26,8 +26,8 @@ pub struct BridgeBody {
     completion: Option<Completion>,
 }
 
-/// The largest frame a full body yields on an HTTP/2 connection of the bundled server.
-const HTTP2_FULL_FRAME: usize = 64 * 1024;
+/// The largest frame a body yields on an HTTP/2 connection of the bundled server.
+const HTTP2_FRAME: usize = 64 * 1024;
 
 /// An HTTP/2 response body's standing with its client, for the connection's body
 /// timeout (`server::conn`). Kept in the body's `Completion`, beside its activity.
@@ -36,9 +36,13 @@ const HTTP2_FULL_FRAME: usize = 64 * 1024;
 /// A client that opens no window leaves the body unpolled, and the connection busy, for
 /// ever; on HTTP/1 the same client would fill the socket, which the server sees. So the
 /// body tells the connection whether it has something hyper has not taken (it waits on
-/// the client), and counts each poll (the client made room). A full body is yielded in
-/// frames of `HTTP2_FULL_FRAME` for the same reason: taken whole, it would leave the
-/// bridge's sight at once while the client still holds all of it back.
+/// the client), and counts each poll (the client made room). Bodies are yielded in
+/// frames of at most `HTTP2_FRAME` for the same reason: hyper polls again only once h2
+/// has sent nearly all of what it took, so a full body taken whole would leave the
+/// bridge's sight at once, and a large chunk would look stalled to a client that reads
+/// it steadily. The least a client must take is thus one frame per body timeout (about
+/// 2 KiB/s at 30 s), as on HTTP/1, where a streamed response's producer waits that long
+/// for hyper to take a chunk.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Http2Flow {
     /// Not an HTTP/2 connection of the bundled server.
@@ -87,11 +91,16 @@ impl BridgeBody {
 }
 
 impl BridgeBody {
+    /// The next chunk, of at most `max` bytes (a longer one is split, its rest kept for
+    /// the next call), counted in the completion.
     #[inline]
-    fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+    fn next_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Option<io::Result<Bytes>>> {
         let polled = match &mut self.kind {
+            Kind::Full(Some(bytes)) if bytes.len() > max => {
+                Poll::Ready(Some(Ok(bytes.split_to(max))))
+            }
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
-            Kind::Stream(rx) => rx.poll_recv(cx),
+            Kind::Stream(rx) => rx.poll_recv_at_most(cx, max),
         };
         match &polled {
             Poll::Ready(Some(Ok(chunk))) => {
@@ -109,20 +118,11 @@ impl BridgeBody {
         polled
     }
 
-    /// `next_chunk` on an HTTP/2 connection of the bundled server: a full body in frames
-    /// of `HTTP2_FULL_FRAME`, and every poll reported to the connection (`FlowWatch`).
+    /// `next_chunk` on an HTTP/2 connection of the bundled server: in frames of at most
+    /// `HTTP2_FRAME`, and every poll reported to the connection (`Http2Flow`).
     #[inline(never)]
     fn next_http2_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        let polled = match &mut self.kind {
-            Kind::Full(Some(bytes)) if bytes.len() > HTTP2_FULL_FRAME => {
-                let frame = bytes.split_to(HTTP2_FULL_FRAME);
-                if let Some(c) = &mut self.completion {
-                    c.bytes += frame.len() as u64;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            _ => self.next_chunk(cx),
-        };
+        let polled = self.next_chunk(cx, HTTP2_FRAME);
         if let Some(c) = &mut self.completion {
             c.http2_polled(polled.is_pending());
         }
@@ -145,7 +145,7 @@ impl http_body::Body for BridgeBody {
         let polled = if http2 {
             this.next_http2_chunk(cx)
         } else {
-            this.next_chunk(cx)
+            this.next_chunk(cx, usize::MAX)
         };
         polled.map(|next| next.map(|chunk| chunk.map(Frame::data)))
     }

@@ -2,7 +2,7 @@
 //!
 //! Both body directions cross the sync/async line through it: request chunks go from the
 //! connection task (async `poll_ready` + `send`) to the handler thread (`blocking_recv`),
-//! response chunks from the producer thread (`blocking_send`) to hyper (`poll_recv`).
+//! response chunks from the producer thread (`blocking_send`) to hyper (`poll_recv_at_most`).
 //! At most `capacity` chunks are in flight, so a slow side slows the other one down.
 //!
 //! A blocking end waits for the other side at most `stall_limit` at a time: a client that
@@ -39,6 +39,7 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             send_waker: None,
             blocked_receiver: false,
             blocked_sender: false,
+            taken: 0,
         }),
         stalled: AtomicBool::new(false),
         condvar: Condvar::new(),
@@ -77,6 +78,9 @@ struct State {
     // without a waiter, or a second one before the waiter runs, is a wasted syscall.
     blocked_receiver: bool,
     blocked_sender: bool,
+    /// How many pieces the receiver has taken: a sender waiting for room knows the
+    /// receiver still moves, if slowly (one large chunk, taken in pieces).
+    taken: u64,
 }
 
 #[derive(Clone)]
@@ -221,8 +225,17 @@ impl State {
     /// to half: waking it at the first free byte would cost a thread wake-up per chunk
     /// (it fills the room, blocks again, is woken again); this way it refills several.
     fn pop(&mut self) -> Option<(Bytes, Wake)> {
-        let chunk = self.queue.pop_front()?;
+        self.pop_at_most(usize::MAX)
+    }
+
+    /// `pop`, splitting a chunk longer than `max` and leaving the rest at the front.
+    fn pop_at_most(&mut self, max: usize) -> Option<(Bytes, Wake)> {
+        let chunk = match self.queue.front_mut() {
+            Some(front) if front.len() > max => front.split_to(max),
+            _ => self.queue.pop_front()?,
+        };
         self.queued_bytes -= chunk.len();
+        self.taken += 1;
         let wake = if self.queued_bytes <= self.max_bytes / 2
             && self.queue.len() <= MAX_QUEUED_CHUNKS / 2
         {
@@ -260,6 +273,7 @@ impl Sender {
     pub(crate) fn blocking_send(&self, chunk: Bytes) -> Result<(), SendError> {
         let mut state = self.shared.lock();
         let mut deadline = None;
+        let mut seen = state.taken;
         while state.receiver_alive && !state.has_room() {
             state.blocked_sender = true;
             let (woken, timed_out) = match self.shared.wait(state, &mut deadline) {
@@ -269,8 +283,14 @@ impl Sender {
             state = woken;
             state.blocked_sender = false;
             if timed_out {
-                self.shared.stalled.store(true, Ordering::Release);
-                return Err(SendError::Stalled);
+                if state.taken == seen {
+                    self.shared.stalled.store(true, Ordering::Release);
+                    return Err(SendError::Stalled);
+                }
+                // No room yet, but the client took some: a slow reader, not a stalled
+                // one. The limit counts again from now.
+                seen = state.taken;
+                deadline = None;
             }
         }
         if !state.receiver_alive {
@@ -416,10 +436,15 @@ impl Receiver {
         state.ended()
     }
 
-    /// Async receive; `None` at a clean end.
-    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+    /// Async receive, in pieces of at most `max` bytes (a longer chunk is split, its rest
+    /// taken by the next call); `None` at a clean end.
+    pub(crate) fn poll_recv_at_most(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Option<io::Result<Bytes>>> {
         let mut state = self.shared.lock();
-        if let Some((chunk, wake)) = state.pop() {
+        if let Some((chunk, wake)) = state.pop_at_most(max) {
             drop(state);
             wake.fire(&self.shared.condvar);
             return Poll::Ready(Some(Ok(chunk)));
@@ -480,6 +505,48 @@ mod tests {
         }
         producer.join().unwrap();
         assert_eq!(seen, (0..100u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_chunk_longer_than_asked_for_is_taken_in_pieces_in_order() {
+        let (tx, rx) = channel(1024, None);
+        tx.blocking_send(Bytes::from_static(b"0123456789")).unwrap();
+        tx.blocking_send(Bytes::from_static(b"ab")).unwrap();
+        tx.finish();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut pieces = Vec::new();
+        while let Poll::Ready(Some(piece)) = rx.poll_recv_at_most(&mut cx, 4) {
+            pieces.push(piece.unwrap());
+        }
+        assert_eq!(pieces, ["0123", "4567", "89", "ab"]);
+        assert!(rx.is_end());
+        assert_eq!(rx.shared.lock().queued_bytes, 0);
+    }
+
+    #[test]
+    fn a_sender_waits_on_while_the_receiver_takes_a_large_chunk_in_pieces() {
+        let (tx, rx) = channel(16, Some(Duration::from_millis(100)));
+        tx.blocking_send(Bytes::from(vec![1u8; 1024])).unwrap();
+        let reader = thread::spawn(move || {
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let mut total = 0;
+            loop {
+                match rx.poll_recv_at_most(&mut cx, 64) {
+                    Poll::Ready(Some(piece)) => total += piece.unwrap().len(),
+                    Poll::Ready(None) => return total,
+                    Poll::Pending => {}
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        // Sixteen pieces at one per 20 ms: room comes after three stall limits, but
+        // the receiver takes something within each.
+        tx.blocking_send(Bytes::from_static(b"end"))
+            .expect("a slow reader is not a stalled one");
+        tx.finish();
+        assert_eq!(reader.join().unwrap(), 1027);
     }
 
     #[test]
