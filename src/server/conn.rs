@@ -170,6 +170,16 @@ pub(super) async fn serve<H: Handler>(
                     );
                     return Poll::Ready(());
                 }
+                Idle::DrainStalled => {
+                    tracing::warn!(
+                        %peer,
+                        timeout_ms = state.limits.write_stall.as_millis() as u64,
+                        "HTTP/2 connection closing for idleness still open the body timeout \
+                         later (its client holds back a response or keeps a stream open); \
+                         connection closed"
+                    );
+                    return Poll::Ready(());
+                }
                 Idle::Held => {
                     tracing::warn!(
                         %peer,
@@ -235,7 +245,14 @@ enum Idle {
     /// An HTTP/2 client has opened no window for its pending responses for the write
     /// stall limit.
     Held,
+    /// An HTTP/2 connection closing for idleness is still open the write stall limit
+    /// after the keep-alive timeout.
+    DrainStalled,
 }
+
+/// How often an idle connection is looked at, at most, for a body timeout shorter than
+/// this.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 impl Watch {
     /// Acts on the connection's idle time and re-arms the timer for the next check.
@@ -298,16 +315,19 @@ impl Watch {
                     .filter(|_| self.idle_close && activity.is_http2())
                     .map(|limit| limit.saturating_add(self.limits.write_stall));
                 if drain_limit.is_some_and(|limit| idle >= limit) {
-                    return Idle::Held;
+                    return Idle::DrainStalled;
                 }
                 // Looked at again within a body timeout whatever the limits above: a
                 // request that starts meanwhile may leave a response waiting on its
-                // client, which must be seen in time (at most two body timeouts).
+                // client, which must be seen in time (at most two body timeouts). Not
+                // more often than every `IDLE_RECHECK`, so that a tiny body timeout does
+                // not wake every idle connection all the time.
+                let recheck = self.limits.write_stall.max(IDLE_RECHECK);
                 [head_limit, idle_limit, drain_limit]
                     .into_iter()
                     .flatten()
                     .map(|limit| later(now, limit - idle))
-                    .fold(later(now, self.limits.write_stall), Instant::min)
+                    .fold(later(now, recheck), Instant::min)
             };
             timer.as_mut().reset(next);
             if timer.as_mut().poll(cx).is_pending() {
