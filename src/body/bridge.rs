@@ -32,17 +32,18 @@ const HTTP2_FRAME: usize = 64 * 1024;
 /// An HTTP/2 response body's standing with its client, for the connection's body
 /// timeout (`server::conn`). Kept in the body's `Completion`, beside its activity.
 ///
-/// h2 polls a body only when the client's flow-control window has room for more of it.
+/// hyper (1.x) takes a body's next frame as soon as h2 has the last one, then holds it
+/// until the client's flow-control window has room for it, and only then polls again.
 /// A client that opens no window leaves the body unpolled, and the connection busy, for
 /// ever; on HTTP/1 the same client would fill the socket, which the server sees. So the
-/// body tells the connection whether it has something hyper has not taken (it waits on
-/// the client), and counts each poll (the client made room). Bodies are yielded in
-/// frames of at most `HTTP2_FRAME` for the same reason: hyper polls again only once h2
-/// has sent nearly all of what it took, so a full body taken whole would leave the
-/// bridge's sight at once, and a large chunk would look stalled to a client that reads
-/// it steadily. The least a client must take is thus one frame per body timeout (about
-/// 2 KiB/s at 30 s), as on HTTP/1, where a streamed response's producer waits that long
-/// for hyper to take a chunk.
+/// body tells the connection whether its last poll handed hyper a frame, which may wait
+/// on the client (a `Pending` poll waits on the producer instead), and counts each poll
+/// (the client made room). Bodies are yielded in frames of at most `HTTP2_FRAME` for the
+/// same reason: a large chunk would look stalled to a client that reads it steadily,
+/// and a full body taken whole would leave the bridge's sight at once. The least a
+/// client must take is thus one frame per body timeout (about 2 KiB/s at 30 s), as on
+/// HTTP/1, where a streamed response's producer waits that long for hyper to take a
+/// piece.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Http2Flow {
     /// Not an HTTP/2 connection of the bundled server.

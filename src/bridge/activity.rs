@@ -19,9 +19,10 @@ pub(crate) struct Activity {
     /// Milliseconds since `epoch` when the connection's writes began to find the socket
     /// full, or `NOT_BLOCKED` (see `server::conn`).
     write_blocked_since_ms: AtomicU64,
-    /// HTTP/2 responses that have a frame for hyper which hyper has not taken yet
-    /// (`body::bridge`): h2 takes one only when the client's flow-control window has
-    /// room, so these wait on the client, not on their handler or producer.
+    /// HTTP/2 responses not polled yet, or whose last poll handed hyper a frame
+    /// (`body::bridge::Http2Flow`): hyper holds such a frame until the client's
+    /// flow-control window has room, so these may wait on the client, not on their
+    /// handler or producer.
     held_responses: AtomicUsize,
     /// How many frames hyper has taken from HTTP/2 response bodies: whether any of them
     /// moved since the watchdog last looked.
@@ -115,7 +116,8 @@ impl Activity {
         }
     }
 
-    /// Records that hyper polled an HTTP/2 response body: its client's window had room.
+    /// Records that hyper polled an HTTP/2 response body: the client's window had room
+    /// for the frame before.
     pub(crate) fn frame_taken(&self) {
         // Bodies are polled by hyper's per-stream tasks, on any runtime thread.
         self.frames_taken.fetch_add(1, Ordering::Relaxed);

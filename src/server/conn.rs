@@ -102,8 +102,7 @@ pub(super) async fn serve<H: Handler>(
     };
 
     let _panic_log = PanicLog(peer);
-    std::future::poll_fn(|cx| {
-        loop {
+    std::future::poll_fn(|cx| loop {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -192,7 +191,6 @@ pub(super) async fn serve<H: Handler>(
             }
         }
         return Poll::Pending;
-        }
     })
     .await
 }
@@ -275,8 +273,9 @@ impl Watch {
                 later(now, self.limits.write_stall - stalled)
             } else if activity.in_flight() > 0 {
                 // Busy: a handler runs (its own time is not limited here; its waits on the
-                // client are, in the body channels). Nothing can expire before it ends;
-                // look again later, counting idleness from now at the earliest.
+                // client are, in the body channels), or hyper holds its response. Only the
+                // HTTP/2 flow watch can expire before it ends; look again later, counting
+                // idleness from now at the earliest.
                 activity.touch();
                 let next = later(now, self.limits.shortest());
                 match self.held_since(activity, now) {
@@ -335,9 +334,7 @@ impl Watch {
             }
         }
     }
-}
 
-impl Watch {
     /// Since when the HTTP/2 responses that wait on the client's window have had none of
     /// their frames taken, if any wait. Sampled at each check, so the time counts from
     /// the first check that saw them stand still.
