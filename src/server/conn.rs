@@ -16,18 +16,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
+use super::exec::StreamExecutor;
 use crate::bridge::{Activity, SyncService};
 use crate::handler::Handler;
 
 /// What every connection task shares.
 pub(super) struct ConnConfig {
-    pub(super) http: auto::Builder<TokioExecutor>,
+    pub(super) http: auto::Builder<StreamExecutor>,
     pub(super) keep_alive: Option<Duration>,
     /// How long an HTTP/1 connection may go without a request in flight before it is
     /// closed outright; hyper's own header timer is off (see `http_builder`).

@@ -10,6 +10,7 @@
 //! ```
 
 mod conn;
+mod exec;
 mod shutdown;
 
 use std::fmt;
@@ -17,7 +18,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -32,6 +33,7 @@ use crate::handler::Handler;
 use crate::pool::{BlockingPool, BlockingPoolBuilder};
 use crate::tasks::{TaskSet, TaskSetBuilder};
 use conn::{ConnConfig, ConnSignal};
+use exec::StreamExecutor;
 
 /// An HTTP server for a blocking [`Handler`].
 ///
@@ -544,8 +546,8 @@ impl Server {
     }
 }
 
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut http = auto::Builder::new(TokioExecutor::new());
+fn http_builder(config: &Config) -> auto::Builder<StreamExecutor> {
+    let mut http = auto::Builder::new(StreamExecutor);
     http.http1()
         // The connection task enforces the header read timeout (see `conn`): hyper's
         // own timer allocates and registers a tokio timer for every request head, a
