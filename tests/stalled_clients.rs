@@ -214,11 +214,12 @@ async fn an_http2_client_that_opens_no_window_for_a_full_response_is_closed() {
         }
     });
     let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
-    // A connection in use for a while: one whole response, a pause of a few body
-    // timeouts (the server looks at an idle connection meanwhile), then one held back.
+    // A connection in use for a while: one whole response, a pause longer than the
+    // server's idle re-check (a second, for a body timeout that short), in which it
+    // looks at the idle connection, then one held back.
     let first = h2_get(&mut send, "/small").await;
     assert_eq!(support::collect(first).await.text(), "small");
-    tokio::time::sleep(3 * BODY_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let held = h2_get(&mut send, "/big").await;
     assert_eq!(held.status(), 200);
 
@@ -251,7 +252,8 @@ async fn an_http2_connection_closed_for_idleness_is_closed_when_its_client_takes
     // bridge while the client still holds back most of it. The keep-alive timeout then
     // closes the connection gracefully, which waits for that stream.
     let server = TestServer::start_with(
-        one_connection(Some(Duration::from_millis(200))),
+        // Long enough for the request to come first on a loaded machine.
+        one_connection(Some(Duration::from_millis(500))),
         |req: Request| {
             if req.uri().path() == "/held" {
                 Bytes::from(vec![b'z'; 60 * 1024])
@@ -270,12 +272,14 @@ async fn an_http2_connection_closed_for_idleness_is_closed_when_its_client_takes
 
 #[tokio::test]
 async fn an_http2_response_whose_producer_pauses_is_not_cut_off() {
-    // Waiting on its own producer is not waiting on the client, however long.
+    // Waiting on its own producer is not waiting on the client, however long. The pause
+    // outlasts the server's first look at the connection (a second after it came) and
+    // two body timeouts after that.
     let server = TestServer::start_with(one_connection(None), |_req: Request| {
         let mut parts = vec![Bytes::from_static(b"b"), Bytes::from_static(b"a")];
         Response::new(ResponseBody::from_chunks(std::iter::from_fn(move || {
             if parts.len() == 1 {
-                std::thread::sleep(3 * BODY_TIMEOUT);
+                std::thread::sleep(Duration::from_millis(1000) + 4 * BODY_TIMEOUT);
             }
             parts.pop().map(Ok)
         })))
@@ -293,7 +297,9 @@ async fn an_http2_client_that_reads_a_large_chunk_steadily_is_not_cut_off() {
     // body's next chunk as soon as it has handed the last one to h2, then waits for room
     // for it): the client takes a frame every few milliseconds, so the large chunk takes
     // several body timeouts to go out.
-    const LARGE: usize = 2 * 1024 * 1024;
+    // 4 MiB at 16 KiB per 10 ms: 2.6 s, well past the close a stall would get (the
+    // first look a second after the connection came, plus a body timeout or two).
+    const LARGE: usize = 4 * 1024 * 1024;
     const SIZE: usize = LARGE + 1;
     let server = TestServer::start_with(one_connection(None), |_req: Request| {
         let chunks = [Bytes::from(vec![b'c'; LARGE]), Bytes::from_static(b"!")];

@@ -26,8 +26,11 @@ pub struct BridgeBody {
     completion: Option<Completion>,
 }
 
-/// The largest frame a body yields on an HTTP/2 connection of the bundled server.
-const HTTP2_FRAME: usize = 64 * 1024;
+/// The largest piece a streamed body yields, and on an HTTP/2 connection of the bundled
+/// server a full one. hyper takes the next piece only once it has written (HTTP/1) or
+/// handed h2 the window for (HTTP/2) nearly all of the last one, so a larger chunk would
+/// make a client that reads it slowly but steadily look stalled to the body timeout.
+const FRAME: usize = 64 * 1024;
 
 /// An HTTP/2 response body's standing with its client, for the connection's body
 /// timeout (`server::conn`). Kept in the body's `Completion`, beside its activity.
@@ -37,10 +40,10 @@ const HTTP2_FRAME: usize = 64 * 1024;
 /// A client that opens no window leaves the body unpolled, and the connection busy, for
 /// ever; on HTTP/1 the same client would fill the socket, which the server sees. So the
 /// body tells the connection whether its last poll handed hyper a frame, which may wait
-/// on the client (a `Pending` poll waits on the producer instead), and counts each poll
-/// (the client made room). Bodies are yielded in frames of at most `HTTP2_FRAME` for the
-/// same reason: a large chunk would look stalled to a client that reads it steadily,
-/// and a full body taken whole would leave the bridge's sight at once. The least a
+/// on the client (a `Pending` poll waits on the producer instead), and counts the polls
+/// that follow such a frame (the client made room for it). Bodies are yielded in frames of at most `FRAME` for the same
+/// reason: a large chunk would look stalled to a client that reads it steadily, and a
+/// full body taken whole would leave the bridge's sight at once. The least a
 /// client must take is thus one frame per body timeout (about 2 KiB/s at 30 s), as on
 /// HTTP/1, where a streamed response's producer waits that long for hyper to take a
 /// piece.
@@ -92,16 +95,21 @@ impl BridgeBody {
 }
 
 impl BridgeBody {
-    /// The next chunk, of at most `max` bytes (a longer one is split, its rest kept for
-    /// the next call), counted in the completion.
+    /// The next chunk, counted in the completion: a streamed one of at most `FRAME`
+    /// bytes, a full one of at most `full_max` (a longer one is split, its rest kept for
+    /// the next call).
     #[inline]
-    fn next_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Option<io::Result<Bytes>>> {
+    fn next_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        full_max: usize,
+    ) -> Poll<Option<io::Result<Bytes>>> {
         let polled = match &mut self.kind {
-            Kind::Full(Some(bytes)) if bytes.len() > max => {
-                Poll::Ready(Some(Ok(bytes.split_to(max))))
+            Kind::Full(Some(bytes)) if bytes.len() > full_max => {
+                Poll::Ready(Some(Ok(bytes.split_to(full_max))))
             }
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
-            Kind::Stream(rx) => rx.poll_recv_at_most(cx, max),
+            Kind::Stream(rx) => rx.poll_recv_at_most(cx, FRAME),
         };
         match &polled {
             Poll::Ready(Some(Ok(chunk))) => {
@@ -120,10 +128,10 @@ impl BridgeBody {
     }
 
     /// `next_chunk` on an HTTP/2 connection of the bundled server: in frames of at most
-    /// `HTTP2_FRAME`, and every poll reported to the connection (`Http2Flow`).
+    /// `FRAME`, and every poll reported to the connection (`Http2Flow`).
     #[inline(never)]
     fn next_http2_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        let polled = self.next_chunk(cx, HTTP2_FRAME);
+        let polled = self.next_chunk(cx, FRAME);
         if let Some(c) = &mut self.completion {
             c.http2_polled(polled.is_pending());
         }
@@ -234,7 +242,12 @@ impl Completion {
         let Some(activity) = &self.activity else {
             return;
         };
-        activity.frame_taken();
+        if self.http2 == Http2Flow::Held {
+            // hyper had room for the frame it held: the client took something. A poll
+            // after `Pending` comes from the producer's wake-up instead, and says nothing
+            // of the client.
+            activity.frame_taken();
+        }
         let now = if pending {
             Http2Flow::Producing
         } else {

@@ -268,7 +268,9 @@ pub(crate) struct Sender {
 
 impl Sender {
     /// Waits, blocking the thread, until there is room, then queues `chunk`.
-    /// Fails once the receiver is gone, or when it has taken nothing for the stall limit.
+    /// Fails once the receiver is gone, or when it has taken nothing for the stall limit
+    /// (checked each time the limit runs out, so between one and two limits after the
+    /// last piece taken).
     /// Call only from a thread that may block.
     pub(crate) fn blocking_send(&self, chunk: Bytes) -> Result<(), SendError> {
         let mut state = self.shared.lock();

@@ -200,7 +200,8 @@ pub(super) async fn serve<H: Handler>(
 /// tokio catches it and drops the connection, and would leave only the panic hook's
 /// message on stderr. Part of the task's state, it is dropped during that unwinding
 /// (tokio drops a panicked task's future before it catches the panic), which costs
-/// nothing per poll, unlike a `catch_unwind` around each.
+/// nothing per poll, unlike a `catch_unwind` around each. (A runtime dropped by a
+/// thread that is itself panicking would make every open connection say so too.)
 struct PanicLog(SocketAddr);
 
 impl Drop for PanicLog {

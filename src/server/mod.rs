@@ -263,8 +263,9 @@ impl Server {
     /// client reads none of a pending response for this long is closed (on HTTP/2: whose
     /// client opens no flow-control window for its pending responses). Each is logged at
     /// warn level. A client reading slowly is not stalled as long as it takes at least a
-    /// 64 KiB piece of the response per body timeout. A handler's own work is not limited. `Duration::MAX` waits for ever.
-    /// Zero fails every wait on the client at once.
+    /// 64 KiB piece of the response per body timeout. A handler's own work is not
+    /// limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
+    /// once (and has every busy connection checked every millisecond).
     ///
     /// [`SyncServiceBuilder::body_timeout`]: crate::SyncServiceBuilder::body_timeout
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
