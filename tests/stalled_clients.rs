@@ -192,6 +192,17 @@ fn one_connection(keep_alive: Option<Duration>) -> Server {
         .body_timeout(BODY_TIMEOUT)
 }
 
+/// A handler that answers `path` with `size` bytes, and any other path with `small`.
+fn sized_at(path: &'static str, size: usize) -> impl Fn(Request) -> Bytes + Send + Sync {
+    move |req: Request| {
+        if req.uri().path() == path {
+            Bytes::from(vec![b'z'; size])
+        } else {
+            Bytes::from_static(b"small")
+        }
+    }
+}
+
 /// Asserts the stalled HTTP/2 client's connection was closed, after the next client was
 /// served: its response body ends in an error, and its connection task has ended.
 async fn assert_cut_off(
@@ -206,13 +217,7 @@ async fn assert_cut_off(
 
 #[tokio::test]
 async fn an_http2_client_that_opens_no_window_for_a_full_response_is_closed() {
-    let server = TestServer::start_with(one_connection(None), |req: Request| {
-        if req.uri().path() == "/big" {
-            Bytes::from(vec![b'z'; 1024 * 1024])
-        } else {
-            Bytes::from_static(b"small")
-        }
-    });
+    let server = TestServer::start_with(one_connection(None), sized_at("/big", 1024 * 1024));
     let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
     // A connection in use for a while: one whole response, a pause longer than the
     // server's idle re-check (a second, for a body timeout that short), in which it
@@ -254,13 +259,7 @@ async fn an_http2_connection_closed_for_idleness_is_closed_when_its_client_takes
     let server = TestServer::start_with(
         // Long enough for the request to come first on a loaded machine.
         one_connection(Some(Duration::from_millis(500))),
-        |req: Request| {
-            if req.uri().path() == "/held" {
-                Bytes::from(vec![b'z'; 60 * 1024])
-            } else {
-                Bytes::from_static(b"small")
-            }
-        },
+        sized_at("/held", 60 * 1024),
     );
     let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
     let held = h2_get(&mut send, "/held").await;
