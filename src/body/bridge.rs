@@ -41,12 +41,11 @@ const FRAME: usize = 64 * 1024;
 /// ever; on HTTP/1 the same client would fill the socket, which the server sees. So the
 /// body tells the connection whether its last poll handed hyper a frame, which may wait
 /// on the client (a `Pending` poll waits on the producer instead), and counts the polls
-/// that follow such a frame (the client made room for it). Bodies are yielded in frames of at most `FRAME` for the same
-/// reason: a large chunk would look stalled to a client that reads it steadily, and a
-/// full body taken whole would leave the bridge's sight at once. The least a
-/// client must take is thus one frame per body timeout (about 2 KiB/s at 30 s), as on
-/// HTTP/1, where a streamed response's producer waits that long for hyper to take a
-/// piece.
+/// that follow such a frame (the client made room for it). Full bodies are yielded in
+/// frames of at most `FRAME` too: taken whole, one would leave the bridge's sight at
+/// once. The least a client must take is thus one frame per body timeout (about 2 KiB/s
+/// at 30 s), as on HTTP/1, where a streamed response's producer waits that long for
+/// hyper to take a piece.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Http2Flow {
     /// Not an HTTP/2 connection of the bundled server.
@@ -92,9 +91,7 @@ impl BridgeBody {
         }
         self.completion = Some(completion);
     }
-}
 
-impl BridgeBody {
     /// The next chunk, counted in the completion: a streamed one of at most `FRAME`
     /// bytes, a full one of at most `full_max` (a longer one is split, its rest kept for
     /// the next call).
