@@ -315,3 +315,46 @@ async fn an_http2_client_that_reads_a_large_chunk_steadily_is_not_cut_off() {
     assert_eq!(received, SIZE);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_http2_request_body_that_stops_arriving_is_answered_408_and_frees_the_thread() {
+    use futures_util::stream;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    let (tx, rx) = mpsc::channel();
+    let server = TestServer::start_with(one_thread(), move |mut req: Request| {
+        if req.uri().path() == "/hello" {
+            return Ok("hello".to_owned());
+        }
+        let mut body = Vec::new();
+        let read = req.body_mut().read_to_end(&mut body);
+        tx.send(read.as_ref().map_err(|e| e.kind()).copied())
+            .unwrap();
+        read.map(|n| n.to_string())
+    });
+    // One part of the body, then nothing: the sender is kept, so the stream never ends.
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let body = StreamBody::new(stream::unfold(body_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+    }))
+    .boxed();
+    let mut send = support::h2(server.addr).await;
+    let req = http::Request::post(server.url("/upload"))
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(send.send_request(req));
+    within(body_tx.send(Bytes::from_static(b"part")))
+        .await
+        .unwrap();
+
+    let response = within(response).await.unwrap().expect("h2 response");
+    assert_eq!(response.status(), 408);
+    assert_eq!(report(rx).await, Err(std::io::ErrorKind::TimedOut));
+    // The one handler thread serves the next request.
+    assert_eq!(get(server.addr, "/hello").await.text(), "hello");
+    drop(body_tx);
+    server.stop().await;
+}
