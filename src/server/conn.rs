@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
-use super::exec::StreamExecutor;
+use super::exec::{PanicLog, StreamExecutor};
 use crate::bridge::{Activity, SyncService};
 use crate::handler::Handler;
 
@@ -102,7 +102,7 @@ pub(super) async fn serve<H: Handler>(
         },
     };
 
-    let _panic_log = PanicLog(peer);
+    let _panic_log = PanicLog::Connection(peer);
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             if let Err(err) = result {
@@ -194,26 +194,6 @@ pub(super) async fn serve<H: Handler>(
         return Poll::Pending;
     })
     .await
-}
-
-/// Logs a panic that unwinds through the connection task (hyper's or the watchdog's):
-/// tokio catches it and drops the connection, and would leave only the panic hook's
-/// message on stderr. Part of the task's state, it is dropped during that unwinding
-/// (tokio drops a panicked task's future before it catches the panic), which costs
-/// nothing per poll, unlike a `catch_unwind` around each. (A runtime dropped by a
-/// thread that is itself panicking would make every open connection say so too.)
-struct PanicLog(SocketAddr);
-
-impl Drop for PanicLog {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            tracing::error!(
-                peer = %self.0,
-                "connection task panicked (the panic message is the one printed just \
-                 before); connection closed"
-            );
-        }
-    }
 }
 
 struct Limits {

@@ -1,14 +1,14 @@
-//! The executor hyper spawns HTTP/2 stream tasks on: tokio's, with a panic in a stream
-//! task logged through `tracing`.
+//! The server's own tasks and a panic in them: the executor hyper spawns HTTP/2 stream
+//! tasks on, and the guard that logs a panic in those and in the connection tasks.
 //!
-//! On HTTP/2 hyper polls each request's service future and response body in a task of
-//! its own, beside the connection task. tokio catches a panic there and drops the task,
-//! leaving only the panic hook's message on stderr; the guard below says it in the log
-//! too, as `conn::PanicLog` does for the connection task.
+//! tokio catches a panic in a task and drops the task, leaving only the panic hook's
+//! message on stderr. On HTTP/2 hyper polls each request's service future and response
+//! body in a task of its own, beside the connection task; either may hold our code.
 
 use std::future::Future;
+use std::net::SocketAddr;
 
-/// Spawns hyper's HTTP/2 stream tasks with `tokio::spawn`, each with a panic log.
+/// Spawns hyper's HTTP/2 stream tasks with `tokio::spawn`, each with a [`PanicLog`].
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct StreamExecutor;
 
@@ -19,22 +19,38 @@ where
 {
     fn execute(&self, fut: F) {
         tokio::spawn(async move {
-            // Part of the task's state: tokio drops it while a panic unwinds.
-            let _panic_log = StreamPanicLog;
+            let _panic_log = PanicLog::Http2Stream;
             fut.await
         });
     }
 }
 
-struct StreamPanicLog;
+/// Logs a panic that unwinds through a task of the server, with `tracing`.
+///
+/// Held in the task's state: tokio drops a panicked task's future while the panic
+/// unwinds (before it catches it), so the guard sees `panicking()`, and costs nothing
+/// per poll, unlike a `catch_unwind` around each. (A runtime dropped by a thread that is
+/// itself panicking would make every open task say so too.)
+pub(super) enum PanicLog {
+    Connection(SocketAddr),
+    Http2Stream,
+}
 
-impl Drop for StreamPanicLog {
+impl Drop for PanicLog {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            tracing::error!(
+        if !std::thread::panicking() {
+            return;
+        }
+        match self {
+            PanicLog::Connection(peer) => tracing::error!(
+                %peer,
+                "connection task panicked (the panic message is the one printed just \
+                 before); connection closed"
+            ),
+            PanicLog::Http2Stream => tracing::error!(
                 "HTTP/2 stream task panicked (the panic message is the one printed just \
                  before); its stream was dropped"
-            );
+            ),
         }
     }
 }
