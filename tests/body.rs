@@ -6,9 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::stream;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
 use support::{h1, h2, read_raw_response, request, within, TestServer};
 use syncbridge::{Request, Response, ResponseBody, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,13 +72,7 @@ async fn h2c_body_sent_in_parts_after_the_head_reaches_the_handler_part_by_part(
     let (tx, rx) = mpsc::sync_channel(4);
     let rx = Arc::new(Mutex::new(rx));
     let server = TestServer::start(parts_handler(tx));
-    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let body = StreamBody::new(stream::unfold(body_rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
-    }))
-    .boxed();
+    let (body_tx, body) = support::channel_body(1);
     let mut send = h2(server.addr).await;
     let req = http::Request::post(server.url("/parts"))
         .body(body)
@@ -271,12 +262,7 @@ async fn body_over_the_limit_gets_413_and_fails_the_handlers_read() {
     assert_eq!(declared.status, 413);
 
     // Streamed without a length: the limit trips mid-body, while the handler reads.
-    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let body = StreamBody::new(stream::unfold(body_rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
-    }));
+    let (body_tx, body) = support::channel_body(64);
     let mut send = h1(server.addr).await;
     let req = http::Request::post("/streamed")
         .header("host", "x")

@@ -31,10 +31,11 @@ async fn report<T: Send + 'static>(rx: mpsc::Receiver<T>) -> T {
     .expect("report task")
 }
 
-#[tokio::test]
-async fn a_request_body_that_stops_arriving_is_answered_408_and_frees_the_thread() {
-    let (tx, rx) = mpsc::channel();
-    let server = TestServer::start_with(one_thread(), move |mut req: Request| {
+/// A handler that reads the body whole and reports how the read went (`/hello` aside).
+fn reports_its_read(
+    tx: mpsc::Sender<Result<usize, std::io::ErrorKind>>,
+) -> impl Fn(Request) -> std::io::Result<String> + Send + Sync {
+    move |mut req: Request| {
         if req.uri().path() == "/hello" {
             return Ok("hello".to_owned());
         }
@@ -43,7 +44,13 @@ async fn a_request_body_that_stops_arriving_is_answered_408_and_frees_the_thread
         tx.send(read.as_ref().map_err(|e| e.kind()).copied())
             .unwrap();
         read.map(|n| n.to_string())
-    });
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_is_answered_408_and_frees_the_thread() {
+    let (tx, rx) = mpsc::channel();
+    let server = TestServer::start_with(one_thread(), reports_its_read(tx));
 
     let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
     let head = "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n";
@@ -318,29 +325,10 @@ async fn an_http2_client_that_reads_a_large_chunk_steadily_is_not_cut_off() {
 
 #[tokio::test]
 async fn an_http2_request_body_that_stops_arriving_is_answered_408_and_frees_the_thread() {
-    use futures_util::stream;
-    use http_body_util::{BodyExt, StreamBody};
-    use hyper::body::Frame;
-
     let (tx, rx) = mpsc::channel();
-    let server = TestServer::start_with(one_thread(), move |mut req: Request| {
-        if req.uri().path() == "/hello" {
-            return Ok("hello".to_owned());
-        }
-        let mut body = Vec::new();
-        let read = req.body_mut().read_to_end(&mut body);
-        tx.send(read.as_ref().map_err(|e| e.kind()).copied())
-            .unwrap();
-        read.map(|n| n.to_string())
-    });
+    let server = TestServer::start_with(one_thread(), reports_its_read(tx));
     // One part of the body, then nothing: the sender is kept, so the stream never ends.
-    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let body = StreamBody::new(stream::unfold(body_rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
-    }))
-    .boxed();
+    let (body_tx, body) = support::channel_body(1);
     let mut send = support::h2(server.addr).await;
     let req = http::Request::post(server.url("/upload"))
         .body(body)

@@ -96,6 +96,25 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// A request body fed part by part through the returned sender (which holds at most
+/// `parts` unsent parts); it ends when the sender is dropped.
+pub fn channel_body(
+    parts: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    http_body_util::combinators::BoxBody<Bytes, std::io::Error>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(parts);
+    let body =
+        http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::io::Error>(hyper::body::Frame::data(b)), rx))
+        }))
+        .boxed();
+    (tx, body)
+}
+
 /// An HTTP/1.1 connection; the connection task runs in the background.
 pub async fn h1<B>(addr: SocketAddr) -> http1::SendRequest<B>
 where
