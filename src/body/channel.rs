@@ -2,8 +2,9 @@
 //!
 //! Both body directions cross the sync/async line through it: request chunks go from the
 //! connection task (async `poll_ready` + `send`) to the handler thread (`blocking_recv`),
-//! response chunks from the producer thread (`blocking_send`) to hyper (`poll_recv_at_most`).
-//! At most `capacity` chunks are in flight, so a slow side slows the other one down.
+//! response chunks from the producer thread (`blocking_send`) to hyper
+//! (`poll_recv_at_most`). At most `max_bytes` of chunks are in flight, so a slow side
+//! slows the other one down.
 //!
 //! A blocking end waits for the other side at most `stall_limit` at a time: a client that
 //! stops sending its body, or stops reading the response, would otherwise hold a pool
