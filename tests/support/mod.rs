@@ -15,6 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use syncbridge::{Handler, Server, ShutdownHandle};
 use tokio::net::TcpStream;
 
+pub mod logs;
+
 /// How long any single step of a test may take before it counts as a hang.
 pub const STEP: Duration = Duration::from_secs(10);
 

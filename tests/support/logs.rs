@@ -1,0 +1,83 @@
+//! A global subscriber that keeps what the crate logs, so tests can assert that nothing
+//! fails silently. Installed before any server starts (support's `init_tracing` then finds
+//! a subscriber already set and leaves it).
+
+use std::fmt::Write as _;
+use std::sync::{Mutex, Once};
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
+struct Capture;
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = Fields(format!("{} ", event.metadata().level()));
+        event.record(&mut fields);
+        LINES.lock().unwrap().push(fields.0);
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Fields(format!("{} ", attrs.metadata().name()));
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_follows_from(&self, span: &Id, follows: &Id, ctx: Context<'_, S>) {
+        let (Some(span), Some(follows)) = (ctx.span(span), ctx.span(follows)) else {
+            return;
+        };
+        let describe = |s: &tracing_subscriber::registry::SpanRef<'_, S>| {
+            s.extensions()
+                .get::<Fields>()
+                .map(|f| f.0.clone())
+                .unwrap_or_default()
+        };
+        let line = format!("FOLLOWS {} <- {}", describe(&span), describe(&follows));
+        LINES.lock().unwrap().push(line);
+    }
+}
+
+pub fn install() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let capture = Capture.with_filter(
+            Targets::new()
+                .with_target("syncbridge", Level::DEBUG)
+                .with_target("tasks", Level::TRACE),
+        );
+        let print = tracing_subscriber::fmt::layer()
+            .with_test_writer()
+            .with_filter(Targets::new().with_target("syncbridge", Level::WARN));
+        tracing_subscriber::registry()
+            .with(capture)
+            .with(print)
+            .init();
+    });
+}
+
+/// Whether one captured line contains every part.
+pub fn contains(parts: &[&str]) -> bool {
+    LINES
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|line| parts.iter().all(|p| line.contains(p)))
+}
