@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::handle::TaskHandle;
 use super::info::{TaskId, TaskInfo};
 use super::set::{register_live, unregister_live, TaskSet, CURRENT_SET};
-use super::supervise::{AsyncWork, BlockingWork, Supervisor, Work};
+use super::supervise::{AsyncWork, BlockingWork, Supervisor, Unfinished, Work};
 use crate::error::{Error, Kind, Result};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -266,6 +266,7 @@ impl<'a> TaskBuilder<'a> {
             retries: self.retries,
             backoff: self.backoff,
             reply,
+            unfinished: Unfinished::new(self.set.clone(), id, token.clone()),
         };
         // Kept out of the supervisor: boxed `FnOnce`s are not `Sync`, and `&Supervisor`
         // is held across awaits, which must stay `Send`.

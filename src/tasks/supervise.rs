@@ -264,6 +264,65 @@ pub(super) struct Supervisor<T> {
     pub(super) retries: u32,
     pub(super) backoff: Duration,
     pub(super) reply: oneshot::Sender<Result<Arc<T>>>,
+    pub(super) unfinished: Unfinished,
+}
+
+/// Records a task whose supervisor future is dropped before the task has ended: its
+/// runtime shut down (tokio drops every task's future then, and at once one spawned on
+/// a runtime that has already shut down), or the supervisor panicked. Without it the
+/// entry would stay `pending` or `running`, and the task live, for ever, with no log
+/// line; `join` answers [`Error::is_shutdown`] (the reply is dropped with it).
+pub(super) struct Unfinished {
+    set: TaskSet,
+    id: TaskId,
+    token: CancellationToken,
+    stage: Stage,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Not ended yet: nothing is recorded.
+    Running,
+    /// Ended and recorded; its callbacks may not have run yet.
+    Recorded,
+    /// Callbacks done (or none): only the live entry is left to remove.
+    Done,
+}
+
+impl Unfinished {
+    pub(super) fn new(set: TaskSet, id: TaskId, token: CancellationToken) -> Self {
+        Unfinished {
+            set,
+            id,
+            token,
+            stage: Stage::Running,
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let id = self.id;
+        match self.stage {
+            Stage::Running => {
+                // A blocking attempt still queued must not start with nobody to record
+                // it; one that runs sees its token.
+                self.token.cancel();
+                let message = "its supervisor was dropped before it ended: the runtime it \
+                               runs on shut down, or the supervisor panicked";
+                tracing::error!(task_id = %id, "background task lost: {message}");
+                let lost = outcome(TaskStatus::Failed, None, Some(Arc::from(message)));
+                self.set.shared.backend.finished(id, lost);
+            }
+            Stage::Recorded => tracing::error!(
+                task_id = %id,
+                "background task callbacks not run: its supervisor was dropped (the runtime \
+                 shut down)"
+            ),
+            Stage::Done => {}
+        }
+        unregister_live(&self.set, id);
+    }
 }
 
 impl<T: Send + Sync + 'static> Supervisor<T> {
@@ -327,7 +386,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
     }
 
     async fn finish(
-        self,
+        mut self,
         ended: Ended<T>,
         start: Instant,
         (on_error, on_done): (Option<Callback>, Option<Callback>),
@@ -388,13 +447,16 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         };
         let status = outcome.status;
         let info = self.set.shared.backend.finished(id, outcome);
+        self.unfinished.stage = Stage::Recorded;
         let mut callbacks = Vec::new();
         if status != TaskStatus::Succeeded {
             callbacks.extend(on_error.map(|cb| ("on_error", cb)));
         }
         callbacks.extend(on_done.map(|cb| ("on_done", cb)));
         self.run_callbacks(info, callbacks).await;
-        unregister_live(&self.set, id);
+        // Out of the live map before the reply: whoever joins sees the task gone.
+        self.unfinished.stage = Stage::Done;
+        drop(self.unfinished);
         // Nobody may be waiting: the outcome is recorded and logged above either way.
         let _ = self.reply.send(reply);
     }
