@@ -2,14 +2,17 @@
 //!
 //! tokio panics where a `Sleep` is made in a runtime without a time driver (built
 //! without `enable_time`). A wait the crate bounds with a timer (a queued request, a
-//! queued `ensure_async` closure) checks first, so that such a runtime gets a clear
-//! error instead of a panic from inside tokio.
+//! queued `ensure_async` closure, a background task's timeout or retry) checks first, so
+//! that such a runtime gets a clear error instead of a panic from inside tokio; a drain's
+//! deadline, which must end, falls back to a thread that sleeps.
 
 use std::panic::catch_unwind;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 /// A sleep of `after` on the current runtime, or `None` when it has no timers (logged at
@@ -24,8 +27,42 @@ pub(crate) fn sleep(after: Duration, known: Option<&OnceLock<bool>>) -> Option<P
     enabled.then(|| Box::pin(tokio::time::sleep(after)))
 }
 
+/// Whether `handle`'s runtime has timers, without logging. Callable from anywhere.
+pub(crate) fn has_timers(handle: &Handle) -> bool {
+    let _entered = handle.enter();
+    probe()
+}
+
+/// Completes after `after`, in any runtime: on tokio's timer where the current runtime
+/// has one, else on a plain thread of its own that sleeps. Meant for a rare wait that
+/// must end (a drain's deadline), not for one per request. Call only inside a tokio
+/// runtime.
+pub(crate) async fn sleep_anywhere(after: Duration) {
+    if probe() {
+        return tokio::time::sleep(after).await;
+    }
+    let (done, slept) = oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("syncbridge-timer".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            let _ = done.send(());
+        });
+    if let Err(err) = spawned {
+        // No way to wait: the deadline counts as passed, which ends the wait early
+        // rather than never.
+        tracing::error!(error = %err, "could not start a timer thread; the wait ends at once");
+        return;
+    }
+    let _ = slept.await;
+}
+
+fn probe() -> bool {
+    catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
+}
+
 fn runtime_has_timers() -> bool {
-    let enabled = catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok();
+    let enabled = probe();
     if !enabled {
         tracing::error!(
             "the tokio runtime has no timers (build it with `enable_time` or `enable_all`): \

@@ -6,7 +6,7 @@
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::{logs, STEP};
@@ -98,4 +98,133 @@ fn an_async_task_whose_runtime_shuts_down_under_it_is_failed_and_logged() {
         "background task lost"
     ]));
     assert!(handle.join_blocking().unwrap_err().is_shutdown());
+}
+
+/// A current-thread runtime built without timers (no `enable_time`).
+fn runtime_without_timers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_runtime_without_timers_refuses_timed_tasks_and_still_drains() {
+    logs::install();
+    let runtime = runtime_without_timers();
+    let set = TaskSet::builder().runtime(runtime.handle().clone()).build();
+
+    let timed = set
+        .task()
+        .timeout(STEP)
+        .spawn_blocking(|_| Ok::<_, std::io::Error>(()))
+        .unwrap_err();
+    assert!(timed.is_no_context(), "{timed}");
+    assert!(timed.to_string().contains("enable_time"), "{timed}");
+    let retried = set
+        .task()
+        .retries(2, Duration::from_millis(1))
+        .spawn(|_| async { Ok::<_, std::io::Error>(()) })
+        .unwrap_err();
+    assert!(retried.is_no_context(), "{retried}");
+    assert_eq!(set.live(), 0);
+
+    // A task without either runs; the drain's deadline still ends the wait for one
+    // that does not finish by itself.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let stuck = set
+        .spawn_blocking(move |ctx| {
+            started_tx.send(()).unwrap();
+            let deadline = Instant::now() + STEP;
+            while !ctx.is_cancelled() && Instant::now() < deadline {
+                std::thread::park_timeout(Duration::from_millis(2));
+            }
+            Err::<(), _>(std::io::Error::other("stopped: cancelled"))
+        })
+        .unwrap();
+    let id = stuck.id();
+    started_rx.recv_timeout(STEP).unwrap();
+    let began = Instant::now();
+    let abandoned = runtime.block_on(set.shutdown(Duration::from_millis(50)));
+    assert_eq!(abandoned, vec![id]);
+    assert!(began.elapsed() < STEP, "the drain outlived its deadline");
+    assert_eq!(set.status(id), TaskStatus::Cancelled);
+}
+
+/// Awaits `fut` in a runtime without timers, failing the test if it takes longer than
+/// [`STEP`] (a plain thread keeps the time).
+async fn within_untimed<F: std::future::Future>(fut: F) -> F::Output {
+    let (expired_tx, expired) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(STEP);
+        let _ = expired_tx.send(());
+    });
+    tokio::select! {
+        out = fut => out,
+        _ = expired => panic!("test step timed out after {STEP:?}"),
+    }
+}
+
+/// Yields to the runtime until `done` holds (bounded by [`STEP`]).
+async fn until_untimed(mut done: impl FnMut() -> bool) {
+    within_untimed(async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
+#[test]
+fn callbacks_that_find_the_callback_pool_full_wait_and_run_in_order_without_timers() {
+    logs::install();
+    let runtime = runtime_without_timers();
+    // One callback thread and one place: the first callback holds the thread, and the
+    // next three must wait for room.
+    let set = TaskSet::builder()
+        .runtime(runtime.handle().clone())
+        .max_threads(1)
+        .queue_capacity(1)
+        .build();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+
+    let first = {
+        let order = order.clone();
+        set.task()
+            .on_done(move |_| {
+                started_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(STEP);
+                order.lock().unwrap().push(0);
+            })
+            .spawn(|_| async { Ok::<_, std::io::Error>(()) })
+            .unwrap()
+    };
+    runtime.block_on(async {
+        until_untimed(|| started_rx.try_recv().is_ok()).await;
+        let rest: Vec<_> = (1..4)
+            .map(|i| {
+                let order = order.clone();
+                set.task()
+                    .on_done(move |_| order.lock().unwrap().push(i))
+                    .spawn(|_| async { Ok::<_, std::io::Error>(()) })
+                    .unwrap()
+            })
+            .collect();
+        // A task's status is final in the same poll in which its supervisor starts to
+        // wait for room for its callbacks.
+        let ids: Vec<_> = rest.iter().map(|h| h.id()).collect();
+        until_untimed(|| {
+            ids.iter()
+                .all(|id| set.status(*id) == TaskStatus::Succeeded)
+        })
+        .await;
+
+        release_tx.send(()).unwrap();
+        within_untimed(first.join()).await.unwrap();
+        for handle in rest {
+            within_untimed(handle.join()).await.unwrap();
+        }
+    });
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -79,7 +80,14 @@ pub(super) struct Shared {
     /// Where `on_done`/`on_error` run: as bounded as `pool` but apart from it, so that a
     /// task blocked joining another never waits for a thread to run that one's callbacks.
     pub(super) callbacks: BlockingPool,
+    /// One permit per callback job in `callbacks` (queued or running), as many as its
+    /// queue holds: a supervisor that has one always finds room there, and those without
+    /// one wait in FIFO order, with no timer. (It caps callbacks at the queue's size, at
+    /// least one, even where that is smaller than the thread limit.)
+    pub(super) callback_room: Arc<Semaphore>,
     runtime: OnceLock<Handle>,
+    /// Whether `runtime` has timers, which a task's timeout and retries need: asked once.
+    timers: OnceLock<bool>,
     pub(super) tracker: TaskTracker,
     /// The parent of every task's token: cancelled at the drain deadline.
     pub(super) root: CancellationToken,
@@ -235,7 +243,7 @@ impl TaskSet {
         }
         let drained = tokio::select! {
             _ = shared.tracker.wait() => true,
-            _ = tokio::time::sleep(deadline) => false,
+            _ = crate::timer::sleep_anywhere(deadline) => false,
             _ = abort => false,
         };
         let mut abandoned = Vec::new();
@@ -250,10 +258,11 @@ impl TaskSet {
                 );
             }
             shared.root.cancel();
-            if tokio::time::timeout(CANCEL_GRACE, shared.tracker.wait())
-                .await
-                .is_err()
-            {
+            let stopped = tokio::select! {
+                _ = shared.tracker.wait() => true,
+                _ = crate::timer::sleep_anywhere(CANCEL_GRACE) => false,
+            };
+            if !stopped {
                 for id in shared.live().keys() {
                     tracing::error!(
                         task_id = %id,
@@ -264,6 +273,7 @@ impl TaskSet {
         }
         shared.pool.shutdown();
         shared.callbacks.shutdown();
+        shared.callback_room.close();
         abandoned
     }
 
@@ -284,6 +294,22 @@ impl TaskSet {
                  running server, or give one with TaskSetBuilder::runtime",
             )),
         }
+    }
+
+    /// Refuses a task that needs timers (a timeout, retries) on a runtime built without
+    /// them, where tokio would panic inside its supervisor.
+    pub(super) fn require_timers(&self, runtime: &Handle) -> Result<()> {
+        if *self
+            .shared
+            .timers
+            .get_or_init(|| crate::timer::has_timers(runtime))
+        {
+            return Ok(());
+        }
+        Err(Error::new(Kind::NoContext).with_message(
+            "a task timeout or retries need timers, and this TaskSet's runtime has none: build \
+             it with `enable_time` or `enable_all`",
+        ))
     }
 
     /// The context blocking tasks and callbacks run in, so they can spawn in turn.
@@ -418,12 +444,14 @@ impl TaskSetBuilder {
                     .queue_capacity(self.queue_capacity)
                     .thread_name("syncbridge-task")
                     .build(),
+                callback_room: Arc::new(Semaphore::new(self.queue_capacity.max(1))),
                 callbacks: BlockingPool::builder()
                     .max_threads(self.max_threads)
                     .queue_capacity(self.queue_capacity)
                     .thread_name("syncbridge-callback")
                     .build(),
                 runtime,
+                timers: OnceLock::new(),
                 tracker: TaskTracker::new(),
                 root: CancellationToken::new(),
                 live: Mutex::new(HashMap::new()),

@@ -165,7 +165,8 @@ impl<'a> TaskBuilder<'a> {
     ///   registry is full of live tasks. Nothing was started.
     /// - [`Error::is_shutdown`]: the set is draining.
     /// - [`Error::is_no_context`]: the set has no runtime yet and this thread has none
-    ///   (see [`TaskSetBuilder::runtime`](crate::TaskSetBuilder::runtime)).
+    ///   (see [`TaskSetBuilder::runtime`](crate::TaskSetBuilder::runtime)), or the task
+    ///   has a timeout or retries and the set's runtime was built without timers.
     pub fn spawn_blocking<F, T, E>(self, f: F) -> Result<TaskHandle<T>>
     where
         F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
@@ -221,6 +222,9 @@ impl<'a> TaskBuilder<'a> {
         let tracked = self.set.shared.tracker.token();
         self.set.check_open()?;
         let runtime = self.set.runtime()?;
+        if self.timeout.is_some() || self.retries > 0 {
+            self.set.require_timers(&runtime)?;
+        }
         let id = TaskId::generate();
         self.set.shared.backend.insert(id, self.name.clone())?;
         let token = self.set.shared.root.child_token();

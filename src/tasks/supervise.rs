@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::Outcome;
@@ -36,8 +36,6 @@ type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The longest wait between two attempts, however many retries came before.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
-/// How often callbacks that found the task pool full try again.
-const CALLBACK_RETRY: Duration = Duration::from_millis(10);
 
 /// How one attempt ended.
 pub(super) enum Attempt<T> {
@@ -476,6 +474,21 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         let id = self.id;
         let span = self.span.clone();
         let context = self.set.context(self.runtime.clone());
+        const NOT_RUN: &str = "background task callbacks not run: the callback pool has shut down";
+        // Room first (FIFO, no timer): waiting here rather than taking more threads than
+        // the set may have.
+        let room = &self.set.shared.callback_room;
+        let permit = match room.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return tracing::error!(task_id = %id, "{NOT_RUN}"),
+            Err(TryAcquireError::NoPermits) => {
+                tracing::debug!(task_id = %id, "background task callbacks wait for room in the callback pool");
+                match room.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return tracing::error!(task_id = %id, "{NOT_RUN}"),
+                }
+            }
+        };
         let (ran_tx, ran_rx) = oneshot::channel::<()>();
         // Callbacks may block (the example POSTs to a callback URL), so they run on a
         // thread of the set's callback pool, never a runtime worker: bounded like the
@@ -495,26 +508,19 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
                     }
                 }
             });
+            drop(permit);
             let _ = ran_tx.send(());
         });
         let pool = &self.set.shared.callbacks;
-        let mut waited = false;
         loop {
             match pool.try_submit(job) {
                 Ok(_) => break,
-                Err(_) if pool.is_shutdown() => {
-                    tracing::error!(task_id = %id, "background task callbacks not run: the callback pool has shut down");
-                    return;
-                }
+                Err(_) if pool.is_shutdown() => return tracing::error!(task_id = %id, "{NOT_RUN}"),
+                // The permit leaves room in the queue; only a pool with no queue at all
+                // can be full for the moment its one thread takes to come back.
                 Err(back) => {
-                    // Threads and queue full: wait for room rather than take more
-                    // threads than the set may have.
-                    if !waited {
-                        tracing::debug!(task_id = %id, "background task callbacks wait for room in the callback pool");
-                        waited = true;
-                    }
                     job = back;
-                    tokio::time::sleep(CALLBACK_RETRY).await;
+                    tokio::task::yield_now().await;
                 }
             }
         }
