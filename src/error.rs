@@ -43,6 +43,8 @@ pub(crate) enum Kind {
     TaskFailed,
     /// The server or pool is shutting down.
     Shutdown,
+    /// A wait that could never end was refused.
+    WouldDeadlock,
 }
 
 impl Error {
@@ -87,12 +89,16 @@ impl Error {
     }
 
     /// A function that needs a syncbridge context (a handler thread, a background task,
-    /// a running server) was called outside one.
+    /// a running server) was called outside one; or the runtime it would wait on was
+    /// built without timers (`enable_time`) where the wait needs one (a queued
+    /// `ensure_async` closure, a task's timeout or retries).
     pub fn is_no_context(&self) -> bool {
         self.kind() == Kind::NoContext
     }
 
-    /// The blocking pool refused the work: all threads are busy and the queue is full.
+    /// The work was refused for lack of room: all of the pool's threads are busy and its
+    /// queue is full, a task set's registry is full of live tasks, or (from
+    /// `ensure_async`) its pool has shut down.
     pub fn is_overloaded(&self) -> bool {
         self.kind() == Kind::Overloaded
     }
@@ -122,6 +128,13 @@ impl Error {
         self.kind() == Kind::Shutdown
     }
 
+    /// A blocking wait was refused because it could never end: a task callback that
+    /// joins a task with callbacks of its own, which need a callback thread while the
+    /// joining callback holds one.
+    pub fn is_would_deadlock(&self) -> bool {
+        self.kind() == Kind::WouldDeadlock
+    }
+
     fn describe(&self) -> &'static str {
         match self.kind() {
             Kind::Bind => "failed to bind the listening socket",
@@ -134,6 +147,7 @@ impl Error {
             Kind::Panicked => "panicked",
             Kind::TaskFailed => "background task failed",
             Kind::Shutdown => "shutting down",
+            Kind::WouldDeadlock => "refused a wait that could never end",
         }
     }
 }

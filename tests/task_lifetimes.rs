@@ -228,3 +228,36 @@ fn callbacks_that_find_the_callback_pool_full_wait_and_run_in_order_without_time
     });
     assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_joining_a_task_with_callbacks_is_refused_rather_than_deadlocked() {
+    logs::install();
+    // One callback thread: a callback that waited for another task's callbacks would
+    // hold the only thread they can run on.
+    let set = TaskSet::builder().max_threads(1).build();
+    let (said_tx, said_rx) = mpsc::channel();
+    let inner = set.clone();
+    let parent = set
+        .task()
+        .on_done(move |_| {
+            let with_callback = inner
+                .task()
+                .on_done(|_| {})
+                .spawn(|_| async { Ok::<_, std::io::Error>(1) })
+                .unwrap();
+            let without = inner
+                .spawn(|_| async { Ok::<_, std::io::Error>(2) })
+                .unwrap();
+            let refused = with_callback.join_blocking().map(|v| *v);
+            let joined = without.join_blocking().map(|v| *v);
+            said_tx.send((refused, joined)).unwrap();
+        })
+        .spawn(|_| async { Ok::<_, std::io::Error>(()) })
+        .unwrap();
+    support::within(parent.join()).await.unwrap();
+
+    let (refused, joined) = said_rx.recv_timeout(STEP).expect("the callback hung");
+    let err = refused.unwrap_err();
+    assert!(err.is_would_deadlock(), "{err}");
+    assert_eq!(joined.unwrap(), 2);
+}

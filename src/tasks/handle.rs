@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::info::TaskId;
+use super::supervise::in_callback;
 use crate::error::{Error, Kind, Result};
 
 /// A spawned task, typed: its id, cancellation, and its value once it ends.
@@ -18,6 +19,8 @@ pub struct TaskHandle<T> {
     pub(super) id: TaskId,
     pub(super) token: CancellationToken,
     pub(super) rx: oneshot::Receiver<Result<Arc<T>>>,
+    /// Whether the task has `on_done` or `on_error`, which `join` waits for.
+    pub(super) has_callbacks: bool,
 }
 
 impl<T> TaskHandle<T> {
@@ -28,6 +31,9 @@ impl<T> TaskHandle<T> {
 
     /// Asks the task to stop, as [`TaskSet::cancel`](crate::TaskSet::cancel). Callable from anywhere.
     pub fn cancel(&self) {
+        if !self.token.is_cancelled() {
+            tracing::info!(task_id = %self.id, "background task cancellation requested");
+        }
         self.token.cancel();
     }
 
@@ -53,14 +59,28 @@ impl<T> TaskHandle<T> {
     /// task still queued in the same pool, none can run it. Give such waits a task
     /// timeout, or spawn the inner work as an async task.
     ///
+    /// From a task callback, a task with callbacks of its own cannot be joined: its
+    /// callbacks need a thread of the callback pool, and the joining callback holds one
+    /// (with every thread held so, none would ever run). Look its outcome up with
+    /// [`TaskSet::status`](crate::TaskSet::status) instead, or give it no callbacks.
+    /// Waiting on [`join`](Self::join) through `ensure_sync` there has the same hazard
+    /// and is not caught.
+    ///
     /// # Errors
     ///
-    /// As [`join`](Self::join); and [`Error::is_async_context`] when called from async
-    /// code, where blocking would stall the runtime.
+    /// As [`join`](Self::join); [`Error::is_async_context`] when called from async
+    /// code, where blocking would stall the runtime; [`Error::is_would_deadlock`] when
+    /// called from a task callback for a task with callbacks.
     pub fn join_blocking(self) -> Result<Arc<T>> {
         if Handle::try_current().is_ok() {
             return Err(Error::new(Kind::AsyncContext)
                 .with_message("TaskHandle::join_blocking called from async code; use join"));
+        }
+        if self.has_callbacks && in_callback() {
+            return Err(Error::new(Kind::WouldDeadlock).with_message(
+                "TaskHandle::join_blocking called from a task callback for a task with \
+                 callbacks, which would wait for a callback thread this one holds",
+            ));
         }
         self.rx.blocking_recv().unwrap_or_else(|_| Err(dropped()))
     }

@@ -182,8 +182,9 @@ impl TaskSet {
 
     /// Asks the task to stop through its token. A task that has not started yet never
     /// runs; a running blocking closure must check its token; a future is dropped at its
-    /// next await. Returns false when the task is not live (finished or unknown).
-    /// Callable from anywhere.
+    /// next await. Returns false when the task is not live (unknown, or ended with its
+    /// callbacks run); a task that has ended but whose callbacks still run counts as
+    /// live, and cancelling it changes nothing. Callable from anywhere.
     pub fn cancel(&self, id: TaskId) -> bool {
         // Cloned out so that cancelling (which wakes other tasks) runs outside the lock.
         let token = self.shared.live().get(&id).cloned();

@@ -275,6 +275,7 @@ impl<'a> TaskBuilder<'a> {
         // Kept out of the supervisor: boxed `FnOnce`s are not `Sync`, and `&Supervisor`
         // is held across awaits, which must stay `Send`.
         let callbacks = (self.on_error, self.on_done);
+        let has_callbacks = callbacks.0.is_some() || callbacks.1.is_some();
         tracing::debug!(parent: &span, task_id = %id, "background task spawned");
         let future = CURRENT_SET.scope(self.set.clone(), supervisor.run(work, callbacks));
         self.set
@@ -282,7 +283,12 @@ impl<'a> TaskBuilder<'a> {
             .tracker
             .spawn_on(future.instrument(span), &runtime);
         drop(tracked); // the supervisor is tracked from here on
-        TaskHandle { id, token, rx }
+        TaskHandle {
+            id,
+            token,
+            rx,
+            has_callbacks,
+        }
     }
 }
 

@@ -37,6 +37,17 @@ type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 /// The longest wait between two attempts, however many retries came before.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
+thread_local! {
+    /// Whether this thread is running task callbacks: there, joining a task that has
+    /// callbacks of its own could wait for ever for the thread it holds.
+    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is running task callbacks.
+pub(super) fn in_callback() -> bool {
+    IN_CALLBACK.get()
+}
+
 /// How one attempt ended.
 pub(super) enum Attempt<T> {
     Ok(T),
@@ -496,6 +507,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         // callbacks wait for), and a plain thread where `ensure_sync` works.
         let mut job = Job::boxed(move || {
             let _entered = span.enter();
+            IN_CALLBACK.set(true);
             context::enter(Some(&context), || {
                 for (which, callback) in callbacks {
                     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(&info))) {
@@ -508,6 +520,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
                     }
                 }
             });
+            IN_CALLBACK.set(false);
             drop(permit);
             let _ = ran_tx.send(());
         });
