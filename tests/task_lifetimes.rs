@@ -261,3 +261,34 @@ async fn a_callback_joining_a_task_with_callbacks_is_refused_rather_than_deadloc
     assert!(err.is_would_deadlock(), "{err}");
     assert_eq!(joined.unwrap(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_closure_still_running_when_the_drain_ends_is_named() {
+    logs::install();
+    let set = TaskSet::new();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    // Ignores its token: it keeps its thread past the timeout until released.
+    let task = set
+        .task()
+        .timeout(Duration::from_millis(20))
+        .spawn_blocking(move |_| {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(STEP);
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    let id = task.id();
+    started_rx.recv_timeout(STEP).unwrap();
+    assert!(support::within(task.join()).await.unwrap_err().is_timeout());
+    assert_eq!(set.live(), 0);
+
+    let abandoned = support::within(set.shutdown(Duration::from_millis(50))).await;
+    assert!(abandoned.is_empty(), "{abandoned:?}");
+    assert!(logs::contains(&[
+        "WARN",
+        &id.to_string(),
+        "still running after its timeout"
+    ]));
+    release_tx.send(()).unwrap();
+}

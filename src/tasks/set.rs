@@ -1,6 +1,6 @@
 //! The task set: where tasks are spawned, looked up, cancelled and drained.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +94,10 @@ pub(super) struct Shared {
     /// Tasks spawned and not yet ended, with their tokens: for `cancel` by id and for
     /// naming every abandoned task at shutdown.
     live: Mutex<HashMap<TaskId, CancellationToken>>,
+    /// Tasks whose blocking closure runs on a thread now, at most one per task thread:
+    /// one whose supervisor gave up on it (a timeout) is no longer live, and is named
+    /// from here if it still runs when the drain ends.
+    running: Mutex<HashSet<TaskId>>,
     closed: AtomicBool,
 }
 
@@ -272,6 +276,23 @@ impl TaskSet {
                 }
             }
         }
+        // Closures given up on at their timeout keep their threads until they return;
+        // whatever still runs now ends with the process, unrecorded.
+        let running: Vec<TaskId> = shared.running().iter().copied().collect();
+        let given_up: Vec<TaskId> = {
+            let live = shared.live();
+            running
+                .into_iter()
+                .filter(|id| !live.contains_key(id))
+                .collect()
+        };
+        for id in given_up {
+            tracing::warn!(
+                task_id = %id,
+                "background task's closure still running after its timeout at the end of \
+                 the drain; it is cut off if the process exits"
+            );
+        }
         shared.pool.shutdown();
         shared.callbacks.shutdown();
         shared.callback_room.close();
@@ -335,6 +356,11 @@ impl Shared {
     pub(super) fn live(&self) -> MutexGuard<'_, HashMap<TaskId, CancellationToken>> {
         // Only map operations run under the lock.
         self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn running(&self) -> MutexGuard<'_, HashSet<TaskId>> {
+        // Only set operations run under the lock.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -456,6 +482,7 @@ impl TaskSetBuilder {
                 tracker: TaskTracker::new(),
                 root: CancellationToken::new(),
                 live: Mutex::new(HashMap::new()),
+                running: Mutex::new(HashSet::new()),
                 closed: AtomicBool::new(false),
             }),
         }

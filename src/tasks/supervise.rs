@@ -133,8 +133,10 @@ where
             }
             set.shared.backend.started(id, ctx.attempt);
             let context = set.context(runtime);
+            set.shared.running().insert(id);
             let outcome =
                 context::enter(Some(&context), || catch_unwind(AssertUnwindSafe(|| f(ctx))));
+            set.shared.running().remove(&id);
             let attempt = match outcome {
                 Ok(Ok(value)) => Attempt::Ok(value),
                 Ok(Err(err)) => Attempt::Err(Arc::from(err.into())),
