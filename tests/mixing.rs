@@ -200,6 +200,42 @@ async fn ensure_async_queue_timeout_is_a_timeout_and_the_closure_never_runs() {
 }
 
 #[tokio::test]
+async fn ensure_async_work_given_up_in_the_queue_gives_its_place_back() {
+    let pool = BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(1)
+        .queue_timeout(Duration::from_millis(50))
+        .build();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let first = tokio::spawn(ensure_async_on(&pool, move || {
+        started_tx.send(()).unwrap();
+        release_rx.recv_timeout(STEP).unwrap();
+    }));
+    within(started_rx).await.unwrap();
+
+    // Timed out in the queue: its place is free at once, not when a thread reaches it.
+    let err = within(ensure_async_on(&pool, || 0)).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(pool.stats().queued, 0);
+
+    // Dropped while queued (its caller went away): the same.
+    let mut dropped = Box::pin(ensure_async_on(&pool, || 0));
+    assert!(futures_util::poll!(&mut dropped).is_pending());
+    assert_eq!(pool.stats().queued, 1);
+    drop(dropped);
+    assert_eq!(pool.stats().queued, 0);
+
+    // So the one place takes the next caller instead of refusing it as overloaded.
+    let mut next = Box::pin(ensure_async_on(&pool, || 7));
+    assert!(futures_util::poll!(&mut next).is_pending());
+    assert_eq!(pool.stats().queued, 1);
+    drop(next);
+    release_tx.send(()).unwrap();
+    within(first).await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn ensure_async_carries_the_callers_span() {
     init_spans();
     let span = tracing::info_span!("caller_span", request_id = 7);

@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 
 use crate::context::{self, Context};
 use crate::error::{panic_message, Error, Kind, Result};
-use crate::pool::{Admission, BlockingPool, Job};
+use crate::pool::{Admission, BlockingPool, Job, JobId};
 
 /// Runs the blocking closure `f` on a bounded pool of threads and resolves to its result:
 /// Quart's `run_sync`, asgiref's `sync_to_async`.
@@ -157,14 +157,27 @@ const PENDING: u8 = 0;
 const RUNNING: u8 = 1;
 const ABANDONED: u8 = 2;
 
-/// Abandons the closure if the future goes away before a thread claims it.
-struct AbandonOnDrop(Arc<AtomicU8>);
+/// Abandons the closure if the future goes away before a thread claims it, and takes
+/// it out of the pool's queue, so that work nobody waits for any more stops holding a
+/// place there (new calls would be refused as overloaded meanwhile).
+struct AbandonOnDrop {
+    state: Arc<AtomicU8>,
+    /// The pool and job to withdraw from its queue, once submitted.
+    queued: Option<(BlockingPool, JobId)>,
+}
 
 impl AbandonOnDrop {
     fn abandon(&self) -> bool {
-        self.0
+        let abandoned = self
+            .state
             .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_ok();
+        if abandoned {
+            if let Some((pool, job)) = &self.queued {
+                pool.withdraw(*job);
+            }
+        }
+        abandoned
     }
 }
 
@@ -194,10 +207,13 @@ where
         tasks: None,
     });
     let state = Arc::new(AtomicU8::new(PENDING));
-    let guard = AbandonOnDrop(state.clone());
+    let mut guard = AbandonOnDrop {
+        state: state.clone(),
+        queued: None,
+    };
     let (tx, rx) = tokio::sync::oneshot::channel::<std::result::Result<T, String>>();
 
-    let job = Job::boxed(move || {
+    let (job, withdrawable) = Job::withdrawable(move || {
         if state
             .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
@@ -221,10 +237,11 @@ where
         Error::new(Kind::Overloaded)
             .with_message("the blocking pool's threads and queue are full, or it is shut down")
     })?;
+    let timeout = pool.queue_timeout();
+    guard.queued = Some((pool, withdrawable.id()));
 
     let mut rx = rx;
     if admission == Admission::Queued {
-        let timeout = pool.queue_timeout();
         let Some(deadline) = crate::timer::sleep(timeout, None) else {
             if guard.abandon() {
                 return Err(Error::new(Kind::NoContext).with_message(
