@@ -475,6 +475,15 @@ async fn single_thread_handler_can_use_ensure_sync() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_single_thread_handler_called_from_async_code_answers_500_at_once() {
+    // Waiting for its thread here would block a runtime worker: refused, not served.
+    let handler = SingleThread::spawn(|| |_req: Request| "served").unwrap();
+    let request = http::Request::new(syncbridge::Body::empty());
+    let response = syncbridge::Handler::call(&handler, request);
+    assert_eq!(response.status(), 500);
+}
+
 #[test]
 fn single_thread_factory_panic_is_an_error() {
     let err = on_thread_within(|| {

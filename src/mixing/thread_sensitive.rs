@@ -18,6 +18,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{header, HeaderValue, StatusCode};
+use tokio::runtime::Handle;
 
 use crate::context::{self, Context};
 use crate::error::{panic_message, Error, Kind, Result};
@@ -273,8 +274,22 @@ impl SingleThread {
 }
 
 impl Handler for SingleThread {
+    /// Queues the request for the thread and waits for its answer. Call it from a
+    /// handler thread (the server and `SyncService` do) or a plain thread; from async
+    /// code, where the wait would block the runtime, it answers `500` at once (logged).
     fn call(&self, request: Request) -> Response {
         let inner = &*self.inner;
+        if Handle::try_current().is_ok() {
+            tracing::error!(
+                thread = %inner.name,
+                method = %request.method(),
+                path = request.uri().path(),
+                "single-thread handler called from async code, where waiting for its thread \
+                 would block the runtime; answered 500 (serve it through the server or \
+                 SyncService)"
+            );
+            return internal_error();
+        }
         let (reply, replied) = mpsc::sync_channel(1);
         let state = Arc::new(AtomicU8::new(PENDING));
         let method = request.method().clone();
