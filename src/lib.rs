@@ -1,7 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
-// One audited `unsafe` call, in `sys.rs`: std has no way to lower a thread's priority.
+// The audited `unsafe` calls are all in `sys.rs`: std has no way to lower a thread's
+// priority or set its scheduling policy.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

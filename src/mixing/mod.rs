@@ -8,8 +8,10 @@
 //! !Send state ───── SingleThread::spawn(factory)  one thread, bounded FIFO queue
 //! ```
 //!
-//! Each helper refuses the wrong context with a typed [`Error`](crate::Error) instead of
-//! panicking inside tokio or deadlocking. The guide with the full table is
+//! `ensure_sync` and `ensure_async` refuse the wrong context with a typed
+//! [`Error`](crate::Error), and a `SingleThread` handler called from async code answers
+//! `500`, instead of panicking inside tokio or deadlocking. `PerThread` checks nothing:
+//! it runs on whatever thread calls it. The guide with the full table is
 //! `docs/mixing-sync-and-async.md`.
 
 mod ensure_async;

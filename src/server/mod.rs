@@ -206,7 +206,9 @@ impl Server {
         self
     }
 
-    /// The `Retry-After` sent with a `503`. Default is 1 second.
+    /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout,
+    /// connection limit). Default is 1 second. A [`SingleThread`](crate::SingleThread)
+    /// handler's own `503` always says 1 second.
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.config.retry_after = after;
         self
@@ -241,7 +243,7 @@ impl Server {
 
     /// The largest request head (request line and headers) accepted; a larger one is
     /// answered `431 Request Header Fields Too Large`. Default is 32 KiB, nginx's
-    /// `large_client_header_buffers 4 8k`. HTTP/1 raises values below 8 KiB to 8 KiB.
+    /// `large_client_header_buffers 4 8k`.
     pub fn max_header_size(mut self, bytes: usize) -> Self {
         self.config.max_header_size = bytes;
         self
