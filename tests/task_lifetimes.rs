@@ -237,6 +237,19 @@ async fn a_callback_joining_a_task_with_callbacks_is_refused_rather_than_deadloc
     let set = TaskSet::builder().max_threads(1).build();
     let (said_tx, said_rx) = mpsc::channel();
     let inner = set.clone();
+    // One that has ended, callbacks and all, is no hazard: it is joined.
+    let ended = set
+        .task()
+        .on_done(|_| {})
+        .spawn(|_| async { Ok::<_, std::io::Error>(3) })
+        .unwrap();
+    let ended_id = ended.id();
+    support::within(async {
+        while set.live() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     let parent = set
         .task()
         .on_done(move |_| {
@@ -250,16 +263,18 @@ async fn a_callback_joining_a_task_with_callbacks_is_refused_rather_than_deadloc
                 .unwrap();
             let refused = with_callback.join_blocking().map(|v| *v);
             let joined = without.join_blocking().map(|v| *v);
-            said_tx.send((refused, joined)).unwrap();
+            let ended = ended.join_blocking().map(|v| *v);
+            said_tx.send((refused, joined, ended)).unwrap();
         })
         .spawn(|_| async { Ok::<_, std::io::Error>(()) })
         .unwrap();
     support::within(parent.join()).await.unwrap();
 
-    let (refused, joined) = said_rx.recv_timeout(STEP).expect("the callback hung");
+    let (refused, joined, ended) = said_rx.recv_timeout(STEP).expect("the callback hung");
     let err = refused.unwrap_err();
     assert!(err.is_would_deadlock(), "{err}");
     assert_eq!(joined.unwrap(), 2);
+    assert_eq!(ended.unwrap(), 3, "task {ended_id}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,10 +283,11 @@ async fn a_timed_out_closure_still_running_when_the_drain_ends_is_named() {
     let set = TaskSet::new();
     let (started_tx, started_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
-    // Ignores its token: it keeps its thread past the timeout until released.
+    // Ignores its token: it keeps its thread past the timeout until released. The timeout
+    // leaves the pool thread ample time to take the closure up first.
     let task = set
         .task()
-        .timeout(Duration::from_millis(20))
+        .timeout(Duration::from_millis(500))
         .spawn_blocking(move |_| {
             started_tx.send(()).unwrap();
             let _ = release_rx.recv_timeout(STEP);
@@ -288,7 +304,7 @@ async fn a_timed_out_closure_still_running_when_the_drain_ends_is_named() {
     assert!(logs::contains(&[
         "WARN",
         &id.to_string(),
-        "still running after its timeout"
+        "still running after its task ended"
     ]));
     release_tx.send(()).unwrap();
 }

@@ -277,6 +277,8 @@ impl Handler for SingleThread {
     /// Queues the request for the thread and waits for its answer. Call it from a
     /// handler thread (the server and `SyncService` do) or a plain thread; from async
     /// code, where the wait would block the runtime, it answers `500` at once (logged).
+    /// tokio's `spawn_blocking` threads count as async code here, as for `ensure_sync`
+    /// (tokio enters the runtime on them): call it through `ensure_async` instead.
     fn call(&self, request: Request) -> Response {
         let inner = &*self.inner;
         if Handle::try_current().is_ok() {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::info::TaskId;
@@ -59,9 +59,9 @@ impl<T> TaskHandle<T> {
     /// task still queued in the same pool, none can run it. Give such waits a task
     /// timeout, or spawn the inner work as an async task.
     ///
-    /// From a task callback, a task with callbacks of its own cannot be joined: its
-    /// callbacks need a thread of the callback pool, and the joining callback holds one
-    /// (with every thread held so, none would ever run). Look its outcome up with
+    /// From a task callback, a task with callbacks of its own cannot be joined until it
+    /// has ended: its callbacks need a thread of the callback pool, and the joining
+    /// callback holds one (with every thread held so, none would ever run). Look its outcome up with
     /// [`TaskSet::status`](crate::TaskSet::status) instead, or give it no callbacks.
     /// Waiting on [`join`](Self::join) through `ensure_sync` there has the same hazard
     /// and is not caught.
@@ -71,12 +71,18 @@ impl<T> TaskHandle<T> {
     /// As [`join`](Self::join); [`Error::is_async_context`] when called from async
     /// code, where blocking would stall the runtime; [`Error::is_would_deadlock`] when
     /// called from a task callback for a task with callbacks.
-    pub fn join_blocking(self) -> Result<Arc<T>> {
+    pub fn join_blocking(mut self) -> Result<Arc<T>> {
         if Handle::try_current().is_ok() {
             return Err(Error::new(Kind::AsyncContext)
                 .with_message("TaskHandle::join_blocking called from async code; use join"));
         }
         if self.has_callbacks && in_callback() {
+            // Ended already, callbacks and all: nothing to wait for.
+            match self.rx.try_recv() {
+                Ok(outcome) => return outcome,
+                Err(TryRecvError::Closed) => return Err(dropped()),
+                Err(TryRecvError::Empty) => {}
+            }
             return Err(Error::new(Kind::WouldDeadlock).with_message(
                 "TaskHandle::join_blocking called from a task callback for a task with \
                  callbacks, which would wait for a callback thread this one holds",

@@ -289,8 +289,9 @@ impl TaskSet {
         for id in given_up {
             tracing::warn!(
                 task_id = %id,
-                "background task's closure still running after its timeout at the end of \
-                 the drain; it is cut off if the process exits"
+                "background task's closure still running after its task ended (timed out, or \
+                 lost with its runtime) at the end of the drain; it is cut off if the process \
+                 exits"
             );
         }
         shared.pool.shutdown();

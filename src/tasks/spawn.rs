@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::handle::TaskHandle;
 use super::info::{TaskId, TaskInfo};
 use super::set::{register_live, unregister_live, TaskSet, CURRENT_SET};
-use super::supervise::{AsyncWork, BlockingWork, Supervisor, Unfinished, Work};
+use super::supervise::{AsyncWork, BlockingWork, LaunchGate, Supervisor, Unfinished, Work};
 use crate::error::{Error, Kind, Result};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -184,7 +184,8 @@ impl<'a> TaskBuilder<'a> {
         // The first attempt is submitted now, so that a full pool is an error for the
         // caller (who can answer 503) rather than a failed task later.
         let ctx = prepared.context(1);
-        match work.submit(f, ctx) {
+        let gate = LaunchGate::new();
+        match work.submit(f, ctx, Some(gate.waiter())) {
             Ok(submitted) => work.first = Some(submitted),
             Err(()) => {
                 prepared.abort(self.set);
@@ -192,7 +193,9 @@ impl<'a> TaskBuilder<'a> {
                     .with_message("the background task pool and its queue are full"));
             }
         }
-        Ok(self.launch(prepared, work))
+        let handle = self.launch(prepared, work);
+        drop(gate);
+        Ok(handle)
     }
 
     /// Runs the future that `make(ctx)` returns on the runtime; `make` is called once per

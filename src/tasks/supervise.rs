@@ -14,7 +14,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -47,6 +47,25 @@ thread_local! {
 pub(super) fn in_callback() -> bool {
     IN_CALLBACK.get()
 }
+
+/// Marks the thread as running callbacks until dropped, even by a panic that escapes.
+struct InCallback;
+
+impl InCallback {
+    fn enter() -> Self {
+        IN_CALLBACK.set(true);
+        InCallback
+    }
+}
+
+impl Drop for InCallback {
+    fn drop(&mut self) {
+        IN_CALLBACK.set(false);
+    }
+}
+
+/// How long callbacks whose pool could not start a thread wait before they try again.
+const CALLBACK_RETRY: Duration = Duration::from_millis(10);
 
 /// How one attempt ended.
 pub(super) enum Attempt<T> {
@@ -103,6 +122,45 @@ const WAITING: u8 = 0;
 const STARTED: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
+/// Holds a task's first blocking attempt, submitted before its supervisor exists (so a
+/// full pool is the caller's error), until the supervisor has been handed to the
+/// runtime. A runtime that has shut down drops it there at once, cancelling the task's
+/// token, and the attempt must see that rather than run unsupervised. Opens when
+/// dropped, so a panic in between cannot strand a pool thread.
+pub(super) struct LaunchGate(Arc<(Mutex<bool>, Condvar)>);
+
+/// The attempt's side of a [`LaunchGate`].
+pub(super) struct GateWaiter(Arc<(Mutex<bool>, Condvar)>);
+
+impl LaunchGate {
+    pub(super) fn new() -> Self {
+        LaunchGate(Arc::new((Mutex::new(false), Condvar::new())))
+    }
+
+    pub(super) fn waiter(&self) -> GateWaiter {
+        GateWaiter(self.0.clone())
+    }
+}
+
+impl Drop for LaunchGate {
+    fn drop(&mut self) {
+        let (open, opened) = &*self.0;
+        *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        opened.notify_all();
+    }
+}
+
+impl GateWaiter {
+    /// Waits for the launch to end: the time it takes `spawn_blocking` to return.
+    fn wait(self) {
+        let (open, opened) = &*self.0;
+        let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 impl<F, T, E> BlockingWork<F, T>
 where
     F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
@@ -113,6 +171,7 @@ where
         &self,
         mut f: F,
         ctx: TaskContext,
+        gate: Option<GateWaiter>,
     ) -> std::result::Result<Submitted<F, T>, ()> {
         let (tx, rx) = oneshot::channel();
         let start = Arc::new(AtomicU8::new(WAITING));
@@ -122,6 +181,9 @@ where
         let span = self.span.clone();
         let (job, withdrawable) = Job::withdrawable(move || {
             let _entered = span.enter();
+            if let Some(gate) = gate {
+                gate.wait();
+            }
             let id = ctx.id;
             let claimed = started
                 .compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire)
@@ -179,7 +241,7 @@ where
                             "the task's closure was lost in an earlier attempt",
                         )));
                     };
-                    match self.submit(f, ctx) {
+                    match self.submit(f, ctx, None) {
                         Ok(submitted) => submitted,
                         Err(()) => {
                             return Attempt::Err(Arc::from(BoxError::from(
@@ -274,8 +336,10 @@ pub(super) struct Supervisor<T> {
     pub(super) timeout: Option<Duration>,
     pub(super) retries: u32,
     pub(super) backoff: Duration,
-    pub(super) reply: oneshot::Sender<Result<Arc<T>>>,
+    /// Declared before `reply`, so that a dropped supervisor records its task before
+    /// whoever joins it hears of it.
     pub(super) unfinished: Unfinished,
+    pub(super) reply: oneshot::Sender<Result<Arc<T>>>,
 }
 
 /// Records a task whose supervisor future is dropped before the task has ended: its
@@ -294,8 +358,10 @@ pub(super) struct Unfinished {
 enum Stage {
     /// Not ended yet: nothing is recorded.
     Running,
-    /// Ended and recorded; its callbacks may not have run yet.
+    /// Ended and recorded; its callbacks are not handed to their pool yet.
     Recorded,
+    /// Its callbacks are on their pool, which runs them with or without the supervisor.
+    CallbacksHanded,
     /// Callbacks done (or none): only the live entry is left to remove.
     Done,
 }
@@ -329,6 +395,11 @@ impl Drop for Unfinished {
                 task_id = %id,
                 "background task callbacks not run: its supervisor was dropped (the runtime \
                  shut down)"
+            ),
+            Stage::CallbacksHanded => tracing::warn!(
+                task_id = %id,
+                "background task's supervisor dropped (the runtime shut down) while its \
+                 callbacks run; they run on, and the task is no longer counted live"
             ),
             Stage::Done => {}
         }
@@ -473,7 +544,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
     }
 
     async fn run_callbacks(
-        &self,
+        &mut self,
         info: Option<TaskInfo>,
         callbacks: Vec<(&'static str, Callback)>,
     ) {
@@ -509,7 +580,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         // callbacks wait for), and a plain thread where `ensure_sync` works.
         let mut job = Job::boxed(move || {
             let _entered = span.enter();
-            IN_CALLBACK.set(true);
+            let _in_callback = InCallback::enter();
             context::enter(Some(&context), || {
                 for (which, callback) in callbacks {
                     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(&info))) {
@@ -522,23 +593,31 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
                     }
                 }
             });
-            IN_CALLBACK.set(false);
             drop(permit);
             let _ = ran_tx.send(());
         });
         let pool = &self.set.shared.callbacks;
+        let mut refused = 0u32;
         loop {
             match pool.try_submit(job) {
                 Ok(_) => break,
                 Err(_) if pool.is_shutdown() => return tracing::error!(task_id = %id, "{NOT_RUN}"),
-                // The permit leaves room in the queue; only a pool with no queue at all
-                // can be full for the moment its one thread takes to come back.
+                // The permit leaves room in the queue: only a pool with no queue at all
+                // is full, for the moment its one thread takes to come back. Refused
+                // again, a thread failed to start (logged by the pool): wait before the
+                // next try rather than spin on it.
                 Err(back) => {
                     job = back;
-                    tokio::task::yield_now().await;
+                    refused += 1;
+                    if refused == 1 {
+                        tokio::task::yield_now().await;
+                    } else {
+                        crate::timer::sleep_anywhere(CALLBACK_RETRY).await;
+                    }
                 }
             }
         }
+        self.unfinished.stage = Stage::CallbacksHanded;
         if ran_rx.await.is_err() {
             tracing::error!(task_id = %id, "background task callbacks did not run to the end");
         }
