@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::{logs, STEP};
-use syncbridge::{TaskSet, TaskStatus};
+use syncbridge::{TaskId, TaskSet, TaskStatus};
 
 /// Polls until the set's task pool has neither queued nor running jobs (a short poll with
 /// a deadline, not a sleep).
@@ -29,28 +29,16 @@ fn wait_for_empty_pool(set: &TaskSet) {
     }
 }
 
-#[test]
-fn a_task_spawned_on_a_runtime_that_has_shut_down_is_failed_logged_and_never_run() {
-    logs::install();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// A current-thread runtime with timers; it runs its tasks only inside `block_on`.
+fn runtime_with_timers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    let set = TaskSet::builder().runtime(runtime.handle().clone()).build();
-    drop(runtime);
+        .unwrap()
+}
 
-    let ran = Arc::new(AtomicBool::new(false));
-    let flag = ran.clone();
-    let handle = set
-        .spawn_blocking(move |_| {
-            flag.store(true, Ordering::SeqCst);
-            Ok::<_, std::io::Error>(())
-        })
-        .unwrap();
-    let id = handle.id();
-
-    let err = handle.join_blocking().unwrap_err();
-    assert!(err.is_shutdown(), "{err}");
+/// What a user sees of a task lost with its runtime: failed, not live, logged by id.
+fn assert_lost(set: &TaskSet, id: TaskId) {
     assert_eq!(set.status(id), TaskStatus::Failed);
     assert_eq!(set.live(), 0, "a lost task stayed live");
     assert!(logs::contains(&[
@@ -58,6 +46,22 @@ fn a_task_spawned_on_a_runtime_that_has_shut_down_is_failed_logged_and_never_run
         &id.to_string(),
         "background task lost"
     ]));
+}
+
+#[test]
+fn a_task_spawned_on_a_runtime_that_has_shut_down_is_failed_logged_and_never_run() {
+    logs::install();
+    let runtime = runtime_with_timers();
+    let set = TaskSet::builder().runtime(runtime.handle().clone()).build();
+    drop(runtime);
+
+    let (ran, closure) = support::flags_when_run();
+    let handle = set.spawn_blocking(closure).unwrap();
+    let id = handle.id();
+
+    let err = handle.join_blocking().unwrap_err();
+    assert!(err.is_shutdown(), "{err}");
+    assert_lost(&set, id);
     // Its first attempt was already queued on the pool: it must not run unsupervised.
     wait_for_empty_pool(&set);
     assert!(!ran.load(Ordering::SeqCst), "the lost task's closure ran");
@@ -66,10 +70,7 @@ fn a_task_spawned_on_a_runtime_that_has_shut_down_is_failed_logged_and_never_run
 #[test]
 fn an_async_task_whose_runtime_shuts_down_under_it_is_failed_and_logged() {
     logs::install();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime_with_timers();
     let set = TaskSet::builder().runtime(runtime.handle().clone()).build();
     let handle = set
         .spawn(|_| async {
@@ -90,13 +91,7 @@ fn an_async_task_whose_runtime_shuts_down_under_it_is_failed_and_logged() {
     });
 
     drop(runtime);
-    assert_eq!(set.status(id), TaskStatus::Failed);
-    assert_eq!(set.live(), 0, "a lost task stayed live");
-    assert!(logs::contains(&[
-        "ERROR",
-        &id.to_string(),
-        "background task lost"
-    ]));
+    assert_lost(&set, id);
     assert!(handle.join_blocking().unwrap_err().is_shutdown());
 }
 

@@ -709,14 +709,8 @@ async fn cancelling_a_task_that_waits_for_a_thread_ends_it_at_once() {
     .unwrap()
     .expect("the first task holds the only thread");
 
-    let ran = Arc::new(AtomicBool::new(false));
-    let flag = ran.clone();
-    let queued = set
-        .spawn_blocking(move |_| {
-            flag.store(true, Ordering::SeqCst);
-            Ok::<_, std::io::Error>(())
-        })
-        .unwrap();
+    let (ran, closure) = support::flags_when_run();
+    let queued = set.spawn_blocking(closure).unwrap();
     let id = queued.id();
     assert!(set.cancel(id));
     // The only thread is still taken: the task ends without it.

@@ -98,6 +98,20 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// A task closure that only records that it ran, and the flag it sets.
+pub fn flags_when_run<A>() -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    impl FnMut(A) -> std::io::Result<()> + Send + 'static,
+) {
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ran.clone();
+    let closure = move |_: A| {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    };
+    (ran, closure)
+}
+
 /// A request body fed part by part through the returned sender (which holds at most
 /// `parts` unsent parts); it ends when the sender is dropped.
 pub fn channel_body(
