@@ -130,10 +130,6 @@ impl Backend for Registry {
 
     fn started(&self, id: TaskId, attempt: u32) {
         self.update(id, |e| {
-            // A closure that started as its task was recorded lost stays lost.
-            if e.status.is_finished() {
-                return;
-            }
             e.status = TaskStatus::Running;
             e.attempts = attempt;
             e.started_at.get_or_insert_with(SystemTime::now);

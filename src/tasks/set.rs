@@ -87,7 +87,7 @@ pub(super) struct Shared {
     pub(super) callback_room: Arc<Semaphore>,
     runtime: OnceLock<Handle>,
     /// Whether `runtime` has timers, which a task's timeout and retries need: asked once.
-    timers: OnceLock<bool>,
+    pub(super) timers: OnceLock<bool>,
     pub(super) tracker: TaskTracker,
     /// The parent of every task's token: cancelled at the drain deadline.
     pub(super) root: CancellationToken,
@@ -475,7 +475,9 @@ impl TaskSetBuilder {
                 callback_room: Arc::new(Semaphore::new(self.queue_capacity.max(1))),
                 callbacks: BlockingPool::builder()
                     .max_threads(self.max_threads)
-                    .queue_capacity(self.queue_capacity)
+                    // At least the one place `callback_room` allows, so a callback with a
+                    // permit is refused only if a thread fails to start.
+                    .queue_capacity(self.queue_capacity.max(1))
                     .thread_name("syncbridge-callback")
                     .build(),
                 runtime,

@@ -401,7 +401,8 @@ impl Drop for Unfinished {
                 "background task's supervisor dropped (the runtime shut down) while its \
                  callbacks run; they run on, and the task is no longer counted live"
             ),
-            Stage::Done => {}
+            // `finish` took it out of the live map itself, with the reply.
+            Stage::Done => return,
         }
         unregister_live(&self.set, id);
     }
@@ -536,11 +537,14 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         }
         callbacks.extend(on_done.map(|cb| ("on_done", cb)));
         self.run_callbacks(info, callbacks).await;
-        // Out of the live map before the reply: whoever joins sees the task gone.
         self.unfinished.stage = Stage::Done;
-        drop(self.unfinished);
+        // Out of the live map and replied to under the one lock: whoever joins sees the
+        // task gone, and whoever sees it gone (`live`, `cancel`) finds the reply there.
+        let mut live = self.set.shared.live();
+        live.remove(&id);
         // Nobody may be waiting: the outcome is recorded and logged above either way.
         let _ = self.reply.send(reply);
+        drop(live);
     }
 
     async fn run_callbacks(
@@ -597,22 +601,19 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
             let _ = ran_tx.send(());
         });
         let pool = &self.set.shared.callbacks;
-        let mut refused = 0u32;
         loop {
             match pool.try_submit(job) {
                 Ok(_) => break,
                 Err(_) if pool.is_shutdown() => return tracing::error!(task_id = %id, "{NOT_RUN}"),
-                // The permit leaves room in the queue: only a pool with no queue at all
-                // is full, for the moment its one thread takes to come back. Refused
-                // again, a thread failed to start (logged by the pool): wait before the
-                // next try rather than spin on it.
+                // The permit leaves room in the queue (which has at least one place):
+                // refused, a thread failed to start (logged by the pool). Wait before
+                // the next try rather than spin on it.
                 Err(back) => {
                     job = back;
-                    refused += 1;
-                    if refused == 1 {
-                        tokio::task::yield_now().await;
-                    } else {
-                        crate::timer::sleep_anywhere(CALLBACK_RETRY).await;
+                    match crate::timer::sleep(CALLBACK_RETRY, Some(&self.set.shared.timers)) {
+                        Some(wait) => wait.await,
+                        // No timers (logged once): take a turn instead.
+                        None => tokio::task::yield_now().await,
                     }
                 }
             }
