@@ -61,10 +61,10 @@ impl<T> TaskHandle<T> {
     ///
     /// From a task callback, a task with callbacks of its own cannot be joined until it
     /// has ended: its callbacks need a thread of the callback pool, and the joining
-    /// callback holds one (with every thread held so, none would ever run). Look its outcome up with
-    /// [`TaskSet::status`](crate::TaskSet::status) instead, or give it no callbacks.
-    /// Waiting on [`join`](Self::join) through `ensure_sync` there has the same hazard
-    /// and is not caught.
+    /// callback holds one (with every thread held so, none would ever run). Look its
+    /// outcome up with [`TaskSet::status`](crate::TaskSet::status) instead, or give it
+    /// no callbacks. Waiting on [`join`](Self::join) through `ensure_sync` there has the
+    /// same hazard and is not caught.
     ///
     /// # Errors
     ///
