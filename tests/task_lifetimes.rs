@@ -303,3 +303,25 @@ async fn a_timed_out_closure_still_running_when_the_drain_ends_is_named() {
     ]));
     release_tx.send(()).unwrap();
 }
+
+#[tokio::test]
+async fn a_full_registry_forgets_the_oldest_finished_task_first() {
+    // Two entries: the third task's entry takes the place of the first, finished one.
+    let set = TaskSet::builder().max_entries(2).build();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let handle = set
+            .spawn(move |_| async move { Ok::<_, std::io::Error>(i) })
+            .unwrap();
+        ids.push(handle.id());
+        assert_eq!(*support::within(handle.join()).await.unwrap(), i);
+    }
+    assert_eq!(set.status(ids[0]), TaskStatus::NotFound);
+    assert_eq!(set.status(ids[1]), TaskStatus::Succeeded);
+    assert_eq!(set.status(ids[2]), TaskStatus::Succeeded);
+    assert_eq!(
+        *set.info(ids[2]).unwrap().result::<i32>().unwrap(),
+        2,
+        "the newest entry keeps its value"
+    );
+}
