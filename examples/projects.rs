@@ -62,11 +62,26 @@ pub fn app(database: impl Into<PathBuf>, work: Duration) -> Result<App, rusqlite
     Ok(app)
 }
 
-/// The server with the background-task settings this app wants.
-pub fn server(addr: &str) -> Server {
-    Server::bind(addr)
+/// The largest request body: a project's JSON is a few hundred bytes. Larger ones are
+/// answered `413` by the server before the handler reads them.
+const MAX_REQUEST_BYTES: u64 = 16 * 1024;
+/// The longest project name accepted.
+const MAX_NAME_CHARS: usize = 200;
+/// How long a callback delivery may take, connect to status line.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most bytes of a callback receiver's answer read to find its status line.
+const CALLBACK_HEAD_BYTES: usize = 1024;
+
+/// The server with the limits and background-task settings this app wants.
+///
+/// # Errors
+///
+/// When `addr` cannot be bound.
+pub fn server(addr: &str) -> syncbridge::Result<Server> {
+    Ok(Server::try_bind(addr)?
+        .max_body_size(MAX_REQUEST_BYTES)
         .max_task_threads(4)
-        .task_drain_timeout(Duration::from_secs(60))
+        .task_drain_timeout(Duration::from_secs(60)))
 }
 
 impl App {
@@ -81,14 +96,15 @@ impl App {
                         return reply(StatusCode::BAD_REQUEST, json!({"error": err.to_string()}))
                     }
                 };
+                if new.name.is_empty() || new.name.chars().count() > MAX_NAME_CHARS {
+                    let error = format!("name must have 1 to {MAX_NAME_CHARS} characters");
+                    return reply(StatusCode::BAD_REQUEST, json!({ "error": error }));
+                }
                 self.create(new)
             }
             (Method::GET, "/projects") => match self.list() {
                 Ok(rows) => reply(StatusCode::OK, rows),
-                Err(err) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": err.to_string()}),
-                ),
+                Err(err) => internal_error("listing projects failed", &err),
             },
             (Method::GET, p) if p.starts_with("/tasks/") => task_status(&p["/tasks/".len()..]),
             _ => reply(StatusCode::NOT_FOUND, json!({"error": "no such route"})),
@@ -99,12 +115,7 @@ impl App {
         // No handle threaded through: the server's task set is found from this thread.
         let tasks = match TaskSet::current() {
             Ok(tasks) => tasks,
-            Err(err) => {
-                return reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": err.to_string()}),
-                )
-            }
+            Err(err) => return internal_error("no task set to run the work on", &err),
         };
         let app = self.clone();
         let name = new.name;
@@ -128,10 +139,7 @@ impl App {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 response
             }
-            Err(err) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": err.to_string()}),
-            ),
+            Err(err) => internal_error("starting the background task failed", &err),
         }
     }
 
@@ -180,11 +188,11 @@ impl App {
 
 /// `GET /tasks/{id}`: the registry entry as JSON, 404 for an id it does not know.
 fn task_status(id: &str) -> Response {
-    let info = TaskSet::current()
-        .ok()
-        .zip(TaskId::parse(id))
-        .and_then(|(tasks, id)| tasks.info(id));
-    match info {
+    let tasks = match TaskSet::current() {
+        Ok(tasks) => tasks,
+        Err(err) => return internal_error("no task set to look the task up in", &err),
+    };
+    match TaskId::parse(id).and_then(|id| tasks.info(id)) {
         Some(info) => reply(StatusCode::OK, task_json(&info)),
         None => reply(
             StatusCode::NOT_FOUND,
@@ -227,33 +235,74 @@ fn notify(url: &str, info: &TaskInfo) {
 }
 
 /// A minimal HTTP/1.1 POST over a `TcpStream` (http:// only), returning the status code.
+/// The whole delivery, connect included, is bounded by `CALLBACK_TIMEOUT`, and only the
+/// status line of the answer is read: a receiver that never answers, or answers without
+/// end, holds a callback thread no longer than that.
+///
+/// The URL is the client's: a real service would also check where it points (an
+/// allow-list, no private addresses) before connecting.
 fn post_json(url: &str, body: &Value) -> std::io::Result<u16> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+    use std::io::ErrorKind;
+    use std::net::ToSocketAddrs;
+    use std::time::Instant;
+
+    let invalid = |what: &str| std::io::Error::new(ErrorKind::InvalidInput, what.to_owned());
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| invalid("only http:// callback URLs are supported"))?;
+    if rest.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        // They would end the request line early and let the URL write headers of its own.
+        return Err(invalid("the callback URL has spaces or control characters"));
+    }
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
+    let deadline = Instant::now() + CALLBACK_TIMEOUT;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| std::io::Error::new(ErrorKind::TimedOut, "callback took too long"))
+    };
+    let addr = authority
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| invalid("the callback host has no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, left()?)?;
+    stream.set_write_timeout(Some(left()?))?;
     let body = body.to_string();
-    let mut stream = TcpStream::connect(authority)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    response
+    let mut head = Vec::with_capacity(128);
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < CALLBACK_HEAD_BYTES {
+        stream.set_read_timeout(Some(left()?))?;
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&head)
         .split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| invalid("malformed response status line"))
+}
+
+/// A `500` whose cause is logged, not sent: the client learns nothing of the database or
+/// the server's set-up from it.
+fn internal_error(what: &str, err: &dyn std::error::Error) -> Response {
+    tracing::error!(error = %err, "{what}");
+    reply(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"error": "internal error"}),
+    )
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
@@ -296,7 +345,7 @@ fn main() -> Result<(), BoxError> {
     }
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
     let app = app(&database, Duration::from_secs(2))?;
-    let server = server(&format!("127.0.0.1:{port}"));
+    let server = server(&format!("127.0.0.1:{port}"))?;
     println!(
         "serving on http://{} (database {database})",
         server.local_addr()

@@ -42,9 +42,10 @@ impl Drop for TempDb {
 
 fn start_app(db: &TempDb, work: Duration) -> TestServer {
     let app = projects::app(&db.0, work).expect("database");
-    TestServer::start_with(projects::server("127.0.0.1:0"), move |req: Request| {
-        app.handle(req)
-    })
+    TestServer::start_with(
+        projects::server("127.0.0.1:0").expect("bind"),
+        move |req: Request| app.handle(req),
+    )
 }
 
 /// A second server that forwards every body POSTed to it into a channel.
@@ -179,6 +180,20 @@ async fn a_malformed_body_is_400_and_starts_no_task() {
     let server = start_app(&db, Duration::ZERO);
     let reply = request(server.addr, "POST", "/projects", "{\"nom\": 1}").await;
     assert_eq!(reply.status, 400, "{}", reply.text());
+    let rows = json_of(&get(server.addr, "/projects").await);
+    assert_eq!(rows, json!([]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_and_an_overlong_name_400_and_neither_starts_a_task() {
+    let db = TempDb::new();
+    let server = start_app(&db, Duration::ZERO);
+    let huge = json!({ "name": "x".repeat(64 * 1024) }).to_string();
+    let reply = request(server.addr, "POST", "/projects", huge).await;
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    let (status, body) = post_project(server.addr, json!({ "name": "y".repeat(201) })).await;
+    assert_eq!(status, 400, "{body}");
     let rows = json_of(&get(server.addr, "/projects").await);
     assert_eq!(rows, json!([]));
     server.stop().await;
