@@ -135,6 +135,12 @@ impl Error {
         self.kind() == Kind::WouldDeadlock
     }
 
+    /// Whether the error says "not now": no room, or shutting down. The bundled server
+    /// and [`SyncService`](crate::SyncService) answer such a handler error with `503`.
+    pub(crate) fn is_unavailable(&self) -> bool {
+        matches!(self.kind(), Kind::Overloaded | Kind::Shutdown)
+    }
+
     fn describe(&self) -> &'static str {
         match self.kind() {
             Kind::Bind => "failed to bind the listening socket",

@@ -357,8 +357,14 @@ async fn a_full_task_pool_refuses_with_overloaded_while_requests_are_still_serve
     let set = TaskSet::builder().max_threads(1).queue_capacity(0).build();
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0").tasks(set.clone()),
-        |_req: Request| -> Result<String, BoxError> {
-            match TaskSet::current()?.spawn_blocking(|_| Ok::<_, BoxError>(())) {
+        |req: Request| -> Result<String, BoxError> {
+            let spawned = TaskSet::current()?.spawn_blocking(|_| Ok::<_, BoxError>(()));
+            if req.uri().path() == "/propagate" {
+                // Left to the bridge: `?` on the crate's overload error answers 503.
+                let _detached = spawned?;
+                return Ok("spawned".into());
+            }
+            match spawned {
                 Ok(_) => Ok("spawned".into()),
                 Err(err) if err.is_overloaded() => Ok("overloaded".into()),
                 Err(err) => Err(err.into()),
@@ -380,6 +386,14 @@ async fn a_full_task_pool_refuses_with_overloaded_while_requests_are_still_serve
     within(started_rx.recv()).await.unwrap();
     // The only task thread is busy and there is no queue: refused, yet answered at once.
     assert_eq!(get(server.addr, "/").await.text(), "overloaded");
+    let propagated = get(server.addr, "/propagate").await;
+    assert_eq!(propagated.status, 503, "{}", propagated.text());
+    assert_eq!(propagated.headers["retry-after"], "1");
+    assert!(logs::contains(&[
+        "WARN",
+        "/propagate",
+        "overload or shutdown error; answered 503"
+    ]));
     assert_eq!(set.live(), 1, "the refused task left no entry behind");
     release_tx.send(()).unwrap();
     within(blocker.join()).await.unwrap();

@@ -140,12 +140,7 @@ impl<H: Handler> RequestJob<H> {
         } else if let Some(HandlerError(Some(err))) =
             response.extensions_mut().remove::<HandlerError>()
         {
-            tracing::error!(
-                method = %method,
-                path = %uri.path(),
-                error = %err,
-                "handler returned an error; answered 500"
-            );
+            handler_error(&mut response, &err, method, uri, &shared.retry_after);
         }
 
         let (parts, body) = response.into_parts();
@@ -206,6 +201,47 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
 
 /// What a request whose body stopped arriving gets. The rest of the body is not read,
 /// so the connection cannot be reused.
+/// Logs the error a handler returned and answers it: `503` with `Retry-After` when it is
+/// the crate's own "not now" (a full task pool, a shutdown), else the `500` it carries.
+/// Out of line: the path of a handler that answers stays as it was.
+#[cold]
+#[inline(never)]
+fn handler_error(
+    response: &mut crate::handler::Response,
+    err: &crate::handler::BoxError,
+    method: &Method,
+    uri: &Uri,
+    retry_after: &http::HeaderValue,
+) {
+    use crate::handler::IntoResponse;
+    if !err
+        .downcast_ref::<crate::Error>()
+        .is_some_and(crate::Error::is_unavailable)
+    {
+        tracing::error!(
+            method = %method,
+            path = %uri.path(),
+            error = %err,
+            "handler returned an error; answered 500"
+        );
+        return;
+    }
+    tracing::warn!(
+        method = %method,
+        path = %uri.path(),
+        error = %err,
+        "handler returned an overload or shutdown error; answered 503"
+    );
+    *response = (
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable: the server is busy, retry later",
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, retry_after.clone());
+}
+
 fn request_timeout() -> crate::handler::Response {
     use crate::handler::IntoResponse;
     let mut response = (
