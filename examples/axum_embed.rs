@@ -17,10 +17,18 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use syncbridge::{ensure_async_on, ensure_sync, Request, SyncService};
+use syncbridge::{ensure_async_on, ensure_sync, BlockingPool, Request, SyncService};
+
+/// The legacy app's limits, stated rather than left to the defaults: handler threads
+/// (shared with the async routes' blocking calls), requests waiting for one, and the
+/// largest request body.
+const LEGACY_THREADS: usize = 64;
+const LEGACY_QUEUE: usize = 256;
+const LEGACY_MAX_BODY: u64 = 1 << 20;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -34,8 +42,14 @@ pub fn app() -> Router {
 pub fn app_with_timeout(timeout: Duration) -> Router {
     // The legacy app: its handler runs on the service's bounded pool; `ensure_sync` in it
     // reaches the runtime that calls the service, that is the host's.
-    let legacy = SyncService::new(legacy);
-    let pool = legacy.pool().clone();
+    let pool = BlockingPool::builder()
+        .max_threads(LEGACY_THREADS)
+        .queue_capacity(LEGACY_QUEUE)
+        .build();
+    let legacy = SyncService::builder(legacy)
+        .pool(pool.clone())
+        .max_body_size(LEGACY_MAX_BODY)
+        .build();
     Router::new()
         .route("/async", get(|| async { "hello from an async route\n" }))
         .route(
@@ -45,8 +59,8 @@ pub fn app_with_timeout(timeout: Duration) -> Router {
                 let pool = pool.clone();
                 async move {
                     match ensure_async_on(&pool, legacy_lookup).await {
-                        Ok(text) => (StatusCode::OK, text),
-                        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")),
+                        Ok(text) => (StatusCode::OK, text).into_response(),
+                        Err(err) => blocking_call_failed(&err),
                     }
                 }
             }),
@@ -61,9 +75,27 @@ pub fn app_with_timeout(timeout: Duration) -> Router {
         ))
 }
 
+/// An async route's blocking call that failed: `503` with `Retry-After` when the pool had
+/// no room in time, else a logged `500` (a panic in the call) with a generic body.
+fn blocking_call_failed(err: &syncbridge::Error) -> Response {
+    if err.is_overloaded() || err.is_timeout() {
+        tracing::warn!(error = %err, "blocking call refused; answered 503");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "busy, retry later\n",
+        )
+            .into_response();
+    }
+    tracing::error!(error = %err, "blocking call failed; answered 500");
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+}
+
 /// The legacy WSGI-style app: an ordinary blocking function from request to response.
-fn legacy(req: Request) -> (StatusCode, String) {
-    match req.uri().path() {
+/// An `Err` from `ensure_sync` is left to the bridge: `503` with `Retry-After` while the
+/// runtime goes away, a logged `500` for a panic.
+fn legacy(req: Request) -> syncbridge::Result<(StatusCode, String)> {
+    Ok(match req.uri().path() {
         "/hello" => (
             StatusCode::OK,
             format!(
@@ -72,30 +104,33 @@ fn legacy(req: Request) -> (StatusCode, String) {
             ),
         ),
         "/wait" => {
-            let ms = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("ms="))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(10)
-                .min(10_000);
+            let ms = match req.uri().query() {
+                None => Some(10),
+                Some(query) => query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("ms="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|ms| *ms <= 10_000),
+            };
+            let Some(ms) = ms else {
+                let usage = "expected ?ms=N with N at most 10000\n".to_owned();
+                return Ok((StatusCode::BAD_REQUEST, usage));
+            };
             // A legacy handler awaiting async code on the host's runtime. The `async move`
             // block matters: `sleep` is built when the block first runs, on the runtime;
             // built here, on the handler thread, it would panic ("no reactor running").
-            match ensure_sync(async move { tokio::time::sleep(Duration::from_millis(ms)).await }) {
-                Ok(()) => (
-                    StatusCode::OK,
-                    format!("waited {ms} ms on the host runtime\n"),
-                ),
-                Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")),
-            }
+            ensure_sync(async move { tokio::time::sleep(Duration::from_millis(ms)).await })?;
+            (
+                StatusCode::OK,
+                format!("waited {ms} ms on the host runtime\n"),
+            )
         }
         "/report" => (
             StatusCode::OK,
             "a line of a long, very compressible report\n".repeat(200),
         ),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-    }
+    })
 }
 
 /// A blocking call an async route needs: a sync client, a file, a C library.
@@ -119,10 +154,37 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     println!("serving on http://{}", listener.local_addr()?);
     // One graceful shutdown for both worlds: axum stops accepting and waits for every
-    // in-flight request, async or blocking.
+    // in-flight request, async or blocking. (One the `TimeoutLayer` has answered `408`
+    // is no longer waited for; its blocking handler may still be running when `main`
+    // returns.)
     axum::serve(listener, app())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await
+}
+
+/// Ctrl-C or SIGTERM (what `docker stop` and systemd send). A signal handler that cannot
+/// be installed is logged, and that signal is not waited for.
+#[allow(dead_code)] // used by `main` only
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
 }

@@ -17,16 +17,21 @@ use syncbridge::{Request, Response, ResponseBody, Server};
 
 const CHUNK: usize = 64 * 1024;
 static XS: [u8; CHUNK] = [b'x'; CHUNK];
+/// The longest `/sleep` and the largest `/download` a query may ask for, so that one
+/// request cannot hold a thread, or stream, for ever (the workloads ask 50 ms, 16 MiB).
+const MAX_SLEEP_MS: u64 = 60_000;
+const MAX_DOWNLOAD_BYTES: u64 = 1 << 30;
 
-fn query_u64(req: &Request, key: &str) -> u64 {
+/// The query's `key` as a number, at most `max`; 0 when absent or not a number.
+fn query_u64(req: &Request, key: &str, max: u64) -> u64 {
     req.uri()
         .query()
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .map_or(0, |n| n.min(max))
 }
 
 fn plain(body: impl Into<ResponseBody>) -> Response {
@@ -50,7 +55,7 @@ fn upload(mut req: Request) -> std::io::Result<Response> {
 }
 
 fn download(req: &Request) -> Response {
-    let total = query_u64(req, "bytes");
+    let total = query_u64(req, "bytes", MAX_DOWNLOAD_BYTES);
     let chunks = (0..total.div_ceil(CHUNK as u64)).map(move |i| {
         let k = (total - i * CHUNK as u64).min(CHUNK as u64) as usize;
         Ok(Bytes::from_static(&XS[..k]))
@@ -69,7 +74,7 @@ fn route(req: Request) -> std::io::Result<Response> {
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/hello") => Ok(plain("Hello, World!")),
         ("GET", "/sleep") => {
-            std::thread::sleep(Duration::from_millis(query_u64(&req, "ms")));
+            std::thread::sleep(Duration::from_millis(query_u64(&req, "ms", MAX_SLEEP_MS)));
             Ok(plain("ok"))
         }
         ("POST", "/upload") => upload(req),
@@ -89,5 +94,5 @@ fn main() -> syncbridge::Result<()> {
         )
         .init();
     let port = std::env::var("PORT").unwrap_or_else(|_| "18080".to_owned());
-    Server::bind(format!("127.0.0.1:{port}")).serve(route)
+    Server::try_bind(format!("127.0.0.1:{port}"))?.serve(route)
 }

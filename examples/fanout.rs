@@ -27,12 +27,15 @@ async fn backend_call(name: &'static str, ms: u64) -> &'static str {
 
 /// `GET /fanout?ms=N`: three calls of N ms at once. `GET /sequential?ms=N`: the same
 /// three, one after another.
-pub fn handler(req: Request) -> (StatusCode, String) {
+///
+/// `ensure_sync` fails only when the runtime is going away (the bridge answers `503` with
+/// `Retry-After`) or a call panicked (a logged `500`): `?` leaves both to the bridge.
+pub fn handler(req: Request) -> syncbridge::Result<(StatusCode, String)> {
     let Some(ms) = query_ms(&req) else {
-        return (
+        return Ok((
             StatusCode::BAD_REQUEST,
             format!("expected ?ms=N with N at most {MAX_MS}\n"),
-        );
+        ));
     };
     let start = Instant::now();
     let joined = match req.uri().path() {
@@ -51,20 +54,17 @@ pub fn handler(req: Request) -> (StatusCode, String) {
                 backend_call("stock", ms).await,
             ]
         }),
-        _ => return (StatusCode::NOT_FOUND, "try /fanout?ms=200\n".to_owned()),
+        _ => return Ok((StatusCode::NOT_FOUND, "try /fanout?ms=200\n".to_owned())),
     };
-    match joined {
-        Ok(names) => (
-            StatusCode::OK,
-            format!(
-                "{} in {} ms\n",
-                names.join(","),
-                start.elapsed().as_millis()
-            ),
+    let names = joined?;
+    Ok((
+        StatusCode::OK,
+        format!(
+            "{} in {} ms\n",
+            names.join(","),
+            start.elapsed().as_millis()
         ),
-        // ensure_sync fails only on shutdown or a panicking call: say so, do not hide it.
-        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("{err}\n")),
-    }
+    ))
 }
 
 fn query_ms(req: &Request) -> Option<u64> {
@@ -81,7 +81,7 @@ fn main() -> syncbridge::Result<()> {
         )
         .init();
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
-    let server = Server::bind(format!("127.0.0.1:{port}"));
+    let server = Server::try_bind(format!("127.0.0.1:{port}"))?;
     println!("serving on http://{}/fanout?ms=200", server.local_addr());
     server.serve(handler)
 }

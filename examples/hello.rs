@@ -21,7 +21,7 @@ fn main() -> syncbridge::Result<()> {
         )
         .init();
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
-    let server = Server::bind(format!("127.0.0.1:{port}"));
+    let server = Server::try_bind(format!("127.0.0.1:{port}"))?;
     println!("serving on http://{}", server.local_addr());
     server.serve(hello)
 }

@@ -66,10 +66,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
+    // Bound first: a busy port must not leave a 32 MiB file behind.
+    let server = Server::try_bind(format!("127.0.0.1:{port}"))?.max_body_size(1 << 30);
     let path = make_file()?;
     let served = path.clone();
-    let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
-    let server = Server::bind(format!("127.0.0.1:{port}")).max_body_size(1 << 30);
     println!("serving on http://{}", server.local_addr());
     let result = server.serve(move |req: Request| -> io::Result<Response> {
         match (req.method().as_str(), req.uri().path()) {
@@ -78,6 +79,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => Ok((StatusCode::NOT_FOUND, "try PUT /sha256 or GET /file\n").into_response()),
         }
     });
-    let _ = std::fs::remove_file(&path);
+    if let Err(err) = std::fs::remove_file(&path) {
+        tracing::warn!(path = %path.display(), error = %err, "could not remove the served file");
+    }
     Ok(result?)
 }
