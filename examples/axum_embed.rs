@@ -22,6 +22,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use syncbridge::{ensure_async_on, ensure_sync, BlockingPool, Request, SyncService};
+use tower_http::compression::CompressionLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 /// The legacy app's limits, stated rather than left to the defaults: handler threads
 /// (shared with the async routes' blocking calls), requests waiting for one, and the
@@ -29,9 +32,6 @@ use syncbridge::{ensure_async_on, ensure_sync, BlockingPool, Request, SyncServic
 const LEGACY_THREADS: usize = 64;
 const LEGACY_QUEUE: usize = 256;
 const LEGACY_MAX_BODY: u64 = 1 << 20;
-use tower_http::compression::CompressionLayer;
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 /// The whole app with a 10 second request timeout.
 pub fn app() -> Router {
