@@ -74,18 +74,34 @@ impl JobId {
 pub(crate) struct Withdrawable(Arc<OnceJob>);
 
 impl Withdrawable {
-    pub(crate) fn id(&self) -> JobId {
-        JobId::of(&self.0)
+    /// Takes the job back unless a thread has taken its closure up: the closure is
+    /// dropped unrun and the job leaves `pool`'s queue. Returns whether it was taken
+    /// back; `false` means the closure runs (or ran). Callable from any thread.
+    pub(crate) fn take_back(&self, pool: &BlockingPool) -> bool {
+        let f = self.0.take();
+        if f.is_none() {
+            return false;
+        }
+        drop(f); // outside the job's lock: it may hold what a `Drop` needs
+        pool.withdraw(JobId::of(&self.0));
+        true
     }
 }
 
-/// A closure behind an `Arc`, so that it has a [`JobId`].
+/// A closure behind an `Arc`, so that it has a [`JobId`]. Whoever takes the closure out
+/// first, a pool thread to run it or the submitter to take it back, owns it: the
+/// `Option` is the claim.
 struct OnceJob(Mutex<Option<Box<dyn FnOnce() + Send + 'static>>>);
+
+impl OnceJob {
+    fn take(&self) -> Option<Box<dyn FnOnce() + Send + 'static>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 impl SharedJob for OnceJob {
     fn run(self: Arc<Self>) {
-        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(f) = f {
+        if let Some(f) = self.take() {
             f();
         }
     }

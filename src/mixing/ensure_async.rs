@@ -12,7 +12,6 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 
@@ -20,7 +19,7 @@ use tokio::runtime::Handle;
 
 use crate::context::{self, Context};
 use crate::error::{panic_message, Error, Kind, Result};
-use crate::pool::{Admission, BlockingPool, Job, JobId};
+use crate::pool::{Admission, BlockingPool, Job, Withdrawable};
 
 /// Runs the blocking closure `f` on a bounded pool of threads and resolves to its result:
 /// Quart's `run_sync`, asgiref's `sync_to_async`.
@@ -151,33 +150,17 @@ fn default_pool() -> &'static BlockingPool {
     })
 }
 
-/// Who owns the closure: whichever of the job and the waiting future gets there first.
-/// Without it a request that timed out in the queue would still run later, unseen.
-const PENDING: u8 = 0;
-const RUNNING: u8 = 1;
-const ABANDONED: u8 = 2;
-
-/// Abandons the closure if the future goes away before a thread claims it, and takes
-/// it out of the pool's queue, so that work nobody waits for any more stops holding a
-/// place there (new calls would be refused as overloaded meanwhile).
+/// Takes the closure back if the future goes away before a thread has taken it up, which
+/// also takes it out of the pool's queue: work nobody waits for any more neither runs
+/// later, unseen, nor holds a place there (new calls would be refused meanwhile).
 struct AbandonOnDrop {
-    state: Arc<AtomicU8>,
-    /// The pool and job to withdraw from its queue, once submitted.
-    queued: Option<(BlockingPool, JobId)>,
+    pool: BlockingPool,
+    job: Withdrawable,
 }
 
 impl AbandonOnDrop {
     fn abandon(&self) -> bool {
-        let abandoned = self
-            .state
-            .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if abandoned {
-            if let Some((pool, job)) = &self.queued {
-                pool.withdraw(*job);
-            }
-        }
-        abandoned
+        self.job.take_back(&self.pool)
     }
 }
 
@@ -206,20 +189,9 @@ where
         runtime,
         tasks: None,
     });
-    let state = Arc::new(AtomicU8::new(PENDING));
-    let mut guard = AbandonOnDrop {
-        state: state.clone(),
-        queued: None,
-    };
     let (tx, rx) = tokio::sync::oneshot::channel::<std::result::Result<T, String>>();
 
     let (job, withdrawable) = Job::withdrawable(move || {
-        if state
-            .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return;
-        }
         let outcome =
             span.in_scope(|| context::enter(Some(&ctx), || catch_unwind(AssertUnwindSafe(f))));
         let outcome = outcome.map_err(|payload| {
@@ -238,7 +210,10 @@ where
             .with_message("the blocking pool's threads and queue are full, or it is shut down")
     })?;
     let timeout = pool.queue_timeout();
-    guard.queued = Some((pool, withdrawable.id()));
+    let guard = AbandonOnDrop {
+        pool,
+        job: withdrawable,
+    };
 
     let mut rx = rx;
     if admission == Admission::Queued {
@@ -286,6 +261,7 @@ fn finish<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU8, Ordering};
 
     #[test]
     fn polled_outside_a_runtime_is_no_context_and_does_not_run() {

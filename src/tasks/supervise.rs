@@ -13,7 +13,6 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -107,20 +106,12 @@ pub(super) struct BlockingWork<F, T> {
     pub(super) span: tracing::Span,
 }
 
-/// An attempt handed to the pool: its outcome comes back on `rx`, and `start` tells
-/// whether a thread has taken it up.
+/// An attempt handed to the pool: its outcome comes back on `rx`.
 pub(super) struct Submitted<F, T> {
     rx: oneshot::Receiver<(F, Attempt<T>)>,
-    start: Arc<AtomicU8>,
-    /// To take it out of the pool's queue when it is given up there.
+    /// To take it back, queue place and all, when it is given up before a thread took it.
     job: Withdrawable,
 }
-
-/// `Submitted::start`: the attempt waits in the queue, runs, or was given up while it
-/// waited. The pool thread and a cancelling supervisor race to move it off `WAITING`.
-const WAITING: u8 = 0;
-const STARTED: u8 = 1;
-const WITHDRAWN: u8 = 2;
 
 /// Holds a task's first blocking attempt, submitted before its supervisor exists (so a
 /// full pool is the caller's error), until the supervisor has been handed to the
@@ -174,8 +165,6 @@ where
         gate: Option<GateWaiter>,
     ) -> std::result::Result<Submitted<F, T>, ()> {
         let (tx, rx) = oneshot::channel();
-        let start = Arc::new(AtomicU8::new(WAITING));
-        let started = start.clone();
         let set = self.set.clone();
         let runtime = self.runtime.clone();
         let span = self.span.clone();
@@ -185,10 +174,7 @@ where
                 gate.wait();
             }
             let id = ctx.id;
-            let claimed = started
-                .compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok();
-            if !claimed || ctx.is_cancelled() {
+            if ctx.is_cancelled() {
                 // Cancellation before the start is guaranteed: the closure never runs.
                 let _ = tx.send((f, Attempt::Cancelled));
                 return;
@@ -217,7 +203,6 @@ where
             .try_submit(job)
             .map(|_| Submitted {
                 rx,
-                start,
                 job: withdrawable,
             })
             .map_err(|_| ())
@@ -233,7 +218,7 @@ where
     fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>> {
         Box::pin(async move {
             let token = ctx.token.clone();
-            let Submitted { mut rx, start, job } = match self.first.take() {
+            let Submitted { mut rx, job } = match self.first.take() {
                 Some(submitted) => submitted,
                 None => {
                     let Some(f) = self.f.take() else {
@@ -255,14 +240,9 @@ where
                 biased;
                 returned = &mut rx => returned,
                 _ = token.cancelled() => {
-                    // Still in the queue: give it up now rather than when a thread frees.
-                    // Already running: it sees the token; wait for it to return.
-                    if start
-                        .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        // And out of the queue, so it holds no place there.
-                        self.set.shared.pool.withdraw(job.id());
+                    // Not taken up yet: give it up now, queue place and all, rather than
+                    // when a thread frees. Taken up: it sees the token; wait for it.
+                    if job.take_back(&self.set.shared.pool) {
                         return Attempt::Cancelled;
                     }
                     rx.await
