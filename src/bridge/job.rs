@@ -199,8 +199,6 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
     }
 }
 
-/// What a request whose body stopped arriving gets. The rest of the body is not read,
-/// so the connection cannot be reused.
 /// Logs the error a handler returned and answers it: `503` with `Retry-After` when it is
 /// the crate's own "not now" (a full task pool, a shutdown), else the `500` it carries.
 /// Out of line: the path of a handler that answers stays as it was.
@@ -242,6 +240,8 @@ fn handler_error(
         .insert(http::header::RETRY_AFTER, retry_after.clone());
 }
 
+/// What a request whose body stopped arriving gets. The rest of the body is not read,
+/// so the connection cannot be reused.
 fn request_timeout() -> crate::handler::Response {
     use crate::handler::IntoResponse;
     let mut response = (
