@@ -1,0 +1,269 @@
+//! The bounded blocking pool: admission control for handlers and other blocking work.
+//!
+//! At most `max_threads` jobs run at once, each on its own OS thread; up to
+//! `queue_capacity` more wait in a FIFO queue. A job that finds both full is refused at
+//! once (the bridge answers `503` + `Retry-After`), so neither memory nor latency grows
+//! without bound under overload. Threads are started on demand and exit after
+//! `keep_alive` without work, so an idle server holds no threads here.
+//!
+//! Its parts: `job` is what is submitted (and how a submitter takes it back), `worker`
+//! is a pool thread's life, `builder` holds the limits. This module holds the state they
+//! share and the admission rule they all keep.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+mod builder;
+mod job;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+pub use builder::BlockingPoolBuilder;
+use builder::PoolConfig;
+pub(crate) use job::{Admission, Job, JobId, SharedJob, Withdrawable};
+pub(crate) use worker::job_finishing;
+
+/// A bounded pool of threads for blocking work, with a bounded wait queue.
+///
+/// One pool runs a server's request handlers; background tasks get a pool of their own so
+/// that they can never starve request handling. Cloning is cheap and shares the pool.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use syncbridge::BlockingPool;
+///
+/// let pool = BlockingPool::builder()
+///     .max_threads(64)
+///     .queue_capacity(256)
+///     .queue_timeout(Duration::from_secs(5))
+///     .build();
+/// assert_eq!(pool.max_threads(), 64);
+/// ```
+#[derive(Clone)]
+pub struct BlockingPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    condvar: Condvar,
+    config: PoolConfig,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    /// Threads alive. Always `running + idle + searching`.
+    threads: usize,
+    /// Threads running a job.
+    running: usize,
+    /// Threads parked on the condvar and not claimed by a submitter.
+    idle: usize,
+    /// Threads that will look at the queue before they park: woken or new threads on
+    /// their way, and threads whose job is finishing. While one exists, a submit only
+    /// pushes: no wake-up, no new thread. This is what keeps a burst of fast requests on
+    /// one or two threads instead of waking (or spawning) a thread per request.
+    searching: usize,
+    /// Wake-ups sent to parked threads and not yet consumed: tells a claimed thread from
+    /// a spurious or timed-out wake-up.
+    wakeups: usize,
+    shutdown: bool,
+    /// Peak of `threads`, for stats and tests.
+    peak_threads: usize,
+}
+
+/// What a caller must do after releasing the lock.
+enum Wake {
+    Nothing,
+    Notify,
+    Spawn(Option<Job>),
+}
+
+impl BlockingPool {
+    /// A pool with the default limits (see [`BlockingPoolBuilder`]).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for a pool with other limits.
+    pub fn builder() -> BlockingPoolBuilder {
+        BlockingPoolBuilder::default()
+    }
+
+    /// The most jobs that run at once.
+    pub fn max_threads(&self) -> usize {
+        self.inner.config.max_threads
+    }
+
+    /// How long a queued request may wait for a thread before it is answered `503`.
+    pub fn queue_timeout(&self) -> Duration {
+        self.inner.config.queue_timeout
+    }
+
+    /// A snapshot of the pool's load. Callable from any thread.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.inner.lock();
+        PoolStats {
+            threads: state.threads,
+            busy: state.running,
+            queued: state.queue.len(),
+            peak_threads: state.peak_threads,
+        }
+    }
+
+    /// Hands `job` to a thread, queues it, or gives it back when the pool is full or shut
+    /// down. Never waits for the pool, but may start an OS thread on the calling thread
+    /// (tens of microseconds) when the pool grows.
+    ///
+    /// `Started` means a thread will take it without waiting for a running job to end;
+    /// `Queued` means every thread is busy, so the caller should enforce the queue
+    /// timeout.
+    pub(crate) fn try_submit(&self, job: Job) -> Result<Admission, Job> {
+        let config = &self.inner.config;
+        let mut state = self.inner.lock();
+        let free = config.max_threads - state.running;
+        if state.shutdown || state.queue.len() >= free + config.queue_capacity {
+            return Err(job);
+        }
+        let admission = if state.queue.len() < free {
+            Admission::Started
+        } else {
+            Admission::Queued
+        };
+        let wake = if state.searching == 0 && state.idle == 0 && state.threads < config.max_threads
+        {
+            // Nobody could take it soon: a new thread starts with it in hand.
+            state.threads += 1;
+            state.running += 1;
+            state.peak_threads = state.peak_threads.max(state.threads);
+            Wake::Spawn(Some(job))
+        } else {
+            state.queue.push_back(job);
+            if state.searching == 0 {
+                self.inner.claim(&mut state)
+            } else {
+                Wake::Nothing
+            }
+        };
+        drop(state);
+        match self.inner.act(wake) {
+            Ok(()) => Ok(admission),
+            Err(Some(job)) => Err(job),
+            // The job is queued but the thread meant for it did not start (logged): a
+            // thread that frees up will take it, and the caller must bound the wait.
+            Err(None) => Ok(Admission::Queued),
+        }
+    }
+
+    /// Takes a shared job that no thread has started out of the queue, so that work
+    /// given up while it waited (a request that timed out or whose client left, a
+    /// cancelled task) stops counting against the queue's capacity. Returns whether it
+    /// was there. Callable from any thread; costs a scan of the queue, under its lock.
+    pub(crate) fn withdraw(&self, id: JobId) -> bool {
+        let mut state = self.inner.lock();
+        let Some(at) = state.queue.iter().position(|job| job.id() == Some(id)) else {
+            return false;
+        };
+        let job = state.queue.remove(at);
+        drop(state);
+        drop(job); // outside the lock: it may hold the last reference to a request
+        true
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called: no job will be taken again.
+    pub(crate) fn is_shutdown(&self) -> bool {
+        self.inner.lock().shutdown
+    }
+
+    /// Stops taking work and lets idle threads exit. Running jobs finish on their own;
+    /// queued jobs still run. Callable from any thread.
+    pub(crate) fn shutdown(&self) {
+        self.inner.lock().shutdown = true;
+        self.inner.condvar.notify_all();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Jobs run outside the lock, so it is never poisoned by user code.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gets one more thread looking at the queue: a parked one if any, else a new one
+    /// (below the limit). Called with the lock held; the caller acts on the result.
+    fn claim(&self, state: &mut State) -> Wake {
+        if state.idle > 0 {
+            state.idle -= 1;
+            state.searching += 1;
+            state.wakeups += 1;
+            Wake::Notify
+        } else if state.threads < self.config.max_threads {
+            state.threads += 1;
+            state.searching += 1;
+            state.peak_threads = state.peak_threads.max(state.threads);
+            Wake::Spawn(None)
+        } else {
+            Wake::Nothing
+        }
+    }
+
+    /// Carries out a [`Wake`] outside the lock. A failed spawn is undone and logged; the
+    /// job it carried, if any, is handed back.
+    fn act(self: &Arc<Self>, wake: Wake) -> Result<(), Option<Job>> {
+        match wake {
+            Wake::Nothing => Ok(()),
+            Wake::Notify => {
+                self.condvar.notify_one();
+                Ok(())
+            }
+            Wake::Spawn(first) => {
+                let with_job = first.is_some();
+                self.spawn_thread(first).map_err(|(job, err)| {
+                    let mut state = self.lock();
+                    state.threads -= 1;
+                    if with_job {
+                        state.running -= 1;
+                    } else {
+                        state.searching -= 1;
+                    }
+                    drop(state);
+                    tracing::error!(pool = %self.config.name, error = %err, "failed to start a pool thread");
+                    job
+                })
+            }
+        }
+    }
+}
+
+impl Default for BlockingPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for BlockingPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingPool")
+            .field("config", &self.inner.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A snapshot of a [`BlockingPool`]'s load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Threads alive.
+    pub threads: usize,
+    /// Threads running a job.
+    pub busy: usize,
+    /// Jobs waiting for a thread.
+    pub queued: usize,
+    /// The most threads alive at once since the pool was built.
+    pub peak_threads: usize,
+}

@@ -1,0 +1,158 @@
+//! A pool thread's life: it runs jobs while there are any, then parks up to its keep-alive.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::{Inner, Job, State, Wake};
+
+thread_local! {
+    /// The pool this thread works for, and whether its current job has already
+    /// announced that it is finishing (see [`job_finishing`]).
+    static WORKER: RefCell<Option<Arc<Inner>>> = const { RefCell::new(None) };
+    static FINISHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by a job on a pool thread right before it hands its result back: the thread
+/// counts as searching from now on, so the next submit (which the result may trigger at
+/// once, e.g. the next request on a keep-alive connection) finds it instead of waking
+/// or spawning another thread. Does nothing off a pool thread.
+pub(crate) fn job_finishing() {
+    WORKER.with(|worker| {
+        if let Some(inner) = &*worker.borrow() {
+            if !FINISHING.get() {
+                FINISHING.set(true);
+                let mut state = inner.lock();
+                state.running -= 1;
+                state.searching += 1;
+            }
+        }
+    });
+}
+
+impl Inner {
+    pub(super) fn spawn_thread(
+        self: &Arc<Self>,
+        first: Option<Job>,
+    ) -> Result<(), (Option<Job>, std::io::Error)> {
+        let inner = self.clone();
+        let mut builder = std::thread::Builder::new().name(inner.config.name.clone());
+        if let Some(size) = inner.config.stack_size {
+            builder = builder.stack_size(size);
+        }
+        // The job travels inside a slot so that it can be handed back if the spawn fails.
+        let slot = Arc::new(Mutex::new(first));
+        let thread_slot = slot.clone();
+        match builder.spawn(move || {
+            let first = thread_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(thread_slot);
+            inner.work(first)
+        }) {
+            Ok(_) => Ok(()),
+            Err(err) => Err((slot.lock().unwrap_or_else(|e| e.into_inner()).take(), err)),
+        }
+    }
+
+    /// A pool thread's life: run jobs while there are any, then park up to `keep_alive`.
+    /// It starts either with a job in hand (counted as running) or as a searcher.
+    fn work(self: Arc<Self>, first: Option<Job>) {
+        // Always, even for 0: the thread may have inherited a pool thread's value.
+        crate::sys::set_thread_nice(self.config.nice);
+        crate::sys::set_thread_batch(self.config.batch);
+        WORKER.with(|worker| *worker.borrow_mut() = Some(self.clone()));
+        let mut next = first;
+        let mut state = self.lock();
+        loop {
+            let (job, wake) = match next.take() {
+                Some(job) => (job, Wake::Nothing),
+                None => match state.queue.pop_front() {
+                    Some(job) => {
+                        state.searching -= 1;
+                        state.running += 1;
+                        // More work waiting and nobody else looking: get another thread
+                        // on its way, so a handler that blocks long does not hold up
+                        // the queue behind it.
+                        let wake = if !state.queue.is_empty() && state.searching == 0 {
+                            self.claim(&mut state)
+                        } else {
+                            Wake::Nothing
+                        };
+                        (job, wake)
+                    }
+                    None => {
+                        let (guard, again) = self.park(state);
+                        state = guard;
+                        if !again {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            drop(state);
+            let _ = self.act(wake);
+            FINISHING.set(false);
+            // Jobs guard user code themselves; this catches what slips past (a panicking
+            // `Drop` or `Display` of a user type), so the counters stay right and the
+            // thread lives on.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job.run())) {
+                tracing::error!(
+                    pool = %self.config.name,
+                    panic = %crate::error::panic_message(&*payload),
+                    "a pool job panicked outside its own guard; the thread goes on"
+                );
+            }
+            state = self.lock();
+            if !FINISHING.get() {
+                state.running -= 1;
+                state.searching += 1;
+            }
+        }
+        state.threads -= 1;
+        drop(state);
+        WORKER.with(|worker| worker.borrow_mut().take());
+    }
+
+    /// Parks a searching thread that found the queue empty. Returns true when it should
+    /// look at the queue again (claimed, or timed out with work waiting), false when the
+    /// thread should exit (kept alive long enough, or shut down).
+    fn park<'a>(&'a self, mut state: MutexGuard<'a, State>) -> (MutexGuard<'a, State>, bool) {
+        state.searching -= 1;
+        if state.shutdown {
+            return (state, false);
+        }
+        state.idle += 1;
+        // A keep-alive too large for the clock (`Duration::MAX`) means for ever.
+        let deadline = Instant::now().checked_add(self.config.keep_alive);
+        loop {
+            state = match deadline {
+                None => self.condvar.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        state.idle -= 1;
+                        if state.queue.is_empty() {
+                            return (state, false);
+                        }
+                        state.searching += 1;
+                        return (state, true);
+                    }
+                    self.condvar
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+            if state.wakeups > 0 {
+                // A submitter claimed this thread: it already moved it to `searching`.
+                state.wakeups -= 1;
+                return (state, true);
+            }
+            if state.shutdown {
+                state.idle -= 1;
+                return (state, false);
+            }
+        }
+    }
+}
