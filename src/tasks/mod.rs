@@ -11,6 +11,7 @@
 //! The guide with the Flask-Executor / Celery / Starlette mapping is
 //! `docs/background-tasks.md`.
 
+mod attempt;
 mod backend;
 mod handle;
 mod info;

@@ -1,5 +1,6 @@
 //! Spawning one task: its options ([`TaskBuilder`]) and what it knows of itself
-//! ([`TaskContext`]). Running and supervising it is `supervise.rs`.
+//! ([`TaskContext`]). One attempt of it is `attempt.rs`; supervising the attempts is
+//! `supervise.rs`.
 
 use std::fmt;
 use std::future::Future;
@@ -12,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
+use super::attempt::{AsyncWork, BlockingWork, LaunchGate, Work};
 use super::handle::TaskHandle;
 use super::info::{TaskId, TaskInfo};
 use super::set::{register_live, unregister_live, TaskSet, CURRENT_SET};
-use super::supervise::{AsyncWork, BlockingWork, LaunchGate, Supervisor, Unfinished, Work};
+use super::supervise::{Supervisor, Unfinished};
 use crate::error::{Error, Kind, Result};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,0 +1,238 @@
+//! One attempt of a task, however it runs: a blocking closure on the task pool, or a
+//! future inside the supervisor's own task. The supervisor (`supervise.rs`) decides
+//! whether there is another.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use super::set::TaskSet;
+use super::spawn::TaskContext;
+use crate::context;
+use crate::error::panic_message;
+use crate::pool::{Job, Withdrawable};
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(super) type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// How one attempt ended.
+pub(super) enum Attempt<T> {
+    Ok(T),
+    Err(SharedError),
+    Panicked(String),
+    /// Cancelled before it started, or (async) while it ran.
+    Cancelled,
+}
+
+/// One attempt of a task, however it runs.
+pub(super) trait Work<T>: Send + 'static {
+    fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>>;
+}
+
+/// A blocking closure. It travels to the pool thread for each attempt and comes back
+/// with the outcome, so `FnMut` suffices for retries (no `Sync`, no `Clone`).
+pub(super) struct BlockingWork<F, T> {
+    pub(super) f: Option<F>,
+    pub(super) first: Option<Submitted<F, T>>,
+    pub(super) set: TaskSet,
+    pub(super) runtime: Handle,
+    pub(super) span: tracing::Span,
+}
+
+/// An attempt handed to the pool: its outcome comes back on `rx`.
+pub(super) struct Submitted<F, T> {
+    rx: oneshot::Receiver<(F, Attempt<T>)>,
+    /// To take it back, queue place and all, when it is given up before a thread took it.
+    job: Withdrawable,
+}
+
+/// Holds a task's first blocking attempt, submitted before its supervisor exists (so a
+/// full pool is the caller's error), until the supervisor has been handed to the
+/// runtime. A runtime that has shut down drops it there at once, cancelling the task's
+/// token, and the attempt must see that rather than run unsupervised. Opens when
+/// dropped, so a panic in between cannot strand a pool thread.
+pub(super) struct LaunchGate(Arc<(Mutex<bool>, Condvar)>);
+
+/// The attempt's side of a [`LaunchGate`].
+pub(super) struct GateWaiter(Arc<(Mutex<bool>, Condvar)>);
+
+impl LaunchGate {
+    pub(super) fn new() -> Self {
+        LaunchGate(Arc::new((Mutex::new(false), Condvar::new())))
+    }
+
+    pub(super) fn waiter(&self) -> GateWaiter {
+        GateWaiter(self.0.clone())
+    }
+}
+
+impl Drop for LaunchGate {
+    fn drop(&mut self) {
+        let (open, opened) = &*self.0;
+        *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        opened.notify_all();
+    }
+}
+
+impl GateWaiter {
+    /// Waits for the launch to end: the time it takes `spawn_blocking` to return.
+    fn wait(self) {
+        let (open, opened) = &*self.0;
+        let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl<F, T, E> BlockingWork<F, T>
+where
+    F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    pub(super) fn submit(
+        &self,
+        mut f: F,
+        ctx: TaskContext,
+        gate: Option<GateWaiter>,
+    ) -> std::result::Result<Submitted<F, T>, ()> {
+        let (tx, rx) = oneshot::channel();
+        let set = self.set.clone();
+        let runtime = self.runtime.clone();
+        let span = self.span.clone();
+        let (job, withdrawable) = Job::withdrawable(move || {
+            let _entered = span.enter();
+            if let Some(gate) = gate {
+                gate.wait();
+            }
+            let id = ctx.id;
+            if ctx.is_cancelled() {
+                // Cancellation before the start is guaranteed: the closure never runs.
+                let _ = tx.send((f, Attempt::Cancelled));
+                return;
+            }
+            set.shared.backend.started(id, ctx.attempt);
+            let context = set.context(runtime);
+            set.shared.running().insert(id);
+            let outcome =
+                context::enter(Some(&context), || catch_unwind(AssertUnwindSafe(|| f(ctx))));
+            set.shared.running().remove(&id);
+            let attempt = match outcome {
+                Ok(Ok(value)) => Attempt::Ok(value),
+                Ok(Err(err)) => Attempt::Err(Arc::from(err.into())),
+                Err(payload) => Attempt::Panicked(panic_message(&*payload)),
+            };
+            if tx.send((f, attempt)).is_err() {
+                tracing::warn!(
+                    task_id = %id,
+                    "background task returned after its timeout; its outcome is discarded"
+                );
+            }
+        });
+        self.set
+            .shared
+            .pool
+            .try_submit(job)
+            .map(|_| Submitted {
+                rx,
+                job: withdrawable,
+            })
+            .map_err(|_| ())
+    }
+}
+
+impl<F, T, E> Work<T> for BlockingWork<F, T>
+where
+    F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>> {
+        Box::pin(async move {
+            let token = ctx.token.clone();
+            let Submitted { mut rx, job } = match self.first.take() {
+                Some(submitted) => submitted,
+                None => {
+                    let Some(f) = self.f.take() else {
+                        return Attempt::Err(Arc::from(BoxError::from(
+                            "the task's closure was lost in an earlier attempt",
+                        )));
+                    };
+                    match self.submit(f, ctx, None) {
+                        Ok(submitted) => submitted,
+                        Err(()) => {
+                            return Attempt::Err(Arc::from(BoxError::from(
+                                "the background task pool and its queue are full",
+                            )))
+                        }
+                    }
+                }
+            };
+            let returned = tokio::select! {
+                biased;
+                returned = &mut rx => returned,
+                _ = token.cancelled() => {
+                    // Not taken up yet: give it up now, queue place and all, rather than
+                    // when a thread frees. Taken up: it sees the token; wait for it.
+                    if job.take_back(&self.set.shared.pool) {
+                        return Attempt::Cancelled;
+                    }
+                    rx.await
+                }
+            };
+            match returned {
+                Ok((f, attempt)) => {
+                    self.f = Some(f);
+                    attempt
+                }
+                // The pool dropped the job without running it: it never does while alive.
+                Err(_) => Attempt::Err(Arc::from(BoxError::from(
+                    "the task pool dropped the task without running it",
+                ))),
+            }
+        })
+    }
+}
+
+/// A future factory; each attempt's future runs inside the supervisor's own task.
+pub(super) struct AsyncWork<F> {
+    pub(super) make: F,
+    pub(super) set: TaskSet,
+}
+
+impl<F, Fut, T, E> Work<T> for AsyncWork<F>
+where
+    F: FnMut(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>> {
+        Box::pin(async move {
+            let token = ctx.token.clone();
+            if token.is_cancelled() {
+                return Attempt::Cancelled;
+            }
+            self.set.shared.backend.started(ctx.id, ctx.attempt);
+            let future = match catch_unwind(AssertUnwindSafe(|| (self.make)(ctx))) {
+                Ok(future) => future,
+                Err(payload) => return Attempt::Panicked(panic_message(&*payload)),
+            };
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => Attempt::Cancelled,
+                outcome = AssertUnwindSafe(future).catch_unwind() => match outcome {
+                    Ok(Ok(value)) => Attempt::Ok(value),
+                    Ok(Err(err)) => Attempt::Err(Arc::from(err.into())),
+                    Err(payload) => Attempt::Panicked(panic_message(&*payload)),
+                },
+            }
+        })
+    }
+}
