@@ -42,6 +42,28 @@ async fn ensure_sync_in_handler_returns_the_future_output() {
 }
 
 #[tokio::test]
+async fn a_streamed_response_producer_reaches_the_runtime_and_the_task_set_as_its_handler_does() {
+    // The producer runs on the handler's thread after the handler returned: it must keep
+    // the handler's context, or `ensure_sync` fails there with "runs on a handler thread".
+    let server = start(|_req: Request| {
+        let lines = (0..2).map(|i| {
+            let awaited = ensure_sync(async move {
+                tokio::task::yield_now().await;
+                i
+            })
+            .map_err(std::io::Error::other)?;
+            let tasks = syncbridge::TaskSet::current().is_ok();
+            Ok(bytes::Bytes::from(format!("{awaited} {tasks}\n")))
+        });
+        syncbridge::ResponseBody::from_chunks(lines)
+    });
+    let reply = get(server.addr, "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "0 true\n1 true\n");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn sync_fn_turns_an_async_fn_into_a_blocking_one() {
     async fn double(n: u64) -> u64 {
         tokio::task::yield_now().await;

@@ -17,6 +17,10 @@ use bytes::Bytes;
 ///
 /// A streamed body is sent chunked unless the handler sets `Content-Length` itself.
 ///
+/// The constructors only wrap their argument and may be called anywhere. The producer
+/// runs where its handler ran, with the same reach: [`ensure_sync`](crate::ensure_sync)
+/// and [`TaskSet::current`](crate::TaskSet::current) work in it as in the handler.
+///
 /// # Examples
 ///
 /// ```

@@ -160,8 +160,11 @@ impl<H: Handler> RequestJob<H> {
                     tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");
                     return;
                 }
-                // The thread (and its pool slot) stays with the response until the body is out.
-                log_produced(produce(producer, tx), method, uri);
+                // The thread (and its pool slot) stays with the response until the body is
+                // out, and so does the handler's context: a producer may `ensure_sync` or
+                // spawn a task as the handler could.
+                let produced = context::enter(shared.context.get(), || produce(producer, tx));
+                log_produced(produced, method, uri);
             }
         }
     }
