@@ -91,7 +91,8 @@ impl Error {
     /// A function that needs a syncbridge context (a handler thread, a background task,
     /// a running server) was called outside one; or the runtime it would wait on was
     /// built without timers (`enable_time`) where the wait needs one (a queued
-    /// `ensure_async` closure, a task's timeout or retries).
+    /// `ensure_async` closure, a task's timeout or retries); or `Server::serve_async` was
+    /// polled outside a runtime, or in one without IO or timers.
     pub fn is_no_context(&self) -> bool {
         self.kind() == Kind::NoContext
     }

@@ -1,13 +1,14 @@
 //! The bundled server: failures, overload, limits, timeouts, protocols.
 mod support;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use support::{closed_by_server, get, h2, read_raw_response, within, TestServer};
+use support::{closed_by_server, get, h2, read_raw_response, within, TestServer, STEP};
 use syncbridge::{Request, Server};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -528,4 +529,40 @@ async fn an_idle_http2_client_that_stops_answering_is_still_closed_at_the_keep_a
     assert_eq!(get(server.addr, "/").await.text(), "ok");
     client.abort();
     server.stop().await;
+}
+
+#[test]
+fn serve_async_on_a_runtime_without_io_or_timers_or_none_is_a_clear_error() {
+    // tokio would panic from inside: at once without a runtime or IO, and in every
+    // connection task (the client sees a reset, nothing is logged) without timers.
+    let without_io = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let without_timers = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    for runtime in [without_timers, without_io] {
+        // On a thread of its own: a server that starts anyway serves for ever.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let server = Server::bind("127.0.0.1:0");
+            let _ = tx.send(runtime.block_on(server.serve_async(|_req: Request| "never")));
+        });
+        let err = rx.recv_timeout(STEP).expect("served").unwrap_err();
+        assert!(err.is_no_context(), "{err:?}");
+        assert!(err.to_string().contains("enable_all"), "{err}");
+    }
+    // Polled with no runtime at all: answered at the first poll.
+    let mut serving =
+        std::pin::pin!(Server::bind("127.0.0.1:0").serve_async(|_req: Request| "never"));
+    let waker = futures_util::task::noop_waker();
+    let polled = serving
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    match polled {
+        std::task::Poll::Ready(Err(err)) => assert!(err.is_no_context(), "{err:?}"),
+        other => panic!("expected an error at once, got {other:?}"),
+    }
 }

@@ -15,6 +15,7 @@ mod shutdown;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -387,12 +388,16 @@ impl Server {
 
     /// Serves `handler` on the current tokio runtime until shut down.
     ///
-    /// Call it from async code: it must be polled inside a tokio runtime (any flavour).
-    /// Handlers still run on the server's blocking pool, not on the runtime's threads.
+    /// Call it from async code: it must be polled inside a tokio runtime (any flavour)
+    /// with IO and timers enabled (`enable_all`, as `#[tokio::main]` does). Handlers still
+    /// run on the server's blocking pool, not on the runtime's threads.
     ///
     /// # Errors
     ///
-    /// [`Error::is_bind`] when the listener cannot be registered with the runtime.
+    /// [`Error::is_no_context`] at once when polled outside a tokio runtime, or in one
+    /// built without IO or without timers (tokio prints its own panic message for the
+    /// missing driver first: that is how it is detected). [`Error::is_bind`] when the
+    /// listener cannot be registered with the runtime.
     pub async fn serve_async<H: Handler>(self, handler: H) -> Result<()> {
         self.run(handler).await
     }
@@ -404,8 +409,7 @@ impl Server {
             shutdown,
             config,
         } = self;
-        let listener =
-            TcpListener::from_std(listener).map_err(|e| Error::new(Kind::Bind).with_source(e))?;
+        let listener = register(listener)?;
         let pool = config
             .shared_pool
             .clone()
@@ -546,6 +550,28 @@ impl Server {
         }
         tracing::info!(addr = %local_addr, "syncbridge stopped");
         Ok(())
+    }
+}
+
+/// Registers the listener with the current runtime, checking first that the runtime has
+/// what the server needs: tokio would otherwise panic from deep inside, here for a
+/// missing runtime or IO driver, and at the first connection for missing timers.
+fn register(listener: std::net::TcpListener) -> Result<TcpListener> {
+    let no_context = |what: &str| {
+        Error::new(Kind::NoContext).with_message(format!(
+            "Server::serve_async {what}: build the runtime with `enable_all` (or \
+             `#[tokio::main]`)"
+        ))
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Err(no_context("must be polled inside a tokio runtime"));
+    };
+    if !crate::timer::has_timers(&runtime) {
+        return Err(no_context("needs a runtime with timers"));
+    }
+    match catch_unwind(AssertUnwindSafe(|| TcpListener::from_std(listener))) {
+        Ok(registered) => registered.map_err(|e| Error::new(Kind::Bind).with_source(e)),
+        Err(_) => Err(no_context("needs a runtime with IO")),
     }
 }
 
