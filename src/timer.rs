@@ -15,11 +15,19 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-/// A sleep of `after` on the current runtime, or `None` when it has no timers (logged at
-/// error level). `known` caches the answer where the caller has a place for it; without
-/// one every call checks, which costs only a misconfigured runtime (tokio prints its
-/// panic message each time). Call only inside a tokio runtime.
+/// A sleep of `after` on the current runtime, or `None` when it has no timers or there is
+/// no runtime (both logged at error level). `known` caches the answer where the caller
+/// has a place for it; without one every call checks, which costs only a misconfigured
+/// runtime (tokio prints its panic message each time). A call outside any runtime is
+/// not cached: it says nothing about the runtime the next call comes from.
 pub(crate) fn sleep(after: Duration, known: Option<&OnceLock<bool>>) -> Option<Pin<Box<Sleep>>> {
+    if Handle::try_current().is_err() {
+        tracing::error!(
+            "a wait that needs a tokio timer was started outside any tokio runtime (call a \
+             `SyncService` from inside one); refused at once"
+        );
+        return None;
+    }
     let enabled = match known {
         Some(known) => *known.get_or_init(runtime_has_timers),
         None => runtime_has_timers(),

@@ -165,6 +165,70 @@ async fn graceful_shutdown_lets_an_inflight_legacy_request_finish() {
 /// request that finds every handler thread busy gets `503` at once instead of a panic
 /// inside tokio.
 #[test]
+fn a_request_queued_outside_any_runtime_gets_503_and_later_ones_still_wait() {
+    // `call` outside a runtime has no timer to bound the wait with: refused. That must
+    // not be taken as "this service's runtime has no timers" for the calls that follow.
+    use std::sync::mpsc as std_mpsc;
+    use tower::Service;
+
+    support::init_tracing();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (started_tx, started_rx) = std_mpsc::channel();
+    let (release_tx, release_rx) = std_mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let pool = syncbridge::BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(4)
+        .build();
+    let mut service = syncbridge::SyncService::builder(move |req: syncbridge::Request| {
+        if req.uri().path() == "/block" {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
+        }
+        "done"
+    })
+    .pool(pool.clone())
+    .build();
+    let request = |path: &str| {
+        http::Request::get(path)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+
+    let busy = {
+        let _inside = runtime.enter();
+        service.call(request("/block"))
+    };
+    started_rx
+        .recv_timeout(support::STEP)
+        .expect("the handler started");
+    // Called here, outside the runtime; only the answer is awaited inside it.
+    let outside = service.call(request("/outside"));
+    let refused = runtime.block_on(outside);
+    assert_eq!(refused.unwrap().status(), 503);
+
+    let queued = {
+        let _inside = runtime.enter();
+        service.call(request("/queued"))
+    };
+    assert_eq!(pool.stats().queued, 1, "queued, not refused");
+    release_tx.send(()).unwrap();
+    let (done_tx, done_rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        let statuses = runtime
+            .block_on(async { (busy.await.unwrap().status(), queued.await.unwrap().status()) });
+        done_tx.send(statuses)
+    });
+    let statuses = done_rx
+        .recv_timeout(support::STEP)
+        .expect("both requests ended");
+    assert_eq!(statuses, (http::StatusCode::OK, http::StatusCode::OK));
+}
+
+#[test]
 fn in_a_runtime_without_timers_a_request_that_would_queue_gets_503() {
     use std::sync::mpsc as std_mpsc;
     use tower::Service;

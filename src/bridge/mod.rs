@@ -50,6 +50,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// runtime built without timers (no `enable_time`/`enable_all`, which `#[tokio::main]`
 /// has) a request that finds every handler thread busy is answered `503` at once, and
 /// an error saying so is logged. The handler itself never runs on that runtime's threads.
+/// Called outside any runtime, such a request is answered `503` the same way (logged),
+/// and a handler that runs has no runtime to reach (`ensure_sync` fails with
+/// `is_no_context`).
+///
+/// The runtime is kept from the first call on. Should it shut down while the service
+/// lives on, `ensure_sync` in its handlers fails with `is_shutdown` (a `?` on it answers
+/// `503`) on every later request: give the service a runtime that outlives it with
+/// [`SyncServiceBuilder::runtime`].
 ///
 /// # Examples
 ///
@@ -373,7 +381,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
     }
 
     /// The runtime handler threads reach for `ensure_sync` and background tasks. Default
-    /// is the runtime that first calls the service.
+    /// is the runtime that first calls the service, kept for the service's life.
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
         self
