@@ -272,7 +272,12 @@ impl Drop for Completion {
             status = self.status.as_u16(),
             bytes = self.bytes,
             latency_us = self.start.elapsed().as_micros() as u64,
-            complete = self.complete || self.expected == Some(self.bytes),
+            // With a declared length, only that many bytes make it whole: a producer that
+            // ends short of it leaves the client with a cut-off body.
+            complete = match self.expected {
+                Some(expected) => self.bytes == expected,
+                None => self.complete,
+            },
         );
     }
 }

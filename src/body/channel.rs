@@ -17,7 +17,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -41,8 +40,8 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             blocked_receiver: false,
             blocked_sender: false,
             taken: 0,
+            fault_handed: false,
         }),
-        stalled: AtomicBool::new(false),
         condvar: Condvar::new(),
     });
     (
@@ -62,9 +61,6 @@ struct Shared {
     state: Mutex<State>,
     // One condvar serves both blocking ends: only one end of a channel ever blocks.
     condvar: Condvar,
-    /// Whether a blocking end gave up waiting for the other side (see `stall_limit`);
-    /// read without the lock by the job after its handler returns.
-    stalled: AtomicBool,
 }
 
 struct State {
@@ -82,6 +78,9 @@ struct State {
     /// How many pieces the receiver has taken: a sender waiting for room knows the
     /// receiver still moves, if slowly (one large chunk, taken in pieces).
     taken: u64,
+    /// Whether the receiver has been handed the client's failure (`FailedByClient`): its
+    /// reader met it, so whatever the reader answered, the client is the cause.
+    fault_handed: bool,
 }
 
 #[derive(Clone)]
@@ -247,7 +246,7 @@ impl State {
         Some((chunk, wake))
     }
 
-    fn ended(&self) -> Poll<Option<io::Result<Bytes>>> {
+    fn ended(&mut self) -> Poll<Option<io::Result<Bytes>>> {
         match &self.end {
             End::Open => Poll::Pending,
             End::Finished => Poll::Ready(None),
@@ -255,6 +254,7 @@ impl State {
                 Poll::Ready(Some(Err(io::Error::new(*kind, msg.to_string()))))
             }
             End::FailedByClient(kind, msg) => {
+                self.fault_handed = true;
                 Poll::Ready(Some(Err(ByClient::error(*kind, msg.clone()))))
             }
         }
@@ -287,7 +287,6 @@ impl Sender {
             state.blocked_sender = false;
             if timed_out {
                 if state.taken == seen {
-                    self.shared.stalled.store(true, Ordering::Release);
                     return Err(SendError::Stalled);
                 }
                 // No room yet, but the client took some: a slow reader, not a stalled
@@ -377,12 +376,20 @@ impl Drop for Sender {
     }
 }
 
-/// Tells whether a blocking end of a channel gave up waiting for the other side.
-pub(crate) struct StallProbe(Arc<Shared>);
+/// Tells, once the reader is done, whether it met a failure the client caused.
+pub(crate) struct FaultProbe(Arc<Shared>);
 
-impl StallProbe {
-    pub(crate) fn stalled(&self) -> bool {
-        self.0.stalled.load(Ordering::Acquire)
+impl FaultProbe {
+    /// The kind of the client's failure the reader was handed, if it was handed one:
+    /// `TimedOut` for a client that stopped sending (the reader gave up waiting),
+    /// `InvalidData` for a body past the limit, another kind for a body cut short or
+    /// broken. A failure the reader never reached is not reported.
+    pub(crate) fn client_fault(&self) -> Option<io::ErrorKind> {
+        let state = self.0.lock();
+        match &state.end {
+            End::FailedByClient(kind, _) if state.fault_handed => Some(*kind),
+            _ => None,
+        }
     }
 }
 
@@ -412,7 +419,6 @@ impl Receiver {
                 Ok(state) => state,
                 Err(mut state) => {
                     // Failed for good: a handler that reads on would only wait again.
-                    self.shared.stalled.store(true, Ordering::Release);
                     let waited = self.shared.stall_limit.unwrap_or_default();
                     state.end = End::FailedByClient(
                         io::ErrorKind::TimedOut,
@@ -462,9 +468,10 @@ impl Receiver {
         polled
     }
 
-    /// A handle that tells, after this end is gone, whether it gave up waiting.
-    pub(crate) fn stall_probe(&self) -> StallProbe {
-        StallProbe(self.shared.clone())
+    /// A handle that tells, after this end is gone, whether its reader met a failure the
+    /// client caused.
+    pub(crate) fn fault_probe(&self) -> FaultProbe {
+        FaultProbe(self.shared.clone())
     }
 
     /// Whether the stream has ended (cleanly or not) and every chunk was taken.
@@ -574,10 +581,11 @@ mod tests {
     #[test]
     fn a_receiver_waits_at_most_the_stall_limit_then_fails_for_good() {
         let (tx, rx) = channel(2, Some(Duration::from_millis(50)));
-        let probe = rx.stall_probe();
+        let probe = rx.fault_probe();
+        assert_eq!(probe.client_fault(), None);
         let err = rx.blocking_recv().unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(probe.stalled());
+        assert_eq!(probe.client_fault(), Some(io::ErrorKind::TimedOut));
         // Chunks sent after the stall do not turn it back into a complete body.
         tx.blocking_send(Bytes::from_static(b"late")).unwrap();
         tx.finish();
@@ -596,7 +604,6 @@ mod tests {
             tx.blocking_send(Bytes::from_static(b"b")),
             Err(SendError::Stalled)
         );
-        assert!(rx.stall_probe().stalled());
         drop(rx);
     }
 

@@ -118,6 +118,9 @@ impl<B> SyncServiceFuture<B> {
             // is complete at `Content-Length` bytes, where hyper stops polling it.
             if !response.body().is_full() {
                 completion.expected = super::declared_length(response.headers());
+            } else if http_body::Body::is_end_stream(response.body()) {
+                // Nothing to take (a `HEAD`, a 204): hyper may never poll it.
+                completion.complete = true;
             }
             response.body_mut().set_completion(completion);
         }

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use http::{Method, Uri};
 
+use super::answer;
 use super::reply::ReplyCell;
 use super::Shared;
 use crate::body::{
-    channel, produce, BridgeBody, Produced, RequestLine, ResponseKind, StallProbe, BYTES_IN_FLIGHT,
+    channel, produce, BridgeBody, FaultProbe, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
 };
 use crate::context;
 use crate::error::panic_message;
@@ -30,8 +31,9 @@ pub(super) struct RequestJob<H> {
     uri: Uri,
     /// Taken by the worker; a `Mutex` nobody else touches, so it is never contended.
     request: Mutex<Option<Request>>,
-    /// Tells whether the handler gave up waiting for the request body (streamed bodies).
-    body_stall: Option<StallProbe>,
+    /// Tells whether the handler's reads of the request body met the client's failure
+    /// (streamed bodies).
+    body_fault: Option<FaultProbe>,
     submitted_at: Instant,
 }
 
@@ -39,7 +41,7 @@ impl<H> RequestJob<H> {
     pub(super) fn new(
         shared: Arc<Shared<H>>,
         request: Request,
-        body_stall: Option<StallProbe>,
+        body_fault: Option<FaultProbe>,
         submitted_at: Instant,
     ) -> Self {
         RequestJob {
@@ -48,7 +50,7 @@ impl<H> RequestJob<H> {
             method: request.method().clone(),
             uri: request.uri().clone(),
             request: Mutex::new(Some(request)),
-            body_stall,
+            body_fault,
             submitted_at,
         }
     }
@@ -128,23 +130,17 @@ impl<H: Handler> RequestJob<H> {
                 internal_error()
             }
         };
-        if self.body_stall.as_ref().is_some_and(StallProbe::stalled) {
+        if let Some(kind) = self.body_fault.as_ref().and_then(FaultProbe::client_fault) {
             // Whatever the handler made of its failed read, the client is the cause.
-            tracing::warn!(
-                method = %method,
-                path = %uri.path(),
-                timeout_ms = shared.body_timeout.as_millis() as u64,
-                "client sent no request body data for the body timeout; answered 408"
-            );
-            response = request_timeout();
+            response = answer::client_fault(kind, method, uri, shared.body_timeout);
         } else if let Some(HandlerError(Some(err))) =
             response.extensions_mut().remove::<HandlerError>()
         {
-            handler_error(&mut response, &err, method, uri, &shared.retry_after);
+            answer::handler_error(&mut response, &err, method, uri, &shared.retry_after);
         }
 
-        let (parts, body) = response.into_parts();
-        match body.kind {
+        let (mut parts, body) = response.into_parts();
+        match answer::framed(method, uri, &mut parts, body.kind) {
             ResponseKind::Full(bytes) => {
                 // Nothing left to do here once the reply is out: let the pool count this
                 // thread as free before the reply can trigger the next request.
@@ -200,63 +196,6 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
             "response body producer panicked; response aborted"
         ),
     }
-}
-
-/// Logs the error a handler returned and answers it: `503` with `Retry-After` when it is
-/// the crate's own "not now" (a full task pool, a shutdown), else the `500` it carries.
-/// Out of line: the path of a handler that answers stays as it was.
-#[cold]
-#[inline(never)]
-fn handler_error(
-    response: &mut crate::handler::Response,
-    err: &crate::handler::BoxError,
-    method: &Method,
-    uri: &Uri,
-    retry_after: &http::HeaderValue,
-) {
-    use crate::handler::IntoResponse;
-    if !err
-        .downcast_ref::<crate::Error>()
-        .is_some_and(crate::Error::is_unavailable)
-    {
-        tracing::error!(
-            method = %method,
-            path = %uri.path(),
-            error = %err,
-            "handler returned an error; answered 500"
-        );
-        return;
-    }
-    tracing::warn!(
-        method = %method,
-        path = %uri.path(),
-        error = %err,
-        "handler returned an overload or shutdown error; answered 503"
-    );
-    *response = (
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        "Service Unavailable: the server is busy, retry later",
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(http::header::RETRY_AFTER, retry_after.clone());
-}
-
-/// What a request whose body stopped arriving gets. The rest of the body is not read,
-/// so the connection cannot be reused.
-fn request_timeout() -> crate::handler::Response {
-    use crate::handler::IntoResponse;
-    let mut response = (
-        http::StatusCode::REQUEST_TIMEOUT,
-        "Request Timeout: the request body stopped arriving",
-    )
-        .into_response();
-    response.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    response
 }
 
 /// Answers `500` for a claimed request if the job unwinds before it answered.

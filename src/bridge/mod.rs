@@ -10,6 +10,7 @@
 //! ```
 
 mod activity;
+mod answer;
 mod future;
 mod job;
 mod reply;
@@ -170,7 +171,7 @@ impl<H: Handler> SyncService<H> {
             );
             return SyncServiceFuture::ready(future::header_too_large(), refused(parts));
         }
-        let (body, pump, stall_probe) = if body.is_end_stream() {
+        let (body, pump, fault_probe) = if body.is_end_stream() {
             // No body (most GETs): no `Content-Length` to look up either.
             (Body::empty(), None, None)
         } else {
@@ -183,7 +184,7 @@ impl<H: Handler> SyncService<H> {
                 return SyncServiceFuture::ready(future::payload_too_large(), refused(parts));
             }
             let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, Some(shared.body_timeout));
-            let probe = rx.stall_probe();
+            let probe = rx.fault_probe();
             (
                 Body::streamed(rx),
                 Some(Pump::new(body, tx, shared.max_body_size, declared)),
@@ -193,7 +194,7 @@ impl<H: Handler> SyncService<H> {
         let job = Arc::new(RequestJob::new(
             self.shared.clone(),
             Request::from_parts(parts, body),
-            stall_probe,
+            fault_probe,
             start,
         ));
         let cell: Arc<dyn AsRef<ReplyCell> + Send + Sync> = job.clone();

@@ -1,0 +1,202 @@
+//! What the handler's answer becomes before it goes on the wire: the client's fault
+//! answered as such, the crate's own "not now" as `503`, and a body framed as HTTP
+//! allows (none for `HEAD`, 1xx, 204 and 304; a full body's true length).
+//!
+//! Every check on the path of an ordinary answer is a comparison; the rest is out of line.
+
+use std::io;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
+use http::{HeaderValue, Method, StatusCode, Uri};
+
+use crate::body::ResponseKind;
+use crate::handler::{BoxError, IntoResponse, Response};
+
+/// Replaces whatever the handler made of a request body read that failed by the client's
+/// doing (`kind`, from the body's `FaultProbe`): the client is the cause, so the answer
+/// is a `4xx`, logged below error level.
+#[cold]
+#[inline(never)]
+pub(super) fn client_fault(
+    kind: io::ErrorKind,
+    method: &Method,
+    uri: &Uri,
+    body_timeout: std::time::Duration,
+) -> Response {
+    match kind {
+        io::ErrorKind::TimedOut => {
+            tracing::warn!(
+                method = %method,
+                path = %uri.path(),
+                timeout_ms = body_timeout.as_millis() as u64,
+                "client sent no request body data for the body timeout; answered 408"
+            );
+            closing(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request Timeout: the request body stopped arriving",
+            )
+        }
+        io::ErrorKind::InvalidData => {
+            // The service future has answered 413 already; this answer goes nowhere.
+            tracing::debug!(
+                method = %method,
+                path = %uri.path(),
+                "handler met the request body's limit; the 413 already sent stands"
+            );
+            closing(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
+        }
+        _ => {
+            tracing::info!(
+                method = %method,
+                path = %uri.path(),
+                ?kind,
+                "request body broken or cut short by the client; answered 400"
+            );
+            closing(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: the request body was broken or cut short",
+            )
+        }
+    }
+}
+
+/// A response after which the connection is closed: the rest of the request body was
+/// not read, so the connection cannot be reused.
+fn closing(status: StatusCode, text: &'static str) -> Response {
+    let mut response = (status, text).into_response();
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Logs the error a handler returned and answers it: `503` with `Retry-After` when it is
+/// the crate's own "not now" (a full task pool, a shutdown), else the `500` it carries.
+/// Out of line: the path of a handler that answers stays as it was.
+#[cold]
+#[inline(never)]
+pub(super) fn handler_error(
+    response: &mut Response,
+    err: &BoxError,
+    method: &Method,
+    uri: &Uri,
+    retry_after: &HeaderValue,
+) {
+    if !err
+        .downcast_ref::<crate::Error>()
+        .is_some_and(crate::Error::is_unavailable)
+    {
+        tracing::error!(
+            method = %method,
+            path = %uri.path(),
+            error = %err,
+            "handler returned an error; answered 500"
+        );
+        return;
+    }
+    tracing::warn!(
+        method = %method,
+        path = %uri.path(),
+        error = %err,
+        "handler returned an overload or shutdown error; answered 503"
+    );
+    *response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable: the server is busy, retry later",
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, retry_after.clone());
+}
+
+/// The body as HTTP allows it for this method and status. hyper leaves the body out of a
+/// `HEAD`, 1xx, 204 or 304 response on HTTP/1, but on HTTP/2 it sends it, and the client
+/// fails the stream; and it trusts a `Content-Length` the handler set on a full body,
+/// so a wrong one desyncs an HTTP/1 connection (in debug builds hyper panics instead).
+#[inline]
+pub(super) fn framed(
+    method: &Method,
+    uri: &Uri,
+    parts: &mut http::response::Parts,
+    kind: ResponseKind,
+) -> ResponseKind {
+    if *method == Method::HEAD || !may_have_body(parts.status) {
+        return without_body(method, uri, parts, kind);
+    }
+    if let ResponseKind::Full(bytes) = &kind {
+        if let Some(declared) = parts.headers.get(CONTENT_LENGTH) {
+            if !declares(declared, bytes.len()) {
+                correct_length(method, uri, parts, bytes.len());
+            }
+        }
+    }
+    kind
+}
+
+fn may_have_body(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+fn declares(value: &HeaderValue, len: usize) -> bool {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        == Some(len as u64)
+}
+
+/// Drops the body, a producer unrun. A `HEAD` response keeps the `Content-Length` its
+/// `GET` would send (a full body's own length); a 1xx or 204 may not carry one at all; a
+/// 304 keeps what the handler declared, which describes the cached representation.
+#[cold]
+#[inline(never)]
+fn without_body(
+    method: &Method,
+    uri: &Uri,
+    parts: &mut http::response::Parts,
+    kind: ResponseKind,
+) -> ResponseKind {
+    let status = parts.status;
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        parts.headers.remove(CONTENT_LENGTH);
+    } else if *method == Method::HEAD {
+        match &kind {
+            // An empty body with a declared length is how a handler answers `HEAD` itself.
+            ResponseKind::Full(bytes) if bytes.is_empty() => {}
+            ResponseKind::Full(bytes) => match parts.headers.get(CONTENT_LENGTH) {
+                Some(declared) if !declares(declared, bytes.len()) => {
+                    correct_length(method, uri, parts, bytes.len());
+                }
+                Some(_) => {}
+                None => {
+                    parts
+                        .headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                }
+            },
+            ResponseKind::Stream(_) => {}
+        }
+    }
+    if let ResponseKind::Stream(_) = &kind {
+        tracing::trace!(method = %method, path = %uri.path(), %status, "response has no body; its producer is not run");
+    }
+    drop(kind);
+    ResponseKind::Full(Bytes::new())
+}
+
+#[cold]
+#[inline(never)]
+fn correct_length(method: &Method, uri: &Uri, parts: &mut http::response::Parts, len: usize) {
+    tracing::warn!(
+        method = %method,
+        path = %uri.path(),
+        declared = ?parts.headers.get(CONTENT_LENGTH),
+        length = len,
+        "handler's Content-Length does not match its body; sent the body's length"
+    );
+    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+}

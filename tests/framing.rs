@@ -1,0 +1,187 @@
+//! What goes on the wire around the handler's answer: no body for `HEAD` and the bodiless
+//! statuses on either protocol, a full body's true length, `400` for a request body the
+//! client broke, and an access log that says whether the client got the whole body.
+mod support;
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, StatusCode};
+use http_body_util::Empty;
+use support::{collect, h1, h2, logs, read_raw_response, within, TestServer};
+use syncbridge::{IntoResponse, Request, Response, ResponseBody};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Routes for every test here. `produced` is set once any streamed producer runs.
+fn handler(produced: Arc<AtomicBool>) -> impl Fn(Request) -> Response + Send + Sync {
+    move |mut req: Request| {
+        let produced = produced.clone();
+        let stream = move |n: usize| {
+            let produced = produced.clone();
+            ResponseBody::from_chunks((0..n).map(move |_| {
+                produced.store(true, Ordering::SeqCst);
+                Ok(Bytes::from_static(b"chunk"))
+            }))
+        };
+        match req.uri().path() {
+            "/no-content" => (StatusCode::NO_CONTENT, "not for the wire").into_response(),
+            "/not-modified" => (StatusCode::NOT_MODIFIED, "not for the wire").into_response(),
+            "/wrong-length" => {
+                let mut response = "0123456789".into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, 5.into());
+                response
+            }
+            "/short-stream" => {
+                let mut response = Response::new(stream(2));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, 1000.into());
+                response
+            }
+            "/read" => {
+                let mut body = Vec::new();
+                match req.body_mut().read_to_end(&mut body) {
+                    Ok(n) => format!("read {n}").into_response(),
+                    Err(err) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
+                    }
+                }
+            }
+            p if p.starts_with("/stream") => Response::new(stream(4)),
+            _ => "hello".into_response(),
+        }
+    }
+}
+
+fn request(method: &str, path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn head_gets_the_get_headers_and_no_body_and_no_producer_runs_on_either_protocol() {
+    logs::install();
+    let produced = Arc::new(AtomicBool::new(false));
+    let server = TestServer::start(handler(produced.clone()));
+
+    let mut http1 = h1::<Empty<Bytes>>(server.addr).await;
+    let mut http2 = h2::<Empty<Bytes>>(server.addr).await;
+    for protocol in ["http1", "http2"] {
+        for path in ["/full", "/stream"] {
+            let path = format!("{path}-{protocol}");
+            let head = request("HEAD", &path);
+            let response = match protocol {
+                "http1" => within(http1.send_request(head)).await,
+                _ => within(http2.send_request(head)).await,
+            };
+            let reply = collect(response.expect("a HEAD response")).await;
+            assert_eq!(reply.status, 200, "{path}");
+            assert!(reply.body.is_empty(), "{path}");
+            if path.starts_with("/full") {
+                assert_eq!(reply.headers[header::CONTENT_LENGTH], "5", "{path}");
+            }
+        }
+    }
+    assert!(
+        !produced.load(Ordering::SeqCst),
+        "a HEAD response's producer ran"
+    );
+    // Both connections still serve.
+    let reply = collect(
+        within(http2.send_request(request("GET", "/full")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.text(), "hello");
+    server.stop().await;
+    assert!(logs::contains(&["path=/full-http2", "complete=true"]));
+    assert!(logs::contains(&["path=/stream-http1", "complete=true"]));
+}
+
+#[tokio::test]
+async fn a_204_or_304_that_the_handler_gave_a_body_goes_out_without_one_over_http2() {
+    logs::install();
+    let server = TestServer::start(handler(Arc::default()));
+    let mut http2 = h2::<Empty<Bytes>>(server.addr).await;
+    for (path, status) in [("/no-content", 204), ("/not-modified", 304)] {
+        let sent = http2.send_request(request("GET", path));
+        let reply = collect(within(sent).await.expect("a response")).await;
+        assert_eq!(reply.status, status);
+        assert!(reply.body.is_empty());
+    }
+    let reply = collect(
+        within(http2.send_request(request("GET", "/no-content")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(!reply.headers.contains_key(header::CONTENT_LENGTH));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_body_under_a_wrong_content_length_goes_out_whole_and_the_connection_lives() {
+    logs::install();
+    let server = TestServer::start(handler(Arc::default()));
+    let mut http1 = h1::<Empty<Bytes>>(server.addr).await;
+    let sent = http1.send_request(request("GET", "/wrong-length"));
+    let reply = collect(within(sent).await.expect("a response")).await;
+    assert_eq!(reply.headers[header::CONTENT_LENGTH], "10");
+    assert_eq!(reply.text(), "0123456789");
+    // Had 5 been sent, the other 5 bytes would now be read as the next response.
+    let reply = collect(
+        within(http1.send_request(request("GET", "/full")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.text(), "hello");
+    server.stop().await;
+    assert!(logs::contains(&["WARN", "Content-Length does not match"]));
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_request_body_is_answered_400_not_500() {
+    logs::install();
+    let server = TestServer::start(handler(Arc::default()));
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let head = "POST /read HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    within(stream.write_all(head.as_bytes())).await.unwrap();
+    within(stream.write_all(b"3\r\nabc\r\nzz\r\nnot a chunk\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(reply.status, 400, "{}", reply.head);
+    server.stop().await;
+    assert!(logs::contains(&[
+        "INFO",
+        "broken or cut short by the client"
+    ]));
+}
+
+#[tokio::test]
+async fn the_access_log_calls_a_body_cut_short_of_its_content_length_incomplete() {
+    logs::install();
+    let server = TestServer::start(handler(Arc::default()));
+    let mut http1 = h1::<Empty<Bytes>>(server.addr).await;
+    // hyper aborts the response when the producer ends 990 bytes short.
+    let sent = http1.send_request(request("GET", "/short-stream"));
+    if let Ok(response) = within(sent).await {
+        let _ = within(http_body_util::BodyExt::collect(response.into_body())).await;
+    }
+    server.stop().await;
+    assert!(logs::contains(&[
+        "path=/short-stream",
+        "bytes=10",
+        "complete=false"
+    ]));
+}
