@@ -498,6 +498,44 @@ async fn single_thread_handler_can_use_ensure_sync() {
 }
 
 #[tokio::test]
+async fn a_single_thread_handler_that_calls_itself_is_served_at_once_on_its_thread() {
+    // Queued, the inner call would wait for the thread its caller holds: a 503 after the
+    // queue timeout. asgiref runs such a call in place; so does this.
+    let me: Arc<std::sync::OnceLock<SingleThread>> = Arc::default();
+    let factory_me = me.clone();
+    let handler = SingleThread::builder()
+        .queue_timeout(Duration::from_secs(3))
+        .spawn(move || {
+            let depth = Rc::new(Cell::new(0u32)); // not Send: this thread's own
+            move |req: Request| {
+                depth.set(depth.get() + 1);
+                let answer = if req.uri().path() == "/outer" {
+                    let inner = http::Request::get("/inner").body(syncbridge::Body::empty());
+                    let me = factory_me.get().expect("set before serving");
+                    let response = syncbridge::Handler::call(me, inner.unwrap());
+                    format!("outer got {} from inner", response.status())
+                } else {
+                    format!("depth {}", depth.get())
+                };
+                depth.set(depth.get() - 1);
+                answer
+            }
+        })
+        .unwrap();
+    me.set(handler.clone()).unwrap();
+    let server = start(handler);
+    let started = std::time::Instant::now();
+    let reply = get(server.addr, "/outer").await;
+    assert_eq!(reply.text(), "outer got 200 OK from inner");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_single_thread_handler_called_from_async_code_answers_500_at_once() {
     // Waiting for its thread here would block a runtime worker: refused, not served.
     let handler = SingleThread::spawn(|| |_req: Request| "served").unwrap();

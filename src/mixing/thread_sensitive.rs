@@ -195,6 +195,10 @@ impl<F> fmt::Debug for PerThread<F> {
 /// - Inside the handler, [`ensure_sync`](crate::ensure_sync) works and reaches the
 ///   caller's runtime; the dedicated thread never waits on a pool thread, so it cannot
 ///   deadlock on itself the way asgiref's single thread can.
+/// - A call made on the dedicated thread itself (the handler calling its own
+///   `SingleThread`) runs there at once, re-entrantly, as asgiref runs a thread-sensitive
+///   call made from its own thread: queued, it would wait for the very thread that waits
+///   for it.
 ///
 /// # Where it may be called from
 ///
@@ -224,6 +228,8 @@ pub struct SingleThread {
 }
 
 struct SingleInner {
+    /// Tells the handler's own thread that a call is its own (see `OWN`).
+    id: u64,
     calls: SyncSender<Call>,
     queue_timeout: Duration,
     name: String,
@@ -237,6 +243,17 @@ struct Call {
     state: Arc<AtomicU8>,
     context: Option<Arc<Context>>,
     span: tracing::Span,
+}
+
+/// Tells each `SingleThread` from the others, for `OWN`.
+static NEXT_SINGLE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The handler a dedicated thread serves, under its `SingleInner::id`: set on that thread
+/// only, so a call that finds its own id here comes from its own handler.
+type OwnHandler = (u64, Rc<dyn Fn(Request) -> Response>);
+
+thread_local! {
+    static OWN: RefCell<Option<OwnHandler>> = const { RefCell::new(None) };
 }
 
 const PENDING: u8 = 0;
@@ -281,6 +298,13 @@ impl Handler for SingleThread {
     /// (tokio enters the runtime on them): call it through `ensure_async` instead.
     fn call(&self, request: Request) -> Response {
         let inner = &*self.inner;
+        let own = OWN.with(|own| match &*own.borrow() {
+            Some((id, handler)) if *id == inner.id => Some(handler.clone()),
+            _ => None,
+        });
+        if let Some(handler) = own {
+            return serve_here(&*handler, request, &inner.name);
+        }
         if Handle::try_current().is_ok() {
             tracing::error!(
                 thread = %inner.name,
@@ -389,6 +413,7 @@ impl SingleThreadBuilder {
         let (calls, queue) = mpsc::sync_channel::<Call>(self.queue_capacity);
         let (ready_tx, ready_rx) = mpsc::sync_channel::<std::result::Result<(), String>>(1);
         let name = self.name.clone();
+        let id = NEXT_SINGLE_ID.fetch_add(1, Ordering::Relaxed);
         std::thread::Builder::new()
             .name(self.name.clone())
             .spawn(move || {
@@ -399,11 +424,15 @@ impl SingleThreadBuilder {
                         return;
                     }
                 };
+                let handler: Rc<dyn Fn(Request) -> Response> =
+                    Rc::new(move |request| handler(request).into_response());
+                OWN.with(|own| *own.borrow_mut() = Some((id, handler.clone())));
                 let _ = ready_tx.send(Ok(()));
                 // Ends when the last `SingleThread` clone drops the sender.
                 while let Ok(call) = queue.recv() {
-                    serve_one(&handler, call, &name);
+                    serve_one(&*handler, call, &name);
                 }
+                OWN.with(|own| own.borrow_mut().take());
                 tracing::debug!(thread = %name, "single-thread handler stopped");
             })
             .map_err(|e| {
@@ -414,6 +443,7 @@ impl SingleThreadBuilder {
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(SingleThread {
                 inner: Arc::new(SingleInner {
+                    id,
                     calls,
                     queue_timeout: self.queue_timeout,
                     name: self.name,
@@ -429,11 +459,7 @@ impl SingleThreadBuilder {
     }
 }
 
-fn serve_one<H, R>(handler: &H, call: Call, name: &str)
-where
-    H: Fn(Request) -> R,
-    R: IntoResponse,
-{
+fn serve_one(handler: &dyn Fn(Request) -> Response, call: Call, name: &str) {
     let Call {
         request,
         reply,
@@ -452,7 +478,7 @@ where
     let path = request.uri().path().to_owned();
     let outcome = span.in_scope(|| {
         context::enter(context.as_ref(), || {
-            catch_unwind(AssertUnwindSafe(|| handler(request).into_response()))
+            catch_unwind(AssertUnwindSafe(|| handler(request)))
         })
     });
     let response = outcome.unwrap_or_else(|payload| {
@@ -464,6 +490,20 @@ where
     });
     // The caller only leaves early before the claim, so it is still waiting.
     let _ = reply.send(response);
+}
+
+/// Runs a call the handler made to its own `SingleThread`, here on its thread, with the
+/// context and span of the call it is part of.
+fn serve_here(handler: &dyn Fn(Request) -> Response, request: Request, name: &str) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    catch_unwind(AssertUnwindSafe(|| handler(request))).unwrap_or_else(|payload| {
+        tracing::error!(
+            thread = name, %method, %path, panic = %panic_message(&*payload),
+            "single-thread handler panicked in a call to itself; answered 500"
+        );
+        internal_error()
+    })
 }
 
 fn service_unavailable() -> Response {
