@@ -126,7 +126,10 @@ pub(super) fn framed(
         return without_body(method, uri, parts, kind);
     }
     if let ResponseKind::Full(bytes) = &kind {
-        if let Some(declared) = parts.headers.get(CONTENT_LENGTH) {
+        // A response has a few headers, usually none of them this one: comparing names
+        // costs less than hashing one for a lookup.
+        if parts.headers.keys().any(|name| *name == CONTENT_LENGTH) {
+            let declared = &parts.headers[CONTENT_LENGTH];
             if !declares(declared, bytes.len()) {
                 correct_length(method, uri, parts, bytes.len());
             }
