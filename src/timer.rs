@@ -5,6 +5,12 @@
 //! queued `ensure_async` closure, a background task's timeout or retry) checks first, so
 //! that such a runtime gets a clear error instead of a panic from inside tokio; a drain's
 //! deadline, which must end, falls back to a thread that sleeps.
+//!
+//! tokio has no way to ask whether a runtime has timers, so the check makes a `Sleep`
+//! under `catch_unwind`. On a runtime without them, the process's panic hook therefore
+//! sees (and by default prints) tokio's "timers are disabled" panic once per check,
+//! before the crate's own error; under `panic = "abort"` the check aborts, as the wait
+//! itself would have. A runtime with timers never panics here.
 
 use std::panic::catch_unwind;
 use std::pin::Pin;

@@ -115,7 +115,9 @@ impl TaskSet {
     /// The task set of the server whose handler (or background task) runs on this thread.
     ///
     /// Callable from a handler thread of the bundled [`Server`](crate::Server), from a
-    /// blocking task or callback a set runs, and from inside an async task a set runs.
+    /// blocking task or callback a set runs, and from inside an async task a set runs
+    /// (its own future: a `tokio::spawn` inside it starts a task that does not inherit
+    /// the set, so take the set before spawning and move it in).
     ///
     /// # Errors
     ///
@@ -451,7 +453,13 @@ impl TaskSetBuilder {
     }
 
     /// The runtime futures and timers run on. Default is the runtime of the first spawn
-    /// (or the server's, for the server's set).
+    /// (or the server's, for the server's set), kept for the set's life.
+    ///
+    /// Bind the set to a runtime that outlives it and keeps running. A task spawned after
+    /// that runtime has shut down is recorded `failed` at once and logged (`background
+    /// task lost`), and its closure never runs. On a current-thread runtime, tasks make
+    /// progress only while something drives it (`block_on`): a `join_blocking` from a
+    /// plain thread while nothing does waits until something does.
     pub fn runtime(mut self, handle: Handle) -> Self {
         self.runtime = Some(handle);
         self
