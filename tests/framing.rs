@@ -36,6 +36,17 @@ fn handler(produced: Arc<AtomicBool>) -> impl Fn(Request) -> Response + Send + S
                     .insert(header::CONTENT_LENGTH, 5.into());
                 response
             }
+            "/two-lengths" | "/signed-length" => {
+                let mut response = "0123456789".into_response();
+                let headers = response.headers_mut();
+                if req.uri().path() == "/two-lengths" {
+                    headers.insert(header::CONTENT_LENGTH, 10.into());
+                    headers.append(header::CONTENT_LENGTH, 5.into());
+                } else {
+                    headers.insert(header::CONTENT_LENGTH, "+10".parse().unwrap());
+                }
+                response
+            }
             "/short-stream" => {
                 let mut response = Response::new(stream(2));
                 response
@@ -130,13 +141,21 @@ async fn a_204_or_304_that_the_handler_gave_a_body_goes_out_without_one_over_htt
 
 #[tokio::test]
 async fn a_full_body_under_a_wrong_content_length_goes_out_whole_and_the_connection_lives() {
+    // Wrong, given twice, or with a sign hyper does not accept: each is replaced.
     logs::install();
     let server = TestServer::start(handler(Arc::default()));
     let mut http1 = h1::<Empty<Bytes>>(server.addr).await;
-    let sent = http1.send_request(request("GET", "/wrong-length"));
-    let reply = collect(within(sent).await.expect("a response")).await;
-    assert_eq!(reply.headers[header::CONTENT_LENGTH], "10");
-    assert_eq!(reply.text(), "0123456789");
+    for path in ["/wrong-length", "/two-lengths", "/signed-length"] {
+        let sent = http1.send_request(request("GET", path));
+        let reply = collect(within(sent).await.expect("a response")).await;
+        let lengths: Vec<_> = reply
+            .headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .collect();
+        assert_eq!(lengths, ["10"], "{path}");
+        assert_eq!(reply.text(), "0123456789", "{path}");
+    }
     // Had 5 been sent, the other 5 bytes would now be read as the next response.
     let reply = collect(
         within(http1.send_request(request("GET", "/full")))
@@ -184,4 +203,113 @@ async fn the_access_log_calls_a_body_cut_short_of_its_content_length_incomplete(
         "bytes=10",
         "complete=false"
     ]));
+}
+
+/// Sends a request head that expects `100 Continue` for a body of `len` bytes.
+async fn expecting_continue(server: &TestServer, path: &str, len: usize) -> TcpStream {
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: {len}\r\n\r\n"
+    );
+    within(stream.write_all(head.as_bytes())).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_when_the_handler_reads_and_not_before() {
+    use tokio::io::AsyncReadExt;
+    logs::install();
+    let (reading_tx, reading_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let server = TestServer::start(move |mut req: Request| {
+        if req.uri().path() == "/ignore" {
+            return "not read".into_response();
+        }
+        let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
+        reading_tx.send(()).unwrap();
+        let mut body = Vec::new();
+        let read = req.body_mut().read_to_end(&mut body);
+        format!("read {read:?}").into_response()
+    });
+
+    // A handler that answers without reading: the final answer, and no 100 before it.
+    let mut stream = expecting_continue(&server, "/ignore", 10).await;
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(reply.status, 200, "{}", reply.head);
+
+    // A handler that reads later: nothing on the wire while it has not.
+    let mut stream = expecting_continue(&server, "/read", 10).await;
+    let mut early = [0u8; 64];
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        stream.read(&mut early),
+    )
+    .await;
+    assert!(
+        waited.is_err(),
+        "the server wrote before the handler read: {waited:?}"
+    );
+    release_tx.send(()).unwrap();
+    within(tokio::task::spawn_blocking(move || {
+        reading_rx.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the handler reads");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        within(stream.read_exact(&mut byte))
+            .await
+            .expect("a 100 Continue");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    within(stream.write_all(b"0123456789")).await.unwrap();
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(reply.body, b"read Ok(10)");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_503_the_server_makes_itself_goes_out_without_a_body_for_head_over_http2() {
+    logs::install();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let server = TestServer::start_with(
+        syncbridge::Server::bind("127.0.0.1:0")
+            .max_threads(1)
+            .queue_capacity(0),
+        move |req: Request| {
+            if req.uri().path() == "/hold" {
+                started_tx.send(()).unwrap();
+                let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
+            }
+            "done".into_response()
+        },
+    );
+    let mut http2 = h2::<Empty<Bytes>>(server.addr).await;
+    let held = tokio::spawn(http2.send_request(request("GET", "/hold")));
+    within(tokio::task::spawn_blocking(move || {
+        started_rx.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the only thread is taken");
+    let response = within(http2.send_request(request("HEAD", "/full"))).await;
+    let reply = collect(response.expect("a HEAD response, not a reset stream")).await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.headers.contains_key(header::RETRY_AFTER));
+    assert!(reply.body.is_empty());
+    release_tx.send(()).unwrap();
+    let held = collect(within(held).await.unwrap().unwrap()).await;
+    assert_eq!(held.text(), "done");
+    server.stop().await;
 }

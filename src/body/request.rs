@@ -28,7 +28,8 @@ use super::channel::Receiver;
 /// - [`io::ErrorKind::UnexpectedEof`] or [`io::ErrorKind::ConnectionAborted`]: the body
 ///   ended short of its `Content-Length`, its framing was broken, or the connection
 ///   broke. The client, if still there, gets `400 Bad Request` and `Connection: close`,
-///   whatever the handler answers (logged at info: the client is the cause).
+///   whatever the handler answers (logged at info: the client is the cause), unless a
+///   streamed response reading this body is already on its way: it is cut off.
 /// - [`io::ErrorKind::WouldBlock`]: read from the wrong place (below).
 ///
 /// # Where it may be read

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderValue, Method, StatusCode, Uri};
 
-use crate::body::ResponseKind;
+use crate::body::{BridgeBody, ResponseKind};
 use crate::handler::{BoxError, IntoResponse, Response};
 
 /// Replaces whatever the handler made of a request body read that failed by the client's
@@ -128,14 +128,31 @@ pub(super) fn framed(
     if let ResponseKind::Full(bytes) = &kind {
         // A response has a few headers, usually none of them this one: comparing names
         // costs less than hashing one for a lookup.
-        if parts.headers.keys().any(|name| *name == CONTENT_LENGTH) {
-            let declared = &parts.headers[CONTENT_LENGTH];
-            if !declares(declared, bytes.len()) {
-                correct_length(method, uri, parts, bytes.len());
-            }
+        if parts.headers.keys().any(|name| *name == CONTENT_LENGTH)
+            && !declares(&parts.headers, bytes.len())
+        {
+            correct_length(method, uri, parts, bytes.len());
         }
     }
     kind
+}
+
+/// A `HEAD` answer the service made itself (a `503`, say) as it goes out: without its
+/// short text, under the `Content-Length` the same answer to a `GET` would have.
+#[cold]
+#[inline(never)]
+pub(super) fn head_without_body(response: &mut http::Response<BridgeBody>) {
+    let body = response.body();
+    if http_body::Body::is_end_stream(body) {
+        return;
+    }
+    if let Some(len) = http_body::Body::size_hint(body).exact() {
+        response
+            .headers_mut()
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(len));
+    }
+    *response.body_mut() = BridgeBody::full(Bytes::new());
 }
 
 fn may_have_body(status: StatusCode) -> bool {
@@ -144,12 +161,20 @@ fn may_have_body(status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
-fn declares(value: &HeaderValue, len: usize) -> bool {
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        == Some(len as u64)
+/// Whether `headers` declare exactly `len` bytes: one `Content-Length`, of digits only
+/// (hyper's own rule: no sign, no spaces), equal to it.
+fn declares(headers: &http::HeaderMap, len: usize) -> bool {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let digits = value.as_bytes();
+    !digits.is_empty()
+        && digits.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(digits)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(len as u64)
 }
 
 /// Drops the body, a producer unrun. A `HEAD` response keeps the `Content-Length` its
@@ -170,17 +195,15 @@ fn without_body(
         match &kind {
             // An empty body with a declared length is how a handler answers `HEAD` itself.
             ResponseKind::Full(bytes) if bytes.is_empty() => {}
-            ResponseKind::Full(bytes) => match parts.headers.get(CONTENT_LENGTH) {
-                Some(declared) if !declares(declared, bytes.len()) => {
-                    correct_length(method, uri, parts, bytes.len());
-                }
-                Some(_) => {}
-                None => {
+            ResponseKind::Full(bytes) => {
+                if !parts.headers.contains_key(CONTENT_LENGTH) {
                     parts
                         .headers
                         .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                } else if !declares(&parts.headers, bytes.len()) {
+                    correct_length(method, uri, parts, bytes.len());
                 }
-            },
+            }
             ResponseKind::Stream(_) => {}
         }
     }

@@ -118,9 +118,10 @@ impl<B> SyncServiceFuture<B> {
             // is complete at `Content-Length` bytes, where hyper stops polling it.
             if !response.body().is_full() {
                 completion.expected = super::declared_length(response.headers());
-            } else if http_body::Body::is_end_stream(response.body()) {
-                // Nothing to take (a `HEAD`, a 204): hyper may never poll it.
-                completion.complete = true;
+            } else if *completion.method() == http::Method::HEAD {
+                // The handler's answers are framed already; the ones made here (503,
+                // 413, 431, 500) are not.
+                super::answer::head_without_body(&mut response);
             }
             response.body_mut().set_completion(completion);
         }

@@ -184,6 +184,12 @@ impl<H: Handler> SyncService<H> {
                 return SyncServiceFuture::ready(future::payload_too_large(), refused(parts));
             }
             let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, Some(shared.body_timeout));
+            if expects_continue(&parts.headers) {
+                // hyper sends `100 Continue` when the body is first polled: only once the
+                // handler reads, so a handler that answers without reading spares the
+                // client its upload.
+                tx.hold_until_asked();
+            }
             let probe = rx.fault_probe();
             (
                 Body::streamed(rx),
@@ -238,6 +244,13 @@ pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
 
 /// The default body timeout: 30 seconds, gunicorn's worker `timeout`.
 pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether the client waits for `100 Continue` before it sends the body.
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
 
 /// The size of a request head as it came in: request line and header lines.
 fn head_size(parts: &http::request::Parts) -> usize {

@@ -198,7 +198,10 @@ impl<F> fmt::Debug for PerThread<F> {
 /// - A call made on the dedicated thread itself (the handler calling its own
 ///   `SingleThread`) runs there at once, re-entrantly, as asgiref runs a thread-sensitive
 ///   call made from its own thread: queued, it would wait for the very thread that waits
-///   for it.
+///   for it. A `RefCell` borrow held across such a call makes the inner one panic (a
+///   logged `500`). To call itself the handler must keep a clone of its `SingleThread`,
+///   and that clone keeps the thread alive for good: fine for a handler that lives as
+///   long as the process.
 ///
 /// # Where it may be called from
 ///

@@ -396,8 +396,9 @@ impl Server {
     ///
     /// [`Error::is_no_context`] at once when polled outside a tokio runtime, or in one
     /// built without IO or without timers (tokio prints its own panic message for the
-    /// missing driver first: that is how it is detected). [`Error::is_bind`] when the
-    /// listener cannot be registered with the runtime.
+    /// missing driver first: that is how it is detected, and under `panic = "abort"` the
+    /// process aborts there instead). [`Error::is_bind`] when the listener cannot be
+    /// registered with the runtime.
     pub async fn serve_async<H: Handler>(self, handler: H) -> Result<()> {
         self.run(handler).await
     }
