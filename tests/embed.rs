@@ -161,29 +161,25 @@ async fn graceful_shutdown_lets_an_inflight_legacy_request_finish() {
     assert_eq!(reply.text(), "waited 200 ms on the host runtime\n");
 }
 
-/// A host runtime built without timers: the queue wait cannot be bounded there, so a
-/// request that finds every handler thread busy gets `503` at once instead of a panic
-/// inside tokio.
-#[test]
-fn a_request_queued_outside_any_runtime_gets_503_and_later_ones_still_wait() {
-    // `call` outside a runtime has no timer to bound the wait with: refused. That must
-    // not be taken as "this service's runtime has no timers" for the calls that follow.
-    use std::sync::mpsc as std_mpsc;
-    use tower::Service;
+/// A `SyncService` on a one-thread pool (queue of 4) whose `/block` holds the thread
+/// until released.
+struct OneThread<H> {
+    service: syncbridge::SyncService<H>,
+    pool: syncbridge::BlockingPool,
+    started_rx: std::sync::mpsc::Receiver<()>,
+    release_tx: std::sync::mpsc::Sender<()>,
+}
 
+fn one_thread_service() -> OneThread<impl syncbridge::Handler> {
     support::init_tracing();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (started_tx, started_rx) = std_mpsc::channel();
-    let (release_tx, release_rx) = std_mpsc::channel::<()>();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let release_rx = std::sync::Mutex::new(release_rx);
     let pool = syncbridge::BlockingPool::builder()
         .max_threads(1)
         .queue_capacity(4)
         .build();
-    let mut service = syncbridge::SyncService::builder(move |req: syncbridge::Request| {
+    let service = syncbridge::SyncService::builder(move |req: syncbridge::Request| {
         if req.uri().path() == "/block" {
             started_tx.send(()).unwrap();
             let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
@@ -192,30 +188,59 @@ fn a_request_queued_outside_any_runtime_gets_503_and_later_ones_still_wait() {
     })
     .pool(pool.clone())
     .build();
-    let request = |path: &str| {
-        http::Request::get(path)
-            .body(Empty::<Bytes>::new())
-            .unwrap()
-    };
+    OneThread {
+        service,
+        pool,
+        started_rx,
+        release_tx,
+    }
+}
 
+fn request(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(path).body(Empty::new()).unwrap()
+}
+
+/// `one_thread_service`, with its one thread taken by `/block` (called inside `runtime`).
+fn occupied(
+    runtime: &tokio::runtime::Runtime,
+) -> (
+    OneThread<impl syncbridge::Handler>,
+    syncbridge::SyncServiceFuture<Empty<Bytes>>,
+) {
+    let mut one = one_thread_service();
     let busy = {
         let _inside = runtime.enter();
-        service.call(request("/block"))
+        tower::Service::call(&mut one.service, request("/block"))
     };
-    started_rx
+    one.started_rx
         .recv_timeout(support::STEP)
         .expect("the handler started");
+    (one, busy)
+}
+
+#[test]
+fn a_request_queued_outside_any_runtime_gets_503_and_later_ones_still_wait() {
+    // `call` outside a runtime has no timer to bound the wait with: refused. That must
+    // not be taken as "this service's runtime has no timers" for the calls that follow.
+    use std::sync::mpsc as std_mpsc;
+    use tower::Service;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut one, busy) = occupied(&runtime);
     // Called here, outside the runtime; only the answer is awaited inside it.
-    let outside = service.call(request("/outside"));
+    let outside = one.service.call(request("/outside"));
     let refused = runtime.block_on(outside);
     assert_eq!(refused.unwrap().status(), 503);
 
     let queued = {
         let _inside = runtime.enter();
-        service.call(request("/queued"))
+        one.service.call(request("/queued"))
     };
-    assert_eq!(pool.stats().queued, 1, "queued, not refused");
-    release_tx.send(()).unwrap();
+    assert_eq!(one.pool.stats().queued, 1, "queued, not refused");
+    one.release_tx.send(()).unwrap();
     let (done_tx, done_rx) = std_mpsc::channel();
     std::thread::spawn(move || {
         let statuses = runtime
@@ -228,51 +253,30 @@ fn a_request_queued_outside_any_runtime_gets_503_and_later_ones_still_wait() {
     assert_eq!(statuses, (http::StatusCode::OK, http::StatusCode::OK));
 }
 
+/// A host runtime built without timers: the queue wait cannot be bounded there, so a
+/// request that finds every handler thread busy gets `503` at once instead of a panic
+/// inside tokio.
 #[test]
 fn in_a_runtime_without_timers_a_request_that_would_queue_gets_503() {
     use std::sync::mpsc as std_mpsc;
     use tower::Service;
 
-    support::init_tracing();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
         .unwrap();
-    let (started_tx, started_rx) = std_mpsc::channel();
-    let (release_tx, release_rx) = std_mpsc::channel::<()>();
-    let release_rx = std::sync::Mutex::new(release_rx);
-    let pool = syncbridge::BlockingPool::builder()
-        .max_threads(1)
-        .queue_capacity(4)
-        .build();
-    let mut service = syncbridge::SyncService::builder(move |req: syncbridge::Request| {
-        if req.uri().path() == "/block" {
-            started_tx.send(()).unwrap();
-            let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
-        }
-        "done"
-    })
-    .pool(pool.clone())
-    .build();
-    let request = |path: &str| {
-        http::Request::get(path)
-            .body(Empty::<Bytes>::new())
-            .unwrap()
-    };
-
+    let (mut one, busy) = occupied(&runtime);
     let guard = runtime.enter();
-    let busy = service.call(request("/block"));
-    started_rx
-        .recv_timeout(support::STEP)
-        .expect("the handler started");
     // Ready at once (no timer here to wrap it in): the answer is decided in `call`.
-    let refused = runtime.block_on(service.call(request("/queued"))).unwrap();
+    let refused = runtime
+        .block_on(one.service.call(request("/queued")))
+        .unwrap();
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));
-    assert_eq!(pool.stats().queued, 0);
+    assert_eq!(one.pool.stats().queued, 0);
     drop(guard);
 
-    release_tx.send(()).unwrap();
+    one.release_tx.send(()).unwrap();
     let (done_tx, done_rx) = std_mpsc::channel();
     std::thread::spawn(move || done_tx.send(runtime.block_on(busy).unwrap().status()));
     let status = done_rx

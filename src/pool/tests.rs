@@ -48,15 +48,25 @@ fn idle_threads_exit_after_keep_alive() {
     let pool = BlockingPool::builder()
         .keep_alive(Duration::from_millis(20))
         .build();
+    run_one(&pool);
+    wait_until(&pool, "thread did not exit", |stats| stats.threads == 0);
+}
+
+/// Runs an empty job on `pool` and waits until it has run.
+fn run_one(pool: &BlockingPool) {
     let (tx, rx) = mpsc::channel();
     pool.try_submit(Job::boxed(move || tx.send(()).unwrap()))
         .ok()
         .unwrap();
     rx.recv().unwrap();
+}
+
+/// Waits (at most 5 s) until the pool's stats satisfy `done`.
+fn wait_until(pool: &BlockingPool, what: &str, done: impl Fn(PoolStats) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pool.stats().threads != 0 {
-        assert!(Instant::now() < deadline, "thread did not exit");
-        std::thread::sleep(Duration::from_millis(5));
+    while !done(pool.stats()) {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -64,17 +74,9 @@ fn idle_threads_exit_after_keep_alive() {
 fn reuses_an_idle_thread() {
     let pool = BlockingPool::new();
     for _ in 0..20 {
-        let (tx, rx) = mpsc::channel();
-        pool.try_submit(Job::boxed(move || tx.send(()).unwrap()))
-            .ok()
-            .unwrap();
-        rx.recv().unwrap();
+        run_one(&pool);
         // Wait for the thread to park before the next job, so it can be reused.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.stats().busy != 0 {
-            assert!(Instant::now() < deadline);
-            std::thread::yield_now();
-        }
+        wait_until(&pool, "the thread stayed busy", |stats| stats.busy == 0);
     }
     assert_eq!(pool.stats().peak_threads, 1);
 }
