@@ -216,47 +216,13 @@ async fn expecting_continue(server: &TestServer, path: &str, len: usize) -> TcpS
 }
 
 #[tokio::test]
-async fn expect_continue_is_answered_when_the_handler_reads_and_not_before() {
+async fn an_echo_of_a_body_sent_after_100_continue_gets_the_100_before_its_head() {
+    // hyper sends `100 Continue` only before a response head: a body read only by the
+    // response's producer (an echo) must still have been asked for before that.
     use tokio::io::AsyncReadExt;
     logs::install();
-    let (reading_tx, reading_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let release_rx = std::sync::Mutex::new(release_rx);
-    let server = TestServer::start(move |mut req: Request| {
-        if req.uri().path() == "/ignore" {
-            return "not read".into_response();
-        }
-        let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
-        reading_tx.send(()).unwrap();
-        let mut body = Vec::new();
-        let read = req.body_mut().read_to_end(&mut body);
-        format!("read {read:?}").into_response()
-    });
-
-    // A handler that answers without reading: the final answer, and no 100 before it.
-    let mut stream = expecting_continue(&server, "/ignore", 10).await;
-    let reply = read_raw_response(&mut stream).await.expect("a response");
-    assert_eq!(reply.status, 200, "{}", reply.head);
-
-    // A handler that reads later: nothing on the wire while it has not.
-    let mut stream = expecting_continue(&server, "/read", 10).await;
-    let mut early = [0u8; 64];
-    let waited = tokio::time::timeout(
-        std::time::Duration::from_millis(300),
-        stream.read(&mut early),
-    )
-    .await;
-    assert!(
-        waited.is_err(),
-        "the server wrote before the handler read: {waited:?}"
-    );
-    release_tx.send(()).unwrap();
-    within(tokio::task::spawn_blocking(move || {
-        reading_rx.recv_timeout(support::STEP)
-    }))
-    .await
-    .unwrap()
-    .expect("the handler reads");
+    let server = TestServer::start(|req: Request| Response::new(req.into_body().into()));
+    let mut stream = expecting_continue(&server, "/echo", 10).await;
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -271,9 +237,16 @@ async fn expect_continue_is_answered_when_the_handler_reads_and_not_before() {
         String::from_utf8_lossy(&head)
     );
     within(stream.write_all(b"0123456789")).await.unwrap();
-    let reply = read_raw_response(&mut stream).await.expect("a response");
-    assert_eq!(reply.status, 200, "{}", reply.head);
-    assert_eq!(reply.body, b"read Ok(10)");
+    let mut rest = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !rest.ends_with(b"0\r\n\r\n") {
+        let n = within(stream.read(&mut chunk)).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&rest));
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("0123456789"), "{text}");
     server.stop().await;
 }
 

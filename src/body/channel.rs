@@ -41,7 +41,6 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             blocked_sender: false,
             taken: 0,
             fault_handed: false,
-            asked: true,
         }),
         condvar: Condvar::new(),
     });
@@ -82,9 +81,6 @@ struct State {
     /// Whether the receiver has been handed the client's failure (`FailedByClient`): its
     /// reader met it, so whatever the reader answered, the client is the cause.
     fault_handed: bool,
-    /// Whether the receiver has asked for anything yet; until it does, an async sender
-    /// held by [`Sender::hold_until_asked`] is not ready.
-    asked: bool,
 }
 
 #[derive(Clone)]
@@ -218,12 +214,6 @@ impl State {
         }
     }
 
-    /// Records the receiver's first ask and wakes a sender held until then.
-    fn ask(&mut self) -> Wake {
-        self.asked = true;
-        self.sender_wake()
-    }
-
     fn sender_wake(&mut self) -> Wake {
         Wake {
             waker: self.send_waker.take(),
@@ -320,7 +310,7 @@ impl Sender {
         if !state.receiver_alive {
             return Poll::Ready(Err(Closed));
         }
-        if state.asked && state.has_room() {
+        if state.has_room() {
             return Poll::Ready(Ok(()));
         }
         match &state.send_waker {
@@ -328,14 +318,6 @@ impl Sender {
             _ => state.send_waker = Some(cx.waker().clone()),
         }
         Poll::Pending
-    }
-
-    /// Makes [`poll_ready`](Self::poll_ready) wait until the receiver first asks for a
-    /// chunk, so that nothing is taken from upstream before the reader wants it: hyper
-    /// answers `Expect: 100-continue` when the request body is first polled, and a
-    /// handler that answers without reading should not have the client send its body.
-    pub(crate) fn hold_until_asked(&self) {
-        self.shared.lock().asked = false;
     }
 
     /// Queues `chunk` after `poll_ready` said there is room.
@@ -432,13 +414,6 @@ impl Receiver {
             if let Poll::Ready(end) = state.ended() {
                 return end;
             }
-            if !state.asked {
-                let wake = state.ask();
-                drop(state);
-                wake.fire(&self.shared.condvar);
-                state = self.shared.lock();
-                continue;
-            }
             state.blocked_receiver = true;
             state = match self.shared.wait(state, &mut deadline) {
                 Ok(state) => state,
@@ -467,13 +442,7 @@ impl Receiver {
             wake.fire(&self.shared.condvar);
             return Poll::Ready(Some(Ok(chunk)));
         }
-        let ended = state.ended();
-        if ended.is_pending() && !state.asked {
-            let wake = state.ask();
-            drop(state);
-            wake.fire(&self.shared.condvar);
-        }
-        ended
+        state.ended()
     }
 
     /// Async receive, in pieces of at most `max` bytes (a longer chunk is split, its rest
@@ -494,11 +463,6 @@ impl Receiver {
             match &state.recv_waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => state.recv_waker = Some(cx.waker().clone()),
-            }
-            if !state.asked {
-                let wake = state.ask();
-                drop(state);
-                wake.fire(&self.shared.condvar);
             }
         }
         polled
@@ -706,23 +670,5 @@ mod tests {
             assert!(queued <= MAX_QUEUED_CHUNKS, "unbounded in chunks");
         }
         assert_eq!(queued, MAX_QUEUED_CHUNKS);
-    }
-
-    #[test]
-    fn a_held_sender_is_ready_only_once_the_receiver_first_asks() {
-        let (tx, rx) = channel(4, None);
-        tx.hold_until_asked();
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(tx.poll_ready(&mut cx).is_pending());
-        assert!(rx.try_recv().is_pending());
-        assert!(matches!(tx.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-        tx.send_ready(Bytes::from_static(b"a"));
-        assert_eq!(&rx.blocking_recv().unwrap().unwrap()[..], b"a");
-        // A receiver that goes away without asking releases the sender too.
-        let (tx, rx) = channel(4, None);
-        tx.hold_until_asked();
-        drop(rx);
-        assert!(matches!(tx.poll_ready(&mut cx), Poll::Ready(Err(_))));
     }
 }

@@ -174,7 +174,18 @@ where
             }
 
             if let Poll::Ready(response) = cell.poll_response(cx) {
-                if let Some(pump) = waiting.pump.take() {
+                if let Some(mut pump) = waiting.pump.take() {
+                    if pump.awaits_continue() && matches!(pump.poll(cx), PumpPoll::Pending) {
+                        // hyper sends `100 Continue` only before the response head, at
+                        // its first turn after the body is asked for, and the handler's
+                        // answer may come in the very turn the pump first asked (an echo
+                        // answers at once): the head waits one turn, so the 100 goes
+                        // first.
+                        pump.continue_detached();
+                        this.state = State::Ready(Some(response));
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     pump.continue_detached();
                 }
                 return Poll::Ready(Ok(this.finish(response)));
@@ -247,6 +258,10 @@ pub(super) struct Pump<B> {
     limit: u64,
     /// The request's `Content-Length`: a body that ends short of it was cut off.
     declared: Option<u64>,
+    /// Whether the client waits for `100 Continue` before it sends the body.
+    expects_continue: bool,
+    /// Whether anything of the body has come: then the client had its `100 Continue`.
+    received: bool,
 }
 
 enum PumpPoll {
@@ -261,14 +276,29 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    pub(super) fn new(body: B, tx: Sender, limit: u64, declared: Option<u64>) -> Self {
+    pub(super) fn new(
+        body: B,
+        tx: Sender,
+        limit: u64,
+        declared: Option<u64>,
+        expects_continue: bool,
+    ) -> Self {
         Pump {
             body: Box::pin(body),
             tx: Some(tx),
             seen: 0,
             limit,
             declared,
+            expects_continue,
+            received: false,
         }
+    }
+
+    /// Whether the client still waits for `100 Continue` and someone may read the body.
+    fn awaits_continue(&self) -> bool {
+        self.expects_continue
+            && !self.received
+            && self.tx.as_ref().is_some_and(|tx| !tx.is_closed())
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> PumpPoll {
@@ -282,7 +312,9 @@ where
                 Poll::Ready(Err(_)) => return PumpPoll::Done, // the handler dropped the body
                 Poll::Ready(Ok(())) => {}
             }
-            match self.body.as_mut().poll_frame(cx) {
+            let polled = self.body.as_mut().poll_frame(cx);
+            self.received |= polled.is_ready();
+            match polled {
                 Poll::Pending => return PumpPoll::Pending,
                 Poll::Ready(None) => {
                     if let Some(tx) = self.tx.take() {

@@ -184,16 +184,16 @@ impl<H: Handler> SyncService<H> {
                 return SyncServiceFuture::ready(future::payload_too_large(), refused(parts));
             }
             let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, Some(shared.body_timeout));
-            if expects_continue(&parts.headers) {
-                // hyper sends `100 Continue` when the body is first polled: only once the
-                // handler reads, so a handler that answers without reading spares the
-                // client its upload.
-                tx.hold_until_asked();
-            }
             let probe = rx.fault_probe();
             (
                 Body::streamed(rx),
-                Some(Pump::new(body, tx, shared.max_body_size, declared)),
+                Some(Pump::new(
+                    body,
+                    tx,
+                    shared.max_body_size,
+                    declared,
+                    expects_continue(&parts.headers),
+                )),
                 Some(probe),
             )
         };
@@ -245,10 +245,13 @@ pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
 /// The default body timeout: 30 seconds, gunicorn's worker `timeout`.
 pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether the client waits for `100 Continue` before it sends the body.
+/// Whether the client waits for `100 Continue` before it sends the body. The last
+/// `Expect` decides, as in hyper's parser.
 fn expects_continue(headers: &http::HeaderMap) -> bool {
     headers
-        .get(http::header::EXPECT)
+        .get_all(http::header::EXPECT)
+        .iter()
+        .next_back()
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
