@@ -191,7 +191,7 @@ fn without_body(
     let status = parts.status;
     if status.is_informational() || status == StatusCode::NO_CONTENT {
         parts.headers.remove(CONTENT_LENGTH);
-    } else if *method == Method::HEAD {
+    } else if *method == Method::HEAD && status != StatusCode::NOT_MODIFIED {
         match &kind {
             // An empty body with a declared length is how a handler answers `HEAD` itself.
             ResponseKind::Full(bytes) if bytes.is_empty() => {}
