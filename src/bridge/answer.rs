@@ -168,13 +168,7 @@ fn declares(headers: &http::HeaderMap, len: usize) -> bool {
     let (Some(value), None) = (values.next(), values.next()) else {
         return false;
     };
-    let digits = value.as_bytes();
-    !digits.is_empty()
-        && digits.iter().all(u8::is_ascii_digit)
-        && std::str::from_utf8(digits)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            == Some(len as u64)
+    super::content_length(value) == Some(len as u64)
 }
 
 /// Drops the body, a producer unrun. A `HEAD` response keeps the `Content-Length` its

@@ -271,13 +271,18 @@ fn head_size(parts: &http::request::Parts) -> usize {
         + line
 }
 
+/// The first `Content-Length` of `headers`, if it is a length.
 pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+    content_length(headers.get(header::CONTENT_LENGTH)?)
+}
+
+/// A `Content-Length` value as hyper reads it: digits only (no sign, no spaces).
+pub(crate) fn content_length(value: &HeaderValue) -> Option<u64> {
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 impl<H> Clone for SyncService<H> {
