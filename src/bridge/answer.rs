@@ -115,6 +115,7 @@ pub(super) fn handler_error(
 /// `HEAD`, 1xx, 204 or 304 response on HTTP/1, but on HTTP/2 it sends it, and the client
 /// fails the stream; and it trusts a `Content-Length` the handler set on a full body,
 /// so a wrong one desyncs an HTTP/1 connection (in debug builds hyper panics instead).
+/// A full `HEAD` answer keeps its body until `finish`, which strips every such answer.
 #[inline]
 pub(super) fn framed(
     method: &Method,
@@ -122,13 +123,16 @@ pub(super) fn framed(
     parts: &mut http::response::Parts,
     kind: ResponseKind,
 ) -> ResponseKind {
-    if *method == Method::HEAD || !may_have_body(parts.status) {
+    let head = *method == Method::HEAD;
+    if !may_have_body(parts.status) || (head && matches!(kind, ResponseKind::Stream(_))) {
         return without_body(method, uri, parts, kind);
     }
     if let ResponseKind::Full(bytes) = &kind {
         // A response has a few headers, usually none of them this one: comparing names
-        // costs less than hashing one for a lookup.
+        // costs less than hashing one for a lookup. An empty `HEAD` answer under a
+        // declared length is how a handler answers `HEAD` itself.
         if parts.headers.keys().any(|name| *name == CONTENT_LENGTH)
+            && !(head && bytes.is_empty())
             && !declares(&parts.headers, bytes.len())
         {
             correct_length(method, uri, parts, bytes.len());
@@ -137,8 +141,9 @@ pub(super) fn framed(
     kind
 }
 
-/// A `HEAD` answer the service made itself (a `503`, say) as it goes out: without its
-/// short text, under the `Content-Length` the same answer to a `GET` would have.
+/// A full answer to `HEAD` (the handler's, or one the service made itself, a `503` say)
+/// as it goes out: without its body, under the `Content-Length` the same answer to a
+/// `GET` would have.
 #[cold]
 #[inline(never)]
 pub(super) fn head_without_body(response: &mut http::Response<BridgeBody>) {
@@ -171,9 +176,10 @@ fn declares(headers: &http::HeaderMap, len: usize) -> bool {
     super::content_length(value) == Some(len as u64)
 }
 
-/// Drops the body, a producer unrun. A `HEAD` response keeps the `Content-Length` its
-/// `GET` would send (a full body's own length); a 1xx or 204 may not carry one at all; a
-/// 304 keeps what the handler declared, which describes the cached representation.
+/// Drops the body, a producer unrun: for a 1xx, 204 or 304, and for a streamed `HEAD`
+/// answer (a full one loses its body in `finish`, with the answers the service makes
+/// itself). A 1xx or 204 may not carry a `Content-Length`; a 304 and a `HEAD` keep the
+/// one the handler declared (for a 304 it describes the cached representation).
 #[cold]
 #[inline(never)]
 fn without_body(
@@ -185,21 +191,6 @@ fn without_body(
     let status = parts.status;
     if status.is_informational() || status == StatusCode::NO_CONTENT {
         parts.headers.remove(CONTENT_LENGTH);
-    } else if *method == Method::HEAD && status != StatusCode::NOT_MODIFIED {
-        match &kind {
-            // An empty body with a declared length is how a handler answers `HEAD` itself.
-            ResponseKind::Full(bytes) if bytes.is_empty() => {}
-            ResponseKind::Full(bytes) => {
-                if !parts.headers.contains_key(CONTENT_LENGTH) {
-                    parts
-                        .headers
-                        .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                } else if !declares(&parts.headers, bytes.len()) {
-                    correct_length(method, uri, parts, bytes.len());
-                }
-            }
-            ResponseKind::Stream(_) => {}
-        }
     }
     if let ResponseKind::Stream(_) = &kind {
         tracing::trace!(method = %method, path = %uri.path(), %status, "response has no body; its producer is not run");

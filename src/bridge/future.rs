@@ -119,8 +119,8 @@ impl<B> SyncServiceFuture<B> {
             if !response.body().is_full() {
                 completion.expected = super::declared_length(response.headers());
             } else if *completion.method() == http::Method::HEAD {
-                // The handler's answers are framed already; the ones made here (503,
-                // 413, 431, 500) are not.
+                // The handler's full answers and the ones made here (503, 413, 431, 500)
+                // alike; a streamed one was dropped unrun in the job.
                 super::answer::head_without_body(&mut response);
             }
             response.body_mut().set_completion(completion);
