@@ -474,10 +474,11 @@ impl Receiver {
         FaultProbe(self.shared.clone())
     }
 
-    /// Whether the stream has ended (cleanly or not) and every chunk was taken.
+    /// Whether the stream has ended cleanly and every chunk was taken. A failed one has
+    /// not: its error is still to be read.
     pub(crate) fn is_end(&self) -> bool {
         let state = self.shared.lock();
-        state.queue.is_empty() && !matches!(state.end, End::Open)
+        state.queue.is_empty() && matches!(state.end, End::Finished)
     }
 }
 

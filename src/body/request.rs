@@ -134,7 +134,12 @@ impl Body {
         matches!(self.kind, Kind::Streamed { .. })
     }
 
-    /// Whether the body is known to have no more bytes, without blocking.
+    /// Whether the body is known to have ended cleanly with every byte read, without
+    /// blocking.
+    ///
+    /// A body that failed (cut short of its `Content-Length`, broken off, over the size
+    /// limit) is not at its end: `false`, and the next read returns the error. So
+    /// `is_end` never passes a truncated body off as a whole one.
     pub fn is_end(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
@@ -251,6 +256,20 @@ mod tests {
         body.read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello");
         assert_eq!(body.read(&mut [0; 4]).unwrap(), 0);
+        assert!(body.is_end());
+    }
+
+    #[test]
+    fn a_body_that_failed_is_not_at_its_end_and_its_next_read_says_why() {
+        let (tx, rx) = channel(16, None);
+        let mut body = Body::streamed(rx);
+        tx.blocking_send(Bytes::from_static(b"cut")).unwrap();
+        // A sender gone without `finish`: the pump's body broke off.
+        drop(tx);
+        assert_eq!(&body.chunk().unwrap().unwrap()[..], b"cut");
+        assert!(!body.is_end(), "a failed body passed off as complete");
+        let err = body.chunk().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
