@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             fault_handed: false,
         }),
         condvar: Condvar::new(),
+        receiver_gone: AtomicBool::new(false),
     });
     (
         Sender {
@@ -61,6 +63,9 @@ struct Shared {
     state: Mutex<State>,
     // One condvar serves both blocking ends: only one end of a channel ever blocks.
     condvar: Condvar,
+    /// `!State::receiver_alive`, readable without the lock: a writer gathering small
+    /// writes asks at each one.
+    receiver_gone: AtomicBool,
 }
 
 struct State {
@@ -332,7 +337,7 @@ impl Sender {
 
     /// Whether the receiver has been dropped.
     pub(crate) fn is_closed(&self) -> bool {
-        !self.shared.lock().receiver_alive
+        self.shared.receiver_gone.load(Ordering::Acquire)
     }
 
     /// Ends the stream cleanly: the receiver sees EOF after the queued chunks.
@@ -486,6 +491,7 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.receiver_alive = false;
+        self.shared.receiver_gone.store(true, Ordering::Release);
         // Free the queued chunks now rather than when the sender goes.
         let queued = std::mem::take(&mut state.queue);
         state.queued_bytes = 0;

@@ -3,7 +3,7 @@
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::channel::{ByClient, SendError, Sender};
 use super::{Producer, CHUNK_SIZE};
@@ -27,23 +27,51 @@ pub(crate) enum Produced {
 }
 
 /// Drives `producer` into `tx` until it ends, the receiver goes away, or it fails.
+/// `declared` is the response's `Content-Length`, if the handler set one: a body that
+/// goes past it, or ends short of it, is aborted as a failure of the producer (hyper's
+/// HTTP/1 would cut the excess off silently, and HTTP/2 clients reset the stream).
 /// The producer is dropped before this returns, so a disconnect frees what it holds.
-pub(crate) fn produce(producer: Producer, tx: Sender) -> Produced {
-    let mut sent = 0u64;
-    let result = catch_unwind(AssertUnwindSafe(|| run(producer, &tx, &mut sent)));
+pub(crate) fn produce(producer: Producer, tx: Sender, declared: Option<u64>) -> Produced {
+    let mut out = Out {
+        tx: &tx,
+        sent: 0,
+        declared,
+        overran: false,
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| run(producer, &mut out)));
+    let (sent, overran) = (out.sent, out.overran);
     match result {
-        Ok(Ok(())) => {
-            tx.finish();
-            Produced::Complete(sent)
+        // Checked first: the producer may have wrapped the error, or swallowed it.
+        Ok(_) if overran => {
+            let err = wrong_length(format!(
+                "the response body went past the {} bytes its Content-Length declares",
+                declared.unwrap_or_default()
+            ));
+            tx.fail(err.kind(), err.to_string());
+            Produced::Failed(err)
         }
+        Ok(Ok(())) => match declared {
+            Some(declared) if sent < declared => {
+                let err = wrong_length(format!(
+                    "the response body ended after {sent} of the {declared} bytes its \
+                     Content-Length declares"
+                ));
+                tx.fail(err.kind(), err.to_string());
+                Produced::Failed(err)
+            }
+            _ => {
+                tx.finish();
+                Produced::Complete(sent)
+            }
+        },
         // The client's doing, not the producer's (the channels mark such errors).
         Ok(Err(err)) if ByClient::is(&err) => {
             tx.fail(err.kind(), err.to_string());
             Produced::ByClient(sent, err)
         }
-        Ok(Err(err)) if err.kind() == io::ErrorKind::BrokenPipe && tx.is_closed() => {
-            Produced::Disconnected(sent)
-        }
+        // Whatever the producer made of it (a `BrokenPipe`, or its own error wrapping
+        // one), a write failed because nobody reads the response any more.
+        Ok(Err(_)) if tx.is_closed() => Produced::Disconnected(sent),
         Ok(Err(err)) => {
             tx.fail(err.kind(), err.to_string());
             Produced::Failed(err)
@@ -56,6 +84,10 @@ pub(crate) fn produce(producer: Producer, tx: Sender) -> Produced {
     }
 }
 
+fn wrong_length(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
 fn send_error(err: SendError) -> io::Error {
     match err {
         SendError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"),
@@ -66,7 +98,40 @@ fn send_error(err: SendError) -> io::Error {
     }
 }
 
-fn run(producer: Producer, tx: &Sender, sent: &mut u64) -> io::Result<()> {
+/// Where a producer's chunks go: the channel, counted against the declared length.
+struct Out<'a> {
+    tx: &'a Sender,
+    sent: u64,
+    declared: Option<u64>,
+    /// The producer tried to send more than `declared`.
+    overran: bool,
+}
+
+impl Out<'_> {
+    /// Fails if `more` bytes on top of those sent would go past the declared length.
+    fn check_room(&mut self, more: usize) -> io::Result<()> {
+        if self
+            .declared
+            .is_some_and(|declared| self.sent + more as u64 > declared)
+        {
+            self.overran = true;
+            return Err(wrong_length(
+                "the response body goes past its Content-Length".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.check_room(chunk.len())?;
+        let n = chunk.len() as u64;
+        self.tx.blocking_send(chunk).map_err(send_error)?;
+        self.sent += n;
+        Ok(())
+    }
+}
+
+fn run(producer: Producer, out: &mut Out<'_>) -> io::Result<()> {
     match producer {
         Producer::Reader(mut reader) => {
             let mut buf = BytesMut::new();
@@ -86,26 +151,21 @@ fn run(producer: Producer, tx: &Sender, sent: &mut u64) -> io::Result<()> {
                     return Ok(());
                 }
                 buf.truncate(n);
-                tx.blocking_send(buf.split().freeze()).map_err(send_error)?;
-                *sent += n as u64;
+                out.send(buf.split().freeze())?;
             }
         }
         Producer::Iter(iter) => {
             for chunk in iter {
                 let chunk = chunk?;
-                if chunk.is_empty() {
-                    continue;
+                if !chunk.is_empty() {
+                    out.send(chunk)?;
                 }
-                let n = chunk.len() as u64;
-                tx.blocking_send(chunk).map_err(send_error)?;
-                *sent += n;
             }
             Ok(())
         }
         Producer::Writer(write) => {
             let mut writer = ChannelWriter {
-                tx,
-                sent,
+                out,
                 buf: BytesMut::new(),
             };
             write(&mut writer)?;
@@ -117,34 +177,37 @@ fn run(producer: Producer, tx: &Sender, sent: &mut u64) -> io::Result<()> {
 /// The `io::Write` a writer-style body writes into. Small writes are gathered into
 /// chunks of up to 64 KiB (a `writeln!` per line would otherwise cost a chunk, a wake-up
 /// and a chunk header on the wire each); `flush` sends what has been gathered.
-struct ChannelWriter<'a> {
-    tx: &'a Sender,
-    sent: &'a mut u64,
+struct ChannelWriter<'a, 'b> {
+    out: &'a mut Out<'b>,
     buf: BytesMut,
 }
 
-impl ChannelWriter<'_> {
+impl ChannelWriter<'_, '_> {
     fn send_buffered(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = self.buf.split().freeze();
-        let n = chunk.len() as u64;
-        self.tx.blocking_send(chunk).map_err(send_error)?;
-        *self.sent += n;
-        Ok(())
+        self.out.send(self.buf.split().freeze())
     }
 }
 
-impl Write for ChannelWriter<'_> {
+impl Write for ChannelWriter<'_, '_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if data.is_empty() {
             return Ok(0);
+        }
+        // Gathering would hide a client that left until 64 KiB had been written: an
+        // event stream writing a line a second would run on for minutes. One atomic
+        // load tells at once.
+        if self.out.tx.is_closed() {
+            return Err(send_error(SendError::Closed));
         }
         if self.buf.len() + data.len() > CHUNK_SIZE {
             self.send_buffered()?;
         }
         let n = data.len().min(CHUNK_SIZE);
+        // Told at the write that goes past it, not at the flush that would send it.
+        self.out.check_room(self.buf.len() + n)?;
         self.buf.extend_from_slice(&data[..n]);
         Ok(n)
     }
@@ -163,7 +226,7 @@ mod tests {
         let (tx, _rx) = channel(1024, None);
         let mut err = Some(err);
         let iter = std::iter::from_fn(move || err.take().map(Err));
-        produce(Producer::Iter(Box::new(iter)), tx)
+        produce(Producer::Iter(Box::new(iter)), tx, None)
     }
 
     #[test]
@@ -177,5 +240,18 @@ mod tests {
         // The producer's own upstream reset its connection: a failure, logged as one.
         let own = io::Error::new(io::ErrorKind::ConnectionReset, "upstream reset");
         assert!(matches!(produce_failing(own), Produced::Failed(_)));
+    }
+
+    #[test]
+    fn a_producer_error_after_the_client_left_is_a_disconnect_however_it_is_wrapped() {
+        let (tx, rx) = channel(1024, None);
+        drop(rx);
+        let wrapped = io::Error::other("sending event: the client went away");
+        let mut err = Some(wrapped);
+        let iter = std::iter::from_fn(move || err.take().map(Err));
+        assert!(matches!(
+            produce(Producer::Iter(Box::new(iter)), tx, None),
+            Produced::Disconnected(0)
+        ));
     }
 }

@@ -15,7 +15,19 @@ use bytes::Bytes;
 /// with [`io::ErrorKind::BrokenPipe`], and a reader or iterator is dropped at its next
 /// chunk, so the thread is freed.
 ///
-/// A streamed body is sent chunked unless the handler sets `Content-Length` itself.
+/// A streamed body is sent chunked unless the handler sets `Content-Length` itself. Then
+/// the producer must write exactly that many bytes. A write past it fails with
+/// [`io::ErrorKind::InvalidInput`] and nothing past it is sent; a body that ends short of
+/// it is aborted. Either is logged at error, on either protocol.
+///
+/// # Errors and aborts
+///
+/// The status and headers are sent before the producer runs: a producer that fails
+/// (returns `Err`, panics, or breaks the declared length) cannot turn the response into a
+/// `500` any more. The response is aborted instead (no final chunk on HTTP/1, the
+/// connection closed; `RST_STREAM` on HTTP/2), so the client sees a body cut off, never a
+/// complete one, and the failure is logged at error. An error met because the client
+/// left is logged at debug, even if the producer wrapped it in an error of its own.
 ///
 /// The constructors only wrap their argument and may be called anywhere. The producer
 /// runs where its handler ran, with the same reach: [`ensure_sync`](crate::ensure_sync)

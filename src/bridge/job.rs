@@ -150,6 +150,7 @@ impl<H: Handler> RequestJob<H> {
             }
             ResponseKind::Stream(producer) => {
                 let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, Some(shared.body_timeout));
+                let declared = super::declared_length(&parts.headers);
                 let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
                 answered.done = true;
                 if !cell.complete(response) {
@@ -159,7 +160,8 @@ impl<H: Handler> RequestJob<H> {
                 // The thread (and its pool slot) stays with the response until the body is
                 // out, and so does the handler's context: a producer may `ensure_sync` or
                 // spawn a task as the handler could.
-                let produced = context::enter(shared.context.get(), || produce(producer, tx));
+                let produced =
+                    context::enter(shared.context.get(), || produce(producer, tx, declared));
                 log_produced(produced, method, uri);
             }
         }

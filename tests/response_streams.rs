@@ -1,0 +1,141 @@
+//! A streamed response's producer against its contract: it hears at once that the client
+//! left, and a body that breaks the `Content-Length` its handler set is cut off on either
+//! protocol and logged, never passed off as complete.
+mod support;
+
+use std::io::Write;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header;
+use http_body_util::{BodyExt, Empty};
+use support::{h1, h2, logs, within, TestServer};
+use syncbridge::{Request, Response, ResponseBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What a producer's last write returned: `Ok` if it never failed.
+type Outcome = Result<(), std::io::ErrorKind>;
+
+/// A producer's body, written into the response's writer.
+type WriteBody = fn(&mut dyn Write) -> std::io::Result<()>;
+
+/// `/events` writes a short line every millisecond without flushing, for at most 5 s;
+/// `/over` declares 5 bytes and writes 10; `/short` declares 10 and writes 5. Each
+/// producer reports how it ended.
+fn handler(
+    outcomes: mpsc::Sender<(String, Outcome)>,
+) -> impl Fn(Request) -> Response + Send + Sync + 'static {
+    let outcomes = Mutex::new(outcomes);
+    move |req: Request| {
+        let path = req.uri().path().to_owned();
+        let outcomes = outcomes.lock().unwrap().clone();
+        let (declared, write): (Option<u64>, WriteBody) = match path.as_str() {
+            "/events" => (None, |w| {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(5) {
+                    writeln!(w, "event")?;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(())
+            }),
+            "/over" => (Some(5), |w| w.write_all(b"helloworld")),
+            _ => (Some(10), |w| w.write_all(b"hello")),
+        };
+        let mut response = Response::new(ResponseBody::from_writer(move |w| {
+            let outcome = write(w);
+            outcomes
+                .send((path, outcome.as_ref().map(|_| ()).map_err(|e| e.kind())))
+                .unwrap();
+            outcome
+        }));
+        if let Some(declared) = declared {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, declared.into());
+        }
+        response
+    }
+}
+
+fn outcome_of(outcomes: &mpsc::Receiver<(String, Outcome)>, path: &str) -> Outcome {
+    let (seen, outcome) = outcomes
+        .recv_timeout(support::STEP)
+        .expect("the producer ended");
+    assert_eq!(seen, path);
+    outcome
+}
+
+fn get(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("http://localhost{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_writer_that_gathers_small_writes_hears_at_its_next_write_that_the_client_left() {
+    logs::install();
+    let (tx, outcomes) = mpsc::channel();
+    let server = TestServer::start(handler(tx));
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    // The head goes out before the producer runs; nothing of the body is flushed yet.
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = within(stream.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed before the head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    drop(stream);
+    // Unflushed, its lines would have run on until 64 KiB had gathered (about seven
+    // seconds of them here), so the writer's own 5 s would have ended it first.
+    let outcome = within(tokio::task::spawn_blocking(move || {
+        outcome_of(&outcomes, "/events")
+    }))
+    .await
+    .unwrap();
+    assert_eq!(outcome, Err(std::io::ErrorKind::BrokenPipe));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_body_past_or_short_of_its_content_length_is_cut_off_and_logged() {
+    logs::install();
+    let (tx, outcomes) = mpsc::channel();
+    let server = TestServer::start(handler(tx));
+    for http2 in [false, true] {
+        for path in ["/over", "/short"] {
+            let response = if http2 {
+                within(h2(server.addr).await.send_request(get(path))).await
+            } else {
+                within(h1(server.addr).await.send_request(get(path))).await
+            };
+            // Cut off before the first byte, hyper's HTTP/1 sends no head at all.
+            let whole = match response {
+                Ok(response) => within(response.into_body().collect()).await.ok(),
+                Err(_) => None,
+            };
+            assert!(
+                whole.is_none(),
+                "{path} over HTTP/2 {http2}: the client took a body that broke its length for whole"
+            );
+            let expected = if path == "/over" {
+                Err(std::io::ErrorKind::InvalidInput)
+            } else {
+                Ok(())
+            };
+            assert_eq!(outcome_of(&outcomes, path), expected, "{path}");
+        }
+    }
+    for path in ["path=/over", "path=/short"] {
+        assert!(
+            logs::contains(&["ERROR", path, "Content-Length declares"]),
+            "{path}: not logged as the handler's error"
+        );
+    }
+    server.stop().await;
+}
