@@ -327,3 +327,49 @@ async fn a_body_that_ends_short_of_its_content_length_fails_the_read() {
     // Whatever the handler answered after its failed read, the client is the cause.
     assert_eq!(response.status(), 400);
 }
+
+/// A handler may answer at once and leave the body to a thread of its own: the upload
+/// goes on after the response, and the connection is busy (not idle for its header read
+/// timeout) for as long as the body keeps coming.
+#[tokio::test]
+async fn a_body_read_on_after_the_response_is_not_cut_off_by_the_idle_timeouts() {
+    const PIECE: usize = 1000;
+    const PIECES: usize = 10;
+    let (total_tx, total_rx) = mpsc::channel();
+    let total_tx = Mutex::new(total_tx);
+    let server = Server::bind("127.0.0.1:0")
+        .header_read_timeout(std::time::Duration::from_millis(300))
+        .keep_alive_timeout(Some(std::time::Duration::from_millis(300)));
+    let server = TestServer::start_with(server, move |req: Request| {
+        let total_tx = total_tx.lock().unwrap().clone();
+        let mut body = req.into_body();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let read = body.read_to_end(&mut all).map_err(|e| e.kind());
+            total_tx.send(read).unwrap();
+        });
+        "accepted"
+    });
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let head = format!(
+        "POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        PIECE * PIECES
+    );
+    within(stream.write_all(head.as_bytes())).await.unwrap();
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(reply.body, b"accepted");
+    // A client that uploads slowly, as over a poor link: a piece every 100 ms, one
+    // second in all, past both timeouts.
+    for _ in 0..PIECES {
+        within(stream.write_all(&[b'x'; PIECE])).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let read = within(tokio::task::spawn_blocking(move || {
+        total_rx.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the reader finished");
+    assert_eq!(read, Ok(PIECE * PIECES));
+    server.stop().await;
+}

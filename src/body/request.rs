@@ -43,6 +43,10 @@ use super::channel::Receiver;
 /// reader fails only some of the time; read on a handler thread, or hand the body to
 /// one with [`ensure_async`](crate::ensure_async).
 ///
+/// A handler may also answer first and leave the body to a thread of its own (take it
+/// with `Request::into_body`): the connection keeps feeding it after the response, and
+/// its idle timeouts count from the body's last move, so a slow upload is not cut off.
+///
 /// # Examples
 ///
 /// ```

@@ -18,6 +18,7 @@ use super::reply::ReplyCell;
 use super::BoxError;
 use crate::body::channel::Sender;
 use crate::body::{BridgeBody, Completion};
+use crate::bridge::Activity;
 use crate::pool::{BlockingPool, JobId};
 
 /// The future returned by [`SyncService`](super::SyncService)'s `call`.
@@ -110,6 +111,11 @@ impl<B> SyncServiceFuture<B> {
         }
     }
 
+    /// The connection's activity, on the bundled server.
+    fn activity(&self) -> Option<Arc<Activity>> {
+        self.completion.as_ref()?.activity.clone()
+    }
+
     fn finish(&mut self, mut response: http::Response<BridgeBody>) -> http::Response<BridgeBody> {
         self.state = State::Done;
         if let Some(mut completion) = self.completion.take() {
@@ -181,12 +187,12 @@ where
                         // answer may come in the very turn the pump first asked (an echo
                         // answers at once): the head waits one turn, so the 100 goes
                         // first.
-                        pump.continue_detached();
+                        pump.continue_detached(this.activity());
                         this.state = State::Ready(Some(response));
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
-                    pump.continue_detached();
+                    pump.continue_detached(this.activity());
                 }
                 return Poll::Ready(Ok(this.finish(response)));
             }
@@ -317,20 +323,7 @@ where
             match polled {
                 Poll::Pending => return PumpPoll::Pending,
                 Poll::Ready(None) => {
-                    if let Some(tx) = self.tx.take() {
-                        match self.declared {
-                            // hyper's HTTP/1 checks this itself; an HTTP/2 stream reset
-                            // with NO_ERROR, or another service's body, may not.
-                            Some(declared) if self.seen < declared => tx.fail_by_client(
-                                io::ErrorKind::UnexpectedEof,
-                                format!(
-                                    "request body ended after {} of its {declared} declared bytes",
-                                    self.seen
-                                ),
-                            ),
-                            _ => tx.finish(),
-                        }
-                    }
+                    self.end();
                     return PumpPoll::Done;
                 }
                 Poll::Ready(Some(Err(err))) => {
@@ -360,23 +353,60 @@ where
                     if n > 0 {
                         tx.send_ready(data.copy_to_bytes(n));
                     }
+                    // The last frame may come without its end: hyper's HTTP/1 body under
+                    // a `Content-Length` whose response is already out (the handler left
+                    // the body to a thread of its own) ends only when the next request
+                    // head comes. The body says it is done; that is the end.
+                    if self.body.is_end_stream() {
+                        self.end();
+                        return PumpPoll::Done;
+                    }
                 }
             }
         }
     }
 
+    /// The body ended: the reader gets its EOF, or an error if it ended short.
+    fn end(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        match self.declared {
+            // hyper's HTTP/1 checks this itself; an HTTP/2 stream reset with NO_ERROR,
+            // or another service's body, may not.
+            Some(declared) if self.seen < declared => tx.fail_by_client(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "request body ended after {} of its {declared} declared bytes",
+                    self.seen
+                ),
+            ),
+            _ => tx.finish(),
+        }
+    }
+
     /// The response is out but the handler kept the request body (an echo, or a body
-    /// moved into the response stream): keep feeding it from a task of its own.
-    fn continue_detached(mut self) {
+    /// moved into the response stream or to a thread of its own): keep feeding it from
+    /// a task of its own.
+    ///
+    /// The response no longer counts as in flight once it is out, but the connection is
+    /// still busy with this body: each time it moves, `activity` (the bundled server's)
+    /// is told, so the connection's idle timeouts count from the body's last move, not
+    /// from the response.
+    fn continue_detached(mut self, activity: Option<Arc<Activity>>) {
         let Some(tx) = &self.tx else { return };
         if tx.is_closed() {
             return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(std::future::poll_fn(move |cx| match self.poll(cx) {
-                    PumpPoll::Pending => Poll::Pending,
-                    PumpPoll::Done | PumpPoll::TooLarge => Poll::Ready(()),
+                runtime.spawn(std::future::poll_fn(move |cx| {
+                    let polled = self.poll(cx);
+                    if let Some(activity) = &activity {
+                        activity.touch();
+                    }
+                    match polled {
+                        PumpPoll::Pending => Poll::Pending,
+                        PumpPoll::Done | PumpPoll::TooLarge => Poll::Ready(()),
+                    }
                 }));
             }
             Err(_) => tracing::warn!(
