@@ -13,6 +13,7 @@ mod activity;
 mod answer;
 mod future;
 mod job;
+mod pump;
 mod reply;
 
 use std::convert::Infallible;
@@ -31,8 +32,8 @@ use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::pool::{Admission, BlockingPool, Job};
 use crate::tasks::TaskSet;
-use future::Pump;
 use job::RequestJob;
+use pump::Pump;
 use reply::ReplyCell;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
