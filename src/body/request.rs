@@ -47,6 +47,13 @@ use super::channel::Receiver;
 /// with `Request::into_body`): the connection keeps feeding it after the response, and
 /// its idle timeouts count from the body's last move, so a slow upload is not cut off.
 ///
+/// A body the handler drops before its end (or never reads) costs an HTTP/1 client its
+/// connection only when much of it is still to come: up to 256 KiB of the rest is read
+/// off the wire and dropped, as Go's `net/http` does, and the connection is kept; past
+/// that (or when the client waits for `100 Continue`), the response says
+/// `Connection: close` and the connection closes after it. Over HTTP/2 the stream is
+/// reset and the connection stays.
+///
 /// # Examples
 ///
 /// ```

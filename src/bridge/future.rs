@@ -16,7 +16,6 @@ use super::pump::{Pump, PumpPoll};
 use super::reply::ReplyCell;
 use super::BoxError;
 use crate::body::{BridgeBody, Completion};
-use crate::bridge::Activity;
 use crate::pool::{BlockingPool, JobId};
 
 /// The future returned by [`SyncService`](super::SyncService)'s `call`.
@@ -48,6 +47,9 @@ struct Waiting<B> {
     /// The pool a queued request waits in, to take it out again if it is given up.
     queued_in: Option<BlockingPool>,
     retry_after: HeaderValue,
+    /// The handler dropped an HTTP/1 body with more of it to come than the pump drains:
+    /// the connection closes after the response.
+    body_given_up: bool,
 }
 
 impl<B> Waiting<B> {
@@ -63,6 +65,39 @@ impl<B> Waiting<B> {
             pool.withdraw(JobId::of(&self.cell));
         }
         true
+    }
+}
+
+impl<B> Waiting<B>
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Settles a request body that has not ended as its response goes out (see
+    /// `Pump::settle`); if the connection cannot be kept, the response says so, so that
+    /// an HTTP/1 client does not send its next request on a connection about to close.
+    /// `reader_left`: the request was withdrawn, no handler reads its body.
+    fn settle_body(
+        &mut self,
+        response: &mut http::Response<BridgeBody>,
+        completion: Option<&Completion>,
+        reader_left: bool,
+    ) {
+        let Some(pump) = self.pump.take() else {
+            if self.body_given_up {
+                close_after(response);
+            }
+            return;
+        };
+        // hyper closes after such a response anyway: nothing to drain for.
+        let closing = says_close(response);
+        // Only a request with a body still coming pays for the `Arc` clone.
+        let activity = completion.and_then(|c| c.activity.clone());
+        let keep = pump.settle(activity, reader_left, !closing) && !self.body_given_up;
+        if !keep && !closing {
+            close_after(response);
+        }
     }
 }
 
@@ -94,6 +129,7 @@ impl<B> SyncServiceFuture<B> {
             queue_deadline,
             queued_in,
             retry_after,
+            body_given_up: false,
         };
         if waiting.queued_in.is_some() && waiting.queue_deadline.is_none() && waiting.withdraw() {
             // No timer to bound the wait with: refuse now rather than wait unbounded.
@@ -107,11 +143,6 @@ impl<B> SyncServiceFuture<B> {
             state: State::Waiting(waiting),
             completion: Some(completion),
         }
-    }
-
-    /// The connection's activity, on the bundled server.
-    fn activity(&self) -> Option<Arc<Activity>> {
-        self.completion.as_ref()?.activity.clone()
     }
 
     fn finish(&mut self, mut response: http::Response<BridgeBody>) -> http::Response<BridgeBody> {
@@ -162,6 +193,10 @@ where
                 match pump.poll(cx) {
                     PumpPoll::Pending => {}
                     PumpPoll::Done => waiting.pump = None,
+                    PumpPoll::GaveUp => {
+                        waiting.pump = None;
+                        waiting.body_given_up = true;
+                    }
                     PumpPoll::TooLarge => {
                         let limit = pump.limit;
                         waiting.pump = None;
@@ -177,21 +212,29 @@ where
                 }
             }
 
-            if let Poll::Ready(response) = cell.poll_response(cx) {
-                if let Some(mut pump) = waiting.pump.take() {
-                    if pump.awaits_continue() && matches!(pump.poll(cx), PumpPoll::Pending) {
-                        // hyper sends `100 Continue` only before the response head, at
-                        // its first turn after the body is asked for, and the handler's
-                        // answer may come in the very turn the pump first asked (an echo
-                        // answers at once): the head waits one turn, so the 100 goes
-                        // first.
-                        pump.continue_detached(this.activity());
-                        this.state = State::Ready(Some(response));
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
+            if let Poll::Ready(mut response) = cell.poll_response(cx) {
+                if let Some(pump) = waiting.pump.as_mut().filter(|p| p.awaits_continue()) {
+                    match pump.poll(cx) {
+                        PumpPoll::Pending => {
+                            // hyper sends `100 Continue` only before the response head,
+                            // at its first turn after the body is asked for, and the
+                            // handler's answer may come in the very turn the pump first
+                            // asked (an echo answers at once): the head waits one turn,
+                            // so the 100 goes first.
+                            waiting.settle_body(&mut response, this.completion.as_ref(), false);
+                            this.state = State::Ready(Some(response));
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        PumpPoll::Done => waiting.pump = None,
+                        // Not read to its end: the connection cannot be kept.
+                        PumpPoll::GaveUp | PumpPoll::TooLarge => {
+                            waiting.pump = None;
+                            waiting.body_given_up = true;
+                        }
                     }
-                    pump.continue_detached(this.activity());
                 }
+                waiting.settle_body(&mut response, this.completion.as_ref(), false);
                 return Poll::Ready(Ok(this.finish(response)));
             }
             // Claimed between the check above and the waker's registration: the worker's
@@ -206,7 +249,8 @@ where
             if deadline.as_mut().poll(cx).is_ready() {
                 waiting.queue_deadline = None;
                 if waiting.withdraw() {
-                    let retry_after = waiting.retry_after.clone();
+                    let mut response = overloaded(waiting.retry_after.clone());
+                    waiting.settle_body(&mut response, this.completion.as_ref(), true);
                     if let Some(c) = &this.completion {
                         tracing::warn!(
                             method = %c.method(), path = %c.path(),
@@ -214,7 +258,7 @@ where
                             "request timed out waiting for a handler thread; answered 503"
                         );
                     }
-                    return Poll::Ready(Ok(this.finish(overloaded(retry_after))));
+                    return Poll::Ready(Ok(this.finish(response)));
                 }
                 // A worker claimed it just in time: wait for its answer.
             }
@@ -288,11 +332,26 @@ pub(super) fn header_too_large() -> http::Response<BridgeBody> {
     )
 }
 
-pub(super) fn payload_too_large() -> http::Response<BridgeBody> {
-    let mut response = plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
-    // The rest of the body is not read: the connection cannot be reused.
+/// Whether `response` closes its connection (`Connection: close`, among other options).
+fn says_close(response: &http::Response<BridgeBody>) -> bool {
+    response
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// Tells an HTTP/1 client that the connection closes after `response`.
+pub(super) fn close_after(response: &mut http::Response<BridgeBody>) {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+pub(super) fn payload_too_large() -> http::Response<BridgeBody> {
+    let mut response = plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+    // The rest of the body is not read: the connection cannot be reused.
+    close_after(&mut response);
     response
 }

@@ -170,7 +170,12 @@ impl<H: Handler> SyncService<H> {
                 method = %parts.method, path = %parts.uri.path(),
                 "request head larger than the limit; answered 431"
             );
-            return SyncServiceFuture::ready(future::header_too_large(), refused(parts));
+            let mut response = future::header_too_large();
+            if parts.version <= http::Version::HTTP_11 && !body.is_end_stream() {
+                // Its body is not read: the connection cannot be kept.
+                future::close_after(&mut response);
+            }
+            return SyncServiceFuture::ready(response, refused(parts));
         }
         let (body, pump, fault_probe) = if body.is_end_stream() {
             // No body (most GETs): no `Content-Length` to look up either.
@@ -194,6 +199,7 @@ impl<H: Handler> SyncService<H> {
                     shared.max_body_size,
                     declared,
                     expects_continue(&parts.headers),
+                    parts.version <= http::Version::HTTP_11,
                 )),
                 Some(probe),
             )
@@ -233,7 +239,12 @@ impl<H: Handler> SyncService<H> {
                     method = %completion.method(), path = %completion.path(),
                     "blocking pool and queue are full; answered 503"
                 );
-                SyncServiceFuture::ready(future::overloaded(shared.retry_after.clone()), completion)
+                let mut response = future::overloaded(shared.retry_after.clone());
+                let activity = completion.activity.clone();
+                if pump.is_some_and(|pump| !pump.settle(activity, true, true)) {
+                    future::close_after(&mut response);
+                }
+                SyncServiceFuture::ready(response, completion)
             }
         }
     }

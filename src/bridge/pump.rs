@@ -25,12 +25,28 @@ pub(super) struct Pump<B> {
     expects_continue: bool,
     /// Whether anything of the body has come: then the client had its `100 Continue`.
     received: bool,
+    /// An HTTP/1 request's: the connection can be kept after a body nobody reads only if
+    /// the rest of it is read off the wire.
+    http1: bool,
+    /// `seen` when the reader dropped the body before its end: what comes after is
+    /// drained, up to `DRAIN_LIMIT`.
+    dropped_at: Option<u64>,
 }
+
+/// How much of an HTTP/1 request body nobody reads is drained to keep its connection
+/// (Go's `net/http` drains 256 KiB too). The bytes are dropped as they come; past this,
+/// the connection is closed instead, with `Connection: close` if the response is not
+/// out yet.
+const DRAIN_LIMIT: u64 = 256 * 1024;
 
 pub(super) enum PumpPoll {
     Pending,
     Done,
     TooLarge,
+    /// The reader dropped the body, and draining the rest would take more than
+    /// `DRAIN_LIMIT` (or a `100 Continue` the client still waits for): the body is given
+    /// up, and the connection cannot be kept.
+    GaveUp,
 }
 
 impl<B> Pump<B>
@@ -45,6 +61,7 @@ where
         limit: u64,
         declared: Option<u64>,
         expects_continue: bool,
+        http1: bool,
     ) -> Self {
         Pump {
             body: Box::pin(body),
@@ -54,6 +71,8 @@ where
             declared,
             expects_continue,
             received: false,
+            http1,
+            dropped_at: None,
         }
     }
 
@@ -65,6 +84,9 @@ where
     }
 
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> PumpPoll {
+        if self.dropped_at.is_some() {
+            return self.poll_drain(cx);
+        }
         let Some(tx) = &self.tx else {
             return PumpPoll::Done;
         };
@@ -72,7 +94,7 @@ where
             // Backpressure: take the next frame only when the channel has room for it.
             match tx.poll_ready(cx) {
                 Poll::Pending => return PumpPoll::Pending,
-                Poll::Ready(Err(_)) => return PumpPoll::Done, // the handler dropped the body
+                Poll::Ready(Err(_)) => return self.reader_dropped(cx),
                 Poll::Ready(Ok(())) => {}
             }
             let polled = self.body.as_mut().poll_frame(cx);
@@ -123,6 +145,88 @@ where
         }
     }
 
+    /// The reader dropped the body before its end. Over HTTP/2 the body is dropped too
+    /// (hyper resets its stream; the connection stays). Over HTTP/1 the rest has to come
+    /// off the wire for the connection to be kept: it is drained, within bounds.
+    fn reader_dropped(&mut self, cx: &mut Context<'_>) -> PumpPoll {
+        self.tx = None;
+        if !self.http1 {
+            return PumpPoll::Done;
+        }
+        if self.expects_continue && !self.received {
+            // Reading on would send the client its `100 Continue` for a body nobody
+            // wants.
+            return PumpPoll::GaveUp;
+        }
+        self.dropped_at = Some(self.seen);
+        self.poll_drain(cx)
+    }
+
+    /// Reads the rest of a body nobody reads and drops it, up to `DRAIN_LIMIT`.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> PumpPoll {
+        let dropped_at = self.dropped_at.unwrap_or(self.seen);
+        loop {
+            if self.body.is_end_stream() {
+                return PumpPoll::Done;
+            }
+            match self.body.as_mut().poll_frame(cx) {
+                Poll::Pending => return PumpPoll::Pending,
+                // A broken body: hyper closes the connection itself.
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => return PumpPoll::Done,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.seen += data.remaining() as u64;
+                    }
+                    if self.seen - dropped_at > DRAIN_LIMIT {
+                        return PumpPoll::GaveUp;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The response is ready while the body has not ended. If the handler (or whatever
+    /// it handed the body to) still reads it, the pump goes on in a task of its own; a
+    /// body nobody reads is drained the same way when its rest fits in `DRAIN_LIMIT`.
+    /// `reader_left`: no handler will read it (the request was withdrawn from the
+    /// queue); `may_drain`: the connection may be kept (the response does not close it).
+    /// Returns whether the connection can be kept; if not, the body is dropped and the
+    /// response should say `Connection: close`.
+    pub(super) fn settle(
+        mut self,
+        activity: Option<Arc<Activity>>,
+        reader_left: bool,
+        may_drain: bool,
+    ) -> bool {
+        if self.tx.is_none() && self.dropped_at.is_none() {
+            // It ended (or broke, and hyper closes the connection itself).
+            return true;
+        }
+        let reading = !reader_left
+            && self.dropped_at.is_none()
+            && self.tx.as_ref().is_some_and(|tx| !tx.is_closed());
+        if reading {
+            self.continue_detached(activity);
+            return true;
+        }
+        if !self.http1 {
+            return true;
+        }
+        if !may_drain || (self.expects_continue && !self.received) {
+            return false;
+        }
+        self.tx = None;
+        let dropped_at = *self.dropped_at.get_or_insert(self.seen);
+        match self.declared {
+            Some(declared) if declared.saturating_sub(dropped_at) <= DRAIN_LIMIT => {
+                self.continue_detached(activity);
+                true
+            }
+            // Too much left, or no telling how much (chunked).
+            _ => false,
+        }
+    }
+
     /// The body ended: the reader gets its EOF, or an error if it ended short.
     fn end(&mut self) {
         let Some(tx) = self.tx.take() else { return };
@@ -142,15 +246,15 @@ where
 
     /// The response is out but the handler kept the request body (an echo, or a body
     /// moved into the response stream or to a thread of its own): keep feeding it from
-    /// a task of its own.
+    /// a task of its own. Or nobody reads it, and its rest is drained there.
     ///
     /// The response no longer counts as in flight once it is out, but the connection is
     /// still busy with this body: each time it moves, `activity` (the bundled server's)
     /// is told, so the connection's idle timeouts count from the body's last move, not
     /// from the response.
     pub(super) fn continue_detached(mut self, activity: Option<Arc<Activity>>) {
-        let Some(tx) = &self.tx else { return };
-        if tx.is_closed() {
+        let feeding = self.tx.as_ref().is_some_and(|tx| !tx.is_closed());
+        if !feeding && self.dropped_at.is_none() {
             return;
         }
         match tokio::runtime::Handle::try_current() {
@@ -162,7 +266,7 @@ where
                     }
                     match polled {
                         PumpPoll::Pending => Poll::Pending,
-                        PumpPoll::Done | PumpPoll::TooLarge => Poll::Ready(()),
+                        PumpPoll::Done | PumpPoll::TooLarge | PumpPoll::GaveUp => Poll::Ready(()),
                     }
                 }));
             }

@@ -217,7 +217,10 @@ pub struct RawReply {
 
 /// Reads one `Content-Length`-framed response from `stream`; `None` if the server
 /// closed the connection before a response head.
-pub async fn read_raw_response(stream: &mut TcpStream) -> Option<RawReply> {
+pub async fn read_raw_response<S>(stream: &mut S) -> Option<RawReply>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let head_end = loop {
@@ -252,7 +255,10 @@ pub async fn read_raw_response(stream: &mut TcpStream) -> Option<RawReply> {
 }
 
 /// Whether the server closes `stream` (EOF or reset) within [`STEP`].
-pub async fn closed_by_server(stream: &mut TcpStream) -> bool {
+pub async fn closed_by_server<S>(stream: &mut S) -> bool
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let mut chunk = [0u8; 1024];
     loop {

@@ -1,0 +1,103 @@
+//! A request body the handler does not read to its end, over HTTP/1: the rest is drained
+//! and the connection kept when it is small, and when it is not, the response says
+//! `Connection: close` before the server closes, so a pooled client does not send its
+//! next request into a closing connection.
+mod support;
+
+use std::io::Read;
+
+use support::{closed_by_server, read_raw_response, within, TestServer};
+use syncbridge::Request;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+/// Reads ten bytes of the body and drops the rest with the request.
+fn reads_ten(mut req: Request) -> String {
+    if req.uri().path() == "/next" {
+        return "next".into();
+    }
+    let mut ten = [0u8; 10];
+    req.body_mut().read_exact(&mut ten).expect("ten bytes");
+    "took 10".into()
+}
+
+/// Sends a request with `body` bytes (under `Content-Length`, or chunked as one chunk)
+/// from a task of its own, as a client writes its upload while it waits for the
+/// answer. The task gives the write half back once the request is out.
+async fn post(
+    addr: std::net::SocketAddr,
+    body: usize,
+    chunked: bool,
+) -> (OwnedReadHalf, JoinHandle<std::io::Result<OwnedWriteHalf>>) {
+    let stream = within(TcpStream::connect(addr)).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut request = if chunked {
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body:x}\r\n"
+        )
+    } else {
+        format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {body}\r\n\r\n")
+    }
+    .into_bytes();
+    request.resize(request.len() + body, b'x');
+    if chunked {
+        request.extend_from_slice(b"\r\n0\r\n\r\n");
+    }
+    let writer = tokio::spawn(async move {
+        write.write_all(&request).await?;
+        Ok(write)
+    });
+    (read, writer)
+}
+
+#[tokio::test]
+async fn a_body_left_half_read_is_drained_and_the_connection_kept_when_the_rest_is_small() {
+    let server = TestServer::start(reads_ten);
+    for (body, chunked) in [(2_000, false), (200_000, false), (2_000, true)] {
+        let (mut read, writer) = post(server.addr, body, chunked).await;
+        let reply = read_raw_response(&mut read).await.expect("a response");
+        assert_eq!(reply.body, b"took 10");
+        assert!(
+            !reply
+                .head
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{body} bytes, chunked {chunked}: connection not kept: {}",
+            reply.head
+        );
+        // The same connection serves the next request.
+        let mut write = within(writer).await.unwrap().expect("the upload went out");
+        within(write.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .await
+            .unwrap();
+        let next = read_raw_response(&mut read).await;
+        assert!(
+            next.is_some_and(|next| next.body == b"next"),
+            "{body} bytes, chunked {chunked}: closed after the response"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_left_half_read_with_much_more_to_come_gets_connection_close() {
+    let server = TestServer::start(reads_ten);
+    for chunked in [false, true] {
+        // The server closes before it has all of it: the writer's error is the point.
+        let (mut read, _writer) = post(server.addr, 4 << 20, chunked).await;
+        let reply = read_raw_response(&mut read).await.expect("a response");
+        assert_eq!(reply.body, b"took 10");
+        assert!(
+            reply
+                .head
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "chunked {chunked}: the client was not told the connection closes: {}",
+            reply.head
+        );
+        assert!(closed_by_server(&mut read).await);
+    }
+    server.stop().await;
+}
