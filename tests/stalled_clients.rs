@@ -346,3 +346,38 @@ async fn an_http2_request_body_that_stops_arriving_is_answered_408_and_frees_the
     drop(body_tx);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_http2_response_held_back_is_cut_off_though_other_streams_move() {
+    use http_body_util::BodyExt;
+    let server = TestServer::start_with(one_connection(None), sized_at("/big", 1024 * 1024));
+    let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
+    let held = h2_get(&mut send, "/big").await;
+    // Meanwhile the client takes small responses whole, four every body timeout: the
+    // connection moves, the held response does not. It is cut off after a body timeout
+    // or two; ten is the test's patience.
+    let mut taken = 0;
+    let closed = tokio::time::timeout(10 * BODY_TIMEOUT, async {
+        loop {
+            let req = http::Request::get("/small")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let Ok(small) = send.send_request(req).await else {
+                return; // the connection is closed
+            };
+            let Ok(body) = small.into_body().collect().await else {
+                return;
+            };
+            assert_eq!(&body.to_bytes()[..], b"small");
+            taken += 1;
+            tokio::time::sleep(BODY_TIMEOUT / 4).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the held response was never cut off ({taken} small ones taken meanwhile)"
+    );
+    assert_cut_off(held, conn).await;
+    server.stop().await;
+}

@@ -39,22 +39,21 @@ const FRAME: usize = 64 * 1024;
 /// until the client's flow-control window has room for it, and only then polls again.
 /// A client that opens no window leaves the body unpolled, and the connection busy, for
 /// ever; on HTTP/1 the same client would fill the socket, which the server sees. So the
-/// body tells the connection whether its last poll handed hyper a frame, which may wait
-/// on the client (a `Pending` poll waits on the producer instead), and counts the polls
-/// that follow such a frame (the client made room for it). Full bodies are yielded in
+/// body tells the connection, in a slot of its own, since when its last poll handed
+/// hyper a frame, which waits on the client (a `Pending` poll waits on the producer
+/// instead); the next poll means the client made room for it. Full bodies are yielded in
 /// frames of at most `FRAME` too: taken whole, one would leave the bridge's sight at
-/// once. The least a client must take is thus one frame per body timeout (about 2 KiB/s
-/// at 30 s), as on HTTP/1, where a streamed response's producer waits that long for
-/// hyper to take a piece.
+/// once. The least a client must take of each response is thus one frame per body
+/// timeout (about 2 KiB/s at 30 s), as on HTTP/1, where a streamed response's producer
+/// waits that long for hyper to take a piece.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Http2Flow {
     /// Not an HTTP/2 connection of the bundled server.
     Off,
-    /// Counted in `Activity::held_responses`: has (or may have) a frame hyper has not
-    /// taken.
-    Held,
-    /// Its last poll was `Pending`: it waits on its producer, not on the client.
-    Producing,
+    /// Its slot in `Activity`'s held responses, and whether it has (or may have) a frame
+    /// hyper has not taken; if not, its last poll was `Pending`: it waits on its
+    /// producer, not on the client.
+    Watched { slot: usize, held: bool },
 }
 
 enum Kind {
@@ -86,8 +85,10 @@ impl BridgeBody {
     pub(crate) fn set_completion(&mut self, mut completion: Completion) {
         if let Some(activity) = completion.activity.as_ref().filter(|a| a.is_http2()) {
             // Held until its first poll: hyper has not taken anything yet.
-            activity.set_held(true);
-            completion.http2 = Http2Flow::Held;
+            completion.http2 = Http2Flow::Watched {
+                slot: activity.watch_held(),
+                held: true,
+            };
         }
         self.completion = Some(completion);
     }
@@ -236,23 +237,16 @@ impl Completion {
 
     /// Reports a poll of an HTTP/2 body to its connection (see `Http2Flow`).
     fn http2_polled(&mut self, pending: bool) {
-        let Some(activity) = &self.activity else {
+        let (Some(activity), Http2Flow::Watched { slot, held }) = (&self.activity, &mut self.http2)
+        else {
             return;
         };
-        if self.http2 == Http2Flow::Held {
-            // hyper had room for the frame it held: the client took something. A poll
-            // after `Pending` comes from the producer's wake-up instead, and says nothing
-            // of the client.
-            activity.frame_taken();
-        }
-        let now = if pending {
-            Http2Flow::Producing
-        } else {
-            Http2Flow::Held
-        };
-        if self.http2 != now {
-            self.http2 = now;
-            activity.set_held(now == Http2Flow::Held);
+        // A frame handed over waits on the client from now: hyper had room for the last
+        // one, so the client took it. A `Pending` poll after `Pending` (the producer's
+        // wake-up) changes nothing.
+        if !pending || *held {
+            *held = !pending;
+            activity.set_held(*slot, *held);
         }
     }
 }
@@ -260,8 +254,8 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(activity) = &self.activity {
-            if self.http2 == Http2Flow::Held {
-                activity.set_held(false);
+            if let Http2Flow::Watched { slot, .. } = self.http2 {
+                activity.unwatch_held(slot);
             }
             activity.request_done();
         }

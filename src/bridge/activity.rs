@@ -2,6 +2,7 @@
 //! on it: the connection's watchdog (`server::conn`) reads it, the bridge writes it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// `Activity::write_blocked_since_ms` when the socket is not full.
@@ -19,16 +20,28 @@ pub(crate) struct Activity {
     /// Milliseconds since `epoch` when the connection's writes began to find the socket
     /// full, or `NOT_BLOCKED` (see `server::conn`).
     write_blocked_since_ms: AtomicU64,
-    /// HTTP/2 responses not polled yet, or whose last poll handed hyper a frame
-    /// (`body::bridge::Http2Flow`): hyper holds such a frame until the client's
-    /// flow-control window has room, so these may wait on the client, not on their
-    /// handler or producer.
-    held_responses: AtomicUsize,
-    /// How many frames hyper has taken from HTTP/2 response bodies: whether any of them
-    /// moved since the watchdog last looked.
-    frames_taken: AtomicU64,
+    /// The HTTP/2 responses on the connection, each in a slot of its own, with since
+    /// when it has waited on the client (see `HeldSlots`).
+    held: Mutex<HeldSlots>,
     epoch: Instant,
 }
+
+/// HTTP/2 responses not polled yet, or whose last poll handed hyper a frame
+/// (`body::bridge::Http2Flow`): hyper holds such a frame until the client's flow-control
+/// window has room for it, so these wait on the client, not on their handler or
+/// producer. Each response has a slot, holding the millisecond (since `epoch`) its wait
+/// began, or `NOT_HELD`: the watchdog cuts the connection off when any one response has
+/// waited for the body timeout, whatever the others do (one stream that moves must not
+/// keep a hundred others, and their memory, held for ever). As many slots as streams
+/// were ever open at once, which hyper bounds (`max_concurrent_streams`).
+#[derive(Debug, Default)]
+struct HeldSlots {
+    since_ms: Vec<u64>,
+    free: Vec<usize>,
+}
+
+/// A `HeldSlots` slot whose response does not wait on the client.
+const NOT_HELD: u64 = u64::MAX;
 
 impl Activity {
     pub(crate) fn new() -> Self {
@@ -37,8 +50,7 @@ impl Activity {
             last_busy_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
-            held_responses: AtomicUsize::new(0),
-            frames_taken: AtomicU64::new(0),
+            held: Mutex::new(HeldSlots::default()),
             epoch: Instant::now(),
         }
     }
@@ -107,28 +119,64 @@ impl Activity {
         self.epoch.elapsed().saturating_sub(last)
     }
 
-    /// Counts an HTTP/2 response in or out of those waiting for the client's window.
-    pub(crate) fn set_held(&self, held: bool) {
-        if held {
-            self.held_responses.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.held_responses.fetch_sub(1, Ordering::Relaxed);
+    /// Gives an HTTP/2 response a slot among those that may wait on the client's window,
+    /// as waiting from now (it has not been polled yet).
+    pub(crate) fn watch_held(&self) -> usize {
+        let now = self.now_ms();
+        let mut held = self.held();
+        match held.free.pop() {
+            Some(slot) => {
+                held.since_ms[slot] = now;
+                slot
+            }
+            None => {
+                held.since_ms.push(now);
+                held.since_ms.len() - 1
+            }
         }
     }
 
-    /// Records that hyper polled an HTTP/2 response body: the client's window had room
-    /// for the frame before.
-    pub(crate) fn frame_taken(&self) {
-        // Bodies are polled by hyper's per-stream tasks, on any runtime thread.
-        self.frames_taken.fetch_add(1, Ordering::Relaxed);
+    /// Records that the response in `slot` waits on the client from now (its last poll
+    /// handed hyper a frame), or does not (it waits on its producer).
+    pub(crate) fn set_held(&self, slot: usize, held: bool) {
+        let since = if held { self.now_ms() } else { NOT_HELD };
+        if let Some(entry) = self.held().since_ms.get_mut(slot) {
+            *entry = since;
+        }
     }
 
-    /// How many HTTP/2 responses wait for their client's window, and how many frames
-    /// all of them have had taken so far.
-    pub(crate) fn held_responses(&self) -> (usize, u64) {
-        (
-            self.held_responses.load(Ordering::Relaxed),
-            self.frames_taken.load(Ordering::Relaxed),
+    /// Frees the slot of a response that is done.
+    pub(crate) fn unwatch_held(&self, slot: usize) {
+        let mut held = self.held();
+        if let Some(entry) = held.since_ms.get_mut(slot) {
+            *entry = NOT_HELD;
+            held.free.push(slot);
+        }
+    }
+
+    /// How long the HTTP/2 response that has waited longest on the client has waited,
+    /// if any waits.
+    pub(crate) fn longest_held(&self) -> Option<Duration> {
+        let oldest = self
+            .held()
+            .since_ms
+            .iter()
+            .copied()
+            .filter(|&since| since != NOT_HELD)
+            .min()?;
+        Some(
+            self.epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(oldest)),
         )
+    }
+
+    fn held(&self) -> MutexGuard<'_, HeldSlots> {
+        // No code that can panic runs under the lock.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 }

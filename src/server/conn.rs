@@ -93,7 +93,6 @@ pub(super) async fn serve<H: Handler>(
         seen_level: SERVE,
         draining: false,
         idle_close: false,
-        held: None,
         registered: None,
         limits: Limits {
             keep_alive: config.keep_alive,
@@ -208,9 +207,6 @@ struct Watch {
     draining: bool,
     /// Whether the watchdog itself began the graceful close, for the keep-alive timeout.
     idle_close: bool,
-    /// HTTP/2 responses wait on the client's flow-control window: the frame count seen
-    /// and when it was first seen (`Activity::held_responses`).
-    held: Option<(u64, Instant)>,
     /// The waker the signal and the timer hold.
     registered: Option<Waker>,
     limits: Limits,
@@ -245,7 +241,6 @@ impl Watch {
         loop {
             let now = Instant::now();
             let next = if let Some(stalled) = activity.write_blocked_for() {
-                self.held = None;
                 // A response waits for a client that reads none of it. Checked before the
                 // requests in flight: a streamed response whose producer gave up stays in
                 // flight, because hyper polls a body only when it can buffer more of it.
@@ -260,18 +255,12 @@ impl Watch {
                 // idleness from now at the earliest.
                 activity.touch();
                 let next = later(now, self.limits.shortest());
-                match self.held_since(activity, now) {
-                    Some(since) => {
-                        let held = now - since;
-                        if held >= self.limits.write_stall {
-                            return Idle::Held;
-                        }
-                        next.min(later(now, self.limits.write_stall - held))
-                    }
+                match activity.longest_held() {
+                    Some(held) if held >= self.limits.write_stall => return Idle::Held,
+                    Some(held) => next.min(later(now, self.limits.write_stall - held)),
                     None => next,
                 }
             } else {
-                self.held = None;
                 let idle = activity.idle_for();
                 // HTTP/1 reads a request head all the while it is idle, and a client has
                 // `header_read` to send one (hyper's semantics; Slowloris protection). An
@@ -313,24 +302,6 @@ impl Watch {
             timer.as_mut().reset(next);
             if timer.as_mut().poll(cx).is_pending() {
                 return Idle::Busy;
-            }
-        }
-    }
-
-    /// Since when the HTTP/2 responses that wait on the client's window have had none of
-    /// their frames taken, if any wait. Sampled at each check, so the time counts from
-    /// the first check that saw them stand still.
-    fn held_since(&mut self, activity: &Activity, now: Instant) -> Option<Instant> {
-        let (held, taken) = activity.held_responses();
-        if held == 0 {
-            self.held = None;
-            return None;
-        }
-        match self.held {
-            Some((seen, since)) if seen == taken => Some(since),
-            _ => {
-                self.held = Some((taken, now));
-                Some(now)
             }
         }
     }

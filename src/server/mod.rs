@@ -207,8 +207,9 @@ impl Server {
         self
     }
 
-    /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout,
-    /// connection limit). Default is 1 second. A [`SingleThread`](crate::SingleThread)
+    /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout).
+    /// Default is 1 second. At the connection limit there is no `503`: new connections
+    /// wait in the listen backlog (see [`max_connections`](Self::max_connections)). A [`SingleThread`](crate::SingleThread)
     /// handler's own `503` always says 1 second.
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.config.retry_after = after;
@@ -264,9 +265,10 @@ impl Server {
     /// handler thread freed (see [`SyncServiceBuilder::body_timeout`]); a streamed
     /// response nobody reads is aborted and its producer stopped; a connection whose
     /// client reads none of a pending response for this long is closed (on HTTP/2: whose
-    /// client opens no flow-control window for its pending responses). Each is logged at
-    /// warn level. A client reading slowly is not stalled as long as it takes at least a
-    /// 64 KiB piece of the response per body timeout. A handler's own work is not
+    /// client opens no flow-control window for any one of its pending responses, however
+    /// its other streams move). Each is logged at warn level. A client reading slowly is
+    /// not stalled as long as it takes at least a 64 KiB piece of each response per body
+    /// timeout. A handler's own work is not
     /// limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
     /// once (and has every busy connection checked every millisecond).
     ///
