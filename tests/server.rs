@@ -566,3 +566,46 @@ fn serve_async_on_a_runtime_without_io_or_timers_or_none_is_a_clear_error() {
         other => panic!("expected an error at once, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn one_http2_connection_holds_at_most_its_concurrent_streams_in_the_pool() {
+    let (gate, started, release) = gate();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").http2_max_concurrent_streams(2),
+        gated(gate),
+    );
+    let mut send = h2::<Empty<Bytes>>(server.addr).await;
+    // One request first, so that the client has the server's settings: one that opens
+    // more streams before it knows the limit gets the extra ones refused (and may retry).
+    let first = http::Request::get("/").body(Empty::new()).unwrap();
+    assert_eq!(
+        within(send.send_request(first)).await.unwrap().status(),
+        200
+    );
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get("/block").body(Empty::new()).unwrap();
+                within(send.send_request(req)).await.map(|r| r.status())
+            })
+        })
+        .collect();
+    let started = recv_blocking(recv_blocking(started).await).await;
+    // Two handlers run; the client holds the third request back until one ends (a bound
+    // on absence: half a second is plenty for a request on loopback).
+    let third = tokio::task::spawn_blocking(move || {
+        let third = started.recv_timeout(Duration::from_millis(500));
+        (third, started)
+    });
+    let (third, started) = within(third).await.unwrap();
+    assert!(third.is_err(), "a third stream ran beside the two allowed");
+    release.send(()).unwrap();
+    let _started = recv_blocking(started).await;
+    release.send(()).unwrap();
+    release.send(()).unwrap();
+    for request in requests {
+        assert_eq!(within(request).await.unwrap().unwrap(), 200);
+    }
+    server.stop().await;
+}

@@ -186,7 +186,9 @@ where
         let cell: &ReplyCell = (*waiting.cell).as_ref();
         loop {
             // The body is read only once a handler runs: a queued request leaves it to TCP
-            // (no memory held for it, and `Expect: 100-continue` is answered only then).
+            // (no memory held for it; over HTTP/2, h2 holds what the stream's window let
+            // the client send ahead, 256 KiB at most on the bundled server), and
+            // `Expect: 100-continue` is answered only then.
             // The worker wakes this future when it claims a request with a body.
             let claimed = cell.was_claimed();
             if let (true, Some(pump)) = (claimed, &mut waiting.pump) {

@@ -68,6 +68,7 @@ struct Config {
     pool: BlockingPoolBuilder,
     shared_pool: Option<BlockingPool>,
     max_connections: usize,
+    http2_max_concurrent_streams: u32,
     header_read_timeout: Duration,
     keep_alive_timeout: Option<Duration>,
     max_header_size: usize,
@@ -88,6 +89,7 @@ impl Default for Config {
             pool: BlockingPool::builder(),
             shared_pool: None,
             max_connections: 10_000,
+            http2_max_concurrent_streams: 100,
             header_read_timeout: Duration::from_secs(30),
             keep_alive_timeout: Some(Duration::from_secs(30)),
             max_header_size: 32 * 1024,
@@ -106,6 +108,9 @@ impl Default for Config {
 
 /// hyper's read/write buffer limit, and so the largest request body frame: 64 KiB.
 const HYPER_BUF_SIZE: usize = 64 * 1024;
+
+/// The HTTP/2 flow-control window of each request stream: the body channel's bound.
+const HTTP2_STREAM_WINDOW: u32 = crate::body::BYTES_IN_FLIGHT as u32;
 
 /// The listen backlog: room for bursts of new connections (gunicorn uses 2048).
 const LISTEN_BACKLOG: i32 = 2048;
@@ -209,8 +214,8 @@ impl Server {
 
     /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout).
     /// Default is 1 second. At the connection limit there is no `503`: new connections
-    /// wait in the listen backlog (see [`max_connections`](Self::max_connections)). A [`SingleThread`](crate::SingleThread)
-    /// handler's own `503` always says 1 second.
+    /// wait in the listen backlog (see [`max_connections`](Self::max_connections)). A
+    /// [`SingleThread`](crate::SingleThread) handler's own `503` always says 1 second.
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.config.retry_after = after;
         self
@@ -222,6 +227,17 @@ impl Server {
     /// `usize::MAX` means no limit of the server's own.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.config.max_connections = n.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// The most requests one HTTP/2 connection may have open at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`); a client waits for one to end before it opens
+    /// another. Default is 100, the least RFC 9113 recommends (hyper's own is 200). Each
+    /// open request may hold a handler thread, so this is also how many of
+    /// `max_threads` one client can take over one connection; lower it when few clients
+    /// share many threads. At least 1.
+    pub fn http2_max_concurrent_streams(mut self, n: u32) -> Self {
+        self.config.http2_max_concurrent_streams = n.max(1);
         self
     }
 
@@ -594,7 +610,14 @@ fn http_builder(config: &Config) -> auto::Builder<StreamExecutor> {
         .max_buf_size(HYPER_BUF_SIZE.max(config.max_header_size));
     http.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_size).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(config.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.http2_max_concurrent_streams)
+        // How much of a request body a client may send ahead, per stream: h2 holds it
+        // in memory until the pump takes it, and a queued request's pump takes nothing.
+        // hyper's 1 MiB made every queued HTTP/2 upload hold 1 MiB (HTTP/1 leaves it in
+        // the socket); this is the request channel's own bound, which keeps a stream
+        // flowing while its handler reads. The connection's window stays at 1 MiB.
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW);
     http
 }
 
