@@ -2,7 +2,8 @@
 //! this binary (no test harness) runs itself again as the server when `CHILD` is set.
 //!
 //! What it checks: a second SIGTERM cuts the shutdown short at any point, here during
-//! the background task drain that follows the connection drain's deadline.
+//! the background task drain that follows the connection drain's deadline, and during
+//! the connection drain itself; and the log says which cut it off.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const CHILD: &str = "SYNCBRIDGE_SIGNALS_CHILD";
+/// The child's connection drain deadline, in milliseconds (default 200).
+const CHILD_SHUTDOWN_MS: &str = "SYNCBRIDGE_SIGNALS_SHUTDOWN_MS";
 /// What the child's drains would wait without a second signal.
 const TASK_DRAIN: Duration = Duration::from_secs(60);
 /// How long any step may take before it counts as a hang.
@@ -20,7 +23,10 @@ fn main() {
         child();
     } else {
         #[cfg(unix)]
-        a_second_sigterm_cuts_the_task_drain_short();
+        {
+            a_second_sigterm_cuts_the_task_drain_short();
+            a_second_sigterm_during_the_connection_drain_cuts_it_off_and_says_so();
+        }
     }
 }
 
@@ -32,8 +38,12 @@ fn child() {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+    let shutdown_ms = std::env::var(CHILD_SHUTDOWN_MS)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(200);
     let server = syncbridge::Server::bind("127.0.0.1:0")
-        .shutdown_timeout(Duration::from_millis(200))
+        .shutdown_timeout(Duration::from_millis(shutdown_ms))
         .task_drain_timeout(TASK_DRAIN);
     println!("addr={}", server.local_addr());
     server
@@ -51,42 +61,80 @@ fn child() {
     println!("serve returned");
 }
 
+/// Runs the server process with `shutdown_ms` as its drain deadline, sends it a request
+/// that never finishes, then runs `check` on it with its output's lines; the process is
+/// killed after, whatever `check` did.
 #[cfg(unix)]
-fn a_second_sigterm_cuts_the_task_drain_short() {
+fn with_child_serving(
+    name: &str,
+    shutdown_ms: u64,
+    check: impl FnOnce(&Child, &mpsc::Receiver<String>, &mpsc::Receiver<String>),
+) {
     let mut child = Command::new(std::env::current_exe().expect("own path"))
         .env(CHILD, "1")
+        .env(CHILD_SHUTDOWN_MS, shutdown_ms.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the server process");
     let stdout = lines(child.stdout.take().expect("stdout"));
     let stderr = lines(child.stderr.take().expect("stderr"));
-    let result = std::panic::catch_unwind(|| {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let addr = wait_for(&stdout, "addr=");
         let addr = addr.trim_start_matches("addr=");
         let mut conn = std::net::TcpStream::connect(addr).expect("connect");
         conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .expect("request");
         wait_for(&stdout, "handler started");
-
-        sigterm(&child);
-        wait_for(&stderr, "draining background tasks");
-        let second = Instant::now();
-        sigterm(&child);
-        wait_for(&stderr, "second shutdown signal");
-        wait_for(&stdout, "serve returned");
-        assert!(
-            second.elapsed() < STEP,
-            "serve returned {:?} after the second SIGTERM",
-            second.elapsed()
-        );
-    });
+        check(&child, &stdout, &stderr);
+    }));
     let _ = child.kill();
     let _ = child.wait();
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
-    println!("a_second_sigterm_cuts_the_task_drain_short ... ok");
+    println!("{name} ... ok");
+}
+
+#[cfg(unix)]
+fn a_second_sigterm_cuts_the_task_drain_short() {
+    with_child_serving(
+        "a_second_sigterm_cuts_the_task_drain_short",
+        200,
+        |child, stdout, stderr| {
+            sigterm(child);
+            wait_for(stderr, "draining background tasks");
+            let second = Instant::now();
+            sigterm(child);
+            wait_for(stderr, "second shutdown signal");
+            wait_for(stdout, "serve returned");
+            assert!(
+                second.elapsed() < STEP,
+                "serve returned {:?} after the second SIGTERM",
+                second.elapsed()
+            );
+        },
+    );
+}
+
+#[cfg(unix)]
+fn a_second_sigterm_during_the_connection_drain_cuts_it_off_and_says_so() {
+    let name = "a_second_sigterm_during_the_connection_drain_cuts_it_off_and_says_so";
+    // A drain deadline far past the test's patience: only the second signal ends it.
+    with_child_serving(name, 60_000, |child, stdout, stderr| {
+        sigterm(child);
+        wait_for(stderr, "draining in-flight requests");
+        sigterm(child);
+        let cut = wait_for(stderr, "cutting off the remaining connections");
+        assert!(cut.contains("second shutdown signal"), "cut off for: {cut}");
+        // The connection is cut at its next poll: nothing is left behind.
+        let (stopped, before) = wait_for_collecting(stderr, "syncbridge stopped");
+        assert!(
+            before.iter().all(|line| !line.contains("left behind")),
+            "a connection was said left behind: {before:#?} then {stopped}"
+        );
+        wait_for(stdout, "serve returned");
+    });
 }
 
 /// The lines of a child's output, as they come, on a channel.
@@ -104,12 +152,18 @@ fn lines(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 
 /// The first line that contains `needle`, within [`STEP`].
 fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    wait_for_collecting(lines, needle).0
+}
+
+/// The first line that contains `needle`, within [`STEP`], and the lines before it.
+fn wait_for_collecting(lines: &mpsc::Receiver<String>, needle: &str) -> (String, Vec<String>) {
     let deadline = Instant::now() + STEP;
+    let mut before = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => continue,
+            Ok(line) if line.contains(needle) => return (line, before),
+            Ok(line) => before.push(line),
             Err(_) => panic!("no line with {needle:?} within {STEP:?}"),
         }
     }

@@ -264,7 +264,8 @@ impl Watch {
                 let idle = activity.idle_for();
                 // HTTP/1 reads a request head all the while it is idle, and a client has
                 // `header_read` to send one (hyper's semantics; Slowloris protection). An
-                // HTTP/2 connection has its own pings and only the keep-alive timeout.
+                // HTTP/2 connection, between its streams, has only the keep-alive timeout
+                // (hyper sends no pings unless asked to).
                 let head_limit = (!activity.is_http2()).then_some(self.limits.header_read);
                 if head_limit.is_some_and(|limit| idle >= limit) {
                     return Idle::Close;

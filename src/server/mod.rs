@@ -511,24 +511,27 @@ impl Server {
             deadline_secs = config.shutdown_timeout.as_secs_f64(),
             "shutting down: stopped accepting, draining in-flight requests"
         );
-        let drained = tokio::select! {
-            _ = connections.wait() => true,
-            _ = tokio::time::sleep(config.shutdown_timeout) => false,
-            _ = second_signal.cancelled() => false,
+        let cut_off_by = tokio::select! {
+            _ = connections.wait() => None,
+            _ = tokio::time::sleep(config.shutdown_timeout) => Some("shutdown deadline reached"),
+            _ = second_signal.cancelled() => Some("second shutdown signal"),
         };
-        if !drained {
+        if let Some(cause) = cut_off_by {
             tracing::warn!(
                 connections = connections.len(),
-                "shutdown deadline reached; cutting off the remaining connections"
+                "{cause}; cutting off the remaining connections"
             );
             conn_config.signal.raise(conn::FORCE);
             // Each connection task logs what it cuts off and returns on its next poll; one
             // that is not polled again within the grace below is left behind, said here.
+            // A second signal cuts the grace short, unless it is what began the cut-off
+            // (the tasks still get their next poll then).
+            let by_signal = second_signal.is_cancelled();
             let grace = Duration::from_secs(5);
             let all_closed = tokio::select! {
                 _ = connections.wait() => true,
                 _ = tokio::time::sleep(grace) => false,
-                _ = second_signal.cancelled() => false,
+                _ = second_signal.cancelled(), if !by_signal => false,
             };
             if !all_closed {
                 tracing::error!(
