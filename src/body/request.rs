@@ -1,15 +1,15 @@
 //! The request body a handler reads: `std::io::Read` over bounded chunks.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::task::Poll;
 
 use bytes::{Buf, Bytes};
 
 use super::channel::Receiver;
 
-/// The body of a [`Request`](crate::Request): read it with [`std::io::Read`] or chunk by
-/// chunk with [`Body::chunk`].
+/// The body of a [`Request`](crate::Request): read it with [`std::io::Read`] or
+/// [`std::io::BufRead`] (lines, `read_until`), or chunk by chunk with [`Body::chunk`].
 ///
 /// A body that came off the network is fed by the connection task through a bounded
 /// channel (a few chunks at most), so it is never held whole in memory, and a handler that
@@ -46,6 +46,9 @@ use super::channel::Receiver;
 /// A handler may also answer first and leave the body to a thread of its own (take it
 /// with `Request::into_body`): the connection keeps feeding it after the response, and
 /// its idle timeouts count from the body's last move, so a slow upload is not cut off.
+///
+/// Trailers (a chunked body's, or HTTP/2's) are not passed on: a reader of bytes has
+/// nowhere to put them.
 ///
 /// A body the handler drops before its end (or never reads) costs an HTTP/1 client its
 /// connection only when much of it is still to come: up to 256 KiB of the rest is read
@@ -175,6 +178,35 @@ fn recv(rx: &Receiver) -> io::Result<Option<Bytes>> {
     rx.blocking_recv().transpose()
 }
 
+/// Reads through the chunks as they arrive, without a copy into a buffer of its own:
+/// `lines()`, `read_until` and `BufReader`-style parsing work on the body as it comes.
+impl BufRead for Body {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match &mut self.kind {
+            Kind::Empty => Ok(&[]),
+            Kind::Full(bytes) => Ok(&bytes[..]),
+            Kind::Streamed { rx, current } => {
+                while current.is_empty() {
+                    match recv(rx)? {
+                        Some(chunk) => *current = chunk,
+                        None => break,
+                    }
+                }
+                Ok(&current[..])
+            }
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        match &mut self.kind {
+            Kind::Empty => {}
+            Kind::Full(bytes) | Kind::Streamed { current: bytes, .. } => {
+                bytes.advance(amount.min(bytes.len()));
+            }
+        }
+    }
+}
+
 impl Read for Body {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
@@ -268,6 +300,28 @@ mod tests {
         assert_eq!(s, "hello");
         assert_eq!(body.read(&mut [0; 4]).unwrap(), 0);
         assert!(body.is_end());
+    }
+
+    #[test]
+    fn lines_are_read_across_chunks_without_losing_a_byte() {
+        let (tx, rx) = channel(64, None);
+        let mut body = Body::streamed(rx);
+        std::thread::spawn(move || {
+            for part in ["one\ntw", "o\n", "", "thr", "ee"] {
+                tx.blocking_send(Bytes::from_static(part.as_bytes()))
+                    .unwrap();
+            }
+            tx.finish();
+        });
+        let mut first = String::new();
+        body.read_line(&mut first).unwrap();
+        assert_eq!(first, "one\n");
+        // `Read` and `BufRead` share the chunk in hand.
+        let mut t = [0u8; 1];
+        body.read_exact(&mut t).unwrap();
+        assert_eq!(&t, b"t");
+        let rest: Vec<String> = body.lines().map(Result::unwrap).collect();
+        assert_eq!(rest, ["wo", "three"]);
     }
 
     #[test]

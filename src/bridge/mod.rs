@@ -44,6 +44,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Mount it in an axum `Router` (`fallback_service`, `nest_service`), put tower-http
 /// layers around it, or hand it to hyper. Its error type is [`Infallible`]: overload is a
 /// `503` with `Retry-After`, a body over the limit a `413`, a handler panic a `500`.
+/// `poll_ready` is always ready (admission happens in `call`, which answers `503` rather
+/// than hold a caller back), and clones share one handler, one pool and its limits.
 ///
 /// # Where it may be called from
 ///
