@@ -14,6 +14,7 @@ use tokio::time::Sleep;
 
 use super::pump::{Pump, PumpPoll};
 use super::reply::ReplyCell;
+use super::throttle::Throttle;
 use super::BoxError;
 use crate::body::{BridgeBody, Completion};
 use crate::pool::{BlockingPool, JobId};
@@ -203,9 +204,12 @@ where
                         let limit = pump.limit;
                         waiting.pump = None;
                         cell.abandon();
-                        if let Some(c) = &this.completion {
+                        static GREW_TOO_LARGE: Throttle = Throttle::new();
+                        if let Some((c, left_out)) =
+                            this.completion.as_ref().zip(GREW_TOO_LARGE.admit())
+                        {
                             tracing::warn!(
-                                method = %c.method(), path = %c.path(), limit,
+                                method = %c.method(), path = %c.path(), limit, left_out,
                                 "request body grew past the limit; answered 413"
                             );
                         }
@@ -253,9 +257,11 @@ where
                 if waiting.withdraw() {
                     let mut response = overloaded(waiting.retry_after.clone());
                     waiting.settle_body(&mut response, this.completion.as_ref(), true);
-                    if let Some(c) = &this.completion {
+                    static QUEUE_TIMEOUT: Throttle = Throttle::new();
+                    if let Some((c, left_out)) = this.completion.as_ref().zip(QUEUE_TIMEOUT.admit())
+                    {
                         tracing::warn!(
-                            method = %c.method(), path = %c.path(),
+                            method = %c.method(), path = %c.path(), left_out,
                             waited_ms = c.start.elapsed().as_millis() as u64,
                             "request timed out waiting for a handler thread; answered 503"
                         );

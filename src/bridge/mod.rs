@@ -15,6 +15,7 @@ mod future;
 mod job;
 mod pump;
 mod reply;
+mod throttle;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -35,6 +36,7 @@ use crate::tasks::TaskSet;
 use job::RequestJob;
 use pump::Pump;
 use reply::ReplyCell;
+use throttle::Throttle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -168,10 +170,13 @@ impl<H: Handler> SyncService<H> {
             .max_header_size
             .is_some_and(|limit| head_size(&parts) > limit)
         {
-            tracing::warn!(
-                method = %parts.method, path = %parts.uri.path(),
-                "request head larger than the limit; answered 431"
-            );
+            static HEAD_TOO_LARGE: Throttle = Throttle::new();
+            if let Some(left_out) = HEAD_TOO_LARGE.admit() {
+                tracing::warn!(
+                    method = %parts.method, path = %parts.uri.path(), left_out,
+                    "request head larger than the limit; answered 431"
+                );
+            }
             let mut response = future::header_too_large();
             if parts.version <= http::Version::HTTP_11 && !body.is_end_stream() {
                 // Its body is not read: the connection cannot be kept.
@@ -185,10 +190,14 @@ impl<H: Handler> SyncService<H> {
         } else {
             let declared = declared_length(&parts.headers);
             if declared.is_some_and(|len| len > shared.max_body_size) {
-                tracing::warn!(
-                    method = %parts.method, path = %parts.uri.path(), limit = shared.max_body_size,
-                    "request body declared larger than the limit; answered 413"
-                );
+                static DECLARED_TOO_LARGE: Throttle = Throttle::new();
+                if let Some(left_out) = DECLARED_TOO_LARGE.admit() {
+                    tracing::warn!(
+                        method = %parts.method, path = %parts.uri.path(),
+                        limit = shared.max_body_size, left_out,
+                        "request body declared larger than the limit; answered 413"
+                    );
+                }
                 return SyncServiceFuture::ready(future::payload_too_large(), refused(parts));
             }
             let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, Some(shared.body_timeout));
@@ -237,10 +246,13 @@ impl<H: Handler> SyncService<H> {
                 )
             }
             Err(_job) => {
-                tracing::warn!(
-                    method = %completion.method(), path = %completion.path(),
-                    "blocking pool and queue are full; answered 503"
-                );
+                static POOL_FULL: Throttle = Throttle::new();
+                if let Some(left_out) = POOL_FULL.admit() {
+                    tracing::warn!(
+                        method = %completion.method(), path = %completion.path(), left_out,
+                        "blocking pool and queue are full; answered 503"
+                    );
+                }
                 let mut response = future::overloaded(shared.retry_after.clone());
                 let activity = completion.activity.clone();
                 if pump.is_some_and(|pump| !pump.settle(activity, true, true)) {

@@ -81,3 +81,13 @@ pub fn contains(parts: &[&str]) -> bool {
         .iter()
         .any(|line| parts.iter().all(|p| line.contains(p)))
 }
+
+/// How many captured lines contain every part.
+pub fn count(parts: &[&str]) -> usize {
+    LINES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| parts.iter().all(|p| line.contains(p)))
+        .count()
+}
