@@ -41,6 +41,14 @@ fn handler(
                 Ok(())
             }),
             "/over" => (Some(5), |w| w.write_all(b"helloworld")),
+            "/over-after-flush" => (Some(5), |w| {
+                w.write_all(b"hello")?;
+                w.flush()?;
+                // Long enough for hyper's HTTP/1 to have the declared length and drop
+                // the body, as if the client had left.
+                std::thread::sleep(Duration::from_millis(200));
+                w.write_all(b"world")
+            }),
             _ => (Some(10), |w| w.write_all(b"hello")),
         };
         let mut response = Response::new(ResponseBody::from_writer(move |w| {
@@ -133,9 +141,33 @@ async fn a_streamed_body_past_or_short_of_its_content_length_is_cut_off_and_logg
     }
     for path in ["path=/over", "path=/short"] {
         assert!(
-            logs::contains(&["ERROR", path, "Content-Length declares"]),
+            logs::eventually_contains(&["ERROR", path, "Content-Length declares"]).await,
             "{path}: not logged as the handler's error"
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_past_the_content_length_after_it_all_went_out_is_still_the_handlers_error() {
+    logs::install();
+    let (tx, outcomes) = mpsc::channel();
+    let server = TestServer::start(handler(tx));
+    let response = within(h1(server.addr).await.send_request(get("/over-after-flush")))
+        .await
+        .expect("a response head");
+    // The client has all it was told to expect: for it the response is whole.
+    let body = within(response.into_body().collect()).await.unwrap();
+    assert_eq!(&body.to_bytes()[..], b"hello");
+    assert_eq!(
+        outcome_of(&outcomes, "/over-after-flush"),
+        Err(std::io::ErrorKind::InvalidInput),
+        "taken for the client leaving"
+    );
+    // Logged once the producer has returned, after it reported.
+    assert!(
+        logs::eventually_contains(&["ERROR", "path=/over-after-flush", "Content-Length declares"])
+            .await
+    );
     server.stop().await;
 }

@@ -101,3 +101,33 @@ async fn a_body_left_half_read_with_much_more_to_come_gets_connection_close() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_trickling_a_body_nobody_reads_is_cut_off_at_the_header_read_timeout() {
+    let server = TestServer::start_with(
+        syncbridge::Server::bind("127.0.0.1:0")
+            .header_read_timeout(std::time::Duration::from_millis(300)),
+        |_req: Request| "not read",
+    );
+    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    within(write.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut read).await.expect("a response");
+    assert_eq!(reply.body, b"not read");
+    // A byte every 100 ms would keep the drain going for hours: the connection must be
+    // closed while it trickles, within ten header read timeouts.
+    let start = std::time::Instant::now();
+    loop {
+        if write.write_all(b"x").await.is_err() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(3),
+            "the drain kept the connection open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}

@@ -51,6 +51,9 @@ pub(crate) fn produce(producer: Producer, tx: Sender, declared: Option<u64>) -> 
             Produced::Failed(err)
         }
         Ok(Ok(())) => match declared {
+            // Short, but the client left: a producer that took no notice of its failed
+            // writes.
+            Some(declared) if sent < declared && tx.is_closed() => Produced::Disconnected(sent),
             Some(declared) if sent < declared => {
                 let err = wrong_length(format!(
                     "the response body ended after {sent} of the {declared} bytes its \
@@ -196,18 +199,20 @@ impl Write for ChannelWriter<'_, '_> {
         if data.is_empty() {
             return Ok(0);
         }
+        let n = data.len().min(CHUNK_SIZE);
+        // Told at the write that goes past it, not at the flush that would send it; and
+        // before the client's leaving, which hyper's HTTP/1 does once it has the
+        // declared length.
+        self.out.check_room(self.buf.len() + n)?;
         // Gathering would hide a client that left until 64 KiB had been written: an
         // event stream writing a line a second would run on for minutes. One atomic
         // load tells at once.
         if self.out.tx.is_closed() {
             return Err(send_error(SendError::Closed));
         }
-        if self.buf.len() + data.len() > CHUNK_SIZE {
+        if self.buf.len() + n > CHUNK_SIZE {
             self.send_buffered()?;
         }
-        let n = data.len().min(CHUNK_SIZE);
-        // Told at the write that goes past it, not at the flush that would send it.
-        self.out.check_room(self.buf.len() + n)?;
         self.buf.extend_from_slice(&data[..n]);
         Ok(n)
     }

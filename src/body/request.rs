@@ -51,11 +51,12 @@ use super::channel::Receiver;
 /// nowhere to put them.
 ///
 /// A body the handler drops before its end (or never reads) costs an HTTP/1 client its
-/// connection only when much of it is still to come: up to 256 KiB of the rest is read
-/// off the wire and dropped, as Go's `net/http` does, and the connection is kept; past
-/// that (or when the client waits for `100 Continue`), the response says
-/// `Connection: close` and the connection closes after it. Over HTTP/2 the stream is
-/// reset and the connection stays.
+/// connection only when much of it is still to come: on the bundled server, up to
+/// 256 KiB of the rest of a `Content-Length` body is read off the wire and dropped, as
+/// Go's `net/http` does, and the connection is kept. Past that, for a chunked body not
+/// ended by the time of the response, when the client waits for `100 Continue`, or
+/// under another server, the response says `Connection: close` and the connection
+/// closes after it. Over HTTP/2 the stream is reset and the connection stays.
 ///
 /// # Examples
 ///

@@ -92,11 +92,18 @@ where
             return;
         };
         // hyper closes after such a response anyway: nothing to drain for.
-        let closing = says_close(response);
+        let closing = super::asks_close(response.headers());
         // Only a request with a body still coming pays for the `Arc` clone.
         let activity = completion.and_then(|c| c.activity.clone());
         let keep = pump.settle(activity, reader_left, !closing) && !self.body_given_up;
         if !keep && !closing {
+            if let Some(c) = completion {
+                tracing::debug!(
+                    method = %c.method(), path = %c.path(),
+                    "request body left unread, too much of it to drain; the connection \
+                     closes after the response"
+                );
+            }
             close_after(response);
         }
     }
@@ -119,12 +126,17 @@ impl<B> SyncServiceFuture<B> {
         retry_after: HeaderValue,
         completion: Completion,
         timers: &OnceLock<bool>,
-    ) -> Self {
+    ) -> Self
+    where
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         // Only queued requests pay for a timer: the fast path has a thread already.
         let queue_deadline = queued_in
             .as_ref()
             .and_then(|pool| crate::timer::sleep(pool.queue_timeout(), Some(timers)));
-        let waiting = Waiting {
+        let mut waiting = Waiting {
             cell,
             pump,
             queue_deadline,
@@ -134,11 +146,16 @@ impl<B> SyncServiceFuture<B> {
         };
         if waiting.queued_in.is_some() && waiting.queue_deadline.is_none() && waiting.withdraw() {
             // No timer to bound the wait with: refuse now rather than wait unbounded.
-            tracing::warn!(
-                method = %completion.method(), path = %completion.path(),
-                "no handler thread free and no timer to bound a wait; answered 503"
-            );
-            return Self::ready(overloaded(waiting.retry_after.clone()), completion);
+            static NO_TIMER: Throttle = Throttle::new();
+            if let Some(left_out) = NO_TIMER.admit() {
+                tracing::warn!(
+                    method = %completion.method(), path = %completion.path(), left_out,
+                    "no handler thread free and no timer to bound a wait; answered 503"
+                );
+            }
+            let mut response = overloaded(waiting.retry_after.clone());
+            waiting.settle_body(&mut response, Some(&completion), true);
+            return Self::ready(response, completion);
         }
         SyncServiceFuture {
             state: State::Waiting(waiting),
@@ -338,16 +355,6 @@ pub(super) fn header_too_large() -> http::Response<BridgeBody> {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "Request Header Fields Too Large",
     )
-}
-
-/// Whether `response` closes its connection (`Connection: close`, among other options).
-fn says_close(response: &http::Response<BridgeBody>) -> bool {
-    response
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// Tells an HTTP/1 client that the connection closes after `response`.

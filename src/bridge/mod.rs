@@ -210,7 +210,7 @@ impl<H: Handler> SyncService<H> {
                     shared.max_body_size,
                     declared,
                     expects_continue(&parts.headers),
-                    parts.version <= http::Version::HTTP_11,
+                    keeps_connection(&parts),
                 )),
                 Some(probe),
             )
@@ -270,6 +270,21 @@ pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
 
 /// The default body timeout: 30 seconds, gunicorn's worker `timeout`.
 pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether an HTTP/1.1 request leaves its connection open after its response (it does not
+/// ask `Connection: close`). Looked up only for requests with a body.
+fn keeps_connection(parts: &http::request::Parts) -> bool {
+    parts.version == http::Version::HTTP_11 && !asks_close(&parts.headers)
+}
+
+/// Whether a message's `Connection` header has the `close` option.
+fn asks_close(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
 
 /// Whether the client waits for `100 Continue` before it sends the body. The last
 /// `Expect` decides, as in hyper's parser.

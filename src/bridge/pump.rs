@@ -25,9 +25,11 @@ pub(super) struct Pump<B> {
     expects_continue: bool,
     /// Whether anything of the body has come: then the client had its `100 Continue`.
     received: bool,
-    /// An HTTP/1 request's: the connection can be kept after a body nobody reads only if
-    /// the rest of it is read off the wire.
-    http1: bool,
+    /// An HTTP/1.1 request that leaves its connection open: it can be kept after a body
+    /// nobody reads only if the rest of it is read off the wire. (Over HTTP/2 the body is
+    /// simply dropped; a connection that closes after this request anyway needs no
+    /// drain.)
+    keep_alive: bool,
     /// `seen` when the reader dropped the body before its end: what comes after is
     /// drained, up to `DRAIN_LIMIT`.
     dropped_at: Option<u64>,
@@ -61,7 +63,7 @@ where
         limit: u64,
         declared: Option<u64>,
         expects_continue: bool,
-        http1: bool,
+        keep_alive: bool,
     ) -> Self {
         Pump {
             body: Box::pin(body),
@@ -71,7 +73,7 @@ where
             declared,
             expects_continue,
             received: false,
-            http1,
+            keep_alive,
             dropped_at: None,
         }
     }
@@ -146,11 +148,12 @@ where
     }
 
     /// The reader dropped the body before its end. Over HTTP/2 the body is dropped too
-    /// (hyper resets its stream; the connection stays). Over HTTP/1 the rest has to come
-    /// off the wire for the connection to be kept: it is drained, within bounds.
+    /// (hyper resets its stream; the connection stays), and so it is when the connection
+    /// closes after this request anyway. Over a kept HTTP/1 connection the rest has to
+    /// come off the wire for the connection to be kept: it is drained, within bounds.
     fn reader_dropped(&mut self, cx: &mut Context<'_>) -> PumpPoll {
         self.tx = None;
-        if !self.http1 {
+        if !self.keep_alive {
             return PumpPoll::Done;
         }
         if self.expects_continue && !self.received {
@@ -187,7 +190,10 @@ where
 
     /// The response is ready while the body has not ended. If the handler (or whatever
     /// it handed the body to) still reads it, the pump goes on in a task of its own; a
-    /// body nobody reads is drained the same way when its rest fits in `DRAIN_LIMIT`.
+    /// body nobody reads is drained the same way when its declared rest fits in
+    /// `DRAIN_LIMIT`, on the bundled server only (`activity`): its watchdog closes a
+    /// connection whose drain stalls, counting from the response (a drain is not
+    /// activity). A chunked body's rest is unknown: not drained.
     /// `reader_left`: no handler will read it (the request was withdrawn from the
     /// queue); `may_drain`: the connection may be kept (the response does not close it).
     /// Returns whether the connection can be kept; if not, the body is dropped and the
@@ -209,10 +215,10 @@ where
             self.continue_detached(activity);
             return true;
         }
-        if !self.http1 {
+        if !self.keep_alive {
             return true;
         }
-        if !may_drain || (self.expects_continue && !self.received) {
+        if !may_drain || activity.is_none() || (self.expects_continue && !self.received) {
             return false;
         }
         self.tx = None;
@@ -249,9 +255,9 @@ where
     /// a task of its own. Or nobody reads it, and its rest is drained there.
     ///
     /// The response no longer counts as in flight once it is out, but the connection is
-    /// still busy with this body: each time it moves, `activity` (the bundled server's)
-    /// is told, so the connection's idle timeouts count from the body's last move, not
-    /// from the response.
+    /// still busy with this body: each time it moves to its reader, `activity` (the
+    /// bundled server's) is told, so the connection's idle timeouts count from the
+    /// body's last move, not from the response.
     pub(super) fn continue_detached(mut self, activity: Option<Arc<Activity>>) {
         let feeding = self.tx.as_ref().is_some_and(|tx| !tx.is_closed());
         if !feeding && self.dropped_at.is_none() {
@@ -261,7 +267,9 @@ where
             Ok(runtime) => {
                 runtime.spawn(std::future::poll_fn(move |cx| {
                     let polled = self.poll(cx);
-                    if let Some(activity) = &activity {
+                    // Feeding a reader is the connection's work; a drain is not, so that
+                    // a client trickling a body nobody reads is cut off in time.
+                    if let (Some(activity), None) = (&activity, self.dropped_at) {
                         activity.touch();
                     }
                     match polled {

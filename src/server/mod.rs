@@ -242,9 +242,10 @@ impl Server {
     }
 
     /// How long an HTTP/1 client may take to send a request head (Slowloris protection),
-    /// counted from the connection's start or the end of the previous response, as
-    /// hyper counts it: a keep-alive connection waiting for its next request is closed
-    /// at this timeout too. A connection that has not sent its first request is held to
+    /// counted from the connection's start or the end of the previous response (or of a
+    /// request body its handler reads on after the response), as hyper counts it: a
+    /// keep-alive connection waiting for its next request is closed at this timeout too,
+    /// and so is one still draining a body nobody reads. A connection that has not sent its first request is held to
     /// it whatever its protocol. Default is 30 seconds.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout;

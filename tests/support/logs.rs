@@ -91,3 +91,16 @@ pub fn count(parts: &[&str]) -> usize {
         .filter(|line| parts.iter().all(|p| line.contains(p)))
         .count()
 }
+
+/// Whether a line with every part is captured within [`super::STEP`]: for lines logged
+/// by a thread the test has no other word from, after what it waits for.
+pub async fn eventually_contains(parts: &[&str]) -> bool {
+    let deadline = std::time::Instant::now() + super::STEP;
+    while !contains(parts) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    true
+}
