@@ -183,8 +183,8 @@ pub(super) async fn serve<H: Handler>(
                     tracing::warn!(
                         %peer,
                         timeout_ms = state.limits.write_stall.as_millis() as u64,
-                        "HTTP/2 client opened no flow-control window for its responses \
-                         for the body timeout; connection closed"
+                        "HTTP/2 client opened no flow-control window for one of its \
+                         responses for the body timeout; connection closed"
                     );
                     return Poll::Ready(());
                 }
