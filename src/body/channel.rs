@@ -35,7 +35,6 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             queued_bytes: 0,
             max_bytes: max_bytes.max(1),
             end: End::Open,
-            receiver_alive: true,
             recv_waker: None,
             send_waker: None,
             blocked_receiver: false,
@@ -63,8 +62,9 @@ struct Shared {
     state: Mutex<State>,
     // One condvar serves both blocking ends: only one end of a channel ever blocks.
     condvar: Condvar,
-    /// `!State::receiver_alive`, readable without the lock: a writer gathering small
-    /// writes asks at each one.
+    /// Whether the receiver was dropped. Set under the state's lock, so a thread that
+    /// holds the lock sees it as part of the state; read without the lock too, by a
+    /// writer that gathers small writes and asks at each one.
     receiver_gone: AtomicBool,
 }
 
@@ -73,7 +73,6 @@ struct State {
     queued_bytes: usize,
     max_bytes: usize,
     end: End,
-    receiver_alive: bool,
     recv_waker: Option<Waker>,
     send_waker: Option<Waker>,
     // Whether a thread waits on the condvar and has not been notified since: a notify
@@ -161,6 +160,10 @@ impl Wake {
 }
 
 impl Shared {
+    fn receiver_gone(&self) -> bool {
+        self.receiver_gone.load(Ordering::Acquire)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic never happens while the lock is held (no user code runs under it), so
         // a poisoned lock still holds consistent state.
@@ -282,7 +285,7 @@ impl Sender {
         let mut state = self.shared.lock();
         let mut deadline = None;
         let mut seen = state.taken;
-        while state.receiver_alive && !state.has_room() {
+        while !self.shared.receiver_gone() && !state.has_room() {
             state.blocked_sender = true;
             let (woken, timed_out) = match self.shared.wait(state, &mut deadline) {
                 Ok(state) => (state, false),
@@ -300,7 +303,7 @@ impl Sender {
                 deadline = None;
             }
         }
-        if !state.receiver_alive {
+        if self.shared.receiver_gone() {
             return Err(SendError::Closed);
         }
         let wake = state.push(chunk);
@@ -312,7 +315,7 @@ impl Sender {
     /// Ready when a chunk may be sent without exceeding the bound.
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
         let mut state = self.shared.lock();
-        if !state.receiver_alive {
+        if self.shared.receiver_gone() {
             return Poll::Ready(Err(Closed));
         }
         if state.has_room() {
@@ -328,7 +331,7 @@ impl Sender {
     /// Queues `chunk` after `poll_ready` said there is room.
     pub(crate) fn send_ready(&self, chunk: Bytes) {
         let mut state = self.shared.lock();
-        if state.receiver_alive {
+        if !self.shared.receiver_gone() {
             let wake = state.push(chunk);
             drop(state);
             wake.fire(&self.shared.condvar);
@@ -337,7 +340,7 @@ impl Sender {
 
     /// Whether the receiver has been dropped.
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.receiver_gone.load(Ordering::Acquire)
+        self.shared.receiver_gone()
     }
 
     /// Ends the stream cleanly: the receiver sees EOF after the queued chunks.
@@ -490,7 +493,6 @@ impl Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
-        state.receiver_alive = false;
         self.shared.receiver_gone.store(true, Ordering::Release);
         // Free the queued chunks now rather than when the sender goes.
         let queued = std::mem::take(&mut state.queue);

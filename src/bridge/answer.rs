@@ -7,7 +7,7 @@
 use std::io;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
+use http::header::{CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderValue, Method, StatusCode, Uri};
 
 use crate::body::{BridgeBody, ResponseKind};
@@ -65,9 +65,7 @@ pub(super) fn client_fault(
 /// not read, so the connection cannot be reused.
 fn closing(status: StatusCode, text: &'static str) -> Response {
     let mut response = (status, text).into_response();
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+    super::close_after(&mut response);
     response
 }
 

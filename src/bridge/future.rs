@@ -87,7 +87,7 @@ where
     ) {
         let Some(pump) = self.pump.take() else {
             if self.body_given_up {
-                close_after(response);
+                super::close_after(response);
             }
             return;
         };
@@ -104,7 +104,7 @@ where
                      closes after the response"
                 );
             }
-            close_after(response);
+            super::close_after(response);
         }
     }
 }
@@ -357,16 +357,9 @@ pub(super) fn header_too_large() -> http::Response<BridgeBody> {
     )
 }
 
-/// Tells an HTTP/1 client that the connection closes after `response`.
-pub(super) fn close_after(response: &mut http::Response<BridgeBody>) {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-}
-
 pub(super) fn payload_too_large() -> http::Response<BridgeBody> {
     let mut response = plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
     // The rest of the body is not read: the connection cannot be reused.
-    close_after(&mut response);
+    super::close_after(&mut response);
     response
 }

@@ -180,7 +180,7 @@ impl<H: Handler> SyncService<H> {
             let mut response = future::header_too_large();
             if parts.version <= http::Version::HTTP_11 && !body.is_end_stream() {
                 // Its body is not read: the connection cannot be kept.
-                future::close_after(&mut response);
+                close_after(&mut response);
             }
             return SyncServiceFuture::ready(response, refused(parts));
         }
@@ -256,7 +256,7 @@ impl<H: Handler> SyncService<H> {
                 let mut response = future::overloaded(shared.retry_after.clone());
                 let activity = completion.activity.clone();
                 if pump.is_some_and(|pump| !pump.settle(activity, true, true)) {
-                    future::close_after(&mut response);
+                    close_after(&mut response);
                 }
                 SyncServiceFuture::ready(response, completion)
             }
@@ -275,6 +275,14 @@ pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// ask `Connection: close`). Looked up only for requests with a body.
 fn keeps_connection(parts: &http::request::Parts) -> bool {
     parts.version == http::Version::HTTP_11 && !asks_close(&parts.headers)
+}
+
+/// Tells an HTTP/1 client that the connection closes after `response` (hyper's HTTP/2
+/// drops the header).
+fn close_after<B>(response: &mut http::Response<B>) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// Whether a message's `Connection` header has the `close` option.
