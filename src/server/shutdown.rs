@@ -44,9 +44,14 @@ impl ShutdownHandle {
 /// `second`, which cuts every remaining wait of the shutdown short. Runs until then, or
 /// until the server aborts it once `serve` is done.
 pub(super) async fn watch_signals(graceful: CancellationToken, second: CancellationToken) {
+    // The listeners live across both rounds: one made afresh for the second round would
+    // miss a signal that came while the first round's was being handled.
+    let Some(mut signals) = Signals::listen() else {
+        return;
+    };
     for round in 0..2 {
         let signal = tokio::select! {
-            s = next_signal() => s,
+            s = signals.next() => s,
             _ = graceful.cancelled(), if round == 0 => {
                 // Shut down by other means; still let a signal cut the drain short.
                 continue;
@@ -71,25 +76,61 @@ pub(super) async fn watch_signals(graceful: CancellationToken, second: Cancellat
     }
 }
 
-/// The next Ctrl-C or SIGTERM; `None` when signals cannot be watched.
-async fn next_signal() -> Option<&'static str> {
+/// The process's Ctrl-C and SIGTERM listeners, made once.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot watch SIGTERM");
-                return None;
-            }
-        };
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.ok().map(|()| "SIGINT"),
-            _ = term.recv() => Some("SIGTERM"),
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
+}
+
+impl Signals {
+    /// `None`, logged, when signals cannot be watched.
+    fn listen() -> Option<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|err| tracing::error!(error = %err, "cannot watch {name}"))
+                    .ok()
+            };
+            Some(Self {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
+                terminate: listen(SignalKind::terminate(), "SIGTERM")?,
+            })
+        }
+        #[cfg(windows)]
+        {
+            tokio::signal::windows::ctrl_c()
+                .map_err(|err| tracing::error!(error = %err, "cannot watch Ctrl-C"))
+                .ok()
+                .map(|ctrl_c| Self { ctrl_c })
+        }
+        #[cfg(not(any(unix, windows)))]
+        {
+            None
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C")
+
+    /// The next signal's name; `None` when the listeners have stopped.
+    async fn next(&mut self) -> Option<&'static str> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                r = self.interrupt.recv() => r.map(|()| "SIGINT"),
+                r = self.terminate.recv() => r.map(|()| "SIGTERM"),
+            }
+        }
+        #[cfg(windows)]
+        {
+            self.ctrl_c.recv().await.map(|()| "Ctrl-C")
+        }
+        #[cfg(not(any(unix, windows)))]
+        {
+            None
+        }
     }
 }
