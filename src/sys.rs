@@ -1,4 +1,5 @@
-//! What std cannot do for us: lower a thread's scheduling priority and policy.
+//! What std cannot do for us: lower a thread's scheduling priority and policy, and read
+//! the open-file limit.
 
 /// Sets the calling thread's nice value to the process's own plus `increment` (the
 /// kernel caps it at 19). Best effort: a failure only costs the scheduling benefit, so
@@ -83,3 +84,25 @@ pub(crate) fn set_thread_nice(_increment: i32) {}
 /// No scheduling policies to choose from elsewhere: nothing to do.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn set_thread_batch(_batch: bool) {}
+
+/// The process's soft limit on open files (`RLIMIT_NOFILE`), when it has one.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` outlives the call, which only writes it.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    // `rlim_t` is 32 bits on some 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let soft = limit.rlim_cur as u64;
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(soft)
+}
+
+/// Not read elsewhere.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn open_file_limit() -> Option<u64> {
+    None
+}

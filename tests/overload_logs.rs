@@ -59,3 +59,39 @@ async fn a_flood_of_refusals_logs_a_warning_a_second_and_every_access() {
         "every refused request has its access-log line"
     );
 }
+
+/// The process's soft open-file limit, read as a user would (`ulimit -n`); `None` when it
+/// has none or it cannot be read here.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn a_server_allowed_more_connections_than_open_files_says_so_at_start() {
+    logs::install();
+    let Some(limit) = open_file_limit() else {
+        eprintln!("no finite open-file limit here: nothing to warn about");
+        return;
+    };
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").max_connections(usize::MAX),
+        |_req: Request| "ok",
+    );
+    // The warning comes before the first accept, so it is in by the first answer.
+    assert_eq!(support::get(server.addr, "/").await.status, 200);
+    assert!(
+        logs::contains(&[
+            "WARN",
+            "open-file limit",
+            &format!("open_file_limit={limit}")
+        ]),
+        "no warning naming the limit of {limit}"
+    );
+    server.stop().await;
+}

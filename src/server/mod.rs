@@ -225,6 +225,10 @@ impl Server {
     /// one closes; new clients wait in the listen backlog. Default is 10,000. Values
     /// above tokio's semaphore limit (`usize::MAX >> 3`) are lowered to it, so
     /// `usize::MAX` means no limit of the server's own.
+    ///
+    /// Each connection is an open file: on Linux the server warns at start when the
+    /// process's open-file limit (`ulimit -n`, often 1,024) is below this plus a margin of
+    /// 64, since past it `accept` fails and new clients wait in the backlog all the same.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.config.max_connections = n.clamp(1, Semaphore::MAX_PERMITS);
         self
@@ -466,6 +470,7 @@ impl Server {
         let connections = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.max_connections));
         tracing::info!(addr = %local_addr, max_threads = pool.max_threads(), "syncbridge listening");
+        warn_if_short_of_files(config.max_connections);
 
         loop {
             let permit = tokio::select! {
@@ -573,6 +578,26 @@ impl Server {
         }
         tracing::info!(addr = %local_addr, "syncbridge stopped");
         Ok(())
+    }
+}
+
+/// Says at start when the process may open fewer files than `max_connections` asks:
+/// past that, `accept` fails with `EMFILE` and new clients wait in the backlog, which would
+/// otherwise show only as an error line under load. The margin is for what else the
+/// process holds open (the listener, the runtime's own descriptors, logs, a database).
+fn warn_if_short_of_files(max_connections: usize) {
+    const MARGIN: u64 = 64;
+    if let Some(limit) = crate::sys::open_file_limit() {
+        if (max_connections as u64).saturating_add(MARGIN) > limit {
+            tracing::warn!(
+                max_connections,
+                open_file_limit = limit,
+                "the open-file limit (RLIMIT_NOFILE) is below max_connections: \
+                 past about {} connections, accept fails until one closes; \
+                 raise it (`ulimit -n`) or lower max_connections",
+                limit.saturating_sub(MARGIN),
+            );
+        }
     }
 }
 
