@@ -251,6 +251,41 @@ async fn an_echo_of_a_body_sent_after_100_continue_gets_the_100_before_its_head(
 }
 
 #[tokio::test]
+async fn a_handler_that_answers_without_reading_the_body_sends_no_100_continue() {
+    // A client that asked first need not send a body nobody wants: it gets the answer,
+    // with no `100 Continue` before it, and the connection is closed, not left waiting
+    // for a body that may or may not come.
+    use tokio::io::AsyncReadExt;
+    logs::install();
+    let server = TestServer::start(|_req: Request| {
+        // Its credentials check, a blocking call (the time in which the body used to be
+        // asked for, and the 100 sent, although nobody would read it).
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut response = "sign in first".into_response();
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response
+    });
+    let mut stream = expecting_continue(&server, "/upload", 10 << 20).await;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = within(stream.read(&mut chunk)).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.ends_with("sign in first"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_503_the_server_makes_itself_goes_out_without_a_body_for_head_over_http2() {
     logs::install();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();

@@ -41,6 +41,7 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             blocked_sender: false,
             taken: 0,
             fault_handed: false,
+            asked: false,
         }),
         condvar: Condvar::new(),
         receiver_gone: AtomicBool::new(false),
@@ -82,6 +83,9 @@ struct State {
     /// How many pieces the receiver has taken: a sender waiting for room knows the
     /// receiver still moves, if slowly (one large chunk, taken in pieces).
     taken: u64,
+    /// Whether the receiver has asked for a chunk and found none: a sender that waits for
+    /// that (`poll_asked`) learns someone reads.
+    asked: bool,
     /// Whether the receiver has been handed the client's failure (`FailedByClient`): its
     /// reader met it, so whatever the reader answered, the client is the cause.
     fault_handed: bool,
@@ -254,6 +258,16 @@ impl State {
         Some((chunk, wake))
     }
 
+    /// Records that the receiver asked and found nothing; the first time, the sender's
+    /// task is to be woken (it may wait for that in `poll_asked`).
+    fn ask(&mut self) -> Option<Waker> {
+        if std::mem::replace(&mut self.asked, true) {
+            None
+        } else {
+            self.send_waker.take()
+        }
+    }
+
     fn ended(&mut self) -> Poll<Option<io::Result<Bytes>>> {
         match &self.end {
             End::Open => Poll::Pending,
@@ -320,6 +334,20 @@ impl Sender {
         }
         if state.has_room() {
             return Poll::Ready(Ok(()));
+        }
+        match &state.send_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.send_waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Ready once the receiver has asked for a chunk and found none, or is gone. Lets a
+    /// sender hold off fetching what nobody may read (a body behind `100 Continue`).
+    pub(crate) fn poll_asked(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.shared.lock();
+        if state.asked || self.shared.receiver_gone() {
+            return Poll::Ready(());
         }
         match &state.send_waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -422,6 +450,13 @@ impl Receiver {
             if let Poll::Ready(end) = state.ended() {
                 return end;
             }
+            if let Some(waker) = state.ask() {
+                // Woken outside the lock, which the sender's task takes at once.
+                drop(state);
+                waker.wake();
+                state = self.shared.lock();
+                continue;
+            }
             state.blocked_receiver = true;
             state = match self.shared.wait(state, &mut deadline) {
                 Ok(state) => state,
@@ -450,7 +485,14 @@ impl Receiver {
             wake.fire(&self.shared.condvar);
             return Poll::Ready(Some(Ok(chunk)));
         }
-        state.ended()
+        let polled = state.ended();
+        if polled.is_pending() {
+            if let Some(waker) = state.ask() {
+                drop(state);
+                waker.wake();
+            }
+        }
+        polled
     }
 
     /// Async receive, in pieces of at most `max` bytes (a longer chunk is split, its rest
@@ -471,6 +513,10 @@ impl Receiver {
             match &state.recv_waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => state.recv_waker = Some(cx.waker().clone()),
+            }
+            if let Some(waker) = state.ask() {
+                drop(state);
+                waker.wake();
             }
         }
         polled

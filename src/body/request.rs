@@ -50,6 +50,11 @@ use super::channel::Receiver;
 /// Trailers (a chunked body's, or HTTP/2's) are not passed on: a reader of bytes has
 /// nowhere to put them.
 ///
+/// A client that sent `Expect: 100-continue` gets its `100 Continue` when the handler
+/// first reads (or when its response is ready while the body lives on, in the response
+/// or another thread): a handler that answers without reading, a `401` or a `413` from
+/// the declared length, spares the client its upload.
+///
 /// A body the handler drops before its end (or never reads) costs an HTTP/1 client its
 /// connection only when much of it is still to come: on the bundled server, up to
 /// 256 KiB of the rest of a `Content-Length` body is read off the wire and dropped, as

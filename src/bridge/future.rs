@@ -206,7 +206,8 @@ where
             // The body is read only once a handler runs: a queued request leaves it to TCP
             // (no memory held for it; over HTTP/2, h2 holds what the stream's window let
             // the client send ahead, 256 KiB at most on the bundled server), and
-            // `Expect: 100-continue` is answered only then.
+            // `Expect: 100-continue` is answered only once the handler reads (the pump
+            // waits for that).
             // The worker wakes this future when it claims a request with a body.
             let claimed = cell.was_claimed();
             if let (true, Some(pump)) = (claimed, &mut waiting.pump) {
@@ -237,6 +238,7 @@ where
 
             if let Poll::Ready(mut response) = cell.poll_response(cx) {
                 if let Some(pump) = waiting.pump.as_mut().filter(|p| p.awaits_continue()) {
+                    pump.want();
                     match pump.poll(cx) {
                         PumpPoll::Pending => {
                             // hyper sends `100 Continue` only before the response head,

@@ -25,6 +25,10 @@ pub(super) struct Pump<B> {
     expects_continue: bool,
     /// Whether anything of the body has come: then the client had its `100 Continue`.
     received: bool,
+    /// Whether the body may be fetched though nothing of it has come: asking hyper for it
+    /// is what sends the `100 Continue` a client may wait for, so that waits until someone
+    /// reads (or may read, past the response).
+    wanted: bool,
     /// An HTTP/1.1 request that leaves its connection open: it can be kept after a body
     /// nobody reads only if the rest of it is read off the wire. (Over HTTP/2 the body is
     /// simply dropped; a connection that closes after this request anyway needs no
@@ -73,6 +77,7 @@ where
             declared,
             expects_continue,
             received: false,
+            wanted: !expects_continue,
             keep_alive,
             dropped_at: None,
         }
@@ -83,6 +88,13 @@ where
         self.expects_continue
             && !self.received
             && self.tx.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Lets the body be fetched before anyone has asked for it: the response is ready and
+    /// the body lives on in it (an echo) or in another thread, and the `100 Continue` has
+    /// to go out before the response head or never.
+    pub(super) fn want(&mut self) {
+        self.wanted = true;
     }
 
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> PumpPoll {
@@ -98,6 +110,14 @@ where
                 Poll::Pending => return PumpPoll::Pending,
                 Poll::Ready(Err(_)) => return self.reader_dropped(cx),
                 Poll::Ready(Ok(())) => {}
+            }
+            if !self.wanted {
+                // A handler that answers without reading (a `401`, a `413` from the
+                // declared length) leaves the client its body.
+                if tx.poll_asked(cx).is_pending() {
+                    return PumpPoll::Pending;
+                }
+                self.wanted = true;
             }
             let polled = self.body.as_mut().poll_frame(cx);
             self.received |= polled.is_ready();
