@@ -12,6 +12,7 @@ mod context;
 mod error;
 mod handler;
 mod mixing;
+mod offload;
 mod pool;
 mod server;
 mod sys;

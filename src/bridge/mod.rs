@@ -31,6 +31,7 @@ pub use future::SyncServiceFuture;
 use crate::body::{channel, Body, BridgeBody, Completion, Http2Flow, OwnedLine, BYTES_IN_FLIGHT};
 use crate::context::Context;
 use crate::handler::{Handler, Request};
+use crate::offload::DropsOffRuntime;
 use crate::pool::{Admission, BlockingPool, Job};
 use crate::tasks::TaskSet;
 use job::RequestJob;
@@ -81,7 +82,9 @@ pub struct SyncService<H> {
 }
 
 pub(crate) struct Shared<H> {
-    handler: H,
+    /// Dropped off the runtime: a legacy handler may own a runtime of its own (a sync
+    /// database client), and the last clone of a service usually goes on a runtime thread.
+    handler: DropsOffRuntime<H>,
     pool: BlockingPool,
     max_body_size: u64,
     max_header_size: Option<usize>,
@@ -480,7 +483,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
         }
         SyncService {
             shared: Arc::new(Shared {
-                handler: self.handler,
+                handler: DropsOffRuntime::new(self.handler),
                 pool: self.pool.unwrap_or_default(),
                 max_body_size: self.max_body_size,
                 max_header_size: self.max_header_size,

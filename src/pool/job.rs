@@ -70,7 +70,9 @@ impl Withdrawable {
         if f.is_none() {
             return false;
         }
-        drop(f); // outside the job's lock: it may hold what a `Drop` needs
+        // Outside the job's lock (it may hold what a `Drop` needs), and off the runtime
+        // (it may own a runtime of its own).
+        crate::offload::drop_off_runtime(f);
         pool.withdraw(JobId::of(&self.0));
         true
     }

@@ -433,7 +433,14 @@ impl Server {
             shutdown,
             config,
         } = self;
-        let listener = register(listener)?;
+        let listener = match register(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                // Not yet in a service, which would drop it off the runtime itself.
+                crate::offload::drop_off_runtime(handler);
+                return Err(err);
+            }
+        };
         let pool = config
             .shared_pool
             .clone()

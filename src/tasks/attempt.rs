@@ -36,7 +36,7 @@ pub(super) trait Work<T>: Send + 'static {
 
 /// A blocking closure. It travels to the pool thread for each attempt and comes back
 /// with the outcome, so `FnMut` suffices for retries (no `Sync`, no `Clone`).
-pub(super) struct BlockingWork<F, T> {
+pub(super) struct BlockingWork<F: Send + 'static, T> {
     pub(super) f: Option<F>,
     pub(super) first: Option<Submitted<F, T>>,
     pub(super) set: TaskSet,
@@ -44,9 +44,19 @@ pub(super) struct BlockingWork<F, T> {
     pub(super) span: tracing::Span,
 }
 
+impl<F: Send + 'static, T> Drop for BlockingWork<F, T> {
+    fn drop(&mut self) {
+        // The supervisor lets go of the closure on a runtime thread (after a failure, or a
+        // cancellation before it started); it may own a runtime of its own.
+        if let Some(f) = self.f.take() {
+            crate::offload::drop_off_runtime(f);
+        }
+    }
+}
+
 /// An attempt handed to the pool: its outcome comes back on `rx`.
 pub(super) struct Submitted<F, T> {
-    rx: oneshot::Receiver<(F, Attempt<T>)>,
+    rx: oneshot::Receiver<(Option<F>, Attempt<T>)>,
     /// To take it back, queue place and all, when it is given up before a thread took it.
     job: Withdrawable,
 }
@@ -114,7 +124,7 @@ where
             let id = ctx.id;
             if ctx.is_cancelled() {
                 // Cancellation before the start is guaranteed: the closure never runs.
-                let _ = tx.send((f, Attempt::Cancelled));
+                let _ = tx.send((Some(f), Attempt::Cancelled));
                 return;
             }
             set.shared.backend.started(id, ctx.attempt);
@@ -127,6 +137,15 @@ where
                 Ok(Ok(value)) => Attempt::Ok(value),
                 Ok(Err(err)) => Attempt::Err(Arc::from(err.into())),
                 Err(payload) => Attempt::Panicked(panic_message(&*payload)),
+            };
+            // Only a failure may need the closure again. Done with, it is dropped here on
+            // the pool thread: it may own a runtime, which a runtime thread cannot drop.
+            let f = match attempt {
+                Attempt::Ok(_) => {
+                    drop(f);
+                    None
+                }
+                _ => Some(f),
             };
             if tx.send((f, attempt)).is_err() {
                 tracing::warn!(
@@ -188,7 +207,7 @@ where
             };
             match returned {
                 Ok((f, attempt)) => {
-                    self.f = Some(f);
+                    self.f = f;
                     attempt
                 }
                 // The pool dropped the job without running it: it never does while alive.

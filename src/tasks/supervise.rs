@@ -292,6 +292,9 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         let mut callbacks = Vec::new();
         if status != TaskStatus::Succeeded {
             callbacks.extend(on_error.map(|cb| ("on_error", cb)));
+        } else if let Some(unused) = on_error {
+            // A callback may own a runtime (a blocking HTTP client): not dropped here.
+            crate::offload::drop_off_runtime(unused);
         }
         callbacks.extend(on_done.map(|cb| ("on_done", cb)));
         self.run_callbacks(info, callbacks).await;

@@ -1,0 +1,115 @@
+//! Dropping what blocking code owns away from the runtime's threads.
+//!
+//! A legacy handler, a blocking task's closure or its callback may own a tokio runtime of
+//! its own: the sync `postgres::Client` and `reqwest::blocking::Client` each do. tokio
+//! panics when a runtime is dropped on a thread that drives another one ("Cannot drop a
+//! runtime in a context where blocking is not allowed"), and the places where the crate
+//! lets go of such values (the end of `serve_async`, a cancelled `ensure_async`, a task
+//! that ended) are on such threads. There, the value goes to one long-lived thread that
+//! drops it.
+//!
+//! ```text
+//! drop_off_runtime(value): no runtime here -> dropped at once
+//!                          runtime thread  -> bounded queue -> "syncbridge-drop" thread
+//!                          queue full      -> dropped at once, logged
+//! ```
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
+
+use crate::error::panic_message;
+
+/// How many values may wait for the drop thread. Drops are rare and quick (the end of a
+/// server, a cancelled call, a finished task's closure): a full queue means the thread is
+/// stuck in one, and the next values are dropped where they are instead of waiting.
+const QUEUE: usize = 1024;
+
+type Dropped = Box<dyn Any + Send>;
+
+/// Drops `value` on a thread where blocking is allowed: at once when the calling thread
+/// drives no tokio runtime, else on the crate's drop thread. A `Drop` that panics there
+/// is logged. Callable from anywhere.
+pub(crate) fn drop_off_runtime<T: Send + 'static>(value: T) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        drop(value);
+        return;
+    }
+    let value: Dropped = Box::new(value);
+    let refused = match drop_thread() {
+        Some(queue) => match queue.try_send(value) {
+            Ok(()) => return,
+            Err(TrySendError::Full(value) | TrySendError::Disconnected(value)) => value,
+        },
+        None => value,
+    };
+    tracing::warn!(
+        "the drop thread is busy or gone; dropping a value that may own a runtime on a \
+         runtime thread"
+    );
+    drop(refused);
+}
+
+/// Owns a `T` that is dropped off the runtime (see [`drop_off_runtime`]). The bounds
+/// that takes are checked in `new`, so that the structs holding one need none.
+pub(crate) struct DropsOffRuntime<T> {
+    value: Option<T>,
+    drop_with: fn(T),
+}
+
+impl<T> DropsOffRuntime<T> {
+    pub(crate) fn new(value: T) -> Self
+    where
+        T: Send + 'static,
+    {
+        DropsOffRuntime {
+            value: Some(value),
+            drop_with: drop_off_runtime::<T>,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for DropsOffRuntime<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.value.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl<T> Drop for DropsOffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.value.take() {
+            (self.drop_with)(value);
+        }
+    }
+}
+
+/// The drop thread's queue, started at the first use; `None` if it could not start.
+fn drop_thread() -> Option<&'static SyncSender<Dropped>> {
+    static QUEUE_TX: OnceLock<Option<SyncSender<Dropped>>> = OnceLock::new();
+    let queue = QUEUE_TX.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Dropped>(QUEUE);
+        let started = std::thread::Builder::new()
+            .name("syncbridge-drop".into())
+            .spawn(move || {
+                for value in rx {
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(value))) {
+                        tracing::error!(
+                            panic = %panic_message(&*payload),
+                            "a value dropped off the runtime panicked in its Drop"
+                        );
+                    }
+                }
+            });
+        match started {
+            Ok(_) => Some(tx),
+            Err(err) => {
+                tracing::error!(error = %err, "could not start the drop thread");
+                None
+            }
+        }
+    });
+    queue.as_ref()
+}
