@@ -284,3 +284,28 @@ fn in_a_runtime_without_timers_a_request_that_would_queue_gets_503() {
         .expect("the first request ended");
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_task_set_the_legacy_handler_captured_runs_its_tasks_on_the_hosts_runtime() {
+    // Built in async code but never used there: the set learns its runtime from the
+    // handler thread's context, whatever route comes first.
+    let tasks = syncbridge::TaskSet::new();
+    let (ran_tx, mut ran_rx) = mpsc::unbounded_channel();
+    let legacy = syncbridge::SyncService::new({
+        let tasks = tasks.clone();
+        move |_req: syncbridge::Request| -> syncbridge::Result<&'static str> {
+            let ran_tx = ran_tx.clone();
+            tasks.spawn_blocking(move |_ctx| {
+                ran_tx.send(()).unwrap();
+                Ok::<_, std::io::Error>(())
+            })?;
+            Ok("queued")
+        }
+    });
+    let app = serve(axum::Router::new().nest_service("/legacy", legacy)).await;
+    let reply = get(app.addr, "/legacy/report").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "queued");
+    within(ran_rx.recv()).await.expect("the task ran");
+    app.stop().await;
+}

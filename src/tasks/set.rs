@@ -307,16 +307,22 @@ impl TaskSet {
         let _ = self.shared.runtime.set(handle);
     }
 
-    /// The runtime to run on: the bound one, else the current one (which is then bound).
+    /// The runtime to run on: the bound one, else the current one, or the one the
+    /// handler thread serves (which is then bound).
     pub(super) fn runtime(&self) -> Result<Handle> {
         if let Some(handle) = self.shared.runtime.get() {
             return Ok(handle.clone());
         }
-        match Handle::try_current() {
-            Ok(handle) => Ok(self.shared.runtime.get_or_init(|| handle).clone()),
-            Err(_) => Err(Error::new(Kind::NoContext).with_message(
+        // A handler thread has no runtime entered, but its context names the runtime it
+        // serves: a set the handler captured (an embedded `SyncService`'s) runs there.
+        let current = Handle::try_current()
+            .ok()
+            .or_else(|| context::current().map(|ctx| ctx.runtime.clone()));
+        match current {
+            Some(handle) => Ok(self.shared.runtime.get_or_init(|| handle).clone()),
+            None => Err(Error::new(Kind::NoContext).with_message(
                 "this TaskSet has no runtime yet: spawn from async code, from a handler of a \
-                 running server, or give one with TaskSetBuilder::runtime",
+                 running server or a SyncService, or give one with TaskSetBuilder::runtime",
             )),
         }
     }
@@ -453,7 +459,9 @@ impl TaskSetBuilder {
     }
 
     /// The runtime futures and timers run on. Default is the runtime of the first spawn
-    /// (or the server's, for the server's set), kept for the set's life.
+    /// (or the server's, for the server's set), kept for the set's life: the caller's
+    /// runtime in async code, on a handler thread the runtime its server or
+    /// `SyncService` serves.
     ///
     /// Bind the set to a runtime that outlives it and keeps running. A task spawned after
     /// that runtime has shut down is recorded `failed` at once and logged (`background

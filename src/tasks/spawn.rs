@@ -166,8 +166,9 @@ impl<'a> TaskBuilder<'a> {
     /// - [`Error::is_overloaded`]: the task pool's threads and queue are full, or the
     ///   registry is full of live tasks. Nothing was started.
     /// - [`Error::is_shutdown`]: the set is draining.
-    /// - [`Error::is_no_context`]: the set has no runtime yet and this thread has none
-    ///   (see [`TaskSetBuilder::runtime`](crate::TaskSetBuilder::runtime)), or the task
+    /// - [`Error::is_no_context`]: the set has no runtime yet and this thread has none, as
+    ///   a plain thread has not (a handler thread has its server's or `SyncService`'s; see
+    ///   [`TaskSetBuilder::runtime`](crate::TaskSetBuilder::runtime)), or the task
     ///   has a timeout or retries and the set's runtime was built without timers.
     pub fn spawn_blocking<F, T, E>(self, f: F) -> Result<TaskHandle<T>>
     where
