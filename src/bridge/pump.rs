@@ -129,6 +129,16 @@ where
                 }
                 Poll::Ready(Some(Err(err))) => {
                     let err: BoxError = err.into();
+                    if err.is::<http_body_util::LengthLimitError>() {
+                        // A limit in front of the service (tower-http's
+                        // `RequestBodyLimitLayer` on a chunked body): the same `413` as
+                        // past our own, reported where it was met.
+                        self.limit = self.seen;
+                        if let Some(tx) = self.tx.take() {
+                            tx.fail_by_client(io::ErrorKind::InvalidData, err.to_string());
+                        }
+                        return PumpPoll::TooLarge;
+                    }
                     tracing::debug!(error = %err, "request body failed while streaming");
                     if let Some(tx) = self.tx.take() {
                         tx.fail_by_client(io::ErrorKind::ConnectionAborted, err.to_string());
