@@ -295,7 +295,8 @@ async fn a_task_set_the_legacy_handler_captured_runs_its_tasks_on_the_hosts_runt
         let tasks = tasks.clone();
         move |_req: syncbridge::Request| -> syncbridge::Result<&'static str> {
             let ran_tx = ran_tx.clone();
-            tasks.spawn_blocking(move |_ctx| {
+            // Detached: the test hears from the task itself.
+            let _detached = tasks.spawn_blocking(move |_ctx| {
                 ran_tx.send(()).unwrap();
                 Ok::<_, std::io::Error>(())
             })?;
