@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 const CHILD: &str = "SYNCBRIDGE_SIGNALS_CHILD";
 /// The child's connection drain deadline, in milliseconds (default 200).
 const CHILD_SHUTDOWN_MS: &str = "SYNCBRIDGE_SIGNALS_SHUTDOWN_MS";
+/// Set: the child's handler starts the shutdown itself, through the server's handle.
+const CHILD_HANDLE_SHUTDOWN: &str = "SYNCBRIDGE_SIGNALS_HANDLE_SHUTDOWN";
 /// What the child's drains would wait without a second signal.
 const TASK_DRAIN: Duration = Duration::from_secs(60);
 /// How long any step may take before it counts as a hang.
@@ -26,6 +28,7 @@ fn main() {
         {
             a_second_sigterm_cuts_the_task_drain_short();
             a_second_sigterm_during_the_connection_drain_cuts_it_off_and_says_so();
+            a_sigterm_after_a_shutdown_through_the_handle_is_the_first_not_the_second();
         }
     }
 }
@@ -46,14 +49,19 @@ fn child() {
         .shutdown_timeout(Duration::from_millis(shutdown_ms))
         .task_drain_timeout(TASK_DRAIN);
     println!("addr={}", server.local_addr());
+    let handle = server.shutdown_handle();
+    let handle_shutdown = std::env::var_os(CHILD_HANDLE_SHUTDOWN).is_some();
     server
-        .serve(|_req: syncbridge::Request| {
+        .serve(move |_req: syncbridge::Request| {
             let tasks = syncbridge::TaskSet::current().expect("a task set");
             let _ = tasks.spawn_blocking(|_ctx| {
                 std::thread::sleep(TASK_DRAIN * 2);
                 Ok::<_, std::io::Error>(())
             });
             println!("handler started");
+            if handle_shutdown {
+                handle.shutdown();
+            }
             std::thread::sleep(TASK_DRAIN * 2);
             "late"
         })
@@ -68,9 +76,14 @@ fn child() {
 fn with_child_serving(
     name: &str,
     shutdown_ms: u64,
+    handle_shutdown: bool,
     check: impl FnOnce(&Child, &mpsc::Receiver<String>, &mpsc::Receiver<String>),
 ) {
-    let mut child = Command::new(std::env::current_exe().expect("own path"))
+    let mut command = Command::new(std::env::current_exe().expect("own path"));
+    if handle_shutdown {
+        command.env(CHILD_HANDLE_SHUTDOWN, "1");
+    }
+    let mut child = command
         .env(CHILD, "1")
         .env(CHILD_SHUTDOWN_MS, shutdown_ms.to_string())
         .stdout(Stdio::piped())
@@ -101,6 +114,7 @@ fn a_second_sigterm_cuts_the_task_drain_short() {
     with_child_serving(
         "a_second_sigterm_cuts_the_task_drain_short",
         200,
+        false,
         |child, stdout, stderr| {
             sigterm(child);
             wait_for(stderr, "draining background tasks");
@@ -121,7 +135,7 @@ fn a_second_sigterm_cuts_the_task_drain_short() {
 fn a_second_sigterm_during_the_connection_drain_cuts_it_off_and_says_so() {
     let name = "a_second_sigterm_during_the_connection_drain_cuts_it_off_and_says_so";
     // A drain deadline far past the test's patience: only the second signal ends it.
-    with_child_serving(name, 60_000, |child, stdout, stderr| {
+    with_child_serving(name, 60_000, false, |child, stdout, stderr| {
         sigterm(child);
         wait_for(stderr, "draining in-flight requests");
         sigterm(child);
@@ -133,6 +147,26 @@ fn a_second_sigterm_during_the_connection_drain_cuts_it_off_and_says_so() {
             before.iter().all(|line| !line.contains("left behind")),
             "a connection was said left behind: {before:#?} then {stopped}"
         );
+        wait_for(stdout, "serve returned");
+    });
+}
+
+#[cfg(unix)]
+fn a_sigterm_after_a_shutdown_through_the_handle_is_the_first_not_the_second() {
+    let name = "a_sigterm_after_a_shutdown_through_the_handle_is_the_first_not_the_second";
+    // An app that began its own drain, then gets its orchestrator's usual SIGTERM: the
+    // drain goes on; only a second signal cuts it off.
+    with_child_serving(name, 60_000, true, |child, stdout, stderr| {
+        wait_for(stderr, "draining in-flight requests");
+        sigterm(child);
+        let (heard, before) = wait_for_collecting(stderr, "already draining");
+        assert!(
+            before.iter().all(|line| !line.contains("cutting off")),
+            "the first signal cut the drain off: {before:#?} then {heard}"
+        );
+        sigterm(child);
+        let cut = wait_for(stderr, "cutting off the remaining connections");
+        assert!(cut.contains("second shutdown signal"), "cut off for: {cut}");
         wait_for(stdout, "serve returned");
     });
 }

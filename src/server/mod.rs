@@ -315,7 +315,9 @@ impl Server {
 
     /// Whether Ctrl-C and SIGTERM start a graceful shutdown. A second one, at any point
     /// of the shutdown, cuts off what is left: the connection drain, the grace after its
-    /// deadline and the background task drain. Default is true.
+    /// deadline and the background task drain. A shutdown begun through the
+    /// [`ShutdownHandle`] does not count as a signal: the first signal after it leaves
+    /// the drain going, and the second cuts it off. Default is true.
     ///
     /// tokio keeps its signal handler installed once it has one, so after `serve` returns
     /// Ctrl-C and SIGTERM no longer end the process by themselves; a program with long

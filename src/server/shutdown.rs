@@ -50,16 +50,16 @@ pub(super) async fn watch_signals(graceful: CancellationToken, second: Cancellat
         return;
     };
     for round in 0..2 {
-        let signal = tokio::select! {
-            s = signals.next() => s,
-            _ = graceful.cancelled(), if round == 0 => {
-                // Shut down by other means; still let a signal cut the drain short.
-                continue;
-            }
-        };
-        match signal {
+        match signals.next().await {
             None => return,
-            Some(name) if round == 0 && !graceful.is_cancelled() => {
+            // A drain begun through the handle is not a signal: an orchestrator's usual
+            // SIGTERM after it lets the drain go on.
+            Some(name) if round == 0 && graceful.is_cancelled() => tracing::info!(
+                signal = name,
+                "shutdown signal received while already draining; a second one cuts the \
+                 drain off"
+            ),
+            Some(name) if round == 0 => {
                 tracing::info!(signal = name, "shutdown signal received; draining");
                 graceful.cancel();
             }
