@@ -101,3 +101,32 @@ fn serve_from_async_code_is_a_clear_error() {
         .unwrap_err();
     assert!(err.is_async_context(), "{err}");
 }
+
+#[tokio::test]
+async fn a_serve_async_future_dropped_while_serving_closes_its_connections_and_says_so() {
+    use tokio::io::AsyncWriteExt;
+    support::logs::install();
+    let server = Server::bind("127.0.0.1:0").handle_signals(false);
+    let addr = server.local_addr();
+    let serving = tokio::spawn(server.serve_async(|_req: Request| "hi"));
+    let mut stream = within(TcpStream::connect(addr)).await.unwrap();
+    within(stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = support::read_raw_response(&mut stream)
+        .await
+        .expect("a response");
+    assert!(reply.head.starts_with("HTTP/1.1 200"), "{}", reply.head);
+
+    // An app's `select!` that let another branch win: the future is dropped.
+    serving.abort();
+    assert!(within(serving).await.unwrap_err().is_cancelled());
+    assert!(
+        support::closed_by_server(&mut stream).await,
+        "the kept-alive connection outlived its server"
+    );
+    assert!(support::logs::contains(&[
+        "WARN",
+        "serve_async dropped while serving"
+    ]));
+}

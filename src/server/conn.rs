@@ -125,7 +125,8 @@ pub(super) async fn serve<H: Handler>(
             if level >= FORCE {
                 let in_flight = activity.in_flight();
                 if in_flight > 0 {
-                    tracing::warn!(%peer, in_flight, "connection cut off at the shutdown deadline");
+                    // The server's own line says why: the deadline, or a second signal.
+                    tracing::warn!(%peer, in_flight, "connection cut off by the shutdown");
                 }
                 return Poll::Ready(());
             }

@@ -417,6 +417,11 @@ impl Server {
     /// with IO and timers enabled (`enable_all`, as `#[tokio::main]` does). Handlers still
     /// run on the server's blocking pool, not on the runtime's threads.
     ///
+    /// Shut it down through its [`ShutdownHandle`] and let it return. Dropped before that
+    /// (another branch of a `select!` won), it stops accepting and asks each connection
+    /// to close after its requests in flight, but waits for nothing and drains no
+    /// background tasks, and says so in a warning.
+    ///
     /// # Errors
     ///
     /// [`Error::is_no_context`] at once when polled outside a tokio runtime, or in one
@@ -477,6 +482,14 @@ impl Server {
             ))
         });
         let connections = TaskTracker::new();
+        // Until the shutdown below has run its course: a `serve_async` future dropped
+        // before that would otherwise leave its connections and signal watcher running.
+        let mut dropped_early = DroppedEarly {
+            conn_config: conn_config.clone(),
+            connections: connections.clone(),
+            signal_watcher: signal_watcher.as_ref().map(|w| w.abort_handle()),
+            stage: Stage::Serving,
+        };
         let slots = Arc::new(Semaphore::new(config.max_connections));
         tracing::info!(addr = %local_addr, max_threads = pool.max_threads(), "syncbridge listening");
         warn_if_short_of_files(config.max_connections);
@@ -518,6 +531,7 @@ impl Server {
         }
 
         drop(listener);
+        dropped_early.stage = Stage::ShuttingDown;
         conn_config.signal.raise(conn::DRAIN);
         connections.close();
         tracing::info!(
@@ -585,8 +599,49 @@ impl Server {
         if config.shared_pool.is_none() {
             pool.shutdown();
         }
+        dropped_early.stage = Stage::Done;
         tracing::info!(addr = %local_addr, "syncbridge stopped");
         Ok(())
+    }
+}
+
+/// What a `serve_async` future dropped while serving leaves behind, and says so: it
+/// stops the signal watcher and asks each connection to close after its requests in
+/// flight, as a shutdown would, but cannot wait for them or drain background tasks.
+struct DroppedEarly {
+    conn_config: Arc<ConnConfig>,
+    connections: TaskTracker,
+    signal_watcher: Option<tokio::task::AbortHandle>,
+    stage: Stage,
+}
+
+#[derive(PartialEq)]
+enum Stage {
+    Serving,
+    ShuttingDown,
+    Done,
+}
+
+impl Drop for DroppedEarly {
+    fn drop(&mut self) {
+        if self.stage == Stage::Done {
+            return;
+        }
+        if let Some(watcher) = &self.signal_watcher {
+            watcher.abort();
+        }
+        self.conn_config.signal.raise(conn::DRAIN);
+        self.connections.close();
+        let when = match self.stage {
+            Stage::Serving => "while serving: stopped accepting, and",
+            _ => "during its shutdown: the drain was cut short, and",
+        };
+        tracing::warn!(
+            connections = self.connections.len(),
+            "serve_async dropped {when} each connection closes after its requests in \
+             flight; nothing waits for them, and background tasks are not drained (shut \
+             down through the ShutdownHandle and let serve_async return)"
+        );
     }
 }
 
