@@ -13,6 +13,10 @@ use crate::body::{Body, ResponseBody};
 pub type Request = http::Request<Body>;
 
 /// The response a handler produces.
+///
+/// A type alias: build one with [`Response::new`](http::Response::new) and its setters,
+/// or with `http::Response::builder()` (`syncbridge::http` re-exports the crate), whose
+/// `body` takes a [`ResponseBody`] (`.body("text".into())`).
 pub type Response = http::Response<ResponseBody>;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;

@@ -448,7 +448,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
     }
 
     /// The `Retry-After` sent with a `503` when the pool is full, rounded up to whole
-    /// seconds. Default is 1 second.
+    /// seconds, and at least 1 (`0` would invite an instant retry). Default is 1 second.
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.retry_after = after;
         self

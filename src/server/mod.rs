@@ -212,7 +212,8 @@ impl Server {
         self
     }
 
-    /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout).
+    /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout),
+    /// rounded up to whole seconds, and at least 1 (`0` would invite an instant retry).
     /// Default is 1 second. At the connection limit there is no `503`: new connections
     /// wait in the listen backlog (see [`max_connections`](Self::max_connections)). A
     /// [`SingleThread`](crate::SingleThread) handler's own `503` always says 1 second.

@@ -150,7 +150,8 @@ where
             if tx.send((f, attempt)).is_err() {
                 tracing::warn!(
                     task_id = %id,
-                    "background task returned after its timeout; its outcome is discarded"
+                    "background task returned after its supervisor stopped waiting (its \
+                     timeout, or the runtime's shutdown); its outcome is discarded"
                 );
             }
         });

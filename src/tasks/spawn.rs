@@ -142,6 +142,10 @@ impl<'a> TaskBuilder<'a> {
     /// ([`ensure_sync`](crate::ensure_sync), [`TaskSet::current`](crate::TaskSet::current)).
     /// When that pool and its queue are full it waits for room. A panic in it is caught
     /// and logged with the task id.
+    ///
+    /// The one outcome it does not see: a task lost with its runtime (the runtime shut
+    /// down under it, or the server's drain gave up on it) has nobody left to run it; the
+    /// task is recorded `failed` and logged as lost by id instead.
     pub fn on_done(mut self, callback: impl FnOnce(&TaskInfo) + Send + 'static) -> Self {
         self.on_done = Some(Box::new(callback));
         self
