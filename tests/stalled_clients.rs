@@ -71,6 +71,34 @@ async fn a_request_body_that_stops_arriving_is_answered_408_and_frees_the_thread
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_request_body_sent_at_a_trickle_is_answered_408_and_frees_the_thread() {
+    let (tx, rx) = mpsc::channel();
+    let server = TestServer::start_with(one_thread(), reports_its_read(tx));
+
+    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n";
+    within(write.write_all(head.as_bytes())).await.unwrap();
+    // A byte every 20 ms, never a pause as long as the body timeout: the slow client
+    // this simulates, until the server answers (or stops reading).
+    let trickle = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if write.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    let reply = read_raw_response(&mut read).await.expect("a response");
+    assert_eq!(reply.status, 408, "{}", reply.head);
+    assert_eq!(report(rx).await, Err(std::io::ErrorKind::TimedOut));
+    trickle.abort();
+    assert_eq!(get(server.addr, "/hello").await.text(), "hello");
+    server.stop().await;
+}
+
 /// An endless streamed body that reports when its producer is dropped.
 struct Endless(mpsc::Sender<()>);
 

@@ -8,7 +8,9 @@
 //!
 //! A blocking end waits for the other side at most `stall_limit` at a time: a client that
 //! stops sending its body, or stops reading the response, would otherwise hold a pool
-//! thread for as long as it keeps the connection open.
+//! thread for as long as it keeps the connection open. A blocked receiver must get at
+//! least `MIN_PROGRESS` bytes per limit, not just a byte: a body sent at a trickle holds a
+//! thread as surely as one that stopped.
 //!
 //! The end of a stream is explicit: a sender dropped without [`Sender::finish`] (a panic
 //! while producing, a cancelled pump) ends the stream with an error, never with a clean
@@ -40,6 +42,8 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             blocked_receiver: false,
             blocked_sender: false,
             taken: 0,
+            taken_bytes: 0,
+            recv_window: None,
             fault_handed: false,
             asked: false,
         }),
@@ -57,6 +61,11 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
 
 /// The most chunks queued at once, whatever their size.
 const MAX_QUEUED_CHUNKS: usize = 64;
+
+/// The least a blocked receiver must get per stall limit: about 270 bytes a second at the
+/// default 30 s (ASP.NET Core's Kestrel asks 240). Less, from a client that sends a byte
+/// now and then, fails the body as a stalled one does.
+pub(crate) const MIN_PROGRESS: u64 = 8 * 1024;
 
 struct Shared {
     stall_limit: Option<Duration>,
@@ -83,6 +92,11 @@ struct State {
     /// How many pieces the receiver has taken: a sender waiting for room knows the
     /// receiver still moves, if slowly (one large chunk, taken in pieces).
     taken: u64,
+    /// How many bytes the receiver has taken in all.
+    taken_bytes: u64,
+    /// Open from the receiver's first wait until it has taken `MIN_PROGRESS` more bytes:
+    /// how many it had taken then, and the deadline for the rest (`None`: no limit).
+    recv_window: Option<(u64, Option<Instant>)>,
     /// Whether the receiver has asked for a chunk and found none: a sender that waits for
     /// that (`poll_asked`) learns someone reads.
     asked: bool,
@@ -248,6 +262,12 @@ impl State {
         };
         self.queued_bytes -= chunk.len();
         self.taken += 1;
+        self.taken_bytes += chunk.len() as u64;
+        if let Some((from, _)) = self.recv_window {
+            if self.taken_bytes - from >= MIN_PROGRESS {
+                self.recv_window = None;
+            }
+        }
         let wake = if self.queued_bytes <= self.max_bytes / 2
             && self.queue.len() <= MAX_QUEUED_CHUNKS / 2
         {
@@ -436,11 +456,11 @@ pub(crate) struct Receiver {
 
 impl Receiver {
     /// Waits, blocking the thread, for the next chunk; `None` at a clean end. When the
-    /// sender sends nothing for the stall limit, the stream fails with `TimedOut`.
+    /// sender sends less than `MIN_PROGRESS` bytes in the stall limit from the first wait
+    /// on, the stream fails with `TimedOut`.
     /// Call only from a thread that may block.
     pub(crate) fn blocking_recv(&self) -> Option<io::Result<Bytes>> {
         let mut state = self.shared.lock();
-        let mut deadline = None;
         loop {
             if let Some((chunk, wake)) = state.pop() {
                 drop(state);
@@ -457,6 +477,9 @@ impl Receiver {
                 state = self.shared.lock();
                 continue;
             }
+            // The window, and its deadline, carry over from wait to wait (and call to
+            // call) until enough has come: a byte now and then does not reset it.
+            let (from, mut deadline) = state.recv_window.unwrap_or((state.taken_bytes, None));
             state.blocked_receiver = true;
             state = match self.shared.wait(state, &mut deadline) {
                 Ok(state) => state,
@@ -466,13 +489,15 @@ impl Receiver {
                     state.end = End::FailedByClient(
                         io::ErrorKind::TimedOut,
                         Arc::from(format!(
-                            "no request body data from the client for {waited:?}"
+                            "less than {MIN_PROGRESS} bytes of request body data from the \
+                             client in {waited:?}"
                         )),
                     );
                     state
                 }
             };
             state.blocked_receiver = false;
+            state.recv_window = Some((from, deadline));
         }
     }
 
@@ -649,6 +674,30 @@ mod tests {
             rx.blocking_recv().unwrap().unwrap_err().kind(),
             io::ErrorKind::TimedOut
         );
+    }
+
+    #[test]
+    fn a_receiver_fed_small_pieces_steadily_waits_past_many_limits() {
+        // 1 KiB every 5 ms: `MIN_PROGRESS` well within each limit, in pieces far smaller,
+        // for longer than the limit in all.
+        let limit = Duration::from_millis(300);
+        let (tx, rx) = channel(64 * 1024, Some(limit));
+        let pieces = 128;
+        let producer = thread::spawn(move || {
+            for _ in 0..pieces {
+                tx.blocking_send(Bytes::from(vec![b'x'; 1024])).unwrap();
+                thread::sleep(Duration::from_millis(5));
+            }
+            tx.finish();
+        });
+        let start = Instant::now();
+        let mut got = 0;
+        while let Some(chunk) = rx.blocking_recv() {
+            got += chunk.expect("not a stall").len();
+        }
+        assert_eq!(got, pieces * 1024);
+        assert!(start.elapsed() > limit, "too quick to show anything");
+        producer.join().unwrap();
     }
 
     #[test]

@@ -436,7 +436,9 @@ impl<H: Handler> SyncServiceBuilder<H> {
     ///
     /// Why: a handler thread is one of the pool's few; a client that sends half a body and
     /// goes quiet, or stops reading a download, would otherwise hold it for as long as it
-    /// keeps its connection. Past the limit the handler's read fails with
+    /// keeps its connection. So would one that sends a byte now and then: from the
+    /// moment the handler first waits, at least 8 KiB of the body must come per limit
+    /// (about 270 bytes a second at 30 s). Past the limit the handler's read fails with
     /// [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut) and the request is
     /// answered `408 Request Timeout` (whatever the handler answers), or the streamed
     /// response is aborted and its producer stops; either is logged at warn level. The

@@ -290,7 +290,9 @@ impl Server {
     /// client opens no flow-control window for any one of its pending responses, however
     /// its other streams move). Each is logged at warn level. A client reading slowly is
     /// not stalled as long as it takes at least a 64 KiB piece of each response per body
-    /// timeout. A handler's own work is not
+    /// timeout; one sending slowly, as long as at least 8 KiB of its body comes per body
+    /// timeout while the handler waits for it (about 270 bytes a second at 30 s), not a
+    /// byte now and then. A handler's own work is not
     /// limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
     /// once (and has every busy connection checked every millisecond).
     ///
