@@ -70,14 +70,6 @@ impl<T> DropsOffRuntime<T> {
     }
 }
 
-impl<T> std::ops::Deref for DropsOffRuntime<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        self.value.as_ref().expect("taken only when dropped")
-    }
-}
-
 impl<T> Drop for DropsOffRuntime<T> {
     fn drop(&mut self) {
         if let Some(value) = self.value.take() {

@@ -82,9 +82,9 @@ pub struct SyncService<H> {
 }
 
 pub(crate) struct Shared<H> {
-    /// Dropped off the runtime: a legacy handler may own a runtime of its own (a sync
-    /// database client), and the last clone of a service usually goes on a runtime thread.
-    handler: DropsOffRuntime<H>,
+    /// Called through this reference. The last one is `_last_handler`'s, dropped after it
+    /// (fields drop in order) and off the runtime.
+    handler: Arc<H>,
     pool: BlockingPool,
     max_body_size: u64,
     max_header_size: Option<usize>,
@@ -93,6 +93,10 @@ pub(crate) struct Shared<H> {
     context: OnceLock<Arc<Context>>,
     /// Whether the runtime driving the service has timers (see `crate::timer`).
     timers: OnceLock<bool>,
+    /// A legacy handler may own a runtime of its own (a sync database client), and the
+    /// last clone of a service usually goes on a runtime thread, where tokio panics on
+    /// dropping one. Apart from `handler` so that calls go straight through an `Arc`.
+    _last_handler: DropsOffRuntime<Arc<H>>,
 }
 
 impl<H: Handler> SyncService<H> {
@@ -483,9 +487,11 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 tasks: self.tasks,
             }));
         }
+        let handler = Arc::new(self.handler);
         SyncService {
             shared: Arc::new(Shared {
-                handler: DropsOffRuntime::new(self.handler),
+                handler: handler.clone(),
+                _last_handler: DropsOffRuntime::new(handler),
                 pool: self.pool.unwrap_or_default(),
                 max_body_size: self.max_body_size,
                 max_header_size: self.max_header_size,
