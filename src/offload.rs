@@ -19,6 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::OnceLock;
 
+use crate::bridge::throttle::Throttle;
 use crate::error::panic_message;
 
 /// How many values may wait for the drop thread. Drops are rare and quick (the end of a
@@ -44,10 +45,16 @@ pub(crate) fn drop_off_runtime<T: Send + 'static>(value: T) {
         },
         None => value,
     };
-    tracing::warn!(
-        "the drop thread is busy or gone; dropping a value that may own a runtime on a \
-         runtime thread"
-    );
+    // Throttled: a drop thread stuck in one `Drop` would otherwise have every later value
+    // say so.
+    static REFUSED: Throttle = Throttle::new();
+    if let Some(left_out) = REFUSED.admit() {
+        tracing::warn!(
+            left_out,
+            "the drop thread is busy or gone; dropping a value that may own a runtime on a \
+             runtime thread"
+        );
+    }
     drop(refused);
 }
 

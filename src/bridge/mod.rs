@@ -15,7 +15,7 @@ mod future;
 mod job;
 mod pump;
 mod reply;
-mod throttle;
+pub(crate) mod throttle;
 
 use std::convert::Infallible;
 use std::fmt;

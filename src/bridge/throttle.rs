@@ -1,7 +1,8 @@
 //! At most one warning a second for each kind of refusal (`503`, `413`, `431`): under
 //! overload or a flood of bad requests, a line per request would write megabytes of
 //! log a second, on the runtime threads that should be answering. The lines left out are
-//! counted in the next one; every refused request still has its access-log line.
+//! counted in the next one; every refused request still has its access-log line. Other
+//! warnings that can come in floods use it too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -13,13 +14,13 @@ const EVERY_MS: u64 = 1000;
 /// One kind of refusal's warnings: when the next may be logged, and how many were left
 /// out since the last.
 #[derive(Debug)]
-pub(super) struct Throttle {
+pub(crate) struct Throttle {
     next_ms: AtomicU64,
     left_out: AtomicU64,
 }
 
 impl Throttle {
-    pub(super) const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Throttle {
             next_ms: AtomicU64::new(0),
             left_out: AtomicU64::new(0),
@@ -28,7 +29,7 @@ impl Throttle {
 
     /// `Some(lines left out since the last one)` if this one may be logged now; else it
     /// is counted as left out.
-    pub(super) fn admit(&self) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
         let now = now_ms();
         let next = self.next_ms.load(Ordering::Relaxed);
         if now >= next
