@@ -449,6 +449,14 @@ impl FaultProbe {
     }
 }
 
+/// [`State::ask`], waking the sender's task once the lock is let go.
+fn ask(mut state: MutexGuard<'_, State>) {
+    if let Some(waker) = state.ask() {
+        drop(state);
+        waker.wake();
+    }
+}
+
 /// The consuming end.
 pub(crate) struct Receiver {
     shared: Arc<Shared>,
@@ -512,10 +520,7 @@ impl Receiver {
         }
         let polled = state.ended();
         if polled.is_pending() {
-            if let Some(waker) = state.ask() {
-                drop(state);
-                waker.wake();
-            }
+            ask(state);
         }
         polled
     }
@@ -539,10 +544,7 @@ impl Receiver {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => state.recv_waker = Some(cx.waker().clone()),
             }
-            if let Some(waker) = state.ask() {
-                drop(state);
-                waker.wake();
-            }
+            ask(state);
         }
         polled
     }
