@@ -173,31 +173,13 @@ async fn ensure_async_panic_is_a_panic_error() {
     assert!(err.to_string().contains("legacy code blew up"), "{err}");
 }
 
-/// Takes `pool`'s thread with a closure that runs until released; returns its task and
-/// the release once it runs.
-async fn occupy_one_thread(
-    pool: &BlockingPool,
-) -> (
-    tokio::task::JoinHandle<syncbridge::Result<()>>,
-    mpsc::Sender<()>,
-) {
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let first = tokio::spawn(ensure_async_on(pool, move || {
-        started_tx.send(()).unwrap();
-        release_rx.recv_timeout(STEP).unwrap();
-    }));
-    within(started_rx).await.unwrap();
-    (first, release_tx)
-}
-
 #[tokio::test]
 async fn ensure_async_on_full_pool_is_overloaded_at_once() {
     let pool = BlockingPool::builder()
         .max_threads(1)
         .queue_capacity(0)
         .build();
-    let (first, release_tx) = occupy_one_thread(&pool).await;
+    let (first, release_tx) = support::occupy_one_thread(&pool).await;
     let err = within(ensure_async_on(&pool, || ())).await.unwrap_err();
     assert!(err.is_overloaded(), "{err:?}");
     release_tx.send(()).unwrap();
@@ -211,7 +193,7 @@ async fn ensure_async_queue_timeout_is_a_timeout_and_the_closure_never_runs() {
         .queue_capacity(4)
         .queue_timeout(Duration::from_millis(50))
         .build();
-    let (first, release_tx) = occupy_one_thread(&pool).await;
+    let (first, release_tx) = support::occupy_one_thread(&pool).await;
     let ran = Arc::new(AtomicBool::new(false));
     let flag = ran.clone();
     let err = within(ensure_async_on(&pool, move || {
@@ -234,7 +216,7 @@ async fn ensure_async_work_given_up_in_the_queue_gives_its_place_back() {
         .queue_capacity(1)
         .queue_timeout(Duration::from_millis(50))
         .build();
-    let (first, release_tx) = occupy_one_thread(&pool).await;
+    let (first, release_tx) = support::occupy_one_thread(&pool).await;
 
     // Timed out in the queue: its place is free at once, not when a thread reaches it.
     let err = within(ensure_async_on(&pool, || 0)).await.unwrap_err();

@@ -8,6 +8,7 @@ mod support;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use support::{get, within, TestServer, STEP};
 use syncbridge::{ensure_async_on, BlockingPool, Request, Server, TaskSet, TaskStatus};
 
@@ -87,19 +88,7 @@ async fn an_ensure_async_closure_that_never_ran_is_dropped_cleanly() {
         .queue_capacity(4)
         .queue_timeout(Duration::from_millis(50))
         .build();
-    let (started_tx, started_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let busy = ensure_async_on(&pool, move || {
-        started_tx.send(()).unwrap();
-        let _ = release_rx.recv_timeout(STEP);
-    });
-    let busy = tokio::spawn(busy);
-    within(tokio::task::spawn_blocking(move || {
-        started_rx.recv_timeout(STEP)
-    }))
-    .await
-    .unwrap()
-    .expect("the only thread is taken");
+    let (busy, release_tx) = support::occupy_one_thread(&pool).await;
 
     // Past the queue timeout: an error, and the closure dropped unrun.
     let (client, timed_out_report) = sync_client();
@@ -111,10 +100,10 @@ async fn an_ensure_async_closure_that_never_ran_is_dropped_cleanly() {
 
     // Given up by its caller while queued: dropped unrun too.
     let (client, cancelled_report) = sync_client();
-    let queued = ensure_async_on(&pool, move || drop(client));
-    assert!(tokio::time::timeout(Duration::from_millis(1), queued)
-        .await
-        .is_err());
+    // Polled once (that queues it behind the busy thread), then dropped.
+    let mut queued = Box::pin(ensure_async_on(&pool, move || drop(client)));
+    assert!((&mut queued).now_or_never().is_none());
+    drop(queued);
     assert!(dropped_cleanly(cancelled_report).await);
 
     release_tx.send(()).unwrap();

@@ -112,6 +112,24 @@ pub fn flags_when_run<A>() -> (
     (ran, closure)
 }
 
+/// Takes `pool`'s thread with a closure that runs until released; returns its task and
+/// the release once it runs.
+pub async fn occupy_one_thread(
+    pool: &syncbridge::BlockingPool,
+) -> (
+    tokio::task::JoinHandle<syncbridge::Result<()>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let first = tokio::spawn(syncbridge::ensure_async_on(pool, move || {
+        started_tx.send(()).unwrap();
+        release_rx.recv_timeout(STEP).unwrap();
+    }));
+    within(started_rx).await.unwrap();
+    (first, release_tx)
+}
+
 /// A request body fed part by part through the returned sender (which holds at most
 /// `parts` unsent parts); it ends when the sender is dropped.
 pub fn channel_body(
