@@ -23,7 +23,7 @@ struct Embedded {
 }
 
 async fn serve(router: axum::Router) -> Embedded {
-    support::init_tracing();
+    support::logs::install();
     let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .await
         .unwrap();
@@ -171,7 +171,7 @@ struct OneThread<H> {
 }
 
 fn one_thread_service() -> OneThread<impl syncbridge::Handler> {
-    support::init_tracing();
+    support::logs::install();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let release_rx = std::sync::Mutex::new(release_rx);
@@ -339,5 +339,56 @@ async fn a_chunked_body_past_a_host_limit_layer_gets_413_not_400() {
     drop(body_tx);
     let reply = collect(within(response).await.unwrap().expect("a response")).await;
     assert_eq!(reply.status, 413);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_legacy_handler_and_its_ensure_sync_log_inside_the_hosts_request_span() {
+    let legacy = syncbridge::SyncService::new(
+        |req: syncbridge::Request| -> syncbridge::Result<&'static str> {
+            tracing::info!(target: "app", "legacy handler ran");
+            syncbridge::ensure_sync(async {
+                tracing::info!(target: "app", "its async call ran");
+            })?;
+            if req.uri().path().ends_with("/panic") {
+                panic!("the legacy handler gave up");
+            }
+            Ok("logged")
+        },
+    );
+    // What tower-http's `TraceLayer` does by default, with an id to tell requests apart.
+    let traced = tower::ServiceBuilder::new()
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &http::Request<axum::body::Body>| {
+                    let id = req.headers()["x-request-id"].to_str().unwrap().to_owned();
+                    tracing::info_span!(target: "app", "request", id)
+                },
+            ),
+        )
+        .service(legacy);
+    let app = serve(axum::Router::new().nest_service("/legacy", traced)).await;
+    for (id, path, status) in [("r-1", "/legacy/ok", 200), ("r-2", "/legacy/panic", 500)] {
+        let mut send = h1::<Empty<Bytes>>(app.addr).await;
+        let req = http::Request::get(path)
+            .header("host", app.addr.to_string())
+            .header("x-request-id", id)
+            .body(Empty::new())
+            .unwrap();
+        let reply = collect(within(send.send_request(req)).await.unwrap()).await;
+        assert_eq!(reply.status, status);
+        let span = format!("in {{request id=\"{id}\" }}");
+        for line in ["legacy handler ran", "its async call ran"] {
+            assert!(
+                support::logs::contains(&[line, &span]),
+                "{line:?} not logged in the span of request {id}"
+            );
+        }
+    }
+    // The crate's own line about the panic names the request too.
+    assert!(support::logs::contains(&[
+        "handler panicked",
+        "in {request id=\"r-2\" }"
+    ]));
     app.stop().await;
 }

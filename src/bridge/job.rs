@@ -35,6 +35,11 @@ pub(super) struct RequestJob<H> {
     /// (streamed bodies).
     body_fault: Option<FaultProbe>,
     submitted_at: Instant,
+    /// The span current where the request was handed in (a host's request span, such as
+    /// tower-http's `TraceLayer`'s), entered on the handler thread: the handler's own
+    /// events, its producer's, and the crate's lines about them carry it, as they would
+    /// in an async handler.
+    span: tracing::Span,
 }
 
 impl<H> RequestJob<H> {
@@ -52,6 +57,7 @@ impl<H> RequestJob<H> {
             request: Mutex::new(Some(request)),
             body_fault,
             submitted_at,
+            span: tracing::Span::current(),
         }
     }
 }
@@ -92,6 +98,8 @@ impl<H: Handler> RequestJob<H> {
             // Timed out in the queue or the client left: the future already answered.
             return;
         }
+        // Held to the end of the job: the streamed body is produced in it too.
+        let _in_span = self.span.enter();
         if streamed {
             // The future starts reading the body now that a handler will consume it.
             cell.wake_waiter();

@@ -50,6 +50,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// `poll_ready` is always ready (admission happens in `call`, which answers `503` rather
 /// than hold a caller back), and clones share one handler, one pool and its limits.
 ///
+/// The [`tracing::Span`] current when `call` runs (a request span made by a layer in
+/// front, such as tower-http's `TraceLayer`) is entered on the handler thread for the
+/// handler and its streamed body, and [`ensure_sync`](crate::ensure_sync) carries it on
+/// to the runtime: the handler's events nest in the request's span as an async
+/// handler's would.
+///
 /// # Where it may be called from
 ///
 /// `call` must run inside a tokio runtime (any flavour), which becomes the one handler

@@ -45,7 +45,8 @@ use crate::error::{panic_message, Error, Kind, Result};
 ///   [`ensure_async`](crate::ensure_async) instead, whose threads count as handler threads.
 ///
 /// The future must be `Send + 'static` because it runs on the runtime's threads, not on
-/// the caller's.
+/// the caller's. It runs in the caller's [`tracing::Span`]: on a handler thread, the
+/// request's span, if the host made one (see [`SyncService`](crate::SyncService)).
 ///
 /// # Build the future inside `async move`
 ///
@@ -198,8 +199,12 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    // A task of its own, not `Handle::block_on`: see the module docs.
-    let task = handle.spawn(future);
+    // A task of its own, not `Handle::block_on`: see the module docs. It runs in the
+    // caller's span (on a handler thread, the request's), as `ensure_async`'s closure does.
+    let task = handle.spawn(tracing::Instrument::instrument(
+        future,
+        tracing::Span::current(),
+    ));
     park_on(task).map_err(|err| join_error(err, "ensure_sync"))
 }
 

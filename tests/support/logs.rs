@@ -26,9 +26,19 @@ impl Visit for Fields {
 struct Capture;
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let mut fields = Fields(format!("{} ", event.metadata().level()));
         event.record(&mut fields);
+        // The spans the event is in, outermost first, as `in {name field=value }`.
+        for span in ctx
+            .event_scope(event)
+            .into_iter()
+            .flat_map(|s| s.from_root())
+        {
+            if let Some(span_fields) = span.extensions().get::<Fields>() {
+                let _ = write!(fields.0, "in {{{}}} ", span_fields.0);
+            }
+        }
         LINES.lock().unwrap().push(fields.0);
     }
 
@@ -61,7 +71,8 @@ pub fn install() {
         let capture = Capture.with_filter(
             Targets::new()
                 .with_target("syncbridge", Level::DEBUG)
-                .with_target("tasks", Level::TRACE),
+                .with_target("tasks", Level::TRACE)
+                .with_target("app", Level::TRACE),
         );
         let print = tracing_subscriber::fmt::layer()
             .with_test_writer()
