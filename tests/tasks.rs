@@ -459,13 +459,16 @@ async fn a_task_span_follows_from_the_request_span_that_spawned_it() {
     let server = TestServer::start(|req: Request| -> Result<String, BoxError> {
         let span = tracing::info_span!("request", path = req.uri().path());
         let _entered = span.enter();
-        let handle = TaskSet::current()?
+        let set = TaskSet::current()?;
+        let named = set
             .task()
             .name("follower")
             .spawn_blocking(|_| Ok::<_, BoxError>(()))?;
-        Ok(handle.id().to_string())
+        let unnamed = set.spawn_blocking(|_| Ok::<_, BoxError>(()))?;
+        Ok(format!("{} {}", named.id(), unnamed.id()))
     });
-    let id = get(server.addr, "/traced").await.text();
+    let ids = get(server.addr, "/traced").await.text();
+    let (id, unnamed) = ids.split_once(' ').unwrap();
     assert!(
         logs::contains(&[
             "FOLLOWS task",
@@ -474,6 +477,12 @@ async fn a_task_span_follows_from_the_request_span_that_spawned_it() {
             "<- request path=\"/traced\""
         ]),
         "no follows-from edge from the request span to task {id}"
+    );
+    let unnamed_line = ["FOLLOWS task", &format!("task_id={unnamed}")];
+    assert!(logs::contains(&unnamed_line), "no span for task {unnamed}");
+    assert!(
+        !logs::contains(&[&unnamed_line[..], &["name="]].concat()),
+        "the span of unnamed task {unnamed} has a name field"
     );
     server.stop().await;
 }

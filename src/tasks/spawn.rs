@@ -241,12 +241,11 @@ impl<'a> TaskBuilder<'a> {
         register_live(self.set, id, token.clone());
         // A root span of its own that *follows from* the caller's: the task outlives the
         // request, so it must not be the request span's child.
-        let span = tracing::info_span!(
-            parent: None,
-            "task",
-            task_id = %id,
-            name = self.name.as_deref().unwrap_or(""),
-        );
+        // An unnamed task's span has no `name` field rather than an empty one.
+        let span = match self.name.as_deref() {
+            Some(name) => tracing::info_span!(parent: None, "task", task_id = %id, name),
+            None => tracing::info_span!(parent: None, "task", task_id = %id),
+        };
         span.follows_from(tracing::Span::current());
         Ok(Prepared {
             runtime,
