@@ -136,6 +136,13 @@ async fn a_204_or_304_that_the_handler_gave_a_body_goes_out_without_one_over_htt
     )
     .await;
     assert!(!reply.headers.contains_key(header::CONTENT_LENGTH));
+    // The handler's mistake is named where its author will look.
+    assert!(logs::contains(&[
+        "WARN",
+        "path=/no-content",
+        "status=204",
+        "the handler's was dropped"
+    ]));
     server.stop().await;
 }
 

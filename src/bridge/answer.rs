@@ -190,8 +190,19 @@ fn without_body(
     if status.is_informational() || status == StatusCode::NO_CONTENT {
         parts.headers.remove(CONTENT_LENGTH);
     }
-    if let ResponseKind::Stream(_) = &kind {
-        tracing::trace!(method = %method, path = %uri.path(), %status, "response has no body; its producer is not run");
+    let has_body = match &kind {
+        ResponseKind::Full(bytes) => !bytes.is_empty(),
+        ResponseKind::Stream(_) => true,
+    };
+    if *method == Method::HEAD && may_have_body(status) {
+        // The usual `HEAD` answer: the `GET` handler's body, not wanted.
+        tracing::trace!(method = %method, path = %uri.path(), %status, "answer to HEAD; its body producer is not run");
+    } else if has_body && status == StatusCode::NOT_MODIFIED {
+        // A conditional `GET` answered from the full response: common, and harmless.
+        tracing::debug!(method = %method, path = %uri.path(), "a 304 has no body; the handler's was dropped");
+    } else if has_body {
+        // The handler meant the client to read something that HTTP does not carry.
+        tracing::warn!(method = %method, path = %uri.path(), %status, "a 1xx or 204 response has no body; the handler's was dropped");
     }
     drop(kind);
     ResponseKind::Full(Bytes::new())
