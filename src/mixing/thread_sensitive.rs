@@ -116,7 +116,7 @@ where
         // Built outside the table's borrow: the factory may itself use a `PerThread`.
         let built = Rc::new((self.factory)());
         tracing::debug!(
-            thread = std::thread::current().name().unwrap_or("unnamed"),
+            thread = %std::thread::current().name().unwrap_or("unnamed"),
             "built a per-thread handler instance"
         );
         let dead = INSTANCES.with(|table| {
@@ -312,7 +312,7 @@ impl Handler for SingleThread {
             tracing::error!(
                 thread = %inner.name,
                 method = %request.method(),
-                path = request.uri().path(),
+                path = %request.uri().path(),
                 "single-thread handler called from async code, where waiting for its thread \
                  would block the runtime; answered 500 (serve it through the server or \
                  SyncService)"
@@ -486,7 +486,7 @@ fn serve_one(handler: &dyn Fn(Request) -> Response, call: Call, name: &str) {
     });
     let response = outcome.unwrap_or_else(|payload| {
         tracing::error!(
-            thread = name, %method, %path, panic = %panic_message(&*payload),
+            thread = %name, %method, %path, panic = %panic_message(&*payload),
             "single-thread handler panicked; answered 500, thread kept"
         );
         internal_error()
@@ -502,7 +502,7 @@ fn serve_here(handler: &dyn Fn(Request) -> Response, request: Request, name: &st
     let path = request.uri().path().to_owned();
     catch_unwind(AssertUnwindSafe(|| handler(request))).unwrap_or_else(|payload| {
         tracing::error!(
-            thread = name, %method, %path, panic = %panic_message(&*payload),
+            thread = %name, %method, %path, panic = %panic_message(&*payload),
             "single-thread handler panicked in a call to itself; answered 500"
         );
         internal_error()
