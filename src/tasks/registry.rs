@@ -8,6 +8,7 @@
 //!   a running task's status, so the insert fails with `is_overloaded()` instead.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,14 +21,13 @@ pub(crate) const DEFAULT_MAX_ENTRIES: usize = 10_000;
 /// The default time a finished entry is kept.
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
-#[derive(Debug)]
 pub(crate) struct Registry {
     max_entries: usize,
     ttl: Duration,
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     entries: HashMap<TaskId, TaskInfo>,
     /// Finished ids in the order they finished: with one TTL for all, the front is always
@@ -99,9 +99,21 @@ impl Registry {
         }
     }
 
-    #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().entries.len()
+    }
+}
+
+/// The bounds and a count, never the entries: a `{:?}` of a task set (or of the server
+/// holding one) in a log line must not print up to `max_entries` task ids, which are
+/// what keeps one client from reading another's results, nor hold the lock to do so.
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("max_entries", &self.max_entries)
+            .field("ttl", &self.ttl)
+            .field("entries", &self.len())
+            .finish()
     }
 }
 
@@ -220,6 +232,17 @@ mod tests {
             .unwrap_err();
         assert!(err.is_overloaded(), "{err:?}");
         assert_eq!(registry.len(), 2);
+    }
+
+    #[test]
+    fn debug_shows_the_bounds_and_a_count_not_the_ids() {
+        let registry = Registry::new(5, Duration::from_secs(60));
+        let id = TaskId::generate();
+        registry.insert(id, None).unwrap();
+        registry.finished(id, done(TaskStatus::Failed));
+        let shown = format!("{registry:?}");
+        assert!(!shown.contains(&id.to_string()), "{shown}");
+        assert_eq!(shown, "Registry { max_entries: 5, ttl: 60s, entries: 1 }");
     }
 
     #[test]
