@@ -609,3 +609,15 @@ async fn one_http2_connection_holds_at_most_its_concurrent_streams_in_the_pool()
     }
     server.stop().await;
 }
+
+#[test]
+fn binding_a_port_in_use_panics_with_the_os_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let panic = std::panic::catch_unwind(|| Server::bind(addr)).expect_err("the port is taken");
+    let message = panic
+        .downcast_ref::<String>()
+        .expect("a formatted panic message");
+    assert!(message.contains(&addr.to_string()), "{message}");
+    assert!(message.contains("in use"), "{message}");
+}

@@ -124,7 +124,12 @@ impl Server {
     ///
     /// If the address cannot be bound. Use [`try_bind`](Server::try_bind) to handle that.
     pub fn bind(addr: impl ToSocketAddrs) -> Server {
-        Server::try_bind(addr).unwrap_or_else(|err| panic!("syncbridge: {err}"))
+        // The OS's reason ("Address already in use") is the error's source, which its
+        // `Display` leaves out by convention: a panic message must say it.
+        Server::try_bind(addr).unwrap_or_else(|err| match std::error::Error::source(&err) {
+            Some(cause) => panic!("syncbridge: {err}: {cause}"),
+            None => panic!("syncbridge: {err}"),
+        })
     }
 
     /// Binds to the first address of `addr` that works.
