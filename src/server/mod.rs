@@ -56,6 +56,7 @@ use exec::StreamExecutor;
 ///     Server::bind("127.0.0.1:8000").serve(hello)
 /// }
 /// ```
+#[must_use = "a Server does nothing until `serve` or `serve_async` is called; dropping it closes its socket"]
 pub struct Server {
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
