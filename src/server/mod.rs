@@ -170,7 +170,7 @@ impl Server {
         Ok(Server {
             listener,
             local_addr,
-            shutdown: ShutdownHandle::default(),
+            shutdown: ShutdownHandle::new(),
             config: Config::default(),
         })
     }

@@ -19,12 +19,20 @@ use tokio_util::sync::CancellationToken;
 /// handle.shutdown();
 /// thread.join().unwrap().unwrap();
 /// ```
-#[derive(Clone, Debug, Default)]
+// No `Default`: a handle made apart from a server would shut nothing down.
+#[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     pub(super) graceful: CancellationToken,
 }
 
 impl ShutdownHandle {
+    /// The handle of a new server.
+    pub(super) fn new() -> Self {
+        ShutdownHandle {
+            graceful: CancellationToken::new(),
+        }
+    }
+
     /// Stops accepting connections and lets in-flight requests finish, up to the server's
     /// shutdown timeout.
     pub fn shutdown(&self) {
