@@ -16,7 +16,23 @@ pub type Request = http::Request<Body>;
 ///
 /// A type alias: build one with [`Response::new`](http::Response::new) and its setters,
 /// or with `http::Response::builder()` (`syncbridge::http` re-exports the crate), whose
-/// `body` takes a [`ResponseBody`] (`.body("text".into())`).
+/// `body` takes a [`ResponseBody`] (`.body("text".into())`). A handler may also return
+/// the builder's `http::Response<B>` for any `B` a `ResponseBody` converts from, or the
+/// builder's `Result` (see [`IntoResponse`]):
+///
+/// ```
+/// use syncbridge::http::{self, StatusCode};
+/// use syncbridge::{Handler, Request};
+///
+/// fn created(_req: Request) -> http::Result<http::Response<&'static str>> {
+///     http::Response::builder()
+///         .status(StatusCode::CREATED)
+///         .header("location", "/items/7")
+///         .body("made")
+/// }
+/// # fn assert_handler(_: impl Handler) {}
+/// assert_handler(created);
+/// ```
 pub type Response = http::Response<ResponseBody>;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -84,9 +100,12 @@ pub trait IntoResponse {
     fn into_response(self) -> Response;
 }
 
-impl IntoResponse for Response {
+/// Any body [`ResponseBody`] converts from: `http::Response::builder().body("text")`
+/// is a handler's answer as it stands (under the headers the builder set; none added).
+impl<B: Into<ResponseBody>> IntoResponse for http::Response<B> {
+    #[inline]
     fn into_response(self) -> Response {
-        self
+        self.map(Into::into)
     }
 }
 
