@@ -165,10 +165,15 @@ where
 /// }
 ///
 /// let fetch_user_blocking = sync_fn(fetch_user);
-/// let handler = move |_req: Request| fetch_user_blocking(7);
-/// # let _ = handler;
+/// // A clone is cheap (it shares `f`), so several handlers can use one.
+/// let profile = {
+///     let fetch_user_blocking = fetch_user_blocking.clone();
+///     move |_req: Request| fetch_user_blocking(7)
+/// };
+/// let settings = move |_req: Request| fetch_user_blocking(8);
+/// # let _ = (profile, settings);
 /// ```
-pub fn sync_fn<F, A, Fut>(f: F) -> impl Fn(A) -> Result<Fut::Output> + Send + Sync + 'static
+pub fn sync_fn<F, A, Fut>(f: F) -> impl Fn(A) -> Result<Fut::Output> + Clone + Send + Sync + 'static
 where
     F: Fn(A) -> Fut + Send + Sync + 'static,
     A: Send + 'static,
