@@ -41,8 +41,9 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 ///
 /// Implemented for every `Fn(Request) -> R` that is `Send + Sync + 'static` where `R`
 /// converts [`IntoResponse`]: a [`Response`], a string, bytes, a `(StatusCode, body)`
-/// pair, or a `Result` whose `Err` becomes a logged `500`. An `Err` that is a
-/// [`syncbridge::Error`](crate::Error) saying the server has no room
+/// pair, or a `Result` whose `Err` becomes a logged `500`. An `Err` that is, or wraps
+/// (as its `source()`, or inside an `io::Error`), a [`syncbridge::Error`](crate::Error)
+/// saying the server has no room
 /// ([`is_overloaded`](crate::Error::is_overloaded): a full task pool or registry) or is
 /// going away ([`is_shutdown`](crate::Error::is_shutdown)) becomes `503` with
 /// `Retry-After` instead, logged at warn: `?` on `spawn_blocking` or `ensure_sync` gives

@@ -353,16 +353,43 @@ async fn retries_stop_at_the_maximum_and_the_task_fails() {
 
 #[tokio::test]
 async fn a_full_task_pool_refuses_with_overloaded_while_requests_are_still_served() {
+    /// An application's own error type, with the crate's error as its source.
+    #[derive(Debug)]
+    struct AppError(syncbridge::Error);
+    impl std::fmt::Display for AppError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("could not queue the report")
+        }
+    }
+    impl std::error::Error for AppError {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
     logs::install();
     let set = TaskSet::builder().max_threads(1).queue_capacity(0).build();
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0").tasks(set.clone()),
         |req: Request| -> Result<String, BoxError> {
             let spawned = TaskSet::current()?.spawn_blocking(|_| Ok::<_, BoxError>(()));
-            if req.uri().path() == "/propagate" {
-                // Left to the bridge: `?` on the crate's overload error answers 503.
-                let _detached = spawned?;
-                return Ok("spawned".into());
+            match req.uri().path() {
+                // Left to the bridge: `?` on the crate's overload error answers 503,
+                "/propagate" => {
+                    let _detached = spawned?;
+                    return Ok("spawned".into());
+                }
+                // and so does one the application wrapped in an error of its own,
+                "/wrapped" => {
+                    let _detached = spawned.map_err(AppError)?;
+                    return Ok("spawned".into());
+                }
+                // or in an `io::Error`.
+                "/io" => {
+                    let _detached = spawned.map_err(std::io::Error::other)?;
+                    return Ok("spawned".into());
+                }
+                _ => {}
             }
             match spawned {
                 Ok(_) => Ok("spawned".into()),
@@ -394,6 +421,10 @@ async fn a_full_task_pool_refuses_with_overloaded_while_requests_are_still_serve
         "/propagate",
         "overload or shutdown error; answered 503"
     ]));
+    for path in ["/wrapped", "/io"] {
+        let wrapped = get(server.addr, path).await;
+        assert_eq!(wrapped.status, 503, "{path}: {}", wrapped.text());
+    }
     assert_eq!(set.live(), 1, "the refused task left no entry behind");
     release_tx.send(()).unwrap();
     within(blocker.join()).await.unwrap();

@@ -81,10 +81,7 @@ pub(super) fn handler_error(
     uri: &Uri,
     retry_after: &HeaderValue,
 ) {
-    if !err
-        .downcast_ref::<crate::Error>()
-        .is_some_and(crate::Error::is_unavailable)
-    {
+    if !unavailable(&**err) {
         tracing::error!(
             method = %method,
             path = %uri.path(),
@@ -107,6 +104,29 @@ pub(super) fn handler_error(
     response
         .headers_mut()
         .insert(RETRY_AFTER, retry_after.clone());
+}
+
+/// Whether the crate's own "not now" is the error or what it wraps: `?` through an
+/// error type of the application's (`anyhow`'s context, a `thiserror` variant with a
+/// source) or an `io::Error` must not turn a `503` into a `500`.
+fn unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    // Bounded: a cycle of sources is a bug of someone else's we must not hang on.
+    for _ in 0..16 {
+        let Some(err) = next else { break };
+        if err
+            .downcast_ref::<crate::Error>()
+            .is_some_and(crate::Error::is_unavailable)
+        {
+            return true;
+        }
+        // An `io::Error` hides the error it wraps from `source()`.
+        next = match err.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 /// The body as HTTP allows it for this method and status. hyper leaves the body out of a
