@@ -150,7 +150,13 @@ impl TaskSet {
 
     /// Runs the blocking closure `f` on the set's task pool, after the response if
     /// called from a handler. Shorthand for `self.task().spawn_blocking(f)`; see
-    /// [`TaskBuilder::spawn_blocking`] for where it may be called from and its errors.
+    /// [`TaskBuilder::spawn_blocking`] for where it may be called from.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_overloaded`] (pool or registry full), [`Error::is_shutdown`] (draining),
+    /// [`Error::is_no_context`] (no runtime to run on): see
+    /// [`TaskBuilder::spawn_blocking`].
     pub fn spawn_blocking<F, T, E>(&self, f: F) -> Result<TaskHandle<T>>
     where
         F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
@@ -162,6 +168,11 @@ impl TaskSet {
 
     /// Runs the future `make(ctx)` returns on the runtime. Shorthand for
     /// `self.task().spawn(make)`; see [`TaskBuilder::spawn`].
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_blocking`](Self::spawn_blocking)'s, but for the task pool, which a
+    /// future does not use.
     pub fn spawn<F, Fut, T, E>(&self, make: F) -> Result<TaskHandle<T>>
     where
         F: FnMut(TaskContext) -> Fut + Send + 'static,

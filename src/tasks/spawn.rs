@@ -208,9 +208,13 @@ impl<'a> TaskBuilder<'a> {
     /// Runs the future that `make(ctx)` returns on the runtime; `make` is called once per
     /// attempt. Cancellation drops the future at its next await.
     ///
-    /// Callable from any thread, like [`spawn_blocking`](Self::spawn_blocking), with the
-    /// same errors except that the task pool is not involved. Inside the future,
-    /// [`TaskSet::current`] returns this set.
+    /// Callable from any thread, like [`spawn_blocking`](Self::spawn_blocking). Inside the
+    /// future, [`TaskSet::current`] returns this set.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn_blocking`](Self::spawn_blocking)'s, but for the task pool, which a
+    /// future does not use.
     pub fn spawn<F, Fut, T, E>(self, make: F) -> Result<TaskHandle<T>>
     where
         F: FnMut(TaskContext) -> Fut + Send + 'static,
