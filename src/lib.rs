@@ -28,7 +28,7 @@ pub use mixing::{
     EnsureAsyncFuture, PerThread, SingleThread, SingleThreadBuilder,
 };
 pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
-pub use server::{Server, ShutdownHandle};
+pub use server::{RemoteAddr, Server, ShutdownHandle};
 pub use tasks::{
     TaskBuilder, TaskContext, TaskHandle, TaskId, TaskInfo, TaskSet, TaskSetBuilder, TaskStatus,
 };

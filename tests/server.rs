@@ -621,3 +621,28 @@ fn binding_a_port_in_use_panics_with_the_os_reason() {
     assert!(message.contains(&addr.to_string()), "{message}");
     assert!(message.contains("in use"), "{message}");
 }
+
+#[tokio::test]
+async fn a_handler_sees_the_clients_address() {
+    let named = |req: Request| match req.extensions().get() {
+        Some(syncbridge::RemoteAddr(addr)) => addr.to_string(),
+        None => "none".to_owned(),
+    };
+    // Not asked for: not paid for.
+    let server = TestServer::start(named);
+    assert_eq!(get(server.addr, "/").await.text(), "none");
+    server.stop().await;
+
+    let server = TestServer::start_with(Server::bind("127.0.0.1:0").remote_addr(true), named);
+    // Two connections from two ports: each request names its own.
+    for _ in 0..2 {
+        let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+        let client = stream.local_addr().unwrap();
+        within(stream.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n"))
+            .await
+            .unwrap();
+        let reply = read_raw_response(&mut stream).await.expect("a response");
+        assert_eq!(String::from_utf8(reply.body).unwrap(), client.to_string());
+    }
+    server.stop().await;
+}

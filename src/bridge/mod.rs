@@ -19,6 +19,7 @@ pub(crate) mod throttle;
 
 use std::convert::Infallible;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::offload::DropsOffRuntime;
 use crate::pool::{Admission, BlockingPool, Job};
+use crate::server::RemoteAddr;
 use crate::tasks::TaskSet;
 use job::RequestJob;
 use pump::Pump;
@@ -85,6 +87,8 @@ pub struct SyncService<H> {
     shared: Arc<Shared<H>>,
     /// The connection this clone serves, when the bundled server tracks idleness.
     activity: Option<Arc<Activity>>,
+    /// The client of that connection, put in each request's extensions.
+    peer: Option<RemoteAddr>,
 }
 
 pub(crate) struct Shared<H> {
@@ -130,10 +134,14 @@ impl<H: Handler> SyncService<H> {
         &self.shared.pool
     }
 
-    pub(crate) fn with_activity(&self, activity: Arc<Activity>) -> Self {
+    /// The clone that serves one connection of the bundled server.
+    /// The clone that serves one connection of the bundled server; `peer` when its
+    /// requests are to carry it.
+    pub(crate) fn for_connection(&self, activity: Arc<Activity>, peer: Option<SocketAddr>) -> Self {
         SyncService {
             shared: self.shared.clone(),
             activity: Some(activity),
+            peer: peer.map(RemoteAddr),
         }
     }
 
@@ -158,7 +166,10 @@ impl<H: Handler> SyncService<H> {
         B::Error: Into<BoxError>,
     {
         self.context();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        if let Some(peer) = self.peer {
+            parts.extensions.insert(peer);
+        }
         if let Some(activity) = &self.activity {
             activity.request_started(parts.version);
         }
@@ -352,6 +363,7 @@ impl<H> Clone for SyncService<H> {
         SyncService {
             shared: self.shared.clone(),
             activity: self.activity.clone(),
+            peer: self.peer,
         }
     }
 }
@@ -507,6 +519,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 timers: OnceLock::new(),
             }),
             activity: None,
+            peer: None,
         }
     }
 }

@@ -36,6 +36,8 @@ pub(super) struct ConnConfig {
     /// How long a client may leave a response unread (the socket full) before the
     /// connection is closed: the server's body timeout.
     pub(super) write_stall_timeout: Duration,
+    /// Whether requests carry the peer's address (`Server::remote_addr`).
+    pub(super) remote_addr: bool,
     pub(super) signal: ConnSignal,
 }
 
@@ -84,7 +86,7 @@ pub(super) async fn serve<H: Handler>(
             io: TokioIo::new(stream),
             activity: activity.clone(),
         },
-        service.with_activity(activity.clone()),
+        service.for_connection(activity.clone(), config.remote_addr.then_some(peer)),
     );
     let mut conn = std::pin::pin!(conn);
     let mut notified = std::pin::pin!(config.signal.notify.notified());

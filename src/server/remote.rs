@@ -1,0 +1,29 @@
+//! The client's address, as the bundled server hands it to a handler.
+
+use std::net::SocketAddr;
+
+/// The address of the client a request came from: WSGI's `REMOTE_ADDR`, axum's
+/// `ConnectInfo<SocketAddr>`.
+///
+/// The bundled [`Server`](crate::Server) puts one in every request's extensions when
+/// asked to with [`Server::remote_addr`](crate::Server::remote_addr). It is the TCP peer: behind a reverse proxy that is the proxy, and the client is in a header
+/// the proxy sets (`Forwarded`, `X-Forwarded-For`), which only the application knows
+/// whether to trust. A [`SyncService`](crate::SyncService) embedded in another server
+/// passes on that server's extensions instead (axum's `ConnectInfo`, when the app is
+/// served with `into_make_service_with_connect_info`).
+///
+/// # Examples
+///
+/// ```
+/// use syncbridge::{RemoteAddr, Request};
+///
+/// fn whoami(req: Request) -> String {
+///     match req.extensions().get::<RemoteAddr>() {
+///         Some(RemoteAddr(addr)) => format!("you are {}\n", addr.ip()),
+///         None => "no client address: not asked for, or not the bundled server\n".to_owned(),
+///     }
+/// }
+/// # let _ = whoami;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteAddr(pub SocketAddr);
