@@ -440,7 +440,7 @@ async fn a_registry_full_of_live_tasks_refuses_with_overloaded() {
     let set = TaskSet::builder().max_entries(1).build();
     let live = set
         .spawn(|ctx| async move {
-            ctx.cancellation_token().cancelled().await;
+            ctx.cancelled().await;
             Ok::<_, BoxError>(())
         })
         .unwrap();

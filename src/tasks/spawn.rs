@@ -27,7 +27,7 @@ pub(super) type Callback = Box<dyn FnOnce(&TaskInfo) + Send + 'static>;
 /// through which it is asked to stop.
 ///
 /// A blocking task should check [`is_cancelled`](TaskContext::is_cancelled) between
-/// steps; an async task may await `cancellation_token().cancelled()`.
+/// steps; an async task may await [`cancelled`](TaskContext::cancelled).
 #[derive(Clone, Debug)]
 pub struct TaskContext {
     pub(super) id: TaskId,
@@ -52,7 +52,17 @@ impl TaskContext {
         self.token.is_cancelled()
     }
 
-    /// The task's cancellation token.
+    /// Resolves once the task is asked to stop (see
+    /// [`is_cancelled`](TaskContext::is_cancelled)): `select!` on it in an async task.
+    ///
+    /// A future: await it in async code. A blocking task checks `is_cancelled` instead.
+    pub fn cancelled(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.token.cancelled()
+    }
+
+    /// The task's cancellation token, to hand to code that takes one (child tokens,
+    /// `run_until_cancelled`). It is tokio-util 0.7's type: name it in your own code
+    /// through a `tokio-util = "0.7"` dependency of yours.
     pub fn cancellation_token(&self) -> &CancellationToken {
         &self.token
     }
