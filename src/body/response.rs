@@ -104,6 +104,55 @@ impl ResponseBody {
         }
     }
 
+    /// Runs the body to its end on this thread and returns it whole: for a handler's
+    /// unit tests, which call it with no server. The server never does this (it streams
+    /// with backpressure): do not call it on a body that may be large.
+    ///
+    /// Callable from any thread. A producer runs here as on a plain thread: with no
+    /// syncbridge context, so an `ensure_sync` in it fails with `is_no_context`.
+    ///
+    /// # Errors
+    ///
+    /// The producer's own: a reader's, a chunk's, or the writer closure's `Err`. A
+    /// panic in the producer is not caught.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use syncbridge::{http::StatusCode, IntoResponse, Request, ResponseBody};
+    ///
+    /// fn report(_req: Request) -> (StatusCode, ResponseBody) {
+    ///     let body = ResponseBody::from_writer(|w| writeln!(w, "rows: {}", 3));
+    ///     (StatusCode::OK, body)
+    /// }
+    ///
+    /// let response = report(Request::new(Default::default())).into_response();
+    /// assert_eq!(response.status(), StatusCode::OK);
+    /// assert_eq!(response.into_body().into_bytes().unwrap(), "rows: 3\n");
+    /// ```
+    pub fn into_bytes(self) -> io::Result<Bytes> {
+        match self.kind {
+            ResponseKind::Full(bytes) => Ok(bytes),
+            ResponseKind::Stream(Producer::Reader(mut reader)) => {
+                let mut whole = Vec::new();
+                reader.read_to_end(&mut whole)?;
+                Ok(whole.into())
+            }
+            ResponseKind::Stream(Producer::Iter(chunks)) => {
+                let mut whole = Vec::new();
+                for chunk in chunks {
+                    whole.extend_from_slice(&chunk?);
+                }
+                Ok(whole.into())
+            }
+            ResponseKind::Stream(Producer::Writer(write)) => {
+                let mut whole = Vec::new();
+                write(&mut whole)?;
+                Ok(whole.into())
+            }
+        }
+    }
+
     /// The body's length, when it is known before it is sent.
     pub fn len_hint(&self) -> Option<u64> {
         match &self.kind {
@@ -170,5 +219,24 @@ impl From<()> for ResponseBody {
 impl From<crate::Body> for ResponseBody {
     fn from(body: crate::Body) -> Self {
         ResponseBody::from_reader(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn into_bytes_runs_every_kind_of_producer_and_passes_on_its_error() {
+        let reader = ResponseBody::from_reader(io::Cursor::new(vec![b'r'; 100_000]));
+        assert_eq!(reader.into_bytes().unwrap().len(), 100_000);
+        let chunks = ResponseBody::from_chunks(["a", "b"].map(|s| Ok(Bytes::from(s))));
+        assert_eq!(chunks.into_bytes().unwrap(), "ab");
+        let broken = ResponseBody::from_chunks([
+            Ok(Bytes::from("a")),
+            Err(io::Error::other("disk gone")),
+        ]);
+        assert_eq!(broken.into_bytes().unwrap_err().to_string(), "disk gone");
+        assert_eq!(ResponseBody::from("full").into_bytes().unwrap(), "full");
     }
 }
