@@ -392,3 +392,30 @@ async fn the_legacy_handler_and_its_ensure_sync_log_inside_the_hosts_request_spa
     ]));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_task_set_given_to_the_service_is_the_legacy_handlers_current_one() {
+    let tasks = syncbridge::TaskSet::new();
+    let (ran_tx, mut ran_rx) = mpsc::unbounded_channel();
+    let legacy = syncbridge::SyncService::builder(
+        move |_req: syncbridge::Request| -> syncbridge::Result<String> {
+            let ran_tx = ran_tx.clone();
+            let handle = syncbridge::TaskSet::current()?.spawn_blocking(move |_ctx| {
+                ran_tx.send(()).unwrap();
+                Ok::<_, std::io::Error>(())
+            })?;
+            Ok(handle.id().to_string())
+        },
+    )
+    .tasks(tasks.clone())
+    .build();
+    let app = serve(axum::Router::new().nest_service("/legacy", legacy)).await;
+    let reply = get(app.addr, "/legacy/report").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    within(ran_rx.recv()).await.expect("the task ran");
+    let id = syncbridge::TaskId::parse(&reply.text()).expect("a task id");
+    app.stop().await;
+    // The host drains the set it gave.
+    within(tasks.shutdown(Duration::from_secs(5))).await;
+    assert_eq!(tasks.status(id), syncbridge::TaskStatus::Succeeded);
+}

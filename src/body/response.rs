@@ -232,10 +232,8 @@ mod tests {
         assert_eq!(reader.into_bytes().unwrap().len(), 100_000);
         let chunks = ResponseBody::from_chunks(["a", "b"].map(|s| Ok(Bytes::from(s))));
         assert_eq!(chunks.into_bytes().unwrap(), "ab");
-        let broken = ResponseBody::from_chunks([
-            Ok(Bytes::from("a")),
-            Err(io::Error::other("disk gone")),
-        ]);
+        let broken =
+            ResponseBody::from_chunks([Ok(Bytes::from("a")), Err(io::Error::other("disk gone"))]);
         assert_eq!(broken.into_bytes().unwrap_err().to_string(), "disk gone");
         assert_eq!(ResponseBody::from("full").into_bytes().unwrap(), "full");
     }

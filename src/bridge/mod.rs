@@ -101,6 +101,8 @@ pub(crate) struct Shared<H> {
     retry_after: HeaderValue,
     body_timeout: Duration,
     context: OnceLock<Arc<Context>>,
+    /// For a context made on the first call (no runtime given to the builder).
+    tasks: Option<TaskSet>,
     /// Whether the runtime driving the service has timers (see `crate::timer`).
     timers: OnceLock<bool>,
     /// A legacy handler may own a runtime of its own (a sync database client), and the
@@ -153,7 +155,7 @@ impl<H: Handler> SyncService<H> {
         Some(self.shared.context.get_or_init(|| {
             Arc::new(Context {
                 runtime,
-                tasks: None,
+                tasks: self.shared.tasks.clone(),
             })
         }))
     }
@@ -485,9 +487,14 @@ impl<H: Handler> SyncServiceBuilder<H> {
         self
     }
 
-    /// The background task set handlers reach with `TaskSet::current()`; set by the
-    /// bundled server, which owns and drains it. Takes effect with `runtime`.
-    pub(crate) fn tasks(mut self, tasks: TaskSet) -> Self {
+    /// The background task set handlers reach with [`TaskSet::current()`]. Default is
+    /// none: there `TaskSet::current()` fails with `is_no_context`, and a handler spawns
+    /// through a set it captured.
+    ///
+    /// The bundled server drains its own set at shutdown; a host drains this one: await
+    /// [`TaskSet::shutdown`] after the host's server has stopped (axum's graceful
+    /// shutdown), or the tasks still running are cut off when the runtime goes.
+    pub fn tasks(mut self, tasks: TaskSet) -> Self {
         self.tasks = Some(tasks);
         self
     }
@@ -502,7 +509,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
         if let Some(runtime) = self.runtime {
             let _ = context.set(Arc::new(Context {
                 runtime,
-                tasks: self.tasks,
+                tasks: self.tasks.clone(),
             }));
         }
         let handler = Arc::new(self.handler);
@@ -516,6 +523,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 retry_after: HeaderValue::from(secs.max(1)),
                 body_timeout: self.body_timeout,
                 context,
+                tasks: self.tasks,
                 timers: OnceLock::new(),
             }),
             activity: None,

@@ -122,8 +122,9 @@ impl TaskSet {
     /// # Errors
     ///
     /// [`Error::is_no_context`] anywhere else: a plain thread, async code outside a
-    /// task, or a [`SyncService`](crate::SyncService) used without the bundled server.
-    /// Keep an explicit [`TaskSet`] there instead.
+    /// task, or a [`SyncService`](crate::SyncService) built without
+    /// [`tasks`](crate::SyncServiceBuilder::tasks) and served by another server. Give
+    /// the service a set, or keep an explicit [`TaskSet`] there instead.
     pub fn current() -> Result<TaskSet> {
         if let Some(ctx) = context::current() {
             if let Some(tasks) = &ctx.tasks {
@@ -131,7 +132,7 @@ impl TaskSet {
             }
             return Err(Error::new(Kind::NoContext).with_message(
                 "this handler's service has no task set (the bundled Server provides one); \
-                 spawn through an explicit TaskSet",
+                 give it one with SyncServiceBuilder::tasks or spawn through an explicit TaskSet",
             ));
         }
         if let Ok(set) = CURRENT_SET.try_with(TaskSet::clone) {
