@@ -11,6 +11,11 @@
 //! The guide with the Flask-Executor / Celery / Starlette mapping is
 //! `docs/background-tasks.md`.
 
+/// Compiles the code in the guide as doctests, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/background-tasks.md")]
+pub struct BackgroundTasksGuide;
+
 mod attempt;
 mod backend;
 mod handle;
