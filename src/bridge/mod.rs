@@ -87,7 +87,8 @@ pub struct SyncService<H> {
     shared: Arc<Shared<H>>,
     /// The connection this clone serves, when the bundled server tracks idleness.
     activity: Option<Arc<Activity>>,
-    /// The client of that connection, put in each request's extensions.
+    /// The client of that connection, put in each request's extensions when the server
+    /// was asked to (`Server::remote_addr`).
     peer: Option<RemoteAddr>,
 }
 
@@ -136,7 +137,6 @@ impl<H: Handler> SyncService<H> {
         &self.shared.pool
     }
 
-    /// The clone that serves one connection of the bundled server.
     /// The clone that serves one connection of the bundled server; `peer` when its
     /// requests are to carry it.
     pub(crate) fn for_connection(&self, activity: Arc<Activity>, peer: Option<SocketAddr>) -> Self {
