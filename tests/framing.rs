@@ -5,7 +5,7 @@ mod support;
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{header, StatusCode};
@@ -327,4 +327,44 @@ async fn a_503_the_server_makes_itself_goes_out_without_a_body_for_head_over_htt
     let held = collect(within(held).await.unwrap().unwrap()).await;
     assert_eq!(held.text(), "done");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_given_up_while_its_handler_reads_the_body_is_not_logged_as_a_server_error() {
+    // What hyper does when an HTTP/2 client resets its stream or closes its connection
+    // while the handler is behind on its upload: it drops the request's future.
+    logs::install();
+    let (reading_tx, reading_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (reading_tx, done_tx) = (Mutex::new(Some(reading_tx)), Mutex::new(Some(done_tx)));
+    let service =
+        syncbridge::SyncService::new(move |mut req: Request| -> std::io::Result<String> {
+            // The README's way to read an upload: `?` on the read.
+            let mut first = [0u8; 1024];
+            let n = req.body_mut().read(&mut first)?;
+            let _ = reading_tx.lock().unwrap().take().unwrap().send(());
+            let rest = std::io::copy(req.body_mut(), &mut std::io::sink());
+            let _ = done_tx.lock().unwrap().take().unwrap().send(());
+            Ok(format!("{} bytes", n as u64 + rest?))
+        });
+    let (body_tx, body) = support::channel_body(4);
+    let req = http::Request::put("/given-up-upload").body(body).unwrap();
+    let mut response = Box::pin(tower::ServiceExt::oneshot(service, req));
+    body_tx.send(Bytes::from(vec![b'x'; 4096])).await.unwrap();
+    tokio::select! {
+        _ = &mut response => panic!("answered before the body ended"),
+        read = within(reading_rx) => read.unwrap(),
+    }
+    // Given up with the body still open and the handler waiting for more of it.
+    drop(response);
+    within(done_rx).await.unwrap();
+    assert!(
+        logs::eventually_contains(&["path=/given-up-upload", "answer goes nowhere"]).await,
+        "no line for the answer to a request given up"
+    );
+    assert!(
+        !logs::contains(&["ERROR", "path=/given-up-upload"]),
+        "a request given up was logged as a server error"
+    );
+    drop(body_tx);
 }

@@ -15,7 +15,8 @@ use crate::handler::{BoxError, IntoResponse, Response};
 
 /// Replaces whatever the handler made of a request body read that failed by the client's
 /// doing (`kind`, from the body's `FaultProbe`): the client is the cause, so the answer
-/// is a `4xx`, logged below error level.
+/// is a `4xx`, logged below error level. `abandoned`: the request was given up (the
+/// client left), and the answer goes nowhere.
 #[cold]
 #[inline(never)]
 pub(super) fn client_fault(
@@ -23,7 +24,18 @@ pub(super) fn client_fault(
     method: &Method,
     uri: &Uri,
     body_timeout: std::time::Duration,
+    abandoned: bool,
 ) -> Response {
+    if abandoned {
+        // The future's own line said the request was abandoned; this one is its end.
+        tracing::debug!(
+            method = %method,
+            path = %uri.path(),
+            ?kind,
+            "request body cut off by the request's abandonment; the handler's answer goes nowhere"
+        );
+        return closing(StatusCode::BAD_REQUEST, "Bad Request");
+    }
     match kind {
         io::ErrorKind::TimedOut => {
             tracing::warn!(

@@ -296,7 +296,10 @@ where
 
 impl<B> Drop for SyncServiceFuture<B> {
     fn drop(&mut self) {
-        if let State::Waiting(waiting) = &self.state {
+        if let State::Waiting(waiting) = &mut self.state {
+            if let Some(pump) = &mut waiting.pump {
+                pump.abandon();
+            }
             let cell: &ReplyCell = (*waiting.cell).as_ref();
             let withdrawn = waiting.withdraw();
             cell.abandon();

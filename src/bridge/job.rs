@@ -140,7 +140,8 @@ impl<H: Handler> RequestJob<H> {
         };
         if let Some(kind) = self.body_fault.as_ref().and_then(FaultProbe::client_fault) {
             // Whatever the handler made of its failed read, the client is the cause.
-            response = answer::client_fault(kind, method, uri, shared.body_timeout);
+            response =
+                answer::client_fault(kind, method, uri, shared.body_timeout, cell.is_abandoned());
         } else if let Some(HandlerError(Some(err))) =
             response.extensions_mut().remove::<HandlerError>()
         {

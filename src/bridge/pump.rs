@@ -55,6 +55,20 @@ pub(super) enum PumpPoll {
     GaveUp,
 }
 
+impl<B> Pump<B> {
+    /// The request was given up before its response (the client left: an HTTP/2 reset
+    /// or a closed connection; or a host's deadline): the reader's next read fails as
+    /// by the client, so that a handler's `?` on it is not taken for a server error.
+    pub(super) fn abandon(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            tx.fail_by_client(
+                io::ErrorKind::ConnectionAborted,
+                "the request was abandoned before its response (client left or server deadline)",
+            );
+        }
+    }
+}
+
 impl<B> Pump<B>
 where
     B: HttpBody + Send + 'static,

@@ -105,6 +105,14 @@ impl ReplyCell {
         drop(response);
     }
 
+    /// Whether nobody will read the response (see [`abandon`](Self::abandon)).
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abandoned
+    }
+
     /// Whether a worker has started or finished the request.
     pub(crate) fn was_claimed(&self) -> bool {
         matches!(self.state.load(Ordering::Acquire), RUNNING | DONE)
