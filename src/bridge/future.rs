@@ -297,12 +297,14 @@ where
 impl<B> Drop for SyncServiceFuture<B> {
     fn drop(&mut self) {
         if let State::Waiting(waiting) = &mut self.state {
+            let withdrawn = waiting.withdraw();
+            let cell: &ReplyCell = (*waiting.cell).as_ref();
+            cell.abandon();
+            // After the cell says so: a handler that meets the failed read then knows its
+            // answer goes nowhere.
             if let Some(pump) = &mut waiting.pump {
                 pump.abandon();
             }
-            let cell: &ReplyCell = (*waiting.cell).as_ref();
-            let withdrawn = waiting.withdraw();
-            cell.abandon();
             if let Some(c) = &mut self.completion {
                 c.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
                 tracing::info!(
