@@ -296,15 +296,12 @@ where
 
 impl<B> Drop for SyncServiceFuture<B> {
     fn drop(&mut self) {
-        if let State::Waiting(waiting) = &mut self.state {
+        if let State::Waiting(waiting) = &self.state {
             let withdrawn = waiting.withdraw();
             let cell: &ReplyCell = (*waiting.cell).as_ref();
+            // Before the pump's own drop fails the body: a handler that meets the failed
+            // read then knows its answer goes nowhere.
             cell.abandon();
-            // After the cell says so: a handler that meets the failed read then knows its
-            // answer goes nowhere.
-            if let Some(pump) = &mut waiting.pump {
-                pump.abandon();
-            }
             if let Some(c) = &mut self.completion {
                 c.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
                 tracing::info!(

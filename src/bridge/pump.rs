@@ -55,15 +55,17 @@ pub(super) enum PumpPoll {
     GaveUp,
 }
 
-impl<B> Pump<B> {
-    /// The request was given up before its response (the client left: an HTTP/2 reset
-    /// or a closed connection; or a host's deadline): the reader's next read fails as
-    /// by the client, so that a handler's `?` on it is not taken for a server error.
-    pub(super) fn abandon(&mut self) {
+/// A pump dropped while its reader still waits for the body was given up with its
+/// request: the client left (an HTTP/2 reset, a closed connection), or a deadline or
+/// shutdown of the server's or the host's cut it off. The reader's next read fails as
+/// by the client, so that a handler's `?` on it is not taken for a server error.
+impl<B> Drop for Pump<B> {
+    fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
             tx.fail_by_client(
                 io::ErrorKind::ConnectionAborted,
-                "the request was abandoned before its response (client left or server deadline)",
+                "the request was given up before its body ended (client left, or a deadline \
+                 or shutdown)",
             );
         }
     }
