@@ -1,0 +1,307 @@
+//! The server's settings, and the builder methods on [`Server`] that set them: each
+//! states its default, and [`http_builder`] turns them into hyper's.
+
+use std::time::Duration;
+
+use hyper_util::rt::TokioTimer;
+use hyper_util::server::conn::auto;
+use tokio::sync::Semaphore;
+
+use super::exec::StreamExecutor;
+use super::Server;
+use crate::bridge::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_SIZE};
+use crate::pool::{BlockingPool, BlockingPoolBuilder};
+use crate::tasks::{TaskSet, TaskSetBuilder};
+
+#[derive(Debug, Clone)]
+pub(super) struct Config {
+    pub(super) pool: BlockingPoolBuilder,
+    pub(super) shared_pool: Option<BlockingPool>,
+    pub(super) max_connections: usize,
+    pub(super) http2_max_concurrent_streams: u32,
+    pub(super) header_read_timeout: Duration,
+    pub(super) keep_alive_timeout: Option<Duration>,
+    pub(super) max_header_size: usize,
+    pub(super) max_body_size: u64,
+    pub(super) body_timeout: Duration,
+    pub(super) retry_after: Duration,
+    pub(super) shutdown_timeout: Duration,
+    pub(super) worker_threads: Option<usize>,
+    pub(super) handle_signals: bool,
+    pub(super) remote_addr: bool,
+    pub(super) tasks: TaskSetBuilder,
+    pub(super) shared_tasks: Option<TaskSet>,
+    pub(super) task_drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pool: BlockingPool::builder(),
+            shared_pool: None,
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 100,
+            header_read_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Some(Duration::from_secs(30)),
+            max_header_size: 32 * 1024,
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            retry_after: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+            worker_threads: None,
+            handle_signals: true,
+            remote_addr: false,
+            tasks: TaskSet::builder(),
+            shared_tasks: None,
+            task_drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// hyper's read/write buffer limit, and so the largest request body frame: 64 KiB.
+const HYPER_BUF_SIZE: usize = 64 * 1024;
+
+/// The HTTP/2 flow-control window of each request stream: the body channel's bound.
+const HTTP2_STREAM_WINDOW: u32 = crate::body::BYTES_IN_FLIGHT as u32;
+
+impl Server {
+    /// The most handlers running at once. Default is 512, as tokio's blocking pool.
+    pub fn max_threads(mut self, n: usize) -> Self {
+        self.config.pool = self.config.pool.max_threads(n);
+        self
+    }
+
+    /// How many requests may wait for a handler thread when all are busy; past that,
+    /// requests are answered `503` with `Retry-After` at once. Default is 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.config.pool = self.config.pool.queue_capacity(n);
+        self
+    }
+
+    /// How long a request may wait for a handler thread before it is answered `503`.
+    /// Default is 30 seconds.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.config.pool = self.config.pool.queue_timeout(timeout);
+        self
+    }
+
+    /// How long an idle handler thread lives. Default is 10 seconds.
+    pub fn thread_keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.config.pool = self.config.pool.keep_alive(keep_alive);
+        self
+    }
+
+    /// Runs handlers on `pool` instead of a pool of the server's own (its limits replace
+    /// `max_threads`, `queue_capacity`, `queue_timeout`, `thread_keep_alive`).
+    pub fn pool(mut self, pool: BlockingPool) -> Self {
+        self.config.shared_pool = Some(pool);
+        self
+    }
+
+    /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout),
+    /// rounded up to whole seconds, and at least 1 (`0` would invite an instant retry).
+    /// Default is 1 second. At the connection limit there is no `503`: new connections
+    /// wait in the listen backlog (see [`max_connections`](Self::max_connections)). A
+    /// [`SingleThread`](crate::SingleThread) handler's own `503` always says 1 second.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.config.retry_after = after;
+        self
+    }
+
+    /// The most connections open at once. When reached, the server stops accepting until
+    /// one closes; new clients wait in the listen backlog. Default is 10,000. Values
+    /// above tokio's semaphore limit (`usize::MAX >> 3`) are lowered to it, so
+    /// `usize::MAX` means no limit of the server's own.
+    ///
+    /// Each connection is an open file: on Linux the server warns at start when the
+    /// process's open-file limit (`ulimit -n`, often 1,024) is below this plus a margin of
+    /// 64, since past it `accept` fails and new clients wait in the backlog all the same.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// The most requests one HTTP/2 connection may have open at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`); a client waits for one to end before it opens
+    /// another. Default is 100, the least RFC 9113 recommends (hyper's own is 200). Each
+    /// open request may hold a handler thread, so this is also how many of
+    /// `max_threads` one client can take over one connection; lower it when few clients
+    /// share many threads. At least 1.
+    pub fn http2_max_concurrent_streams(mut self, n: u32) -> Self {
+        self.config.http2_max_concurrent_streams = n.max(1);
+        self
+    }
+
+    /// How long an HTTP/1 client may take to send a request head (Slowloris protection),
+    /// counted from the connection's start or the end of the previous response (or of a
+    /// request body its handler reads on after the response), as hyper counts it: a
+    /// keep-alive connection waiting for its next request is closed at this timeout too,
+    /// and so is one still draining a body nobody reads. A connection that has not sent
+    /// its first request is held to it whatever its protocol. Default is 30 seconds.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.config.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may stay open with no request in flight. `None` keeps idle
+    /// connections open (HTTP/1 still closes at the header read timeout). Default is 30
+    /// seconds.
+    pub fn keep_alive_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.keep_alive_timeout = timeout;
+        self
+    }
+
+    /// The largest request head (request line and headers) accepted; a larger one is
+    /// answered `431 Request Header Fields Too Large`. Default is 32 KiB, nginx's
+    /// `large_client_header_buffers 4 8k`.
+    pub fn max_header_size(mut self, bytes: usize) -> Self {
+        self.config.max_header_size = bytes;
+        self
+    }
+
+    /// The largest request body accepted; larger ones get `413`. Default is 64 MiB.
+    pub fn max_body_size(mut self, bytes: u64) -> Self {
+        self.config.max_body_size = bytes;
+        self
+    }
+
+    /// How long the client may keep a handler or a response waiting: sending none of the
+    /// rest of its request body, or reading none of its response. Default is 30 seconds,
+    /// gunicorn's worker `timeout`.
+    ///
+    /// A request whose body stops arriving is answered `408 Request Timeout` and its
+    /// handler thread freed (see [`SyncServiceBuilder::body_timeout`]); a streamed
+    /// response nobody reads is aborted and its producer stopped; a connection whose
+    /// client reads none of a pending response for this long is closed (on HTTP/2: whose
+    /// client opens no flow-control window for any one of its pending responses, however
+    /// its other streams move). Each is logged at warn level. A client reading slowly is
+    /// not stalled as long as it takes at least a 64 KiB piece of each response per body
+    /// timeout; one sending slowly, as long as at least 8 KiB of its body comes per body
+    /// timeout while the handler waits for it (about 270 bytes a second at 30 s), not a
+    /// byte now and then. A handler's own work is not
+    /// limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
+    /// once (and has every busy connection checked every millisecond).
+    ///
+    /// [`SyncServiceBuilder::body_timeout`]: crate::SyncServiceBuilder::body_timeout
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.config.body_timeout = timeout;
+        self
+    }
+
+    /// How long a graceful shutdown waits for in-flight requests before it cuts them off
+    /// (and logs each). Default is 30 seconds, gunicorn's `graceful_timeout`.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The runtime's worker threads (they drive connections, never handlers), for
+    /// [`serve`](Server::serve). Default is the number of CPUs available.
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.config.worker_threads = Some(n.max(1));
+        self
+    }
+
+    /// Whether Ctrl-C and SIGTERM start a graceful shutdown. A second one, at any point
+    /// of the shutdown, cuts off what is left: the connection drain, the grace after its
+    /// deadline and the background task drain. A shutdown begun through the
+    /// [`ShutdownHandle`](super::ShutdownHandle) does not count as a signal: the first signal after it leaves
+    /// the drain going, and the second cuts it off. Default is true.
+    ///
+    /// tokio keeps its signal handler installed once it has one, so after `serve` returns
+    /// Ctrl-C and SIGTERM no longer end the process by themselves; a program with long
+    /// clean-up after the server should watch for them itself, or pass `false` and call
+    /// [`ShutdownHandle::shutdown`](super::ShutdownHandle::shutdown) from its own handler.
+    pub fn handle_signals(mut self, enabled: bool) -> Self {
+        self.config.handle_signals = enabled;
+        self
+    }
+
+    /// Whether each request carries the client's address in its extensions, as a
+    /// [`RemoteAddr`](super::RemoteAddr) (WSGI's `REMOTE_ADDR`). Default is false, as for axum's
+    /// `ConnectInfo`: it costs each request the allocation of its extensions map, about
+    /// a tenth of what a small request costs in all (1,550 more instructions on the
+    /// benchmark's `/hello`, measured with `benches/tools/instructions.sh`).
+    pub fn remote_addr(mut self, enabled: bool) -> Self {
+        self.config.remote_addr = enabled;
+        self
+    }
+
+    /// The most background blocking tasks running at once, on a pool apart from the
+    /// handlers' so that background work never starves requests. Default is 16.
+    pub fn max_task_threads(mut self, n: usize) -> Self {
+        self.config.tasks = self.config.tasks.max_threads(n);
+        self
+    }
+
+    /// How many background blocking tasks may wait for a thread; past that, spawning fails
+    /// with [`Error::is_overloaded`](crate::Error::is_overloaded). Default is 1024.
+    pub fn task_queue_capacity(mut self, n: usize) -> Self {
+        self.config.tasks = self.config.tasks.queue_capacity(n);
+        self
+    }
+
+    /// The most entries in the task registry, live and finished. When full, the oldest
+    /// finished entry is evicted; when all are live, spawning fails with
+    /// [`Error::is_overloaded`](crate::Error::is_overloaded). Default is 10,000.
+    pub fn max_tasks(mut self, n: usize) -> Self {
+        self.config.tasks = self.config.tasks.max_entries(n);
+        self
+    }
+
+    /// How long a finished task's status and result are kept for lookups. Default is one
+    /// hour.
+    pub fn task_ttl(mut self, ttl: Duration) -> Self {
+        self.config.tasks = self.config.tasks.ttl(ttl);
+        self
+    }
+
+    /// How long a graceful shutdown waits for background tasks, after the connections
+    /// have drained, before it cancels the rest through their tokens and logs each
+    /// abandoned task id. Apart from [`shutdown_timeout`](Server::shutdown_timeout). A
+    /// second signal cuts it short. Default is 30 seconds.
+    pub fn task_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.task_drain_timeout = timeout;
+        self
+    }
+
+    /// Uses `tasks` as the server's task set instead of one of its own (its limits replace
+    /// `max_task_threads`, `task_queue_capacity`, `max_tasks`, `task_ttl`). Keep a clone
+    /// to spawn from outside handlers, or to look tasks up. The server still drains it at
+    /// shutdown, after which it takes no new tasks.
+    ///
+    /// A set runs its futures and timers on the first runtime it is bound to: the
+    /// server's, unless the set was built with [`TaskSetBuilder::runtime`] or already
+    /// spawned from another runtime before the server started.
+    pub fn tasks(mut self, tasks: TaskSet) -> Self {
+        self.config.shared_tasks = Some(tasks);
+        self
+    }
+}
+
+pub(super) fn http_builder(config: &Config) -> auto::Builder<StreamExecutor> {
+    let mut http = auto::Builder::new(StreamExecutor);
+    http.http1()
+        // The connection task enforces the header read timeout (see `conn`): hyper's
+        // own timer allocates and registers a tokio timer for every request head, a
+        // tenth of the per-request cost of the whole bridge.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        // hyper's buffer limit is also its head limit, but it sizes every body read and
+        // write too: at 32 KiB it halves upload and download throughput, at hyper's own
+        // ~400 KiB an upload-heavy load holds 2.5 times the memory for no gain (see
+        // docs/benchmarks.md). So hyper gets 64 KiB and the service enforces
+        // `max_header_size` (431 either way).
+        .max_buf_size(HYPER_BUF_SIZE.max(config.max_header_size));
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.http2_max_concurrent_streams)
+        // How much of a request body a client may send ahead, per stream: h2 holds it
+        // in memory until the pump takes it, and a queued request's pump takes nothing.
+        // hyper's 1 MiB made every queued HTTP/2 upload hold 1 MiB (HTTP/1 leaves it in
+        // the socket); this is the request channel's own bound, which keeps a stream
+        // flowing while its handler reads. The connection's window stays at 1 MiB.
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW);
+    http
+}

@@ -1,0 +1,338 @@
+//! Running the server: the accept loop, then the graceful shutdown (stop accepting,
+//! drain the connections, cut off the rest at the deadline, drain background tasks),
+//! and what a `serve_async` future dropped before the end leaves behind.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::http_builder;
+use super::conn::{self, ConnConfig, ConnSignal};
+use super::{shutdown, Server};
+use crate::bridge::SyncService;
+use crate::error::{Error, Kind, Result};
+use crate::handler::Handler;
+
+impl Server {
+    /// Serves `handler` until shut down, blocking the calling thread.
+    ///
+    /// Builds a multi-thread tokio runtime that lives as long as the server: it drives
+    /// the connections, and handler threads reach it through `ensure_sync`.
+    ///
+    /// Call it from a plain thread (`main`, a thread you spawned).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_async_context`] when called from async code (use
+    /// [`serve_async`](Server::serve_async) there); [`Error::is_runtime`] when the
+    /// runtime cannot start.
+    pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::new(Kind::AsyncContext).with_message(
+                "Server::serve blocks its thread; inside a tokio runtime use Server::serve_async",
+            ));
+        }
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all().thread_name("syncbridge-rt");
+        if let Some(n) = self.config.worker_threads {
+            builder.worker_threads(n);
+        }
+        let runtime = builder
+            .build()
+            .map_err(|e| Error::new(Kind::Runtime).with_source(e))?;
+        let result = runtime.block_on(self.run(handler));
+        // Everything the server spawned has ended by now; don't wait on stray tasks.
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        result
+    }
+
+    /// Serves `handler` on the current tokio runtime until shut down.
+    ///
+    /// Call it from async code: it must be polled inside a tokio runtime (any flavour)
+    /// with IO and timers enabled (`enable_all`, as `#[tokio::main]` does). Handlers still
+    /// run on the server's blocking pool, not on the runtime's threads.
+    ///
+    /// Shut it down through its [`ShutdownHandle`](super::ShutdownHandle) and let it return. Dropped before that
+    /// (another branch of a `select!` won), it stops accepting and asks each connection
+    /// to close after its requests in flight, but waits for nothing and drains no
+    /// background tasks, and says so in a warning.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_no_context`] at once when polled outside a tokio runtime, or in one
+    /// built without IO or without timers (tokio prints its own panic message for the
+    /// missing driver first: that is how it is detected, and under `panic = "abort"` the
+    /// process aborts there instead). [`Error::is_bind`] when the listener cannot be
+    /// registered with the runtime.
+    pub async fn serve_async<H: Handler>(self, handler: H) -> Result<()> {
+        self.run(handler).await
+    }
+
+    async fn run<H: Handler>(self, handler: H) -> Result<()> {
+        let Server {
+            listener,
+            local_addr,
+            shutdown,
+            config,
+        } = self;
+        let listener = match register(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                // Not yet in a service, which would drop it off the runtime itself.
+                crate::offload::drop_off_runtime(handler);
+                return Err(err);
+            }
+        };
+        let pool = config
+            .shared_pool
+            .clone()
+            .unwrap_or_else(|| config.pool.clone().build());
+        let tasks = config
+            .shared_tasks
+            .clone()
+            .unwrap_or_else(|| config.tasks.clone().build());
+        tasks.bind_runtime(tokio::runtime::Handle::current());
+        let service = SyncService::builder(handler)
+            .pool(pool.clone())
+            .max_body_size(config.max_body_size)
+            .max_header_size(config.max_header_size)
+            .body_timeout(config.body_timeout)
+            .retry_after(config.retry_after)
+            .runtime(tokio::runtime::Handle::current())
+            .tasks(tasks.clone())
+            .build();
+        // Cancelled by a second Ctrl-C/SIGTERM only: it cuts every remaining wait short.
+        let second_signal = CancellationToken::new();
+        let conn_config = Arc::new(ConnConfig {
+            http: http_builder(&config),
+            keep_alive: config.keep_alive_timeout,
+            header_read_timeout: config.header_read_timeout,
+            write_stall_timeout: config.body_timeout,
+            remote_addr: config.remote_addr,
+            signal: ConnSignal::default(),
+        });
+        let signal_watcher = config.handle_signals.then(|| {
+            tokio::spawn(shutdown::watch_signals(
+                shutdown.graceful.clone(),
+                second_signal.clone(),
+            ))
+        });
+        let connections = TaskTracker::new();
+        // Until the shutdown below has run its course: a `serve_async` future dropped
+        // before that would otherwise leave its connections and signal watcher running.
+        let mut dropped_early = DroppedEarly {
+            conn_config: conn_config.clone(),
+            connections: connections.clone(),
+            signal_watcher: signal_watcher.as_ref().map(|w| w.abort_handle()),
+            stage: Stage::Serving,
+        };
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+        tracing::info!(addr = %local_addr, max_threads = pool.max_threads(), "syncbridge listening");
+        warn_if_short_of_files(config.max_connections);
+
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.graceful.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.graceful.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(conn::serve(
+                        stream,
+                        peer,
+                        conn_config.clone(),
+                        service.clone(),
+                        permit,
+                    ));
+                }
+                Err(err) if is_per_connection(&err) => {
+                    tracing::debug!(error = %err, "accept failed for one connection");
+                }
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    tracing::error!(error = %err, "accept failed; retrying in 100 ms");
+                    tokio::select! {
+                        _ = shutdown.graceful.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+
+        drop(listener);
+        dropped_early.stage = Stage::ShuttingDown;
+        conn_config.signal.raise(conn::DRAIN);
+        connections.close();
+        tracing::info!(
+            connections = connections.len(),
+            handlers_running = pool.stats().busy,
+            deadline_secs = config.shutdown_timeout.as_secs_f64(),
+            "shutting down: stopped accepting, draining in-flight requests"
+        );
+        let cut_off_by = tokio::select! {
+            _ = connections.wait() => None,
+            _ = tokio::time::sleep(config.shutdown_timeout) => Some("shutdown deadline reached"),
+            _ = second_signal.cancelled() => Some("second shutdown signal"),
+        };
+        if let Some(cause) = cut_off_by {
+            tracing::warn!(
+                connections = connections.len(),
+                "{cause}; cutting off the remaining connections"
+            );
+            conn_config.signal.raise(conn::FORCE);
+            // Each connection task logs what it cuts off and returns on its next poll; one
+            // that is not polled again within the grace below is left behind, said here.
+            // A second signal cuts the grace short, unless it is what began the cut-off
+            // (the tasks still get their next poll then).
+            let by_signal = second_signal.is_cancelled();
+            let grace = Duration::from_secs(5);
+            let all_closed = tokio::select! {
+                _ = connections.wait() => true,
+                _ = tokio::time::sleep(grace) => false,
+                _ = second_signal.cancelled(), if !by_signal => false,
+            };
+            if !all_closed {
+                tracing::error!(
+                    connections = connections.len(),
+                    grace_secs = grace.as_secs(),
+                    "connections still open after being cut off; left behind at shutdown"
+                );
+            }
+        }
+        // Background tasks after the connections: handlers that finished late may have
+        // spawned some. Each abandoned task id is logged inside `drain`; a second signal,
+        // before or during it, cuts it short.
+        let task_deadline = if second_signal.is_cancelled() {
+            Duration::ZERO
+        } else {
+            config.task_drain_timeout
+        };
+        let abandoned = tasks.drain(task_deadline, second_signal.cancelled()).await;
+        if !abandoned.is_empty() {
+            tracing::warn!(
+                abandoned = abandoned.len(),
+                "background tasks abandoned at shutdown"
+            );
+        }
+        if let Some(watcher) = signal_watcher {
+            watcher.abort();
+        }
+        let stats = pool.stats();
+        if stats.busy > 0 || stats.queued > 0 {
+            tracing::warn!(
+                handlers_running = stats.busy,
+                queued = stats.queued,
+                "blocking handlers still running at shutdown; their responses are dropped"
+            );
+        }
+        if config.shared_pool.is_none() {
+            pool.shutdown();
+        }
+        dropped_early.stage = Stage::Done;
+        tracing::info!(addr = %local_addr, "syncbridge stopped");
+        Ok(())
+    }
+}
+
+/// What a `serve_async` future dropped while serving leaves behind, and says so: it
+/// stops the signal watcher and asks each connection to close after its requests in
+/// flight, as a shutdown would, but cannot wait for them or drain background tasks.
+struct DroppedEarly {
+    conn_config: Arc<ConnConfig>,
+    connections: TaskTracker,
+    signal_watcher: Option<tokio::task::AbortHandle>,
+    stage: Stage,
+}
+
+#[derive(PartialEq)]
+enum Stage {
+    Serving,
+    ShuttingDown,
+    Done,
+}
+
+impl Drop for DroppedEarly {
+    fn drop(&mut self) {
+        if self.stage == Stage::Done {
+            return;
+        }
+        if let Some(watcher) = &self.signal_watcher {
+            watcher.abort();
+        }
+        self.conn_config.signal.raise(conn::DRAIN);
+        self.connections.close();
+        let when = match self.stage {
+            Stage::Serving => "while serving: stopped accepting, and",
+            _ => "during its shutdown: the drain was cut short, and",
+        };
+        tracing::warn!(
+            connections = self.connections.len(),
+            "serve_async dropped {when} each connection closes after its requests in \
+             flight; nothing waits for them, and background tasks are not drained (shut \
+             down through the ShutdownHandle and let serve_async return)"
+        );
+    }
+}
+
+/// Says at start when the process may open fewer files than `max_connections` asks:
+/// past that, `accept` fails with `EMFILE` and new clients wait in the backlog, which would
+/// otherwise show only as an error line under load. The margin is for what else the
+/// process holds open (the listener, the runtime's own descriptors, logs, a database).
+fn warn_if_short_of_files(max_connections: usize) {
+    const MARGIN: u64 = 64;
+    if let Some(limit) = crate::sys::open_file_limit() {
+        if (max_connections as u64).saturating_add(MARGIN) > limit {
+            tracing::warn!(
+                max_connections,
+                open_file_limit = limit,
+                "the open-file limit (RLIMIT_NOFILE) is below max_connections: \
+                 past about {} connections, accept fails until one closes; \
+                 raise it (`ulimit -n`) or lower max_connections",
+                limit.saturating_sub(MARGIN),
+            );
+        }
+    }
+}
+
+/// Registers the listener with the current runtime, checking first that the runtime has
+/// what the server needs: tokio would otherwise panic from deep inside, here for a
+/// missing runtime or IO driver, and at the first connection for missing timers.
+fn register(listener: std::net::TcpListener) -> Result<TcpListener> {
+    let no_context = |what: &str| {
+        Error::new(Kind::NoContext).with_message(format!(
+            "Server::serve_async {what}: build the runtime with `enable_all` (or \
+             `#[tokio::main]`)"
+        ))
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Err(no_context("must be polled inside a tokio runtime"));
+    };
+    if !crate::timer::has_timers(&runtime) {
+        return Err(no_context("needs a runtime with timers"));
+    }
+    match catch_unwind(AssertUnwindSafe(|| TcpListener::from_std(listener))) {
+        Ok(registered) => registered.map_err(|e| Error::new(Kind::Bind).with_source(e)),
+        Err(_) => Err(no_context("needs a runtime with IO")),
+    }
+}
+
+/// Accept errors that concern one connection only; the listener is fine.
+fn is_per_connection(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    )
+}
