@@ -328,6 +328,113 @@ async fn a_body_that_ends_short_of_its_content_length_fails_the_read() {
     assert_eq!(response.status(), 400);
 }
 
+/// The other way round: the client has sent its whole body, and the reader on its own
+/// thread takes it slowly but steadily. The pump then waits for room in the channel and
+/// is woken only when half of it has been read, so the reader's takes have to count as
+/// the connection's activity too: before, the header read timeout cut the upload off
+/// mid-body, and the reader's next read failed as if the client had left.
+#[tokio::test]
+async fn a_body_read_slowly_after_the_response_is_not_cut_off_by_the_idle_timeouts() {
+    // Twice the request channel's 256 KiB: the pump waits for room, with more to come.
+    const TOTAL: usize = 512 * 1024;
+    const PIECE: usize = 8 * 1024;
+    let (total_tx, total_rx) = mpsc::channel();
+    let total_tx = Mutex::new(total_tx);
+    // Half the channel (128 KiB) takes the reader 640 ms, past these 300 ms.
+    let server = Server::bind("127.0.0.1:0")
+        .header_read_timeout(std::time::Duration::from_millis(300))
+        .keep_alive_timeout(Some(std::time::Duration::from_millis(300)));
+    let server = TestServer::start_with(server, move |req: Request| {
+        let total_tx = total_tx.lock().unwrap().clone();
+        let mut body = req.into_body();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; PIECE];
+            let mut total = 0;
+            // Paces the reader at 200 KiB/s; nothing waits on these sleeps.
+            let read = loop {
+                match body.read(&mut buf) {
+                    Ok(0) => break Ok(total),
+                    Ok(n) => total += n,
+                    Err(err) => break Err((err.kind(), total)),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(40));
+            };
+            total_tx.send(read).unwrap();
+        });
+        "accepted"
+    });
+    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!("POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: {TOTAL}\r\n\r\n");
+    within(write.write_all(head.as_bytes())).await.unwrap();
+    // The write half comes back: dropped, it would half-close the connection, which
+    // hyper takes for the client leaving.
+    let upload =
+        tokio::spawn(async move { write.write_all(&vec![b'x'; TOTAL]).await.map(|()| write) });
+    let reply = read_raw_response(&mut read).await.expect("a response");
+    assert_eq!(reply.body, b"accepted");
+    let read = within(tokio::task::spawn_blocking(move || {
+        total_rx.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the reader finished");
+    assert_eq!(read, Ok(TOTAL));
+    let _write = within(upload).await.unwrap().unwrap();
+    server.stop().await;
+}
+
+/// While its reader is behind, a body fed after the response keeps its connection busy;
+/// once the reader drops it, that ends: a client that then stops sending the rest is
+/// cut off at the header read timeout, as for any body nobody reads.
+#[tokio::test]
+async fn a_body_dropped_by_its_slow_reader_no_longer_keeps_a_stalled_client_connected() {
+    const DECLARED: usize = 1024 * 1024;
+    const SENT: usize = 512 * 1024;
+    let (read_tx, read_rx) = mpsc::channel();
+    let (drop_tx, drop_rx) = mpsc::channel::<()>();
+    let hand_off = Mutex::new(Some((read_tx, drop_rx)));
+    let server = Server::bind("127.0.0.1:0")
+        .header_read_timeout(std::time::Duration::from_millis(300))
+        .keep_alive_timeout(Some(std::time::Duration::from_millis(300)));
+    let server = TestServer::start_with(server, move |req: Request| {
+        let (read_tx, drop_rx) = hand_off.lock().unwrap().take().expect("one request");
+        let mut body = req.into_body();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8 * 1024];
+            read_tx
+                .send(body.read(&mut buf).map_err(|e| e.kind()))
+                .unwrap();
+            // Holds the body, unread, until the test has sent what it sends.
+            let _ = drop_rx.recv_timeout(support::STEP);
+            drop(body);
+        });
+        "accepted"
+    });
+    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!("POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: {DECLARED}\r\n\r\n");
+    within(write.write_all(head.as_bytes())).await.unwrap();
+    // More than the request channel holds, then nothing: the client stalls.
+    let upload =
+        tokio::spawn(async move { write.write_all(&vec![b'x'; SENT]).await.map(|()| write) });
+    let reply = read_raw_response(&mut read).await.expect("a response");
+    assert_eq!(reply.body, b"accepted");
+    let first = within(tokio::task::spawn_blocking(move || {
+        read_rx.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(first, Ok(Ok(n)) if n > 0), "{first:?}");
+    let _write = within(upload).await.unwrap().unwrap();
+    drop_tx.send(()).unwrap();
+    assert!(
+        support::closed_by_server(&mut read).await,
+        "a stalled client kept its connection after the body's reader dropped it"
+    );
+    server.stop().await;
+}
+
 /// A handler may answer at once and leave the body to a thread of its own: the upload
 /// goes on after the response, and the connection is busy (not idle for its header read
 /// timeout) for as long as the body keeps coming.

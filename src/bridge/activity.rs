@@ -2,7 +2,7 @@
 //! on it: the connection's watchdog (`server::conn`) reads it, the bridge writes it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// `Activity::write_blocked_since_ms` when the socket is not full.
@@ -67,6 +67,12 @@ impl Activity {
         self.touch();
         // Release: whoever sees the count drop also sees the time above.
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts the connection busy, as a request in flight does, until the guard drops.
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
     }
 
     /// Counts the connection as busy until now.
@@ -178,5 +184,16 @@ impl Activity {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// The connection counts as busy while this lives (`Activity::busy`), and its idle time
+/// counts from when it drops.
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.request_done();
     }
 }

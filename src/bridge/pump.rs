@@ -37,6 +37,9 @@ pub(super) struct Pump<B> {
     /// `seen` when the reader dropped the body before its end: what comes after is
     /// drained, up to `DRAIN_LIMIT`.
     dropped_at: Option<u64>,
+    /// Whether the last poll found the channel full: the pump waits on its reader, not
+    /// on the client.
+    waits_for_room: bool,
 }
 
 /// How much of an HTTP/1 request body nobody reads is drained to keep its connection
@@ -96,6 +99,7 @@ where
             wanted: !expects_continue,
             keep_alive,
             dropped_at: None,
+            waits_for_room: false,
         }
     }
 
@@ -122,7 +126,9 @@ where
         };
         loop {
             // Backpressure: take the next frame only when the channel has room for it.
-            match tx.poll_ready(cx) {
+            let ready = tx.poll_ready(cx);
+            self.waits_for_room = ready.is_pending();
+            match ready {
                 Poll::Pending => return PumpPoll::Pending,
                 Poll::Ready(Err(_)) => return self.reader_dropped(cx),
                 Poll::Ready(Ok(())) => {}
@@ -303,12 +309,16 @@ where
     /// The response no longer counts as in flight once it is out, but the connection is
     /// still busy with this body: each time it moves to its reader, `activity` (the
     /// bundled server's) is told, so the connection's idle timeouts count from the
-    /// body's last move, not from the response.
+    /// body's last move, not from the response. While the channel is full the pump
+    /// waits on the reader, not on the client, and the connection counts as busy, as
+    /// while a handler runs: a reader slower than the client is not the client's
+    /// idleness (the pump is woken only when the reader has taken half the channel).
     pub(super) fn continue_detached(mut self, activity: Option<Arc<Activity>>) {
         let feeding = self.tx.as_ref().is_some_and(|tx| !tx.is_closed());
         if !feeding && self.dropped_at.is_none() {
             return;
         }
+        let mut busy = None;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(std::future::poll_fn(move |cx| {
@@ -317,6 +327,13 @@ where
                     // a client trickling a body nobody reads is cut off in time.
                     if let (Some(activity), None) = (&activity, self.dropped_at) {
                         activity.touch();
+                        let waits_on_reader =
+                            self.waits_for_room && matches!(polled, PumpPoll::Pending);
+                        if waits_on_reader != busy.is_some() {
+                            busy = waits_on_reader.then(|| activity.busy());
+                        }
+                    } else {
+                        busy = None;
                     }
                     match polled {
                         PumpPoll::Pending => Poll::Pending,
