@@ -142,6 +142,8 @@ impl BlockingPoolBuilder {
                 }),
                 condvar: Condvar::new(),
                 config: self.config,
+                #[cfg(test)]
+                fail_spawns: Default::default(),
             }),
         }
     }

@@ -53,6 +53,9 @@ struct Inner {
     state: Mutex<State>,
     condvar: Condvar,
     config: PoolConfig,
+    /// How many of the next thread starts fail, as when the OS refuses one (`EAGAIN`).
+    #[cfg(test)]
+    fail_spawns: std::sync::atomic::AtomicUsize,
 }
 
 struct State {
@@ -134,9 +137,15 @@ impl BlockingPool {
         } else {
             Admission::Queued
         };
-        let wake = if state.searching == 0 && state.idle == 0 && state.threads < config.max_threads
+        let wake = if state.searching == 0
+            && state.idle == 0
+            && state.threads < config.max_threads
+            && state.queue.is_empty()
         {
-            // Nobody could take it soon: a new thread starts with it in hand.
+            // Nobody could take it soon: a new thread starts with it in hand. Not past
+            // jobs already queued: a queue with room below `max_threads` and nobody
+            // looking at it is one whose thread failed to start, and a new one starts
+            // for the queue's head instead (the `claim` below).
             state.threads += 1;
             state.running += 1;
             state.peak_threads = state.peak_threads.max(state.threads);

@@ -203,3 +203,66 @@ fn pool_threads_run_under_the_configured_policy_and_keep_their_nice_value() {
     let nested = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(nested, libc::SCHED_OTHER);
 }
+
+/// A thread start that fails while a worker fetches help for the queue leaves a job
+/// queued, admitted as `Started` (so with no queue timeout of its own), with room below
+/// `max_threads` and nobody to take it. The next submit starts a thread for the queue's
+/// head instead of one for itself alone, which used to overtake it: the stranded job
+/// waited for a running job to end, however long those ran (streams, long polls).
+#[test]
+fn a_job_stranded_by_a_failed_thread_start_is_taken_up_by_the_next_submit() {
+    let pool = BlockingPool::builder()
+        .max_threads(3)
+        .queue_capacity(10)
+        .keep_alive(Duration::from_secs(60))
+        .build();
+    // The first job announces that it is finishing, as a request's job does before it
+    // replies, and holds its thread in that state: the thread counts as searching, so
+    // the two jobs below are queued for it, both admitted `Started`.
+    let (in_tail_tx, in_tail_rx) = mpsc::channel::<()>();
+    let (end_tail_tx, end_tail_rx) = mpsc::channel::<()>();
+    let first = Job::boxed(move || {
+        job_finishing();
+        in_tail_tx.send(()).unwrap();
+        end_tail_rx.recv().unwrap();
+    });
+    assert_eq!(pool.try_submit(first).ok(), Some(Admission::Started));
+    in_tail_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (long_started_tx, long_started_rx) = mpsc::channel::<()>();
+    let (end_long_tx, end_long_rx) = mpsc::channel::<()>();
+    let long = Job::boxed(move || {
+        long_started_tx.send(()).unwrap();
+        let _ = end_long_rx.recv_timeout(Duration::from_secs(20));
+    });
+    let (ran_tx, ran_rx) = mpsc::channel::<&str>();
+    let stranded_ran = ran_tx.clone();
+    let stranded = Job::boxed(move || stranded_ran.send("stranded").unwrap());
+    assert_eq!(pool.try_submit(long).ok(), Some(Admission::Started));
+    assert_eq!(pool.try_submit(stranded).ok(), Some(Admission::Started));
+    // The first thread takes the long job and asks for a thread for the other one: that
+    // start fails.
+    pool.inner
+        .fail_spawns
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    end_tail_tx.send(()).unwrap();
+    long_started_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(pool.stats().queued, 1);
+    // The next submit, while the long job still runs: a job that runs long too.
+    let next_ran = ran_tx.clone();
+    let (end_next_tx, end_next_rx) = mpsc::channel::<()>();
+    let next = Job::boxed(move || {
+        next_ran.send("next").unwrap();
+        let _ = end_next_rx.recv_timeout(Duration::from_secs(20));
+    });
+    assert_eq!(pool.try_submit(next).ok(), Some(Admission::Started));
+    let mut ran = [
+        ran_rx.recv_timeout(Duration::from_secs(5)).ok(),
+        ran_rx.recv_timeout(Duration::from_secs(5)).ok(),
+    ];
+    ran.sort();
+    end_long_tx.send(()).unwrap();
+    end_next_tx.send(()).unwrap();
+    assert_eq!(ran, [Some("next"), Some("stranded")]);
+}

@@ -36,6 +36,16 @@ impl Inner {
         self: &Arc<Self>,
         first: Option<Job>,
     ) -> Result<(), (Option<Job>, std::io::Error)> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::SeqCst;
+            if (self.fail_spawns)
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err((first, std::io::Error::other("thread start failed (test)")));
+            }
+        }
         let inner = self.clone();
         let mut builder = std::thread::Builder::new().name(inner.config.name.clone());
         if let Some(size) = inner.config.stack_size {
