@@ -1,6 +1,7 @@
 //! A global subscriber that keeps what the crate logs, so tests can assert that nothing
-//! fails silently. Installed before any server starts (support's `init_tracing` then finds
-//! a subscriber already set and leaves it).
+//! fails silently. Every test server installs it (support's `init_tracing`); a test that
+//! reads the lines without a server installs it itself. It prints what `RUST_LOG` asks
+//! for, or the crate's warnings.
 
 use std::fmt::Write as _;
 use std::sync::{Mutex, Once};
@@ -8,7 +9,7 @@ use std::sync::{Mutex, Once};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -76,11 +77,14 @@ pub fn install() {
         );
         let print = tracing_subscriber::fmt::layer()
             .with_test_writer()
-            .with_filter(Targets::new().with_target("syncbridge", Level::WARN));
-        tracing_subscriber::registry()
+            .with_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| "syncbridge=warn".into()),
+            );
+        // A binary with a subscriber of its own (`mixing`) keeps it.
+        let _ = tracing_subscriber::registry()
             .with(capture)
             .with(print)
-            .init();
+            .try_init();
     });
 }
 

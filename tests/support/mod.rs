@@ -88,14 +88,10 @@ impl Drop for TestServer {
     }
 }
 
+/// The binary's subscriber: [`logs::install`]'s, whichever test comes first, so that no
+/// test's outcome depends on the order the tests run in.
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "syncbridge=warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    logs::install();
 }
 
 /// A task closure that only records that it ran, and the flag it sets.
