@@ -351,7 +351,7 @@ async fn the_legacy_handler_and_its_ensure_sync_log_inside_the_hosts_request_spa
                 tracing::info!(target: "app", "its async call ran");
             })?;
             if req.uri().path().ends_with("/panic") {
-                panic!("the legacy handler gave up");
+                support::panic_quietly("the legacy handler gave up");
             }
             Ok("logged")
         },

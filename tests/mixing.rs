@@ -78,13 +78,12 @@ async fn sync_fn_turns_an_async_fn_into_a_blocking_one() {
 
 #[tokio::test]
 async fn panicking_future_in_ensure_sync_is_an_error_not_a_dead_thread() {
-    let server =
-        start(
-            |_req: Request| match ensure_sync(async { panic!("async side exploded") }) {
-                Err(err) if err.is_panic() => format!("caught: {err}"),
-                other => format!("unexpected: {other:?}"),
-            },
-        );
+    let server = start(|_req: Request| {
+        match ensure_sync(async { support::panic_quietly("async side exploded") }) {
+            Err(err) if err.is_panic() => format!("caught: {err}"),
+            other => format!("unexpected: {other:?}"),
+        }
+    });
     let reply = get(server.addr, "/").await;
     assert_eq!(reply.text(), "caught: panicked: async side exploded");
     server.stop().await;
@@ -166,9 +165,11 @@ async fn ensure_async_runs_on_a_pool_thread_not_the_runtime() {
 
 #[tokio::test]
 async fn ensure_async_panic_is_a_panic_error() {
-    let err = within(ensure_async(|| -> u32 { panic!("legacy code blew up") }))
-        .await
-        .unwrap_err();
+    let err = within(ensure_async(|| -> u32 {
+        support::panic_quietly("legacy code blew up")
+    }))
+    .await
+    .unwrap_err();
     assert!(err.is_panic());
     assert!(err.to_string().contains("legacy code blew up"), "{err}");
 }
@@ -449,7 +450,7 @@ async fn single_thread_panic_answers_500_and_keeps_the_thread() {
         move |req: Request| {
             counter.set(counter.get() + 1);
             if req.uri().path() == "/panic" {
-                panic!("single-thread handler panicked on purpose");
+                support::panic_quietly("single-thread handler panicked on purpose");
             }
             counter.get().to_string()
         }
@@ -529,8 +530,10 @@ async fn a_single_thread_handler_called_from_async_code_answers_500_at_once() {
 #[test]
 fn single_thread_factory_panic_is_an_error() {
     let err = on_thread_within(|| {
-        SingleThread::spawn(|| -> fn(Request) -> &'static str { panic!("no connection") })
-            .map(|_| ())
+        SingleThread::spawn(|| -> fn(Request) -> &'static str {
+            support::panic_quietly("no connection")
+        })
+        .map(|_| ())
     })
     .unwrap_err();
     assert!(err.is_panic(), "{err:?}");

@@ -177,7 +177,7 @@ async fn a_panic_nobody_awaits_is_logged_with_the_task_id_and_recorded_as_failed
     logs::install();
     let set = TaskSet::new();
     let id = set
-        .spawn_blocking(|_| -> Result<(), BoxError> { panic!("unexpected null") })
+        .spawn_blocking(|_| -> Result<(), BoxError> { support::panic_quietly("unexpected null") })
         .unwrap()
         .id(); // handle dropped: nobody awaits this task
     wait_for_status(&set, id, TaskStatus::Failed).await;
@@ -200,7 +200,7 @@ async fn a_panicking_callback_is_caught_and_logged_and_the_next_still_runs() {
     let (tx, rx) = mpsc::channel();
     let handle = set
         .task()
-        .on_error(|_| panic!("callback bug"))
+        .on_error(|_| support::panic_quietly("callback bug"))
         .on_done(move |info| tx.send(info.status()).unwrap())
         .spawn(|_| async { Err::<(), _>("nope") })
         .unwrap();

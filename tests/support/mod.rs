@@ -88,6 +88,15 @@ impl Drop for TestServer {
     }
 }
 
+/// Panics with `message` as `panic!(message)` does, but without running the panic hook.
+/// For the tests' deliberate panics: under load and with `RUST_BACKTRACE=1`, the default
+/// hook's backtrace of a large debug binary takes seconds, which a test would count
+/// against its step timeout. What the crate catches, and its `panicked: ...` text, are
+/// the same.
+pub fn panic_quietly(message: &'static str) -> ! {
+    std::panic::resume_unwind(Box::new(message))
+}
+
 /// The binary's subscriber: [`logs::install`]'s, whichever test comes first, so that no
 /// test's outcome depends on the order the tests run in.
 pub fn init_tracing() {
