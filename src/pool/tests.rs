@@ -130,9 +130,40 @@ fn a_burst_of_fast_jobs_stays_on_few_threads() {
     }
     // tokio's scheme wakes or spawns a thread per submit it cannot hand over (the
     // bridge micro-benchmark saw 95 to 187 threads for 64 requests in flight); here
-    // only one thread at a time is on its way. A loaded machine preempts workers
-    // mid-burst, which lets the chain grow (16 to 21 seen under a parallel test run).
-    assert!(pool.stats().peak_threads <= 64, "{:?}", pool.stats());
+    // only one thread at a time is on its way (checked exactly in the next test). How
+    // far the chain grows depends on the scheduler: a worker preempted mid-job counts as
+    // busy. 16 to 21 threads under a parallel test run, up to 115 on one loaded core.
+    assert!(pool.stats().peak_threads <= 250, "{:?}", pool.stats());
+}
+
+/// The rule behind the test above, without the scheduler's part: while a thread is on
+/// its way to the queue, a submit only queues its job (no wake-up, no new thread).
+#[test]
+fn a_submit_while_a_thread_is_on_its_way_only_queues() {
+    let pool = BlockingPool::new();
+    // The first job's thread announces that it is finishing, and holds there: it counts
+    // as on its way to the queue.
+    let (in_tail_tx, in_tail_rx) = mpsc::channel::<()>();
+    let (end_tail_tx, end_tail_rx) = mpsc::channel::<()>();
+    let first = Job::boxed(move || {
+        job_finishing();
+        in_tail_tx.send(()).unwrap();
+        end_tail_rx.recv().unwrap();
+    });
+    assert_eq!(pool.try_submit(first).ok(), Some(Admission::Started));
+    in_tail_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    for _ in 0..100 {
+        let done_tx = done_tx.clone();
+        let job = Job::boxed(move || done_tx.send(()).unwrap());
+        assert_eq!(pool.try_submit(job).ok(), Some(Admission::Started));
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.threads, stats.queued), (1, 100), "{stats:?}");
+    end_tail_tx.send(()).unwrap();
+    for _ in 0..100 {
+        done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
 }
 
 /// The nice value and scheduling policy of the thread that runs a job on `pool`
