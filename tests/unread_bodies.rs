@@ -59,11 +59,19 @@ async fn a_body_left_half_read_is_drained_and_the_connection_kept_when_the_rest_
         let (mut read, writer) = post(server.addr, body, chunked).await;
         let reply = read_raw_response(&mut read).await.expect("a response");
         assert_eq!(reply.body, b"took 10");
+        let closes = reply
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close");
+        if chunked && closes {
+            // A chunked body's rest is unknown until its last chunk has come, and whether
+            // hyper has decoded it when the handler answers is a race between two tasks
+            // (documented): when it has not, the connection closes, and says so first.
+            assert!(closed_by_server(&mut read).await);
+            continue;
+        }
         assert!(
-            !reply
-                .head
-                .to_ascii_lowercase()
-                .contains("connection: close"),
+            !closes,
             "{body} bytes, chunked {chunked}: connection not kept: {}",
             reply.head
         );
