@@ -198,7 +198,7 @@ async fn until(done: impl Fn() -> bool) {
 }
 
 #[tokio::test]
-async fn requests_given_up_in_the_queue_free_their_place_in_it() {
+async fn a_request_timed_out_in_the_queue_frees_its_place_in_it() {
     let (gate, started, release) = gate();
     let pool = syncbridge::BlockingPool::builder()
         .max_threads(1)
@@ -214,8 +214,28 @@ async fn requests_given_up_in_the_queue_free_their_place_in_it() {
     // Timed out in the queue: answered 503, and out of the queue.
     assert_eq!(get(server.addr, "/late").await.status, 503);
     assert_eq!(pool.stats().queued, 0);
+    release.send(()).unwrap();
+    assert_eq!(within(busy).await.unwrap().status, 200);
+    server.stop().await;
+}
 
-    // The client leaves while its request waits: out of the queue too.
+#[tokio::test]
+async fn a_request_whose_client_left_while_queued_frees_its_place_in_it() {
+    let (gate, started, release) = gate();
+    // A queue timeout far past any step of the test: only the request's withdrawal can
+    // take it out of the queue in time.
+    let pool = syncbridge::BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(1)
+        .queue_timeout(Duration::from_secs(600))
+        .build();
+    let server =
+        TestServer::start_with(Server::bind("127.0.0.1:0").pool(pool.clone()), gated(gate));
+    let addr = server.addr;
+    let busy = tokio::spawn(async move { get(addr, "/block").await });
+    let _started = recv_blocking(started).await;
+
+    // The client leaves while its request waits: out of the queue.
     let mut gone = within(TcpStream::connect(server.addr)).await.unwrap();
     within(gone.write_all(b"GET /gone HTTP/1.1\r\nhost: x\r\n\r\n"))
         .await
