@@ -87,9 +87,11 @@ async fn final_status(addr: std::net::SocketAddr, id: &str) -> Value {
 #[tokio::test]
 async fn post_answers_202_pending_then_the_task_creates_the_row_and_calls_back() {
     let db = TempDb::new();
-    let server = start_app(&db, Duration::from_millis(500));
+    let work = Duration::from_millis(500);
+    let server = start_app(&db, work);
     let (receiver, mut received) = start_receiver();
 
+    let posted = Instant::now();
     let (status, accepted) = post_project(
         server.addr,
         json!({"name": "apollo", "callback_url": receiver.url("/done")}),
@@ -99,12 +101,15 @@ async fn post_answers_202_pending_then_the_task_creates_the_row_and_calls_back()
     assert_eq!(accepted["status"], "pending");
     let id = accepted["task_id"].as_str().unwrap().to_owned();
 
-    // Answered before the slow work is done.
+    // Answered before the slow work is done, which a look at the task confirms while the
+    // work cannot have ended yet (a loaded machine may delay the look past that).
     let early = json_of(&get(server.addr, &format!("/tasks/{id}")).await);
-    assert!(
-        matches!(early["status"].as_str(), Some("pending" | "running")),
-        "{early}"
-    );
+    if posted.elapsed() < work {
+        assert!(
+            matches!(early["status"].as_str(), Some("pending" | "running")),
+            "{early}"
+        );
+    }
 
     let done = final_status(server.addr, &id).await;
     assert_eq!(done["status"], "succeeded", "{done}");

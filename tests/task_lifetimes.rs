@@ -276,6 +276,10 @@ async fn a_callback_joining_a_task_with_callbacks_is_refused_rather_than_deadloc
 async fn a_timed_out_closure_still_running_when_the_drain_ends_is_named() {
     logs::install();
     let set = TaskSet::new();
+    // A pool thread already started, so that the timeout below need not cover a thread
+    // start on a loaded machine.
+    let warm = set.spawn_blocking(|_| Ok::<_, std::io::Error>(())).unwrap();
+    support::within(warm.join()).await.unwrap();
     let (started_tx, started_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     // Ignores its token: it keeps its thread past the timeout until released. The timeout
