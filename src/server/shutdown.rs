@@ -51,12 +51,25 @@ impl ShutdownHandle {
 /// Waits for Ctrl-C or SIGTERM and starts a graceful shutdown; a second signal cancels
 /// `second`, which cuts every remaining wait of the shutdown short. Runs until then, or
 /// until the server aborts it once `serve` is done.
-pub(super) async fn watch_signals(graceful: CancellationToken, second: CancellationToken) {
+///
+/// Listens from the call, inside the runtime, not from the future's first poll: a
+/// SIGTERM between the server's start and that poll would otherwise end the process by
+/// the default action, with no drain.
+pub(super) fn watch_signals(
+    graceful: CancellationToken,
+    second: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send {
     // The listeners live across both rounds: one made afresh for the second round would
     // miss a signal that came while the first round's was being handled.
-    let Some(mut signals) = Signals::listen() else {
-        return;
-    };
+    let signals = Signals::listen();
+    async move {
+        if let Some(signals) = signals {
+            watch(signals, graceful, second).await;
+        }
+    }
+}
+
+async fn watch(mut signals: Signals, graceful: CancellationToken, second: CancellationToken) {
     for round in 0..2 {
         match signals.next().await {
             None => return,
