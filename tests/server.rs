@@ -197,20 +197,33 @@ async fn until(done: impl Fn() -> bool) {
     .await
 }
 
-#[tokio::test]
-async fn a_request_timed_out_in_the_queue_frees_its_place_in_it() {
+/// A server on a pool of one thread and one queue place, whose thread a `/block` request
+/// holds until `release` is used; `busy` is that request's answer.
+async fn one_thread_held(
+    queue_timeout: Duration,
+) -> (
+    TestServer,
+    syncbridge::BlockingPool,
+    tokio::task::JoinHandle<support::Reply>,
+    mpsc::SyncSender<()>,
+) {
     let (gate, started, release) = gate();
     let pool = syncbridge::BlockingPool::builder()
         .max_threads(1)
         .queue_capacity(1)
-        .queue_timeout(Duration::from_millis(200))
+        .queue_timeout(queue_timeout)
         .build();
     let server =
         TestServer::start_with(Server::bind("127.0.0.1:0").pool(pool.clone()), gated(gate));
     let addr = server.addr;
     let busy = tokio::spawn(async move { get(addr, "/block").await });
     let _started = recv_blocking(started).await;
+    (server, pool, busy, release)
+}
 
+#[tokio::test]
+async fn a_request_timed_out_in_the_queue_frees_its_place_in_it() {
+    let (server, pool, busy, release) = one_thread_held(Duration::from_millis(200)).await;
     // Timed out in the queue: answered 503, and out of the queue.
     assert_eq!(get(server.addr, "/late").await.status, 503);
     assert_eq!(pool.stats().queued, 0);
@@ -221,19 +234,10 @@ async fn a_request_timed_out_in_the_queue_frees_its_place_in_it() {
 
 #[tokio::test]
 async fn a_request_whose_client_left_while_queued_frees_its_place_in_it() {
-    let (gate, started, release) = gate();
     // A queue timeout far past any step of the test: only the request's withdrawal can
     // take it out of the queue in time.
-    let pool = syncbridge::BlockingPool::builder()
-        .max_threads(1)
-        .queue_capacity(1)
-        .queue_timeout(Duration::from_secs(600))
-        .build();
-    let server =
-        TestServer::start_with(Server::bind("127.0.0.1:0").pool(pool.clone()), gated(gate));
+    let (server, pool, busy, release) = one_thread_held(Duration::from_secs(600)).await;
     let addr = server.addr;
-    let busy = tokio::spawn(async move { get(addr, "/block").await });
-    let _started = recv_blocking(started).await;
 
     // The client leaves while its request waits: out of the queue.
     let mut gone = within(TcpStream::connect(server.addr)).await.unwrap();

@@ -136,13 +136,10 @@ fn a_burst_of_fast_jobs_stays_on_few_threads() {
     assert!(pool.stats().peak_threads <= 250, "{:?}", pool.stats());
 }
 
-/// The rule behind the test above, without the scheduler's part: while a thread is on
-/// its way to the queue, a submit only queues its job (no wake-up, no new thread).
-#[test]
-fn a_submit_while_a_thread_is_on_its_way_only_queues() {
-    let pool = BlockingPool::new();
-    // The first job's thread announces that it is finishing, and holds there: it counts
-    // as on its way to the queue.
+/// Runs a first job on `pool` that announces it is finishing, as a request's job does
+/// before it replies, and holds its thread there until the returned sender is used: the
+/// thread counts as on its way to the queue (searching) meanwhile.
+fn hold_a_thread_on_its_way(pool: &BlockingPool) -> mpsc::Sender<()> {
     let (in_tail_tx, in_tail_rx) = mpsc::channel::<()>();
     let (end_tail_tx, end_tail_rx) = mpsc::channel::<()>();
     let first = Job::boxed(move || {
@@ -152,6 +149,15 @@ fn a_submit_while_a_thread_is_on_its_way_only_queues() {
     });
     assert_eq!(pool.try_submit(first).ok(), Some(Admission::Started));
     in_tail_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    end_tail_tx
+}
+
+/// The rule behind the test above, without the scheduler's part: while a thread is on
+/// its way to the queue, a submit only queues its job (no wake-up, no new thread).
+#[test]
+fn a_submit_while_a_thread_is_on_its_way_only_queues() {
+    let pool = BlockingPool::new();
+    let end_tail_tx = hold_a_thread_on_its_way(&pool);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     for _ in 0..100 {
         let done_tx = done_tx.clone();
@@ -247,18 +253,9 @@ fn a_job_stranded_by_a_failed_thread_start_is_taken_up_by_the_next_submit() {
         .queue_capacity(10)
         .keep_alive(Duration::from_secs(60))
         .build();
-    // The first job announces that it is finishing, as a request's job does before it
-    // replies, and holds its thread in that state: the thread counts as searching, so
-    // the two jobs below are queued for it, both admitted `Started`.
-    let (in_tail_tx, in_tail_rx) = mpsc::channel::<()>();
-    let (end_tail_tx, end_tail_rx) = mpsc::channel::<()>();
-    let first = Job::boxed(move || {
-        job_finishing();
-        in_tail_tx.send(()).unwrap();
-        end_tail_rx.recv().unwrap();
-    });
-    assert_eq!(pool.try_submit(first).ok(), Some(Admission::Started));
-    in_tail_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // A thread on its way to the queue: the two jobs below are queued for it, both
+    // admitted `Started`.
+    let end_tail_tx = hold_a_thread_on_its_way(&pool);
     let (long_started_tx, long_started_rx) = mpsc::channel::<()>();
     let (end_long_tx, end_long_rx) = mpsc::channel::<()>();
     let long = Job::boxed(move || {
