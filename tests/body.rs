@@ -390,6 +390,11 @@ async fn a_body_read_slowly_after_the_response_is_not_cut_off_by_the_idle_timeou
 #[tokio::test]
 async fn a_body_dropped_by_its_slow_reader_no_longer_keeps_a_stalled_client_connected() {
     const DECLARED: usize = 1024 * 1024;
+    // More than the server takes in (the request channel's 256 KiB and a frame past it,
+    // a frame in hyper's body channel and its 64 KiB read buffer: about 448 KiB), so that
+    // the pump waits for room; the last 64 KiB wait in the sockets' buffers, which hold
+    // them, so the upload completes while the reader holds the body. (At 448 KiB the
+    // pump waits on the client instead, and the test no longer sees the guard.)
     const SENT: usize = 512 * 1024;
     let (read_tx, read_rx) = mpsc::channel();
     let (drop_tx, drop_rx) = mpsc::channel::<()>();
