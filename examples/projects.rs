@@ -62,8 +62,9 @@ pub fn app(database: impl Into<PathBuf>, work: Duration) -> Result<App, rusqlite
     Ok(app)
 }
 
-/// The largest request body: a project's JSON is a few hundred bytes. Larger ones are
-/// answered `413` by the server before the handler reads them.
+/// The largest request body: a project's JSON is a few hundred bytes. A larger declared
+/// `Content-Length` is answered `413` by the server before the handler runs; a chunked
+/// body gets its `413` when it grows past the limit, as the handler reads it.
 const MAX_REQUEST_BYTES: u64 = 16 * 1024;
 /// The longest project name accepted.
 const MAX_NAME_CHARS: usize = 200;

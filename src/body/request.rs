@@ -21,8 +21,9 @@ use super::channel::Receiver;
 ///   client gets `413 Payload Too Large`, whatever the handler answers (unless the
 ///   handler already answered with a streamed response that reads this body, an echo:
 ///   that response is cut off instead).
-/// - [`io::ErrorKind::TimedOut`]: the client sent nothing for the body timeout
-///   ([`Server::body_timeout`](crate::Server::body_timeout)). The client gets
+/// - [`io::ErrorKind::TimedOut`]: the client sent less than 8 KiB of the body in one
+///   body timeout while the handler waited for it (about 270 B/s at the default 30 s;
+///   [`Server::body_timeout`](crate::Server::body_timeout)). The client gets
 ///   `408 Request Timeout`, whatever the handler answers (unless, again, a streamed
 ///   response reading this body is already on its way: it is cut off).
 /// - [`io::ErrorKind::UnexpectedEof`] or [`io::ErrorKind::ConnectionAborted`]: the body
