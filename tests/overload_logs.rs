@@ -38,7 +38,10 @@ async fn a_flood_of_refusals_logs_a_warning_a_second_and_every_access() {
 
     let mut send = h1::<Empty<Bytes>>(server.addr).await;
     for _ in 0..REFUSED {
-        let req = http::Request::get("/flood").body(Empty::new()).unwrap();
+        let req = http::Request::get("/flood")
+            .header("host", addr.to_string())
+            .body(Empty::new())
+            .unwrap();
         let response = within(send.send_request(req)).await.unwrap();
         assert_eq!(response.status(), 503);
         support::collect(response).await;

@@ -54,7 +54,9 @@ use super::channel::Receiver;
 /// A client that sent `Expect: 100-continue` gets its `100 Continue` when the handler
 /// first reads (or when its response is ready while the body lives on, in the response
 /// or another thread): a handler that answers without reading, a `401` or a `413` from
-/// the declared length, spares the client its upload.
+/// the declared length, spares the client its upload. That is HTTP/1 only: hyper's
+/// HTTP/2 server cannot send a `100`, so an HTTP/2 client sends after its own expect
+/// timeout.
 ///
 /// A body the handler drops before its end (or never reads) costs an HTTP/1 client its
 /// connection only when much of it is still to come: on the bundled server, up to

@@ -1,13 +1,14 @@
 //! What the handler's answer becomes before it goes on the wire: the client's fault
 //! answered as such, the crate's own "not now" as `503`, and a body framed as HTTP
-//! allows (none for `HEAD`, 1xx, 204 and 304; a full body's true length).
+//! allows (none for `HEAD`, 204, 205 and 304; a full body's true length; no 1xx as a
+//! final answer; framing headers the server's own).
 //!
 //! Every check on the path of an ordinary answer is a comparison; the rest is out of line.
 
 use std::io;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, RETRY_AFTER};
+use http::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, StatusCode, Uri};
 
 use crate::body::{BridgeBody, ResponseKind};
@@ -141,10 +142,19 @@ fn unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The body as HTTP allows it for this method and status. hyper leaves the body out of a
-/// `HEAD`, 1xx, 204 or 304 response on HTTP/1, but on HTTP/2 it sends it, and the client
-/// fails the stream; and it trusts a `Content-Length` the handler set on a full body,
-/// so a wrong one desyncs an HTTP/1 connection (in debug builds hyper panics instead).
+/// The body as HTTP allows it for this method and status, and the framing headers as
+/// the crate, not the handler, decides them:
+/// - hyper leaves the body out of a `HEAD`, 1xx, 204 or 304 response on HTTP/1, but on
+///   HTTP/2 it sends it, and the client fails the stream; a 205 it sends on both;
+/// - a 1xx is no final answer: hyper's HTTP/1 answers 500 for most, sends a 101 without
+///   `Upgrade`, and its HTTP/2 sends a malformed response. It becomes a logged 500;
+/// - hyper trusts a `Content-Length` the handler set on a full body, so a wrong one
+///   desyncs an HTTP/1 connection (in debug builds hyper panics instead). On a streamed
+///   body one that is not a length, or more than one, makes hyper's HTTP/1 drop the
+///   connection without a response and its HTTP/2 send it on as it is;
+/// - a handler's `Transfer-Encoding` beside a `Content-Length` makes hyper's HTTP/1 drop
+///   the connection too, and hyper adds `chunked` itself where it is needed.
+///
 /// A full `HEAD` answer keeps its body until `finish`, which strips every such answer.
 #[inline]
 pub(super) fn framed(
@@ -157,15 +167,31 @@ pub(super) fn framed(
     if !may_have_body(parts.status) || (head && matches!(kind, ResponseKind::Stream(_))) {
         return without_body(method, uri, parts, kind);
     }
-    if let ResponseKind::Full(bytes) = &kind {
-        // A response has a few headers, usually none of them this one: comparing names
-        // costs less than hashing one for a lookup. An empty `HEAD` answer under a
-        // declared length is how a handler answers `HEAD` itself.
-        if parts.headers.keys().any(|name| *name == CONTENT_LENGTH)
-            && !(head && bytes.is_empty())
-            && !declares(&parts.headers, bytes.len())
-        {
-            correct_length(method, uri, parts, bytes.len());
+    // A response has a few headers, usually neither of these: comparing names costs less
+    // than hashing them for two lookups.
+    let (mut length, mut coding) = (false, false);
+    for name in parts.headers.keys() {
+        length |= *name == CONTENT_LENGTH;
+        coding |= *name == TRANSFER_ENCODING;
+    }
+    if coding {
+        drop_transfer_encoding(method, uri, parts);
+    }
+    if length {
+        match &kind {
+            // An empty `HEAD` answer under a declared length is how a handler answers
+            // `HEAD` itself.
+            ResponseKind::Full(bytes) => {
+                let answers_head_itself = head && bytes.is_empty();
+                if !answers_head_itself && !declares(&parts.headers, bytes.len()) {
+                    correct_length(method, uri, parts, bytes.len());
+                }
+            }
+            ResponseKind::Stream(_) => {
+                if !declares_one(&parts.headers) {
+                    drop_length(method, uri, parts);
+                }
+            }
         }
     }
     kind
@@ -193,23 +219,34 @@ pub(super) fn head_without_body(response: &mut http::Response<BridgeBody>) {
 fn may_have_body(status: StatusCode) -> bool {
     !(status.is_informational()
         || status == StatusCode::NO_CONTENT
+        || status == StatusCode::RESET_CONTENT
         || status == StatusCode::NOT_MODIFIED)
 }
 
 /// Whether `headers` declare exactly `len` bytes: one `Content-Length`, of digits only
 /// (hyper's own rule: no sign, no spaces), equal to it.
 fn declares(headers: &http::HeaderMap, len: usize) -> bool {
-    let mut values = headers.get_all(CONTENT_LENGTH).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return false;
-    };
-    super::content_length(value) == Some(len as u64)
+    single_length(headers) == Some(len as u64)
 }
 
-/// Drops the body, a producer unrun: for a 1xx, 204 or 304, and for a streamed `HEAD`
-/// answer (a full one loses its body in `finish`, with the answers the service makes
-/// itself). A 1xx or 204 may not carry a `Content-Length`; a 304 and a `HEAD` keep the
-/// one the handler declared (for a 304 it describes the cached representation).
+/// Whether `headers` declare a length: one `Content-Length`, of digits only.
+fn declares_one(headers: &http::HeaderMap) -> bool {
+    single_length(headers).is_some()
+}
+
+fn single_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    super::content_length(value)
+}
+
+/// Drops the body, a producer unrun: for a 1xx, 204, 205 or 304, and for a streamed
+/// `HEAD` answer (a full one loses its body in `finish`, with the answers the service
+/// makes itself). A 1xx or 204 may not carry a `Content-Length`, a 205 says `0`; a 304
+/// and a `HEAD` keep the one the handler declared (for a 304 it describes the cached
+/// representation). A 1xx becomes a 500.
 #[cold]
 #[inline(never)]
 fn without_body(
@@ -219,8 +256,26 @@ fn without_body(
     kind: ResponseKind,
 ) -> ResponseKind {
     let status = parts.status;
-    if status.is_informational() || status == StatusCode::NO_CONTENT {
+    if status.is_informational() {
+        tracing::error!(
+            method = %method,
+            path = %uri.path(),
+            %status,
+            "handler answered with a 1xx status, which cannot end a request; answered 500"
+        );
+        drop(kind);
+        let (error, body) = crate::handler::internal_error().into_parts();
+        *parts = error;
+        return body.kind;
+    }
+    parts.headers.remove(TRANSFER_ENCODING);
+    if status == StatusCode::NO_CONTENT {
         parts.headers.remove(CONTENT_LENGTH);
+    } else if status == StatusCode::RESET_CONTENT {
+        // RFC 9110 §15.3.6: no content, and saying so keeps an HTTP/1 connection framed.
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
     let has_body = match &kind {
         ResponseKind::Full(bytes) => !bytes.is_empty(),
@@ -234,10 +289,86 @@ fn without_body(
         tracing::debug!(method = %method, path = %uri.path(), "a 304 has no body; the handler's was dropped");
     } else if has_body {
         // The handler meant the client to read something that HTTP does not carry.
-        tracing::warn!(method = %method, path = %uri.path(), %status, "a 1xx or 204 response has no body; the handler's was dropped");
+        tracing::warn!(method = %method, path = %uri.path(), %status, "a 204 or 205 response has no body; the handler's was dropped");
     }
     drop(kind);
     ResponseKind::Full(Bytes::new())
+}
+
+/// An answer to an HTTP/1.0 request, framed as hyper should: it keeps the connection
+/// only when the client asked (`keep_alive`), the body's end is known from its length
+/// and the answer does not close. hyper itself, seeing a response head of version 1.1,
+/// promises `Connection: keep-alive` to any 1.0 client that asked, even over a body it
+/// then ends by closing the connection (a stream of no declared length), or beside a
+/// `Connection: close`. A 1.0 head leaves it to the header set here. A full answer
+/// with no `Connection` of its own, the usual one, is left to hyper: it gets that right.
+#[cold]
+#[inline(never)]
+pub(super) fn for_http10(response: &mut http::Response<BridgeBody>, keep_alive: bool) {
+    if !keep_alive || response.body().is_full() && !response.headers().contains_key(CONNECTION) {
+        // The usual answer: hyper gets this one right (it closes, or keeps and says so).
+        return;
+    }
+    *response.version_mut() = http::Version::HTTP_10;
+    let delimited =
+        response.body().is_full() || super::declared_length(response.headers()).is_some();
+    let headers = response.headers_mut();
+    let closes = headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|value| super::has_option(value, b"close"));
+    if delimited && !closes {
+        headers.append(CONNECTION, HeaderValue::from_static("keep-alive"));
+    }
+}
+
+/// Removes a handler's `Transfer-Encoding`: framing is hyper's, which chunks a body of
+/// unknown length on HTTP/1.1 by itself. Any coding other than `chunked` (a `gzip` the
+/// handler meant the client to undo) is lost with it, so that one is a warning.
+#[cold]
+#[inline(never)]
+fn drop_transfer_encoding(method: &Method, uri: &Uri, parts: &mut http::response::Parts) {
+    let codings: Vec<HeaderValue> = parts
+        .headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .cloned()
+        .collect();
+    parts.headers.remove(TRANSFER_ENCODING);
+    if codings
+        .iter()
+        .all(|value| value.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        tracing::debug!(method = %method, path = %uri.path(), "handler's Transfer-Encoding: chunked removed; the server frames the body");
+    } else {
+        tracing::warn!(
+            method = %method,
+            path = %uri.path(),
+            transfer_encoding = ?codings,
+            "handler's Transfer-Encoding removed: the server frames the body, and sends it \
+             without that coding (use Content-Encoding for a compressed body)"
+        );
+    }
+}
+
+/// Removes a streamed body's `Content-Length` that is not one length: the body goes out
+/// chunked (HTTP/1.1) or ended by the stream's end (HTTP/2).
+#[cold]
+#[inline(never)]
+fn drop_length(method: &Method, uri: &Uri, parts: &mut http::response::Parts) {
+    let values: Vec<HeaderValue> = parts
+        .headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .cloned()
+        .collect();
+    parts.headers.remove(CONTENT_LENGTH);
+    tracing::warn!(
+        method = %method,
+        path = %uri.path(),
+        declared = ?values,
+        "handler's Content-Length on a streamed body is not one length; removed, the body goes out without it"
+    );
 }
 
 #[cold]

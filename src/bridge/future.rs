@@ -29,6 +29,8 @@ use crate::pool::{BlockingPool, JobId};
 pub struct SyncServiceFuture<B> {
     state: State<B>,
     completion: Option<Completion>,
+    /// For an HTTP/1.0 request: whether it asked to keep its connection.
+    http10: Option<bool>,
 }
 
 // `Ready` (an early 413/503) is rare and short-lived; boxing it would cost the common
@@ -114,6 +116,7 @@ impl<B> SyncServiceFuture<B> {
         SyncServiceFuture {
             state: State::Ready(Some(response)),
             completion: Some(completion),
+            http10: None,
         }
     }
 
@@ -160,11 +163,21 @@ impl<B> SyncServiceFuture<B> {
         SyncServiceFuture {
             state: State::Waiting(waiting),
             completion: Some(completion),
+            http10: None,
         }
+    }
+
+    /// Marks the answer as one to an HTTP/1.0 request; `keep_alive`: it asked to keep its
+    /// connection.
+    pub(super) fn answers_http10(&mut self, keep_alive: bool) {
+        self.http10 = Some(keep_alive);
     }
 
     fn finish(&mut self, mut response: http::Response<BridgeBody>) -> http::Response<BridgeBody> {
         self.state = State::Done;
+        if let Some(keep_alive) = self.http10 {
+            super::answer::for_http10(&mut response, keep_alive);
+        }
         if let Some(mut completion) = self.completion.take() {
             completion.status = response.status();
             // A full body is known to be complete once hyper has taken it; a streamed one
@@ -327,7 +340,7 @@ impl<B> fmt::Debug for SyncServiceFuture<B> {
     }
 }
 
-fn plain(status: StatusCode, text: &'static str) -> http::Response<BridgeBody> {
+pub(super) fn plain(status: StatusCode, text: &'static str) -> http::Response<BridgeBody> {
     let mut response =
         http::Response::new(BridgeBody::full(bytes::Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
@@ -359,6 +372,10 @@ pub(super) fn header_too_large() -> http::Response<BridgeBody> {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "Request Header Fields Too Large",
     )
+}
+
+pub(super) fn uri_too_long() -> http::Response<BridgeBody> {
+    plain(StatusCode::URI_TOO_LONG, "URI Too Long")
 }
 
 pub(super) fn payload_too_large() -> http::Response<BridgeBody> {

@@ -11,7 +11,9 @@
 
 mod activity;
 mod answer;
+mod conform;
 mod future;
+mod head;
 mod job;
 mod pump;
 mod reply;
@@ -24,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue};
+use http::HeaderValue;
 
 pub(crate) use activity::Activity;
 pub use future::SyncServiceFuture;
@@ -36,6 +38,11 @@ use crate::offload::DropsOffRuntime;
 use crate::pool::{Admission, BlockingPool, Job};
 use crate::server::RemoteAddr;
 use crate::tasks::TaskSet;
+use head::{
+    asks_close, asks_keep_alive, close_after, expects_continue, has_option, head_size,
+    keeps_connection, target_len,
+};
+pub(crate) use head::{content_length, declared_length};
 use job::RequestJob;
 use pump::Pump;
 use reply::ReplyCell;
@@ -48,8 +55,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Mount it in an axum `Router` (`fallback_service`, `nest_service`), put tower-http
 /// layers around it, or hand it to hyper. Its error type is [`Infallible`]: overload is a
-/// `503` with `Retry-After`, a body over the limit a `413`, a handler panic a `500`.
-/// `poll_ready` is always ready (admission happens in `call`, which answers `503` rather
+/// `503` with `Retry-After`, a body over the limit a `413`, a handler panic a `500`, a
+/// `CONNECT` (no blocking answer can become a tunnel) a `501`. `poll_ready` is always ready (admission happens in `call`, which answers `503` rather
 /// than hold a caller back), and clones share one handler, one pool and its limits.
 ///
 /// The [`tracing::Span`] current when `call` runs (a request span made by a layer in
@@ -167,6 +174,23 @@ impl<H: Handler> SyncService<H> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
+        if request.version() != http::Version::HTTP_10 {
+            return self.admit(request);
+        }
+        let keep_alive = asks_keep_alive(request.headers());
+        let mut future = self.admit(request);
+        future.answers_http10(keep_alive);
+        future
+    }
+
+    /// Refuses `request` at once (a head too large, a body declared too large, a head
+    /// HTTP refuses, no room in the pool) or hands it to the pool.
+    fn admit<B>(&self, request: http::Request<B>) -> SyncServiceFuture<B>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         self.context();
         let (mut parts, body) = request.into_parts();
         if let Some(peer) = self.peer {
@@ -192,23 +216,25 @@ impl<H: Handler> SyncService<H> {
         };
         let shared = &self.shared;
 
-        if shared
-            .max_header_size
-            .is_some_and(|limit| head_size(&parts) > limit)
-        {
-            static HEAD_TOO_LARGE: Throttle = Throttle::new();
-            if let Some(left_out) = HEAD_TOO_LARGE.admit() {
-                tracing::warn!(
-                    method = %parts.method, path = %parts.uri.path(), left_out,
-                    "request head larger than the limit; answered 431"
-                );
+        // The bundled server's head checks look at `Host`; its size limit walks every
+        // header anyway, and finds it on the way (no lookup of its own).
+        let bundled = self.activity.is_some();
+        let mut hosts = None;
+        if let Some(limit) = shared.max_header_size {
+            let (size, found) = head_size(&parts);
+            if size > limit {
+                let mut response = head_too_large(&parts, limit);
+                if parts.version <= http::Version::HTTP_11 && !body.is_end_stream() {
+                    // Its body is not read: the connection cannot be kept.
+                    close_after(&mut response);
+                }
+                return SyncServiceFuture::ready(response, refused(parts));
             }
-            let mut response = future::header_too_large();
-            if parts.version <= http::Version::HTTP_11 && !body.is_end_stream() {
-                // Its body is not read: the connection cannot be kept.
-                close_after(&mut response);
-            }
-            return SyncServiceFuture::ready(response, refused(parts));
+            hosts = Some(found);
+        }
+        let hosts = bundled.then(|| hosts.unwrap_or_else(|| conform::Hosts::of(&parts.headers)));
+        if let Some(refusal) = conform::refusal(&parts, hosts) {
+            return SyncServiceFuture::ready(refuse(&parts, refusal), refused(parts));
         }
         let (body, pump, fault_probe) = if body.is_end_stream() {
             // No body (most GETs): no `Content-Length` to look up either.
@@ -297,67 +323,44 @@ pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
 /// The default body timeout: 30 seconds, gunicorn's worker `timeout`.
 pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether an HTTP/1.1 request leaves its connection open after its response (it does not
-/// ask `Connection: close`). Looked up only for requests with a body.
-fn keeps_connection(parts: &http::request::Parts) -> bool {
-    parts.version == http::Version::HTTP_11 && !asks_close(&parts.headers)
-}
-
-/// Tells an HTTP/1 client that the connection closes after `response` (hyper's HTTP/2
-/// drops the header).
-fn close_after<B>(response: &mut http::Response<B>) {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-}
-
-/// Whether a message's `Connection` header has the `close` option.
-fn asks_close(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"close"))
-}
-
-/// Whether the client waits for `100 Continue` before it sends the body. The last
-/// `Expect` decides, as in hyper's parser.
-fn expects_continue(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::EXPECT)
-        .iter()
-        .next_back()
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// The size of a request head as it came in: request line and header lines.
-fn head_size(parts: &http::request::Parts) -> usize {
-    // Lengths only: this runs for every request, so nothing is formatted or allocated.
-    let uri = &parts.uri;
-    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(1, |p| p.as_str().len());
-    let line = parts.method.as_str().len() + uri_len + 12;
-    parts
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum::<usize>()
-        + line
-}
-
-/// The first `Content-Length` of `headers`, if it is a length.
-pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    content_length(headers.get(header::CONTENT_LENGTH)?)
-}
-
-/// A `Content-Length` value as hyper reads it: digits only (no sign, no spaces).
-pub(crate) fn content_length(value: &HeaderValue) -> Option<u64> {
-    let digits = value.as_bytes();
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
+/// The answer to a head over `limit`: `414 URI Too Long` when the request target alone
+/// is (RFC 9112 §3: a server "MUST" answer so), else `431`.
+#[cold]
+#[inline(never)]
+fn head_too_large(parts: &http::request::Parts, limit: usize) -> http::Response<BridgeBody> {
+    static HEAD_TOO_LARGE: Throttle = Throttle::new();
+    let uri_too_long = target_len(&parts.uri) > limit;
+    if let Some(left_out) = HEAD_TOO_LARGE.admit() {
+        let status = if uri_too_long { 414 } else { 431 };
+        tracing::warn!(
+            method = %parts.method, path = %parts.uri.path(), left_out,
+            "request head larger than the limit; answered {status}"
+        );
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    if uri_too_long {
+        future::uri_too_long()
+    } else {
+        future::header_too_large()
+    }
+}
+
+/// The answer to a head `conform` refuses, logged at info (the client is the cause), at
+/// most once a second. The connection closes after it: the request was not one to read
+/// past, and a refused `CONNECT`'s client may already be sending tunnel bytes.
+#[cold]
+#[inline(never)]
+fn refuse(parts: &http::request::Parts, refusal: conform::Refusal) -> http::Response<BridgeBody> {
+    static REFUSED_HEAD: Throttle = Throttle::new();
+    if let Some(left_out) = REFUSED_HEAD.admit() {
+        tracing::info!(
+            method = %parts.method, path = %parts.uri.path(), left_out,
+            status = refusal.status.as_u16(), reason = refusal.text,
+            "request head refused"
+        );
+    }
+    let mut response = future::plain(refusal.status, refusal.text);
+    close_after(&mut response);
+    response
 }
 
 impl<H> Clone for SyncService<H> {
