@@ -263,5 +263,17 @@ async fn an_http10_client_is_promised_keep_alive_only_where_the_connection_is_ke
     assert!(rest.starts_with("http/1.0 200"), "{rest}");
     assert!(!rest.contains("keep-alive"), "{rest}");
     assert!(rest.ends_with("\r\n\r\nchunkchunkchunkchunk"), "{rest}");
+
+    // hyper lets a later `Connection: close` decide: then no promise either, even for an
+    // answer of known length.
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let head =
+        "GET /stream-length/20 HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n";
+    within(stream.write_all(head.as_bytes())).await.unwrap();
+    let mut all = Vec::new();
+    within(stream.read_to_end(&mut all)).await.unwrap();
+    let all = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(all.ends_with("\r\n\r\nchunkchunkchunkchunk"), "{all}");
+    assert!(!all.contains("keep-alive"), "{all}");
     server.stop().await;
 }

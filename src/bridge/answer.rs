@@ -295,31 +295,31 @@ fn without_body(
     ResponseKind::Full(Bytes::new())
 }
 
-/// An answer to an HTTP/1.0 request, framed as hyper should: it keeps the connection
-/// only when the client asked (`keep_alive`), the body's end is known from its length
-/// and the answer does not close. hyper itself, seeing a response head of version 1.1,
-/// promises `Connection: keep-alive` to any 1.0 client that asked, even over a body it
-/// then ends by closing the connection (a stream of no declared length), or beside a
-/// `Connection: close`. A 1.0 head leaves it to the header set here. A full answer
-/// with no `Connection` of its own, the usual one, is left to hyper: it gets that right.
+/// An answer to an HTTP/1.0 request that asked to keep its connection (`keep_alive`),
+/// where hyper would promise what it does not keep. hyper, seeing a response head of
+/// version 1.1, adds `Connection: keep-alive` whenever it means to keep the connection
+/// (right for an answer of known length, and it knows better than this service whether
+/// it will: a graceful shutdown, its own keep-alive setting, a later `Connection: close`
+/// line), but it also adds it over a body it then ends by closing the connection (a
+/// stream of no declared length) and beside a `Connection: close`. For those two the
+/// head says 1.0, and hyper closes without a promise.
 #[cold]
 #[inline(never)]
 pub(super) fn for_http10(response: &mut http::Response<BridgeBody>, keep_alive: bool) {
-    if !keep_alive || response.body().is_full() && !response.headers().contains_key(CONNECTION) {
-        // The usual answer: hyper gets this one right (it closes, or keeps and says so).
+    if !keep_alive {
         return;
     }
-    *response.version_mut() = http::Version::HTTP_10;
     let delimited =
         response.body().is_full() || super::declared_length(response.headers()).is_some();
-    let headers = response.headers_mut();
-    let closes = headers
+    let closes = response
+        .headers()
         .get_all(CONNECTION)
         .iter()
         .any(|value| super::has_option(value, b"close"));
     if delimited && !closes {
-        headers.append(CONNECTION, HeaderValue::from_static("keep-alive"));
+        return;
     }
+    *response.version_mut() = http::Version::HTTP_10;
 }
 
 /// Removes a handler's `Transfer-Encoding`: framing is hyper's, which chunks a body of
