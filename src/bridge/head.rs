@@ -7,15 +7,28 @@ use http::{header, HeaderValue};
 use super::conform;
 
 /// Whether an HTTP/1 request leaves its connection open after its response: HTTP/1.1
-/// unless it asks `Connection: close`, HTTP/1.0 only if it asks `Connection: keep-alive`.
+/// unless it asks `Connection: close`, HTTP/1.0 only as [`http10_keeps`] reads it.
 /// Looked up only for requests with a body.
 pub(super) fn keeps_connection(parts: &http::request::Parts) -> bool {
     match parts.version {
         http::Version::HTTP_11 => !asks_close(&parts.headers),
-        // HTTP/1.0 keeps a connection only when asked to, and hyper does as asked.
-        http::Version::HTTP_10 => asks_keep_alive(&parts.headers),
+        http::Version::HTTP_10 => http10_keeps(&parts.headers),
         _ => false,
     }
+}
+
+/// Whether an HTTP/1.0 request asks to keep its connection, read as hyper's parser reads
+/// it: a `keep-alive` option on any `Connection` line, and `close` on none (a `close`
+/// anywhere wins).
+pub(super) fn http10_keeps(headers: &http::HeaderMap) -> bool {
+    let mut keep = false;
+    for value in headers.get_all(header::CONNECTION) {
+        if has_option(value, b"close") {
+            return false;
+        }
+        keep = keep || has_option(value, b"keep-alive");
+    }
+    keep
 }
 
 /// Tells an HTTP/1 client that the connection closes after `response` (hyper's HTTP/2
@@ -28,19 +41,10 @@ pub(super) fn close_after<B>(response: &mut http::Response<B>) {
 
 /// Whether a message's `Connection` header has the `close` option.
 pub(super) fn asks_close(headers: &http::HeaderMap) -> bool {
-    has_connection_option(headers, b"close")
-}
-
-/// Whether a message's `Connection` header has the `keep-alive` option (HTTP/1.0's way).
-pub(super) fn asks_keep_alive(headers: &http::HeaderMap) -> bool {
-    has_connection_option(headers, b"keep-alive")
-}
-
-fn has_connection_option(headers: &http::HeaderMap, option: &[u8]) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .any(|value| has_option(value, option))
+        .any(|value| has_option(value, b"close"))
 }
 
 /// Whether a `Connection` value lists `option` (lower-case letters and `-`).
@@ -137,5 +141,22 @@ mod tests {
         }
         assert!(has("Close", b"close"));
         assert!(!has("closed", b"close"));
+    }
+
+    #[test]
+    fn an_http10_request_keeps_its_connection_as_hyper_reads_it() {
+        let keeps = |lines: &[&'static str]| {
+            let mut headers = http::HeaderMap::new();
+            for line in lines {
+                headers.append(header::CONNECTION, HeaderValue::from_static(line));
+            }
+            http10_keeps(&headers)
+        };
+        assert!(keeps(&["Keep-Alive"]));
+        assert!(keeps(&["x-custom", "keep-alive"]));
+        assert!(!keeps(&[]));
+        assert!(!keeps(&["keep-alive", "close"]));
+        assert!(!keeps(&["close", "keep-alive"]));
+        assert!(!keeps(&["keep-alive, close"]));
     }
 }

@@ -39,7 +39,7 @@ use crate::pool::{Admission, BlockingPool, Job};
 use crate::server::RemoteAddr;
 use crate::tasks::TaskSet;
 use head::{
-    asks_close, asks_keep_alive, close_after, expects_continue, has_option, head_size,
+    asks_close, close_after, expects_continue, has_option, head_size, http10_keeps,
     keeps_connection, target_len,
 };
 pub(crate) use head::{content_length, declared_length};
@@ -56,8 +56,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Mount it in an axum `Router` (`fallback_service`, `nest_service`), put tower-http
 /// layers around it, or hand it to hyper. Its error type is [`Infallible`]: overload is a
 /// `503` with `Retry-After`, a body over the limit a `413`, a handler panic a `500`, a
-/// `CONNECT` (no blocking answer can become a tunnel) a `501`. `poll_ready` is always ready (admission happens in `call`, which answers `503` rather
-/// than hold a caller back), and clones share one handler, one pool and its limits.
+/// `CONNECT` (no blocking answer can become a tunnel) a `501`. `poll_ready` is always
+/// ready (admission happens in `call`, which answers `503` rather than hold a caller
+/// back), and clones share one handler, one pool and its limits.
 ///
 /// The [`tracing::Span`] current when `call` runs (a request span made by a layer in
 /// front, such as tower-http's `TraceLayer`) is entered on the handler thread for the
@@ -177,7 +178,7 @@ impl<H: Handler> SyncService<H> {
         if request.version() != http::Version::HTTP_10 {
             return self.admit(request);
         }
-        let keep_alive = asks_keep_alive(request.headers());
+        let keep_alive = http10_keeps(request.headers());
         let mut future = self.admit(request);
         future.answers_http10(keep_alive);
         future
