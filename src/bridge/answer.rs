@@ -328,13 +328,7 @@ pub(super) fn for_http10(response: &mut http::Response<BridgeBody>, keep_alive: 
 #[cold]
 #[inline(never)]
 fn drop_transfer_encoding(method: &Method, uri: &Uri, parts: &mut http::response::Parts) {
-    let codings: Vec<HeaderValue> = parts
-        .headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .cloned()
-        .collect();
-    parts.headers.remove(TRANSFER_ENCODING);
+    let codings = remove_all(&mut parts.headers, TRANSFER_ENCODING);
     if codings
         .iter()
         .all(|value| value.as_bytes().eq_ignore_ascii_case(b"chunked"))
@@ -356,19 +350,21 @@ fn drop_transfer_encoding(method: &Method, uri: &Uri, parts: &mut http::response
 #[cold]
 #[inline(never)]
 fn drop_length(method: &Method, uri: &Uri, parts: &mut http::response::Parts) {
-    let values: Vec<HeaderValue> = parts
-        .headers
-        .get_all(CONTENT_LENGTH)
-        .iter()
-        .cloned()
-        .collect();
-    parts.headers.remove(CONTENT_LENGTH);
+    let values = remove_all(&mut parts.headers, CONTENT_LENGTH);
     tracing::warn!(
         method = %method,
         path = %uri.path(),
         declared = ?values,
         "handler's Content-Length on a streamed body is not one length; removed, the body goes out without it"
     );
+}
+
+/// Removes every `name` line of `headers`, and returns their values for a log line.
+fn remove_all(headers: &mut http::HeaderMap, name: http::HeaderName) -> Vec<HeaderValue> {
+    match headers.entry(name) {
+        http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
+        http::header::Entry::Vacant(_) => Vec::new(),
+    }
 }
 
 #[cold]
