@@ -23,10 +23,14 @@ pub(super) fn keeps_connection(parts: &http::request::Parts) -> bool {
 pub(super) fn http10_keeps(headers: &http::HeaderMap) -> bool {
     let mut keep = false;
     for value in headers.get_all(header::CONNECTION) {
-        if has_option(value, b"close") {
+        // The usual line is the one option: then it holds no `close`.
+        if is_option(value.as_bytes(), b"keep-alive") {
+            keep = true;
+        } else if has_option(value, b"close") {
             return false;
+        } else {
+            keep = keep || has_option(value, b"keep-alive");
         }
-        keep = keep || has_option(value, b"keep-alive");
     }
     keep
 }
