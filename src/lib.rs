@@ -30,7 +30,8 @@ pub use mixing::{
 pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
 pub use server::{RemoteAddr, Server, ShutdownHandle};
 pub use tasks::{
-    TaskBuilder, TaskContext, TaskHandle, TaskId, TaskInfo, TaskSet, TaskSetBuilder, TaskStatus,
+    ParseTaskIdError, TaskBuilder, TaskContext, TaskHandle, TaskId, TaskInfo, TaskSet,
+    TaskSetBuilder, TaskStatus,
 };
 
 pub use bytes;

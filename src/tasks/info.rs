@@ -4,6 +4,7 @@ use std::any::Any;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -13,7 +14,7 @@ use std::time::SystemTime;
 /// Ids are hard to guess (so a status endpoint does not let one client enumerate the
 /// results of another) but they are not a security token: put authorisation in front of
 /// an endpoint that shows results. Unique within a process; parse one from a URL with
-/// [`TaskId::parse`].
+/// [`TaskId::parse`] or [`str::parse`].
 ///
 /// # Examples
 ///
@@ -23,6 +24,7 @@ use std::time::SystemTime;
 /// assert!(TaskId::parse("not an id").is_none());
 /// let id = TaskId::parse("0123456789abcdef0123456789abcdef").unwrap();
 /// assert_eq!(id.to_string(), "0123456789abcdef0123456789abcdef");
+/// assert_eq!("0123456789abcdef0123456789abcdef".parse::<TaskId>(), Ok(id));
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(u128);
@@ -64,6 +66,27 @@ impl fmt::Display for TaskId {
         write!(f, "{:032x}", self.0)
     }
 }
+
+impl FromStr for TaskId {
+    type Err = ParseTaskIdError;
+
+    /// As [`TaskId::parse`], with an error for `?`.
+    fn from_str(s: &str) -> Result<TaskId, ParseTaskIdError> {
+        TaskId::parse(s).ok_or(ParseTaskIdError(()))
+    }
+}
+
+/// A string that is not a [`TaskId`]: not exactly 32 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseTaskIdError(());
+
+impl fmt::Display for ParseTaskIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a task id is 32 hex digits")
+    }
+}
+
+impl std::error::Error for ParseTaskIdError {}
 
 impl fmt::Debug for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -253,5 +276,7 @@ mod tests {
         assert_eq!(TaskId::parse("abc"), None);
         assert_eq!(TaskId::parse(&"g".repeat(32)), None);
         assert_eq!(TaskId::parse(&"+".repeat(32)), None);
+        let err = "abc".parse::<TaskId>().unwrap_err();
+        assert_eq!(err.to_string(), "a task id is 32 hex digits");
     }
 }

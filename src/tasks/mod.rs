@@ -26,6 +26,6 @@ mod spawn;
 mod supervise;
 
 pub use handle::TaskHandle;
-pub use info::{TaskId, TaskInfo, TaskStatus};
+pub use info::{ParseTaskIdError, TaskId, TaskInfo, TaskStatus};
 pub use set::{TaskSet, TaskSetBuilder};
 pub use spawn::{TaskBuilder, TaskContext};
