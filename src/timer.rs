@@ -17,27 +17,60 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Id};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
+/// Whether a runtime has timers, asked once for the first runtime it is asked about and
+/// kept with that runtime's id; any other runtime is asked afresh each time. One service
+/// or task set may be driven by several runtimes, with timers or without.
+#[derive(Debug, Default)]
+pub(crate) struct TimersKnown(OnceLock<(Id, bool)>);
+
+impl TimersKnown {
+    /// Whether `runtime` has timers, and whether this call asked (nothing was known).
+    fn of(&self, runtime: &Handle) -> (bool, bool) {
+        let id = runtime.id();
+        if let Some(&(first, enabled)) = self.0.get() {
+            if first == id {
+                return (enabled, false);
+            }
+            return (has_timers(runtime), true);
+        }
+        let enabled = has_timers(runtime);
+        let _ = self.0.set((id, enabled));
+        (enabled, true)
+    }
+
+    /// As [`has_timers`], kept for `runtime` if it is the first asked about.
+    pub(crate) fn has_timers(&self, runtime: &Handle) -> bool {
+        self.of(runtime).0
+    }
+}
+
 /// A sleep of `after` on the current runtime, or `None` when it has no timers or there is
-/// no runtime (both logged at error level). `known` caches the answer where the caller
-/// has a place for it; without one every call checks, which costs only a misconfigured
+/// no runtime (both logged at error level). `known` keeps the answer where the caller has
+/// a place for it; without one every call checks, which costs only a misconfigured
 /// runtime (tokio prints its panic message each time). A call outside any runtime is
-/// not cached: it says nothing about the runtime the next call comes from.
-pub(crate) fn sleep(after: Duration, known: Option<&OnceLock<bool>>) -> Option<Pin<Box<Sleep>>> {
-    if Handle::try_current().is_err() {
+/// not kept: it says nothing about the runtime the next call comes from.
+pub(crate) fn sleep(after: Duration, known: Option<&TimersKnown>) -> Option<Pin<Box<Sleep>>> {
+    let Ok(current) = Handle::try_current() else {
         tracing::error!(
             "a wait that needs a tokio timer was started outside any tokio runtime (call a \
              `SyncService` from inside one); refused at once"
         );
         return None;
-    }
-    let enabled = match known {
-        Some(known) => *known.get_or_init(runtime_has_timers),
-        None => runtime_has_timers(),
     };
+    let (enabled, asked) = match known {
+        Some(known) => known.of(&current),
+        None => (has_timers(&current), true),
+    };
+    if !enabled && asked {
+        tracing::error!(
+            "the tokio runtime has no timers (build it with `enable_time` or `enable_all`): \
+             work that finds every pool thread busy is refused at once instead of waiting"
+        );
+    }
     enabled.then(|| Box::pin(tokio::time::sleep(after)))
 }
 
@@ -75,15 +108,4 @@ fn probe() -> bool {
     // Outside any runtime there is no timer either; asking tokio would print its panic.
     Handle::try_current().is_ok()
         && catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
-}
-
-fn runtime_has_timers() -> bool {
-    let enabled = probe();
-    if !enabled {
-        tracing::error!(
-            "the tokio runtime has no timers (build it with `enable_time` or `enable_all`): \
-             work that finds every pool thread busy is refused at once instead of waiting"
-        );
-    }
-    enabled
 }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{header, HeaderValue, StatusCode};
@@ -18,6 +18,7 @@ use super::throttle::Throttle;
 use super::BoxError;
 use crate::body::{BridgeBody, Completion};
 use crate::pool::{BlockingPool, JobId};
+use crate::timer::TimersKnown;
 
 /// The future returned by [`SyncService`](super::SyncService)'s `call`.
 ///
@@ -128,7 +129,7 @@ impl<B> SyncServiceFuture<B> {
         queued_in: Option<BlockingPool>,
         retry_after: HeaderValue,
         completion: Completion,
-        timers: &OnceLock<bool>,
+        timers: &TimersKnown,
     ) -> Self
     where
         B: HttpBody + Send + 'static,

@@ -13,7 +13,7 @@ use super::Shared;
 use crate::body::{
     channel, produce, BridgeBody, FaultProbe, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
 };
-use crate::context;
+use crate::context::{self, Context};
 use crate::error::panic_message;
 use crate::handler::{internal_error, Handler, HandlerError, Request};
 use crate::pool::SharedJob;
@@ -26,6 +26,8 @@ const QUEUE_WAIT_WORTH_LOGGING: Duration = Duration::from_millis(1);
 pub(super) struct RequestJob<H> {
     cell: ReplyCell,
     shared: Arc<Shared<H>>,
+    /// What the handler and its producer reach through `crate::context`.
+    context: Option<Arc<Context>>,
     /// For log lines, here and in the access log, once the request is the handler's.
     method: Method,
     uri: Uri,
@@ -45,6 +47,7 @@ pub(super) struct RequestJob<H> {
 impl<H> RequestJob<H> {
     pub(super) fn new(
         shared: Arc<Shared<H>>,
+        context: Option<Arc<Context>>,
         request: Request,
         body_fault: Option<FaultProbe>,
         submitted_at: Instant,
@@ -52,6 +55,7 @@ impl<H> RequestJob<H> {
         RequestJob {
             cell: ReplyCell::new(),
             shared,
+            context,
             method: request.method().clone(),
             uri: request.uri().clone(),
             request: Mutex::new(Some(request)),
@@ -124,7 +128,7 @@ impl<H: Handler> RequestJob<H> {
             }
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            context::enter(shared.context.get(), || shared.handler.call(request))
+            context::enter(self.context.as_ref(), || shared.handler.call(request))
         }));
         let mut response = match outcome {
             Ok(response) => response,
@@ -170,7 +174,7 @@ impl<H: Handler> RequestJob<H> {
                 // out, and so does the handler's context: a producer may `ensure_sync` or
                 // spawn a task as the handler could.
                 let produced =
-                    context::enter(shared.context.get(), || produce(producer, tx, declared));
+                    context::enter(self.context.as_ref(), || produce(producer, tx, declared));
                 log_produced(produced, method, uri);
             }
         }

@@ -38,6 +38,7 @@ use crate::offload::DropsOffRuntime;
 use crate::pool::{Admission, BlockingPool, Job};
 use crate::server::RemoteAddr;
 use crate::tasks::TaskSet;
+use crate::timer::TimersKnown;
 use head::{
     asks_close, close_after, expects_continue, has_option, head_size, http10_keeps,
     keeps_connection, target_len,
@@ -77,10 +78,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// and a handler that runs has no runtime to reach (`ensure_sync` fails with
 /// `is_no_context`).
 ///
-/// The runtime is kept from the first call on. Should it shut down while the service
-/// lives on, `ensure_sync` in its handlers fails with `is_shutdown` (a `?` on it answers
-/// `503`) on every later request: give the service a runtime that outlives it with
-/// [`SyncServiceBuilder::runtime`].
+/// Each request's handler reaches the runtime that called the service for that request,
+/// so one service may be called from several runtimes (a start-up check on a runtime of
+/// its own, one `#[tokio::test]` after another). [`SyncServiceBuilder::runtime`] pins one
+/// instead, for every request.
 ///
 /// # Examples
 ///
@@ -109,11 +110,15 @@ pub(crate) struct Shared<H> {
     max_header_size: Option<usize>,
     retry_after: HeaderValue,
     body_timeout: Duration,
+    /// The builder's runtime's context; else the first calling runtime's, kept so that
+    /// calls from that runtime (all of them, usually) need no context of their own.
     context: OnceLock<Arc<Context>>,
-    /// For a context made on the first call (no runtime given to the builder).
+    /// Whether `context` is the builder's, used for every request whatever runtime calls.
+    runtime_given: bool,
+    /// For a context made for a calling runtime (no runtime given to the builder).
     tasks: Option<TaskSet>,
-    /// Whether the runtime driving the service has timers (see `crate::timer`).
-    timers: OnceLock<bool>,
+    /// Whether the runtime that calls the service has timers (see `crate::timer`).
+    timers: TimersKnown,
     /// A legacy handler may own a runtime of its own (a sync database client), and the
     /// last clone of a service usually goes on a runtime thread, where tokio panics on
     /// dropping one. Apart from `handler` so that calls go straight through an `Arc`.
@@ -155,17 +160,28 @@ impl<H: Handler> SyncService<H> {
         }
     }
 
-    fn context(&self) -> Option<&Arc<Context>> {
-        if let Some(ctx) = self.shared.context.get() {
-            return Some(ctx);
+    /// The context this call's handler runs in: the builder's runtime, else the runtime
+    /// that calls now (none outside any runtime).
+    fn context(&self) -> Option<Arc<Context>> {
+        let shared = &*self.shared;
+        if shared.runtime_given {
+            return shared.context.get().cloned();
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(self.shared.context.get_or_init(|| {
+        let context_of = |runtime| {
             Arc::new(Context {
                 runtime,
-                tasks: self.shared.tasks.clone(),
+                tasks: shared.tasks.clone(),
             })
-        }))
+        };
+        let first = shared.context.get_or_init(|| context_of(runtime.clone()));
+        if first.runtime.id() == runtime.id() {
+            Some(first.clone())
+        } else {
+            // Another runtime than the first: kept for this request only. Caching the first
+            // for good made every later handler reach a runtime that may no longer run.
+            Some(context_of(runtime))
+        }
     }
 
     /// Starts handling `request`; the returned future resolves to the response head.
@@ -192,7 +208,6 @@ impl<H: Handler> SyncService<H> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        self.context();
         let (mut parts, body) = request.into_parts();
         if let Some(peer) = self.peer {
             parts.extensions.insert(peer);
@@ -270,6 +285,7 @@ impl<H: Handler> SyncService<H> {
         };
         let job = Arc::new(RequestJob::new(
             self.shared.clone(),
+            self.context(),
             Request::from_parts(parts, body),
             fault_probe,
             start,
@@ -484,8 +500,8 @@ impl<H: Handler> SyncServiceBuilder<H> {
         self
     }
 
-    /// The runtime handler threads reach for `ensure_sync` and background tasks. Default
-    /// is the runtime that first calls the service, kept for the service's life.
+    /// The runtime handler threads reach for `ensure_sync` and background tasks, for
+    /// every request. Default is the runtime that calls the service for each request.
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
         self
@@ -510,6 +526,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
             .as_secs()
             .saturating_add(u64::from(self.retry_after.subsec_nanos() > 0));
         let context = OnceLock::new();
+        let runtime_given = self.runtime.is_some();
         if let Some(runtime) = self.runtime {
             let _ = context.set(Arc::new(Context {
                 runtime,
@@ -527,8 +544,9 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 retry_after: HeaderValue::from(secs.max(1)),
                 body_timeout: self.body_timeout,
                 context,
+                runtime_given,
                 tasks: self.tasks,
-                timers: OnceLock::new(),
+                timers: TimersKnown::default(),
             }),
             activity: None,
             peer: None,

@@ -20,6 +20,7 @@ use super::spawn::{TaskBuilder, TaskContext};
 use crate::context::{self, Context};
 use crate::error::{Error, Kind, Result};
 use crate::pool::BlockingPool;
+use crate::timer::TimersKnown;
 
 /// How long, after the drain deadline cancelled the remaining tasks, the drain waits for
 /// them to notice before it gives up on them.
@@ -87,7 +88,7 @@ pub(super) struct Shared {
     pub(super) callback_room: Arc<Semaphore>,
     runtime: OnceLock<Handle>,
     /// Whether `runtime` has timers, which a task's timeout and retries need: asked once.
-    pub(super) timers: OnceLock<bool>,
+    pub(super) timers: TimersKnown,
     pub(super) tracker: TaskTracker,
     /// The parent of every task's token: cancelled at the drain deadline.
     pub(super) root: CancellationToken,
@@ -342,11 +343,7 @@ impl TaskSet {
     /// Refuses a task that needs timers (a timeout, retries) on a runtime built without
     /// them, where tokio would panic inside its supervisor.
     pub(super) fn require_timers(&self, runtime: &Handle) -> Result<()> {
-        if *self
-            .shared
-            .timers
-            .get_or_init(|| crate::timer::has_timers(runtime))
-        {
+        if self.shared.timers.has_timers(runtime) {
             return Ok(());
         }
         Err(Error::new(Kind::NoContext).with_message(
@@ -509,7 +506,7 @@ impl TaskSetBuilder {
                     .thread_name("syncbridge-callback")
                     .build(),
                 runtime,
-                timers: OnceLock::new(),
+                timers: TimersKnown::default(),
                 tracker: TaskTracker::new(),
                 root: CancellationToken::new(),
                 live: Mutex::new(HashMap::new()),
