@@ -88,6 +88,63 @@ async fn shutdown_deadline_cuts_off_a_request_that_does_not_finish() {
     // The client sees its connection closed without a response.
     assert!(within(stuck).await.unwrap().is_err());
     release_tx.send(()).unwrap();
+    // The log names the request the server gave up on, and does not blame the client.
+    assert!(support::logs::contains(&[
+        "WARN",
+        "request cut off by the shutdown before its response was complete",
+        "path=/stuck",
+    ]));
+    assert!(support::logs::contains(&[
+        "path=/stuck",
+        "status=503",
+        "complete=false"
+    ]));
+    assert!(!support::logs::contains(&["abandoned", "path=/stuck"]));
+}
+
+#[tokio::test]
+async fn shutdown_deadline_names_a_streamed_response_it_cuts_off_mid_body() {
+    use http_body_util::BodyExt;
+
+    let (release_tx, release_rx) = mpsc::sync_channel::<()>(1);
+    let release_rx = std::sync::Arc::new(Mutex::new(release_rx));
+    let mut server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").shutdown_timeout(Duration::from_millis(200)),
+        move |_req: Request| {
+            let release_rx = release_rx.clone();
+            syncbridge::ResponseBody::from_chunks((0..2).map(move |i| {
+                if i == 1 {
+                    // Stuck until the test ends: only the deadline can end the body.
+                    let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
+                }
+                Ok(bytes::Bytes::from_static(b"first chunk "))
+            }))
+        },
+    );
+    let mut send = support::h1::<http_body_util::Empty<bytes::Bytes>>(server.addr).await;
+    let req = http::Request::get("/midway")
+        .header("host", "x")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let mut response = within(send.send_request(req)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first = within(response.body_mut().frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first chunk ");
+
+    server.handle.shutdown();
+    within(server.join()).await.expect("serve returned Ok");
+    release_tx.send(()).unwrap();
+    assert!(support::logs::contains(&[
+        "WARN",
+        "request cut off by the shutdown before its response was complete",
+        "path=/midway",
+        "bytes=12",
+    ]));
+    assert!(support::logs::contains(&[
+        "path=/midway",
+        "status=200",
+        "complete=false"
+    ]));
 }
 
 #[test]

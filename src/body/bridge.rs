@@ -253,11 +253,20 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
+        // With a declared length, only that many bytes make it whole: a producer that ends
+        // short of it leaves the client with a cut-off body.
+        let complete = match self.expected {
+            Some(expected) => self.bytes == expected,
+            None => self.complete,
+        };
         if let Some(activity) = &self.activity {
             if let Http2Flow::Watched { slot, .. } = self.http2 {
                 activity.unwatch_held(slot);
             }
             activity.request_done();
+            if !complete && activity.is_cut_off() {
+                self.log_cut_off();
+            }
         }
         tracing::info!(
             target: "syncbridge::access",
@@ -266,12 +275,19 @@ impl Drop for Completion {
             status = self.status.as_u16(),
             bytes = self.bytes,
             latency_us = self.start.elapsed().as_micros() as u64,
-            // With a declared length, only that many bytes make it whole: a producer that
-            // ends short of it leaves the client with a cut-off body.
-            complete = match self.expected {
-                Some(expected) => self.bytes == expected,
-                None => self.complete,
-            },
+            complete,
+        );
+    }
+}
+
+impl Completion {
+    /// Names a request the shutdown deadline cut off, head or body unsent: never a flood,
+    /// at most the requests in flight then.
+    #[cold]
+    fn log_cut_off(&self) {
+        tracing::warn!(
+            method = %self.line.method(), path = %self.line.uri().path(), bytes = self.bytes,
+            "request cut off by the shutdown before its response was complete"
         );
     }
 }

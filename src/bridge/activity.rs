@@ -23,6 +23,9 @@ pub(crate) struct Activity {
     /// The HTTP/2 responses on the connection, each in a slot of its own, with since
     /// when it has waited on the client (see `HeldSlots`).
     held: Mutex<HeldSlots>,
+    /// Whether the server closed the connection itself (the shutdown deadline), so that
+    /// a request dropped with it is not blamed on its client.
+    cut_off: AtomicBool,
     epoch: Instant,
 }
 
@@ -51,6 +54,7 @@ impl Activity {
             http2: AtomicBool::new(false),
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             held: Mutex::new(HeldSlots::default()),
+            cut_off: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -105,6 +109,16 @@ impl Activity {
                 .elapsed()
                 .saturating_sub(Duration::from_millis(since))
         })
+    }
+
+    /// Marks the connection as closed by the server, before it drops its requests.
+    pub(crate) fn cut_off(&self) {
+        self.cut_off.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the server closed the connection itself.
+    pub(crate) fn is_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Relaxed)
     }
 
     pub(crate) fn in_flight(&self) -> usize {

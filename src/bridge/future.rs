@@ -317,12 +317,25 @@ impl<B> Drop for SyncServiceFuture<B> {
             // read then knows its answer goes nowhere.
             cell.abandon();
             if let Some(c) = &mut self.completion {
-                c.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-                tracing::info!(
-                    method = %c.method(), path = %c.path(),
-                    handler_ran = !withdrawn && cell.was_claimed(),
-                    "request abandoned before its response (client left or server deadline)"
-                );
+                let handler_ran = !withdrawn && cell.was_claimed();
+                if c.activity.as_ref().is_some_and(|a| a.is_cut_off()) {
+                    // The server's doing, logged as the completion drops (as is a response
+                    // cut off mid-body). The access line's status says the server gave up.
+                    c.status = StatusCode::SERVICE_UNAVAILABLE;
+                } else {
+                    // nginx's code for a client that closed the request.
+                    c.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+                    // Any client can make these as fast as it connects: throttled (the
+                    // access log still has each).
+                    static ABANDONED: Throttle = Throttle::new();
+                    if let Some(left_out) = ABANDONED.admit() {
+                        tracing::info!(
+                            method = %c.method(), path = %c.path(), handler_ran, left_out,
+                            "request abandoned before its response (the client left, or a \
+                             layer or host in front gave up on it)"
+                        );
+                    }
+                }
             }
         }
     }

@@ -130,6 +130,8 @@ pub(super) async fn serve<H: Handler>(
                     // The server's own line says why: the deadline, or a second signal.
                     tracing::warn!(%peer, in_flight, "connection cut off by the shutdown");
                 }
+                // Its requests, dropped with `conn`, are the server's doing, not the client's.
+                activity.cut_off();
                 return Poll::Ready(());
             }
             if level == DRAIN && !state.draining {
