@@ -17,6 +17,7 @@ mod pool;
 mod server;
 mod sys;
 mod tasks;
+mod throttle;
 mod timer;
 
 pub use body::{Body, BridgeBody, ResponseBody};

@@ -19,8 +19,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::OnceLock;
 
-use crate::bridge::throttle::Throttle;
 use crate::error::panic_message;
+use crate::throttle::Throttle;
 
 /// How many values may wait for the drop thread. Drops are rare and quick (the end of a
 /// server, a cancelled call, a finished task's closure): a full queue means the thread is

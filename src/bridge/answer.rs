@@ -13,6 +13,7 @@ use http::{HeaderValue, Method, StatusCode, Uri};
 
 use crate::body::{BridgeBody, ResponseKind};
 use crate::handler::{BoxError, IntoResponse, Response};
+use crate::throttle::Throttle;
 
 /// Replaces whatever the handler made of a request body read that failed by the client's
 /// doing (`kind`, from the body's `FaultProbe`): the client is the cause, so the answer
@@ -60,12 +61,16 @@ pub(super) fn client_fault(
             closing(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
         }
         _ => {
-            tracing::info!(
-                method = %method,
-                path = %uri.path(),
-                ?kind,
-                "request body broken or cut short by the client; answered 400"
-            );
+            static BROKEN: Throttle = Throttle::new();
+            if let Some(left_out) = BROKEN.admit() {
+                tracing::info!(
+                    method = %method,
+                    path = %uri.path(),
+                    ?kind,
+                    left_out,
+                    "request body broken or cut short by the client; answered 400"
+                );
+            }
             closing(
                 StatusCode::BAD_REQUEST,
                 "Bad Request: the request body was broken or cut short",
@@ -103,12 +108,17 @@ pub(super) fn handler_error(
         );
         return;
     }
-    tracing::warn!(
-        method = %method,
-        path = %uri.path(),
-        error = %err,
-        "handler returned an overload or shutdown error; answered 503"
-    );
+    // A full task pool or registry sets this off for every request that spawns.
+    static UNAVAILABLE: Throttle = Throttle::new();
+    if let Some(left_out) = UNAVAILABLE.admit() {
+        tracing::warn!(
+            method = %method,
+            path = %uri.path(),
+            error = %err,
+            left_out,
+            "handler returned an overload or shutdown error; answered 503"
+        );
+    }
     *response = (
         StatusCode::SERVICE_UNAVAILABLE,
         "Service Unavailable: the server is busy, retry later",

@@ -14,10 +14,10 @@ use tokio::time::Sleep;
 
 use super::pump::{Pump, PumpPoll};
 use super::reply::ReplyCell;
-use super::throttle::Throttle;
 use super::BoxError;
 use crate::body::{BridgeBody, Completion};
 use crate::pool::{BlockingPool, JobId};
+use crate::throttle::Throttle;
 use crate::timer::TimersKnown;
 
 /// The future returned by [`SyncService`](super::SyncService)'s `call`.

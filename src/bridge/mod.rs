@@ -17,7 +17,6 @@ mod head;
 mod job;
 mod pump;
 mod reply;
-pub(crate) mod throttle;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -38,6 +37,7 @@ use crate::offload::DropsOffRuntime;
 use crate::pool::{Admission, BlockingPool, Job};
 use crate::server::RemoteAddr;
 use crate::tasks::TaskSet;
+use crate::throttle::Throttle;
 use crate::timer::TimersKnown;
 use head::{
     asks_close, close_after, expects_continue, has_option, head_size, http10_keeps,
@@ -47,7 +47,6 @@ pub(crate) use head::{content_length, declared_length};
 use job::RequestJob;
 use pump::Pump;
 use reply::ReplyCell;
-use throttle::Throttle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -340,25 +339,39 @@ pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
 /// The default body timeout: 30 seconds, gunicorn's worker `timeout`.
 pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How much of a path too long to take a log line shows.
+const PATH_SHOWN: usize = 128;
+
 /// The answer to a head over `limit`: `414 URI Too Long` when the request target alone
 /// is (RFC 9112 §3: a server "MUST" answer so), else `431`.
 #[cold]
 #[inline(never)]
 fn head_too_large(parts: &http::request::Parts, limit: usize) -> http::Response<BridgeBody> {
+    static URI_TOO_LONG: Throttle = Throttle::new();
     static HEAD_TOO_LARGE: Throttle = Throttle::new();
-    let uri_too_long = target_len(&parts.uri) > limit;
+    let target_len = target_len(&parts.uri);
+    if target_len > limit {
+        if let Some(left_out) = URI_TOO_LONG.admit() {
+            // Its start only: the whole target is what the limit keeps out.
+            let path = parts.uri.path();
+            let shown = (0..=path.len().min(PATH_SHOWN))
+                .rev()
+                .find_map(|end| path.get(..end))
+                .unwrap_or("");
+            tracing::warn!(
+                method = %parts.method, path_start = shown, target_len, limit, left_out,
+                "request target longer than the head limit; answered 414"
+            );
+        }
+        return future::uri_too_long();
+    }
     if let Some(left_out) = HEAD_TOO_LARGE.admit() {
-        let status = if uri_too_long { 414 } else { 431 };
         tracing::warn!(
-            method = %parts.method, path = %parts.uri.path(), left_out,
-            "request head larger than the limit; answered {status}"
+            method = %parts.method, path = %parts.uri.path(), limit, left_out,
+            "request head larger than the limit; answered 431"
         );
     }
-    if uri_too_long {
-        future::uri_too_long()
-    } else {
-        future::header_too_large()
-    }
+    future::header_too_large()
 }
 
 /// The answer to a head `conform` refuses, logged at info (the client is the cause), at

@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 use crate::context::{self, Context};
 use crate::error::{panic_message, Error, Kind, Result};
 use crate::pool::{Admission, BlockingPool, Job, Withdrawable};
+use crate::throttle::Throttle;
 
 /// Runs the blocking closure `f` on a bounded pool of threads and resolves to its result:
 /// Quart's `run_sync`, asgiref's `sync_to_async`.
@@ -205,7 +206,13 @@ where
     });
 
     let admission = pool.try_submit(job).map_err(|_job| {
-        tracing::warn!("ensure_async refused: the blocking pool is full or shut down");
+        static REFUSED: Throttle = Throttle::new();
+        if let Some(left_out) = REFUSED.admit() {
+            tracing::warn!(
+                left_out,
+                "ensure_async refused: the blocking pool is full or shut down"
+            );
+        }
         Error::new(Kind::Overloaded)
             .with_message("the blocking pool's threads and queue are full, or it is shut down")
     })?;
@@ -231,7 +238,13 @@ where
             result = &mut rx => return finish(result),
             () = deadline => {
                 if guard.abandon() {
-                    tracing::warn!(timeout_ms = timeout.as_millis() as u64, "ensure_async closure waited too long in the queue; it will not run");
+                    static TIMED_OUT: Throttle = Throttle::new();
+                    if let Some(left_out) = TIMED_OUT.admit() {
+                        tracing::warn!(
+                            timeout_ms = timeout.as_millis() as u64, left_out,
+                            "ensure_async closure waited too long in the queue; it will not run"
+                        );
+                    }
                     return Err(Error::new(Kind::TimedOut)
                         .with_message("waited in the blocking pool's queue past its timeout"));
                 }

@@ -23,6 +23,7 @@ use tokio::runtime::Handle;
 use crate::context::{self, Context};
 use crate::error::{panic_message, Error, Kind, Result};
 use crate::handler::{internal_error, Handler, IntoResponse, Request, Response};
+use crate::throttle::Throttle;
 
 /// A handler built once per pool thread by a factory, for state that is not `Sync` or not
 /// `Send`: a `RefCell` cache, an `Rc`, one database connection per thread.
@@ -333,7 +334,13 @@ impl Handler for SingleThread {
         match inner.calls.try_send(call) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                tracing::warn!(thread = %inner.name, %method, %path, "single-thread handler queue is full; answered 503");
+                static FULL: Throttle = Throttle::new();
+                if let Some(left_out) = FULL.admit() {
+                    tracing::warn!(
+                        thread = %inner.name, %method, %path, left_out,
+                        "single-thread handler queue is full; answered 503"
+                    );
+                }
                 return service_unavailable();
             }
             Err(TrySendError::Disconnected(_)) => {
@@ -347,7 +354,13 @@ impl Handler for SingleThread {
                     .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    tracing::warn!(thread = %inner.name, %method, %path, "request waited too long for the single-thread handler; answered 503");
+                    static WAITED: Throttle = Throttle::new();
+                    if let Some(left_out) = WAITED.admit() {
+                        tracing::warn!(
+                            thread = %inner.name, %method, %path, left_out,
+                            "request waited too long for the single-thread handler; answered 503"
+                        );
+                    }
                     return service_unavailable();
                 }
                 // Claimed just in time: it runs now; wait for it like any running handler.

@@ -1,8 +1,10 @@
-//! At most one warning a second for each kind of refusal (`503`, `413`, `431`): under
-//! overload or a flood of bad requests, a line per request would write megabytes of
-//! log a second, on the runtime threads that should be answering. The lines left out are
-//! counted in the next one; every refused request still has its access-log line. Other
-//! warnings that can come in floods use it too.
+//! At most one line a second for each kind of refusal (`503`, `413`, `414`, `431`) and
+//! each other line a client or a load can set off in floods (a client that leaves, a
+//! full queue): a line per request would write megabytes of log a second, on the runtime
+//! threads that should be answering. The lines left out are counted in the next line of
+//! the same kind (`left_out`: since the last one logged, however long ago); every
+//! request still has its access-log line. A handler's own errors and panics are not
+//! throttled: each is a bug to see.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
