@@ -147,7 +147,12 @@ async fn a_target_over_the_head_limit_is_answered_414_and_other_large_heads_431(
     // Each with a line of its own (a 414 and a 431 no longer share a throttle); the 414's
     // shows the target's length and start, not the whole of what the limit keeps out.
     let start = format!("path_start=\"/{}\"", "a".repeat(127));
-    assert!(logs::contains(&["WARN", "answered 414", "target_len=2001", &start]));
+    assert!(logs::contains(&[
+        "WARN",
+        "answered 414",
+        "target_len=2001",
+        &start
+    ]));
     assert!(!logs::contains(&["answered 414", &long]));
     assert!(logs::contains(&["WARN", "answered 431", "path=/ "]));
 }
