@@ -148,7 +148,7 @@ impl Error {
             Kind::Runtime => "failed to start the runtime or a thread",
             Kind::AsyncContext => "a blocking call was made from async code",
             Kind::NoContext => "called outside a syncbridge context",
-            Kind::Overloaded => "the blocking pool is full",
+            Kind::Overloaded => "overloaded",
             Kind::TimedOut => "timed out",
             Kind::Cancelled => "cancelled",
             Kind::Panicked => "panicked",
@@ -192,6 +192,28 @@ impl std::error::Error for Error {
     }
 }
 
+/// An error and its sources, as `outer: inner: innermost` (anyhow's `{:#}`): a log line
+/// or a task's recorded error keeps the cause, which by Rust's convention an error's own
+/// `Display` leaves to `source()`.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        // Bounded: a source chain is a list, but nothing stops a type from looping.
+        let mut source = self.0.source();
+        for _ in 0..MAX_SOURCES {
+            let Some(err) = source else { break };
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// The most sources [`Chain`] shows.
+const MAX_SOURCES: usize = 16;
+
 /// Turns a panic payload into the message it carried, for logs and errors.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
@@ -206,6 +228,18 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_shows_each_source_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = Error::new(Kind::TaskFailed)
+            .with_message("could not load the cart")
+            .with_source(inner);
+        assert_eq!(
+            Chain(&err).to_string(),
+            "background task failed: could not load the cart: refused"
+        );
+    }
 
     #[test]
     fn error_is_send_sync_static() {

@@ -123,6 +123,22 @@ async fn handler_error_returns_500_without_leaking_details() {
 }
 
 #[tokio::test]
+async fn a_handler_errors_cause_is_in_its_log_line() {
+    let server = TestServer::start(|_req: Request| -> Result<&'static str, _> {
+        Err(support::cart_error())
+    });
+    let reply = get(server.addr, "/cart").await;
+    assert_eq!(reply.status, 500);
+    server.stop().await;
+    assert!(support::logs::contains(&[
+        "ERROR",
+        "handler returned an error; answered 500",
+        "path=/cart",
+        "could not load the cart: connection refused",
+    ]));
+}
+
+#[tokio::test]
 async fn overload_answers_503_with_retry_after_at_once() {
     let (gate, started, release) = gate();
     let server = TestServer::start_with(

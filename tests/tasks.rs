@@ -173,6 +173,25 @@ async fn a_failing_task_is_failed_logged_with_its_id_and_both_callbacks_run() {
 }
 
 #[tokio::test]
+async fn a_task_errors_cause_is_recorded_and_logged() {
+    logs::install();
+    let set = TaskSet::new();
+    let id = set
+        .spawn_blocking(|_| Err::<(), _>(support::cart_error()))
+        .unwrap()
+        .id();
+    wait_for_status(&set, id, TaskStatus::Failed).await;
+    let expected = "could not load the cart: connection refused";
+    assert_eq!(set.info(id).unwrap().error(), Some(expected));
+    assert!(logs::contains(&[
+        "ERROR",
+        &format!("task_id={id}"),
+        "background task failed",
+        expected
+    ]));
+}
+
+#[tokio::test]
 async fn a_panic_nobody_awaits_is_logged_with_the_task_id_and_recorded_as_failed() {
     logs::install();
     let set = TaskSet::new();

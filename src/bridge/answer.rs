@@ -12,6 +12,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, StatusCode, Uri};
 
 use crate::body::{BridgeBody, ResponseKind};
+use crate::error::Chain;
 use crate::handler::{BoxError, IntoResponse, Response};
 use crate::throttle::Throttle;
 
@@ -103,7 +104,7 @@ pub(super) fn handler_error(
         tracing::error!(
             method = %method,
             path = %uri.path(),
-            error = %err,
+            error = %Chain(&**err),
             "handler returned an error; answered 500"
         );
         return;
@@ -114,7 +115,7 @@ pub(super) fn handler_error(
         tracing::warn!(
             method = %method,
             path = %uri.path(),
-            error = %err,
+            error = %Chain(&**err),
             left_out,
             "handler returned an overload or shutdown error; answered 503"
         );

@@ -14,7 +14,7 @@ use crate::body::{
     channel, produce, BridgeBody, FaultProbe, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
 };
 use crate::context::{self, Context};
-use crate::error::panic_message;
+use crate::error::{panic_message, Chain};
 use crate::handler::{internal_error, Handler, HandlerError, Request};
 use crate::pool::SharedJob;
 
@@ -194,16 +194,16 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
         // is everyday.
         Produced::ByClient(bytes, err) if err.kind() == std::io::ErrorKind::TimedOut => {
             tracing::warn!(
-                method = %method, path = %uri.path(), bytes, error = %err,
+                method = %method, path = %uri.path(), bytes, error = %Chain(&err),
                 "client stalled during a streamed response; response aborted"
             )
         }
         Produced::ByClient(bytes, err) => tracing::info!(
-            method = %method, path = %uri.path(), bytes, error = %err,
+            method = %method, path = %uri.path(), bytes, error = %Chain(&err),
             "client's side failed during a streamed response; response aborted"
         ),
         Produced::Failed(err) => tracing::error!(
-            method = %method, path = %uri.path(), error = %err,
+            method = %method, path = %uri.path(), error = %Chain(&err),
             "response body producer failed; response aborted"
         ),
         Produced::Panicked(msg) => tracing::error!(

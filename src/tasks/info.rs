@@ -237,8 +237,9 @@ impl TaskInfo {
         self.result.as_deref()?.downcast_ref::<T>()
     }
 
-    /// The error of a task that failed, timed out or was cancelled: its `Display`, or the
-    /// panic message.
+    /// The error of a task that failed, timed out or was cancelled: its `Display` and its
+    /// sources', as `outer: inner` (the cause an error leaves to `source()` is kept), or
+    /// the panic message.
     pub fn error(&self) -> Option<&str> {
         self.error.as_deref()
     }

@@ -25,7 +25,7 @@ use super::info::{ErasedValue, TaskId, TaskInfo, TaskStatus};
 use super::set::{unregister_live, TaskSet};
 use super::spawn::{Callback, TaskContext};
 use crate::context;
-use crate::error::{panic_message, Error, Kind, Result};
+use crate::error::{panic_message, Chain, Error, Kind, Result};
 use crate::pool::Job;
 
 /// The longest wait between two attempts, however many retries came before.
@@ -71,7 +71,7 @@ enum Failure {
 impl Failure {
     fn message(&self) -> Arc<str> {
         match self {
-            Failure::Error(e) => Arc::from(e.to_string()),
+            Failure::Error(e) => Arc::from(Chain(&**e).to_string()),
             Failure::Panic(msg) => Arc::from(format!("panicked: {msg}")),
         }
     }

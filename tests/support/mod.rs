@@ -97,6 +97,31 @@ pub fn panic_quietly(message: &'static str) -> ! {
     std::panic::resume_unwind(Box::new(message))
 }
 
+/// An error whose cause is in `source()` only, as Rust's convention has it: what the
+/// crate logs and records must still show the cause.
+#[derive(Debug)]
+pub struct CartError(pub std::io::Error);
+
+impl std::fmt::Display for CartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("could not load the cart")
+    }
+}
+
+impl std::error::Error for CartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A [`CartError`] caused by a refused connection.
+pub fn cart_error() -> CartError {
+    CartError(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "connection refused",
+    ))
+}
+
 /// The binary's subscriber: [`logs::install`]'s, whichever test comes first, so that no
 /// test's outcome depends on the order the tests run in.
 pub fn init_tracing() {
