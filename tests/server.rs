@@ -458,6 +458,13 @@ async fn connections_past_the_limit_wait_until_one_closes() {
         .expect("served after the first closed");
     assert_eq!(reply.status, 200);
     server.stop().await;
+    // The one sign of a full connection table an operator gets (throttled: this test's
+    // line, or another's at the same limit).
+    assert!(support::logs::contains(&[
+        "WARN",
+        "connection limit reached",
+        "max_connections=1"
+    ]));
 }
 
 #[tokio::test]

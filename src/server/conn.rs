@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 use super::exec::{PanicLog, StreamExecutor};
 use crate::bridge::{Activity, SyncService};
 use crate::handler::Handler;
+use crate::throttle::Throttle;
 
 /// What every connection task shares.
 pub(super) struct ConnConfig {
@@ -107,7 +108,7 @@ pub(super) async fn serve<H: Handler>(
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             if let Err(err) = result {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+                log_connection_error(peer, &*err);
             }
             return Poll::Ready(());
         }
@@ -316,6 +317,36 @@ impl Watch {
 /// `now + after`, for any `after`: a limit too large for the clock (`Duration::MAX`) is a
 /// check a year from now, which is as good as never; a zero limit is a check a
 /// millisecond from now (tokio's granularity), not a timer that fires on every poll.
+/// Logs how a connection ended with an error. A request hyper's parser refused never
+/// reaches the service, whose refusals are logged: this is its only line, as visible as
+/// theirs (throttled, any client can send them). Everything else (resets, a client gone
+/// mid-message) is everyday, at debug.
+#[cold]
+fn log_connection_error(peer: SocketAddr, err: &(dyn std::error::Error + 'static)) {
+    static TOO_LARGE: Throttle = Throttle::new();
+    static MALFORMED: Throttle = Throttle::new();
+    match err.downcast_ref::<hyper::Error>() {
+        Some(e) if e.is_parse_too_large() => {
+            if let Some(left_out) = TOO_LARGE.admit() {
+                tracing::warn!(
+                    %peer, error = %e, left_out,
+                    "request head over hyper's limits (size or header count); answered 431 \
+                     or 414 and closed"
+                );
+            }
+        }
+        Some(e) if e.is_parse() => {
+            if let Some(left_out) = MALFORMED.admit() {
+                tracing::info!(
+                    %peer, error = %e, left_out,
+                    "malformed request refused by hyper's parser; answered 400 and closed"
+                );
+            }
+        }
+        _ => tracing::debug!(%peer, error = %err, "connection ended with an error"),
+    }
+}
+
 fn later(now: Instant, after: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
     now + after.clamp(Duration::from_millis(1), FAR)

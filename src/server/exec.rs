@@ -8,6 +8,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use tracing::Instrument;
+
 /// Spawns hyper's HTTP/2 stream tasks with `tokio::spawn`, each with a [`PanicLog`].
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct StreamExecutor;
@@ -18,10 +20,15 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(async move {
-            let _panic_log = PanicLog::Http2Stream;
-            fut.await
-        });
+        // Spawned from the connection's poll: its span (the client's address) goes along.
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let _panic_log = PanicLog::Http2Stream;
+                fut.await
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::config::http_builder;
 use super::conn::{self, ConnConfig, ConnSignal};
@@ -17,6 +18,7 @@ use super::{shutdown, Server};
 use crate::bridge::SyncService;
 use crate::error::{Error, Kind, Result};
 use crate::handler::Handler;
+use crate::throttle::Throttle;
 
 impl Server {
     /// Serves `handler` until shut down, blocking the calling thread.
@@ -136,6 +138,18 @@ impl Server {
         warn_if_short_of_files(config.max_connections);
 
         loop {
+            if slots.available_permits() == 0 {
+                // Not an error, but the one sign of it: clients wait unanswered meanwhile.
+                static AT_LIMIT: Throttle = Throttle::new();
+                if let Some(left_out) = AT_LIMIT.admit() {
+                    tracing::warn!(
+                        max_connections = config.max_connections,
+                        left_out,
+                        "connection limit reached; new connections wait in the listen \
+                         backlog until one closes"
+                    );
+                }
+            }
             let permit = tokio::select! {
                 biased;
                 _ = shutdown.graceful.cancelled() => break,
@@ -149,13 +163,13 @@ impl Server {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(conn::serve(
-                        stream,
-                        peer,
-                        conn_config.clone(),
-                        service.clone(),
-                        permit,
-                    ));
+                    // Every line logged on the connection's behalf, the handler's own
+                    // included (its request's span is this one), names its client.
+                    let span = tracing::info_span!("conn", %peer);
+                    connections.spawn(
+                        conn::serve(stream, peer, conn_config.clone(), service.clone(), permit)
+                            .instrument(span),
+                    );
                 }
                 Err(err) if is_per_connection(&err) => {
                     tracing::debug!(error = %err, "accept failed for one connection");

@@ -1,0 +1,66 @@
+//! What an operator reads in the log: every line on a connection's behalf, the access
+//! line and the handler's own included, names the client (the `conn` span's `peer`), and
+//! a request hyper's parser refuses, which never reaches the service, is logged too.
+mod support;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use support::{h2, logs, read_raw_response, within, TestServer};
+use syncbridge::Request;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn traced(req: Request) -> &'static str {
+    tracing::info!(target: "app", path = req.uri().path(), "handler sees its request");
+    "traced"
+}
+
+#[tokio::test]
+async fn the_access_line_and_the_handlers_own_lines_name_the_client() {
+    logs::install();
+    let server = TestServer::start(traced);
+    let reply = support::get(server.addr, "/traced/h1").await;
+    assert_eq!(reply.status, 200);
+
+    let mut send = h2::<Empty<Bytes>>(server.addr).await;
+    let request = http::Request::get(format!("http://{}/traced/h2", server.addr))
+        .body(Empty::new())
+        .unwrap();
+    let response = within(send.send_request(request)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    support::collect(response).await;
+    drop(send);
+    server.stop().await;
+
+    for path in ["/traced/h1", "/traced/h2"] {
+        let handler_line = ["handler sees its request", path, "in {conn peer=127.0.0.1:"];
+        assert!(logs::contains(&handler_line), "{path}: handler's line");
+        let access_line = [
+            &format!("path={path} ") as &str,
+            "status=200",
+            "in {conn peer=127.0.0.1:",
+        ];
+        assert!(logs::contains(&access_line), "{path}: access line");
+    }
+}
+
+#[tokio::test]
+async fn a_request_hypers_parser_refuses_is_logged_with_its_client() {
+    logs::install();
+    let server = TestServer::start(traced);
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut stream)
+        .await
+        .expect("hyper's answer");
+    assert_eq!(reply.status, 400, "{}", reply.head);
+    server.stop().await;
+    assert!(logs::contains(&[
+        "INFO",
+        "malformed request refused by hyper's parser",
+        &format!("peer={local}"),
+    ]));
+}
