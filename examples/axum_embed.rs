@@ -40,12 +40,21 @@ pub fn app() -> Router {
 
 /// The whole app, with `timeout` for the `TimeoutLayer` (tests use a short one).
 pub fn app_with_timeout(timeout: Duration) -> Router {
-    // The legacy app: its handler runs on the service's bounded pool; `ensure_sync` in it
-    // reaches the runtime that calls the service, that is the host's.
-    let pool = BlockingPool::builder()
+    app_on(legacy_pool(), timeout)
+}
+
+/// The pool the legacy app's handlers and the async routes' blocking calls share.
+pub fn legacy_pool() -> BlockingPool {
+    BlockingPool::builder()
         .max_threads(LEGACY_THREADS)
         .queue_capacity(LEGACY_QUEUE)
-        .build();
+        .build()
+}
+
+/// The whole app on `pool`, which the caller keeps to see its load (`pool.stats()`).
+pub fn app_on(pool: BlockingPool, timeout: Duration) -> Router {
+    // The legacy app: its handler runs on the service's bounded pool; `ensure_sync` in it
+    // reaches the runtime that calls the service, that is the host's.
     let legacy = SyncService::builder(legacy)
         .pool(pool.clone())
         .max_body_size(LEGACY_MAX_BODY)
@@ -153,13 +162,24 @@ async fn main() -> std::io::Result<()> {
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".to_owned());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     println!("serving on http://{}", listener.local_addr()?);
+    let pool = legacy_pool();
     // One graceful shutdown for both worlds: axum stops accepting and waits for every
-    // in-flight request, async or blocking. (One the `TimeoutLayer` has answered `408`
-    // is no longer waited for; its blocking handler may still be running when `main`
-    // returns.)
-    axum::serve(listener, app())
+    // in-flight request, async or blocking.
+    axum::serve(listener, app_on(pool.clone(), Duration::from_secs(10)))
         .with_graceful_shutdown(shutdown_signal())
-        .await
+        .await?;
+    // What axum does not wait for: a blocking handler the `TimeoutLayer` answered `408`
+    // for runs on, and a thread cannot be interrupted. Say so rather than lose its work
+    // without a word when `main` returns, as the bundled server does at its shutdown.
+    let stats = pool.stats();
+    if stats.busy > 0 || stats.queued > 0 {
+        tracing::warn!(
+            handlers_running = stats.busy,
+            queued = stats.queued,
+            "blocking handlers still running at exit; their work is cut off"
+        );
+    }
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and systemd send). A signal handler that cannot

@@ -21,6 +21,8 @@ use crate::bridge::Activity;
 /// A full body reports its exact size (hyper sends `Content-Length`); a streamed one
 /// yields the chunks the handler thread produces, and dropping it (the client went away)
 /// tells that thread to stop.
+///
+/// Poll it from any task or thread: the producer thread wakes whoever polled it last.
 pub struct BridgeBody {
     kind: Kind,
     completion: Option<Completion>,

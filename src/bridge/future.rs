@@ -26,6 +26,9 @@ use crate::timer::TimersKnown;
 /// thread, a few chunks ahead of the handler's reads. Dropping it (the client went away)
 /// withdraws a request that has not started, and drops the response of one that has,
 /// which stops its body producer.
+///
+/// Poll it inside the tokio runtime whose `call` made it, as hyper and axum do: a queued
+/// request's wait is timed by that runtime's timer.
 #[must_use = "futures do nothing unless polled"]
 pub struct SyncServiceFuture<B> {
     state: State<B>,

@@ -125,12 +125,13 @@ pub(crate) struct Shared<H> {
 }
 
 impl<H: Handler> SyncService<H> {
-    /// Wraps `handler` with a pool of its own and the default limits.
+    /// Wraps `handler` with a pool of its own and the default limits. Callable from
+    /// anywhere: nothing starts (no thread, no runtime needed) until the first `call`.
     pub fn new(handler: H) -> Self {
         Self::builder(handler).build()
     }
 
-    /// Configures the pool and limits of a service for `handler`.
+    /// Configures the pool and limits of a service for `handler`. Callable from anywhere.
     pub fn builder(handler: H) -> SyncServiceBuilder<H> {
         SyncServiceBuilder {
             handler,
@@ -144,7 +145,9 @@ impl<H: Handler> SyncService<H> {
         }
     }
 
-    /// The pool this service runs its handler on.
+    /// The pool this service runs its handler on: its [`stats`](BlockingPool::stats)
+    /// show the load, and what is still running once a host has stopped serving.
+    /// Callable from anywhere.
     pub fn pool(&self) -> &BlockingPool {
         &self.shared.pool
     }
@@ -532,7 +535,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
         self
     }
 
-    /// Builds the service.
+    /// Builds the service. Callable from anywhere; starts no thread.
     pub fn build(self) -> SyncService<H> {
         let secs = self
             .retry_after

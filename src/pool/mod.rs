@@ -87,22 +87,24 @@ enum Wake {
 }
 
 impl BlockingPool {
-    /// A pool with the default limits (see [`BlockingPoolBuilder`]).
+    /// A pool with the default limits (see [`BlockingPoolBuilder`]). Callable from
+    /// anywhere; no thread starts until the first job.
     pub fn new() -> Self {
         Self::builder().build()
     }
 
-    /// A builder for a pool with other limits.
+    /// A builder for a pool with other limits. Callable from anywhere.
     pub fn builder() -> BlockingPoolBuilder {
         BlockingPoolBuilder::default()
     }
 
-    /// The most jobs that run at once.
+    /// The most jobs that run at once. Callable from anywhere.
     pub fn max_threads(&self) -> usize {
         self.inner.config.max_threads
     }
 
     /// How long a queued request may wait for a thread before it is answered `503`.
+    /// Callable from anywhere.
     pub fn queue_timeout(&self) -> Duration {
         self.inner.config.queue_timeout
     }
