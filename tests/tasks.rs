@@ -544,6 +544,8 @@ async fn shutdown_cancels_tasks_past_the_drain_deadline_and_reports_each_id() {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let mut started_tx = Some(started_tx);
     let running = set
+        .task()
+        .name("nightly-report")
         .spawn_blocking(move |ctx| {
             let _ = started_tx.take().unwrap().send(());
             until_cancelled(&ctx)
@@ -573,6 +575,12 @@ async fn shutdown_cancels_tasks_past_the_drain_deadline_and_reports_each_id() {
             "abandoned at the drain deadline"
         ]));
     }
+    // The line names the task as its owner knows it, not by id alone.
+    assert!(logs::contains(&[
+        &format!("task_id={running}"),
+        "abandoned at the drain deadline",
+        "name=\"nightly-report\""
+    ]));
     assert!(
         !ran.load(Ordering::SeqCst),
         "a queued task ran after cancellation"

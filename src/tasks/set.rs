@@ -271,9 +271,11 @@ impl TaskSet {
             abandoned = shared.live().keys().copied().collect::<Vec<_>>();
             abandoned.sort();
             for id in &abandoned {
+                let info = self.info(*id);
                 tracing::warn!(
                     task_id = %id,
-                    status = %self.status(*id),
+                    name = info.as_ref().and_then(TaskInfo::name),
+                    status = %info.as_ref().map_or(TaskStatus::NotFound, TaskInfo::status),
                     "background task abandoned at the drain deadline; cancelling it"
                 );
             }
