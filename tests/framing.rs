@@ -47,6 +47,25 @@ fn handler(produced: Arc<AtomicBool>) -> impl Fn(Request) -> Response + Send + S
                 }
                 response
             }
+            // Lengths hyper cannot send, on answers without a body.
+            "/head-itself-two-lengths" | "/not-modified-two-lengths" => {
+                let mut response = if req.uri().path() == "/head-itself-two-lengths" {
+                    Response::new(ResponseBody::empty())
+                } else {
+                    StatusCode::NOT_MODIFIED.into_response()
+                };
+                let headers = response.headers_mut();
+                headers.insert(header::CONTENT_LENGTH, 5.into());
+                headers.append(header::CONTENT_LENGTH, 6.into());
+                response
+            }
+            "/stream-no-length" => {
+                let mut response = Response::new(stream(2));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, "abc".parse().unwrap());
+                response
+            }
             "/short-stream" => {
                 let mut response = Response::new(stream(2));
                 response
@@ -367,4 +386,42 @@ async fn a_request_given_up_while_its_handler_reads_the_body_is_not_logged_as_a_
         "a request given up was logged as a server error"
     );
     drop(body_tx);
+}
+
+#[tokio::test]
+async fn a_bodiless_answer_under_a_length_hyper_cannot_send_goes_out_without_it() {
+    logs::install();
+    let server = TestServer::start(handler(Arc::default()));
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    for (method, path) in [
+        ("HEAD", "/head-itself-two-lengths"),
+        ("HEAD", "/stream-no-length"),
+        ("HEAD", "/not-modified-two-lengths"),
+        ("GET", "/not-modified-two-lengths"),
+    ] {
+        let head = format!("{method} {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        within(stream.write_all(head.as_bytes())).await.unwrap();
+        // hyper dropped the connection unanswered when a handler's line reached it.
+        let reply = read_raw_response(&mut stream).await;
+        let reply = reply.unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        assert!(
+            !reply.head.to_ascii_lowercase().contains("content-length"),
+            "{method} {path}: {}",
+            reply.head
+        );
+    }
+    // Still in step: the same connection answers the next request.
+    within(stream.write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut stream)
+        .await
+        .expect("the next answer");
+    assert_eq!(reply.body, b"hello");
+    server.stop().await;
+    assert!(logs::contains(&[
+        "WARN",
+        "Content-Length is not one length; removed",
+        "path=/head-itself-two-lengths"
+    ]));
 }

@@ -193,8 +193,13 @@ pub(super) fn framed(
             // An empty `HEAD` answer under a declared length is how a handler answers
             // `HEAD` itself.
             ResponseKind::Full(bytes) => {
-                let answers_head_itself = head && bytes.is_empty();
-                if !answers_head_itself && !declares(&parts.headers, bytes.len()) {
+                if head && bytes.is_empty() {
+                    // Its length is the `GET` body's, which hyper sends as it is: it must
+                    // at least be one length.
+                    if !declares_one(&parts.headers) {
+                        drop_length(method, uri, parts);
+                    }
+                } else if !declares(&parts.headers, bytes.len()) {
                     correct_length(method, uri, parts, bytes.len());
                 }
             }
@@ -257,7 +262,9 @@ fn single_length(headers: &http::HeaderMap) -> Option<u64> {
 /// `HEAD` answer (a full one loses its body in `finish`, with the answers the service
 /// makes itself). A 1xx or 204 may not carry a `Content-Length`, a 205 says `0`; a 304
 /// and a `HEAD` keep the one the handler declared (for a 304 it describes the cached
-/// representation). A 1xx becomes a 500.
+/// representation; hyper's HTTP/1 leaves it out of a `GET`'s) if it is one length: any
+/// other makes hyper's HTTP/1 drop the connection unanswered and HTTP/2 clients fail
+/// theirs. A 1xx becomes a 500.
 #[cold]
 #[inline(never)]
 fn without_body(
@@ -287,6 +294,8 @@ fn without_body(
         parts
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    } else if parts.headers.contains_key(CONTENT_LENGTH) && !declares_one(&parts.headers) {
+        drop_length(method, uri, parts);
     }
     let has_body = match &kind {
         ResponseKind::Full(bytes) => !bytes.is_empty(),
@@ -356,8 +365,9 @@ fn drop_transfer_encoding(method: &Method, uri: &Uri, parts: &mut http::response
     }
 }
 
-/// Removes a streamed body's `Content-Length` that is not one length: the body goes out
-/// chunked (HTTP/1.1) or ended by the stream's end (HTTP/2).
+/// Removes a `Content-Length` that is not one length: a streamed body goes out chunked
+/// (HTTP/1.1) or ended by the stream's end (HTTP/2); a bodiless answer (`HEAD`, 304)
+/// goes out without one.
 #[cold]
 #[inline(never)]
 fn drop_length(method: &Method, uri: &Uri, parts: &mut http::response::Parts) {
@@ -366,7 +376,7 @@ fn drop_length(method: &Method, uri: &Uri, parts: &mut http::response::Parts) {
         method = %method,
         path = %uri.path(),
         declared = ?values,
-        "handler's Content-Length on a streamed body is not one length; removed, the body goes out without it"
+        "handler's Content-Length is not one length; removed, the response goes out without it"
     );
 }
 

@@ -51,14 +51,18 @@ pub(super) fn asks_close(headers: &http::HeaderMap) -> bool {
         .any(|value| has_option(value, b"close"))
 }
 
-/// Whether a `Connection` value lists `option` (lower-case letters and `-`).
+/// Whether a `Connection` value lists `option` (lower-case letters and `-`), as hyper
+/// reads it: only as text, so a value with obs-text bytes (>= 0x80) lists nothing.
+/// Reading it otherwise would have the service and hyper disagree on whether the client
+/// asked to close.
 pub(super) fn has_option(value: &HeaderValue, option: &[u8]) -> bool {
-    let value = value.as_bytes();
+    let bytes = value.as_bytes();
     // Usually the value is the one option (httparse trims the spaces around it).
-    is_option(value, option)
-        || value
-            .split(|&b| b == b',')
-            .any(|found| is_option(found.trim_ascii(), option))
+    is_option(bytes, option)
+        || (value.to_str().is_ok()
+            && bytes
+                .split(|&b| b == b',')
+                .any(|found| is_option(found.trim_ascii(), option)))
 }
 
 /// `found` is `option` in any case. Setting bit 5 lowers a letter, and leaves `-` as it
@@ -145,6 +149,9 @@ mod tests {
         }
         assert!(has("Close", b"close"));
         assert!(!has("closed", b"close"));
+        // A line hyper cannot read as text lists nothing, for it or for us.
+        let obs_text = HeaderValue::from_bytes(b"close, \x80x").unwrap();
+        assert!(!has_option(&obs_text, b"close"));
     }
 
     #[test]
