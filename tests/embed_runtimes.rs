@@ -68,6 +68,27 @@ fn occupied(
     (one, busy)
 }
 
+/// Releases `/block` and checks that it and the request queued behind it both get `200`,
+/// awaited on `runtime` (on a thread of its own, so a hang fails at the step timeout).
+fn both_answer_200(
+    one: OneThread<impl syncbridge::Handler>,
+    runtime: tokio::runtime::Runtime,
+    busy: syncbridge::SyncServiceFuture<Empty<Bytes>>,
+    queued: syncbridge::SyncServiceFuture<Empty<Bytes>>,
+) {
+    one.release_tx.send(()).unwrap();
+    let (done_tx, done_rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        let statuses = runtime
+            .block_on(async { (busy.await.unwrap().status(), queued.await.unwrap().status()) });
+        done_tx.send(statuses)
+    });
+    let statuses = done_rx
+        .recv_timeout(support::STEP)
+        .expect("both requests ended");
+    assert_eq!(statuses, (http::StatusCode::OK, http::StatusCode::OK));
+}
+
 #[test]
 fn a_request_queued_outside_any_runtime_gets_503_and_later_ones_still_wait() {
     // `call` outside a runtime has no timer to bound the wait with: refused. That must
@@ -87,17 +108,7 @@ fn a_request_queued_outside_any_runtime_gets_503_and_later_ones_still_wait() {
         one.service.call(request("/queued"))
     };
     assert_eq!(one.pool.stats().queued, 1, "queued, not refused");
-    one.release_tx.send(()).unwrap();
-    let (done_tx, done_rx) = std_mpsc::channel();
-    std::thread::spawn(move || {
-        let statuses = runtime
-            .block_on(async { (busy.await.unwrap().status(), queued.await.unwrap().status()) });
-        done_tx.send(statuses)
-    });
-    let statuses = done_rx
-        .recv_timeout(support::STEP)
-        .expect("both requests ended");
-    assert_eq!(statuses, (http::StatusCode::OK, http::StatusCode::OK));
+    both_answer_200(one, runtime, busy, queued);
 }
 
 /// A host runtime built without timers: the queue wait cannot be bounded there, so a
@@ -211,15 +222,5 @@ fn a_runtime_without_timers_after_one_with_them_gets_503_not_a_panic() {
     };
     assert_eq!(refused.unwrap().status(), 503);
 
-    one.release_tx.send(()).unwrap();
-    let (done_tx, done_rx) = std_mpsc::channel();
-    std::thread::spawn(move || {
-        let statuses =
-            with.block_on(async { (busy.await.unwrap().status(), queued.await.unwrap().status()) });
-        done_tx.send(statuses)
-    });
-    let statuses = done_rx
-        .recv_timeout(support::STEP)
-        .expect("both requests ended");
-    assert_eq!(statuses, (http::StatusCode::OK, http::StatusCode::OK));
+    both_answer_200(one, with, busy, queued);
 }
