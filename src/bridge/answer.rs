@@ -191,19 +191,15 @@ pub(super) fn framed(
     if length {
         match &kind {
             // An empty `HEAD` answer under a declared length is how a handler answers
-            // `HEAD` itself.
-            ResponseKind::Full(bytes) => {
-                if head && bytes.is_empty() {
-                    // Its length is the `GET` body's, which hyper sends as it is: it must
-                    // at least be one length.
-                    if !declares_one(&parts.headers) {
-                        drop_length(method, uri, parts);
-                    }
-                } else if !declares(&parts.headers, bytes.len()) {
+            // `HEAD` itself: that length is the `GET` body's, not this one's.
+            ResponseKind::Full(bytes) if !(head && bytes.is_empty()) => {
+                if !declares(&parts.headers, bytes.len()) {
                     correct_length(method, uri, parts, bytes.len());
                 }
             }
-            ResponseKind::Stream(_) => {
+            // A stream's length, or that `HEAD` answer's, goes out as the handler set it:
+            // it must at least be one length.
+            _ => {
                 if !declares_one(&parts.headers) {
                     drop_length(method, uri, parts);
                 }
