@@ -109,12 +109,12 @@ pub(crate) struct Shared<H> {
     max_header_size: Option<usize>,
     retry_after: HeaderValue,
     body_timeout: Duration,
-    /// The builder's runtime's context; else the first calling runtime's, kept so that
-    /// calls from that runtime (all of them, usually) need no context of their own.
-    context: OnceLock<Arc<Context>>,
-    /// Whether `context` is the builder's, used for every request whatever runtime calls.
-    runtime_given: bool,
-    /// For a context made for a calling runtime (no runtime given to the builder).
+    /// The context of the builder's runtime, for every request whatever runtime calls.
+    pinned: Option<Arc<Context>>,
+    /// Without one: the first calling runtime's context, kept so that calls from that
+    /// runtime (all of them, usually) need no context of their own.
+    first_caller: OnceLock<Arc<Context>>,
+    /// For a context made for a calling runtime.
     tasks: Option<TaskSet>,
     /// Whether the runtime that calls the service has timers (see `crate::timer`).
     timers: TimersKnown,
@@ -166,8 +166,8 @@ impl<H: Handler> SyncService<H> {
     /// that calls now (none outside any runtime).
     fn context(&self) -> Option<Arc<Context>> {
         let shared = &*self.shared;
-        if shared.runtime_given {
-            return shared.context.get().cloned();
+        if let Some(pinned) = &shared.pinned {
+            return Some(pinned.clone());
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let context_of = |runtime| {
@@ -176,7 +176,9 @@ impl<H: Handler> SyncService<H> {
                 tasks: shared.tasks.clone(),
             })
         };
-        let first = shared.context.get_or_init(|| context_of(runtime.clone()));
+        let first = shared
+            .first_caller
+            .get_or_init(|| context_of(runtime.clone()));
         if first.runtime.id() == runtime.id() {
             Some(first.clone())
         } else {
@@ -541,14 +543,12 @@ impl<H: Handler> SyncServiceBuilder<H> {
             .retry_after
             .as_secs()
             .saturating_add(u64::from(self.retry_after.subsec_nanos() > 0));
-        let context = OnceLock::new();
-        let runtime_given = self.runtime.is_some();
-        if let Some(runtime) = self.runtime {
-            let _ = context.set(Arc::new(Context {
+        let pinned = self.runtime.map(|runtime| {
+            Arc::new(Context {
                 runtime,
                 tasks: self.tasks.clone(),
-            }));
-        }
+            })
+        });
         let handler = Arc::new(self.handler);
         SyncService {
             shared: Arc::new(Shared {
@@ -559,8 +559,8 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 max_header_size: self.max_header_size,
                 retry_after: HeaderValue::from(secs.max(1)),
                 body_timeout: self.body_timeout,
-                context,
-                runtime_given,
+                pinned,
+                first_caller: OnceLock::new(),
                 tasks: self.tasks,
                 timers: TimersKnown::default(),
             }),
