@@ -320,7 +320,6 @@ impl<B> Drop for SyncServiceFuture<B> {
             // read then knows its answer goes nowhere.
             cell.abandon();
             if let Some(c) = &mut self.completion {
-                let handler_ran = !withdrawn && cell.was_claimed();
                 if c.activity.as_ref().is_some_and(|a| a.is_cut_off()) {
                     // The server's doing, logged as the completion drops (as is a response
                     // cut off mid-body). The access line's status says the server gave up.
@@ -332,6 +331,7 @@ impl<B> Drop for SyncServiceFuture<B> {
                     // access log still has each).
                     static ABANDONED: Throttle = Throttle::new();
                     if let Some(left_out) = ABANDONED.admit() {
+                        let handler_ran = !withdrawn && cell.was_claimed();
                         tracing::info!(
                             method = %c.method(), path = %c.path(), handler_ran, left_out,
                             "request abandoned before its response (the client left, or a \
