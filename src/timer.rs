@@ -21,6 +21,8 @@ use tokio::runtime::{Handle, Id};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
+use crate::throttle::Throttle;
+
 /// Whether a runtime has timers, asked once for the first runtime it is asked about and
 /// kept with that runtime's id; any other runtime is asked afresh each time. One service
 /// or task set may be driven by several runtimes, with timers or without.
@@ -66,10 +68,16 @@ pub(crate) fn sleep(after: Duration, known: Option<&TimersKnown>) -> Option<Pin<
         None => (has_timers(&current), true),
     };
     if !enabled && asked {
-        tracing::error!(
-            "the tokio runtime has no timers (build it with `enable_time` or `enable_all`): \
-             work that finds every pool thread busy is refused at once instead of waiting"
-        );
+        // Asked afresh for every wait on a runtime other than the one kept: throttled.
+        static NO_TIMERS: Throttle = Throttle::new();
+        if let Some(left_out) = NO_TIMERS.admit() {
+            tracing::error!(
+                left_out,
+                "the tokio runtime has no timers (build it with `enable_time` or \
+                 `enable_all`): work that finds every pool thread busy is refused at once \
+                 instead of waiting"
+            );
+        }
     }
     enabled.then(|| Box::pin(tokio::time::sleep(after)))
 }
