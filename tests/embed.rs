@@ -131,6 +131,35 @@ async fn host_timeout_layer_answers_408_for_a_slow_legacy_handler() {
 }
 
 #[tokio::test]
+async fn the_host_can_wait_for_a_legacy_handler_its_timeout_layer_gave_up_on() {
+    let pool = axum_embed::legacy_pool();
+    let server = serve(axum_embed::app_on(pool.clone(), Duration::from_millis(100))).await;
+    let reply = get(server.addr, "/legacy/wait?ms=1500").await;
+    assert_eq!(reply.status, 408);
+    server.stop().await;
+
+    // axum is done; the handler is not, and a wait that ends at once says so.
+    let left = within(pool.wait_idle(Duration::ZERO)).await;
+    assert_eq!((left.busy, left.queued), (1, 0));
+    assert!(support::logs::contains(&[
+        "blocking jobs still running after waiting for the pool to go idle",
+        "running=1",
+    ]));
+    // Given the time, it returns as soon as the handler has ended.
+    let start = Instant::now();
+    let left = within(pool.wait_idle(Duration::from_secs(8))).await;
+    assert_eq!((left.busy, left.queued), (0, 0));
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    // Idle already: no wait at all.
+    let left = within(pool.wait_idle(Duration::from_secs(8))).await;
+    assert_eq!(left.busy, 0);
+}
+
+#[tokio::test]
 async fn graceful_shutdown_lets_an_inflight_legacy_request_finish() {
     // A layer of the test's own tells when the request is inside the app, so that the
     // shutdown starts while it is in flight (no sleeps).

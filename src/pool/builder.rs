@@ -139,8 +139,10 @@ impl BlockingPoolBuilder {
                     wakeups: 0,
                     shutdown: false,
                     peak_threads: 0,
+                    idle_waiters: 0,
                 }),
                 condvar: Condvar::new(),
+                went_idle: Default::default(),
                 config: self.config,
                 #[cfg(test)]
                 fail_spawns: Default::default(),

@@ -15,6 +15,8 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 mod builder;
 mod job;
 #[cfg(test)]
@@ -52,6 +54,9 @@ pub struct BlockingPool {
 struct Inner {
     state: Mutex<State>,
     condvar: Condvar,
+    /// Tells [`BlockingPool::wait_idle`] callers that the last job ended. Notified only
+    /// while one waits (`State::idle_waiters`), so a job's end costs nothing otherwise.
+    went_idle: Notify,
     config: PoolConfig,
     /// How many of the next thread starts fail, as when the OS refuses one (`EAGAIN`).
     #[cfg(test)]
@@ -77,6 +82,16 @@ struct State {
     shutdown: bool,
     /// Peak of `threads`, for stats and tests.
     peak_threads: usize,
+    /// Callers of `wait_idle` waiting now.
+    idle_waiters: usize,
+}
+
+impl State {
+    /// Whether a count just lowered left nothing to run while someone waits for that:
+    /// the caller notifies `went_idle` once the lock is released.
+    fn wakes_idle_waiters(&self) -> bool {
+        self.idle_waiters > 0 && self.running == 0 && self.queue.is_empty()
+    }
 }
 
 /// What a caller must do after releasing the lock.
@@ -118,6 +133,57 @@ impl BlockingPool {
             queued: state.queue.len(),
             peak_threads: state.peak_threads,
         }
+    }
+
+    /// Waits until no job runs or waits in the queue, or until `timeout` has passed, and
+    /// returns the load left then: `busy` and `queued` are both zero when the pool went
+    /// idle in time. What is still running at the deadline is logged at `warn` with its
+    /// counts, since a thread cannot be interrupted and its work ends with the process.
+    ///
+    /// For a host that serves a [`SyncService`](crate::SyncService) itself: once its
+    /// server has stopped (`axum::serve` returned), handlers its own layers gave up on
+    /// (a `TimeoutLayer`'s `408`) may still be running; this gives them time to finish
+    /// before `main` returns. It does not stop the pool: jobs submitted meanwhile are
+    /// waited for too.
+    ///
+    /// Await it from async code, on any tokio runtime (one without timers keeps the
+    /// deadline on a thread of its own) or on another executor. Awaited from one of this
+    /// pool's own jobs (a handler's `ensure_sync`), it waits for that job too, so it
+    /// always runs to `timeout`.
+    pub async fn wait_idle(&self, timeout: Duration) -> PoolStats {
+        let idle = async {
+            loop {
+                let notified = self.inner.went_idle.notified();
+                let mut notified = std::pin::pin!(notified);
+                // Registered before the check, so an end between the two is not missed.
+                notified.as_mut().enable();
+                {
+                    let mut state = self.inner.lock();
+                    if state.running == 0 && state.queue.is_empty() {
+                        return;
+                    }
+                    state.idle_waiters += 1;
+                }
+                let _waiting = IdleWaiter(&self.inner);
+                notified.await;
+            }
+        };
+        tokio::select! {
+            () = idle => {}
+            () = crate::timer::sleep_anywhere(timeout) => {}
+        }
+        let stats = self.stats();
+        if stats.busy > 0 || stats.queued > 0 {
+            tracing::warn!(
+                pool = %self.inner.config.name,
+                running = stats.busy,
+                queued = stats.queued,
+                timeout_secs = timeout.as_secs_f64(),
+                "blocking jobs still running after waiting for the pool to go idle; their \
+                 work ends with the process"
+            );
+        }
+        stats
     }
 
     /// Hands `job` to a thread, queues it, or gives it back when the pool is full or shut
@@ -180,7 +246,11 @@ impl BlockingPool {
             return false;
         };
         let job = state.queue.remove(at);
+        let went_idle = state.wakes_idle_waiters();
         drop(state);
+        if went_idle {
+            self.inner.went_idle.notify_waiters();
+        }
         drop(job); // outside the lock: it may hold the last reference to a request
         true
     }
@@ -241,12 +311,26 @@ impl Inner {
                     } else {
                         state.searching -= 1;
                     }
+                    let went_idle = state.wakes_idle_waiters();
                     drop(state);
+                    if went_idle {
+                        self.went_idle.notify_waiters();
+                    }
                     tracing::error!(pool = %self.config.name, error = %err, "failed to start a pool thread");
                     job
                 })
             }
         }
+    }
+}
+
+/// A `wait_idle` caller's place among the waiters, given up when its wait ends, however
+/// it ends (idle, deadline, or the future dropped).
+struct IdleWaiter<'a>(&'a Inner);
+
+impl Drop for IdleWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.lock().idle_waiters -= 1;
     }
 }
 

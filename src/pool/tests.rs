@@ -294,3 +294,60 @@ fn a_job_stranded_by_a_failed_thread_start_is_taken_up_by_the_next_submit() {
     end_next_tx.send(()).unwrap();
     assert_eq!(ran, [Some("next"), Some("stranded")]);
 }
+
+#[test]
+fn wait_idle_wakes_when_the_last_queued_job_ends_and_forgets_dropped_waiters() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let pool = BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(1)
+        .build();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    pool.try_submit(Job::boxed(move || {
+        started_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+    }))
+    .ok()
+    .unwrap();
+    started_rx.recv().unwrap();
+    assert_eq!(
+        pool.try_submit(Job::boxed(|| {})).ok(),
+        Some(Admission::Queued)
+    );
+    // A wait cut short by its caller gives up its place among the waiters.
+    let cut_short = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_millis(1), pool.wait_idle(Duration::MAX)).await
+    });
+    assert!(cut_short.is_err());
+    assert_eq!(pool.inner.lock().idle_waiters, 0);
+
+    let waiter = std::thread::spawn({
+        let pool = pool.clone();
+        move || {
+            let start = Instant::now();
+            let left = runtime.block_on(pool.wait_idle(Duration::from_secs(5)));
+            (left, start.elapsed())
+        }
+    });
+    // The waiter must be registered before the jobs end, or it would find the pool idle
+    // without being woken.
+    wait_until_waiting(&pool);
+    release_tx.send(()).unwrap();
+    let (left, waited) = waiter.join().unwrap();
+    assert_eq!((left.busy, left.queued), (0, 0));
+    // Woken by the job's end, not by the deadline.
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(pool.inner.lock().idle_waiters, 0);
+}
+
+fn wait_until_waiting(pool: &BlockingPool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.inner.lock().idle_waiters == 0 {
+        assert!(Instant::now() < deadline, "wait_idle never registered");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

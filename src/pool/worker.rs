@@ -26,6 +26,11 @@ pub(crate) fn job_finishing() {
                 let mut state = inner.lock();
                 state.running -= 1;
                 state.searching += 1;
+                let went_idle = state.wakes_idle_waiters();
+                drop(state);
+                if went_idle {
+                    inner.went_idle.notify_waiters();
+                }
             }
         }
     });
@@ -117,6 +122,12 @@ impl Inner {
             if !FINISHING.get() {
                 state.running -= 1;
                 state.searching += 1;
+                if state.wakes_idle_waiters() {
+                    // Rare (only while someone waits): worth a second lock.
+                    drop(state);
+                    self.went_idle.notify_waiters();
+                    state = self.lock();
+                }
             }
         }
         state.threads -= 1;
