@@ -51,7 +51,8 @@ pub fn legacy_pool() -> BlockingPool {
         .build()
 }
 
-/// The whole app on `pool`, which the caller keeps to see its load (`pool.stats()`).
+/// The whole app on `pool`, which the caller keeps to see its load (`pool.stats()`) and
+/// to wait for its handlers at exit (`pool.wait_idle`).
 pub fn app_on(pool: BlockingPool, timeout: Duration) -> Router {
     // The legacy app: its handler runs on the service's bounded pool; `ensure_sync` in it
     // reaches the runtime that calls the service, that is the host's.
@@ -169,16 +170,9 @@ async fn main() -> std::io::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     // What axum does not wait for: a blocking handler the `TimeoutLayer` answered `408`
-    // for runs on, and a thread cannot be interrupted. Say so rather than lose its work
-    // without a word when `main` returns, as the bundled server does at its shutdown.
-    let stats = pool.stats();
-    if stats.busy > 0 || stats.queued > 0 {
-        tracing::warn!(
-            handlers_running = stats.busy,
-            queued = stats.queued,
-            "blocking handlers still running at exit; their work is cut off"
-        );
-    }
+    // for runs on, and a thread cannot be interrupted. Give it time to finish its work
+    // (a write to a database, say); what still runs then is logged by `wait_idle`.
+    pool.wait_idle(Duration::from_secs(10)).await;
     Ok(())
 }
 
