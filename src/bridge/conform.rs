@@ -68,6 +68,15 @@ impl<'a> Hosts<'a> {
     }
 }
 
+/// The request target as a log line shows it: its path, or for authority-form (a
+/// `CONNECT`'s `host:port`, whose path is empty) the authority.
+pub(super) fn shown_target(uri: &http::Uri) -> &str {
+    match (uri.path(), uri.authority()) {
+        ("", Some(authority)) => authority.as_str(),
+        (path, _) => path,
+    }
+}
+
 /// The refusal `parts` gets, if any. `hosts`: its `Host` headers, given when the request
 /// came through the bundled server (see the module docs for what only it checks).
 #[inline]
@@ -255,6 +264,16 @@ mod tests {
         assert_eq!(refusal(&absolute, true), None);
         let absolute = parts("GET", "http://example.com/x", Version::HTTP_11, &["a", "b"]);
         assert_eq!(refusal(&absolute, true), Some(HOSTS));
+    }
+
+    #[test]
+    fn a_log_line_shows_a_connects_authority_where_other_targets_show_their_path() {
+        let shown = |target: &str| shown_target(&target.parse().unwrap()).to_owned();
+        assert_eq!(shown("example.com:443"), "example.com:443");
+        assert_eq!(shown("/a/b?q=1"), "/a/b");
+        assert_eq!(shown("*"), "*");
+        assert_eq!(shown("http://example.com/x"), "/x");
+        assert_eq!(shown("http://example.com"), "/");
     }
 
     #[test]

@@ -388,7 +388,7 @@ fn refuse(parts: &http::request::Parts, refusal: conform::Refusal) -> http::Resp
     static REFUSED_HEAD: Throttle = Throttle::new();
     if let Some(left_out) = REFUSED_HEAD.admit() {
         tracing::info!(
-            method = %parts.method, path = %parts.uri.path(), left_out,
+            method = %parts.method, path = %conform::shown_target(&parts.uri), left_out,
             status = refusal.status.as_u16(), reason = refusal.text,
             "request head refused"
         );
