@@ -186,6 +186,7 @@ async fn shutdown_signal() {
             std::future::pending::<()>().await;
         }
     };
+    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut term) => {
@@ -197,6 +198,9 @@ async fn shutdown_signal() {
             }
         }
     };
+    // Windows has no SIGTERM; a service stop there is Ctrl-C's console event.
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
         () = term => tracing::info!("SIGTERM: shutting down"),
