@@ -15,7 +15,7 @@ use super::set::TaskSet;
 use super::spawn::TaskContext;
 use crate::context;
 use crate::error::panic_message;
-use crate::pool::{Job, Withdrawable};
+use crate::pool::{BlockingPool, Job, Withdrawable};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub(super) type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -59,6 +59,17 @@ pub(super) struct Submitted<F, T> {
     rx: oneshot::Receiver<(Option<F>, Attempt<T>)>,
     /// To take it back, queue place and all, when it is given up before a thread took it.
     job: Withdrawable,
+    pool: BlockingPool,
+}
+
+/// An attempt given up on while it waits in the queue (its task's timeout drops the
+/// attempt's future; a runtime that shuts down drops the supervisor) leaves the queue at
+/// once, closure and all, rather than hold a place there until a thread frees and finds
+/// it cancelled. One that a thread took runs on; it sees its token.
+impl<F, T> Drop for Submitted<F, T> {
+    fn drop(&mut self) {
+        self.job.take_back(&self.pool);
+    }
 }
 
 /// Holds a task's first blocking attempt, submitted before its supervisor exists (so a
@@ -106,21 +117,32 @@ where
     T: Send + 'static,
     E: Into<BoxError>,
 {
+    /// Hands one attempt of `f` to the task pool; gives `f` back when the pool refuses
+    /// it, so that a later retry still has it (and the caller decides where it is
+    /// dropped: it may own a runtime).
     pub(super) fn submit(
         &self,
-        mut f: F,
+        f: F,
         ctx: TaskContext,
         gate: Option<GateWaiter>,
-    ) -> std::result::Result<Submitted<F, T>, ()> {
+    ) -> std::result::Result<Submitted<F, T>, F> {
         let (tx, rx) = oneshot::channel();
         let set = self.set.clone();
         let runtime = self.runtime.clone();
         let span = self.span.clone();
+        // The closure waits in a slot of its own rather than inside the job: a refused
+        // job is handed back type-erased, and `f` must come out of it again.
+        let slot = Arc::new(Mutex::new(Some(f)));
+        let in_job = slot.clone();
         let (job, withdrawable) = Job::withdrawable(move || {
             let _entered = span.enter();
             if let Some(gate) = gate {
                 gate.wait();
             }
+            let taken = in_job.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(in_job);
+            // Only the refusal path below takes it first, and then this never runs.
+            let Some(mut f) = taken else { return };
             let id = ctx.id;
             if ctx.is_cancelled() {
                 // Cancellation before the start is guaranteed: the closure never runs.
@@ -155,15 +177,18 @@ where
                 );
             }
         });
-        self.set
-            .shared
-            .pool
-            .try_submit(job)
-            .map(|_| Submitted {
+        match self.set.shared.pool.try_submit(job) {
+            Ok(_) => Ok(Submitted {
                 rx,
                 job: withdrawable,
-            })
-            .map_err(|_| ())
+                pool: self.set.shared.pool.clone(),
+            }),
+            Err(refused) => {
+                drop(refused);
+                let f = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                Err(f.expect("a refused job never ran, so its closure is still in its slot"))
+            }
+        }
     }
 }
 
@@ -176,7 +201,7 @@ where
     fn attempt(&mut self, ctx: TaskContext) -> BoxFuture<'_, Attempt<T>> {
         Box::pin(async move {
             let token = ctx.token.clone();
-            let Submitted { mut rx, job } = match self.first.take() {
+            let mut submitted = match self.first.take() {
                 Some(submitted) => submitted,
                 None => {
                     let Some(f) = self.f.take() else {
@@ -186,24 +211,26 @@ where
                     };
                     match self.submit(f, ctx, None) {
                         Ok(submitted) => submitted,
-                        Err(()) => {
+                        Err(f) => {
+                            // Kept for the next retry, if any.
+                            self.f = Some(f);
                             return Attempt::Err(Arc::from(BoxError::from(
                                 "the background task pool and its queue are full",
-                            )))
+                            )));
                         }
                     }
                 }
             };
             let returned = tokio::select! {
                 biased;
-                returned = &mut rx => returned,
+                returned = &mut submitted.rx => returned,
                 _ = token.cancelled() => {
                     // Not taken up yet: give it up now, queue place and all, rather than
                     // when a thread frees. Taken up: it sees the token; wait for it.
-                    if job.take_back(&self.set.shared.pool) {
+                    if submitted.job.take_back(&submitted.pool) {
                         return Attempt::Cancelled;
                     }
-                    rx.await
+                    (&mut submitted.rx).await
                 }
             };
             match returned {

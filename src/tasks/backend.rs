@@ -24,14 +24,12 @@ pub(crate) struct Outcome {
 /// Where task state lives. Called from pool threads and runtime tasks alike, so every
 /// method is short and never blocks beyond a lock.
 pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
-    /// Records a new pending task.
+    /// Records a new pending task. Called once nothing can refuse the task any more (the
+    /// pool has taken its first blocking attempt), so an entry is never taken back.
     ///
     /// Fails with [`Error::is_overloaded`](crate::Error::is_overloaded) when the store is
     /// full of live tasks.
     fn insert(&self, id: TaskId, name: Option<Arc<str>>) -> Result<()>;
-
-    /// Forgets a task that could not be started after all (the pool refused it).
-    fn remove(&self, id: TaskId);
 
     /// An attempt started running.
     fn started(&self, id: TaskId, attempt: u32);

@@ -134,12 +134,6 @@ impl Backend for Registry {
         self.insert_at(id, name, Instant::now())
     }
 
-    fn remove(&self, id: TaskId) {
-        let mut state = self.lock();
-        state.entries.remove(&id);
-        state.finished.retain(|(f, _)| *f != id);
-    }
-
     fn started(&self, id: TaskId, attempt: u32) {
         self.update(id, |e| {
             e.status = TaskStatus::Running;

@@ -93,8 +93,12 @@ pub(super) struct Shared {
     /// The parent of every task's token: cancelled at the drain deadline.
     pub(super) root: CancellationToken,
     /// Tasks spawned and not yet ended, with their tokens: for `cancel` by id and for
-    /// naming every abandoned task at shutdown.
+    /// naming every abandoned task at shutdown. A task stays here until its callbacks
+    /// have run, after its registry entry is final (and may be evicted).
     live: Mutex<HashMap<TaskId, CancellationToken>>,
+    /// The most tasks `live` holds: the registry's `max_entries`. The registry cannot
+    /// bound tasks whose entries are final but whose callbacks wait for room.
+    max_live: usize,
     /// Tasks whose blocking closure runs on a thread now, at most one per task thread:
     /// one whose supervisor gave up on it (a timeout) is no longer live, and is named
     /// from here if it still runs when the drain ends.
@@ -456,7 +460,9 @@ impl TaskSetBuilder {
 
     /// The most registry entries, live and finished. When full, the oldest finished entry
     /// is evicted; when all are live, spawning fails with [`Error::is_overloaded`].
-    /// Default is 10,000.
+    /// It bounds live tasks too, counting a finished one until its callbacks have run
+    /// (they may wait for room in the callback pool): past it, spawning fails the same
+    /// way. Default is 10,000.
     pub fn max_entries(mut self, n: usize) -> Self {
         self.max_entries = n.max(1);
         self
@@ -512,6 +518,7 @@ impl TaskSetBuilder {
                 tracker: TaskTracker::new(),
                 root: CancellationToken::new(),
                 live: Mutex::new(HashMap::new()),
+                max_live: self.max_entries,
                 running: Mutex::new(HashSet::new()),
                 closed: AtomicBool::new(false),
             }),
@@ -519,8 +526,19 @@ impl TaskSetBuilder {
     }
 }
 
-pub(super) fn register_live(set: &TaskSet, id: TaskId, token: CancellationToken) {
-    set.shared.live().insert(id, token);
+/// Counts a task live from its spawn until its callbacks have run; refused when
+/// `max_live` are, as the registry refuses one when all its entries are live.
+pub(super) fn register_live(set: &TaskSet, id: TaskId, token: CancellationToken) -> Result<()> {
+    let mut live = set.shared.live();
+    if live.len() >= set.shared.max_live {
+        return Err(Error::new(Kind::Overloaded).with_message(format!(
+            "the task set has {} tasks live (queued, running, or waiting for room to run \
+             their callbacks), its limit",
+            live.len()
+        )));
+    }
+    live.insert(id, token);
+    Ok(())
 }
 
 pub(super) fn unregister_live(set: &TaskSet, id: TaskId) {

@@ -204,11 +204,25 @@ impl<'a> TaskBuilder<'a> {
         let gate = LaunchGate::new();
         match work.submit(f, ctx, Some(gate.waiter())) {
             Ok(submitted) => work.first = Some(submitted),
-            Err(()) => {
+            Err(f) => {
+                // The caller may be async code, and `f` may own a runtime (a blocking
+                // HTTP client does), which tokio refuses to drop there.
+                crate::offload::drop_off_runtime(f);
                 prepared.abort(self.set);
                 return Err(Error::new(Kind::Overloaded)
                     .with_message("the background task pool and its queue are full"));
             }
+        }
+        // Recorded only once the pool has taken it: recording may evict the oldest
+        // finished entry, which a refused spawn must not cost another client.
+        if let Err(err) = self.record(&prepared) {
+            // The attempt never runs: taken back out of the queue when `work` drops, or,
+            // if a thread has it already, stopped at the gate by the cancelled token.
+            prepared.token.cancel();
+            drop(work);
+            drop(gate);
+            prepared.abort(self.set);
+            return Err(err);
         }
         let handle = self.launch(prepared, work);
         drop(gate);
@@ -233,6 +247,10 @@ impl<'a> TaskBuilder<'a> {
         E: Into<BoxError>,
     {
         let prepared = self.prepare()?;
+        if let Err(err) = self.record(&prepared) {
+            prepared.abort(self.set);
+            return Err(err);
+        }
         let work = AsyncWork {
             make,
             set: self.set.clone(),
@@ -250,9 +268,8 @@ impl<'a> TaskBuilder<'a> {
             self.set.require_timers(&runtime)?;
         }
         let id = TaskId::generate();
-        self.set.shared.backend.insert(id, self.name.clone())?;
         let token = self.set.shared.root.child_token();
-        register_live(self.set, id, token.clone());
+        register_live(self.set, id, token.clone())?;
         // A root span of its own that *follows from* the caller's: the task outlives the
         // request, so it must not be the request span's child.
         // An unnamed task's span has no `name` field rather than an empty one.
@@ -268,6 +285,14 @@ impl<'a> TaskBuilder<'a> {
             span,
             tracked,
         })
+    }
+
+    /// Gives the prepared task its registry entry (`pending`).
+    fn record(&self, prepared: &Prepared) -> Result<()> {
+        self.set
+            .shared
+            .backend
+            .insert(prepared.id, self.name.clone())
     }
 
     fn launch<T, W>(self, prepared: Prepared, work: W) -> TaskHandle<T>
@@ -344,9 +369,9 @@ impl Prepared {
         }
     }
 
-    /// Undoes `prepare` when the task could not be started after all.
+    /// Undoes `prepare` when the task could not be started after all. It has no
+    /// registry entry: that is made last, when nothing can refuse the task any more.
     fn abort(self, set: &TaskSet) {
         unregister_live(set, self.id);
-        set.shared.backend.remove(self.id);
     }
 }
