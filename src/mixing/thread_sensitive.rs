@@ -409,9 +409,10 @@ impl SingleThreadBuilder {
         self
     }
 
-    /// The dedicated thread's name. Default is `syncbridge-single`.
+    /// The dedicated thread's name. Default is `syncbridge-single`. NUL bytes, which an
+    /// OS thread name cannot hold, are left out.
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.name = crate::pool::thread_name(name.into());
         self
     }
 

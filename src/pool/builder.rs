@@ -22,6 +22,12 @@ pub(super) struct PoolConfig {
     pub(super) batch: bool,
 }
 
+/// `name` as an OS thread may carry it: std refuses (panics on) a name with a NUL byte.
+pub(crate) fn thread_name(mut name: String) -> String {
+    name.retain(|c| c != '\0');
+    name
+}
+
 /// Configures a [`BlockingPool`].
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
@@ -75,9 +81,10 @@ impl BlockingPoolBuilder {
         self
     }
 
-    /// The name given to the pool's threads. Default is `syncbridge-worker`.
+    /// The name given to the pool's threads. Default is `syncbridge-worker`. NUL bytes,
+    /// which an OS thread name cannot hold, are left out.
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
-        self.config.name = name.into();
+        self.config.name = thread_name(name.into());
         self
     }
 

@@ -17,12 +17,15 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::throttle::Throttle;
+
 mod builder;
 mod job;
 #[cfg(test)]
 mod tests;
 mod worker;
 
+pub(crate) use builder::thread_name;
 pub use builder::BlockingPoolBuilder;
 use builder::PoolConfig;
 pub(crate) use job::{Admission, Job, JobId, SharedJob, Withdrawable};
@@ -197,7 +200,8 @@ impl BlockingPool {
         let config = &self.inner.config;
         let mut state = self.inner.lock();
         let free = config.max_threads - state.running;
-        if state.shutdown || state.queue.len() >= free + config.queue_capacity {
+        // Saturating: `usize::MAX` for either limit means "no limit", not a wrap-around.
+        if state.shutdown || state.queue.len() >= free.saturating_add(config.queue_capacity) {
             return Err(job);
         }
         let admission = if state.queue.len() < free {
@@ -316,7 +320,12 @@ impl Inner {
                     if went_idle {
                         self.went_idle.notify_waiters();
                     }
-                    tracing::error!(pool = %self.config.name, error = %err, "failed to start a pool thread");
+                    // Throttled: when the OS refuses threads (a pids limit), every
+                    // submit tries again and fails the same way.
+                    static SPAWN_FAILED: Throttle = Throttle::new();
+                    if let Some(left_out) = SPAWN_FAILED.admit() {
+                        tracing::error!(pool = %self.config.name, error = %err, left_out, "failed to start a pool thread");
+                    }
                     job
                 })
             }

@@ -61,6 +61,10 @@ impl Default for Config {
 /// hyper's read/write buffer limit, and so the largest request body frame: 64 KiB.
 const HYPER_BUF_SIZE: usize = 64 * 1024;
 
+/// The most runtime worker threads `worker_threads` takes: tokio adds its own blocking
+/// threads' limit to the count, and past a few per CPU more only cost memory.
+const MAX_WORKER_THREADS: usize = 1024;
+
 /// The HTTP/2 flow-control window of each request stream: the body channel's bound.
 const HTTP2_STREAM_WINDOW: u32 = crate::body::BYTES_IN_FLIGHT as u32;
 
@@ -196,9 +200,10 @@ impl Server {
     }
 
     /// The runtime's worker threads (they drive connections, never handlers), for
-    /// [`serve`](Server::serve). Default is the number of CPUs available.
+    /// [`serve`](Server::serve). Default is the number of CPUs available. Values are
+    /// kept between 1 and 1,024 (the connections need no more than the CPUs).
     pub fn worker_threads(mut self, n: usize) -> Self {
-        self.config.worker_threads = Some(n.max(1));
+        self.config.worker_threads = Some(n.clamp(1, MAX_WORKER_THREADS));
         self
     }
 

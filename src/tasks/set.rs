@@ -505,7 +505,11 @@ impl TaskSetBuilder {
                     .queue_capacity(self.queue_capacity)
                     .thread_name("syncbridge-task")
                     .build(),
-                callback_room: Arc::new(Semaphore::new(self.queue_capacity.max(1))),
+                // tokio's semaphore holds at most `MAX_PERMITS` (about 2^61): "no
+                // limit" (`usize::MAX`) is that.
+                callback_room: Arc::new(Semaphore::new(
+                    self.queue_capacity.clamp(1, Semaphore::MAX_PERMITS),
+                )),
                 callbacks: BlockingPool::builder()
                     .max_threads(self.max_threads)
                     // At least the one place `callback_room` allows, so a callback with a
