@@ -341,6 +341,41 @@ async fn per_thread_builds_one_instance_per_pool_thread() {
     server.stop().await;
 }
 
+/// A legacy client whose `Drop` panics. It says when it is dropped, then panics.
+struct PanicsOnDrop(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+        support::panic_quietly("legacy client panicked in its Drop");
+    }
+}
+
+#[tokio::test]
+async fn a_per_thread_instance_that_panics_when_dropped_does_not_abort_the_process() {
+    let (dropped_tx, mut dropped) = tokio::sync::mpsc::unbounded_channel();
+    let handler = PerThread::new(move || {
+        let client = PanicsOnDrop(dropped_tx.clone());
+        move |_: Request| {
+            let _ = &client;
+            "ok"
+        }
+    });
+    let server = start_with(
+        Server::bind("127.0.0.1:0")
+            .max_threads(1)
+            .thread_keep_alive(Duration::from_millis(20)),
+        handler,
+    );
+    assert_eq!(get(server.addr, "/").await.status, 200);
+    // The pool thread's keep-alive runs out and it exits, dropping its instance. Before,
+    // the panic escaped the thread-local's destructor and Rust aborted the process (this
+    // test binary with it).
+    within(dropped.recv()).await.unwrap();
+    assert_eq!(get(server.addr, "/").await.status, 200);
+    server.stop().await;
+}
+
 // ---------- SingleThread ----------
 
 #[tokio::test]

@@ -86,7 +86,34 @@ type Instance = (Weak<()>, Rc<dyn Any>);
 
 thread_local! {
     /// This thread's instances, by `PerThread::id`.
-    static INSTANCES: RefCell<HashMap<u64, Instance>> = RefCell::new(HashMap::new());
+    static INSTANCES: Instances = Instances::default();
+}
+
+/// A thread's table of instances. Its own `Drop` runs when the thread exits (a pool
+/// thread's keep-alive ran out, the server stopped), where a panic that escapes a
+/// thread-local's destructor aborts the whole process: each instance is dropped under
+/// `catch_unwind` instead, and a panic logged.
+#[derive(Default)]
+struct Instances(RefCell<HashMap<u64, Instance>>);
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        drop_instances(self.0.get_mut().drain().map(|(_, instance)| instance));
+    }
+}
+
+/// Drops instances one by one, logging (not propagating) a panic in a `Drop`: no request
+/// is to blame for it.
+fn drop_instances(instances: impl IntoIterator<Item = Instance>) {
+    for instance in instances {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(instance))) {
+            tracing::error!(
+                thread = %std::thread::current().name().unwrap_or("unnamed"),
+                panic = %panic_message(&*payload),
+                "a per-thread handler instance panicked while being dropped"
+            );
+        }
+    }
 }
 
 impl<F, H, R> PerThread<F>
@@ -108,7 +135,8 @@ where
 
     /// This thread's instance, built now if it has none.
     fn instance(&self) -> Rc<H> {
-        let existing = INSTANCES.with(|table| table.borrow().get(&self.id).map(|(_, i)| i.clone()));
+        let existing =
+            INSTANCES.with(|table| table.0.borrow().get(&self.id).map(|(_, i)| i.clone()));
         if let Some(instance) = existing {
             return instance
                 .downcast::<H>()
@@ -121,7 +149,7 @@ where
             "built a per-thread handler instance"
         );
         let dead = INSTANCES.with(|table| {
-            let mut table = table.borrow_mut();
+            let mut table = table.0.borrow_mut();
             table.insert(
                 self.id,
                 (Arc::downgrade(&self.alive), built.clone() as Rc<dyn Any>),
@@ -136,7 +164,7 @@ where
                 .collect::<Vec<_>>()
         });
         // Dropped after the borrow ends, in case an instance's `Drop` touches the table.
-        drop(dead);
+        drop_instances(dead);
         built
     }
 }
