@@ -82,3 +82,28 @@ async fn thread_names_with_a_nul_byte_are_taken_without_it() {
     .unwrap();
     assert!(single.is_ok(), "{:?}", single.err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_thread_queue_of_usize_max_is_not_allocated_up_front() {
+    // Before: std's bounded channel allocated every place at `spawn` (about 350 bytes
+    // each: 3.4 GB for ten million), and panicked on `usize::MAX`.
+    let (_, memory_before) = support::memory();
+    let single = within(tokio::task::spawn_blocking(|| {
+        SingleThread::builder()
+            .queue_capacity(usize::MAX)
+            .spawn(|| |_: Request| "served")
+    }))
+    .await
+    .unwrap()
+    .expect("spawned");
+    let (_, memory_after) = support::memory();
+    assert!(
+        memory_after < memory_before + 64 * 1024 * 1024,
+        "{memory_before} -> {memory_after} bytes"
+    );
+    let server = TestServer::start(single);
+    let reply = get(server.addr, "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "served");
+    server.stop().await;
+}

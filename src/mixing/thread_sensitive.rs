@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -262,7 +262,14 @@ pub struct SingleThread {
 struct SingleInner {
     /// Tells the handler's own thread that a call is its own (see `OWN`).
     id: u64,
-    calls: SyncSender<Call>,
+    /// Unbounded itself: `in_hand` bounds it. A bounded std channel would allocate all
+    /// of its places up front, whatever the queue's size.
+    calls: Sender<Call>,
+    /// Calls the thread has been handed and not answered yet: the one it runs, and those
+    /// queued behind it (abandoned ones too, until it reaches them).
+    in_hand: Arc<AtomicUsize>,
+    /// The most calls in hand: the queue's capacity, plus the one running.
+    max_in_hand: usize,
     queue_timeout: Duration,
     name: String,
 }
@@ -359,9 +366,16 @@ impl Handler for SingleThread {
             context: context::current(),
             span: tracing::Span::current(),
         };
-        match inner.calls.try_send(call) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+        let room = inner
+            .in_hand
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < inner.max_in_hand).then_some(n + 1)
+            });
+        let sent = match room {
+            Ok(_) => inner.calls.send(call).map_err(|_| {
+                inner.in_hand.fetch_sub(1, Ordering::AcqRel);
+            }),
+            Err(_) => {
                 static FULL: Throttle = Throttle::new();
                 if let Some(left_out) = FULL.admit() {
                     tracing::warn!(
@@ -371,10 +385,10 @@ impl Handler for SingleThread {
                 }
                 return service_unavailable();
             }
-            Err(TrySendError::Disconnected(_)) => {
-                tracing::error!(thread = %inner.name, %method, %path, "single-thread handler thread is gone; answered 500");
-                return internal_error();
-            }
+        };
+        if sent.is_err() {
+            tracing::error!(thread = %inner.name, %method, %path, "single-thread handler thread is gone; answered 500");
+            return internal_error();
         }
         let response = match replied.recv_timeout(inner.queue_timeout) {
             Err(RecvTimeoutError::Timeout) => {
@@ -455,7 +469,9 @@ impl SingleThreadBuilder {
         H: Fn(Request) -> R + 'static,
         R: IntoResponse,
     {
-        let (calls, queue) = mpsc::sync_channel::<Call>(self.queue_capacity);
+        let (calls, queue) = mpsc::channel::<Call>();
+        let in_hand = Arc::new(AtomicUsize::new(0));
+        let answered = in_hand.clone();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<std::result::Result<(), String>>(1);
         let name = self.name.clone();
         let id = NEXT_SINGLE_ID.fetch_add(1, Ordering::Relaxed);
@@ -475,7 +491,7 @@ impl SingleThreadBuilder {
                 let _ = ready_tx.send(Ok(()));
                 // Ends when the last `SingleThread` clone drops the sender.
                 while let Ok(call) = queue.recv() {
-                    serve_one(&*handler, call, &name);
+                    serve_one(&*handler, call, &name, &answered);
                 }
                 OWN.with(|own| own.borrow_mut().take());
                 tracing::debug!(thread = %name, "single-thread handler stopped");
@@ -490,6 +506,8 @@ impl SingleThreadBuilder {
                 inner: Arc::new(SingleInner {
                     id,
                     calls,
+                    in_hand,
+                    max_in_hand: self.queue_capacity.saturating_add(1),
                     queue_timeout: self.queue_timeout,
                     name: self.name,
                 }),
@@ -504,7 +522,9 @@ impl SingleThreadBuilder {
     }
 }
 
-fn serve_one(handler: &dyn Fn(Request) -> Response, call: Call, name: &str) {
+/// Runs one call and answers it; `in_hand` counts it off before the answer goes, so
+/// that its caller's next call finds the room this one leaves.
+fn serve_one(handler: &dyn Fn(Request) -> Response, call: Call, name: &str, in_hand: &AtomicUsize) {
     let Call {
         request,
         reply,
@@ -517,6 +537,7 @@ fn serve_one(handler: &dyn Fn(Request) -> Response, call: Call, name: &str) {
         .is_err()
     {
         // The caller gave up (queue timeout) and has already answered 503.
+        in_hand.fetch_sub(1, Ordering::AcqRel);
         return;
     }
     let method = request.method().clone();
@@ -533,6 +554,7 @@ fn serve_one(handler: &dyn Fn(Request) -> Response, call: Call, name: &str) {
         );
         internal_error()
     });
+    in_hand.fetch_sub(1, Ordering::AcqRel);
     // The caller only leaves early before the claim, so it is still waiting.
     let _ = reply.send(response);
 }
