@@ -693,3 +693,25 @@ async fn a_handler_sees_the_clients_address() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_half_close_on_a_client_that_closes_its_sending_side_is_answered() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").http1_half_close(true),
+        |mut req: Request| -> std::io::Result<String> {
+            let mut body = String::new();
+            std::io::Read::read_to_string(req.body_mut(), &mut body)?;
+            Ok(format!("stored {body}"))
+        },
+    );
+    // A webhook sender or `nc -N`: the whole request, then the end of its stream. By
+    // default hyper takes that end for the client gone and drops the request.
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let request = "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    within(stream.write_all(request.as_bytes())).await.unwrap();
+    within(stream.shutdown()).await.unwrap();
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(reply.body, b"stored hello");
+    server.stop().await;
+}

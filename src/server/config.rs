@@ -29,6 +29,7 @@ pub(super) struct Config {
     pub(super) worker_threads: Option<usize>,
     pub(super) handle_signals: bool,
     pub(super) remote_addr: bool,
+    pub(super) http1_half_close: bool,
     pub(super) tasks: TaskSetBuilder,
     pub(super) shared_tasks: Option<TaskSet>,
     pub(super) task_drain_timeout: Duration,
@@ -51,6 +52,7 @@ impl Default for Config {
             worker_threads: None,
             handle_signals: true,
             remote_addr: false,
+            http1_half_close: false,
             tasks: TaskSet::builder(),
             shared_tasks: None,
             task_drain_timeout: Duration::from_secs(30),
@@ -142,6 +144,8 @@ impl Server {
     /// keep-alive connection waiting for its next request is closed at this timeout too,
     /// and so is one still draining a body nobody reads. A connection that has not sent
     /// its first request is held to it whatever its protocol. Default is 30 seconds.
+    /// Zero closes every connection whose request is not already there when it is
+    /// accepted: keep it above your clients' round trip.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout;
         self
@@ -149,7 +153,8 @@ impl Server {
 
     /// How long a connection may stay open with no request in flight. `None` keeps idle
     /// connections open (HTTP/1 still closes at the header read timeout). Default is 30
-    /// seconds.
+    /// seconds. Zero, like a zero header read timeout, closes a connection whose first
+    /// request is not there at once.
     pub fn keep_alive_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.keep_alive_timeout = timeout;
         self
@@ -232,6 +237,23 @@ impl Server {
         self
     }
 
+    /// Whether an HTTP/1 client may close its sending side once its request is out and
+    /// still get the response (hyper's `half_close`). Default is `false`, as hyper,
+    /// nginx (its `499`) and Go: the end of the client's stream counts as the client
+    /// gone, so a request still queued for a handler thread is dropped unrun, and one
+    /// whose handler runs has its response dropped.
+    ///
+    /// Turn it on for clients that half-close on purpose (`nc -N`, some webhook senders
+    /// and HTTP/1.0-era tools): their requests then run and are answered as gunicorn
+    /// would. The cost: while a request waits or runs, the connection is not read, so a
+    /// client that has really left is noticed only when its response is written, and its
+    /// queued request runs anyway (for up to the queue timeout's wait). HTTP/2 has its
+    /// own end-of-stream and is not affected.
+    pub fn http1_half_close(mut self, enabled: bool) -> Self {
+        self.config.http1_half_close = enabled;
+        self
+    }
+
     /// The most background blocking tasks running at once, on a pool apart from the
     /// handlers' so that background work never starves requests. Default is 16.
     pub fn max_task_threads(mut self, n: usize) -> Self {
@@ -292,6 +314,7 @@ pub(super) fn http_builder(config: &Config) -> auto::Builder<StreamExecutor> {
         // tenth of the per-request cost of the whole bridge.
         .header_read_timeout(None)
         .keep_alive(true)
+        .half_close(config.http1_half_close)
         // hyper's buffer limit is also its head limit, but it sizes every body read and
         // write too: at 32 KiB it halves upload and download throughput, at hyper's own
         // ~400 KiB an upload-heavy load holds 2.5 times the memory for no gain (see
