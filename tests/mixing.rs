@@ -12,7 +12,7 @@ use std::time::Duration;
 use support::{get, within, TestServer, STEP};
 use syncbridge::{
     ensure_async, ensure_async_on, ensure_sync, ensure_sync_with_handle, sync_fn, BlockingPool,
-    PerThread, Request, Server, SingleThread,
+    PerThread, Request, Server, SingleThread, TaskSet,
 };
 
 /// Runs `f` on a thread of its own and fails the test if it does not return within
@@ -294,6 +294,32 @@ fn init_spans() {
         tracing::info_span!("probe").metadata().is_some(),
         "another subscriber was installed first"
     );
+}
+
+#[tokio::test]
+async fn a_handlers_ensure_sync_future_and_the_ensure_async_closures_in_it_find_its_task_set() {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    // Post 004's `asyncio.create_task` from async code, ported: a task that outlives the
+    // view, spawned from the future a handler runs, with the crate's drain and logs.
+    let server = start(|_req: Request| -> syncbridge::Result<String> {
+        ensure_sync(async {
+            let from_future = TaskSet::current()?
+                .spawn(|_| async { Ok::<_, BoxError>(2u8) })?
+                .join()
+                .await?;
+            let from_closure = ensure_async(|| {
+                TaskSet::current()?
+                    .spawn_blocking(|_| Ok::<_, BoxError>(3u8))?
+                    .join_blocking()
+            })
+            .await??;
+            Ok(format!("{from_future} {from_closure}"))
+        })?
+    });
+    let reply = get(server.addr, "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "2 3");
+    server.stop().await;
 }
 
 // ---------- PerThread ----------

@@ -185,10 +185,11 @@ where
             "ensure_async must be awaited inside a tokio runtime; on a plain thread call the closure directly",
         )
     })?;
-    // The closure's thread gets a context for this runtime, so `ensure_sync` works there.
+    // The closure's thread gets a context for this runtime, so `ensure_sync` works there,
+    // and the task set of the async code awaiting it, if any, for `TaskSet::current`.
     let ctx = Arc::new(Context {
         runtime,
-        tasks: None,
+        tasks: crate::tasks::current_in_async(),
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<std::result::Result<T, String>>();
 

@@ -102,7 +102,14 @@ where
             "ensure_sync runs on a handler thread; on other threads use ensure_sync_with_handle",
         )
     })?;
-    spawn_and_wait(&ctx.runtime, future)
+    // The handler's task set goes with its future, for `TaskSet::current` there.
+    match &ctx.tasks {
+        Some(set) => spawn_and_wait(
+            &ctx.runtime,
+            crate::tasks::with_current(set.clone(), future),
+        ),
+        None => spawn_and_wait(&ctx.runtime, future),
+    }
 }
 
 /// Like [`ensure_sync`], on the runtime `handle` names rather than the current handler's.

@@ -69,7 +69,9 @@ impl<T> TaskHandle<T> {
     /// # Errors
     ///
     /// As [`join`](Self::join); [`Error::is_async_context`] when called from async
-    /// code, where blocking would stall the runtime; [`Error::is_would_deadlock`] when
+    /// code, where blocking would stall the runtime (tokio's `spawn_blocking` threads and
+    /// a thread inside `Runtime::enter` count, as tokio marks them in a runtime: join
+    /// there with `Handle::block_on(handle.join())`); [`Error::is_would_deadlock`] when
     /// called from a task callback for a task with callbacks.
     pub fn join_blocking(mut self) -> Result<Arc<T>> {
         if Handle::try_current().is_ok() {

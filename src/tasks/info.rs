@@ -222,7 +222,9 @@ impl TaskInfo {
         self.finished_at
     }
 
-    /// The value of a succeeded task, if it is a `T`.
+    /// The value of a succeeded task, if it is a `T`: exactly the type the task returned
+    /// (a task returning `&'static str` is read as `&'static str`; as `String` it is
+    /// `None`).
     ///
     /// # Examples
     ///
@@ -239,7 +241,8 @@ impl TaskInfo {
 
     /// The error of a task that failed, timed out or was cancelled: its `Display` and its
     /// sources', as `outer: inner` (the cause an error leaves to `source()` is kept), or
-    /// the panic message.
+    /// the panic message. While a task is retried (pending or running again), the last
+    /// failed attempt's.
     pub fn error(&self) -> Option<&str> {
         self.error.as_deref()
     }

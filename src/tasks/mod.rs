@@ -27,5 +27,6 @@ mod supervise;
 
 pub use handle::TaskHandle;
 pub use info::{ParseTaskIdError, TaskId, TaskInfo, TaskStatus};
+pub(crate) use set::{current_in_async, with_current};
 pub use set::{TaskSet, TaskSetBuilder};
 pub use spawn::{TaskBuilder, TaskContext};

@@ -120,9 +120,11 @@ impl TaskSet {
     /// The task set of the server whose handler (or background task) runs on this thread.
     ///
     /// Callable from a handler thread of the bundled [`Server`](crate::Server), from a
-    /// blocking task or callback a set runs, and from inside an async task a set runs
-    /// (its own future: a `tokio::spawn` inside it starts a task that does not inherit
-    /// the set, so take the set before spawning and move it in).
+    /// blocking task or callback a set runs, from inside an async task a set runs, and
+    /// from a future a handler runs with [`ensure_sync`](crate::ensure_sync) (and an
+    /// [`ensure_async`](crate::ensure_async) closure either awaits). Only in the
+    /// future itself: a `tokio::spawn` inside it starts a task that does not inherit the
+    /// set, so take the set before spawning and move it in.
     ///
     /// # Errors
     ///
@@ -136,8 +138,9 @@ impl TaskSet {
                 return Ok(tasks.clone());
             }
             return Err(Error::new(Kind::NoContext).with_message(
-                "this handler's service has no task set (the bundled Server provides one); \
-                 give it one with SyncServiceBuilder::tasks or spawn through an explicit TaskSet",
+                "this thread has no task set: a SyncService built without \
+                 SyncServiceBuilder::tasks, or an ensure_async closure awaited outside a \
+                 handler's ensure_sync and outside a task; spawn through an explicit TaskSet",
             ));
         }
         if let Ok(set) = CURRENT_SET.try_with(TaskSet::clone) {
@@ -374,6 +377,17 @@ impl TaskSet {
         }
         Ok(())
     }
+}
+
+/// The set [`TaskSet::current`] finds in async code: the one whose task this is, or the
+/// one [`with_current`] gave a handler's `ensure_sync` future.
+pub(crate) fn current_in_async() -> Option<TaskSet> {
+    CURRENT_SET.try_with(TaskSet::clone).ok()
+}
+
+/// `future`, in which [`TaskSet::current`] finds `set`.
+pub(crate) fn with_current<F: Future>(set: TaskSet, future: F) -> impl Future<Output = F::Output> {
+    CURRENT_SET.scope(set, future)
 }
 
 impl Shared {
