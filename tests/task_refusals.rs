@@ -92,6 +92,8 @@ async fn a_spawn_the_pool_refuses_evicts_no_finished_result() {
     let first = set.spawn_blocking(|_| Ok::<_, BoxError>(1u32)).unwrap();
     let first_id = first.id();
     within(first.join()).await.unwrap();
+    // Its thread counts as busy until just after the join hears of it.
+    assert_eq!(within(set.pool().wait_idle(STEP)).await.busy, 0);
     let (holder, release) = occupy(&set).await;
     // The registry is full (one finished, one live): recording a third would evict the
     // finished one. Refused by the pool, it must not.
