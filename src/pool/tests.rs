@@ -11,12 +11,7 @@ fn refuses_work_when_threads_and_queue_are_full() {
         .max_threads(1)
         .queue_capacity(1)
         .build();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let (started_tx, started_rx) = mpsc::channel::<()>();
-    let first = Job::boxed(move || {
-        started_tx.send(()).unwrap();
-        release_rx.recv().unwrap();
-    });
+    let (first, started_rx, release_tx) = held_job();
     assert_eq!(pool.try_submit(first).ok(), Some(Admission::Started));
     started_rx.recv().unwrap();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -27,6 +22,17 @@ fn refuses_work_when_threads_and_queue_are_full() {
     done_rx
         .recv_timeout(Duration::from_secs(5))
         .expect("queued job ran");
+}
+
+/// A job that says when it starts, then runs until released (or its sender drops).
+fn held_job() -> (Job, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let job = Job::boxed(move || {
+        started_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    (job, started_rx, release_tx)
 }
 
 #[test]
@@ -305,14 +311,8 @@ fn wait_idle_wakes_when_the_last_queued_job_ends_and_forgets_dropped_waiters() {
         .max_threads(1)
         .queue_capacity(1)
         .build();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let (started_tx, started_rx) = mpsc::channel::<()>();
-    pool.try_submit(Job::boxed(move || {
-        started_tx.send(()).unwrap();
-        release_rx.recv().unwrap();
-    }))
-    .ok()
-    .unwrap();
+    let (held, started_rx, release_tx) = held_job();
+    pool.try_submit(held).ok().unwrap();
     started_rx.recv().unwrap();
     assert_eq!(
         pool.try_submit(Job::boxed(|| {})).ok(),
