@@ -48,7 +48,7 @@ async fn a_retry_that_finds_the_pool_full_still_has_its_closure_for_the_next_one
     let counted = calls.clone();
     let task = set
         .task()
-        .retries(3, Duration::from_millis(200))
+        .retries(3, Duration::from_millis(500))
         .spawn_blocking(move |ctx| {
             counted.fetch_add(1, Ordering::SeqCst);
             if ctx.attempt() == 1 {
@@ -60,7 +60,8 @@ async fn a_retry_that_finds_the_pool_full_still_has_its_closure_for_the_next_one
         .unwrap();
     let id = task.id();
     within(failed_rx.recv()).await.unwrap();
-    // The first attempt's thread is free again; take it before the second attempt.
+    // The first attempt's thread is free again; take it before the second attempt, half
+    // a second from now.
     assert_eq!(within(set.pool().wait_idle(STEP)).await.busy, 0);
     let (holder, release) = occupy(&set).await;
     let refused = format!("task_id={id}");
@@ -110,20 +111,56 @@ async fn a_spawn_the_pool_refuses_evicts_no_finished_result() {
 async fn a_refused_closure_that_owns_a_runtime_is_not_dropped_in_async_code() {
     let set = TaskSet::builder().max_threads(1).queue_capacity(0).build();
     let (holder, release) = occupy(&set).await;
-    // A blocking HTTP client owns a runtime like this; tokio panics when one is dropped
-    // where blocking is not allowed, as here, in an async test.
-    let owned = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    // tokio panics when a runtime is dropped where blocking is not allowed, as here, in
+    // an async test: neither the closure nor the callback may be dropped here.
+    let callback_client = client();
     let err = set
-        .spawn_blocking(move |_| {
-            let _client = &owned;
-            Ok::<_, BoxError>(())
+        .task()
+        .on_done(move |_| {
+            let _client = &callback_client;
         })
+        .spawn_blocking(owning(client(), |_| Ok::<_, BoxError>(())))
         .expect_err("the pool is full");
     assert!(err.is_overloaded(), "{err}");
     release.send(()).unwrap();
     within(holder.join()).await.unwrap();
+
+    // Refused before the pool is asked: the set's live tasks are at their bound.
+    let set = TaskSet::builder().max_entries(1).build();
+    let (holder, release) = occupy(&set).await;
+    let callback_client = client();
+    let err = set
+        .task()
+        .on_error(move |_| {
+            let _client = &callback_client;
+        })
+        .spawn(|_| async { Ok::<_, BoxError>(()) })
+        .expect_err("one task is live, the bound");
+    assert!(err.is_overloaded(), "{err}");
+    let err = set
+        .spawn_blocking(owning(client(), |_| Ok::<_, BoxError>(())))
+        .expect_err("one task is live, the bound");
+    assert!(err.is_overloaded(), "{err}");
+    release.send(()).unwrap();
+    within(holder.join()).await.unwrap();
+}
+
+/// What a blocking HTTP client owns.
+fn client() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+/// `f`, owning `client` (as a task or callback that keeps its client would).
+fn owning<A, R>(
+    client: tokio::runtime::Runtime,
+    mut f: impl FnMut(A) -> R + Send + 'static,
+) -> impl FnMut(A) -> R + Send + 'static {
+    move |arg| {
+        let _client = &client;
+        f(arg)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,7 +36,7 @@ pub(super) trait Work<T>: Send + 'static {
 
 /// A blocking closure. It travels to the pool thread for each attempt and comes back
 /// with the outcome, so `FnMut` suffices for retries (no `Sync`, no `Clone`).
-pub(super) struct BlockingWork<F: Send + 'static, T> {
+pub(super) struct BlockingWork<F: Send + 'static, T: Send + 'static> {
     pub(super) f: Option<F>,
     pub(super) first: Option<Submitted<F, T>>,
     pub(super) set: TaskSet,
@@ -44,7 +44,7 @@ pub(super) struct BlockingWork<F: Send + 'static, T> {
     pub(super) span: tracing::Span,
 }
 
-impl<F: Send + 'static, T> Drop for BlockingWork<F, T> {
+impl<F: Send + 'static, T: Send + 'static> Drop for BlockingWork<F, T> {
     fn drop(&mut self) {
         // The supervisor lets go of the closure on a runtime thread (after a failure, or a
         // cancellation before it started); it may own a runtime of its own.
@@ -55,7 +55,7 @@ impl<F: Send + 'static, T> Drop for BlockingWork<F, T> {
 }
 
 /// An attempt handed to the pool: its outcome comes back on `rx`.
-pub(super) struct Submitted<F, T> {
+pub(super) struct Submitted<F: Send + 'static, T: Send + 'static> {
     rx: oneshot::Receiver<(Option<F>, Attempt<T>)>,
     /// To take it back, queue place and all, when it is given up before a thread took it.
     job: Withdrawable,
@@ -65,10 +65,16 @@ pub(super) struct Submitted<F, T> {
 /// An attempt given up on while it waits in the queue (its task's timeout drops the
 /// attempt's future; a runtime that shuts down drops the supervisor) leaves the queue at
 /// once, closure and all, rather than hold a place there until a thread frees and finds
-/// it cancelled. One that a thread took runs on; it sees its token.
-impl<F, T> Drop for Submitted<F, T> {
+/// it cancelled. One that a thread took runs on; it sees its token. One that has just
+/// sent its outcome back, unread, has its closure (and value) dropped off the runtime
+/// too: this may be a runtime thread.
+impl<F: Send + 'static, T: Send + 'static> Drop for Submitted<F, T> {
     fn drop(&mut self) {
-        self.job.take_back(&self.pool);
+        if !self.job.take_back(&self.pool) {
+            if let Ok(returned) = self.rx.try_recv() {
+                crate::offload::drop_off_runtime(returned);
+            }
+        }
     }
 }
 

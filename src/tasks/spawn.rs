@@ -190,7 +190,10 @@ impl<'a> TaskBuilder<'a> {
         T: Send + Sync + 'static,
         E: Into<BoxError>,
     {
-        let prepared = self.prepare()?;
+        let prepared = match self.prepare() {
+            Ok(prepared) => prepared,
+            Err(err) => return Err(self.refused(err, f)),
+        };
         let mut work = BlockingWork {
             f: None,
             first: None,
@@ -205,12 +208,10 @@ impl<'a> TaskBuilder<'a> {
         match work.submit(f, ctx, Some(gate.waiter())) {
             Ok(submitted) => work.first = Some(submitted),
             Err(f) => {
-                // The caller may be async code, and `f` may own a runtime (a blocking
-                // HTTP client does), which tokio refuses to drop there.
-                crate::offload::drop_off_runtime(f);
                 prepared.abort(self.set);
-                return Err(Error::new(Kind::Overloaded)
-                    .with_message("the background task pool and its queue are full"));
+                let full = Error::new(Kind::Overloaded)
+                    .with_message("the background task pool and its queue are full");
+                return Err(self.refused(full, f));
             }
         }
         // Recorded only once the pool has taken it: recording may evict the oldest
@@ -222,7 +223,7 @@ impl<'a> TaskBuilder<'a> {
             drop(work);
             drop(gate);
             prepared.abort(self.set);
-            return Err(err);
+            return Err(self.refused(err, ()));
         }
         let handle = self.launch(prepared, work);
         drop(gate);
@@ -246,10 +247,13 @@ impl<'a> TaskBuilder<'a> {
         T: Send + Sync + 'static,
         E: Into<BoxError>,
     {
-        let prepared = self.prepare()?;
+        let prepared = match self.prepare() {
+            Ok(prepared) => prepared,
+            Err(err) => return Err(self.refused(err, make)),
+        };
         if let Err(err) = self.record(&prepared) {
             prepared.abort(self.set);
-            return Err(err);
+            return Err(self.refused(err, make));
         }
         let work = AsyncWork {
             make,
@@ -285,6 +289,16 @@ impl<'a> TaskBuilder<'a> {
             span,
             tracked,
         })
+    }
+
+    /// Passes on why a task was refused, after letting go of what it was given (its
+    /// closure, its callbacks) off the runtime: the caller may be async code, and any of
+    /// them may own a runtime (a blocking HTTP client does), which tokio refuses to drop
+    /// there.
+    #[cold]
+    fn refused<W: Send + 'static>(self, err: Error, work: W) -> Error {
+        crate::offload::drop_off_runtime((work, self.on_done, self.on_error));
+        err
     }
 
     /// Gives the prepared task its registry entry (`pending`).
