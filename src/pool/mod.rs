@@ -90,6 +90,15 @@ struct State {
 }
 
 impl State {
+    fn stats(&self) -> PoolStats {
+        PoolStats {
+            threads: self.threads,
+            busy: self.running,
+            queued: self.queue.len(),
+            peak_threads: self.peak_threads,
+        }
+    }
+
     /// Whether a count just lowered left nothing to run while someone waits for that:
     /// the caller notifies `went_idle` once the lock is released.
     fn wakes_idle_waiters(&self) -> bool {
@@ -129,13 +138,7 @@ impl BlockingPool {
 
     /// A snapshot of the pool's load. Callable from any thread.
     pub fn stats(&self) -> PoolStats {
-        let state = self.inner.lock();
-        PoolStats {
-            threads: state.threads,
-            busy: state.running,
-            queued: state.queue.len(),
-            peak_threads: state.peak_threads,
-        }
+        self.inner.lock().stats()
     }
 
     /// Waits until no job runs or waits in the queue, or until `timeout` has passed, and
@@ -163,7 +166,8 @@ impl BlockingPool {
                 {
                     let mut state = self.inner.lock();
                     if state.running == 0 && state.queue.is_empty() {
-                        return;
+                        // Read now: a job submitted from here on is not one waited for.
+                        return state.stats();
                     }
                     state.idle_waiters += 1;
                 }
@@ -171,11 +175,10 @@ impl BlockingPool {
                 notified.await;
             }
         };
-        tokio::select! {
-            () = idle => {}
-            () = crate::timer::sleep_anywhere(timeout) => {}
-        }
-        let stats = self.stats();
+        let stats = tokio::select! {
+            stats = idle => return stats,
+            () = crate::timer::sleep_anywhere(timeout) => self.stats(),
+        };
         if stats.busy > 0 || stats.queued > 0 {
             tracing::warn!(
                 pool = %self.inner.config.name,
