@@ -270,7 +270,9 @@ impl Server {
 
     /// The most entries in the task registry, live and finished. When full, the oldest
     /// finished entry is evicted; when all are live, spawning fails with
-    /// [`Error::is_overloaded`](crate::Error::is_overloaded). Default is 10,000.
+    /// [`Error::is_overloaded`](crate::Error::is_overloaded). It bounds the tasks live at
+    /// once too, counting a finished one until its callbacks have run. Default is
+    /// 10,000 (see [`TaskSetBuilder::max_entries`](crate::TaskSetBuilder::max_entries)).
     pub fn max_tasks(mut self, n: usize) -> Self {
         self.config.tasks = self.config.tasks.max_entries(n);
         self

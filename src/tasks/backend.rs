@@ -24,8 +24,9 @@ pub(crate) struct Outcome {
 /// Where task state lives. Called from pool threads and runtime tasks alike, so every
 /// method is short and never blocks beyond a lock.
 pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
-    /// Records a new pending task. Called once nothing can refuse the task any more (the
-    /// pool has taken its first blocking attempt), so an entry is never taken back.
+    /// Records a new pending task. Called last, once the pool has taken a blocking task's
+    /// first attempt, so that an entry is never made for a task refused elsewhere (and
+    /// never evicts another for one).
     ///
     /// Fails with [`Error::is_overloaded`](crate::Error::is_overloaded) when the store is
     /// full of live tasks.

@@ -2,7 +2,8 @@
 //! recording the outcome, callbacks, logging.
 //!
 //! ```text
-//! spawn_blocking / spawn (any thread) -> registry entry (pending) -> live token
+//! spawn_blocking / spawn (any thread) -> live token (bounded) -> [blocking: first attempt
+//!   admitted by the pool] -> registry entry (pending)
 //!   supervisor future on the runtime, tracked for the drain, in the task's span:
 //!     loop { attempt: pool thread (blocking) | this future (async)
 //!            ok -> succeeded | err/panic -> retry after backoff, or failed }
