@@ -123,10 +123,9 @@ impl Inner {
                 state.running -= 1;
                 state.searching += 1;
                 if state.wakes_idle_waiters() {
-                    // Rare (only while someone waits): worth a second lock.
-                    drop(state);
+                    // Under the lock, rare as it is (only while someone waits): it only
+                    // wakes tasks, and one that runs at once waits for this lock briefly.
                     self.went_idle.notify_waiters();
-                    state = self.lock();
                 }
             }
         }
