@@ -107,3 +107,23 @@ async fn a_single_thread_queue_of_usize_max_is_not_allocated_up_front() {
     assert_eq!(reply.text(), "served");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_duration_max_is_sent_as_one_day() {
+    // Before: the header carried all 20 digits of `u64::MAX` seconds.
+    let pool = BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(0)
+        .build();
+    let server = Server::bind("127.0.0.1:0")
+        .pool(pool.clone())
+        .retry_after(Duration::MAX);
+    let server = TestServer::start_with(server, |_: Request| "ok");
+    let (busy, release) = support::occupy_one_thread(&pool).await;
+    let reply = get(server.addr, "/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers["retry-after"], "86400");
+    release.send(()).unwrap();
+    within(busy).await.unwrap().unwrap();
+    server.stop().await;
+}

@@ -48,6 +48,9 @@ use job::RequestJob;
 use pump::Pump;
 use reply::ReplyCell;
 
+/// The longest `Retry-After` sent, in seconds: a day.
+const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A `tower::Service` and `hyper::service::Service` that runs a blocking [`Handler`] on a
@@ -512,7 +515,9 @@ impl<H: Handler> SyncServiceBuilder<H> {
     }
 
     /// The `Retry-After` sent with a `503` when the pool is full, rounded up to whole
-    /// seconds, and at least 1 (`0` would invite an instant retry). Default is 1 second.
+    /// seconds, at least 1 (`0` would invite an instant retry) and at most a day
+    /// (86,400; `Duration::MAX` would send a 20-digit number some clients overflow on).
+    /// Default is 1 second.
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.retry_after = after;
         self
@@ -557,7 +562,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 pool: self.pool.unwrap_or_default(),
                 max_body_size: self.max_body_size,
                 max_header_size: self.max_header_size,
-                retry_after: HeaderValue::from(secs.max(1)),
+                retry_after: HeaderValue::from(secs.clamp(1, MAX_RETRY_AFTER_SECS)),
                 body_timeout: self.body_timeout,
                 pinned,
                 first_caller: OnceLock::new(),

@@ -105,8 +105,8 @@ impl Server {
     }
 
     /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout),
-    /// rounded up to whole seconds, and at least 1 (`0` would invite an instant retry).
-    /// Default is 1 second. At the connection limit there is no `503`: new connections
+    /// rounded up to whole seconds, at least 1 (`0` would invite an instant retry) and at
+    /// most a day (86,400). Default is 1 second. At the connection limit there is no `503`: new connections
     /// wait in the listen backlog (see [`max_connections`](Self::max_connections)). A
     /// [`SingleThread`](crate::SingleThread) handler's own `503` always says 1 second.
     pub fn retry_after(mut self, after: Duration) -> Self {
