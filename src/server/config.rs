@@ -132,7 +132,9 @@ impl Server {
     /// another. Default is 100, the least RFC 9113 recommends (hyper's own is 200). Each
     /// open request may hold a handler thread, so this is also how many of
     /// `max_threads` one client can take over one connection; lower it when few clients
-    /// share many threads. At least 1.
+    /// share many threads. Each may also hold up to 256 KiB of its request body unread
+    /// (its flow-control window; the connection's window is this many times that, 25 MiB
+    /// at the default), so it bounds a connection's body memory too. At least 1.
     pub fn http2_max_concurrent_streams(mut self, n: u32) -> Self {
         self.config.http2_max_concurrent_streams = n.max(1);
         self
@@ -331,7 +333,23 @@ pub(super) fn http_builder(config: &Config) -> auto::Builder<StreamExecutor> {
         // in memory until the pump takes it, and a queued request's pump takes nothing.
         // hyper's 1 MiB made every queued HTTP/2 upload hold 1 MiB (HTTP/1 leaves it in
         // the socket); this is the request channel's own bound, which keeps a stream
-        // flowing while its handler reads. The connection's window stays at 1 MiB.
-        .initial_stream_window_size(HTTP2_STREAM_WINDOW);
+        // flowing while its handler reads.
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(http2_connection_window(
+            config.http2_max_concurrent_streams,
+        ));
     http
+}
+
+/// The connection's flow-control window: room for every stream's window at once, as
+/// nginx gives. A stream whose request waits for a thread, or whose handler does not
+/// read, keeps its window's worth of body unread; with less room (hyper's 1 MiB: four
+/// such streams) those streams would leave none for the one a handler is reading, which
+/// then times out though its client sent at full speed. The memory is the same bound
+/// per stream as before, `max_concurrent_streams` of them; h2's largest window caps it.
+fn http2_connection_window(max_concurrent_streams: u32) -> u32 {
+    const H2_MAX_WINDOW: u32 = (1 << 31) - 1;
+    max_concurrent_streams
+        .saturating_mul(HTTP2_STREAM_WINDOW)
+        .min(H2_MAX_WINDOW)
 }
