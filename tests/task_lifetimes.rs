@@ -329,3 +329,73 @@ async fn a_full_registry_forgets_the_oldest_finished_task_first() {
         "the newest entry keeps its value"
     );
 }
+
+/// What a join gave: the value, or whether it was `is_would_deadlock` and its message.
+type Joined = Result<i32, (bool, String)>;
+
+/// A blocking task that spawns a blocking task of its own set and joins it: the inner
+/// id, and what the join gave.
+fn spawn_and_join_inner(before_join: impl FnOnce()) -> Result<(TaskId, Joined), syncbridge::Error> {
+    let inner = TaskSet::current()?.spawn_blocking(|_| Ok::<_, std::io::Error>(5))?;
+    let id = inner.id();
+    before_join();
+    let joined = inner
+        .join_blocking()
+        .map(|v| *v)
+        .map_err(|e| (e.is_would_deadlock(), e.to_string()));
+    Ok((id, joined))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_task_joining_one_it_spawned_on_a_pool_of_one_is_refused_not_stuck() {
+    // Before: the only task thread waited in the join for a task queued behind it, until
+    // the drain cancelled it (or for ever without one).
+    logs::install();
+    let set = TaskSet::builder().max_threads(1).build();
+    let outer = set.spawn_blocking(|_| spawn_and_join_inner(|| {})).unwrap();
+    let (inner, joined) = (*support::within(outer.join()).await.unwrap()).clone();
+    let (deadlock, message) = joined.unwrap_err();
+    assert!(deadlock, "{message}");
+    assert!(message.contains(&inner.to_string()), "{message}");
+    // Its thread free again, the inner task runs.
+    let deadline = Instant::now() + STEP;
+    while set.status(inner) != TaskStatus::Succeeded {
+        assert!(
+            Instant::now() < deadline,
+            "inner task stayed {}",
+            set.status(inner)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_task_threads_joining_queued_tasks_only_the_last_to_join_is_refused() {
+    logs::install();
+    let set = TaskSet::builder().max_threads(2).build();
+    // Both outer tasks hold a thread before either joins, so both inner tasks queue.
+    let both_running = Arc::new(std::sync::Barrier::new(2));
+    let outers: Vec<_> = (0..2)
+        .map(|_| {
+            let both_running = both_running.clone();
+            set.spawn_blocking(move |_| {
+                spawn_and_join_inner(|| {
+                    both_running.wait();
+                })
+            })
+            .unwrap()
+        })
+        .collect();
+    let mut refused = 0;
+    for outer in outers {
+        let (_, joined) = (*support::within(outer.join()).await.unwrap()).clone();
+        match joined {
+            Ok(value) => assert_eq!(value, 5),
+            Err((deadlock, message)) => {
+                assert!(deadlock, "{message}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 1, "one join must give way, and only one");
+}

@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::joins;
 use super::set::TaskSet;
 use super::spawn::TaskContext;
 use crate::context;
@@ -158,8 +159,10 @@ where
             set.shared.backend.started(id, ctx.attempt);
             let context = set.context(runtime);
             set.shared.running().insert(id);
+            let running = joins::RunningTask::enter(&set.shared);
             let outcome =
                 context::enter(Some(&context), || catch_unwind(AssertUnwindSafe(|| f(ctx))));
+            drop(running);
             set.shared.running().remove(&id);
             let attempt = match outcome {
                 Ok(Ok(value)) => Attempt::Ok(value),

@@ -1,13 +1,15 @@
 //! The typed handle of a spawned task.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::info::TaskId;
+use super::joins;
+use super::set::Shared;
 use super::supervise::in_callback;
 use crate::error::{Error, Kind, Result};
 
@@ -21,6 +23,9 @@ pub struct TaskHandle<T> {
     pub(super) rx: oneshot::Receiver<Result<Arc<T>>>,
     /// Whether the task has `on_done` or `on_error`, which `join` waits for.
     pub(super) has_callbacks: bool,
+    /// A blocking task's set, for a join from another of its tasks (`joins.rs`); weak, so
+    /// that a handle does not keep a set alive.
+    pub(super) blocking_in: Option<Weak<Shared>>,
 }
 
 impl<T> TaskHandle<T> {
@@ -55,9 +60,11 @@ impl<T> TaskHandle<T> {
     /// [`join`](Self::join) for blocking code: a handler thread, a blocking task, a plain
     /// thread.
     ///
-    /// From a blocking task, mind the task pool's size: if every task thread waits on a
-    /// task still queued in the same pool, none can run it. Give such waits a task
-    /// timeout, or spawn the inner work as an async task.
+    /// From a blocking task, mind the task pool's size: a task it joins needs a thread
+    /// of the same pool. When every thread of the pool would wait in such a join for a
+    /// blocking task of the set that has not ended, none could ever run it, and the last
+    /// join is refused (below); its task fails and frees its thread. Size the pool for
+    /// the joins you make, or spawn the inner work as an async task.
     ///
     /// From a task callback, a task with callbacks of its own cannot be joined until it
     /// has ended: its callbacks need a thread of the callback pool, and the joining
@@ -72,7 +79,8 @@ impl<T> TaskHandle<T> {
     /// code, where blocking would stall the runtime (tokio's `spawn_blocking` threads and
     /// a thread inside `Runtime::enter` count, as tokio marks them in a runtime: join
     /// there with `Handle::block_on(handle.join())`); [`Error::is_would_deadlock`] when
-    /// called from a task callback for a task with callbacks.
+    /// called from a task callback for a task with callbacks, or from a blocking task
+    /// whose join would leave no thread of the task pool free (above).
     pub fn join_blocking(mut self) -> Result<Arc<T>> {
         if Handle::try_current().is_ok() {
             return Err(Error::new(Kind::AsyncContext)
@@ -90,7 +98,17 @@ impl<T> TaskHandle<T> {
                  callbacks, which would wait for a callback thread this one holds",
             ));
         }
-        self.rx.blocking_recv().unwrap_or_else(|_| Err(dropped()))
+        let joining = match &self.blocking_in {
+            Some(set) => match joins::enter(set, self.id) {
+                Ok(joining) => joining,
+                // Ended just now, with the last thread on its way out of a join.
+                Err(refused) => return self.rx.try_recv().unwrap_or(Err(refused)),
+            },
+            None => None,
+        };
+        let outcome = self.rx.blocking_recv().unwrap_or_else(|_| Err(dropped()));
+        drop(joining);
+        outcome
     }
 }
 

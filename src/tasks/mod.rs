@@ -20,6 +20,7 @@ mod attempt;
 mod backend;
 mod handle;
 mod info;
+mod joins;
 mod registry;
 mod set;
 mod spawn;

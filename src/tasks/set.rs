@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -103,6 +103,9 @@ pub(super) struct Shared {
     /// one whose supervisor gave up on it (a timeout) is no longer live, and is named
     /// from here if it still runs when the drain ends.
     running: Mutex<HashSet<TaskId>>,
+    /// Threads of `pool` running a task of this set that wait in `join_blocking` for
+    /// another blocking task of it (see `joins.rs`).
+    pub(super) joining: AtomicUsize,
     closed: AtomicBool,
 }
 
@@ -538,6 +541,7 @@ impl TaskSetBuilder {
                 live: Mutex::new(HashMap::new()),
                 max_live: self.max_entries,
                 running: Mutex::new(HashSet::new()),
+                joining: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
             }),
         }

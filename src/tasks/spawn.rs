@@ -225,7 +225,9 @@ impl<'a> TaskBuilder<'a> {
             prepared.abort(self.set);
             return Err(self.refused(err, ()));
         }
-        let handle = self.launch(prepared, work);
+        let set = Arc::downgrade(&self.set.shared);
+        let mut handle = self.launch(prepared, work);
+        handle.blocking_in = Some(set);
         drop(gate);
         Ok(handle)
     }
@@ -350,6 +352,7 @@ impl<'a> TaskBuilder<'a> {
             token,
             rx,
             has_callbacks,
+            blocking_in: None,
         }
     }
 }
