@@ -64,3 +64,35 @@ async fn a_request_hypers_parser_refuses_is_logged_with_its_client() {
         &format!("peer={local}"),
     ]));
 }
+
+#[tokio::test]
+async fn an_http2_connection_ended_for_a_protocol_error_is_logged_with_its_client() {
+    logs::install();
+    let server = TestServer::start(traced);
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS frame, then a WINDOW_UPDATE for the connection of zero: a
+    // connection error (RFC 9113 section 6.9).
+    frames.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&[0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    within(stream.write_all(&frames)).await.unwrap();
+    let mut received = Vec::new();
+    within(tokio::io::AsyncReadExt::read_to_end(
+        &mut stream,
+        &mut received,
+    ))
+    .await
+    .unwrap();
+    server.stop().await;
+    assert!(
+        logs::contains(&[
+            "WARN",
+            "HTTP/2 client broke the protocol or flooded the connection",
+            "reason=PROTOCOL_ERROR",
+            &format!("peer={local}"),
+        ]),
+        "no line for the GOAWAY ({} bytes received)",
+        received.len()
+    );
+}

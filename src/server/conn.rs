@@ -314,17 +314,27 @@ impl Watch {
     }
 }
 
-/// `now + after`, for any `after`: a limit too large for the clock (`Duration::MAX`) is a
-/// check a year from now, which is as good as never; a zero limit is a check a
-/// millisecond from now (tokio's granularity), not a timer that fires on every poll.
 /// Logs how a connection ended with an error. A request hyper's parser refused never
 /// reaches the service, whose refusals are logged: this is its only line, as visible as
-/// theirs (throttled, any client can send them). Everything else (resets, a client gone
-/// mid-message) is everyday, at debug.
+/// theirs (throttled, any client can send them). So is an HTTP/2 connection h2 ended
+/// with a GOAWAY of its own for the client's doing (a flood of resets or CONTINUATION
+/// frames, a protocol error): an attack's signature. Everything else (resets, a client
+/// gone mid-message) is everyday, at debug.
 #[cold]
 fn log_connection_error(peer: SocketAddr, err: &(dyn std::error::Error + 'static)) {
     static TOO_LARGE: Throttle = Throttle::new();
     static MALFORMED: Throttle = Throttle::new();
+    static GOAWAY: Throttle = Throttle::new();
+    if let Some((reason, h2)) = goaway_sent(err) {
+        if let Some(left_out) = GOAWAY.admit() {
+            tracing::warn!(
+                %peer, ?reason, error = %h2, left_out,
+                "HTTP/2 client broke the protocol or flooded the connection; sent GOAWAY \
+                 and closed"
+            );
+        }
+        return;
+    }
     match err.downcast_ref::<hyper::Error>() {
         Some(e) if e.is_parse_too_large() => {
             if let Some(left_out) = TOO_LARGE.admit() {
@@ -347,6 +357,26 @@ fn log_connection_error(peer: SocketAddr, err: &(dyn std::error::Error + 'static
     }
 }
 
+/// The reason of a GOAWAY h2 sent for an error of the client's, and h2's error, found
+/// in `err`'s chain.
+fn goaway_sent<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<(h2::Reason, &'a h2::Error)> {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            let reason = h2.reason()?;
+            let theirs = h2.is_go_away() && h2.is_library() && reason != h2::Reason::NO_ERROR;
+            return theirs.then_some((reason, h2));
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// `now + after`, for any `after`: a limit too large for the clock (`Duration::MAX`) is a
+/// check a year from now, which is as good as never; a zero limit is a check a
+/// millisecond from now (tokio's granularity), not a timer that fires on every poll.
 fn later(now: Instant, after: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
     now + after.clamp(Duration::from_millis(1), FAR)
