@@ -182,16 +182,19 @@ async fn a_connection_whose_client_reads_none_of_a_full_response_is_closed() {
 
 /// An HTTP/2 client that opens only `window` bytes of flow-control window per stream, so
 /// a response larger than that waits on it. The returned task ends when the connection
-/// does.
+/// does, or when a GOAWAY has come (hyper's client stops there); the address is the
+/// client's, as the server's lines name it.
 async fn h2_with_window(
     addr: std::net::SocketAddr,
     window: u32,
 ) -> (
     hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
     tokio::task::JoinHandle<()>,
+    std::net::SocketAddr,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let stream = within(TcpStream::connect(addr)).await.unwrap();
+    let local = stream.local_addr().unwrap();
     let (send, conn) = within(
         hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(window)
@@ -204,7 +207,7 @@ async fn h2_with_window(
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
-    (send, conn)
+    (send, conn, local)
 }
 
 /// Sends `GET path` on `send` and returns the response, its body unread.
@@ -253,7 +256,7 @@ async fn assert_cut_off(
 #[tokio::test]
 async fn an_http2_client_that_opens_no_window_for_a_full_response_is_closed() {
     let server = TestServer::start_with(one_connection(None), sized_at("/big", 1024 * 1024));
-    let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, conn, _) = h2_with_window(server.addr, 16 * 1024).await;
     // A connection in use for a while: one whole response, a pause longer than the
     // server's idle re-check (a second, for a body timeout that short), in which it
     // looks at the idle connection, then one held back.
@@ -277,7 +280,7 @@ async fn an_http2_client_that_opens_no_window_for_a_streamed_response_is_closed(
         }
         Response::new(ResponseBody::from_chunks(Endless(tx.clone())))
     });
-    let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, conn, _) = h2_with_window(server.addr, 16 * 1024).await;
     let held = h2_get(&mut send, "/endless").await;
 
     report(rx).await; // the producer stopped at the body timeout
@@ -296,7 +299,7 @@ async fn an_http2_connection_closed_for_idleness_is_closed_when_its_client_takes
         one_connection(Some(Duration::from_millis(500))),
         sized_at("/held", 60 * 1024),
     );
-    let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, conn, _) = h2_with_window(server.addr, 16 * 1024).await;
     let held = h2_get(&mut send, "/held").await;
 
     assert_eq!(get(server.addr, "/small").await.text(), "small");
@@ -339,7 +342,7 @@ async fn an_http2_client_that_reads_a_large_chunk_steadily_is_not_cut_off() {
         let chunks = [Bytes::from(vec![b'c'; LARGE]), Bytes::from_static(b"!")];
         Response::new(ResponseBody::from_chunks(chunks.into_iter().map(Ok)))
     });
-    let (mut send, _conn) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, _conn, _) = h2_with_window(server.addr, 16 * 1024).await;
     let mut body = h2_get(&mut send, "/large").await.into_body();
     let mut received = 0;
     while let Some(frame) = within(body.frame()).await {
@@ -375,11 +378,31 @@ async fn an_http2_request_body_that_stops_arriving_is_answered_408_and_frees_the
     server.stop().await;
 }
 
+/// Waits for the server's line saying it closed a connection whose client held back a
+/// response after the GOAWAY (a poll of the log with a deadline).
+async fn wait_for_held_close(client: std::net::SocketAddr) {
+    let peer = format!("peer={client}");
+    let line = [
+        "HTTP/2 client held back a response",
+        "connection closed",
+        &peer,
+    ];
+    let deadline = std::time::Instant::now() + STEP;
+    while !support::logs::contains(&line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_http2_response_held_back_is_cut_off_though_other_streams_move() {
     use http_body_util::BodyExt;
+    support::logs::install();
     let server = TestServer::start_with(one_connection(None), sized_at("/big", 1024 * 1024));
-    let (mut send, conn) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, conn, client) = h2_with_window(server.addr, 16 * 1024).await;
     let held = h2_get(&mut send, "/big").await;
     // Meanwhile the client takes small responses whole, four every body timeout: the
     // connection moves, the held response does not. It is cut off after a body timeout
@@ -406,6 +429,65 @@ async fn an_http2_response_held_back_is_cut_off_though_other_streams_move() {
         closed.is_ok(),
         "the held response was never cut off ({taken} small ones taken meanwhile)"
     );
-    assert_cut_off(held, conn).await;
+    // The GOAWAY came first: the held response is cut off a body timeout later, with
+    // the connection, if the client still takes none of it (hyper's client task ends at
+    // the GOAWAY, so only the server's line says when).
+    drop(conn);
+    wait_for_held_close(client).await;
+    let body = within(held.into_body().collect()).await;
+    assert!(body.is_err(), "the held response arrived whole");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_closed_for_a_held_response_lets_its_other_requests_finish() {
+    use http_body_util::BodyExt;
+    support::logs::install();
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let big = sized_at("/big", 1024 * 1024);
+    let server = TestServer::start_with(one_connection(None), move |req: Request| {
+        if req.uri().path() == "/gate" {
+            let _ = gate.lock().unwrap().recv_timeout(STEP);
+            return Bytes::from_static(b"gated");
+        }
+        big(req)
+    });
+    let (mut send, conn, client) = h2_with_window(server.addr, 16 * 1024).await;
+    let held = h2_get(&mut send, "/big").await;
+    let mut gated_send = send.clone();
+    let gated = tokio::spawn(async move { h2_get(&mut gated_send, "/gate").await });
+    // New requests are refused once the GOAWAY has come (before: the connection was
+    // closed there, and the gated request with it).
+    let goaway = tokio::time::timeout(STEP, async {
+        loop {
+            let req = http::Request::get("/small")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            if send.send_request(req).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(BODY_TIMEOUT / 4).await;
+        }
+    })
+    .await;
+    assert!(goaway.is_ok(), "no GOAWAY for the held response");
+    release.send(()).unwrap();
+    let gated = within(gated).await.unwrap();
+    assert_eq!(gated.status(), 200);
+    let body = within(gated.into_body().collect())
+        .await
+        .expect("gated body");
+    assert_eq!(&body.to_bytes()[..], b"gated");
+    // The held response is cut off with the connection, a body timeout after the GOAWAY.
+    drop(conn);
+    wait_for_held_close(client).await;
+    let body = within(held.into_body().collect()).await;
+    assert!(body.is_err(), "the held response arrived whole");
+    server.stop().await;
+    assert!(support::logs::contains(&[
+        "WARN",
+        "request cut off before its response was complete",
+        "path=/big"
+    ]));
 }

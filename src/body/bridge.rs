@@ -13,7 +13,7 @@ use http::{Method, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 
 use super::channel::Receiver;
-use crate::bridge::Activity;
+use crate::bridge::{Activity, CutOff};
 
 /// The response body [`SyncService`](crate::SyncService) returns: `http_body::Body` with
 /// `Data = Bytes` and `Error = io::Error`, so hyper, axum and tower-http layers take it.
@@ -266,8 +266,8 @@ impl Drop for Completion {
                 activity.unwatch_held(slot);
             }
             activity.request_done();
-            if !complete && activity.is_cut_off() {
-                self.log_cut_off();
+            if let Some(why) = activity.cut_off_by().filter(|_| !complete) {
+                self.log_cut_off(why);
             }
         }
         tracing::info!(
@@ -283,13 +283,21 @@ impl Drop for Completion {
 }
 
 impl Completion {
-    /// Names a request the shutdown deadline cut off, head or body unsent: never a flood,
-    /// at most the requests in flight then.
+    /// Names a request the server cut off with its connection, head or body unsent: never
+    /// a flood, at most the requests in flight then.
     #[cold]
-    fn log_cut_off(&self) {
-        tracing::warn!(
-            method = %self.line.method(), path = %self.line.uri().path(), bytes = self.bytes,
-            "request cut off by the shutdown before its response was complete"
-        );
+    fn log_cut_off(&self, why: CutOff) {
+        let (method, path, bytes) = (self.line.method(), self.line.uri().path(), self.bytes);
+        match why {
+            CutOff::Shutdown => tracing::warn!(
+                %method, %path, bytes,
+                "request cut off by the shutdown before its response was complete"
+            ),
+            CutOff::StalledClient => tracing::warn!(
+                %method, %path, bytes,
+                "request cut off before its response was complete: its connection was \
+                 closed for a client that held back a response for the body timeout"
+            ),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! What the bundled server knows of one connection, shared by its task and the requests
 //! on it: the connection's watchdog (`server::conn`) reads it, the bridge writes it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,9 @@ pub(crate) struct Activity {
     /// The HTTP/2 responses on the connection, each in a slot of its own, with since
     /// when it has waited on the client (see `HeldSlots`).
     held: Mutex<HeldSlots>,
-    /// Whether the server closed the connection itself (the shutdown deadline), so that
-    /// a request dropped with it is not blamed on its client.
-    cut_off: AtomicBool,
+    /// Why the server closed the connection itself, if it did (a `CutOff` as a byte, 0
+    /// when not), so that a request dropped with it is not blamed on its client.
+    cut_off: AtomicU8,
     epoch: Instant,
 }
 
@@ -43,6 +43,16 @@ struct HeldSlots {
     free: Vec<usize>,
 }
 
+/// Why the server closed a connection with requests on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CutOff {
+    /// The shutdown deadline, or a second signal.
+    Shutdown = 1,
+    /// Its client held back a response for the body timeout (and, on HTTP/2, one more
+    /// after the GOAWAY that followed).
+    StalledClient = 2,
+}
+
 /// A `HeldSlots` slot whose response does not wait on the client.
 const NOT_HELD: u64 = u64::MAX;
 
@@ -54,7 +64,7 @@ impl Activity {
             http2: AtomicBool::new(false),
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             held: Mutex::new(HeldSlots::default()),
-            cut_off: AtomicBool::new(false),
+            cut_off: AtomicU8::new(0),
             epoch: Instant::now(),
         }
     }
@@ -112,13 +122,22 @@ impl Activity {
     }
 
     /// Marks the connection as closed by the server, before it drops its requests.
-    pub(crate) fn cut_off(&self) {
-        self.cut_off.store(true, Ordering::Relaxed);
+    pub(crate) fn cut_off(&self, why: CutOff) {
+        self.cut_off.store(why as u8, Ordering::Relaxed);
+    }
+
+    /// Why the server closed the connection itself, if it did.
+    pub(crate) fn cut_off_by(&self) -> Option<CutOff> {
+        match self.cut_off.load(Ordering::Relaxed) {
+            1 => Some(CutOff::Shutdown),
+            2 => Some(CutOff::StalledClient),
+            _ => None,
+        }
     }
 
     /// Whether the server closed the connection itself.
     pub(crate) fn is_cut_off(&self) -> bool {
-        self.cut_off.load(Ordering::Relaxed)
+        self.cut_off_by().is_some()
     }
 
     pub(crate) fn in_flight(&self) -> usize {

@@ -185,9 +185,11 @@ impl Server {
     /// A request whose body stops arriving is answered `408 Request Timeout` and its
     /// handler thread freed (see [`SyncServiceBuilder::body_timeout`]); a streamed
     /// response nobody reads is aborted and its producer stopped; a connection whose
-    /// client reads none of a pending response for this long is closed (on HTTP/2: whose
-    /// client opens no flow-control window for any one of its pending responses, however
-    /// its other streams move). Each is logged at warn level. A client reading slowly is
+    /// client reads none of a pending response for this long is closed. On HTTP/2, where
+    /// a client holds back one response by opening no flow-control window for it, such a
+    /// connection first gets a GOAWAY: its other requests have one more body timeout to
+    /// finish, and it is closed then if the response is still held (the requests cut off
+    /// with it are logged). Each is logged at warn level. A client reading slowly is
     /// not stalled as long as it takes at least a 64 KiB piece of each response per body
     /// timeout; one sending slowly, as long as at least 8 KiB of its body comes per body
     /// timeout while the handler waits for it (about 270 bytes a second at 30 s), not a

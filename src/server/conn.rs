@@ -23,7 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 use super::exec::{PanicLog, StreamExecutor};
-use crate::bridge::{Activity, SyncService};
+use crate::bridge::{Activity, CutOff, SyncService};
 use crate::handler::Handler;
 use crate::throttle::Throttle;
 
@@ -96,6 +96,7 @@ pub(super) async fn serve<H: Handler>(
         seen_level: SERVE,
         draining: false,
         idle_close: false,
+        held_goaway: None,
         registered: None,
         limits: Limits {
             keep_alive: config.keep_alive,
@@ -132,7 +133,7 @@ pub(super) async fn serve<H: Handler>(
                     tracing::warn!(%peer, in_flight, "connection cut off by the shutdown");
                 }
                 // Its requests, dropped with `conn`, are the server's doing, not the client's.
-                activity.cut_off();
+                activity.cut_off(CutOff::Shutdown);
                 return Poll::Ready(());
             }
             if level == DRAIN && !state.draining {
@@ -185,13 +186,30 @@ pub(super) async fn serve<H: Handler>(
                     );
                     return Poll::Ready(());
                 }
-                Idle::Held => {
+                Idle::Held if !state.draining => {
+                    // Its other streams may be moving (a proxy that multiplexes many
+                    // clients, one of them slow): a GOAWAY lets them finish, and tells the
+                    // client which requests were never taken.
                     tracing::warn!(
                         %peer,
                         timeout_ms = state.limits.write_stall.as_millis() as u64,
                         "HTTP/2 client opened no flow-control window for one of its \
-                         responses for the body timeout; connection closed"
+                         responses for the body timeout; closing the connection (GOAWAY), \
+                         its other requests have one more body timeout to finish"
                     );
+                    conn.as_mut().graceful_shutdown();
+                    state.draining = true;
+                    state.held_goaway = Some(Instant::now());
+                    continue;
+                }
+                Idle::Held => {
+                    tracing::warn!(
+                        %peer,
+                        timeout_ms = state.limits.write_stall.as_millis() as u64,
+                        "HTTP/2 client held back a response for the body timeout while its \
+                         connection was closing; connection closed"
+                    );
+                    activity.cut_off(CutOff::StalledClient);
                     return Poll::Ready(());
                 }
             }
@@ -213,6 +231,8 @@ struct Watch {
     draining: bool,
     /// Whether the watchdog itself began the graceful close, for the keep-alive timeout.
     idle_close: bool,
+    /// When the watchdog sent a GOAWAY for a response the client held back.
+    held_goaway: Option<Instant>,
     /// The waker the signal and the timer hold.
     registered: Option<Waker>,
     limits: Limits,
@@ -224,8 +244,9 @@ enum Idle {
     Close,
     /// The client has not taken any of a pending response for the write stall limit.
     Stalled,
-    /// An HTTP/2 client has opened no window for its pending responses for the write
-    /// stall limit.
+    /// An HTTP/2 client has opened no window for one of its pending responses for the
+    /// write stall limit; if the connection was closing already (the GOAWAY this sends
+    /// first, the shutdown, the keep-alive timeout), it is closed now.
     Held,
     /// An HTTP/2 connection closing for idleness is still open the write stall limit
     /// after the keep-alive timeout.
@@ -261,10 +282,21 @@ impl Watch {
                 // idleness from now at the earliest.
                 activity.touch();
                 let next = later(now, self.limits.shortest());
-                match activity.longest_held() {
-                    Some(held) if held >= self.limits.write_stall => return Idle::Held,
-                    Some(held) => next.min(later(now, self.limits.write_stall - held)),
-                    None => next,
+                let stall = self.limits.write_stall;
+                match (activity.longest_held(), self.held_goaway) {
+                    // After the GOAWAY the held response sent, the others get one more
+                    // body timeout to end; the connection ends on its own if they do and
+                    // the held one is taken after all.
+                    (Some(held), Some(sent)) if held >= stall => {
+                        let since = now.saturating_duration_since(sent);
+                        if since >= stall {
+                            return Idle::Held;
+                        }
+                        next.min(later(now, stall - since))
+                    }
+                    (Some(held), _) if held >= stall => return Idle::Held,
+                    (Some(held), _) => next.min(later(now, stall - held)),
+                    (None, _) => next,
                 }
             } else {
                 let idle = activity.idle_for();
