@@ -1,5 +1,5 @@
-//! What std cannot do for us: lower a thread's scheduling priority and policy, and read
-//! the open-file limit.
+//! What std cannot do for us: lower a thread's scheduling priority and policy, read the
+//! open-file limit, and bound what waits unsent in a socket.
 
 /// Sets the calling thread's nice value to the process's own plus `increment` (the
 /// kernel caps it at 19). Best effort: a failure only costs the scheduling benefit, so
@@ -84,6 +84,40 @@ pub(crate) fn set_thread_nice(_increment: i32) {}
 /// No scheduling policies to choose from elsewhere: nothing to do.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn set_thread_batch(_batch: bool) {}
+
+/// Has the kernel report `socket` writable only once fewer than `bytes` of what was
+/// written wait unsent (`TCP_NOTSENT_LOWAT`). Best effort, like [`set_thread_nice`].
+///
+/// Why: without it Linux reports a full socket writable again only once about a third
+/// of its send buffer has drained, and autotuning grows that buffer to MiBs. A client
+/// that reads a large response slowly but steadily then leaves the socket unwritable for
+/// many seconds at a time, and the body timeout takes it for one that reads nothing.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn set_notsent_lowat(socket: &impl std::os::fd::AsRawFd, bytes: u32) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` outlives the call, which only reads it; the descriptor is open for
+    // as long as `socket` is borrowed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not set TCP_NOTSENT_LOWAT on a connection"
+        );
+    }
+}
+
+/// Not available: the body timeout's floor for slow readers is then the kernel's.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_notsent_lowat<S>(_socket: &S, _bytes: u32) {}
 
 /// The process's soft limit on open files (`RLIMIT_NOFILE`), when it has one.
 #[cfg(target_os = "linux")]

@@ -491,3 +491,47 @@ async fn an_http2_connection_closed_for_a_held_response_lets_its_other_requests_
         "path=/big"
     ]));
 }
+
+#[tokio::test]
+async fn a_client_reading_a_large_download_slowly_but_steadily_is_not_cut_off() {
+    // Before: the kernel reports a full socket writable again only once about a third
+    // of its send buffer (autotuned to MiBs) has drained, so a client reading at a few
+    // hundred KiB/s looked, for a body timeout, as if it read nothing, and was cut off.
+    const PIECE: usize = 16 * 1024;
+    // Long enough for the client's window to open on loopback, where it opens a 64 KiB
+    // segment at a time.
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").body_timeout(TIMEOUT),
+        |_: Request| {
+            let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
+            Response::new(ResponseBody::from_chunks(
+                (0..512).map(move |_| Ok(chunk.clone())),
+            ))
+        },
+    );
+    support::logs::install();
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let client = format!("peer={}", stream.local_addr().unwrap());
+    within(stream.write_all(b"GET /download HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    // About 320 KiB/s, for six body timeouts.
+    let mut buf = vec![0u8; PIECE];
+    let mut taken = 0;
+    let until = std::time::Instant::now() + TIMEOUT * 6;
+    while std::time::Instant::now() < until {
+        let n = within(stream.read(&mut buf)).await.unwrap_or(0);
+        assert!(n > 0, "cut off after {taken} bytes");
+        taken += n;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stream);
+    server.stop().await;
+    // The connection's own line: the kernel may still hold MiBs the client has not read
+    // when the server closes it.
+    assert!(
+        !support::logs::contains(&["client read none of its response", &client]),
+        "cut off as a client that read nothing, after {taken} bytes"
+    );
+}

@@ -191,7 +191,8 @@ impl Server {
     /// finish, and it is closed then if the response is still held (the requests cut off
     /// with it are logged). Each is logged at warn level. A client reading slowly is
     /// not stalled as long as it takes at least a 64 KiB piece of each response per body
-    /// timeout; one sending slowly, as long as at least 8 KiB of its body comes per body
+    /// timeout (on Linux; elsewhere a full send buffer of the kernel's, which can be MiBs,
+    /// is reported writable only once a third of it has drained, and that is the floor); one sending slowly, as long as at least 8 KiB of its body comes per body
     /// timeout while the handler waits for it (about 270 bytes a second at 30 s), not a
     /// byte now and then. A handler's own work is not
     /// limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at

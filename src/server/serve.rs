@@ -20,6 +20,13 @@ use crate::error::{Error, Kind, Result};
 use crate::handler::Handler;
 use crate::throttle::Throttle;
 
+/// How much written data may wait unsent in a connection's socket before the kernel
+/// stops reporting it writable (`TCP_NOTSENT_LOWAT`): two of hyper's 64 KiB writes. The
+/// kernel wakes a writer when half of it is left, so a client that takes 64 KiB per body
+/// timeout keeps its connection moving, as the body timeout's docs promise; and a
+/// connection holds this much unsent, not the MiBs autotuning gives the send buffer.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
 impl Server {
     /// Serves `handler` until shut down, blocking the calling thread.
     ///
@@ -163,6 +170,7 @@ impl Server {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    crate::sys::set_notsent_lowat(&stream, NOTSENT_LOWAT);
                     // Every line logged on the connection's behalf, the handler's own
                     // included (its request's span is this one), names its client.
                     let span = tracing::info_span!("conn", %peer);
