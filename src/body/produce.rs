@@ -162,6 +162,10 @@ fn run(producer: Producer, out: &mut Out<'_>) -> io::Result<()> {
                 let chunk = chunk?;
                 if !chunk.is_empty() {
                     out.send(chunk)?;
+                } else if out.tx.is_closed() {
+                    // Sends nothing, but an empty chunk is how a WSGI port asks whether
+                    // its client is still there: a heartbeat loop would run on for ever.
+                    return Err(send_error(SendError::Closed));
                 }
             }
             Ok(())
@@ -192,11 +196,22 @@ impl ChannelWriter<'_, '_> {
         }
         self.out.send(self.buf.split().freeze())
     }
+
+    /// Fails with `BrokenPipe` once nobody reads the response: an empty write or a flush
+    /// with nothing to send is how a heartbeat loop asks, and it must not run on for ever
+    /// for a client that left. One atomic load.
+    fn still_read(&self) -> io::Result<()> {
+        if self.out.tx.is_closed() {
+            return Err(send_error(SendError::Closed));
+        }
+        Ok(())
+    }
 }
 
 impl Write for ChannelWriter<'_, '_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if data.is_empty() {
+            self.still_read()?;
             return Ok(0);
         }
         let n = data.len().min(CHUNK_SIZE);
@@ -205,11 +220,8 @@ impl Write for ChannelWriter<'_, '_> {
         // declared length.
         self.out.check_room(self.buf.len() + n)?;
         // Gathering would hide a client that left until 64 KiB had been written: an
-        // event stream writing a line a second would run on for minutes. One atomic
-        // load tells at once.
-        if self.out.tx.is_closed() {
-            return Err(send_error(SendError::Closed));
-        }
+        // event stream writing a line a second would run on for minutes.
+        self.still_read()?;
         if self.buf.len() + n > CHUNK_SIZE {
             self.send_buffered()?;
         }
@@ -218,6 +230,9 @@ impl Write for ChannelWriter<'_, '_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return self.still_read();
+        }
         self.send_buffered()
     }
 }
@@ -258,5 +273,55 @@ mod tests {
             produce(Producer::Iter(Box::new(iter)), tx, None),
             Produced::Disconnected(0)
         ));
+    }
+
+    #[test]
+    fn empty_chunks_writes_and_flushes_tell_a_producer_its_client_left() {
+        // Before: each was skipped or succeeded, and a heartbeat loop ran on for ever.
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let heartbeats = std::iter::repeat_with(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok(Bytes::new())
+        })
+        .take(1000);
+        let (tx, rx) = channel(1024, None);
+        drop(rx);
+        let produced = produce(Producer::Iter(Box::new(heartbeats)), tx, None);
+        assert!(
+            matches!(produced, Produced::Disconnected(0)),
+            "{produced:?}"
+        );
+        assert_eq!(pulled.load(Ordering::Relaxed), 1);
+
+        for empty_write in [false, true] {
+            let beats = Arc::new(AtomicUsize::new(0));
+            let counter = beats.clone();
+            let (tx, rx) = channel(1024, None);
+            drop(rx);
+            let writer = move |w: &mut dyn Write| -> io::Result<()> {
+                for _ in 0..1000 {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if empty_write {
+                        let _: usize = w.write(b"")?;
+                    } else {
+                        w.flush()?;
+                    }
+                }
+                Ok(())
+            };
+            let produced = produce(Producer::Writer(Box::new(writer)), tx, None);
+            assert!(
+                matches!(produced, Produced::Disconnected(0)),
+                "{produced:?}"
+            );
+            assert_eq!(
+                beats.load(Ordering::Relaxed),
+                1,
+                "empty write: {empty_write}"
+            );
+        }
     }
 }

@@ -13,7 +13,9 @@ use bytes::Bytes;
 /// through a bounded channel of a few chunks, so a slow client slows the producer and
 /// nothing is buffered whole. When the client goes away, the writer's next `write` fails
 /// with [`io::ErrorKind::BrokenPipe`], and a reader or iterator is dropped at its next
-/// chunk, so the thread is freed.
+/// chunk, so the thread is freed. An empty chunk, an empty `write` and a `flush` with
+/// nothing to send tell too, though they send nothing: a heartbeat loop that yields
+/// `b""` to ask whether its client is still there ends when it left.
 ///
 /// A streamed body is sent chunked unless the handler sets `Content-Length` itself. Then
 /// the producer must write exactly that many bytes. A write past it fails with
@@ -81,7 +83,9 @@ impl ResponseBody {
         }
     }
 
-    /// Streams the chunks of `iter`; an `Err` item aborts the response.
+    /// Streams the chunks of `iter`; an `Err` item aborts the response. Each chunk goes to
+    /// the client whole, in pieces of up to 64 KiB: a chunk larger than the channel's
+    /// 256 KiB is held in memory whole until it is sent. Empty chunks send nothing.
     pub fn from_chunks<I>(iter: I) -> Self
     where
         I: IntoIterator<Item = io::Result<Bytes>>,
