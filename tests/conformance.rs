@@ -1,9 +1,10 @@
 //! What HTTP requires that hyper leaves to the server, checked as a conformance tool would:
 //! a request head HTTP refuses (no or a bad `Host`, a target form that does not fit its
 //! method, `CONNECT`, a target over the head limit) gets its `4xx`/`501` before any
-//! handler runs, and whatever framing the handler got wrong (a 1xx as its answer, a body
-//! on a 205, a `Content-Length` that is no length, its own `Transfer-Encoding`) goes out
-//! as HTTP allows. HTTP/1.0 clients are promised keep-alive only where it holds.
+//! handler runs, and whatever framing the handler got wrong (a 1xx or a status past 599
+//! as its answer, a body on a 205, a `Content-Length` that is no length, its own
+//! `Transfer-Encoding`) goes out as HTTP allows. HTTP/1.0 clients are promised
+//! keep-alive only where it holds.
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -158,10 +159,11 @@ async fn a_target_over_the_head_limit_is_answered_414_and_other_large_heads_431(
 }
 
 #[tokio::test]
-async fn a_1xx_from_the_handler_becomes_a_logged_500_on_either_protocol() {
+async fn a_1xx_or_a_status_past_599_from_the_handler_becomes_a_logged_500_on_either_protocol() {
     logs::install();
     let (server, _) = start();
-    for code in ["101", "103"] {
+    // Before, 600 and 999 went out as they were: HTTP defines 100 to 599.
+    for code in ["101", "103", "600", "999"] {
         let reply = support::get(server.addr, &format!("/status/{code}")).await;
         assert_eq!(reply.status, 500, "HTTP/1.1, {code}");
 
@@ -172,11 +174,13 @@ async fn a_1xx_from_the_handler_becomes_a_logged_500_on_either_protocol() {
         assert_eq!(response.status(), 500, "HTTP/2, {code}");
     }
     server.stop().await;
-    assert!(logs::contains(&[
-        "ERROR",
-        "path=/status/103",
-        "handler answered with a 1xx status"
-    ]));
+    for path in ["path=/status/103", "path=/status/999"] {
+        assert!(logs::contains(&[
+            "ERROR",
+            path,
+            "handler answered with a 1xx status"
+        ]));
+    }
 }
 
 #[tokio::test]

@@ -158,7 +158,8 @@ fn unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
 /// - hyper leaves the body out of a `HEAD`, 1xx, 204 or 304 response on HTTP/1, but on
 ///   HTTP/2 it sends it, and the client fails the stream; a 205 it sends on both;
 /// - a 1xx is no final answer: hyper's HTTP/1 answers 500 for most, sends a 101 without
-///   `Upgrade`, and its HTTP/2 sends a malformed response. It becomes a logged 500;
+///   `Upgrade`, and its HTTP/2 sends a malformed response. It becomes a logged 500, and
+///   so does a status past 599 (`http` takes up to 999; hyper sends it on);
 /// - hyper trusts a `Content-Length` the handler set on a full body, so a wrong one
 ///   desyncs an HTTP/1 connection (in debug builds hyper panics instead). On a streamed
 ///   body one that is not a length, or more than one, makes hyper's HTTP/1 drop the
@@ -230,9 +231,16 @@ pub(super) fn head_without_body(response: &mut http::Response<BridgeBody>) {
 
 fn may_have_body(status: StatusCode) -> bool {
     !(status.is_informational()
+        || not_http(status)
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::RESET_CONTENT
         || status == StatusCode::NOT_MODIFIED)
+}
+
+/// A status `http` takes but HTTP does not define (RFC 9110 section 15: 100 to 599);
+/// hyper would send it as it is.
+fn not_http(status: StatusCode) -> bool {
+    status.as_u16() > 599
 }
 
 /// Whether `headers` declare exactly `len` bytes: one `Content-Length`, of digits only
@@ -260,7 +268,7 @@ fn single_length(headers: &http::HeaderMap) -> Option<u64> {
 /// and a `HEAD` keep the one the handler declared (for a 304 it describes the cached
 /// representation; hyper's HTTP/1 leaves it out of a `GET`'s) if it is one length: any
 /// other makes hyper's HTTP/1 drop the connection unanswered and HTTP/2 clients fail
-/// theirs. A 1xx becomes a 500.
+/// theirs. A 1xx, or a status past 599, becomes a 500.
 #[cold]
 #[inline(never)]
 fn without_body(
@@ -270,12 +278,13 @@ fn without_body(
     kind: ResponseKind,
 ) -> ResponseKind {
     let status = parts.status;
-    if status.is_informational() {
+    if status.is_informational() || not_http(status) {
         tracing::error!(
             method = %method,
             path = %uri.path(),
-            %status,
-            "handler answered with a 1xx status, which cannot end a request; answered 500"
+            status = status.as_u16(),
+            "handler answered with a 1xx status, which cannot end a request, or one past \
+             599, which HTTP does not define; answered 500"
         );
         drop(kind);
         let (error, body) = crate::handler::internal_error().into_parts();
