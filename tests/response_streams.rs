@@ -171,3 +171,33 @@ async fn a_write_past_the_content_length_after_it_all_went_out_is_still_the_hand
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_early_in_a_large_full_body_gets_complete_false() {
+    // Before: an HTTP/1 full body went to hyper in one piece, so the access line said
+    // `complete=true`, with every byte counted, as soon as hyper had taken it.
+    logs::install();
+    const SIZE: usize = 64 << 20;
+    let server = TestServer::start(|_: Request| Bytes::from(vec![b'f'; SIZE]));
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET /full-left-early HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut taken = 0;
+    while taken < 1 << 20 {
+        let n = within(stream.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed after {taken} bytes");
+        taken += n;
+    }
+    drop(stream);
+    // The access line is written when hyper drops the body (a poll with a deadline).
+    let line = ["path=/full-left-early", "status=200"];
+    let deadline = Instant::now() + support::STEP;
+    while !logs::contains(&line) {
+        assert!(Instant::now() < deadline, "no access line");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(logs::contains(&["path=/full-left-early", "complete=false"]));
+    server.stop().await;
+}

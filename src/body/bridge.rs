@@ -28,8 +28,7 @@ pub struct BridgeBody {
     completion: Option<Completion>,
 }
 
-/// The largest piece a streamed body yields, and on an HTTP/2 connection of the bundled
-/// server a full one. hyper takes the next piece only once it has written (HTTP/1) or
+/// The largest piece a body yields, streamed or full. hyper takes the next piece only once it has written (HTTP/1) or
 /// handed h2 the window for (HTTP/2) nearly all of the last one, so a larger chunk would
 /// make a client that reads it slowly but steadily look stalled to the body timeout.
 const FRAME: usize = 64 * 1024;
@@ -95,18 +94,16 @@ impl BridgeBody {
         self.completion = Some(completion);
     }
 
-    /// The next chunk, counted in the completion: a streamed one of at most `FRAME`
-    /// bytes, a full one of at most `full_max` (a longer one is split, its rest kept for
-    /// the next call).
+    /// The next chunk, counted in the completion, of at most `FRAME` bytes (a longer
+    /// full body is split, its rest kept for the next call, without a copy). hyper polls
+    /// for the next only once it has room for it, so the count, and `complete`, follow
+    /// what went to the socket, not what hyper was handed: a large full body handed over
+    /// whole would be counted complete at once, whether its client stayed or not.
     #[inline]
-    fn next_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        full_max: usize,
-    ) -> Poll<Option<io::Result<Bytes>>> {
+    fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         let polled = match &mut self.kind {
-            Kind::Full(Some(bytes)) if bytes.len() > full_max => {
-                Poll::Ready(Some(Ok(bytes.split_to(full_max))))
+            Kind::Full(Some(bytes)) if bytes.len() > FRAME => {
+                Poll::Ready(Some(Ok(bytes.split_to(FRAME))))
             }
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
             Kind::Stream(rx) => rx.poll_recv_at_most(cx, FRAME),
@@ -131,7 +128,7 @@ impl BridgeBody {
     /// `FRAME`, and every poll reported to the connection (`Http2Flow`).
     #[inline(never)]
     fn next_http2_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        let polled = self.next_chunk(cx, FRAME);
+        let polled = self.next_chunk(cx);
         if let Some(c) = &mut self.completion {
             c.http2_polled(polled.is_pending());
         }
@@ -154,7 +151,7 @@ impl http_body::Body for BridgeBody {
         let polled = if http2 {
             this.next_http2_chunk(cx)
         } else {
-            this.next_chunk(cx, usize::MAX)
+            this.next_chunk(cx)
         };
         polled.map(|next| next.map(|chunk| chunk.map(Frame::data)))
     }
