@@ -119,6 +119,64 @@ pub(crate) fn set_notsent_lowat(socket: &impl std::os::fd::AsRawFd, bytes: u32) 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn set_notsent_lowat<S>(_socket: &S, _bytes: u32) {}
 
+/// A connection's socket, kept by its descriptor for a setting made after the socket
+/// itself has gone to hyper: its close made a reset (`SO_LINGER` of zero), which drops
+/// what is still unsent. For a response that broke off: where the close is the body's
+/// end (HTTP/1.0, or HTTP/1.1 without a length), a clean close would pass it off as
+/// whole.
+#[derive(Clone, Copy)]
+pub(crate) struct Resettable(#[cfg(target_os = "linux")] std::os::fd::RawFd);
+
+impl Resettable {
+    pub(crate) fn of(socket: &tokio::net::TcpStream) -> Self {
+        #[cfg(target_os = "linux")]
+        return Resettable(std::os::fd::AsRawFd::as_raw_fd(socket));
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = socket;
+            Resettable()
+        }
+    }
+
+    /// Makes the socket's close a reset. Call it only while the socket is open (before
+    /// hyper's connection, which owns it, is dropped). Best effort, like
+    /// [`set_thread_nice`]; a no-op off Linux.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    pub(crate) fn reset_on_close(self) {
+        reset_on_close(self.0);
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn reset_on_close(self) {}
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn reset_on_close(socket: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` outlives the call, which only reads it; the caller keeps the
+    // descriptor open until it closes it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not make a connection's close a reset"
+        );
+    }
+}
+
 /// The process's soft limit on open files (`RLIMIT_NOFILE`), when it has one.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]

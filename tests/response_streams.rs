@@ -201,3 +201,31 @@ async fn a_client_that_leaves_early_in_a_large_full_body_gets_complete_false() {
     assert!(logs::contains(&["path=/full-left-early", "complete=false"]));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_aborted_close_delimited_response_ends_in_a_reset_not_a_clean_close() {
+    // HTTP/1.0 (nginx's default towards its upstreams) has no chunked framing: a streamed
+    // body ends where the connection does. Before, one the producer broke off ended in a
+    // clean close, the very shape of a complete body, which a proxy passes on (and
+    // caches) as whole.
+    let server = TestServer::start(|_: Request| {
+        let chunks = (0..4).map(|i| match i {
+            3 => Err(std::io::Error::other("upstream went away")),
+            _ => Ok(Bytes::from_static(b"chunk")),
+        });
+        Response::new(ResponseBody::from_chunks(chunks))
+    });
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET /broken HTTP/1.0\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let end = within(stream.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        end.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "ended with {end:?} after {text:?}"
+    );
+    server.stop().await;
+}

@@ -119,9 +119,18 @@ impl BridgeBody {
                     c.complete = true;
                 }
             }
-            _ => {}
+            Poll::Ready(Some(Err(_))) => self.aborted(),
+            Poll::Pending => {}
         }
         polled
+    }
+
+    /// Tells the connection its response broke off (see `Activity::response_aborted`).
+    #[cold]
+    fn aborted(&self) {
+        if let Some(activity) = self.completion.as_ref().and_then(|c| c.activity.as_ref()) {
+            activity.response_aborted();
+        }
     }
 
     /// `next_chunk` on an HTTP/2 connection of the bundled server: in frames of at most

@@ -28,7 +28,12 @@ use bytes::Bytes;
 /// (returns `Err`, panics, or breaks the declared length) cannot turn the response into a
 /// `500` any more. The response is aborted instead (no final chunk on HTTP/1, the
 /// connection closed; `RST_STREAM` on HTTP/2), so the client sees a body cut off, never a
-/// complete one, and the failure is logged at error. An error met because the client
+/// complete one, and the failure is logged at error. Where the close itself ends the
+/// body (HTTP/1.0, nginx's default towards upstreams), the bundled server closes with a
+/// reset, which a clean end cannot be taken for (on Linux; a host serving
+/// `SyncService` itself decides its own close). A producer that fails before anything
+/// went out may leave the client with no response at all: hyper drops the head with
+/// the body. An error met because the client
 /// left is logged at debug, even if the producer wrapped it in an error of its own.
 ///
 /// The constructors only wrap their argument and may be called anywhere. The producer

@@ -26,6 +26,9 @@ pub(crate) struct Activity {
     /// Why the server closed the connection itself, if it did (a `CutOff` as a byte, 0
     /// when not), so that a request dropped with it is not blamed on its client.
     cut_off: AtomicU8,
+    /// Whether a response body on it broke off (its producer failed): an HTTP/1
+    /// connection then ends in a reset, not a close that could pass for the body's end.
+    aborted: AtomicBool,
     epoch: Instant,
 }
 
@@ -65,6 +68,7 @@ impl Activity {
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             held: Mutex::new(HeldSlots::default()),
             cut_off: AtomicU8::new(0),
+            aborted: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -133,6 +137,16 @@ impl Activity {
             2 => Some(CutOff::StalledClient),
             _ => None,
         }
+    }
+
+    /// Marks a response body on the connection as broken off.
+    pub(crate) fn response_aborted(&self) {
+        self.aborted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a response body on the connection broke off.
+    pub(crate) fn has_aborted_response(&self) -> bool {
+        self.aborted.load(Ordering::Relaxed)
     }
 
     /// Whether the server closed the connection itself.

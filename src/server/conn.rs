@@ -82,6 +82,7 @@ pub(super) async fn serve<H: Handler>(
     _permit: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
+    let socket = crate::sys::Resettable::of(&stream);
     let conn = config.http.serve_connection(
         WatchedIo {
             io: TokioIo::new(stream),
@@ -110,6 +111,11 @@ pub(super) async fn serve<H: Handler>(
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             if let Err(err) = result {
                 log_connection_error(peer, &*err);
+            }
+            // hyper ends an HTTP/1 connection whose response broke off; its close must not
+            // look like the end of a body framed by the close. (HTTP/2 resets the stream.)
+            if activity.has_aborted_response() && !activity.is_http2() {
+                socket.reset_on_close();
             }
             return Poll::Ready(());
         }
