@@ -222,8 +222,12 @@ impl<F> fmt::Debug for PerThread<F> {
 /// - The thread lives as long as the handler (and its clones); dropping the last one lets
 ///   the thread finish the queued requests and exit.
 /// - Inside the handler, [`ensure_sync`](crate::ensure_sync) works and reaches the
-///   caller's runtime; the dedicated thread never waits on a pool thread, so it cannot
-///   deadlock on itself the way asgiref's single thread can.
+///   caller's runtime: the future runs there, not on the dedicated thread. But a call
+///   that comes back to the dedicated thread from another thread while it waits (the
+///   future's `ensure_async` closure calling the same `SingleThread`, or two
+///   `SingleThread`s calling each other) is queued for a thread that waits for it: it
+///   gets `503` when its `queue_timeout` ends, logged, and the wait ends there. Such a
+///   call is not detected earlier, as asgiref does by carrying its thread across hops.
 /// - A call made on the dedicated thread itself (the handler calling its own
 ///   `SingleThread`) runs there at once, re-entrantly, as asgiref runs a thread-sensitive
 ///   call made from its own thread: queued, it would wait for the very thread that waits
