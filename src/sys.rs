@@ -1,5 +1,6 @@
 //! What std cannot do for us: lower a thread's scheduling priority and policy, read the
-//! open-file limit, and bound what waits unsent in a socket.
+//! open-file limit, bound what waits unsent in a socket, and make a socket's close a
+//! reset.
 
 /// Sets the calling thread's nice value to the process's own plus `increment` (the
 /// kernel caps it at 19). Best effort: a failure only costs the scheduling benefit, so
