@@ -94,26 +94,15 @@ pub(crate) fn set_thread_batch(_batch: bool) {}
 /// that reads a large response slowly but steadily then leaves the socket unwritable for
 /// many seconds at a time, and the body timeout takes it for one that reads nothing.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 pub(crate) fn set_notsent_lowat(socket: &impl std::os::fd::AsRawFd, bytes: u32) {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `value` outlives the call, which only reads it; the descriptor is open for
-    // as long as `socket` is borrowed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(
-            error = %std::io::Error::last_os_error(),
-            "could not set TCP_NOTSENT_LOWAT on a connection"
-        );
-    }
+    // The descriptor is open for as long as `socket` is borrowed.
+    set_option(
+        socket.as_raw_fd(),
+        (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT),
+        &value,
+        "TCP_NOTSENT_LOWAT",
+    );
 }
 
 /// Not available: the body timeout's floor for slow readers is then the kernel's.
@@ -143,7 +132,6 @@ impl Resettable {
     /// hyper's connection, which owns it, is dropped). Best effort, like
     /// [`set_thread_nice`]; a no-op off Linux.
     #[cfg(target_os = "linux")]
-    #[allow(unsafe_code)]
     pub(crate) fn reset_on_close(self) {
         reset_on_close(self.0);
     }
@@ -153,27 +141,45 @@ impl Resettable {
 }
 
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn reset_on_close(socket: std::os::fd::RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `linger` outlives the call, which only reads it; the caller keeps the
-    // descriptor open until it closes it.
+    set_option(
+        socket,
+        (libc::SOL_SOCKET, libc::SO_LINGER),
+        &linger,
+        "SO_LINGER",
+    );
+}
+
+/// `setsockopt` of `value` as the option `(level, name)`, on an open descriptor. Best
+/// effort: a failure costs only what the option was for, and is logged at debug.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_option<T>(
+    socket: std::os::fd::RawFd,
+    (level, name): (libc::c_int, libc::c_int),
+    value: &T,
+    what: &str,
+) {
+    // SAFETY: `value` outlives the call, which only reads `size_of::<T>()` bytes of it;
+    // the callers pass the C type the option takes, and keep the descriptor open.
     let rc = unsafe {
         libc::setsockopt(
             socket,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::from_ref(&linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
         tracing::debug!(
             error = %std::io::Error::last_os_error(),
-            "could not make a connection's close a reset"
+            option = what,
+            "could not set a connection's socket option"
         );
     }
 }
