@@ -446,7 +446,13 @@ async fn an_http2_connection_closed_for_a_held_response_lets_its_other_requests_
     let (release, gate) = mpsc::channel::<()>();
     let gate = std::sync::Mutex::new(gate);
     let big = sized_at("/big", 1024 * 1024);
-    let server = TestServer::start_with(one_connection(None), move |req: Request| {
+    // A longer body timeout than the others': the gated request must end within one of
+    // them after the GOAWAY, on a loaded machine too.
+    let timeout = Duration::from_secs(1);
+    let server = Server::bind("127.0.0.1:0")
+        .max_connections(1)
+        .body_timeout(timeout);
+    let server = TestServer::start_with(server, move |req: Request| {
         if req.uri().path() == "/gate" {
             let _ = gate.lock().unwrap().recv_timeout(STEP);
             return Bytes::from_static(b"gated");
@@ -488,7 +494,8 @@ async fn an_http2_connection_closed_for_a_held_response_lets_its_other_requests_
     assert!(support::logs::contains(&[
         "WARN",
         "request cut off before its response was complete",
-        "path=/big"
+        "path=/big",
+        &format!("peer={client}"),
     ]));
 }
 
@@ -534,4 +541,57 @@ async fn a_client_reading_a_large_download_slowly_but_steadily_is_not_cut_off() 
         !support::logs::contains(&["client read none of its response", &client]),
         "cut off as a client that read nothing, after {taken} bytes"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_its_held_response_goaway_is_closed_with_nothing_in_flight() {
+    // A held response (/big) earns the connection a GOAWAY; a second, one-frame response
+    // (/mid) went to h2 whole, but its client takes none of it. Then the client resets
+    // /big: nothing is in flight. Before, no deadline applied any more (the keep-alive
+    // one is off once a GOAWAY is out) and the connection stayed open for good.
+    support::logs::install();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_connections(1)
+            .keep_alive_timeout(Some(Duration::from_millis(500)))
+            .body_timeout(BODY_TIMEOUT),
+        |req: Request| {
+            let size = if req.uri().path() == "/big" {
+                1 << 20
+            } else {
+                60 * 1024
+            };
+            Bytes::from(vec![b'z'; size])
+        },
+    );
+    let tcp = within(TcpStream::connect(server.addr)).await.unwrap();
+    let peer = format!("peer={}", tcp.local_addr().unwrap());
+    let (client, conn) = within(
+        h2::client::Builder::new()
+            .initial_window_size(16 * 1024)
+            .handshake::<_, Bytes>(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = within(client.ready()).await.unwrap();
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", server.addr))
+            .body(())
+            .unwrap()
+    };
+    let (big, _) = client.send_request(get("/big"), true).unwrap();
+    let (mid, _) = client.send_request(get("/mid"), true).unwrap();
+    let big = within(big).await.unwrap();
+    let mid = within(mid).await.unwrap();
+    let deadline = std::time::Instant::now() + STEP;
+    while !support::logs::contains(&["closing the connection (GOAWAY)", &peer]) {
+        assert!(std::time::Instant::now() < deadline, "no GOAWAY");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(big); // RST_STREAM
+    let closed = tokio::time::timeout(STEP, conn).await;
+    drop(mid);
+    assert!(closed.is_ok(), "the server never closed the connection");
+    server.stop().await;
 }

@@ -273,6 +273,22 @@ impl Watch {
     ) -> Idle {
         loop {
             let now = Instant::now();
+            let stall = self.limits.write_stall;
+            // After the GOAWAY a held response sent, the connection has one more body
+            // timeout, whatever it does meanwhile: it ends on its own if its requests end
+            // and h2 gets the held response out; otherwise it is closed then (with
+            // nothing in flight, a response h2 still holds unsent would keep it open for
+            // ever, the keep-alive deadline being past use once the GOAWAY is out).
+            let goaway_deadline = match self.held_goaway {
+                Some(sent) => {
+                    let since = now.saturating_duration_since(sent);
+                    if since >= stall {
+                        return Idle::Held;
+                    }
+                    Some(later(now, stall - since))
+                }
+                None => None,
+            };
             let next = if let Some(stalled) = activity.write_blocked_for() {
                 // A response waits for a client that reads none of it. Checked before the
                 // requests in flight: a streamed response whose producer gave up stays in
@@ -288,21 +304,11 @@ impl Watch {
                 // idleness from now at the earliest.
                 activity.touch();
                 let next = later(now, self.limits.shortest());
-                let stall = self.limits.write_stall;
-                match (activity.longest_held(), self.held_goaway) {
-                    // After the GOAWAY the held response sent, the others get one more
-                    // body timeout to end; the connection ends on its own if they do and
-                    // the held one is taken after all.
-                    (Some(held), Some(sent)) if held >= stall => {
-                        let since = now.saturating_duration_since(sent);
-                        if since >= stall {
-                            return Idle::Held;
-                        }
-                        next.min(later(now, stall - since))
-                    }
-                    (Some(held), _) if held >= stall => return Idle::Held,
-                    (Some(held), _) => next.min(later(now, stall - held)),
-                    (None, _) => next,
+                match activity.longest_held() {
+                    // Past the GOAWAY, the deadline above decides.
+                    Some(held) if held >= stall && goaway_deadline.is_none() => return Idle::Held,
+                    Some(held) if held < stall => next.min(later(now, stall - held)),
+                    _ => next,
                 }
             } else {
                 let idle = activity.idle_for();
@@ -344,6 +350,7 @@ impl Watch {
                     .map(|limit| later(now, limit - idle))
                     .fold(later(now, recheck), Instant::min)
             };
+            let next = goaway_deadline.map_or(next, |deadline| next.min(deadline));
             timer.as_mut().reset(next);
             if timer.as_mut().poll(cx).is_pending() {
                 return Idle::Busy;
