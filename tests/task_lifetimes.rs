@@ -399,3 +399,53 @@ async fn of_two_task_threads_joining_queued_tasks_only_the_last_to_join_is_refus
     }
     assert_eq!(refused, 1, "one join must give way, and only one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_is_not_refused_while_another_thread_joins_a_task_that_has_ended() {
+    // Before: only the last join's own target was looked at. With both task threads in
+    // a join, one on a task that had ended (its callback still running), the other was
+    // refused, though the first thread was about to come free and run its task.
+    logs::install();
+    let set = TaskSet::builder().max_threads(2).build();
+    let (release, gate) = mpsc::channel::<()>();
+    let ended = set
+        .task()
+        .on_done(move |_| {
+            let _ = gate.recv_timeout(STEP);
+        })
+        .spawn_blocking(|_| Ok::<_, std::io::Error>(3))
+        .unwrap();
+    let ended_id = ended.id();
+    let deadline = Instant::now() + STEP;
+    while !set.status(ended_id).is_finished() {
+        assert!(Instant::now() < deadline, "task {ended_id} never ended");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (first_tx, first_rx) = mpsc::channel();
+    let ended = Mutex::new(Some(ended));
+    let first = set
+        .spawn_blocking(move |_| {
+            first_tx.send(()).unwrap();
+            let ended = ended.lock().unwrap().take().expect("one attempt");
+            ended.join_blocking().map(|v| *v)
+        })
+        .unwrap();
+    first_rx
+        .recv_timeout(STEP)
+        .expect("the first join never started");
+    let (second_tx, second_rx) = mpsc::channel();
+    let second = set
+        .spawn_blocking(move |_| spawn_and_join_inner(|| second_tx.send(()).unwrap()))
+        .unwrap();
+    second_rx
+        .recv_timeout(STEP)
+        .expect("the second join never started");
+    release.send(()).unwrap();
+    assert_eq!(*support::within(first.join()).await.unwrap(), 3);
+    let (_, joined) = (*support::within(second.join()).await.unwrap()).clone();
+    assert_eq!(
+        joined,
+        Ok(5),
+        "a join refused though the pool would free a thread"
+    );
+}

@@ -1,18 +1,20 @@
 //! Catches the one join that can never end: every thread of a set's task pool blocked
-//! in `join_blocking` on blocking tasks of the same set. Each joined task then needs a
-//! thread of that pool (to start, to run its next attempt, or to go on from where its
-//! thread is blocked), and none will ever be free. The last thread to join is refused
-//! with `is_would_deadlock`: its task fails, its thread frees, and the queue moves.
+//! in `join_blocking`, each on a blocking task of the same set that has not ended. Each
+//! such task then needs a thread of that pool (to start, to run its next attempt, or to
+//! go on from where its thread is blocked), and none will ever be free. The last thread
+//! to join is refused with `is_would_deadlock`: its task fails, its thread frees, and
+//! the queue moves.
 //!
-//! Counted per set: the threads that run a blocking task of the set mark themselves, and
-//! a join from a marked thread on a blocking task of the same set counts while it waits.
-//! The count only reaches the pool's `max_threads` when every thread is in such a join;
-//! joins from anywhere else (a handler thread, a plain thread) are not counted, and may
-//! still wait on a full pool that moves.
+//! Kept per set: the threads that run a blocking task of the set mark themselves, and a
+//! join from a marked thread on a blocking task of the same set records its target
+//! while it waits. Only when there are as many as the pool's `max_threads`, and none of
+//! the targets has ended, is the join refused: a target that has ended (its callbacks
+//! may still run, on a pool of their own) lets its joiner go soon. Joins from anywhere
+//! else (a handler thread, a plain thread) are not recorded, and may still wait on a
+//! full pool that moves.
 
 use std::cell::Cell;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
 
 use super::info::TaskId;
 use super::set::Shared;
@@ -43,18 +45,29 @@ impl Drop for RunningTask {
     }
 }
 
-/// One thread of the task pool counted as waiting in a join, until dropped.
-pub(super) struct Joining(Arc<Shared>);
+/// One thread of the task pool recorded as waiting for `target`, until dropped.
+pub(super) struct Joining {
+    shared: Arc<Shared>,
+    target: TaskId,
+}
 
 impl Drop for Joining {
     fn drop(&mut self) {
-        self.0.joining.fetch_sub(1, Ordering::AcqRel);
+        let mut joining = lock(&self.shared);
+        if let Some(at) = joining.iter().position(|id| *id == self.target) {
+            joining.swap_remove(at);
+        }
     }
 }
 
-/// Counts a join of blocking task `id` of `set` from the calling thread, if that thread
+fn lock(shared: &Shared) -> MutexGuard<'_, Vec<TaskId>> {
+    // Nothing panics while it is held.
+    shared.joining.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records a join of blocking task `id` of `set` from the calling thread, if that thread
 /// runs a blocking task of the same set; refuses it when every thread of the pool would
-/// then be waiting so and `id` has not ended.
+/// then wait so, and none of the tasks they wait for has ended.
 pub(super) fn enter(set: &Weak<Shared>, id: TaskId) -> Result<Option<Joining>> {
     let Some(shared) = set.upgrade() else {
         return Ok(None);
@@ -62,25 +75,31 @@ pub(super) fn enter(set: &Weak<Shared>, id: TaskId) -> Result<Option<Joining>> {
     if RUNNING_TASK_OF.get() != address(&shared) {
         return Ok(None);
     }
-    let waiting = shared.joining.fetch_add(1, Ordering::AcqRel) + 1;
-    let joining = Joining(shared);
-    let shared = &joining.0;
-    if waiting < shared.pool.max_threads() {
+    let max_threads = shared.pool.max_threads();
+    let mut joining = lock(&shared);
+    joining.push(id);
+    // Snapshotted under the lock, looked up after it: the registry has a lock of its own.
+    let targets = (joining.len() >= max_threads).then(|| joining.clone());
+    drop(joining);
+    let joining = Joining { shared, target: id };
+    let Some(targets) = targets else {
         return Ok(Some(joining));
-    }
+    };
     // An entry that has ended (or is gone: only ended ones are evicted or expire) waits
     // for nothing but its callbacks, which run on a pool of their own.
-    let ended = shared
-        .backend
-        .get(id)
-        .is_none_or(|info| info.status().is_finished());
-    if ended {
+    let backend = &joining.shared.backend;
+    let any_ended = targets.iter().any(|target| {
+        backend
+            .get(*target)
+            .is_none_or(|info| info.status().is_finished())
+    });
+    if any_ended {
         return Ok(Some(joining));
     }
     Err(Error::new(Kind::WouldDeadlock).with_message(format!(
         "TaskHandle::join_blocking called from a blocking task for task {id}, which has not \
-         ended, while every other thread of the task pool ({}) waits in such a join too: \
-         no thread would ever be free to run it",
-        shared.pool.max_threads()
+         ended, while every other thread of the task pool ({max_threads}) waits in such a \
+         join for a task that has not ended either: no thread would ever be free to run \
+         them"
     )))
 }

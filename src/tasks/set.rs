@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -103,9 +103,10 @@ pub(super) struct Shared {
     /// one whose supervisor gave up on it (a timeout) is no longer live, and is named
     /// from here if it still runs when the drain ends.
     running: Mutex<HashSet<TaskId>>,
-    /// Threads of `pool` running a task of this set that wait in `join_blocking` for
-    /// another blocking task of it (see `joins.rs`).
-    pub(super) joining: AtomicUsize,
+    /// The tasks that threads of `pool`, each running a task of this set, wait for in
+    /// `join_blocking`, blocking tasks of the set (see `joins.rs`); one entry per thread,
+    /// so at most `pool`'s `max_threads`.
+    pub(super) joining: Mutex<Vec<TaskId>>,
     closed: AtomicBool,
 }
 
@@ -541,7 +542,7 @@ impl TaskSetBuilder {
                 live: Mutex::new(HashMap::new()),
                 max_live: self.max_entries,
                 running: Mutex::new(HashSet::new()),
-                joining: AtomicUsize::new(0),
+                joining: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
             }),
         }
