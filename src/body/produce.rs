@@ -125,6 +125,16 @@ impl Out<'_> {
         Ok(())
     }
 
+    /// Fails with `BrokenPipe` once nobody reads the response. Not once a declared
+    /// length has all gone out: HTTP/1 hyper drops the body then, with the client still
+    /// there and served. One atomic load.
+    fn still_read(&self) -> io::Result<()> {
+        if self.tx.is_closed() && self.declared != Some(self.sent) {
+            return Err(send_error(SendError::Closed));
+        }
+        Ok(())
+    }
+
     fn send(&mut self, chunk: Bytes) -> io::Result<()> {
         self.check_room(chunk.len())?;
         let n = chunk.len() as u64;
@@ -162,10 +172,10 @@ fn run(producer: Producer, out: &mut Out<'_>) -> io::Result<()> {
                 let chunk = chunk?;
                 if !chunk.is_empty() {
                     out.send(chunk)?;
-                } else if out.tx.is_closed() {
+                } else {
                     // Sends nothing, but an empty chunk is how a WSGI port asks whether
                     // its client is still there: a heartbeat loop would run on for ever.
-                    return Err(send_error(SendError::Closed));
+                    out.still_read()?;
                 }
             }
             Ok(())
@@ -197,14 +207,10 @@ impl ChannelWriter<'_, '_> {
         self.out.send(self.buf.split().freeze())
     }
 
-    /// Fails with `BrokenPipe` once nobody reads the response: an empty write or a flush
-    /// with nothing to send is how a heartbeat loop asks, and it must not run on for ever
-    /// for a client that left. One atomic load.
+    /// An empty write or a flush with nothing to send is how a heartbeat loop asks
+    /// whether its client is still there: it must not run on for ever for one that left.
     fn still_read(&self) -> io::Result<()> {
-        if self.out.tx.is_closed() {
-            return Err(send_error(SendError::Closed));
-        }
-        Ok(())
+        self.out.still_read()
     }
 }
 
@@ -273,6 +279,24 @@ mod tests {
             produce(Producer::Iter(Box::new(iter)), tx, None),
             Produced::Disconnected(0)
         ));
+    }
+
+    #[test]
+    fn a_flush_after_a_declared_length_has_all_gone_out_is_no_disconnect() {
+        // HTTP/1 hyper drops the body once it has the declared length: the client is
+        // still there, and a second flush (a wrapper's `finish`) must not fail.
+        let (tx, rx) = channel(1024, None);
+        let rx = std::sync::Mutex::new(Some(rx));
+        let writer = move |w: &mut dyn Write| -> io::Result<()> {
+            w.write_all(b"hello")?;
+            w.flush()?;
+            drop(rx.lock().unwrap().take());
+            w.flush()?;
+            let _: usize = w.write(b"")?;
+            Ok(())
+        };
+        let produced = produce(Producer::Writer(Box::new(writer)), tx, Some(5));
+        assert!(matches!(produced, Produced::Complete(5)), "{produced:?}");
     }
 
     #[test]
