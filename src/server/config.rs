@@ -165,8 +165,9 @@ impl Server {
     /// The largest request head (request line and headers) accepted; a larger one is
     /// answered `431 Request Header Fields Too Large`. Default is 32 KiB, nginx's
     /// `large_client_header_buffers 4 8k`. Counted as HTTP/1 header lines, over HTTP/2
-    /// too; h2's own limit (its `SETTINGS_MAX_HEADER_LIST_SIZE`) is 7 times this, so that
-    /// the server's check, logged, is the one a client meets.
+    /// too; h2's own limit (its `SETTINGS_MAX_HEADER_LIST_SIZE`) is 7 times this plus
+    /// 1 KiB, so that the server's check, logged, is the one a client meets. That is also
+    /// how much of a header block h2 buffers per connection while it arrives.
     pub fn max_header_size(mut self, bytes: usize) -> Self {
         self.config.max_header_size = bytes;
         self
@@ -351,9 +352,13 @@ pub(super) fn http_builder(config: &Config) -> auto::Builder<StreamExecutor> {
 /// logged, with its access line), not h2's silent one. h2 counts 32 bytes more for each
 /// field (RFC 9113's accounting), the service 4 (a header line's `: ` and CRLF); a list
 /// within the limit by the service's count is at most 33/5 of it by h2's (one-letter
-/// names, empty values), under 7 times. h2 still refuses, unlogged, a list past that.
+/// names, empty values), under 7 times, plus h2's four pseudo-headers (their 32 bytes
+/// each and their values, which the service counts as the request line): 1 KiB covers
+/// them. h2 still refuses, unlogged, a list past that. It is also how much of a header
+/// block h2 buffers while it arrives (224 KiB at the default).
 fn http2_header_list_size(max_header_size: usize) -> u32 {
-    u32::try_from(max_header_size.saturating_mul(7)).unwrap_or(u32::MAX)
+    let size = max_header_size.saturating_mul(7).saturating_add(1024);
+    u32::try_from(size).unwrap_or(u32::MAX)
 }
 
 /// The connection's flow-control window: room for every stream's window at once, as
