@@ -253,11 +253,7 @@ impl BlockingPool {
             return false;
         };
         let job = state.queue.remove(at);
-        let went_idle = state.wakes_idle_waiters();
-        drop(state);
-        if went_idle {
-            self.inner.went_idle.notify_waiters();
-        }
+        self.inner.unlock(state);
         drop(job); // outside the lock: it may hold the last reference to a request
         true
     }
@@ -279,6 +275,16 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Jobs run outside the lock, so it is never poisoned by user code.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Releases the lock after a count was lowered, waking `wait_idle` callers if that
+    /// left the pool idle.
+    fn unlock(&self, state: MutexGuard<'_, State>) {
+        let went_idle = state.wakes_idle_waiters();
+        drop(state);
+        if went_idle {
+            self.went_idle.notify_waiters();
+        }
     }
 
     /// Gets one more thread looking at the queue: a parked one if any, else a new one
@@ -318,11 +324,7 @@ impl Inner {
                     } else {
                         state.searching -= 1;
                     }
-                    let went_idle = state.wakes_idle_waiters();
-                    drop(state);
-                    if went_idle {
-                        self.went_idle.notify_waiters();
-                    }
+                    self.unlock(state);
                     // Throttled: when the OS refuses threads (a pids limit), every
                     // submit tries again and fails the same way.
                     static SPAWN_FAILED: Throttle = Throttle::new();

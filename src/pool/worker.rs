@@ -26,11 +26,7 @@ pub(crate) fn job_finishing() {
                 let mut state = inner.lock();
                 state.running -= 1;
                 state.searching += 1;
-                let went_idle = state.wakes_idle_waiters();
-                drop(state);
-                if went_idle {
-                    inner.went_idle.notify_waiters();
-                }
+                inner.unlock(state);
             }
         }
     });
