@@ -206,18 +206,13 @@ impl ChannelWriter<'_, '_> {
         }
         self.out.send(self.buf.split().freeze())
     }
-
-    /// An empty write or a flush with nothing to send is how a heartbeat loop asks
-    /// whether its client is still there: it must not run on for ever for one that left.
-    fn still_read(&self) -> io::Result<()> {
-        self.out.still_read()
-    }
 }
 
 impl Write for ChannelWriter<'_, '_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if data.is_empty() {
-            self.still_read()?;
+            // How a heartbeat loop asks whether its client is still there.
+            self.out.still_read()?;
             return Ok(0);
         }
         let n = data.len().min(CHUNK_SIZE);
@@ -227,7 +222,7 @@ impl Write for ChannelWriter<'_, '_> {
         self.out.check_room(self.buf.len() + n)?;
         // Gathering would hide a client that left until 64 KiB had been written: an
         // event stream writing a line a second would run on for minutes.
-        self.still_read()?;
+        self.out.still_read()?;
         if self.buf.len() + n > CHUNK_SIZE {
             self.send_buffered()?;
         }
@@ -237,7 +232,8 @@ impl Write for ChannelWriter<'_, '_> {
 
     fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
-            return self.still_read();
+            // As an empty write: nothing to send, but the client may have left.
+            return self.out.still_read();
         }
         self.send_buffered()
     }
