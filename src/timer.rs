@@ -14,6 +14,7 @@
 
 use std::panic::catch_unwind;
 use std::pin::Pin;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -91,29 +92,101 @@ pub(crate) fn has_timers(handle: &Handle) -> bool {
 /// Completes after `after`, in any runtime: on tokio's timer where the current runtime
 /// has one, else on a plain thread of its own that sleeps. Meant for a rare wait that
 /// must end (a drain's deadline), not for one per request. Call only inside a tokio
-/// runtime.
+/// runtime. Dropped early, it ends its thread too, rather than leave it asleep until
+/// `after` (`Duration::MAX` for a wait that should only end otherwise).
 pub(crate) async fn sleep_anywhere(after: Duration) {
     if probe() {
         return tokio::time::sleep(after).await;
     }
-    let (done, slept) = oneshot::channel::<()>();
-    let spawned = std::thread::Builder::new()
-        .name("syncbridge-timer".into())
-        .spawn(move || {
-            std::thread::sleep(after);
-            let _ = done.send(());
-        });
-    if let Err(err) = spawned {
+    let Some(mut deadline) = DeadlineThread::start(after) else {
         // No way to wait: the deadline counts as passed, which ends the wait early
         // rather than never.
-        tracing::error!(error = %err, "could not start a timer thread; the wait ends at once");
         return;
+    };
+    let _ = (&mut deadline.passed).await;
+}
+
+/// A plain thread that stands in for a timer: it says when `after` has passed, and ends
+/// as soon as its owner drops this, whichever comes first.
+struct DeadlineThread {
+    passed: oneshot::Receiver<()>,
+    /// Dropped with this: the thread's wait ends at once, and so does the thread.
+    _cancel: mpsc::Sender<()>,
+    #[cfg(test)]
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DeadlineThread {
+    /// `None`, logged, when the thread cannot start.
+    fn start(after: Duration) -> Option<Self> {
+        let (done, passed) = oneshot::channel::<()>();
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("syncbridge-timer".into())
+            .spawn(move || {
+                // Nothing is ever sent: the wait ends at `after`, or when the owner drops
+                // its sender. A deadline past the clock's range waits for the drop alone.
+                if let Err(RecvTimeoutError::Timeout) = cancelled.recv_timeout(after) {
+                    let _ = done.send(());
+                }
+            });
+        match spawned {
+            Ok(_thread) => Some(Self {
+                passed,
+                _cancel: cancel,
+                #[cfg(test)]
+                thread: _thread,
+            }),
+            Err(err) => {
+                tracing::error!(error = %err, "could not start a timer thread; the wait ends at once");
+                None
+            }
+        }
     }
-    let _ = slept.await;
 }
 
 fn probe() -> bool {
     // Outside any runtime there is no timer either; asking tokio would print its panic.
     Handle::try_current().is_ok()
         && catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::DeadlineThread;
+
+    /// Joins `thread` within `within`, or fails the test.
+    fn joined_within(thread: std::thread::JoinHandle<()>, within: Duration) {
+        let (joined_tx, joined) = mpsc::channel();
+        std::thread::spawn(move || joined_tx.send(thread.join()).unwrap());
+        let joined = joined
+            .recv_timeout(within)
+            .expect("the timer thread is still asleep");
+        joined.expect("the timer thread panicked");
+    }
+
+    #[test]
+    fn a_deadline_thread_says_when_its_time_has_passed() {
+        let deadline = DeadlineThread::start(Duration::from_millis(10)).unwrap();
+        let DeadlineThread { passed, thread, .. } = deadline;
+        assert_eq!(passed.blocking_recv(), Ok(()));
+        joined_within(thread, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_deadline_thread_ends_when_its_owner_drops_it() {
+        for after in [Duration::from_secs(3600), Duration::MAX] {
+            let deadline = DeadlineThread::start(after).unwrap();
+            let DeadlineThread {
+                passed,
+                _cancel,
+                thread,
+            } = deadline;
+            drop((passed, _cancel));
+            joined_within(thread, Duration::from_secs(5));
+        }
+    }
 }
