@@ -224,3 +224,64 @@ fn a_runtime_without_timers_after_one_with_them_gets_503_not_a_panic() {
 
     both_answer_200(one, with, busy, queued);
 }
+
+/// Spawns a blocking task and an async one on the service's set and joins both.
+fn spawns_and_joins(_req: syncbridge::Request) -> syncbridge::Result<String> {
+    let tasks = syncbridge::TaskSet::current()?;
+    let blocking = tasks.spawn_blocking(|_ctx| Ok::<_, std::io::Error>("blocking"))?;
+    let timed = tasks.spawn(|_ctx| async {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        Ok::<_, std::io::Error>("async")
+    })?;
+    Ok(format!(
+        "{} {}",
+        blocking.join_blocking()?,
+        timed.join_blocking()?
+    ))
+}
+
+/// A set used first from a runtime that is then left idle, then from another: the later
+/// tasks run on the runtime of the request that spawns them. Kept on the first, they
+/// never started (nobody drives it) and the handler's join waited for ever; once that
+/// runtime was dropped, they were lost at once.
+#[test]
+fn a_task_set_runs_each_task_on_the_runtime_of_its_request() {
+    support::logs::install();
+    let tasks = syncbridge::TaskSet::builder().build();
+    let service = syncbridge::SyncService::builder(spawns_and_joins)
+        .tasks(tasks)
+        .build();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let checked = first.block_on(async { within(service.clone().oneshot(request("/"))).await });
+    assert_eq!(checked.unwrap().status(), 200);
+
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = main.block_on(async {
+        let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .await
+            .unwrap();
+        let router = axum::Router::new().fallback_service(service.clone());
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(axum::serve(listener, router).into_future());
+        addr
+    });
+    let reply = main.block_on(get(addr, "/"));
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "blocking async".to_owned())
+    );
+
+    drop(first);
+    let reply = main.block_on(get(addr, "/"));
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "blocking async".to_owned())
+    );
+}

@@ -307,9 +307,11 @@ impl Server {
     /// to spawn from outside handlers, or to look tasks up. The server still drains it at
     /// shutdown, after which it takes no new tasks.
     ///
-    /// A set runs its futures and timers on the first runtime it is bound to: the
-    /// server's, unless the set was built with [`TaskSetBuilder::runtime`] or already
-    /// spawned from another runtime before the server started.
+    /// A task runs its futures and timers on the runtime of whoever spawns it: the
+    /// server's for its handlers, the caller's in async code. A spawn from a plain thread
+    /// runs on the server's runtime, unless the set was built with
+    /// [`TaskSetBuilder::runtime`] (which every task then uses) or already used from
+    /// another runtime before the server started.
     pub fn tasks(mut self, tasks: TaskSet) -> Self {
         self.config.shared_tasks = Some(tasks);
         self

@@ -86,8 +86,12 @@ pub(super) struct Shared {
     /// one wait in FIFO order, with no timer. (It caps callbacks at the queue's size, at
     /// least one, even where that is smaller than the thread limit.)
     pub(super) callback_room: Arc<Semaphore>,
+    /// The builder's runtime: every task runs there.
+    pinned: Option<Handle>,
+    /// The runtime of a spawn from a plain thread: the server's, or the first caller's.
     runtime: OnceLock<Handle>,
-    /// Whether `runtime` has timers, which a task's timeout and retries need: asked once.
+    /// Whether a task's runtime has timers, which its timeout and retries need: kept for
+    /// the first runtime asked about, asked afresh for any other.
     pub(super) timers: TimersKnown,
     pub(super) tracker: TaskTracker,
     /// The parent of every task's token: cancelled at the drain deadline.
@@ -328,24 +332,37 @@ impl TaskSet {
         abandoned
     }
 
-    /// Binds the runtime futures and timers run on, if none is bound yet.
+    /// Binds the runtime that tasks spawned from outside any runtime run on, if none is
+    /// bound yet (the server binds its own).
     pub(crate) fn bind_runtime(&self, handle: Handle) {
         let _ = self.shared.runtime.set(handle);
     }
 
-    /// The runtime to run on: the bound one, else the current one, or the one the
-    /// handler thread serves (which is then bound).
+    /// The runtime a task spawned now runs on: the builder's, else the caller's (the
+    /// current one in async code, on a handler thread or in a blocking task the runtime
+    /// its request or task came from), else, from a plain thread, the first one bound.
+    ///
+    /// Per caller, as `SyncService` picks its runtime per request: keeping the first
+    /// runtime for good sent every later task of a set shared by several runtimes (a
+    /// start-up check's, one `#[tokio::test]` after another) to a runtime that may no
+    /// longer run, where a task is lost or, on a current-thread runtime nobody drives,
+    /// never starts and its join waits for ever.
     pub(super) fn runtime(&self) -> Result<Handle> {
-        if let Some(handle) = self.shared.runtime.get() {
-            return Ok(handle.clone());
+        if let Some(pinned) = &self.shared.pinned {
+            return Ok(pinned.clone());
         }
         // A handler thread has no runtime entered, but its context names the runtime it
         // serves: a set the handler captured (an embedded `SyncService`'s) runs there.
-        let current = Handle::try_current()
+        let caller = Handle::try_current()
             .ok()
             .or_else(|| context::current().map(|ctx| ctx.runtime.clone()));
-        match current {
-            Some(handle) => Ok(self.shared.runtime.get_or_init(|| handle).clone()),
+        if let Some(handle) = caller {
+            // Kept for spawns from plain threads later, which have no runtime of their own.
+            self.shared.runtime.get_or_init(|| handle.clone());
+            return Ok(handle);
+        }
+        match self.shared.runtime.get() {
+            Some(handle) => Ok(handle.clone()),
             None => Err(Error::new(Kind::NoContext).with_message(
                 "this TaskSet has no runtime yet: spawn from async code, from a handler of a \
                  running server or a SyncService, or give one with TaskSetBuilder::runtime",
@@ -360,7 +377,7 @@ impl TaskSet {
             return Ok(());
         }
         Err(Error::new(Kind::NoContext).with_message(
-            "a task timeout or retries need timers, and this TaskSet's runtime has none: build \
+            "a task timeout or retries need timers, and the runtime this task would run on has none: build \
              it with `enable_time` or `enable_all`",
         ))
     }
@@ -493,16 +510,17 @@ impl TaskSetBuilder {
         self
     }
 
-    /// The runtime futures and timers run on. Default is the runtime of the first spawn
-    /// (or the server's, for the server's set), kept for the set's life: the caller's
-    /// runtime in async code, on a handler thread the runtime its server or
-    /// `SyncService` serves.
+    /// The runtime every task's futures and timers run on. Default is the caller's, per
+    /// spawn: in async code the current runtime, on a handler thread the runtime its
+    /// server or `SyncService` request came from, in a blocking task its task's. A spawn
+    /// from a plain thread, which has none, runs on the server's runtime for the server's
+    /// set, else on the first runtime the set was used from.
     ///
-    /// Bind the set to a runtime that outlives it and keeps running. A task spawned after
-    /// that runtime has shut down is recorded `failed` at once and logged (`background
-    /// task lost`), and its closure never runs. On a current-thread runtime, tasks make
-    /// progress only while something drives it (`block_on`): a `join_blocking` from a
-    /// plain thread while nothing does waits until something does.
+    /// Give one that outlives the set and keeps running. A task spawned after that runtime
+    /// has shut down is recorded `failed` at once and logged (`background task lost`), and
+    /// its closure never runs. On a current-thread runtime, tasks make progress only while
+    /// something drives it (`block_on`): a `join_blocking` from a plain thread while
+    /// nothing does waits until something does.
     pub fn runtime(mut self, handle: Handle) -> Self {
         self.runtime = Some(handle);
         self
@@ -512,8 +530,8 @@ impl TaskSetBuilder {
     /// anywhere.
     pub fn build(self) -> TaskSet {
         let runtime = OnceLock::new();
-        if let Some(handle) = self.runtime {
-            let _ = runtime.set(handle);
+        if let Some(handle) = &self.runtime {
+            let _ = runtime.set(handle.clone());
         }
         TaskSet {
             shared: Arc::new(Shared {
@@ -535,6 +553,7 @@ impl TaskSetBuilder {
                     .queue_capacity(self.queue_capacity.max(1))
                     .thread_name("syncbridge-callback")
                     .build(),
+                pinned: self.runtime,
                 runtime,
                 timers: TimersKnown::default(),
                 tracker: TaskTracker::new(),

@@ -183,7 +183,7 @@ impl<'a> TaskBuilder<'a> {
     /// - [`Error::is_no_context`]: the set has no runtime yet and this thread has none, as
     ///   a plain thread has not (a handler thread has its server's or `SyncService`'s; see
     ///   [`TaskSetBuilder::runtime`](crate::TaskSetBuilder::runtime)), or the task
-    ///   has a timeout or retries and the set's runtime was built without timers.
+    ///   has a timeout or retries and the runtime it would run on was built without timers.
     pub fn spawn_blocking<F, T, E>(self, f: F) -> Result<TaskHandle<T>>
     where
         F: FnMut(TaskContext) -> std::result::Result<T, E> + Send + 'static,
