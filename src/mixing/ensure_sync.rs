@@ -43,6 +43,9 @@ use crate::error::{panic_message, Error, Kind, Result};
 ///   spawning anything. There, `.await` the future; in `spawn_blocking` use
 ///   `Handle::block_on`, or run the blocking code with
 ///   [`ensure_async`](crate::ensure_async) instead, whose threads count as handler threads.
+///   The same goes inside `tokio::task::block_in_place` and on any thread under a
+///   `Handle::enter()` guard: tokio reports a runtime there and cannot tell whether
+///   blocking is allowed, so the crate refuses; `Handle::block_on` works in both.
 ///
 /// The future must be `Send + 'static` because it runs on the runtime's threads, not on
 /// the caller's. It runs in the caller's [`tracing::Span`]: on a handler thread, the
@@ -118,7 +121,9 @@ where
 ///
 /// Any thread that is not running async code: a handler thread, a thread you spawned, the
 /// main thread while the runtime runs elsewhere. From async code it returns
-/// [`Error::is_async_context`] at once, as [`ensure_sync`] does.
+/// [`Error::is_async_context`] at once, as [`ensure_sync`] does, and so it does inside
+/// `tokio::task::block_in_place` and under a `Handle::enter()` guard, where tokio reports
+/// a runtime (drop the guard first, or use `Handle::block_on` there).
 ///
 /// The runtime must be driven while the call waits: a multi-thread runtime always is; a
 /// current-thread runtime only while its thread is inside `block_on`. Waiting on a
@@ -200,7 +205,8 @@ where
 pub(crate) fn refuse_async_context(what: &str) -> Result<()> {
     if Handle::try_current().is_ok() {
         return Err(Error::new(Kind::AsyncContext).with_message(format!(
-            "{what} blocks its thread and was called inside a tokio runtime; `.await` the future there instead"
+            "{what} blocks its thread and was called inside a tokio runtime; `.await` the future there instead \
+             (inside `block_in_place` or under `Handle::enter`, use `Handle::block_on`)"
         )));
     }
     Ok(())
