@@ -324,9 +324,16 @@ impl<H: Handler> SyncService<H> {
             Err(_job) => {
                 static POOL_FULL: Throttle = Throttle::new();
                 if let Some(left_out) = POOL_FULL.admit() {
+                    // With no thread at all, the OS refused to start one (logged at error
+                    // by the pool): a different fix than a bigger pool.
+                    let why = if shared.pool.stats().threads == 0 {
+                        "no blocking pool thread could start"
+                    } else {
+                        "blocking pool and queue are full"
+                    };
                     tracing::warn!(
                         method = %completion.method(), path = %completion.path(), left_out,
-                        "blocking pool and queue are full; answered 503"
+                        "{why}; answered 503"
                     );
                 }
                 let mut response = future::overloaded(shared.retry_after.clone());

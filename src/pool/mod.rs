@@ -193,7 +193,7 @@ impl BlockingPool {
     }
 
     /// Hands `job` to a thread, queues it, or gives it back when the pool is full or shut
-    /// down. Never waits for the pool, but may start an OS thread on the calling thread
+    /// down, or when no thread could start and none is running. Never waits for the pool, but may start an OS thread on the calling thread
     /// (tens of microseconds) when the pool grows.
     ///
     /// `Started` means a thread will take it without waiting for a running job to end;
@@ -324,12 +324,41 @@ impl Inner {
                     } else {
                         state.searching -= 1;
                     }
+                    // The pool is short of threads, not of room: a job in hand waits in
+                    // the queue for a thread already there, within the queue's bound
+                    // (the caller times the wait), as it would had the pool been full.
+                    // With no thread at all, nobody would take it: refused.
+                    let threads = state.threads;
+                    let free = self.config.max_threads - state.running;
+                    let job = match job {
+                        Some(job)
+                            if threads > 0
+                                && !state.shutdown
+                                && state.queue.len()
+                                    < free.saturating_add(self.config.queue_capacity) =>
+                        {
+                            state.queue.push_back(job);
+                            if state.idle > 0 {
+                                // Went idle since the submit looked: it takes the job.
+                                state.idle -= 1;
+                                state.searching += 1;
+                                state.wakeups += 1;
+                                self.condvar.notify_one();
+                            }
+                            None
+                        }
+                        other => other,
+                    };
                     self.unlock(state);
                     // Throttled: when the OS refuses threads (a pids limit), every
                     // submit tries again and fails the same way.
                     static SPAWN_FAILED: Throttle = Throttle::new();
                     if let Some(left_out) = SPAWN_FAILED.admit() {
-                        tracing::error!(pool = %self.config.name, error = %err, left_out, "failed to start a pool thread");
+                        tracing::error!(
+                            pool = %self.config.name, error = %err, threads, left_out,
+                            "failed to start a pool thread; work waits in the queue for \
+                             the threads running, or is refused while there are none"
+                        );
                     }
                     job
                 })

@@ -351,3 +351,32 @@ fn wait_until_waiting(pool: &BlockingPool) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// A thread that fails to start while others run leaves its job in the queue for them
+/// (the caller times the wait), as a full pool would; it was refused at once, a `503`
+/// with the queue empty. With no thread at all, the job is refused.
+#[test]
+fn a_job_whose_thread_fails_to_start_waits_for_a_running_one() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let pool = BlockingPool::builder()
+        .max_threads(4)
+        .queue_capacity(4)
+        .build();
+    pool.inner.fail_spawns.store(1, SeqCst);
+    assert!(
+        pool.try_submit(Job::boxed(|| {})).is_err(),
+        "no thread to wait for"
+    );
+    assert_eq!(pool.stats().queued, 0);
+
+    let (held, started_rx, release_tx) = held_job();
+    assert_eq!(pool.try_submit(held).ok(), Some(Admission::Started));
+    started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    pool.inner.fail_spawns.store(1, SeqCst);
+    let (ran_tx, ran_rx) = mpsc::channel::<()>();
+    let waiting = Job::boxed(move || ran_tx.send(()).unwrap());
+    assert_eq!(pool.try_submit(waiting).ok(), Some(Admission::Queued));
+    assert_eq!(pool.stats().queued, 1);
+    release_tx.send(()).unwrap();
+    ran_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
