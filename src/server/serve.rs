@@ -183,8 +183,12 @@ impl Server {
                     tracing::debug!(error = %err, "accept failed for one connection");
                 }
                 Err(err) => {
-                    // EMFILE and friends: back off instead of spinning on the error.
-                    tracing::error!(error = %err, "accept failed; retrying in 100 ms");
+                    // EMFILE and friends: back off instead of spinning on the error, and
+                    // say so once a second, not at every retry, for as long as it lasts.
+                    static ACCEPT_FAILED: Throttle = Throttle::new();
+                    if let Some(left_out) = ACCEPT_FAILED.admit() {
+                        tracing::error!(error = %err, left_out, "accept failed; retrying in 100 ms");
+                    }
                     tokio::select! {
                         _ = shutdown.graceful.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -316,13 +320,16 @@ fn warn_if_short_of_files(max_connections: usize) {
     const MARGIN: u64 = 64;
     if let Some(limit) = crate::sys::open_file_limit() {
         if (max_connections as u64).saturating_add(MARGIN) > limit {
+            // What is open now, where it can be counted: the margin is a guess for later.
+            let open = crate::sys::open_files();
             tracing::warn!(
                 max_connections,
                 open_file_limit = limit,
+                open_files = open,
                 "the open-file limit (RLIMIT_NOFILE) is below max_connections: \
                  past about {} connections, accept fails until one closes; \
                  raise it (`ulimit -n`) or lower max_connections",
-                limit.saturating_sub(MARGIN),
+                limit.saturating_sub(open.unwrap_or(MARGIN)),
             );
         }
     }
