@@ -16,8 +16,8 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::panic_message;
 use crate::throttle::Throttle;
@@ -87,10 +87,9 @@ impl<T> Drop for DropsOffRuntime<T> {
 
 /// The drop thread's queue, started at the first use; `None` if it could not start.
 fn drop_thread() -> Option<&'static SyncSender<Dropped>> {
-    static QUEUE_TX: OnceLock<Option<SyncSender<Dropped>>> = OnceLock::new();
-    let queue = QUEUE_TX.get_or_init(|| {
-        let (tx, rx) = sync_channel::<Dropped>(QUEUE);
-        let started = std::thread::Builder::new()
+    static QUEUE_TX: DropQueue = DropQueue::new();
+    QUEUE_TX.sender(|rx| {
+        std::thread::Builder::new()
             .name("syncbridge-drop".into())
             .spawn(move || {
                 for value in rx {
@@ -101,14 +100,82 @@ fn drop_thread() -> Option<&'static SyncSender<Dropped>> {
                         );
                     }
                 }
-            });
-        match started {
-            Ok(_) => Some(tx),
+            })
+            .map(drop)
+    })
+}
+
+/// A queue whose thread starts at the first use, and at a later use again if it could
+/// not: a moment short of threads (a pids limit) must not cost the rest of the process
+/// its drops off the runtime.
+struct DropQueue {
+    tx: OnceLock<SyncSender<Dropped>>,
+    starting: Mutex<()>,
+}
+
+impl DropQueue {
+    const fn new() -> Self {
+        DropQueue {
+            tx: OnceLock::new(),
+            starting: Mutex::new(()),
+        }
+    }
+
+    fn sender(
+        &self,
+        start: impl FnOnce(Receiver<Dropped>) -> std::io::Result<()>,
+    ) -> Option<&SyncSender<Dropped>> {
+        if let Some(tx) = self.tx.get() {
+            return Some(tx);
+        }
+        // One start at a time, so that two first uses do not start two threads.
+        let _starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = self.tx.get() {
+            return Some(tx);
+        }
+        let (tx, rx) = sync_channel::<Dropped>(QUEUE);
+        match start(rx) {
+            Ok(()) => Some(self.tx.get_or_init(|| tx)),
             Err(err) => {
-                tracing::error!(error = %err, "could not start the drop thread");
+                // Tried again at each use while it fails: throttled.
+                static START_FAILED: Throttle = Throttle::new();
+                if let Some(left_out) = START_FAILED.admit() {
+                    tracing::error!(error = %err, left_out, "could not start the drop thread");
+                }
                 None
             }
         }
-    });
-    queue.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DropQueue;
+
+    #[test]
+    fn a_drop_thread_that_could_not_start_is_started_at_the_next_use() {
+        let queue = DropQueue::new();
+        let failed = queue.sender(|_rx| Err(std::io::Error::other("no threads (test)")));
+        assert!(failed.is_none());
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let sender = queue.sender(|rx| {
+            std::thread::spawn(move || {
+                for value in rx {
+                    drop(value);
+                    started_tx.send(()).unwrap();
+                }
+            });
+            Ok(())
+        });
+        sender
+            .expect("started this time")
+            .send(Box::new(1))
+            .unwrap();
+        started
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        // Started once: later uses take the same queue.
+        let again = queue.sender(|_rx| panic!("started twice"));
+        assert!(again.is_some());
+    }
 }
