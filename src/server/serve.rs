@@ -40,6 +40,15 @@ impl Server {
     /// [`Error::is_async_context`] when called from async code (use
     /// [`serve_async`](Server::serve_async) there); [`Error::is_runtime`] when the
     /// runtime cannot start.
+    ///
+    /// # Panics
+    ///
+    /// When the OS refuses the runtime's worker threads (a pids or `RLIMIT_NPROC` limit
+    /// already reached), tokio panics inside its runtime builder ("OS can't spawn worker
+    /// thread") instead of returning an error, and may then hang while it unwinds; a
+    /// runtime of your own for [`serve_async`](Server::serve_async) meets the same.
+    /// Size the limit for the whole process (`docs/operations.md`, "Limits of the
+    /// process").
     pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::new(Kind::AsyncContext).with_message(
