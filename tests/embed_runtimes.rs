@@ -140,6 +140,27 @@ fn in_a_runtime_without_timers_a_request_that_would_queue_gets_503() {
     assert_eq!(status, 200);
 }
 
+/// `service` served by axum on a runtime of its own (returned, to drive the client).
+fn served_by_axum<H: syncbridge::Handler>(
+    service: syncbridge::SyncService<H>,
+) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = main.block_on(async {
+        let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .await
+            .unwrap();
+        let router = axum::Router::new().fallback_service(service);
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(axum::serve(listener, router).into_future());
+        addr
+    });
+    (main, addr)
+}
+
 /// A handler that reaches the runtime of its call through `ensure_sync` on `/sync`.
 fn reaches_its_runtime(req: syncbridge::Request) -> syncbridge::Result<String> {
     if req.uri().path() == "/sync" {
@@ -167,20 +188,7 @@ fn a_service_called_from_a_second_runtime_reaches_that_one() {
     let checked = first.block_on(service.clone().oneshot(request("/plain")));
     assert_eq!(checked.unwrap().status(), 200);
 
-    let main = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let addr = main.block_on(async {
-        let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .await
-            .unwrap();
-        let router = axum::Router::new().fallback_service(service.clone());
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(axum::serve(listener, router).into_future());
-        addr
-    });
+    let (main, addr) = served_by_axum(service.clone());
     let reply = main.block_on(get(addr, "/sync"));
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "ensure_sync gave 7");
@@ -258,20 +266,7 @@ fn a_task_set_runs_each_task_on_the_runtime_of_its_request() {
     let checked = first.block_on(async { within(service.clone().oneshot(request("/"))).await });
     assert_eq!(checked.unwrap().status(), 200);
 
-    let main = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let addr = main.block_on(async {
-        let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .await
-            .unwrap();
-        let router = axum::Router::new().fallback_service(service.clone());
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(axum::serve(listener, router).into_future());
-        addr
-    });
+    let (main, addr) = served_by_axum(service.clone());
     let reply = main.block_on(get(addr, "/"));
     assert_eq!(
         (reply.status.as_u16(), reply.text()),
