@@ -193,8 +193,9 @@ impl BlockingPool {
     }
 
     /// Hands `job` to a thread, queues it, or gives it back when the pool is full or shut
-    /// down, or when no thread could start and none is running. Never waits for the pool, but may start an OS thread on the calling thread
-    /// (tens of microseconds) when the pool grows.
+    /// down, or when no thread could start and none is running. Never waits for the
+    /// pool, but may start an OS thread on the calling thread (tens of microseconds) when
+    /// the pool grows.
     ///
     /// `Started` means a thread will take it without waiting for a running job to end;
     /// `Queued` means every thread is busy, so the caller should enforce the queue

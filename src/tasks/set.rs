@@ -377,8 +377,8 @@ impl TaskSet {
             return Ok(());
         }
         Err(Error::new(Kind::NoContext).with_message(
-            "a task timeout or retries need timers, and the runtime this task would run on has none: build \
-             it with `enable_time` or `enable_all`",
+            "a task timeout or retries need timers, and the runtime this task would run on \
+             has none: build it with `enable_time` or `enable_all`",
         ))
     }
 
