@@ -331,6 +331,7 @@ impl Inner {
                     // With no thread at all, nobody would take it: refused.
                     let threads = state.threads;
                     let free = self.config.max_threads - state.running;
+                    let mut then = Wake::Nothing;
                     let job = match job {
                         Some(job)
                             if threads > 0
@@ -339,20 +340,20 @@ impl Inner {
                                     < free.saturating_add(self.config.queue_capacity) =>
                         {
                             state.queue.push_back(job);
-                            if state.idle > 0 {
-                                // Went idle since the submit looked: it takes the job.
-                                state.idle -= 1;
-                                state.searching += 1;
-                                state.wakeups += 1;
-                                self.condvar.notify_one();
+                            // As a submit that queues: one thread looking at the queue is
+                            // enough, and only a parked one (gone idle since the submit
+                            // looked) is called on, a start having just failed.
+                            if state.searching == 0 && state.idle > 0 {
+                                then = self.claim(&mut state);
                             }
                             None
                         }
                         other => other,
                     };
                     self.unlock(state);
-                    // Throttled: when the OS refuses threads (a pids limit), every
-                    // submit tries again and fails the same way.
+                    let _ = self.act(then); // a notify at most: cannot fail
+                                            // Throttled: when the OS refuses threads (a pids limit), every
+                                            // submit tries again and fails the same way.
                     static SPAWN_FAILED: Throttle = Throttle::new();
                     if let Some(left_out) = SPAWN_FAILED.admit() {
                         tracing::error!(
