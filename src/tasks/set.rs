@@ -529,10 +529,6 @@ impl TaskSetBuilder {
     /// Builds the set. No thread starts until the first blocking task. Callable from
     /// anywhere.
     pub fn build(self) -> TaskSet {
-        let runtime = OnceLock::new();
-        if let Some(handle) = &self.runtime {
-            let _ = runtime.set(handle.clone());
-        }
         TaskSet {
             shared: Arc::new(Shared {
                 backend: Box::new(Registry::new(self.max_entries, self.ttl)),
@@ -554,7 +550,7 @@ impl TaskSetBuilder {
                     .thread_name("syncbridge-callback")
                     .build(),
                 pinned: self.runtime,
-                runtime,
+                runtime: OnceLock::new(),
                 timers: TimersKnown::default(),
                 tracker: TaskTracker::new(),
                 root: CancellationToken::new(),
