@@ -54,17 +54,21 @@ async fn at_the_open_file_limit_accept_failures_are_logged_once_a_second() {
         rlim_cur: open + 16,
         ..before
     });
-    // Clients take the last files: the last one connected waits in the backlog, and the
-    // server's `accept` fails for it with EMFILE until a file frees up.
-    let mut clients = Vec::new();
+    // Placeholders take every file left; one is then handed to a client, so the process
+    // is at the limit with that client waiting in the backlog, and the server's `accept`
+    // fails for it with EMFILE until a file frees up. (Clients alone would race the
+    // server for the last file: it could take it, leaving nothing to fail.)
+    let mut placeholders = Vec::new();
     let refused = loop {
-        match std::net::TcpStream::connect(server.addr) {
-            Ok(client) => clients.push(client),
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => placeholders.push(file),
             Err(err) => break err,
         }
-        assert!(clients.len() < 64, "never reached the limit");
+        assert!(placeholders.len() < 64, "never reached the limit");
     };
     assert_eq!(refused.raw_os_error(), Some(libc::EMFILE), "{refused}");
+    placeholders.pop();
+    let waiting = std::net::TcpStream::connect(server.addr).unwrap();
     // Measured over a time, so waited for: ten retries a second meanwhile.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let lines = logs::count(&["accept failed"]);
@@ -72,7 +76,7 @@ async fn at_the_open_file_limit_accept_failures_are_logged_once_a_second() {
     // The connection the server already had is served all along.
     hello(&mut held);
     set_nofile(before);
-    drop(clients);
+    drop((placeholders, waiting));
     let reply = within(support::get(server.addr, "/")).await;
     assert_eq!(reply.status, 200);
     server.stop().await;
