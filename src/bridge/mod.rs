@@ -34,7 +34,7 @@ use crate::body::{channel, Body, BridgeBody, Completion, Http2Flow, OwnedLine, B
 use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::offload::DropsOffRuntime;
-use crate::pool::{Admission, BlockingPool, Job};
+use crate::pool::{Admission, BlockingPool, Job, Refusal};
 use crate::server::RemoteAddr;
 use crate::tasks::TaskSet;
 use crate::throttle::Throttle;
@@ -324,12 +324,11 @@ impl<H: Handler> SyncService<H> {
             Err(_job) => {
                 static POOL_FULL: Throttle = Throttle::new();
                 if let Some(left_out) = POOL_FULL.admit() {
-                    // With no thread at all, the OS refused to start one (logged at error
-                    // by the pool): a different fix than a bigger pool.
-                    let why = if shared.pool.stats().threads == 0 {
-                        "no blocking pool thread could start"
-                    } else {
-                        "blocking pool and queue are full"
+                    let why = match shared.pool.refusal() {
+                        Refusal::Full => "blocking pool and queue are full",
+                        // The OS refused to start one (logged at error by the pool).
+                        Refusal::NoThread => "no blocking pool thread could start",
+                        Refusal::ShutDown => "blocking pool is shut down",
                     };
                     tracing::warn!(
                         method = %completion.method(), path = %completion.path(), left_out,

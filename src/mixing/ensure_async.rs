@@ -50,8 +50,9 @@ use crate::throttle::Throttle;
 ///
 /// # Errors
 ///
-/// - [`Error::is_overloaded`]: every thread is busy and the queue is full, or the pool is
-///   shut down.
+/// - [`Error::is_overloaded`]: every thread is busy and the queue is full, or no thread
+///   is alive and the OS refused to start one.
+/// - [`Error::is_shutdown`]: the pool is shut down (the server has stopped).
 /// - [`Error::is_timeout`]: `f` waited in the queue longer than the pool's
 ///   [`queue_timeout`](BlockingPool::queue_timeout); it will not run.
 /// - [`Error::is_panic`]: `f` panicked; the panic is logged and its message is in
@@ -207,15 +208,12 @@ where
     });
 
     let admission = pool.try_submit(job).map_err(|_job| {
+        let err = pool.refusal().error("the blocking pool");
         static REFUSED: Throttle = Throttle::new();
         if let Some(left_out) = REFUSED.admit() {
-            tracing::warn!(
-                left_out,
-                "ensure_async refused: the blocking pool is full or shut down"
-            );
+            tracing::warn!(left_out, "ensure_async refused: {err}");
         }
-        Error::new(Kind::Overloaded)
-            .with_message("the blocking pool's threads and queue are full, or it is shut down")
+        err
     })?;
     let timeout = pool.queue_timeout();
     let guard = AbandonOnDrop {
@@ -285,5 +283,18 @@ mod tests {
         let err = super::super::ensure_sync::park_on(fut).unwrap_err();
         assert!(err.is_no_context(), "{err:?}");
         assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_shut_down_pool_refuses_with_is_shutdown_not_overloaded() {
+        let pool = BlockingPool::builder().max_threads(1).build();
+        pool.shutdown();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = runtime.block_on(ensure_async_on(&pool, || ())).unwrap_err();
+        assert!(err.is_shutdown(), "{err:?}");
+        assert!(err.to_string().contains("is shut down"), "{err}");
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::error::{Error, Kind};
 use crate::throttle::Throttle;
 
 mod builder;
@@ -264,6 +265,19 @@ impl BlockingPool {
         self.inner.lock().shutdown
     }
 
+    /// Why a submit was refused, read back after the refusal for the caller's log line
+    /// and error. A change in between can mislabel one message, nothing more.
+    pub(crate) fn refusal(&self) -> Refusal {
+        let state = self.inner.lock();
+        if state.shutdown {
+            Refusal::ShutDown
+        } else if state.threads == 0 {
+            Refusal::NoThread
+        } else {
+            Refusal::Full
+        }
+    }
+
     /// Stops taking work and lets idle threads exit. Running jobs finish on their own;
     /// queued jobs still run. Callable from any thread.
     pub(crate) fn shutdown(&self) {
@@ -351,9 +365,10 @@ impl Inner {
                         other => other,
                     };
                     self.unlock(state);
-                    let _ = self.act(then); // a notify at most: cannot fail
-                                            // Throttled: when the OS refuses threads (a pids limit), every
-                                            // submit tries again and fails the same way.
+                    // A notify at most: cannot fail.
+                    let _ = self.act(then);
+                    // Throttled: when the OS refuses threads (a pids limit), every submit
+                    // tries again and fails the same way.
                     static SPAWN_FAILED: Throttle = Throttle::new();
                     if let Some(left_out) = SPAWN_FAILED.admit() {
                         tracing::error!(
@@ -366,6 +381,40 @@ impl Inner {
                 })
             }
         }
+    }
+}
+
+/// Why the pool refused a job. The three call for different fixes (a bigger pool or
+/// queue, the OS's thread limits, nothing: a shutdown in progress), so a refused caller
+/// says which rather than "full" for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Every thread is busy and the queue holds all it may.
+    Full,
+    /// No thread is alive and the OS refused to start one (logged by the pool).
+    NoThread,
+    /// [`BlockingPool::shutdown`] was called.
+    ShutDown,
+}
+
+impl Refusal {
+    /// Worded to follow the pool's name: "the blocking pool and its queue are full".
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::Full => "and its queue are full",
+            Refusal::NoThread => "could not start a thread",
+            Refusal::ShutDown => "is shut down",
+        }
+    }
+
+    /// The error a refused caller returns: [`Error::is_overloaded`] (worth trying again
+    /// later), or [`Error::is_shutdown`].
+    pub(crate) fn error(self, pool: &str) -> Error {
+        let kind = match self {
+            Refusal::Full | Refusal::NoThread => Kind::Overloaded,
+            Refusal::ShutDown => Kind::Shutdown,
+        };
+        Error::new(kind).with_message(format!("{pool} {}", self.reason()))
     }
 }
 

@@ -380,3 +380,39 @@ fn a_job_whose_thread_fails_to_start_waits_for_a_running_one() {
     release_tx.send(()).unwrap();
     ran_rx.recv_timeout(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn a_refusal_names_its_cause() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let pool = BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(0)
+        .build();
+    pool.inner.fail_spawns.store(1, SeqCst);
+    assert!(pool.try_submit(Job::boxed(|| {})).is_err());
+    assert_eq!(pool.refusal(), Refusal::NoThread);
+    let err = pool.refusal().error("the test pool");
+    assert!(err.is_overloaded(), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the test pool could not start a thread"),
+        "{err}"
+    );
+
+    let (held, started_rx, release_tx) = held_job();
+    assert_eq!(pool.try_submit(held).ok(), Some(Admission::Started));
+    started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(pool.try_submit(Job::boxed(|| {})).is_err());
+    assert_eq!(pool.refusal(), Refusal::Full);
+    assert!(pool
+        .refusal()
+        .error("the test pool")
+        .to_string()
+        .contains("and its queue are full"));
+
+    pool.shutdown();
+    assert!(pool.try_submit(Job::boxed(|| {})).is_err());
+    assert_eq!(pool.refusal(), Refusal::ShutDown);
+    assert!(pool.refusal().error("the test pool").is_shutdown());
+    release_tx.send(()).unwrap();
+}

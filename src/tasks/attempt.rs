@@ -223,9 +223,11 @@ where
                         Err(f) => {
                             // Kept for the next retry, if any.
                             self.f = Some(f);
-                            return Attempt::Err(Arc::from(BoxError::from(
-                                "the background task pool and its queue are full",
-                            )));
+                            let refused = self.set.shared.pool.refusal();
+                            return Attempt::Err(Arc::from(BoxError::from(format!(
+                                "the background task pool {}",
+                                refused.reason()
+                            ))));
                         }
                     }
                 }

@@ -18,7 +18,7 @@ use super::handle::TaskHandle;
 use super::info::{TaskId, TaskInfo};
 use super::set::{register_live, unregister_live, TaskSet, CURRENT_SET};
 use super::supervise::{Supervisor, Unfinished};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Result};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub(super) type Callback = Box<dyn FnOnce(&TaskInfo) + Send + 'static>;
@@ -178,7 +178,8 @@ impl<'a> TaskBuilder<'a> {
     /// # Errors
     ///
     /// - [`Error::is_overloaded`]: the task pool's threads and queue are full, or the
-    ///   registry is full of live tasks. Nothing was started.
+    ///   registry is full of live tasks, or no task pool thread is alive and the OS
+    ///   refused to start one. Nothing was started.
     /// - [`Error::is_shutdown`]: the set is draining.
     /// - [`Error::is_no_context`]: the set has no runtime yet and this thread has none, as
     ///   a plain thread has not (a handler thread has its server's or `SyncService`'s; see
@@ -209,9 +210,8 @@ impl<'a> TaskBuilder<'a> {
             Ok(submitted) => work.first = Some(submitted),
             Err(f) => {
                 prepared.abort(self.set);
-                let full = Error::new(Kind::Overloaded)
-                    .with_message("the background task pool and its queue are full");
-                return Err(self.refused(full, f));
+                let refused = self.set.pool().refusal().error("the background task pool");
+                return Err(self.refused(refused, f));
             }
         }
         // Recorded only once the pool has taken it: recording may evict the oldest
