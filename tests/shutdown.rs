@@ -103,6 +103,54 @@ async fn shutdown_deadline_cuts_off_a_request_that_does_not_finish() {
 }
 
 #[tokio::test]
+async fn an_http2_request_cut_off_by_the_deadline_is_logged_before_the_server_says_it_stopped() {
+    let (release_tx, release_rx) = mpsc::sync_channel::<()>(1);
+    let release_rx = Mutex::new(release_rx);
+    let (started_tx, started_rx) = mpsc::sync_channel::<()>(1);
+    let started_tx = Mutex::new(started_tx);
+    let mut server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").shutdown_timeout(Duration::from_millis(200)),
+        move |_req: Request| {
+            started_tx.lock().unwrap().send(()).unwrap();
+            let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
+            "too late"
+        },
+    );
+    let addr = server.addr;
+    // On HTTP/2 hyper serves each request in a task of its own, beside the connection's.
+    let mut send = support::h2::<http_body_util::Empty<bytes::Bytes>>(addr).await;
+    let stuck = tokio::spawn(async move {
+        let req = http::Request::get("/stuck-on-h2")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        within(send.send_request(req)).await
+    });
+    within(tokio::task::spawn_blocking(move || {
+        started_rx.recv_timeout(support::STEP).unwrap()
+    }))
+    .await
+    .unwrap();
+
+    server.handle.shutdown();
+    within(server.join()).await.expect("serve returned Ok");
+    assert!(within(stuck).await.unwrap().is_err());
+    release_tx.send(()).unwrap();
+    // "stopped" is the last word: an operator reading the log must not find the request
+    // the shutdown gave up on after it, or miss it because the process exited first.
+    let cut_off = support::logs::position(&[
+        "request cut off by the shutdown before its response was complete",
+        "path=/stuck-on-h2",
+    ])
+    .expect("the cut-off request is logged");
+    let stopped = support::logs::position(&["syncbridge stopped", &format!("addr={addr}")])
+        .expect("the server says it stopped");
+    assert!(
+        cut_off < stopped,
+        "cut-off line {cut_off} after the stopped line {stopped}"
+    );
+}
+
+#[tokio::test]
 async fn shutdown_deadline_names_a_streamed_response_it_cuts_off_mid_body() {
     use http_body_util::BodyExt;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use super::exec::StreamExecutor;
 use super::Server;
@@ -318,8 +319,9 @@ impl Server {
     }
 }
 
-pub(super) fn http_builder(config: &Config) -> auto::Builder<StreamExecutor> {
-    let mut http = auto::Builder::new(StreamExecutor);
+/// hyper's builder for `config`, spawning HTTP/2 stream tasks on `streams`.
+pub(super) fn http_builder(config: &Config, streams: TaskTracker) -> auto::Builder<StreamExecutor> {
+    let mut http = auto::Builder::new(StreamExecutor { streams });
     http.http1()
         // The connection task enforces the header read timeout (see `conn`): hyper's
         // own timer allocates and registers a tokio timer for every request head, a

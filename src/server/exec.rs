@@ -8,11 +8,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// Spawns hyper's HTTP/2 stream tasks with `tokio::spawn`, each with a [`PanicLog`].
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct StreamExecutor;
+/// Spawns hyper's HTTP/2 stream tasks, each with a [`PanicLog`], on the server's tracker
+/// of them: a request cut off by the shutdown is dropped, and logged, in its stream's
+/// task, which the shutdown waits for before it says the server stopped.
+#[derive(Clone, Debug)]
+pub(super) struct StreamExecutor {
+    pub(super) streams: TaskTracker,
+}
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
 where
@@ -22,7 +27,7 @@ where
     fn execute(&self, fut: F) {
         // Spawned from the connection's poll: its span (the client's address) goes along.
         let span = tracing::Span::current();
-        tokio::spawn(
+        self.streams.spawn(
             async move {
                 let _panic_log = PanicLog::Http2Stream;
                 fut.await

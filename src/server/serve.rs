@@ -126,8 +126,11 @@ impl Server {
             .build();
         // Cancelled by a second Ctrl-C/SIGTERM only: it cuts every remaining wait short.
         let second_signal = CancellationToken::new();
+        // hyper's HTTP/2 stream tasks, beside the connections' own: a connection closes
+        // before its streams' tasks have dropped (and logged) what it cut off.
+        let streams = TaskTracker::new();
         let conn_config = Arc::new(ConnConfig {
-            http: http_builder(&config),
+            http: http_builder(&config, streams.clone()),
             keep_alive: config.keep_alive_timeout,
             header_read_timeout: config.header_read_timeout,
             write_stall_timeout: config.body_timeout,
@@ -210,6 +213,11 @@ impl Server {
         dropped_early.stage = Stage::ShuttingDown;
         conn_config.signal.raise(conn::DRAIN);
         connections.close();
+        streams.close();
+        let all_ended = || async {
+            connections.wait().await;
+            streams.wait().await;
+        };
         tracing::info!(
             connections = connections.len(),
             handlers_running = pool.stats().busy,
@@ -217,7 +225,7 @@ impl Server {
             "shutting down: stopped accepting, draining in-flight requests"
         );
         let cut_off_by = tokio::select! {
-            _ = connections.wait() => None,
+            _ = all_ended() => None,
             _ = tokio::time::sleep(config.shutdown_timeout) => Some("shutdown deadline reached"),
             _ = second_signal.cancelled() => Some("second shutdown signal"),
         };
@@ -234,13 +242,14 @@ impl Server {
             let by_signal = second_signal.is_cancelled();
             let grace = Duration::from_secs(5);
             let all_closed = tokio::select! {
-                _ = connections.wait() => true,
+                _ = all_ended() => true,
                 _ = tokio::time::sleep(grace) => false,
                 _ = second_signal.cancelled(), if !by_signal => false,
             };
             if !all_closed {
                 tracing::error!(
                     connections = connections.len(),
+                    http2_stream_tasks = streams.len(),
                     grace_secs = grace.as_secs(),
                     "connections still open after being cut off; left behind at shutdown"
                 );

@@ -107,6 +107,15 @@ pub fn count(parts: &[&str]) -> usize {
         .count()
 }
 
+/// Where the first captured line with every part is, in the order lines were logged.
+pub fn position(parts: &[&str]) -> Option<usize> {
+    LINES
+        .lock()
+        .unwrap()
+        .iter()
+        .position(|line| parts.iter().all(|p| line.contains(p)))
+}
+
 /// Whether a line with every part is captured within [`super::STEP`]: for lines logged
 /// by a thread the test has no other word from, after what it waits for.
 pub async fn eventually_contains(parts: &[&str]) -> bool {
