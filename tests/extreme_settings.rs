@@ -127,3 +127,30 @@ async fn a_retry_after_of_duration_max_is_sent_as_one_day() {
     within(busy).await.unwrap().unwrap();
     server.stop().await;
 }
+
+/// Uses about `frames` × 4 KiB of stack.
+fn deep(frames: usize) -> u64 {
+    let page = std::hint::black_box([frames as u8; 4096]);
+    if frames == 0 {
+        return 0;
+    }
+    deep(frames - 1) + u64::from(page[frames % 4096])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_size_serves_handlers_and_tasks_that_need_more_than_2_mib() {
+    // About 6 MiB of stack, in the handler and in a background task: past std's 2 MiB
+    // default, where the overflow would abort this whole test binary.
+    let server = Server::bind("127.0.0.1:0").thread_stack_size(16 << 20);
+    let server = TestServer::start_with(server, |_: Request| -> syncbridge::Result<String> {
+        let in_task = TaskSet::current()?
+            .spawn_blocking(|_| Ok::<_, BoxError>(deep(1500)))?
+            .join_blocking()?;
+        Ok(format!("{} {in_task}", deep(1500)))
+    });
+    let reply = get(server.addr, "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let expected = (1..=1500u64).map(|n| n % 256).sum::<u64>();
+    assert_eq!(reply.text(), format!("{expected} {expected}"));
+    server.stop().await;
+}

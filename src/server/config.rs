@@ -98,8 +98,20 @@ impl Server {
         self
     }
 
+    /// The stack size of handler threads, and of the server's background task threads.
+    /// Default is the standard library's, 2 MiB. Each thread reserves it as address space
+    /// (memory only once touched): lower it for many threads under an address-space
+    /// limit, raise it for deeply recursive handlers (a stack overflow aborts the whole
+    /// process).
+    pub fn thread_stack_size(mut self, bytes: usize) -> Self {
+        self.config.pool = self.config.pool.thread_stack_size(bytes);
+        self.config.tasks = self.config.tasks.thread_stack_size(bytes);
+        self
+    }
+
     /// Runs handlers on `pool` instead of a pool of the server's own (its limits replace
-    /// `max_threads`, `queue_capacity`, `queue_timeout`, `thread_keep_alive`).
+    /// `max_threads`, `queue_capacity`, `queue_timeout`, `thread_keep_alive`,
+    /// `thread_stack_size`).
     pub fn pool(mut self, pool: BlockingPool) -> Self {
         self.config.shared_pool = Some(pool);
         self

@@ -462,6 +462,7 @@ pub struct TaskSetBuilder {
     queue_capacity: usize,
     max_entries: usize,
     ttl: Duration,
+    stack_size: Option<usize>,
     runtime: Option<Handle>,
 }
 
@@ -472,6 +473,7 @@ impl Default for TaskSetBuilder {
             queue_capacity: 1024,
             max_entries: DEFAULT_MAX_ENTRIES,
             ttl: DEFAULT_TTL,
+            stack_size: None,
             runtime: None,
         }
     }
@@ -510,6 +512,13 @@ impl TaskSetBuilder {
         self
     }
 
+    /// The stack size of the threads blocking tasks and their callbacks run on. Default
+    /// is the standard library's, 2 MiB, reserved as address space per thread.
+    pub fn thread_stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+
     /// The runtime every task's futures and timers run on. Default is the caller's, per
     /// spawn: in async code the current runtime, on a handler thread the runtime its
     /// server or `SyncService` request came from, in a blocking task its task's. A spawn
@@ -529,26 +538,29 @@ impl TaskSetBuilder {
     /// Builds the set. No thread starts until the first blocking task. Callable from
     /// anywhere.
     pub fn build(self) -> TaskSet {
+        let pool = |name: &str, queue_capacity: usize| {
+            let pool = BlockingPool::builder()
+                .max_threads(self.max_threads)
+                .queue_capacity(queue_capacity)
+                .thread_name(name);
+            match self.stack_size {
+                Some(bytes) => pool.thread_stack_size(bytes),
+                None => pool,
+            }
+            .build()
+        };
         TaskSet {
             shared: Arc::new(Shared {
                 backend: Box::new(Registry::new(self.max_entries, self.ttl)),
-                pool: BlockingPool::builder()
-                    .max_threads(self.max_threads)
-                    .queue_capacity(self.queue_capacity)
-                    .thread_name("syncbridge-task")
-                    .build(),
+                pool: pool("syncbridge-task", self.queue_capacity),
                 // tokio's semaphore holds at most `MAX_PERMITS` (about 2^61): "no
                 // limit" (`usize::MAX`) is that.
                 callback_room: Arc::new(Semaphore::new(
                     self.queue_capacity.clamp(1, Semaphore::MAX_PERMITS),
                 )),
-                callbacks: BlockingPool::builder()
-                    .max_threads(self.max_threads)
-                    // At least the one place `callback_room` allows, so a callback with a
-                    // permit is refused only if a thread fails to start.
-                    .queue_capacity(self.queue_capacity.max(1))
-                    .thread_name("syncbridge-callback")
-                    .build(),
+                // At least the one place `callback_room` allows, so a callback with a
+                // permit is refused only if a thread fails to start.
+                callbacks: pool("syncbridge-callback", self.queue_capacity.max(1)),
                 pinned: self.runtime,
                 runtime: OnceLock::new(),
                 timers: TimersKnown::default(),
