@@ -1,6 +1,6 @@
 //! What std cannot do for us: lower a thread's scheduling priority and policy, read the
-//! open-file limit, bound what waits unsent in a socket, and make a socket's close a
-//! reset.
+//! open-file limit, bound what waits unsent in a socket, make a socket's close a reset,
+//! and see whether a client has sent what nobody read.
 
 /// Sets the calling thread's nice value to the process's own plus `increment` (the
 /// kernel caps it at 19). Best effort: a failure only costs the scheduling benefit, so
@@ -109,22 +109,26 @@ pub(crate) fn set_notsent_lowat(socket: &impl std::os::fd::AsRawFd, bytes: u32) 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn set_notsent_lowat<S>(_socket: &S, _bytes: u32) {}
 
-/// A connection's socket, kept by its descriptor for a setting made after the socket
-/// itself has gone to hyper: its close made a reset (`SO_LINGER` of zero), which drops
-/// what is still unsent. For a response that broke off: where the close is the body's
-/// end (HTTP/1.0, or HTTP/1.1 without a length), a clean close would pass it off as
-/// whole.
+/// A connection's socket, kept by its descriptor to choose how it closes after the
+/// socket itself has gone to hyper:
+/// - a reset (`SO_LINGER` of zero), which drops what is still unsent, for a response that
+///   broke off: where the close is the body's end (HTTP/1.0, or HTTP/1.1 without a
+///   length), a clean close would pass it off as whole;
+/// - or a close in stages (RFC 9112 §9.6) when the client is still sending a body
+///   nobody read: closed with those bytes unread, or with more on the way, the kernel
+///   answers with a reset, which can reach the client before it has read the response.
+///   nginx then fails its write of the body and answers `502` instead of the `413`.
 #[derive(Clone, Copy)]
-pub(crate) struct Resettable(#[cfg(target_os = "linux")] std::os::fd::RawFd);
+pub(crate) struct ClosingSocket(#[cfg(target_os = "linux")] std::os::fd::RawFd);
 
-impl Resettable {
+impl ClosingSocket {
     pub(crate) fn of(socket: &tokio::net::TcpStream) -> Self {
         #[cfg(target_os = "linux")]
-        return Resettable(std::os::fd::AsRawFd::as_raw_fd(socket));
+        return ClosingSocket(std::os::fd::AsRawFd::as_raw_fd(socket));
         #[cfg(not(target_os = "linux"))]
         {
             let _ = socket;
-            Resettable()
+            ClosingSocket()
         }
     }
 
@@ -138,6 +142,42 @@ impl Resettable {
 
     #[cfg(not(target_os = "linux"))]
     pub(crate) fn reset_on_close(self) {}
+
+    /// A second handle on the socket, to drain it after hyper closes its own, if the
+    /// client has sent bytes nobody has read, or if `more_may_come` (a request body was
+    /// left unread) and the client has not closed its side. `None` otherwise: one `recv`
+    /// that returns at once. Call it only while the socket is open.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    pub(crate) fn if_unread_input(self, more_may_come: bool) -> Option<std::net::TcpStream> {
+        let mut byte = 0u8;
+        // SAFETY: `byte` outlives the call, which writes at most one byte to it; the
+        // caller keeps the descriptor open. `MSG_PEEK` leaves the byte where it is.
+        let n = unsafe {
+            libc::recv(
+                self.0,
+                std::ptr::from_mut(&mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let waiting = n > 0
+            || (n < 0
+                && more_may_come
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock);
+        if !waiting {
+            return None; // the client's own close, an error, or nothing waits or will
+        }
+        // SAFETY: the descriptor is open for the duration of the borrow (above).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        // The duplicate shares the socket, non-blocking as tokio set it.
+        fd.try_clone_to_owned().ok().map(std::net::TcpStream::from)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn if_unread_input(self, _more_may_come: bool) -> Option<std::net::TcpStream> {
+        None
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -139,3 +139,35 @@ async fn a_client_trickling_a_body_nobody_reads_is_cut_off_at_the_header_read_ti
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_writes_its_whole_body_before_reading_gets_the_early_answer() {
+    // As nginx and most proxies send to an upstream: the whole body, then the response.
+    // Before: the server closed with the body's rest unread, the kernel answered it with
+    // a reset, the client's write failed, and nginx answered `502` in place of the `413`.
+    let server = TestServer::start(reads_ten);
+    let (mut read, writer) = post(server.addr, 8 << 20, false).await;
+    within(writer)
+        .await
+        .unwrap()
+        .expect("the whole upload went out");
+    let reply = read_raw_response(&mut read).await.expect("a response");
+    assert_eq!(reply.body, b"took 10");
+    assert!(closed_by_server(&mut read).await);
+
+    // Over the limit (64 MiB by default): answered `413` from the head alone.
+    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let mut request =
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n".to_vec();
+    request.resize(request.len() + (8 << 20), b'x');
+    within(write.write_all(&request))
+        .await
+        .expect("8 MiB of the upload went out");
+    let reply = read_raw_response(&mut read).await.expect("a response");
+    assert_eq!(reply.status, 413, "{}", reply.head);
+    assert!(closed_by_server(&mut read).await);
+    // Closing ends the server's drain at once, rather than after its 2 s.
+    drop((read, write));
+    server.stop().await;
+}

@@ -29,6 +29,11 @@ pub(crate) struct Activity {
     /// Whether a response body on it broke off (its producer failed): an HTTP/1
     /// connection then ends in a reset, not a close that could pass for the body's end.
     aborted: AtomicBool,
+    /// Whether a response on it may close it while its client still sends a request
+    /// body nobody read: one that says `Connection: close` itself (the server's answers
+    /// that leave a body unread do), or one to an HTTP/1.0 request whose body was left.
+    /// The close is then made in stages (`server::linger`).
+    mid_body_close: AtomicBool,
     epoch: Instant,
 }
 
@@ -69,6 +74,7 @@ impl Activity {
             held: Mutex::new(HeldSlots::default()),
             cut_off: AtomicU8::new(0),
             aborted: AtomicBool::new(false),
+            mid_body_close: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -147,6 +153,16 @@ impl Activity {
     /// Whether a response body on the connection broke off.
     pub(crate) fn has_aborted_response(&self) -> bool {
         self.aborted.load(Ordering::Relaxed)
+    }
+
+    /// Marks a response on the connection as one that may close it mid-body.
+    pub(crate) fn closes_mid_body(&self) {
+        self.mid_body_close.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a response on the connection may have closed it mid-body.
+    pub(crate) fn closed_mid_body(&self) -> bool {
+        self.mid_body_close.load(Ordering::Relaxed)
     }
 
     /// Whether the server closed the connection itself.

@@ -82,147 +82,174 @@ pub(super) async fn serve<H: Handler>(
     _permit: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
-    let socket = crate::sys::Resettable::of(&stream);
-    let conn = config.http.serve_connection(
-        WatchedIo {
-            io: TokioIo::new(stream),
-            activity: activity.clone(),
-        },
-        service.for_connection(activity.clone(), config.remote_addr.then_some(peer)),
-    );
-    let mut conn = std::pin::pin!(conn);
-    let mut notified = std::pin::pin!(config.signal.notify.notified());
-    let mut watchdog = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-    let mut state = Watch {
-        seen_level: SERVE,
-        draining: false,
-        idle_close: false,
-        held_goaway: None,
-        registered: None,
-        limits: Limits {
-            keep_alive: config.keep_alive,
-            header_read: config.header_read_timeout,
-            write_stall: config.write_stall_timeout,
-        },
-    };
+    let socket = crate::sys::ClosingSocket::of(&stream);
+    // In a block of its own, so that hyper's connection (and its handle on the socket)
+    // is dropped before a close in stages.
+    let unread = {
+        let conn = config.http.serve_connection(
+            WatchedIo {
+                io: TokioIo::new(stream),
+                activity: activity.clone(),
+            },
+            service.for_connection(activity.clone(), config.remote_addr.then_some(peer)),
+        );
+        let mut conn = std::pin::pin!(conn);
+        let mut notified = std::pin::pin!(config.signal.notify.notified());
+        let mut watchdog = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut state = Watch {
+            seen_level: SERVE,
+            draining: false,
+            idle_close: false,
+            held_goaway: None,
+            registered: None,
+            limits: Limits {
+                keep_alive: config.keep_alive,
+                header_read: config.header_read_timeout,
+                write_stall: config.write_stall_timeout,
+            },
+        };
 
-    let _panic_log = PanicLog::Connection(peer);
-    std::future::poll_fn(|cx| loop {
-        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-            if let Err(err) = result {
-                log_connection_error(peer, &*err);
+        let _panic_log = PanicLog::Connection(peer);
+        std::future::poll_fn(|cx| loop {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                if let Err(err) = result {
+                    log_connection_error(peer, &*err);
+                }
+                if activity.is_http2() {
+                    return Poll::Ready(None);
+                }
+                // hyper ends an HTTP/1 connection whose response broke off; its close must not
+                // look like the end of a body framed by the close. (HTTP/2 resets the stream.)
+                if activity.has_aborted_response() {
+                    socket.reset_on_close();
+                    return Poll::Ready(None);
+                }
+                // A client still sending a body nobody read gets the rest of its response
+                // before the close (see `linger`); not when the shutdown cuts connections off.
+                if config.signal.level() < FORCE {
+                    let more_may_come = activity.closed_mid_body();
+                    return Poll::Ready(socket.if_unread_input(more_may_come));
+                }
+                return Poll::Ready(None);
             }
-            // hyper ends an HTTP/1 connection whose response broke off; its close must not
-            // look like the end of a body framed by the close. (HTTP/2 resets the stream.)
-            if activity.has_aborted_response() && !activity.is_http2() {
-                socket.reset_on_close();
-            }
-            return Poll::Ready(());
-        }
 
-        // Both wake-up sources hold this task's waker from an earlier poll; they are
-        // polled again only when they fired or the waker changed, not on every request.
-        let fresh = !state
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()));
-        if fresh {
-            state.registered = Some(cx.waker().clone());
-        }
+            // Both wake-up sources hold this task's waker from an earlier poll; they are
+            // polled again only when they fired or the waker changed, not on every request.
+            let fresh = !state
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()));
+            if fresh {
+                state.registered = Some(cx.waker().clone());
+            }
 
-        let level = config.signal.level();
-        if level != state.seen_level || fresh {
-            if level >= FORCE {
-                let in_flight = activity.in_flight();
-                if in_flight > 0 {
-                    // The server's own line says why: the deadline, or a second signal.
-                    tracing::warn!(%peer, in_flight, "connection cut off by the shutdown");
+            let level = config.signal.level();
+            if level != state.seen_level || fresh {
+                if level >= FORCE {
+                    let in_flight = activity.in_flight();
+                    if in_flight > 0 {
+                        // The server's own line says why: the deadline, or a second signal.
+                        tracing::warn!(%peer, in_flight, "connection cut off by the shutdown");
+                    }
+                    // Its requests, dropped with `conn`, are the server's doing, not the client's.
+                    activity.cut_off(CutOff::Shutdown);
+                    return Poll::Ready(None);
                 }
-                // Its requests, dropped with `conn`, are the server's doing, not the client's.
-                activity.cut_off(CutOff::Shutdown);
-                return Poll::Ready(());
-            }
-            if level == DRAIN && !state.draining {
-                conn.as_mut().graceful_shutdown();
-                state.draining = true;
-            }
-            if level != state.seen_level {
-                // The old `Notified` completed; wait for the next level on a new one.
-                state.seen_level = level;
-                notified.set(config.signal.notify.notified());
-            }
-            // Registers the waker. The `Notified` existed before the load above, so a
-            // level raised since then completes it; the second load catches a raise
-            // between that load and a `Notified` made just now.
-            if notified.as_mut().poll(cx).is_ready() || config.signal.level() != level {
-                continue;
-            }
-            if level == DRAIN {
-                continue; // hyper may be able to finish now
-            }
-        }
-
-        if fresh || watchdog.is_elapsed() {
-            match state.check_idle(&activity, watchdog.as_mut(), cx) {
-                Idle::Busy => {}
-                Idle::Drain => {
-                    tracing::debug!(%peer, "keep-alive idle timeout; closing");
-                    conn.as_mut().graceful_shutdown();
-                    continue;
-                }
-                Idle::Close => {
-                    tracing::debug!(%peer, "no request head within the header read timeout; closing");
-                    return Poll::Ready(());
-                }
-                Idle::Stalled => {
-                    tracing::warn!(
-                        %peer,
-                        timeout_ms = state.limits.write_stall.as_millis() as u64,
-                        "client read none of its response for the body timeout; connection closed"
-                    );
-                    return Poll::Ready(());
-                }
-                Idle::DrainStalled => {
-                    tracing::warn!(
-                        %peer,
-                        timeout_ms = state.limits.write_stall.as_millis() as u64,
-                        "HTTP/2 connection closing for idleness still open the body timeout \
-                         later (its client holds back a response or keeps a stream open); \
-                         connection closed"
-                    );
-                    return Poll::Ready(());
-                }
-                Idle::Held if !state.draining => {
-                    // Its other streams may be moving (a proxy that multiplexes many
-                    // clients, one of them slow): a GOAWAY lets them finish, and tells the
-                    // client which requests were never taken.
-                    tracing::warn!(
-                        %peer,
-                        timeout_ms = state.limits.write_stall.as_millis() as u64,
-                        "HTTP/2 client opened no flow-control window for one of its \
-                         responses for the body timeout; closing the connection (GOAWAY), \
-                         its other requests have one more body timeout to finish"
-                    );
+                if level == DRAIN && !state.draining {
                     conn.as_mut().graceful_shutdown();
                     state.draining = true;
-                    state.held_goaway = Some(Instant::now());
+                }
+                if level != state.seen_level {
+                    // The old `Notified` completed; wait for the next level on a new one.
+                    state.seen_level = level;
+                    notified.set(config.signal.notify.notified());
+                }
+                // Registers the waker. The `Notified` existed before the load above, so a
+                // level raised since then completes it; the second load catches a raise
+                // between that load and a `Notified` made just now.
+                if notified.as_mut().poll(cx).is_ready() || config.signal.level() != level {
                     continue;
                 }
-                Idle::Held => {
-                    tracing::warn!(
-                        %peer,
-                        timeout_ms = state.limits.write_stall.as_millis() as u64,
-                        "HTTP/2 client held back a response for the body timeout while its \
-                         connection was closing; connection closed"
-                    );
-                    activity.cut_off(CutOff::StalledClient);
-                    return Poll::Ready(());
+                if level == DRAIN {
+                    continue; // hyper may be able to finish now
                 }
             }
-        }
-        return Poll::Pending;
-    })
-    .await
+
+            if fresh || watchdog.is_elapsed() {
+                match state.check_idle(&activity, watchdog.as_mut(), cx) {
+                    Idle::Busy => {}
+                    Idle::Drain => {
+                        tracing::debug!(%peer, "keep-alive idle timeout; closing");
+                        conn.as_mut().graceful_shutdown();
+                        continue;
+                    }
+                    Idle::Close => {
+                        tracing::debug!(%peer, "no request head within the header read timeout; closing");
+                        return Poll::Ready(None);
+                    }
+                    Idle::Stalled => {
+                        tracing::warn!(
+                            %peer,
+                            timeout_ms = state.limits.write_stall.as_millis() as u64,
+                            "client read none of its response for the body timeout; connection closed"
+                        );
+                        return Poll::Ready(None);
+                    }
+                    Idle::DrainStalled => {
+                        tracing::warn!(
+                            %peer,
+                            timeout_ms = state.limits.write_stall.as_millis() as u64,
+                            "HTTP/2 connection closing for idleness still open the body timeout \
+                             later (its client holds back a response or keeps a stream open); \
+                             connection closed"
+                        );
+                        return Poll::Ready(None);
+                    }
+                    Idle::Held if !state.draining => {
+                        // Its other streams may be moving (a proxy that multiplexes many
+                        // clients, one of them slow): a GOAWAY lets them finish, and tells the
+                        // client which requests were never taken.
+                        tracing::warn!(
+                            %peer,
+                            timeout_ms = state.limits.write_stall.as_millis() as u64,
+                            "HTTP/2 client opened no flow-control window for one of its \
+                             responses for the body timeout; closing the connection (GOAWAY), \
+                             its other requests have one more body timeout to finish"
+                        );
+                        conn.as_mut().graceful_shutdown();
+                        state.draining = true;
+                        state.held_goaway = Some(Instant::now());
+                        continue;
+                    }
+                    Idle::Held => {
+                        tracing::warn!(
+                            %peer,
+                            timeout_ms = state.limits.write_stall.as_millis() as u64,
+                            "HTTP/2 client held back a response for the body timeout while its \
+                             connection was closing; connection closed"
+                        );
+                        activity.cut_off(CutOff::StalledClient);
+                        return Poll::Ready(None);
+                    }
+                }
+            }
+            return Poll::Pending;
+        })
+        .await
+    };
+    if let Some(socket) = unread {
+        let shutdown = async {
+            loop {
+                // Made before the level is read: a raise in between still completes it.
+                let raised = config.signal.notify.notified();
+                if config.signal.level() >= DRAIN {
+                    return;
+                }
+                raised.await;
+            }
+        };
+        super::linger::drain_then_close(socket, shutdown).await;
+    }
 }
 
 struct Limits {

@@ -16,6 +16,7 @@
 mod config;
 mod conn;
 mod exec;
+mod linger;
 mod remote;
 mod serve;
 mod shutdown;
