@@ -29,11 +29,10 @@ pub(crate) struct Activity {
     /// Whether a response body on it broke off (its producer failed): an HTTP/1
     /// connection then ends in a reset, not a close that could pass for the body's end.
     aborted: AtomicBool,
-    /// Whether a response on it may close it while its client still sends a request
-    /// body nobody read: one that says `Connection: close` itself (the server's answers
-    /// that leave a body unread do), or one to an HTTP/1.0 request whose body was left.
-    /// The close is then made in stages (`server::linger`).
-    mid_body_close: AtomicBool,
+    /// Whether a request on it came with a body: the server may then close it while its
+    /// client still sends a body nobody read (an early `413`, a handler that did not
+    /// read it), and closes it in stages (`server::linger`).
+    had_request_body: AtomicBool,
     epoch: Instant,
 }
 
@@ -74,7 +73,7 @@ impl Activity {
             held: Mutex::new(HeldSlots::default()),
             cut_off: AtomicU8::new(0),
             aborted: AtomicBool::new(false),
-            mid_body_close: AtomicBool::new(false),
+            had_request_body: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -155,14 +154,14 @@ impl Activity {
         self.aborted.load(Ordering::Relaxed)
     }
 
-    /// Marks a response on the connection as one that may close it mid-body.
-    pub(crate) fn closes_mid_body(&self) {
-        self.mid_body_close.store(true, Ordering::Relaxed);
+    /// Marks the connection as one that carried a request body.
+    pub(crate) fn request_body_seen(&self) {
+        self.had_request_body.store(true, Ordering::Relaxed);
     }
 
-    /// Whether a response on the connection may have closed it mid-body.
-    pub(crate) fn closed_mid_body(&self) -> bool {
-        self.mid_body_close.load(Ordering::Relaxed)
+    /// Whether a request on the connection came with a body.
+    pub(crate) fn had_request_body(&self) -> bool {
+        self.had_request_body.load(Ordering::Relaxed)
     }
 
     /// Whether the server closed the connection itself.

@@ -184,13 +184,6 @@ impl<B> SyncServiceFuture<B> {
         }
         if let Some(mut completion) = self.completion.take() {
             completion.status = response.status();
-            // One lookup per response, on the bundled server only: the closes that leave
-            // a body unread all say so in the header.
-            if let Some(activity) = &completion.activity {
-                if response.headers().contains_key(http::header::CONNECTION) {
-                    activity.closes_mid_body();
-                }
-            }
             // A full body is known to be complete once hyper has taken it; a streamed one
             // is complete at `Content-Length` bytes, where hyper stops polling it.
             if !response.body().is_full() {

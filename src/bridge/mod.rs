@@ -242,6 +242,12 @@ impl<H: Handler> SyncService<H> {
         // The bundled server's head checks look at `Host`; its size limit walks every
         // header anyway, and finds it on the way (no lookup of its own).
         let bundled = self.activity.is_some();
+        if let Some(activity) = &self.activity {
+            // A body the server may leave unread, the connection closing under it.
+            if !body.is_end_stream() {
+                activity.request_body_seen();
+            }
+        }
         let mut hosts = None;
         if let Some(limit) = shared.max_header_size {
             let (size, found) = head_size(&parts);

@@ -268,11 +268,6 @@ where
             return true;
         }
         if !self.keep_alive {
-            // The connection closes after the response anyway (HTTP/1.0), its client
-            // perhaps still sending: closed in stages then.
-            if let Some(activity) = &activity {
-                activity.closes_mid_body();
-            }
             return true;
         }
         if !may_drain || activity.is_none() || (self.expects_continue && !self.received) {

@@ -127,7 +127,7 @@ pub(super) async fn serve<H: Handler>(
                 // A client still sending a body nobody read gets the rest of its response
                 // before the close (see `linger`); not when the shutdown cuts connections off.
                 if config.signal.level() < FORCE {
-                    let more_may_come = activity.closed_mid_body();
+                    let more_may_come = activity.had_request_body();
                     return Poll::Ready(socket.if_unread_input(more_may_come));
                 }
                 return Poll::Ready(None);
