@@ -196,13 +196,19 @@ pub(super) async fn serve<H: Handler>(
                         return Poll::Ready(None);
                     }
                     Idle::DrainStalled => {
-                        tracing::warn!(
-                            %peer,
-                            timeout_ms = state.limits.write_stall.as_millis() as u64,
-                            "HTTP/2 connection closing for idleness still open the body timeout \
-                             later (its client holds back a response or keeps a stream open); \
-                             connection closed"
-                        );
+                        // Once per idle connection of some clients (below): throttled.
+                        static DRAIN_STALLED: Throttle = Throttle::new();
+                        if let Some(left_out) = DRAIN_STALLED.admit() {
+                            tracing::warn!(
+                                %peer,
+                                timeout_ms = state.limits.write_stall.as_millis() as u64,
+                                left_out,
+                                "HTTP/2 connection closing for idleness still open the body \
+                                 timeout later (its client holds back a response, keeps a \
+                                 stream open, or does not answer the closing PING, as clients \
+                                 on Python's h2 such as httpx do not); connection closed"
+                            );
+                        }
                         return Poll::Ready(None);
                     }
                     Idle::Held if !state.draining => {
