@@ -47,21 +47,36 @@ async fn graceful_shutdown_completes_an_inflight_request_and_refuses_new_connect
     within(server.join()).await.expect("serve returned Ok");
 }
 
-#[tokio::test]
-async fn shutdown_deadline_cuts_off_a_request_that_does_not_finish() {
+/// A server with a 200 ms shutdown deadline whose handler says it started, then stays
+/// stuck until released (or the test ends): only the deadline can end its connection.
+/// Returns the server, the start signal and the release.
+fn stuck_server() -> (TestServer, mpsc::Receiver<()>, mpsc::SyncSender<()>) {
     let (release_tx, release_rx) = mpsc::sync_channel::<()>(1);
     let release_rx = Mutex::new(release_rx);
     let (started_tx, started_rx) = mpsc::sync_channel::<()>(1);
     let started_tx = Mutex::new(started_tx);
-    let mut server = TestServer::start_with(
+    let server = TestServer::start_with(
         Server::bind("127.0.0.1:0").shutdown_timeout(Duration::from_millis(200)),
         move |_req: Request| {
             started_tx.lock().unwrap().send(()).unwrap();
-            // Stuck until the test ends: only the deadline can end the connection.
             let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
             "too late"
         },
     );
+    (server, started_rx, release_tx)
+}
+
+async fn has_started(started: mpsc::Receiver<()>) {
+    within(tokio::task::spawn_blocking(move || {
+        started.recv_timeout(support::STEP).unwrap()
+    }))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_deadline_cuts_off_a_request_that_does_not_finish() {
+    let (mut server, started_rx, release_tx) = stuck_server();
     let addr = server.addr;
     let stuck = tokio::spawn(async move {
         let mut send = support::h1::<http_body_util::Empty<bytes::Bytes>>(addr).await;
@@ -71,11 +86,7 @@ async fn shutdown_deadline_cuts_off_a_request_that_does_not_finish() {
             .unwrap();
         within(send.send_request(req)).await
     });
-    within(tokio::task::spawn_blocking(move || {
-        started_rx.recv_timeout(support::STEP).unwrap()
-    }))
-    .await
-    .unwrap();
+    has_started(started_rx).await;
 
     let t0 = Instant::now();
     server.handle.shutdown();
@@ -104,18 +115,7 @@ async fn shutdown_deadline_cuts_off_a_request_that_does_not_finish() {
 
 #[tokio::test]
 async fn an_http2_request_cut_off_by_the_deadline_is_logged_before_the_server_says_it_stopped() {
-    let (release_tx, release_rx) = mpsc::sync_channel::<()>(1);
-    let release_rx = Mutex::new(release_rx);
-    let (started_tx, started_rx) = mpsc::sync_channel::<()>(1);
-    let started_tx = Mutex::new(started_tx);
-    let mut server = TestServer::start_with(
-        Server::bind("127.0.0.1:0").shutdown_timeout(Duration::from_millis(200)),
-        move |_req: Request| {
-            started_tx.lock().unwrap().send(()).unwrap();
-            let _ = release_rx.lock().unwrap().recv_timeout(support::STEP);
-            "too late"
-        },
-    );
+    let (mut server, started_rx, release_tx) = stuck_server();
     let addr = server.addr;
     // On HTTP/2 hyper serves each request in a task of its own, beside the connection's.
     let mut send = support::h2::<http_body_util::Empty<bytes::Bytes>>(addr).await;
@@ -125,11 +125,7 @@ async fn an_http2_request_cut_off_by_the_deadline_is_logged_before_the_server_sa
             .unwrap();
         within(send.send_request(req)).await
     });
-    within(tokio::task::spawn_blocking(move || {
-        started_rx.recv_timeout(support::STEP).unwrap()
-    }))
-    .await
-    .unwrap();
+    has_started(started_rx).await;
 
     server.handle.shutdown();
     within(server.join()).await.expect("serve returned Ok");
