@@ -121,7 +121,7 @@ pub async fn serve_tls<H: Handler>(
         // Taken before accepting, so that past the limit clients wait in the backlog
         // instead of costing a task and a file each.
         let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
             () = &mut shutdown => break,
         };
         let (tcp, peer) = tokio::select! {

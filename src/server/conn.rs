@@ -118,14 +118,16 @@ pub(super) async fn serve<H: Handler>(
                 if activity.is_http2() {
                     return Poll::Ready(None);
                 }
-                // hyper ends an HTTP/1 connection whose response broke off; its close must not
-                // look like the end of a body framed by the close. (HTTP/2 resets the stream.)
+                // hyper ends an HTTP/1 connection whose response broke off; its close must
+                // not look like the end of a body framed by the close. (HTTP/2 resets the
+                // stream.)
                 if activity.has_aborted_response() {
                     socket.reset_on_close();
                     return Poll::Ready(None);
                 }
-                // A client still sending a body nobody read gets the rest of its response
-                // before the close (see `linger`); not when the shutdown cuts connections off.
+                // A client still sending a body nobody read gets time to read the response
+                // before the close (see `linger`); not when the shutdown cuts connections
+                // off.
                 if config.signal.level() < FORCE {
                     let more_may_come = activity.had_request_body();
                     return Poll::Ready(socket.if_unread_input(more_may_come));
@@ -151,7 +153,8 @@ pub(super) async fn serve<H: Handler>(
                         // The server's own line says why: the deadline, or a second signal.
                         tracing::warn!(%peer, in_flight, "connection cut off by the shutdown");
                     }
-                    // Its requests, dropped with `conn`, are the server's doing, not the client's.
+                    // Its requests, dropped with `conn`, are the server's doing, not the
+                    // client's.
                     activity.cut_off(CutOff::Shutdown);
                     return Poll::Ready(None);
                 }
@@ -184,19 +187,23 @@ pub(super) async fn serve<H: Handler>(
                         continue;
                     }
                     Idle::Close => {
-                        tracing::debug!(%peer, "no request head within the header read timeout; closing");
+                        tracing::debug!(
+                            %peer,
+                            "no request head within the header read timeout; closing"
+                        );
                         return Poll::Ready(None);
                     }
                     Idle::Stalled => {
                         tracing::warn!(
                             %peer,
                             timeout_ms = state.limits.write_stall.as_millis() as u64,
-                            "client read none of its response for the body timeout; connection closed"
+                            "client read none of its response for the body timeout; \
+                             connection closed"
                         );
                         return Poll::Ready(None);
                     }
                     Idle::DrainStalled => {
-                        // Once per idle connection of some clients (below): throttled.
+                        // Once per idle connection of some clients (httpx, below): throttled.
                         static DRAIN_STALLED: Throttle = Throttle::new();
                         if let Some(left_out) = DRAIN_STALLED.admit() {
                             tracing::warn!(
