@@ -68,6 +68,18 @@ impl ConnSignal {
     fn level(&self) -> u8 {
         self.level.load(Ordering::Acquire)
     }
+
+    /// Completes once the level is `level` or higher.
+    async fn reached(&self, level: u8) {
+        loop {
+            // Made before the level is read: a raise in between still completes it.
+            let raised = self.notify.notified();
+            if self.level() >= level {
+                return;
+            }
+            raised.await;
+        }
+    }
 }
 
 /// Serves one connection until it closes, idles out, or the server stops.
@@ -251,17 +263,7 @@ pub(super) async fn serve<H: Handler>(
         .await
     };
     if let Some(socket) = unread {
-        let shutdown = async {
-            loop {
-                // Made before the level is read: a raise in between still completes it.
-                let raised = config.signal.notify.notified();
-                if config.signal.level() >= DRAIN {
-                    return;
-                }
-                raised.await;
-            }
-        };
-        super::linger::drain_then_close(socket, shutdown).await;
+        super::linger::drain_then_close(socket, config.signal.reached(DRAIN)).await;
     }
 }
 
