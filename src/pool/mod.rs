@@ -398,13 +398,15 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    /// Worded to follow the pool's name: "the blocking pool and its queue are full".
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
+    /// The refusal as a sentence about `pool`: "the blocking pool and its queue are
+    /// full".
+    pub(crate) fn message(self, pool: &str) -> String {
+        let reason = match self {
             Refusal::Full => "and its queue are full",
             Refusal::NoThread => "could not start a thread",
             Refusal::ShutDown => "is shut down",
-        }
+        };
+        format!("{pool} {reason}")
     }
 
     /// The error a refused caller returns: [`Error::is_overloaded`] (worth trying again
@@ -414,7 +416,7 @@ impl Refusal {
             Refusal::Full | Refusal::NoThread => Kind::Overloaded,
             Refusal::ShutDown => Kind::Shutdown,
         };
-        Error::new(kind).with_message(format!("{pool} {}", self.reason()))
+        Error::new(kind).with_message(self.message(pool))
     }
 }
 

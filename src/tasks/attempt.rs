@@ -224,10 +224,9 @@ where
                             // Kept for the next retry, if any.
                             self.f = Some(f);
                             let refused = self.set.shared.pool.refusal();
-                            return Attempt::Err(Arc::from(BoxError::from(format!(
-                                "the background task pool {}",
-                                refused.reason()
-                            ))));
+                            return Attempt::Err(Arc::from(BoxError::from(
+                                refused.message("the background task pool"),
+                            )));
                         }
                     }
                 }
