@@ -432,6 +432,85 @@ async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn an_idle_http1_connection_waits_out_the_keep_alive_timeout_not_the_header_read_timeout() {
+    // Behind a proxy that pools connections for 60 s, an operator raises the keep-alive
+    // timeout over it without giving slow request heads more time.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .header_read_timeout(Duration::from_millis(200))
+            .keep_alive_timeout(Some(Duration::from_millis(1500))),
+        |_req: Request| "ok",
+    );
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    for round in 0..2 {
+        if round == 1 {
+            // Idle for three header read timeouts, well within the keep-alive timeout.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .await
+            .unwrap();
+        let reply = read_raw_response(&mut stream)
+            .await
+            .expect("the same connection still serves");
+        assert_eq!(reply.status, 200);
+    }
+    let t0 = Instant::now();
+    assert!(closed_by_server(&mut stream).await);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "closed after {:?}, before the keep-alive timeout",
+        t0.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_head_begun_after_an_idle_wait_has_the_header_read_timeout_from_its_first_byte() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .header_read_timeout(Duration::from_millis(300))
+            .keep_alive_timeout(Some(Duration::from_secs(60))),
+        |_req: Request| "ok",
+    );
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
+    // Idle past the header read timeout, then half a head, a byte at a time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    for byte in b"GET / HTTP/1.1\r\nHost: x\r\n".iter().take(6) {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed_by_server(&mut stream).await);
+    // Long before the 60 s keep-alive timeout: the head's own timer closed it.
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_keep_alive_timeout_an_idle_http1_connection_closes_at_the_header_read_timeout() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .header_read_timeout(Duration::from_millis(300))
+            .keep_alive_timeout(None),
+        |_req: Request| "ok",
+    );
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
+    assert!(closed_by_server(&mut stream).await);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn connections_past_the_limit_wait_until_one_closes() {
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0").max_connections(1),

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 /// `Activity::write_blocked_since_ms` when the socket is not full.
 const NOT_BLOCKED: u64 = u64::MAX;
 
+/// `Activity::head_since_ms` when no request head is on its way.
+const NO_HEAD: u64 = u64::MAX;
+
 /// What the bundled server knows of one connection: requests in flight, when the last
 /// one ended, and whether it speaks HTTP/2; for its keep-alive and header timeouts. And,
 /// for its body timeout, whether the client takes what is written to it.
@@ -16,6 +19,14 @@ pub(crate) struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` when the last request ended (0: the connection's start).
     last_busy_ms: AtomicU64,
+    /// Milliseconds since `epoch` when the next request's head began to arrive (bytes
+    /// read with no request in flight), or `NO_HEAD`. 0 at first: a connection's first
+    /// request is due from its start.
+    head_since_ms: AtomicU64,
+    /// Whether a read with no request in flight has returned since the connection task
+    /// last looked (`head_begun`). The task stamps `head_since_ms` only if the head is
+    /// still incomplete then, so that a head that comes whole costs no clock read.
+    read_while_idle: AtomicBool,
     http2: AtomicBool,
     /// Milliseconds since `epoch` when the connection's writes began to find the socket
     /// full, or `NOT_BLOCKED` (see `server::conn`).
@@ -68,6 +79,8 @@ impl Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             last_busy_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(0),
+            read_while_idle: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             held: Mutex::new(HeldSlots::default()),
@@ -84,6 +97,11 @@ impl Activity {
             self.http2.store(true, Ordering::Relaxed);
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The head read with no request in flight was this one's, even if the request is
+        // done again before the connection task looks (hyper may write a quick response
+        // in the same poll).
+        self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
+        self.read_while_idle.store(false, Ordering::Relaxed);
     }
 
     pub(crate) fn request_done(&self) {
@@ -102,6 +120,13 @@ impl Activity {
     pub(crate) fn touch(&self) {
         self.last_busy_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts the connection as busy until now, with a request body read on after its
+    /// response: what is read meanwhile is that body, not the next request's head.
+    pub(crate) fn body_moved(&self) {
+        self.touch();
+        self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
     }
 
     /// Records whether the last write found the socket full. The clock is read only when
@@ -176,6 +201,41 @@ impl Activity {
     /// Whether a request on this connection came over HTTP/2.
     pub(crate) fn is_http2(&self) -> bool {
         self.http2.load(Ordering::Relaxed)
+    }
+
+    /// Notes a read of the connection's socket that returned something (bytes, or its
+    /// end): with no request in flight, the next request's head may have begun.
+    pub(crate) fn read_returned(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            self.read_while_idle.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by the connection task after each poll of hyper's connection: whether a
+    /// request head began to arrive since the last call and is still incomplete (no
+    /// request in flight), in which case its time counts from now.
+    pub(crate) fn head_begun(&self) -> bool {
+        // Plain loads and stores: the connection task is the only writer and reader.
+        if !self.read_while_idle.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.read_while_idle.store(false, Ordering::Relaxed);
+        if self.in_flight() > 0 || self.head_since_ms.load(Ordering::Relaxed) != NO_HEAD {
+            return false;
+        }
+        self.head_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        true
+    }
+
+    /// How long the request head on its way has been arriving (since the connection's
+    /// start, for its first), if one is.
+    pub(crate) fn head_arriving_for(&self) -> Option<Duration> {
+        let since = self.head_since_ms.load(Ordering::Relaxed);
+        (since != NO_HEAD).then(|| {
+            self.epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(since))
+        })
     }
 
     /// How long the connection has had no request in flight; zero while one is.

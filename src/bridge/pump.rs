@@ -326,7 +326,7 @@ where
                     // Feeding a reader is the connection's work; a drain is not, so that
                     // a client trickling a body nobody reads is cut off in time.
                     if let (Some(activity), None) = (&activity, self.dropped_at) {
-                        activity.touch();
+                        activity.body_moved();
                         let waits_on_reader =
                             self.waits_for_room && matches!(polled, PumpPoll::Pending);
                         if waits_on_reader != busy.is_some() {

@@ -154,22 +154,34 @@ impl Server {
     }
 
     /// How long an HTTP/1 client may take to send a request head (Slowloris protection),
-    /// counted from the connection's start or the end of the previous response (or of a
-    /// request body its handler reads on after the response), as hyper counts it: a
-    /// keep-alive connection waiting for its next request is closed at this timeout too,
-    /// and so is one still draining a body nobody reads. A connection that has not sent
-    /// its first request is held to it whatever its protocol. Default is 30 seconds.
-    /// Zero closes every connection whose request is not already there when it is
-    /// accepted: keep it above your clients' round trip.
+    /// counted from the head's first byte, as Go's `ReadHeaderTimeout` and nginx's
+    /// `client_header_timeout` count: a connection is closed when a head it began is not
+    /// complete this long after. A connection's first request is due this long after it
+    /// is accepted, whatever its protocol; so is the rest of a request body nobody reads,
+    /// from its first byte after the response. Default is 30 seconds. Zero closes every
+    /// connection whose request is not already there when it is accepted: keep it above
+    /// your clients' round trip.
+    ///
+    /// An idle keep-alive connection waits for its next request for the
+    /// [`keep_alive_timeout`](Server::keep_alive_timeout), which may be longer; without
+    /// one, an idle HTTP/1 connection is closed at this timeout, counted from its last
+    /// response (hyper's rule).
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout;
         self
     }
 
-    /// How long a connection may stay open with no request in flight. `None` keeps idle
-    /// connections open (HTTP/1 still closes at the header read timeout). Default is 30
-    /// seconds. Zero, like a zero header read timeout, closes a connection whose first
-    /// request is not there at once.
+    /// How long a connection may stay open with no request in flight and no request head
+    /// on its way: nginx's `keepalive_timeout`, Go's `IdleTimeout`. Behind a proxy that
+    /// keeps connections to the server open, set it above the proxy's own idle timeout
+    /// (`docs/operations.md`, "Behind a proxy"). Default is 30 seconds. Zero closes a
+    /// connection as soon as its requests are done.
+    ///
+    /// `None` keeps idle HTTP/2 connections open; an idle HTTP/1 connection is then
+    /// closed at the [`header_read_timeout`](Server::header_read_timeout), counted from
+    /// its last response, as hyper does. With a keep-alive timeout, an HTTP/1 connection
+    /// its close leaves open (hyper still reading a body nobody wants) is closed one
+    /// header read timeout later.
     pub fn keep_alive_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.keep_alive_timeout = timeout;
         self

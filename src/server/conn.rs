@@ -31,8 +31,9 @@ use crate::throttle::Throttle;
 pub(super) struct ConnConfig {
     pub(super) http: auto::Builder<StreamExecutor>,
     pub(super) keep_alive: Option<Duration>,
-    /// How long an HTTP/1 connection may go without a request in flight before it is
-    /// closed outright; hyper's own header timer is off (see `http_builder`).
+    /// How long an HTTP/1 request head may take from its first byte (or the connection
+    /// from its start to its first request) before the connection is closed outright;
+    /// hyper's own header timer is off (see `http_builder`).
     pub(super) header_read_timeout: Duration,
     /// How long a client may leave a response unread (the socket full) before the
     /// connection is closed: the server's body timeout.
@@ -190,7 +191,9 @@ pub(super) async fn serve<H: Handler>(
                 }
             }
 
-            if fresh || watchdog.is_elapsed() {
+            // A request head begun on an idle connection has its own deadline.
+            let head_begun = activity.head_begun();
+            if fresh || head_begun || watchdog.is_elapsed() {
                 match state.check_idle(&activity, watchdog.as_mut(), cx) {
                     Idle::Busy => {}
                     Idle::Drain => {
@@ -354,15 +357,34 @@ impl Watch {
                 }
             } else {
                 let idle = activity.idle_for();
-                // HTTP/1 reads a request head all the while it is idle, and a client has
-                // `header_read` to send one (hyper's semantics; Slowloris protection). An
-                // HTTP/2 connection, between its streams, has only the keep-alive timeout
-                // (hyper sends no pings unless asked to).
-                let head_limit = (!activity.is_http2()).then_some(self.limits.header_read);
-                if head_limit.is_some_and(|limit| idle >= limit) {
+                let http1 = !activity.is_http2();
+                let arriving = activity.head_arriving_for().filter(|_| http1);
+                // A request head on its way over HTTP/1 (or the first request, whatever
+                // its protocol) has `header_read` from its first byte, as Go's
+                // `ReadHeaderTimeout` and nginx's `client_header_timeout` count
+                // (Slowloris protection). Without a keep-alive timeout, an idle HTTP/1
+                // connection is held to it too, from its last request: hyper's rule. With
+                // one, it is the backstop past it: the keep-alive close leaves open an
+                // HTTP/1 connection that hyper still reads a body nobody wants from.
+                let header_read = self.limits.header_read;
+                let head_left = match (arriving, self.limits.keep_alive) {
+                    (Some(arriving), _) => Some(header_read.saturating_sub(arriving)),
+                    (None, None) if http1 => Some(header_read.saturating_sub(idle)),
+                    (None, Some(keep_alive)) if http1 => {
+                        Some(keep_alive.saturating_add(header_read).saturating_sub(idle))
+                    }
+                    (None, _) => None,
+                };
+                if head_left == Some(Duration::ZERO) {
                     return Idle::Close;
                 }
-                let idle_limit = self.limits.keep_alive.filter(|_| !self.draining);
+                // An idle connection with no head on its way has the keep-alive timeout;
+                // an HTTP/2 connection between its streams has only that (hyper sends no
+                // pings unless asked to).
+                let idle_limit = self
+                    .limits
+                    .keep_alive
+                    .filter(|_| !self.draining && arriving.is_none());
                 if idle_limit.is_some_and(|limit| idle >= limit) {
                     self.draining = true;
                     self.idle_close = true;
@@ -386,10 +408,12 @@ impl Watch {
                 // more often than every `IDLE_RECHECK`, so that a tiny body timeout does
                 // not wake every idle connection all the time.
                 let recheck = self.limits.write_stall.max(IDLE_RECHECK);
-                [head_limit, idle_limit, drain_limit]
+                [idle_limit, drain_limit]
                     .into_iter()
                     .flatten()
-                    .map(|limit| later(now, limit - idle))
+                    .map(|limit| limit - idle)
+                    .chain(head_left)
+                    .map(|left| later(now, left))
                     .fold(later(now, recheck), Instant::min)
             };
             let next = goaway_deadline.map_or(next, |deadline| next.min(deadline));
@@ -500,7 +524,11 @@ impl hyper::rt::Read for WatchedIo {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if polled.is_ready() {
+            self.activity.read_returned();
+        }
+        polled
     }
 }
 
