@@ -833,3 +833,49 @@ async fn a_task_joining_an_async_child_with_a_callback_does_not_deadlock_a_full_
     let out = within(parent.join()).await.unwrap();
     assert_eq!(*out, (42, "callback ran"));
 }
+
+/// This thread's own nice value (Linux keeps one per thread).
+#[cfg(target_os = "linux")]
+fn own_nice() -> i32 {
+    // SAFETY: integer arguments; `who = 0` with PRIO_PROCESS names the calling thread.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_tasks_run_at_a_lower_priority_than_handlers() {
+    // CPU-bound background work must yield the CPU to requests, not take a share per
+    // thread: sixteen busy task threads against four handler threads would otherwise
+    // take four fifths of a core.
+    // SAFETY: integer arguments; the main thread's value (tid = pid) is the process's.
+    let base = unsafe { libc::getpriority(libc::PRIO_PROCESS, std::process::id()) };
+    if base + 10 >= 19 {
+        eprintln!("skipped: the test process runs at nice {base}");
+        return;
+    }
+    let server = TestServer::start(|_: Request| -> syncbridge::Result<String> {
+        let in_task = TaskSet::current()?
+            .spawn_blocking(|_| Ok::<_, BoxError>(own_nice()))?
+            .join_blocking()?;
+        Ok(format!("{} {in_task}", own_nice()))
+    });
+    let reply = get(server.addr, "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.text(),
+        format!("{} {}", base + 10, (base + 19).min(19))
+    );
+    server.stop().await;
+
+    // A set built with `nice(10)` shares the CPU with handlers thread for thread.
+    let shared = TaskSet::builder().nice(10).build();
+    let in_task = within(
+        shared
+            .spawn_blocking(|_| Ok::<_, BoxError>(own_nice()))
+            .unwrap()
+            .join(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(*in_task, base + 10);
+}

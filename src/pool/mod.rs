@@ -35,7 +35,8 @@ pub(crate) use worker::job_finishing;
 /// A bounded pool of threads for blocking work, with a bounded wait queue.
 ///
 /// One pool runs a server's request handlers; background tasks get a pool of their own so
-/// that they can never starve request handling. Cloning is cheap and shares the pool.
+/// that they can never take a request's thread or queue place (and run at a lower
+/// priority, `TaskSetBuilder::nice`). Cloning is cheap and shares the pool.
 ///
 /// # Examples
 ///

@@ -288,7 +288,10 @@ impl Server {
     }
 
     /// The most background blocking tasks running at once, on a pool apart from the
-    /// handlers' so that background work never starves requests. Default is 16.
+    /// handlers' so that background work never takes a request's thread, at a lower
+    /// priority than handlers (nice +19 against +10 on Linux, so CPU-bound tasks yield to
+    /// requests; [`TaskSetBuilder::nice`](crate::TaskSetBuilder::nice) with
+    /// [`Server::tasks`] to change it). Default is 16.
     pub fn max_task_threads(mut self, n: usize) -> Self {
         self.config.tasks = self.config.tasks.max_threads(n);
         self

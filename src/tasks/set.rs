@@ -35,7 +35,10 @@ tokio::task_local! {
 /// cancel, drain.
 ///
 /// Blocking closures run on a [`BlockingPool`] of the set's own, apart from request
-/// handlers, with its own limits, so background work can never starve request handling.
+/// handlers, with its own limits, so background work can never take a request's thread
+/// or queue place; and at a lower priority than handlers (nice +19 against their +10, on
+/// Linux), so CPU-bound background work yields the CPU to requests too
+/// ([`TaskSetBuilder::nice`]).
 /// Futures run on the tokio runtime. Every task gets a [`TaskId`] and an entry in a
 /// bounded registry that later requests query with [`status`](TaskSet::status) and
 /// [`info`](TaskSet::info).
@@ -463,8 +466,14 @@ pub struct TaskSetBuilder {
     max_entries: usize,
     ttl: Duration,
     stack_size: Option<usize>,
+    nice: i32,
     runtime: Option<Handle>,
 }
+
+/// Task threads' default nice increment: the lowest priority, below handler threads'
+/// (`BlockingPoolBuilder::nice`, 10), so that background work takes the CPU requests
+/// leave.
+const TASK_NICE: i32 = 19;
 
 impl Default for TaskSetBuilder {
     fn default() -> Self {
@@ -474,6 +483,7 @@ impl Default for TaskSetBuilder {
             max_entries: DEFAULT_MAX_ENTRIES,
             ttl: DEFAULT_TTL,
             stack_size: None,
+            nice: TASK_NICE,
             runtime: None,
         }
     }
@@ -519,6 +529,20 @@ impl TaskSetBuilder {
         self
     }
 
+    /// How much lower than the rest of the process the threads of blocking tasks and
+    /// their callbacks are scheduled, as a Linux nice increment (0 to 19). Default is 19,
+    /// the lowest: below request handlers (10, [`BlockingPoolBuilder::nice`]), so that
+    /// CPU-bound tasks take the CPU requests leave rather than a share per thread. On a
+    /// core that requests keep busy, a task then gets about a seventh of what a handler
+    /// thread gets; on an idle core, all of it. 10 shares the CPU with handlers thread
+    /// for thread. Has no effect off Linux.
+    ///
+    /// [`BlockingPoolBuilder::nice`]: crate::BlockingPoolBuilder::nice
+    pub fn nice(mut self, increment: i32) -> Self {
+        self.nice = increment.clamp(0, 19);
+        self
+    }
+
     /// The runtime every task's futures and timers run on. Default is the caller's, per
     /// spawn: in async code the current runtime, on a handler thread the runtime its
     /// server or `SyncService` request came from, in a blocking task its task's. A spawn
@@ -542,7 +566,8 @@ impl TaskSetBuilder {
             let pool = BlockingPool::builder()
                 .max_threads(self.max_threads)
                 .queue_capacity(queue_capacity)
-                .thread_name(name);
+                .thread_name(name)
+                .nice(self.nice);
             match self.stack_size {
                 Some(bytes) => pool.thread_stack_size(bytes),
                 None => pool,
