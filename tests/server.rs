@@ -511,18 +511,17 @@ async fn without_a_keep_alive_timeout_an_idle_http1_connection_closes_at_the_hea
 }
 
 #[tokio::test]
-async fn connections_past_the_limit_wait_until_one_closes() {
-    let server = TestServer::start_with(
-        Server::bind("127.0.0.1:0").max_connections(1),
-        |_req: Request| "ok",
-    );
+async fn connections_past_the_limit_wait_while_every_connection_is_busy() {
+    let (gate, started, release) = gate();
+    let server =
+        TestServer::start_with(Server::bind("127.0.0.1:0").max_connections(1), gated(gate));
     let mut first = within(TcpStream::connect(server.addr)).await.unwrap();
-    within(first.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    within(first.write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
         .unwrap();
-    assert_eq!(read_raw_response(&mut first).await.unwrap().status, 200);
+    let _started = recv_blocking(started).await;
 
-    // The second connection sits in the listen backlog, unserved.
+    // The first connection's request is in flight: the second waits, unserved.
     let mut second = within(TcpStream::connect(server.addr)).await.unwrap();
     within(second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
@@ -531,11 +530,14 @@ async fn connections_past_the_limit_wait_until_one_closes() {
         tokio::time::timeout(Duration::from_millis(300), read_raw_response(&mut second)).await;
     assert!(early.is_err(), "second connection served past the limit");
 
-    drop(first);
+    // The first finishes its request and is idle: it makes room for the second.
+    release.send(()).unwrap();
+    assert_eq!(read_raw_response(&mut first).await.unwrap().status, 200);
     let reply = read_raw_response(&mut second)
         .await
-        .expect("served after the first closed");
+        .expect("served once the first was idle");
     assert_eq!(reply.status, 200);
+    assert!(closed_by_server(&mut first).await);
     server.stop().await;
     // The one sign of a full connection table an operator gets (throttled: this test's
     // line, or another's at the same limit).
@@ -544,6 +546,52 @@ async fn connections_past_the_limit_wait_until_one_closes() {
         "connection limit reached",
         "max_connections=1"
     ]));
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_an_idle_keep_alive_connection_makes_room_for_a_new_one() {
+    // One client holding every slot with idle keep-alive connections must not lock others
+    // out until the keep-alive timeout (nginx reuses idle connections the same way).
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_connections(2)
+            .keep_alive_timeout(Some(Duration::from_secs(60)))
+            .header_read_timeout(Duration::from_secs(60)),
+        |req: Request| req.uri().path().to_owned(),
+    );
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+        within(stream.write_all(b"GET /idle HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
+        idle.push(stream);
+    }
+    let mut newcomer = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(newcomer.write_all(b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut newcomer)
+        .await
+        .expect("served within the test's step, long before the 60 s timeouts");
+    assert_eq!(reply.body, b"/new");
+    // One of the idle connections was closed for it; the other still serves.
+    let mut closed = 0;
+    for stream in &mut idle {
+        let probe = stream
+            .write_all(b"GET /idle HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        match probe {
+            Ok(()) => match read_raw_response(stream).await {
+                Some(reply) if reply.status == 200 => {}
+                _ => closed += 1,
+            },
+            Err(_) => closed += 1,
+        }
+    }
+    assert_eq!(closed, 1, "exactly one idle connection made room");
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -119,16 +119,22 @@ impl Server {
 
     /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout),
     /// rounded up to whole seconds, at least 1 (`0` would invite an instant retry) and at
-    /// most a day (86,400). Default is 1 second. At the connection limit there is no `503`: new connections
-    /// wait in the listen backlog (see [`max_connections`](Self::max_connections)). A
+    /// most a day (86,400). Default is 1 second. At the connection limit there is no
+    /// `503`: new connections wait for a slot (see
+    /// [`max_connections`](Self::max_connections)). A
     /// [`SingleThread`](crate::SingleThread) handler's own `503` always says 1 second.
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.config.retry_after = after;
         self
     }
 
-    /// The most connections open at once. When reached, the server stops accepting until
-    /// one closes; new clients wait in the listen backlog. Default is 10,000. Values
+    /// The most connections open at once. When reached, a new connection waits for a
+    /// slot: the server accepts it, asks an idle keep-alive connection (no request in
+    /// flight, none on its way) to close to make room, once a second for as long as the
+    /// wait lasts, as nginx reuses idle connections when it runs out; clients after it
+    /// wait in the listen backlog. Busy connections are never closed for it, and nor is a
+    /// new one still sending its first request (the header read timeout bounds that).
+    /// Logged at `warn`, throttled, with how long the wait has lasted. Default is 10,000. Values
     /// above tokio's semaphore limit (`usize::MAX >> 3`) are lowered to it, so
     /// `usize::MAX` means no limit of the server's own.
     ///

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -19,10 +18,11 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::exec::{PanicLog, StreamExecutor};
+use super::signal::{ConnSignal, Word, DRAIN, FORCE};
 use crate::bridge::{Activity, CutOff, SyncService};
 use crate::handler::Handler;
 use crate::throttle::Throttle;
@@ -41,46 +41,6 @@ pub(super) struct ConnConfig {
     /// Whether requests carry the peer's address (`Server::remote_addr`).
     pub(super) remote_addr: bool,
     pub(super) signal: ConnSignal,
-}
-
-/// The server's word to its connections: keep serving, drain, or stop now.
-///
-/// A level only rises. Connections read it with one atomic load per poll and sleep on
-/// `notify` in between, so a shutdown reaches every connection at once.
-#[derive(Debug, Default)]
-pub(super) struct ConnSignal {
-    level: AtomicU8,
-    notify: Notify,
-}
-
-pub(super) const SERVE: u8 = 0;
-/// Finish the requests in flight, take no new ones.
-pub(super) const DRAIN: u8 = 1;
-/// Stop now: the shutdown deadline passed or a second signal came.
-pub(super) const FORCE: u8 = 2;
-
-impl ConnSignal {
-    pub(super) fn raise(&self, level: u8) {
-        if self.level.fetch_max(level, Ordering::AcqRel) < level {
-            self.notify.notify_waiters();
-        }
-    }
-
-    fn level(&self) -> u8 {
-        self.level.load(Ordering::Acquire)
-    }
-
-    /// Completes once the level is `level` or higher.
-    async fn reached(&self, level: u8) {
-        loop {
-            // Made before the level is read: a raise in between still completes it.
-            let raised = self.notify.notified();
-            if self.level() >= level {
-                return;
-            }
-            raised.await;
-        }
-    }
 }
 
 /// Serves one connection until it closes, idles out, or the server stops.
@@ -110,7 +70,7 @@ pub(super) async fn serve<H: Handler>(
         let mut notified = std::pin::pin!(config.signal.notify.notified());
         let mut watchdog = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let mut state = Watch {
-            seen_level: SERVE,
+            seen: Word::default(),
             draining: false,
             idle_close: false,
             held_goaway: None,
@@ -158,8 +118,9 @@ pub(super) async fn serve<H: Handler>(
                 state.registered = Some(cx.waker().clone());
             }
 
-            let level = config.signal.level();
-            if level != state.seen_level || fresh {
+            let word = config.signal.word();
+            let level = word.level();
+            if word != state.seen || fresh {
                 if level >= FORCE {
                     let in_flight = activity.in_flight();
                     if in_flight > 0 {
@@ -171,22 +132,37 @@ pub(super) async fn serve<H: Handler>(
                     activity.cut_off(CutOff::Shutdown);
                     return Poll::Ready(None);
                 }
+                let mut closing = level == DRAIN;
                 if level == DRAIN && !state.draining {
                     conn.as_mut().graceful_shutdown();
                     state.draining = true;
                 }
-                if level != state.seen_level {
-                    // The old `Notified` completed; wait for the next level on a new one.
-                    state.seen_level = level;
+                if word.asks_room_since(state.seen)
+                    && !state.draining
+                    && is_idle(&activity)
+                    && config.signal.grant_room()
+                {
+                    // The connection limit is reached and a new client waits: an idle
+                    // keep-alive connection is a cache, closed to make room (RFC 9112
+                    // §9.5 lets a server close one at any time; nginx does the same).
+                    tracing::debug!(%peer, "idle connection closed to make room at the connection limit");
+                    conn.as_mut().graceful_shutdown();
+                    state.draining = true;
+                    state.idle_close = true;
+                    closing = true;
+                }
+                if word != state.seen {
+                    // The old `Notified` completed; wait for the next word on a new one.
+                    state.seen = word;
                     notified.set(config.signal.notify.notified());
                 }
                 // Registers the waker. The `Notified` existed before the load above, so a
-                // level raised since then completes it; the second load catches a raise
+                // change since then completes it; the second load catches a change
                 // between that load and a `Notified` made just now.
-                if notified.as_mut().poll(cx).is_ready() || config.signal.level() != level {
+                if notified.as_mut().poll(cx).is_ready() || config.signal.word() != word {
                     continue;
                 }
-                if level == DRAIN {
+                if closing {
                     continue; // hyper may be able to finish now
                 }
             }
@@ -278,7 +254,7 @@ struct Limits {
 
 /// The watchdog's bookkeeping for one connection.
 struct Watch {
-    seen_level: u8,
+    seen: Word,
     draining: bool,
     /// Whether the watchdog itself began the graceful close, for the keep-alive timeout.
     idle_close: bool,
@@ -302,6 +278,15 @@ enum Idle {
     /// An HTTP/2 connection closing for idleness is still open the write stall limit
     /// after the keep-alive timeout.
     DrainStalled,
+}
+
+/// Whether a connection has nothing in flight, no request head on its way (HTTP/1, or
+/// any connection before its first request) and no response waiting in its socket: one
+/// the keep-alive timeout may close, and the connection limit may reclaim.
+fn is_idle(activity: &Activity) -> bool {
+    activity.in_flight() == 0
+        && activity.write_blocked_for().is_none()
+        && (activity.is_http2() || activity.head_arriving_for().is_none())
 }
 
 /// How often an idle connection is looked at, at most, for a body timeout shorter than

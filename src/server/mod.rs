@@ -20,6 +20,7 @@ mod linger;
 mod remote;
 mod serve;
 mod shutdown;
+mod signal;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -13,7 +13,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::config::http_builder;
-use super::conn::{self, ConnConfig, ConnSignal};
+use super::conn::{self, ConnConfig};
+use super::signal::{self, ConnSignal};
 use super::{shutdown, Server};
 use crate::bridge::SyncService;
 use crate::error::{Error, Kind, Result};
@@ -157,23 +158,6 @@ impl Server {
         warn_if_short_of_files(config.max_connections);
 
         loop {
-            if slots.available_permits() == 0 {
-                // Not an error, but the one sign of it: clients wait unanswered meanwhile.
-                static AT_LIMIT: Throttle = Throttle::new();
-                if let Some(left_out) = AT_LIMIT.admit() {
-                    tracing::warn!(
-                        max_connections = config.max_connections,
-                        left_out,
-                        "connection limit reached; new connections wait in the listen \
-                         backlog until one closes"
-                    );
-                }
-            }
-            let permit = tokio::select! {
-                biased;
-                _ = shutdown.graceful.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            };
             let accepted = tokio::select! {
                 biased;
                 _ = shutdown.graceful.cancelled() => break,
@@ -181,6 +165,23 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    // Accepted first, then given a slot: the server then knows that someone
+                    // waits for one, and asks an idle keep-alive connection to make room.
+                    let permit = match slots.clone().try_acquire_owned() {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            let waited = wait_for_slot(
+                                &slots,
+                                config.max_connections,
+                                &conn_config.signal,
+                                &shutdown.graceful,
+                            );
+                            match waited.await {
+                                Some(permit) => permit,
+                                None => break,
+                            }
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     crate::sys::set_notsent_lowat(&stream, NOTSENT_LOWAT);
                     // Every line logged on the connection's behalf, the handler's own
@@ -211,7 +212,7 @@ impl Server {
 
         drop(listener);
         dropped_early.stage = Stage::ShuttingDown;
-        conn_config.signal.raise(conn::DRAIN);
+        conn_config.signal.raise(signal::DRAIN);
         connections.close();
         streams.close();
         let all_ended = || async {
@@ -234,7 +235,7 @@ impl Server {
                 connections = connections.len(),
                 "{cause}; cutting off the remaining connections"
             );
-            conn_config.signal.raise(conn::FORCE);
+            conn_config.signal.raise(signal::FORCE);
             // Each connection task logs what it cuts off and returns on its next poll; one
             // that is not polled again within the grace below is left behind, said here.
             // A second signal cuts the grace short, unless it is what began the cut-off
@@ -315,7 +316,7 @@ impl Drop for DroppedEarly {
         if let Some(watcher) = &self.signal_watcher {
             watcher.abort();
         }
-        self.conn_config.signal.raise(conn::DRAIN);
+        self.conn_config.signal.raise(signal::DRAIN);
         self.connections.close();
         let when = match self.stage {
             Stage::Serving => "while serving: stopped accepting, and",
@@ -372,6 +373,41 @@ fn register(listener: std::net::TcpListener) -> Result<TcpListener> {
     match catch_unwind(AssertUnwindSafe(|| TcpListener::from_std(listener))) {
         Ok(registered) => registered.map_err(|e| Error::new(Kind::Bind).with_source(e)),
         Err(_) => Err(no_context("needs a runtime with IO")),
+    }
+}
+
+/// Waits for a slot under `max_connections` for a connection accepted at the limit,
+/// asking an idle connection to close every second meanwhile (one that is busy at one ask
+/// may be idle at the next), and saying so, throttled, for as long as it lasts. `None`
+/// when the shutdown began: the accepted connection is dropped with the listener.
+async fn wait_for_slot(
+    slots: &Arc<Semaphore>,
+    max_connections: usize,
+    signal: &ConnSignal,
+    shutdown: &CancellationToken,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    static AT_LIMIT: Throttle = Throttle::new();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(left_out) = AT_LIMIT.admit() {
+            // Not an error, but the one sign of it: clients wait unanswered meanwhile.
+            tracing::warn!(
+                max_connections,
+                waited_ms = started.elapsed().as_millis() as u64,
+                left_out,
+                "connection limit reached; a new connection waits for a slot (idle \
+                 keep-alive connections are closed to make room, busy ones are not)"
+            );
+        }
+        signal.ask_for_room();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            permit = slots.clone().acquire_owned() => {
+                return Some(permit.expect("semaphore never closed"));
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 
