@@ -15,8 +15,15 @@
 //! `docs/architecture.md` lists what the bundled server sets on each connection and a
 //! host sets itself. This one sets what matters most over TLS: a connection limit, a
 //! handshake timeout (a client that connects and says nothing holds a permit), hyper's
-//! header read timeout (off unless hyper has a timer), the client's address for the
-//! handler, and a graceful shutdown that then waits for the blocking handlers.
+//! header read timeout (off unless hyper has a timer), HTTP/2's stream and window limits
+//! (hyper's defaults let one connection hold 200 handler threads), PINGs that drop a
+//! peer gone without a word, the client's address for the handler, and a graceful
+//! shutdown that then waits for the blocking handlers.
+//!
+//! Left out: an idle timeout for HTTP/2. hyper has none, so an HTTP/2 client that
+//! answers PINGs keeps its connection, and its slot under the connection limit, until it
+//! closes it (the bundled server closes it after `keep_alive_timeout`, with a timer of
+//! its own per connection).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +48,13 @@ const MAX_CONNECTIONS: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's head (HTTP/1).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 streams per connection, each a handler thread at most.
+const MAX_STREAMS: u32 = 100;
+/// Request body an HTTP/2 client may send ahead of its handler, per stream.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// How often an HTTP/2 connection is PINGed, and how long the answer may take.
+const PING_INTERVAL: Duration = Duration::from_secs(60);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the shutdown waits for open connections, then for blocking handlers.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request body the app accepts; past it the client gets `413`.
@@ -115,7 +129,14 @@ pub async fn serve_tls<H: Handler>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(STREAM_WINDOW * MAX_STREAMS)
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT);
     tokio::pin!(shutdown);
     loop {
         // Taken before accepting, so that past the limit clients wait in the backlog
