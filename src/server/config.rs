@@ -222,9 +222,14 @@ impl Server {
     /// connection first gets a GOAWAY: its other requests have one more body timeout to
     /// finish, and it is closed then if the response is still held (the requests cut off
     /// with it are logged). Each is logged at warn level. A client reading slowly is
-    /// not stalled as long as it takes at least a 64 KiB piece of each response per body
-    /// timeout (on Linux; elsewhere a full send buffer of the kernel's, which can be MiBs,
-    /// is reported writable only once a third of it has drained, and that is the floor); one sending slowly, as long as at least 8 KiB of its body comes per body
+    /// not stalled as long as it takes about 256 KiB of its responses per body timeout
+    /// (8.5 KiB/s at 30 s), on Linux: the kernel wakes a blocked writer only once less
+    /// than 64 KiB is left unsent, and one 64 KiB write can leave 192 KiB, so a client
+    /// taking 128 KiB per timeout was cut off in a probe, 183 KiB sometimes, 256 KiB
+    /// never (elsewhere a full send buffer of the kernel's, which can be MiBs, is reported
+    /// writable only once a third of it has drained, and that is the floor). An HTTP/2
+    /// client that holds a response back by its flow-control window must take a 64 KiB
+    /// frame of it per body timeout. One sending slowly is not stalled as long as at least 8 KiB of its body comes per body
     /// timeout while the handler waits for it (about 270 bytes a second at 30 s), not a
     /// byte now and then. A handler's own work is not
     /// limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at

@@ -188,7 +188,8 @@ pub(super) async fn serve<H: Handler>(
                         tracing::warn!(
                             %peer,
                             timeout_ms = state.limits.write_stall.as_millis() as u64,
-                            "client read none of its response for the body timeout; \
+                            "client took too little of its response for the body timeout (the \
+                             socket stayed full); \
                              connection closed"
                         );
                         return Poll::Ready(None);

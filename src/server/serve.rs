@@ -23,9 +23,11 @@ use crate::throttle::Throttle;
 
 /// How much written data may wait unsent in a connection's socket before the kernel
 /// stops reporting it writable (`TCP_NOTSENT_LOWAT`): two of hyper's 64 KiB writes. The
-/// kernel wakes a writer when half of it is left, so a client that takes 64 KiB per body
-/// timeout keeps its connection moving, as the body timeout's docs promise; and a
-/// connection holds this much unsent, not the MiBs autotuning gives the send buffer.
+/// kernel wakes a writer when less than half of it is left, and a write may leave 64 KiB
+/// past it: a client must take about 128 to 192 KiB before a blocked writer moves, which
+/// makes the body timeout's floor about 256 KiB per timeout (its docs). Without it that
+/// is a third of a send buffer autotuning grows to MiBs; and a connection holds this much
+/// unsent, not MiBs.
 const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 impl Server {
