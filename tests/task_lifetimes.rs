@@ -449,3 +449,39 @@ async fn a_join_is_not_refused_while_another_thread_joins_a_task_that_has_ended(
         "a join refused though the pool would free a thread"
     );
 }
+
+#[test]
+fn a_task_the_drain_left_running_is_one_error_not_two_when_its_runtime_ends() {
+    // The drain names a task that ignored its cancellation at `error`; its supervisor,
+    // dropped with the runtime afterwards, must not add a second error that reads like a
+    // panic of the crate's.
+    logs::install();
+    let runtime = runtime_with_timers();
+    let set = TaskSet::builder().runtime(runtime.handle().clone()).build();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let handle = set
+        .spawn_blocking(move |_ctx| {
+            started_tx.send(()).unwrap();
+            // Ignores its token, as legacy code does.
+            let _ = release_rx.recv_timeout(STEP);
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    let id = handle.id().to_string();
+    started_rx.recv_timeout(STEP).unwrap();
+    runtime.block_on(set.shutdown(Duration::from_millis(20)));
+    drop(runtime);
+    release_tx.send(()).unwrap();
+
+    assert!(logs::contains(&["ERROR", &id, "left running"]));
+    assert!(logs::contains(&[
+        "WARN",
+        &id,
+        "lost with its runtime after the drain left it running"
+    ]));
+    assert!(
+        !logs::contains(&["ERROR", &id, "background task lost"]),
+        "a second error for task {id}"
+    );
+}

@@ -115,6 +115,9 @@ pub(super) struct Shared {
     /// so at most `pool`'s `max_threads`.
     pub(super) joining: Mutex<Vec<TaskId>>,
     closed: AtomicBool,
+    /// Whether the drain gave up on tasks that did not stop after cancellation, and
+    /// named them: their supervisors are then dropped with the runtime, which is no news.
+    pub(super) left_running: AtomicBool,
 }
 
 impl TaskSet {
@@ -303,6 +306,7 @@ impl TaskSet {
                 _ = crate::timer::sleep_anywhere(CANCEL_GRACE) => false,
             };
             if !stopped {
+                shared.left_running.store(true, Ordering::Relaxed);
                 for id in shared.live().keys() {
                     tracing::error!(
                         task_id = %id,
@@ -596,6 +600,7 @@ impl TaskSetBuilder {
                 running: Mutex::new(HashSet::new()),
                 joining: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
+                left_running: AtomicBool::new(false),
             }),
         }
     }

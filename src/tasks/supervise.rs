@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -146,7 +147,16 @@ impl Drop for Unfinished {
                 self.token.cancel();
                 let message = "its supervisor was dropped before it ended: the runtime it \
                                runs on shut down, or the supervisor panicked";
-                tracing::error!(task_id = %id, "background task lost: {message}");
+                if self.set.shared.left_running.load(Ordering::Relaxed) {
+                    // The drain named it at `error` already ("left running"); this is
+                    // only its runtime ending after it, no second error.
+                    tracing::warn!(
+                        task_id = %id,
+                        "background task lost with its runtime after the drain left it running"
+                    );
+                } else {
+                    tracing::error!(task_id = %id, "background task lost: {message}");
+                }
                 let lost = outcome(TaskStatus::Failed, None, Some(Arc::from(message)));
                 self.set.shared.backend.finished(id, lost);
             }
