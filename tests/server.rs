@@ -411,6 +411,16 @@ async fn a_request_in_flight_outlives_the_idle_and_header_timeouts() {
     server.stop().await;
 }
 
+/// A keep-alive connection that has had one `GET /` answered `200`: idle from now.
+async fn served_once(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = within(TcpStream::connect(addr)).await.unwrap();
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
+    stream
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let server = TestServer::start_with(
@@ -419,11 +429,7 @@ async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
             .header_read_timeout(Duration::from_secs(60)),
         |_req: Request| "ok",
     );
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
-    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-        .await
-        .unwrap();
-    assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
+    let mut stream = served_once(server.addr).await;
     let t0 = Instant::now();
     assert!(closed_by_server(&mut stream).await);
     // Well before the 60 s header timer: the idle timeout closed it.
@@ -441,20 +447,16 @@ async fn an_idle_http1_connection_waits_out_the_keep_alive_timeout_not_the_heade
             .keep_alive_timeout(Some(Duration::from_millis(1500))),
         |_req: Request| "ok",
     );
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
-    for round in 0..2 {
-        if round == 1 {
-            // Idle for three header read timeouts, well within the keep-alive timeout.
-            tokio::time::sleep(Duration::from_millis(600)).await;
-        }
-        within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-            .await
-            .unwrap();
-        let reply = read_raw_response(&mut stream)
-            .await
-            .expect("the same connection still serves");
-        assert_eq!(reply.status, 200);
-    }
+    let mut stream = served_once(server.addr).await;
+    // Idle for three header read timeouts, well within the keep-alive timeout.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut stream)
+        .await
+        .expect("the same connection still serves");
+    assert_eq!(reply.status, 200);
     let t0 = Instant::now();
     assert!(closed_by_server(&mut stream).await);
     assert!(
@@ -473,11 +475,7 @@ async fn a_request_head_begun_after_an_idle_wait_has_the_header_read_timeout_fro
             .keep_alive_timeout(Some(Duration::from_secs(60))),
         |_req: Request| "ok",
     );
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
-    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-        .await
-        .unwrap();
-    assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
+    let mut stream = served_once(server.addr).await;
     // Idle past the header read timeout, then half a head, a byte at a time.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
@@ -501,11 +499,7 @@ async fn without_a_keep_alive_timeout_an_idle_http1_connection_closes_at_the_hea
             .keep_alive_timeout(None),
         |_req: Request| "ok",
     );
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
-    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-        .await
-        .unwrap();
-    assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
+    let mut stream = served_once(server.addr).await;
     assert!(closed_by_server(&mut stream).await);
     server.stop().await;
 }
@@ -559,15 +553,10 @@ async fn at_the_connection_limit_an_idle_keep_alive_connection_makes_room_for_a_
             .header_read_timeout(Duration::from_secs(60)),
         |req: Request| req.uri().path().to_owned(),
     );
-    let mut idle = Vec::new();
-    for _ in 0..2 {
-        let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
-        within(stream.write_all(b"GET /idle HTTP/1.1\r\nHost: x\r\n\r\n"))
-            .await
-            .unwrap();
-        assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
-        idle.push(stream);
-    }
+    let mut idle = vec![
+        served_once(server.addr).await,
+        served_once(server.addr).await,
+    ];
     let mut newcomer = within(TcpStream::connect(server.addr)).await.unwrap();
     within(newcomer.write_all(b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
