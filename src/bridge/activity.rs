@@ -215,7 +215,11 @@ impl Activity {
     /// request head began to arrive since the last call and is still incomplete (no
     /// request in flight), in which case its time counts from now.
     pub(crate) fn head_begun(&self) -> bool {
-        // Plain loads and stores: the connection task is the only writer and reader.
+        // Plain loads and stores: the connection task is the only writer and reader of
+        // the flag. The stamp is cleared from elsewhere too, by a body fed on after its
+        // response (`body_moved`, the pump's task); a stamp written just after such a
+        // clear is cleared again at the body's next move, and if none comes the body has
+        // stalled, which the header timeout may then bound from that stamp.
         if !self.read_while_idle.load(Ordering::Relaxed) {
             return false;
         }
