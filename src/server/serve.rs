@@ -180,7 +180,15 @@ impl Server {
                             );
                             match waited.await {
                                 Some(permit) => permit,
-                                None => break,
+                                None => {
+                                    // No request of it was read: closed as the listen
+                                    // backlog is, but named.
+                                    tracing::info!(
+                                        %peer,
+                                        "connection waiting for a slot closed by the shutdown"
+                                    );
+                                    break;
+                                }
                             }
                         }
                     };
