@@ -1,6 +1,6 @@
 //! What std cannot do for us: lower a thread's scheduling priority and policy, read the
 //! open-file limit, bound what waits unsent in a socket, make a socket's close a reset,
-//! and see whether a client has sent what nobody read.
+//! see whether a client has sent what nobody read, and how much it has taken.
 
 /// Sets the calling thread's nice value to the process's own plus `increment` (the
 /// kernel caps it at 19). Best effort: a failure only costs the scheduling benefit, so
@@ -109,8 +109,9 @@ pub(crate) fn set_notsent_lowat(socket: &impl std::os::fd::AsRawFd, bytes: u32) 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn set_notsent_lowat<S>(_socket: &S, _bytes: u32) {}
 
-/// A connection's socket, kept by its descriptor to choose how it closes after the
-/// socket itself has gone to hyper:
+/// A connection's socket, kept by its descriptor beside hyper's own handle: to see how
+/// much of its responses the client has taken ([`ConnSocket::bytes_acked`]), and to
+/// choose how it closes:
 /// - a reset (`SO_LINGER` of zero), which drops what is still unsent, for a response that
 ///   broke off: where the close is the body's end (HTTP/1.0, or HTTP/1.1 without a
 ///   length), a clean close would pass it off as whole;
@@ -119,17 +120,50 @@ pub(crate) fn set_notsent_lowat<S>(_socket: &S, _bytes: u32) {}
 ///   answers with a reset, which can reach the client before it has read the response.
 ///   nginx then fails its write of the body and answers `502` instead of the `413`.
 #[derive(Clone, Copy)]
-pub(crate) struct ClosingSocket(#[cfg(target_os = "linux")] std::os::fd::RawFd);
+pub(crate) struct ConnSocket(#[cfg(target_os = "linux")] std::os::fd::RawFd);
 
-impl ClosingSocket {
+impl ConnSocket {
     pub(crate) fn of(socket: &tokio::net::TcpStream) -> Self {
         #[cfg(target_os = "linux")]
-        return ClosingSocket(std::os::fd::AsRawFd::as_raw_fd(socket));
+        return ConnSocket(std::os::fd::AsRawFd::as_raw_fd(socket));
         #[cfg(not(target_os = "linux"))]
         {
             let _ = socket;
-            ClosingSocket()
+            ConnSocket()
         }
+    }
+
+    /// How many bytes of what the server wrote the client's kernel has acknowledged
+    /// (`TCP_INFO`'s `tcpi_bytes_acked`, Linux 4.1 on): how much of its responses the
+    /// client has taken, seen from the socket, whose "writable" comes only once 64 KiB
+    /// or less waits unsent. `None` where it cannot be read. Call it only while the
+    /// socket is open, from the task that drives it.
+    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
+    #[allow(unsafe_code)]
+    pub(crate) fn bytes_acked(self) -> Option<u64> {
+        // SAFETY: `tcp_info` is plain integers, for which zeroes are valid.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` and `len` outlive the call, which writes at most `len` bytes to
+        // `info` and the length it wrote to `len`; the caller keeps the descriptor open.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.0,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                std::ptr::from_mut(&mut info).cast(),
+                &mut len,
+            )
+        };
+        // An older kernel's shorter struct ends before the field.
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+        (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
+    }
+
+    /// Not read elsewhere: the body timeout then counts only what hyper writes.
+    #[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
+    pub(crate) fn bytes_acked(self) -> Option<u64> {
+        None
     }
 
     /// Makes the socket's close a reset. Call it only while the socket is open (before

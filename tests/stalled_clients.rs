@@ -543,6 +543,103 @@ async fn a_client_reading_a_large_download_slowly_but_steadily_is_not_cut_off() 
     );
 }
 
+#[tokio::test]
+async fn a_client_taking_far_less_than_the_socket_holds_per_body_timeout_is_not_cut_off() {
+    // 32 KiB/s, a timeout of 1 s: four times the 8 KiB a client must take per timeout,
+    // and a fourth of the 128 KiB or more Linux wants drained from a full socket before
+    // it lets the server write again. Before, the server saw only those writes, and the
+    // producer's channel saw only hyper's takes: this client was cut off within a few
+    // timeouts, as one that read nothing.
+    const PIECE: usize = 16 * 1024;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").body_timeout(TIMEOUT),
+        |_: Request| {
+            let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
+            Response::new(ResponseBody::from_chunks(
+                (0..512).map(move |_| Ok(chunk.clone())),
+            ))
+        },
+    );
+    support::logs::install();
+    // A small receive buffer, as over a real link: on loopback a large one opens the
+    // window a 64 KiB segment at a time, which at this rate is one per two timeouts.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(PIECE as u32).unwrap();
+    let mut stream = within(socket.connect(server.addr)).await.unwrap();
+    let client = format!("peer={}", stream.local_addr().unwrap());
+    within(stream.write_all(b"GET /download HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; PIECE];
+    let mut taken = 0;
+    let until = std::time::Instant::now() + TIMEOUT * 5;
+    while std::time::Instant::now() < until {
+        let n = within(stream.read(&mut buf)).await.unwrap_or(0);
+        assert!(n > 0, "cut off after {taken} bytes");
+        taken += n;
+        // The pace is what is tested: the reads are slow on purpose.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(stream);
+    server.stop().await;
+    assert!(
+        !support::logs::contains(&["client took too little of its response", &client]),
+        "cut off after {taken} bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_client_taking_less_than_8_kib_per_body_timeout_is_cut_off_and_its_request_named() {
+    // 1 KiB per timeout: what the socket shows of it must not pass for progress.
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").body_timeout(TIMEOUT),
+        |_: Request| {
+            let chunk = Bytes::from(vec![b't'; 64 * 1024]);
+            Response::new(ResponseBody::from_chunks(
+                (0..512).map(move |_| Ok(chunk.clone())),
+            ))
+        },
+    );
+    support::logs::install();
+    // The smallest receive buffer, so that the client's window opens as it reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let mut stream = within(socket.connect(server.addr)).await.unwrap();
+    let client = format!("peer={}", stream.local_addr().unwrap());
+    within(stream.write_all(b"GET /trickle HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let mut taken = 0;
+    loop {
+        match within(stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => taken += n,
+        }
+        assert!(
+            started.elapsed() < TIMEOUT * 20,
+            "still served after {taken} bytes"
+        );
+        // The pace is what is tested: the reads are slow on purpose.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    server.stop().await;
+    assert!(support::logs::contains(&[
+        "WARN",
+        "client took too little of its response",
+        &client
+    ]));
+    // The producer left its stall to the connection: the request is named there.
+    assert!(support::logs::contains(&[
+        "WARN",
+        "request cut off before its response was complete",
+        "path=/trickle",
+    ]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_past_its_held_response_goaway_is_closed_with_nothing_in_flight() {
     // A held response (/big) earns the connection a GOAWAY; a second, one-frame response

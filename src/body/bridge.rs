@@ -45,10 +45,10 @@ const FRAME: usize = 64 * 1024;
 /// instead); the next poll means the client made room for it. Full bodies are yielded in
 /// frames of at most `FRAME` too: taken whole, one would leave the bridge's sight at
 /// once. The least a client must take of a response it holds back so is thus one frame
-/// per body timeout (about 2 KiB/s at 30 s). (Where the socket fills instead, on HTTP/1
-/// for one, a streamed response's producer waits that long for hyper to take a piece,
-/// and the kernel's wake-up rule makes that about 256 KiB per timeout: see
-/// `Server::body_timeout`.)
+/// per body timeout (about 2 KiB/s at 30 s). (Where the socket fills instead, the
+/// connection's watch counts what the client's kernel acknowledges on HTTP/1, and a
+/// streamed response's producer leaves the stall to it; on HTTP/2 the frame waits for
+/// the socket's wake-ups, about 256 KiB per timeout: see `Server::body_timeout`.)
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Http2Flow {
     /// Not an HTTP/2 connection of the bundled server.

@@ -14,7 +14,7 @@ mod response;
 
 pub use bridge::BridgeBody;
 pub(crate) use bridge::{Completion, Http2Flow, OwnedLine, RequestLine};
-pub(crate) use channel::FaultProbe;
+pub(crate) use channel::{FaultProbe, MIN_PROGRESS};
 pub(crate) use produce::{produce, Produced};
 pub use request::Body;
 pub use response::ResponseBody;

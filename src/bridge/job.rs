@@ -36,6 +36,10 @@ pub(super) struct RequestJob<H> {
     /// Tells whether the handler's reads of the request body met the client's failure
     /// (streamed bodies).
     body_fault: Option<FaultProbe>,
+    /// Whether the bundled server watches the socket a streamed response goes to
+    /// (HTTP/1): the producer then leaves the client's stalls to it (`server::conn`),
+    /// which sees what the client takes where the body channel sees only hyper's writes.
+    socket_watched: bool,
     submitted_at: Instant,
     /// The span current where the request was handed in (a host's request span, such as
     /// tower-http's `TraceLayer`'s), entered on the handler thread: the handler's own
@@ -50,6 +54,7 @@ impl<H> RequestJob<H> {
         context: Option<Arc<Context>>,
         request: Request,
         body_fault: Option<FaultProbe>,
+        socket_watched: bool,
         submitted_at: Instant,
     ) -> Self {
         RequestJob {
@@ -60,6 +65,7 @@ impl<H> RequestJob<H> {
             uri: request.uri().clone(),
             request: Mutex::new(Some(request)),
             body_fault,
+            socket_watched,
             submitted_at,
             span: tracing::Span::current(),
         }
@@ -162,7 +168,12 @@ impl<H: Handler> RequestJob<H> {
                 cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
             }
             ResponseKind::Stream(producer) => {
-                let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, Some(shared.body_timeout));
+                // Over HTTP/1, hyper takes a piece only once the socket has room, which
+                // Linux reports only with 64 KiB or less unsent: a client reading tens of
+                // KiB/s would look stalled to the channel. The connection's watch cuts
+                // off a client that takes too little, and this producer with it.
+                let stall_limit = (!self.socket_watched).then_some(shared.body_timeout);
+                let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, stall_limit);
                 let declared = super::declared_length(&parts.headers);
                 let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
                 answered.done = true;

@@ -265,6 +265,7 @@ impl<H: Handler> SyncService<H> {
         if let Some(refusal) = conform::refusal(&parts, hosts) {
             return SyncServiceFuture::ready(refuse(&parts, refusal), refused(parts));
         }
+        let socket_watched = bundled && parts.version <= http::Version::HTTP_11;
         let (body, pump, fault_probe) = if body.is_end_stream() {
             // No body (most GETs): no `Content-Length` to look up either.
             (Body::empty(), None, None)
@@ -301,6 +302,7 @@ impl<H: Handler> SyncService<H> {
             self.context(),
             Request::from_parts(parts, body),
             fault_probe,
+            socket_watched,
             start,
         ));
         let cell: Arc<dyn AsRef<ReplyCell> + Send + Sync> = job.clone();

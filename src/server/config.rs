@@ -221,18 +221,20 @@ impl Server {
     /// a client holds back one response by opening no flow-control window for it, such a
     /// connection first gets a GOAWAY: its other requests have one more body timeout to
     /// finish, and it is closed then if the response is still held (the requests cut off
-    /// with it are logged). Each is logged at warn level. A client reading slowly is
-    /// not stalled as long as it takes about 256 KiB of its responses per body timeout
-    /// (8.5 KiB/s at 30 s), on Linux: the kernel wakes a blocked writer only once less
-    /// than 64 KiB is left unsent, and one 64 KiB write can leave 192 KiB, so a client
-    /// taking 128 KiB per timeout was cut off in a probe, 183 KiB sometimes, 256 KiB
-    /// never (elsewhere a full send buffer of the kernel's, which can be MiBs, is reported
-    /// writable only once a third of it has drained, and that is the floor). An HTTP/2
-    /// client that holds a response back by its flow-control window must take a 64 KiB
-    /// frame of it per body timeout. One sending slowly is not stalled as long as at least 8 KiB of its body comes per body
-    /// timeout while the handler waits for it (about 270 bytes a second at 30 s), not a
-    /// byte now and then. A handler's own work is not
-    /// limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
+    /// with it are logged). Each is logged at warn level. An HTTP/1 client reading
+    /// slowly is not stalled as long as it takes at least 8 KiB of its responses per
+    /// body timeout (about 270 bytes a second at 30 s): on Linux (glibc or musl) the
+    /// server reads from the socket how much the client's kernel has acknowledged. An
+    /// HTTP/2 client that holds a response back by its flow-control window must take a
+    /// 64 KiB frame of it per body timeout. Where only the socket's wake-ups count (over
+    /// HTTP/2 when the socket rather than the window holds a response back, and off
+    /// Linux), a client must take about 256 KiB per body timeout (8.5 KiB/s at 30 s): the
+    /// server keeps at most 128 KiB unsent in a socket, and Linux wakes a blocked writer
+    /// only once less than 64 KiB is left; elsewhere the floor is a third of the kernel's
+    /// send buffer, which can be MiBs. One sending
+    /// slowly is not stalled as long as at least 8 KiB of its body comes per body timeout
+    /// while the handler waits for it, not a byte now and then. A handler's own work is
+    /// not limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
     /// once (and has every busy connection checked every millisecond).
     ///
     /// [`SyncServiceBuilder::body_timeout`]: crate::SyncServiceBuilder::body_timeout

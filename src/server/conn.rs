@@ -23,8 +23,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::exec::{PanicLog, StreamExecutor};
 use super::signal::{ConnSignal, Word, DRAIN, FORCE};
+use crate::body::MIN_PROGRESS;
 use crate::bridge::{Activity, CutOff, SyncService};
 use crate::handler::Handler;
+use crate::sys::ConnSocket;
 use crate::throttle::Throttle;
 
 /// What every connection task shares.
@@ -55,7 +57,7 @@ pub(super) async fn serve<H: Handler>(
     _permit: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
-    let socket = crate::sys::ClosingSocket::of(&stream);
+    let socket = ConnSocket::of(&stream);
     // In a block of its own, so that hyper's connection (and its handle on the socket)
     // is dropped before a close in stages.
     let unread = {
@@ -75,6 +77,7 @@ pub(super) async fn serve<H: Handler>(
             idle_close: false,
             held_goaway: None,
             registered: None,
+            taken: None,
             limits: Limits {
                 keep_alive: config.keep_alive,
                 header_read: config.header_read_timeout,
@@ -170,7 +173,7 @@ pub(super) async fn serve<H: Handler>(
             // A request head begun on an idle connection has its own deadline.
             let head_begun = activity.head_begun();
             if fresh || head_begun || watchdog.is_elapsed() {
-                match state.check_idle(&activity, watchdog.as_mut(), cx) {
+                match state.check_idle(&activity, socket, watchdog.as_mut(), cx) {
                     Idle::Busy => {}
                     Idle::Drain => {
                         tracing::debug!(%peer, "keep-alive idle timeout; closing");
@@ -188,10 +191,18 @@ pub(super) async fn serve<H: Handler>(
                         tracing::warn!(
                             %peer,
                             timeout_ms = state.limits.write_stall.as_millis() as u64,
+                            min_bytes = MIN_PROGRESS,
                             "client took too little of its response for the body timeout (the \
-                             socket stayed full); \
-                             connection closed"
+                             socket stayed full); connection closed"
                         );
+                        // Its requests' lines name them: on HTTP/1 the producer of a
+                        // streamed response leaves its stall to this watch, and only
+                        // learns that its client is gone.
+                        activity.cut_off(CutOff::StalledClient);
+                        // A reset: a clean close would queue the end behind what waits
+                        // unsent, passing off a body framed by the close as whole if the
+                        // client ever read on, and keep that in the kernel until it did.
+                        socket.reset_on_close();
                         return Poll::Ready(None);
                     }
                     Idle::DrainStalled => {
@@ -264,6 +275,52 @@ struct Watch {
     /// The waker the signal and the timer hold.
     registered: Option<Waker>,
     limits: Limits,
+    /// While the socket is full: what the client was last seen to take of it.
+    taken: Option<Taken>,
+}
+
+/// The last time the client was seen to take its `MIN_PROGRESS` of a response, while the
+/// socket stayed full, and its kernel's count of bytes acknowledged then.
+#[derive(Clone, Copy)]
+struct Taken {
+    acked: u64,
+    at: Instant,
+}
+
+impl Watch {
+    /// How long the client has taken too little of a response held in a full socket,
+    /// which has been full for `blocked`.
+    ///
+    /// The socket's "writable" says little about a slow reader: Linux reports it only
+    /// once 64 KiB or less waits unsent, and one of hyper's 64 KiB writes can leave 192
+    /// KiB, so a client taking less than 128–192 KiB per body timeout would look as if it
+    /// took nothing (a probe cut 6 of 6 such connections). The socket's count of bytes
+    /// the client's kernel acknowledged moves as it reads, whatever the granularity of
+    /// the wake-ups: from it, the client must take at least `MIN_PROGRESS` (8 KiB) per
+    /// body timeout, what a request body must bring. Read once per check of a full
+    /// socket (a `getsockopt`), never on the hot path. Where it cannot be read, the
+    /// socket's own wake-ups are all there is.
+    fn stalled_for(&mut self, blocked: Duration, now: Instant, socket: ConnSocket) -> Duration {
+        let Some(acked) = socket.bytes_acked() else {
+            return blocked;
+        };
+        let since = now.checked_sub(blocked).unwrap_or(now);
+        let taken = self.taken.get_or_insert(Taken {
+            acked,
+            // First seen full: counted from when it filled, unless that is a body timeout
+            // ago already (a check came late), so that the client's rate is measured
+            // over one whole timeout before it is judged.
+            at: if blocked < self.limits.write_stall {
+                since
+            } else {
+                now
+            },
+        });
+        if acked.saturating_sub(taken.acked) >= MIN_PROGRESS {
+            *taken = Taken { acked, at: now };
+        }
+        now.saturating_duration_since(taken.at.max(since))
+    }
 }
 
 enum Idle {
@@ -299,6 +356,7 @@ impl Watch {
     fn check_idle(
         &mut self,
         activity: &Activity,
+        socket: ConnSocket,
         mut timer: Pin<&mut Sleep>,
         cx: &mut Context<'_>,
     ) -> Idle {
@@ -320,14 +378,19 @@ impl Watch {
                 }
                 None => None,
             };
-            let next = if let Some(stalled) = activity.write_blocked_for() {
-                // A response waits for a client that reads none of it. Checked before the
-                // requests in flight: a streamed response whose producer gave up stays in
-                // flight, because hyper polls a body only when it can buffer more of it.
-                if stalled >= self.limits.write_stall {
+            let blocked = activity.write_blocked_for();
+            if blocked.is_none() {
+                self.taken = None;
+            }
+            let next = if let Some(blocked) = blocked {
+                // A response waits in a full socket. Checked before the requests in
+                // flight: a streamed response whose producer gave up stays in flight,
+                // because hyper polls a body only when it can buffer more of it.
+                let stalled = self.stalled_for(blocked, now, socket);
+                if stalled >= stall {
                     return Idle::Stalled;
                 }
-                later(now, self.limits.write_stall - stalled)
+                later(now, stall - stalled)
             } else if activity.in_flight() > 0 {
                 // Busy: a handler runs (its own time is not limited here; its waits on the
                 // client are, in the body channels), or hyper holds its response. Only the

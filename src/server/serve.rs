@@ -24,10 +24,11 @@ use crate::throttle::Throttle;
 /// How much written data may wait unsent in a connection's socket before the kernel
 /// stops reporting it writable (`TCP_NOTSENT_LOWAT`): two of hyper's 64 KiB writes. The
 /// kernel wakes a writer when less than half of it is left, and a write may leave 64 KiB
-/// past it: a client must take about 128 to 192 KiB before a blocked writer moves, which
-/// makes the body timeout's floor about 256 KiB per timeout (its docs). Without it that
-/// is a third of a send buffer autotuning grows to MiBs; and a connection holds this much
-/// unsent, not MiBs.
+/// past it: a client must take about 128 to 192 KiB before a blocked writer moves. The
+/// body timeout counts what the client's kernel acknowledges instead, where it can (see
+/// `conn::Watch::stalled_for`); where it cannot, that makes its floor about 256 KiB per
+/// timeout (its docs). Without the option it would be a third of a send buffer
+/// autotuning grows to MiBs; and a connection holds this much unsent, not MiBs.
 const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 impl Server {
