@@ -543,6 +543,38 @@ async fn connections_past_the_limit_wait_while_every_connection_is_busy() {
 }
 
 #[tokio::test]
+async fn a_connection_waiting_for_a_slot_when_the_shutdown_begins_is_closed_and_named() {
+    let (gate, started, release) = gate();
+    let server =
+        TestServer::start_with(Server::bind("127.0.0.1:0").max_connections(1), gated(gate));
+    let mut first = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(first.write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let _started = recv_blocking(started).await;
+    let mut waiting = within(TcpStream::connect(server.addr)).await.unwrap();
+    let peer = format!("peer={}", waiting.local_addr().unwrap());
+    within(waiting.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let early =
+        tokio::time::timeout(Duration::from_millis(300), read_raw_response(&mut waiting)).await;
+    assert!(early.is_err(), "second connection served past the limit");
+
+    // The shutdown closes the waiting connection at once; the busy one drains.
+    let stopping = tokio::spawn(server.stop());
+    assert!(closed_by_server(&mut waiting).await);
+    release.send(()).unwrap();
+    assert_eq!(read_raw_response(&mut first).await.unwrap().status, 200);
+    within(stopping).await.unwrap();
+    assert!(support::logs::contains(&[
+        "INFO",
+        "connection waiting for a slot closed by the shutdown",
+        &peer
+    ]));
+}
+
+#[tokio::test]
 async fn at_the_connection_limit_an_idle_keep_alive_connection_makes_room_for_a_new_one() {
     // One client holding every slot with idle keep-alive connections must not lock others
     // out until the keep-alive timeout (nginx reuses idle connections the same way).
