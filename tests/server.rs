@@ -690,6 +690,23 @@ async fn limits_at_their_largest_values_mean_no_limit() {
 }
 
 #[tokio::test]
+async fn zero_client_timeouts_are_accepted_and_warned_of_at_start() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .header_read_timeout(Duration::ZERO)
+            .body_timeout(Duration::ZERO),
+        |_: Request| "ok",
+    );
+    // The warnings come before the server accepts anything: stopping it is the sign.
+    server.stop().await;
+    assert!(support::logs::contains(&[
+        "WARN",
+        "header_read_timeout is zero"
+    ]));
+    assert!(support::logs::contains(&["WARN", "body_timeout is zero"]));
+}
+
+#[tokio::test]
 async fn an_idle_http2_client_that_stops_answering_is_still_closed_at_the_keep_alive_timeout() {
     use hyper::client::conn::http2;
     use hyper_util::rt::{TokioExecutor, TokioIo};

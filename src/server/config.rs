@@ -165,8 +165,8 @@ impl Server {
     /// complete this long after. A connection's first request is due this long after it
     /// is accepted, whatever its protocol; so is the rest of a request body nobody reads,
     /// from its first byte after the response. Default is 30 seconds. Zero closes every
-    /// connection whose request is not already there when it is accepted: keep it above
-    /// your clients' round trip.
+    /// connection whose request is not already there when it is accepted (and is logged at
+    /// start as a warning): keep it above your clients' round trip.
     ///
     /// An idle keep-alive connection waits for its next request for the
     /// [`keep_alive_timeout`](Server::keep_alive_timeout), which may be longer; without
@@ -235,7 +235,8 @@ impl Server {
     /// slowly is not stalled as long as at least 8 KiB of its body comes per body timeout
     /// while the handler waits for it, not a byte now and then. A handler's own work is
     /// not limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
-    /// once (and has every busy connection checked every millisecond).
+    /// once (and has every busy connection checked every millisecond), and is logged at
+    /// start as a warning.
     ///
     /// [`SyncServiceBuilder::body_timeout`]: crate::SyncServiceBuilder::body_timeout
     pub fn body_timeout(mut self, timeout: Duration) -> Self {

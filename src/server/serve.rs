@@ -159,6 +159,7 @@ impl Server {
         let slots = Arc::new(Semaphore::new(config.max_connections));
         tracing::info!(addr = %local_addr, max_threads = pool.max_threads(), "syncbridge listening");
         warn_if_short_of_files(config.max_connections);
+        warn_if_zero_timeouts(&config);
 
         loop {
             let accepted = tokio::select! {
@@ -362,6 +363,25 @@ fn warn_if_short_of_files(max_connections: usize) {
                 limit.saturating_sub(open.unwrap_or(MARGIN)),
             );
         }
+    }
+}
+
+/// Says at start when a timeout that bounds the client is zero: accepted, since a test
+/// may want it, but in production it refuses nearly everyone, and the log would show only
+/// a stream of closed connections or `408`s, each looking like a client's fault.
+fn warn_if_zero_timeouts(config: &super::config::Config) {
+    if config.header_read_timeout.is_zero() {
+        tracing::warn!(
+            "header_read_timeout is zero: every connection whose first request is not \
+             already there when it is accepted is closed"
+        );
+    }
+    if config.body_timeout.is_zero() {
+        tracing::warn!(
+            "body_timeout is zero: every wait on a client fails at once (a request body \
+             not yet arrived is answered 408, a response larger than the socket holds is \
+             cut off)"
+        );
     }
 }
 
