@@ -130,10 +130,12 @@ impl Server {
 
     /// The most connections open at once. When reached, a new connection waits for a
     /// slot: the server accepts it, asks an idle keep-alive connection (no request in
-    /// flight, none on its way) to close to make room, once a second for as long as the
-    /// wait lasts, as nginx reuses idle connections when it runs out; clients after it
-    /// wait in the listen backlog. Busy connections are never closed for it, and nor is a
-    /// new one still sending its first request (the header read timeout bounds that).
+    /// flight, none on its way) to close to make room, as nginx reuses idle connections
+    /// when it runs out, and asks again once a second for as long as the wait lasts;
+    /// clients after it wait in the listen backlog. Busy connections are never closed for
+    /// it, and nor is a new one still sending its first request (the header read timeout
+    /// bounds that), but one whose last request ends while the new one waits makes room
+    /// then.
     /// Logged at `warn`, throttled, with how long the wait has lasted. Default is 10,000. Values
     /// above tokio's semaphore limit (`usize::MAX >> 3`) are lowered to it, so
     /// `usize::MAX` means no limit of the server's own.

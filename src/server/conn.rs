@@ -135,24 +135,10 @@ pub(super) async fn serve<H: Handler>(
                     activity.cut_off(CutOff::Shutdown);
                     return Poll::Ready(None);
                 }
-                let mut closing = level == DRAIN;
-                if level == DRAIN && !state.draining {
+                let closing = level == DRAIN && !state.draining;
+                if closing {
                     conn.as_mut().graceful_shutdown();
                     state.draining = true;
-                }
-                if word.asks_room_since(state.seen)
-                    && !state.draining
-                    && is_idle(&activity)
-                    && config.signal.grant_room()
-                {
-                    // The connection limit is reached and a new client waits: an idle
-                    // keep-alive connection is a cache, closed to make room (RFC 9112
-                    // §9.5 lets a server close one at any time; nginx does the same).
-                    tracing::debug!(%peer, "idle connection closed to make room at the connection limit");
-                    conn.as_mut().graceful_shutdown();
-                    state.draining = true;
-                    state.idle_close = true;
-                    closing = true;
                 }
                 if word != state.seen {
                     // The old `Notified` completed; wait for the next word on a new one.
@@ -168,6 +154,23 @@ pub(super) async fn serve<H: Handler>(
                 if closing {
                     continue; // hyper may be able to finish now
                 }
+            }
+
+            // The connection limit is reached and a new client waits: an idle keep-alive
+            // connection is a cache, closed to make room (RFC 9112 §9.5 lets a server
+            // close one at any time; nginx does the same). Looked at on every poll, not
+            // only when the server asks (which wakes the idle ones): a connection whose
+            // last request just ended makes room at once.
+            if config.signal.room_wanted()
+                && !state.draining
+                && is_idle(&activity)
+                && config.signal.grant_room()
+            {
+                tracing::debug!(%peer, "idle connection closed to make room at the connection limit");
+                conn.as_mut().graceful_shutdown();
+                state.draining = true;
+                state.idle_close = true;
+                continue; // hyper may be able to finish now
             }
 
             // A request head begun on an idle connection has its own deadline.

@@ -8,8 +8,9 @@ use tokio::sync::Notify;
 /// What the server tells its connections, read by each with one atomic load per poll.
 ///
 /// The level (serve, drain, force) only rises. Above it, in the same word, counts the
-/// server's requests for room: each one wakes every connection, and the first idle one
-/// to see it closes (`grant_room`). Connections sleep on `notify` in between, so a
+/// server's requests for room: each one changes the word, which wakes every connection,
+/// and the first idle one to see `room_wanted` closes (`grant_room`); a busy one that
+/// turns idle while it is set closes too. Connections sleep on `notify` in between, so a
 /// shutdown or a request for room reaches every connection at once.
 #[derive(Debug, Default)]
 pub(super) struct ConnSignal {
@@ -34,11 +35,6 @@ pub(super) struct Word(u64);
 impl Word {
     pub(super) fn level(self) -> u8 {
         (self.0 & LEVEL_BITS) as u8
-    }
-
-    /// Whether the server asked for room since `earlier` was read.
-    pub(super) fn asks_room_since(self, earlier: Word) -> bool {
-        self.0 >> 8 != earlier.0 >> 8
     }
 }
 
@@ -78,6 +74,12 @@ impl ConnSignal {
         self.room_wanted.store(true, Ordering::Release);
         self.word.fetch_add(ONE_ASK, Ordering::AcqRel);
         self.notify.notify_waiters();
+    }
+
+    /// Whether a new connection waits for room and no idle one has made it yet: one
+    /// relaxed load, for every poll of every connection.
+    pub(super) fn room_wanted(&self) -> bool {
+        self.room_wanted.load(Ordering::Relaxed)
     }
 
     /// Called by an idle connection that saw a request for room: whether it is the one to
