@@ -224,9 +224,13 @@ impl Server {
     /// connection first gets a GOAWAY: its other requests have one more body timeout to
     /// finish, and it is closed then if the response is still held (the requests cut off
     /// with it are logged). Each is logged at warn level. An HTTP/1 client reading
-    /// slowly is not stalled as long as it takes at least 8 KiB of its responses per
-    /// body timeout (about 270 bytes a second at 30 s): on Linux (glibc or musl) the
-    /// server reads from the socket how much the client's kernel has acknowledged. An
+    /// slowly is not stalled as long as its kernel acknowledges at least 8 KiB of its
+    /// responses per body timeout (about 270 bytes a second at 30 s): on Linux (glibc or
+    /// musl) the server reads that count from the socket. A client on a slow link has
+    /// its data acknowledged as it arrives; one whose application reads slowly from a
+    /// fast link, only as its kernel reopens its receive window, which Linux does in
+    /// steps of up to a good part of its receive buffer (about 128 KiB with default
+    /// buffers, in a probe on loopback): such a client must take a step per timeout. An
     /// HTTP/2 client that holds a response back by its flow-control window must take a
     /// 64 KiB frame of it per body timeout. Where only the socket's wake-ups count (over
     /// HTTP/2 when the socket rather than the window holds a response back, and off

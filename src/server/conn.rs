@@ -298,27 +298,25 @@ impl Watch {
     /// once 64 KiB or less waits unsent, and one of hyper's 64 KiB writes can leave 192
     /// KiB, so a client taking less than 128–192 KiB per body timeout would look as if it
     /// took nothing (a probe cut 6 of 6 such connections). The socket's count of bytes
-    /// the client's kernel acknowledged moves as it reads, whatever the granularity of
-    /// the wake-ups: from it, the client must take at least `MIN_PROGRESS` (8 KiB) per
-    /// body timeout, what a request body must bring. Read once per check of a full
-    /// socket (a `getsockopt`), never on the hot path. Where it cannot be read, the
-    /// socket's own wake-ups are all there is.
+    /// the client's kernel acknowledged moves as data reaches it: from it, the client
+    /// must have at least `MIN_PROGRESS` (8 KiB) acknowledged per body timeout, what a
+    /// request body must bring. That is the client's rate where its link is the
+    /// bottleneck; where its application reads slowly from a fast link, its kernel
+    /// acknowledges more only as it reopens its receive window, in steps that Linux
+    /// makes as large as a good part of its receive buffer (about 128 KiB with default
+    /// buffers, in a probe on loopback), and a step per timeout is the floor. Read once
+    /// per check of a full socket (a `getsockopt`), never on the hot path. Where it cannot
+    /// be read, the socket's own wake-ups are all there is.
     fn stalled_for(&mut self, blocked: Duration, now: Instant, socket: ConnSocket) -> Duration {
         let Some(acked) = socket.bytes_acked() else {
             return blocked;
         };
         let since = now.checked_sub(blocked).unwrap_or(now);
-        let taken = self.taken.get_or_insert(Taken {
-            acked,
-            // First seen full: counted from when it filled, unless that is a body timeout
-            // ago already (a check came late), so that the client's rate is measured
-            // over one whole timeout before it is judged.
-            at: if blocked < self.limits.write_stall {
-                since
-            } else {
-                now
-            },
-        });
+        // First seen full: counted from now, when the count was read, not from when it
+        // filled, so that the client has a whole timeout to show its progress. A client
+        // that takes nothing is cut a body timeout after the first check that saw the
+        // socket full, which comes within a timeout of it filling (`Limits::shortest`).
+        let taken = self.taken.get_or_insert(Taken { acked, at: now });
         if acked.saturating_sub(taken.acked) >= MIN_PROGRESS {
             *taken = Taken { acked, at: now };
         }
