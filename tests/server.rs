@@ -504,8 +504,10 @@ async fn without_a_keep_alive_timeout_an_idle_http1_connection_closes_at_the_hea
     server.stop().await;
 }
 
-#[tokio::test]
-async fn connections_past_the_limit_wait_while_every_connection_is_busy() {
+/// A server at `max_connections(1)` whose one connection (the first returned) runs a
+/// request until `release` gets a message, and a second connection that has sent its
+/// request and gone unanswered for 300 ms: it waits for a slot.
+async fn one_busy_one_waiting() -> (TestServer, TcpStream, TcpStream, mpsc::SyncSender<()>) {
     let (gate, started, release) = gate();
     let server =
         TestServer::start_with(Server::bind("127.0.0.1:0").max_connections(1), gated(gate));
@@ -514,8 +516,6 @@ async fn connections_past_the_limit_wait_while_every_connection_is_busy() {
         .await
         .unwrap();
     let _started = recv_blocking(started).await;
-
-    // The first connection's request is in flight: the second waits, unserved.
     let mut second = within(TcpStream::connect(server.addr)).await.unwrap();
     within(second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
@@ -523,6 +523,13 @@ async fn connections_past_the_limit_wait_while_every_connection_is_busy() {
     let early =
         tokio::time::timeout(Duration::from_millis(300), read_raw_response(&mut second)).await;
     assert!(early.is_err(), "second connection served past the limit");
+    (server, first, second, release)
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_while_every_connection_is_busy() {
+    // The first connection's request is in flight: the second waits, unserved.
+    let (server, mut first, mut second, release) = one_busy_one_waiting().await;
 
     // The first finishes its request and is idle: it makes room for the second at once,
     // not when the server next asks for room (once a second, from 300 ms before this).
@@ -546,22 +553,8 @@ async fn connections_past_the_limit_wait_while_every_connection_is_busy() {
 
 #[tokio::test]
 async fn a_connection_waiting_for_a_slot_when_the_shutdown_begins_is_closed_and_named() {
-    let (gate, started, release) = gate();
-    let server =
-        TestServer::start_with(Server::bind("127.0.0.1:0").max_connections(1), gated(gate));
-    let mut first = within(TcpStream::connect(server.addr)).await.unwrap();
-    within(first.write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n"))
-        .await
-        .unwrap();
-    let _started = recv_blocking(started).await;
-    let mut waiting = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (server, mut first, mut waiting, release) = one_busy_one_waiting().await;
     let peer = format!("peer={}", waiting.local_addr().unwrap());
-    within(waiting.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-        .await
-        .unwrap();
-    let early =
-        tokio::time::timeout(Duration::from_millis(300), read_raw_response(&mut waiting)).await;
-    assert!(early.is_err(), "second connection served past the limit");
 
     // The shutdown closes the waiting connection at once; the busy one drains.
     let stopping = tokio::spawn(server.stop());

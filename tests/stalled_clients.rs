@@ -499,6 +499,41 @@ async fn an_http2_connection_closed_for_a_held_response_lets_its_other_requests_
     ]));
 }
 
+/// A server that answers every request with 32 MiB streamed in 64 KiB chunks, more than
+/// any socket buffers hold, with `timeout` as its body timeout.
+fn streaming_32_mib(timeout: Duration) -> TestServer {
+    TestServer::start_with(
+        Server::bind("127.0.0.1:0").body_timeout(timeout),
+        |_: Request| {
+            let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
+            Response::new(ResponseBody::from_chunks(
+                (0..512).map(move |_| Ok(chunk.clone())),
+            ))
+        },
+    )
+}
+
+/// Reads up to `piece` bytes at a time, `pause` apart, for `lasting`, failing if the
+/// response ends first; returns how much it read. The pace is what the callers test:
+/// the pauses are the slow reading, not a wait for something to happen.
+async fn read_at_pace(
+    stream: &mut TcpStream,
+    piece: usize,
+    pause: Duration,
+    lasting: Duration,
+) -> usize {
+    let mut buf = vec![0u8; piece];
+    let mut taken = 0;
+    let until = std::time::Instant::now() + lasting;
+    while std::time::Instant::now() < until {
+        let n = within(stream.read(&mut buf)).await.unwrap_or(0);
+        assert!(n > 0, "cut off after {taken} bytes");
+        taken += n;
+        tokio::time::sleep(pause).await;
+    }
+    taken
+}
+
 #[tokio::test]
 async fn a_client_reading_a_large_download_slowly_but_steadily_is_not_cut_off() {
     // Before: the kernel reports a full socket writable again only once about a third
@@ -508,15 +543,7 @@ async fn a_client_reading_a_large_download_slowly_but_steadily_is_not_cut_off() 
     // Long enough for the client's window to open on loopback, where it opens a 64 KiB
     // segment at a time.
     const TIMEOUT: Duration = Duration::from_secs(1);
-    let server = TestServer::start_with(
-        Server::bind("127.0.0.1:0").body_timeout(TIMEOUT),
-        |_: Request| {
-            let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
-            Response::new(ResponseBody::from_chunks(
-                (0..512).map(move |_| Ok(chunk.clone())),
-            ))
-        },
-    );
+    let server = streaming_32_mib(TIMEOUT);
     support::logs::install();
     let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
     let client = format!("peer={}", stream.local_addr().unwrap());
@@ -524,15 +551,7 @@ async fn a_client_reading_a_large_download_slowly_but_steadily_is_not_cut_off() 
         .await
         .unwrap();
     // About 320 KiB/s, for six body timeouts.
-    let mut buf = vec![0u8; PIECE];
-    let mut taken = 0;
-    let until = std::time::Instant::now() + TIMEOUT * 6;
-    while std::time::Instant::now() < until {
-        let n = within(stream.read(&mut buf)).await.unwrap_or(0);
-        assert!(n > 0, "cut off after {taken} bytes");
-        taken += n;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let taken = read_at_pace(&mut stream, PIECE, Duration::from_millis(50), TIMEOUT * 6).await;
     drop(stream);
     server.stop().await;
     // The connection's own line: the kernel may still hold MiBs the client has not read
@@ -552,15 +571,7 @@ async fn a_client_taking_far_less_than_the_socket_holds_per_body_timeout_is_not_
     // timeouts, as one that read nothing.
     const PIECE: usize = 16 * 1024;
     const TIMEOUT: Duration = Duration::from_secs(1);
-    let server = TestServer::start_with(
-        Server::bind("127.0.0.1:0").body_timeout(TIMEOUT),
-        |_: Request| {
-            let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
-            Response::new(ResponseBody::from_chunks(
-                (0..512).map(move |_| Ok(chunk.clone())),
-            ))
-        },
-    );
+    let server = streaming_32_mib(TIMEOUT);
     support::logs::install();
     // A small receive buffer: the client's kernel then reopens its window in small steps
     // as it reads. With a large one, Linux reopens it only once a good part of the buffer
@@ -578,16 +589,7 @@ async fn a_client_taking_far_less_than_the_socket_holds_per_body_timeout_is_not_
     within(stream.write_all(b"GET /download HTTP/1.1\r\nhost: x\r\n\r\n"))
         .await
         .unwrap();
-    let mut buf = vec![0u8; PIECE];
-    let mut taken = 0;
-    let until = std::time::Instant::now() + TIMEOUT * 5;
-    while std::time::Instant::now() < until {
-        let n = within(stream.read(&mut buf)).await.unwrap_or(0);
-        assert!(n > 0, "cut off after {taken} bytes");
-        taken += n;
-        // The pace is what is tested: the reads are slow on purpose.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let taken = read_at_pace(&mut stream, PIECE, Duration::from_millis(500), TIMEOUT * 5).await;
     drop(stream);
     server.stop().await;
     assert!(
@@ -600,15 +602,7 @@ async fn a_client_taking_far_less_than_the_socket_holds_per_body_timeout_is_not_
 async fn a_client_taking_less_than_8_kib_per_body_timeout_is_cut_off_and_its_request_named() {
     // 1 KiB per timeout: what the socket shows of it must not pass for progress.
     const TIMEOUT: Duration = Duration::from_millis(500);
-    let server = TestServer::start_with(
-        Server::bind("127.0.0.1:0").body_timeout(TIMEOUT),
-        |_: Request| {
-            let chunk = Bytes::from(vec![b't'; 64 * 1024]);
-            Response::new(ResponseBody::from_chunks(
-                (0..512).map(move |_| Ok(chunk.clone())),
-            ))
-        },
-    );
+    let server = streaming_32_mib(TIMEOUT);
     support::logs::install();
     // The smallest receive buffer, so that the client's window opens as it reads.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
