@@ -413,7 +413,15 @@ async fn a_request_in_flight_outlives_the_idle_and_header_timeouts() {
 
 /// A keep-alive connection that has had one `GET /` answered `200`: idle from now.
 async fn served_once(addr: std::net::SocketAddr) -> TcpStream {
+    served_once_after(addr, Duration::ZERO).await
+}
+
+/// [`served_once`], its request sent `pause` after the connect (a real client's gap).
+async fn served_once_after(addr: std::net::SocketAddr, pause: Duration) -> TcpStream {
     let mut stream = within(TcpStream::connect(addr)).await.unwrap();
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
     within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
         .unwrap();
@@ -429,11 +437,16 @@ async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
             .header_read_timeout(Duration::from_secs(60)),
         |_req: Request| "ok",
     );
-    let mut stream = served_once(server.addr).await;
-    let t0 = Instant::now();
-    assert!(closed_by_server(&mut stream).await);
-    // Well before the 60 s header timer: the idle timeout closed it.
-    assert!(t0.elapsed() < Duration::from_secs(5));
+    // A request sent with the connect, and one a little after it: the connection's first
+    // look then finds it waiting for its first request, a header timeout away (before,
+    // nothing looked again until then, 30 s on with the default body timeout).
+    for pause in [Duration::ZERO, Duration::from_millis(50)] {
+        let mut stream = served_once_after(server.addr, pause).await;
+        let t0 = Instant::now();
+        assert!(closed_by_server(&mut stream).await, "open after {pause:?}");
+        // Well before the 60 s header timer: the idle timeout closed it.
+        assert!(t0.elapsed() < Duration::from_secs(5), "after {pause:?}");
+    }
     server.stop().await;
 }
 

@@ -458,11 +458,20 @@ impl Watch {
                 // more often than every `IDLE_RECHECK`, so that a tiny body timeout does
                 // not wake every idle connection all the time.
                 let recheck = self.limits.write_stall.max(IDLE_RECHECK);
+                // A head on its way has only the header timeout above, but it may come
+                // whole and its request end long before that, with no check between
+                // (nothing wakes the task for it): the keep-alive timeout then counts
+                // from the request's end. Looked at within one, so it does.
+                let after_head = self
+                    .limits
+                    .keep_alive
+                    .filter(|_| !self.draining && arriving.is_some());
                 [idle_limit, drain_limit]
                     .into_iter()
                     .flatten()
                     .map(|limit| limit - idle)
                     .chain(head_left)
+                    .chain(after_head)
                     .map(|left| later(now, left))
                     .fold(later(now, recheck), Instant::min)
             };
