@@ -47,8 +47,9 @@ const FRAME: usize = 64 * 1024;
 /// once. The least a client must take of a response it holds back so is thus one frame
 /// per body timeout (about 2 KiB/s at 30 s). (Where the socket fills instead, the
 /// connection's watch counts what the client's kernel acknowledges on HTTP/1, and a
-/// streamed response's producer leaves the stall to it; on HTTP/2 the frame waits for
-/// the socket's wake-ups, about 256 KiB per timeout: see `Server::body_timeout`.)
+/// streamed response's producer leaves the stall to it; on HTTP/2 this watch and the
+/// producer see h2's takes, so a client must take a frame per timeout there too: see
+/// `Server::body_timeout`.)
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Http2Flow {
     /// Not an HTTP/2 connection of the bundled server.

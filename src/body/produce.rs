@@ -16,7 +16,7 @@ pub(crate) enum Produced {
     Complete(u64),
     /// The client went away (or the response was dropped) after `u64` bytes.
     Disconnected(u64),
-    /// The client's side failed after `u64` bytes: it read none of the response for the
+    /// The client's side failed after `u64` bytes: it took no piece of the response for the
     /// stall limit, or the request body an echo reads stalled, broke off or grew over the
     /// limit. The response was aborted to free the thread.
     ByClient(u64, io::Error),
@@ -96,7 +96,7 @@ fn send_error(err: SendError) -> io::Error {
         SendError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"),
         SendError::Stalled => ByClient::error(
             io::ErrorKind::TimedOut,
-            "the client read none of the response for the body timeout",
+            "the client took no piece of the response for the body timeout",
         ),
     }
 }

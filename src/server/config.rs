@@ -231,16 +231,17 @@ impl Server {
     /// fast link, only as its kernel reopens its receive window, which Linux does in
     /// steps of up to a good part of its receive buffer (about 128 KiB with default
     /// buffers, in a probe on loopback): such a client must take a step per timeout. An
-    /// HTTP/2 client that holds a response back by its flow-control window must take a
-    /// 64 KiB frame of it per body timeout. Where only the socket's wake-ups count (over
-    /// HTTP/2 when the socket rather than the window holds a response back, and off
-    /// Linux), a client must take about 256 KiB per body timeout (8.5 KiB/s at 30 s): the
-    /// server keeps at most 128 KiB unsent in a socket, and Linux wakes a blocked writer
-    /// only once less than 64 KiB is left; elsewhere the floor is a third of the kernel's
-    /// send buffer, which can be MiBs. One sending
-    /// slowly is not stalled as long as at least 8 KiB of its body comes per body timeout
-    /// while the handler waits for it, not a byte now and then. A handler's own work is
-    /// not limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
+    /// HTTP/2 client must take a 64 KiB piece of each response per body timeout, whether
+    /// its flow-control window or the socket holds it back (on an emulated 50 kbit link
+    /// with a 5 s timeout, 28 KiB per timeout was cut off, 75 KiB was not). Where the
+    /// count cannot be read, only the socket's wake-ups show progress: on Linux a client
+    /// must then take about 256 KiB per body timeout (the server keeps at most 128 KiB
+    /// unsent in a socket, and Linux wakes a blocked writer only once less than 64 KiB is
+    /// left), elsewhere about a third of the kernel's send buffer, which can be MiBs. One
+    /// sending slowly is not stalled as long as at least 8 KiB of its body comes per body
+    /// timeout while the handler waits for it, not a byte now and then (over HTTP/2, at
+    /// least one whole DATA frame: h2 passes on none before it is complete, and curl
+    /// sends 16 KiB frames). A handler's own work is not limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
     /// once (and has every busy connection checked every millisecond), and is logged at
     /// start as a warning.
     ///

@@ -231,9 +231,10 @@ pub(super) async fn serve<H: Handler>(
                         tracing::warn!(
                             %peer,
                             timeout_ms = state.limits.write_stall.as_millis() as u64,
-                            "HTTP/2 client opened no flow-control window for one of its \
-                             responses for the body timeout; closing the connection (GOAWAY), \
-                             its other requests have one more body timeout to finish"
+                            "HTTP/2 client took no frame of one of its responses for the \
+                             body timeout (its flow-control window or the socket held it \
+                             back); closing the connection (GOAWAY), its other requests have \
+                             one more body timeout to finish"
                         );
                         conn.as_mut().graceful_shutdown();
                         state.draining = true;
