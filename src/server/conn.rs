@@ -283,8 +283,8 @@ struct Watch {
     taken: Option<Taken>,
 }
 
-/// The last time the client was seen to take its `MIN_PROGRESS` of a response, while the
-/// socket stayed full, and its kernel's count of bytes acknowledged then.
+/// While the socket stays full: when the client's kernel's count of bytes acknowledged
+/// was first read, or last found `MIN_PROGRESS` past the count before, and that count.
 #[derive(Clone, Copy)]
 struct Taken {
     acked: u64,
