@@ -432,11 +432,8 @@ impl Watch {
                 // An idle connection with no head on its way has the keep-alive timeout;
                 // an HTTP/2 connection between its streams has only that (hyper sends no
                 // pings unless asked to).
-                let idle_limit = self
-                    .limits
-                    .keep_alive
-                    .filter(|_| !self.draining && arriving.is_none());
-                if idle_limit.is_some_and(|limit| idle >= limit) {
+                let keep_alive = self.limits.keep_alive.filter(|_| !self.draining);
+                if arriving.is_none() && keep_alive.is_some_and(|limit| idle >= limit) {
                     self.draining = true;
                     self.idle_close = true;
                     return Idle::Drain;
@@ -459,22 +456,23 @@ impl Watch {
                 // more often than every `IDLE_RECHECK`, so that a tiny body timeout does
                 // not wake every idle connection all the time.
                 let recheck = self.limits.write_stall.max(IDLE_RECHECK);
-                // A head on its way has only the header timeout above, but it may come
-                // whole and its request end long before that, with no check between
-                // (nothing wakes the task for it): the keep-alive timeout then counts
-                // from the request's end. Looked at within one, so it does.
-                let after_head = self
-                    .limits
-                    .keep_alive
-                    .filter(|_| !self.draining && arriving.is_some());
-                [idle_limit, drain_limit]
-                    .into_iter()
-                    .flatten()
-                    .map(|limit| limit - idle)
-                    .chain(head_left)
-                    .chain(after_head)
-                    .map(|left| later(now, left))
-                    .fold(later(now, recheck), Instant::min)
+                // And within the keep-alive timeout: what is left of it, or with a head
+                // on its way a whole one from now. That head may come whole and its
+                // request end long before the header timeout, with nothing waking the
+                // task between: the keep-alive timeout counts from that end.
+                let keep_alive_left = keep_alive.map(|limit| match arriving {
+                    Some(_) => limit,
+                    None => limit - idle,
+                });
+                [
+                    keep_alive_left,
+                    drain_limit.map(|limit| limit - idle),
+                    head_left,
+                ]
+                .into_iter()
+                .flatten()
+                .map(|left| later(now, left))
+                .fold(later(now, recheck), Instant::min)
             };
             let next = goaway_deadline.map_or(next, |deadline| next.min(deadline));
             timer.as_mut().reset(next);
