@@ -202,14 +202,28 @@ impl ConnSocket {
         if !waiting {
             return None; // the client's own close, an error, or nothing waits or will
         }
-        // SAFETY: the descriptor is open for the duration of the borrow (above).
+        self.duplicate()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn if_unread_input(self, _more_may_come: bool) -> Option<std::net::TcpStream> {
+        None
+    }
+
+    /// A second handle on the socket, which keeps it open once hyper's is dropped: to
+    /// write a last answer and drain it. `None` if the descriptor cannot be duplicated
+    /// (the process's file limit), and off Linux. Call it only while the socket is open.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    pub(crate) fn duplicate(self) -> Option<std::net::TcpStream> {
+        // SAFETY: the caller keeps the descriptor open for the duration of the borrow.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
         // The duplicate shares the socket, non-blocking as tokio set it.
         fd.try_clone_to_owned().ok().map(std::net::TcpStream::from)
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(crate) fn if_unread_input(self, _more_may_come: bool) -> Option<std::net::TcpStream> {
+    pub(crate) fn duplicate(self) -> Option<std::net::TcpStream> {
         None
     }
 }

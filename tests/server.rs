@@ -374,16 +374,80 @@ async fn an_idle_h2_connection_outlives_the_http1_header_read_timeout() {
 }
 
 #[tokio::test]
-async fn slow_request_head_is_cut_off_by_the_header_read_timeout() {
+async fn slow_request_head_is_answered_408_at_the_header_read_timeout_and_named() {
+    support::logs::install();
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0").header_read_timeout(Duration::from_millis(300)),
         |_req: Request| "ok",
     );
     let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let client = stream.local_addr().unwrap().to_string();
     within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n"))
         .await
         .unwrap();
+    let reply = read_raw_response(&mut stream)
+        .await
+        .expect("an answer before the close");
+    assert_eq!(reply.status, 408, "{}", reply.head);
+    assert!(reply.head.contains("connection: close"), "{}", reply.head);
+    assert!(reply.head.contains("date: "), "{}", reply.head);
     assert!(closed_by_server(&mut stream).await);
+    assert!(
+        support::logs::eventually_contains(&[
+            "request head not complete within the header read timeout; answered 408",
+            &client,
+        ])
+        .await
+    );
+    server.stop().await;
+}
+
+/// Everything the server sends on `stream` until it closes it (within [`STEP`]).
+async fn bytes_until_close(stream: &mut TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match within(stream.read(&mut chunk)).await {
+            Ok(0) | Err(_) => return all,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout_without_a_word() {
+    // A browser's unused preconnect: no request began, so none is answered.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").header_read_timeout(Duration::from_millis(300)),
+        |_req: Request| "ok",
+    );
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let t0 = Instant::now();
+    assert_eq!(bytes_until_close(&mut stream).await, b"");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_with_no_request_gets_no_http1_answer_at_the_header_read_timeout() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").header_read_timeout(Duration::from_millis(300)),
+        |_req: Request| "ok",
+    );
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    // HTTP/2's preface and an empty SETTINGS frame, then nothing.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    within(stream.write_all(&hello)).await.unwrap();
+    let said = bytes_until_close(&mut stream).await;
+    // The server's own SETTINGS (frame type 4) came first; no HTTP/1 text at all.
+    assert_eq!(said.get(3), Some(&4), "{said:?}");
+    assert!(!said.windows(5).any(|w| w == b"HTTP/"), "{said:?}");
     server.stop().await;
 }
 
@@ -498,6 +562,8 @@ async fn a_request_head_begun_after_an_idle_wait_has_the_header_read_timeout_fro
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let reply = read_raw_response(&mut stream).await.expect("an answer");
+    assert_eq!(reply.status, 408);
     assert!(closed_by_server(&mut stream).await);
     // Long before the 60 s keep-alive timeout: the head's own timer closed it.
     assert!(t0.elapsed() < Duration::from_secs(5));

@@ -27,6 +27,16 @@ pub(crate) struct Activity {
     /// last looked (`head_begun`). The task stamps `head_since_ms` only if the head is
     /// still incomplete then, so that a head that comes whole costs no clock read.
     read_while_idle: AtomicBool,
+    /// Whether a read with no request in flight has ever returned: for a connection's
+    /// first request, due from its start, whether any of its head came (a browser's
+    /// unused preconnect sends none).
+    head_read: AtomicBool,
+    /// Whether the server wrote before any request came: HTTP/2's preface, so what was
+    /// read before is not an HTTP/1 head.
+    spoke_first: AtomicBool,
+    /// Request bodies still read after their response (`bridge::pump`): what is read with
+    /// no request in flight is theirs while any is, not a head.
+    bodies_after_response: AtomicUsize,
     http2: AtomicBool,
     /// Milliseconds since `epoch` when the connection's writes began to find the socket
     /// full, or `NOT_BLOCKED` (see `server::conn`).
@@ -81,6 +91,9 @@ impl Activity {
             last_busy_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
             read_while_idle: AtomicBool::new(false),
+            head_read: AtomicBool::new(false),
+            spoke_first: AtomicBool::new(false),
+            bodies_after_response: AtomicUsize::new(0),
             http2: AtomicBool::new(false),
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             held: Mutex::new(HeldSlots::default()),
@@ -224,7 +237,11 @@ impl Activity {
             return false;
         }
         self.read_while_idle.store(false, Ordering::Relaxed);
-        if self.in_flight() > 0 || self.head_since_ms.load(Ordering::Relaxed) != NO_HEAD {
+        if self.in_flight() > 0 {
+            return false;
+        }
+        self.head_read.store(true, Ordering::Relaxed);
+        if self.head_since_ms.load(Ordering::Relaxed) != NO_HEAD {
             return false;
         }
         self.head_since_ms.store(self.now_ms(), Ordering::Relaxed);
@@ -240,6 +257,37 @@ impl Activity {
                 .elapsed()
                 .saturating_sub(Duration::from_millis(since))
         })
+    }
+
+    /// Whether part of an HTTP/1 request head is on its way: a head began to arrive
+    /// (`head_arriving_for`) and bytes for it were read, not HTTP/2's preface nor a request
+    /// body read after its response. What the header read timeout may answer `408`.
+    pub(crate) fn head_partly_read(&self) -> bool {
+        // A head stamped at its first byte came in part; one due from the connection's
+        // start (0) came in part only if something was read.
+        let came = match self.head_since_ms.load(Ordering::Relaxed) {
+            NO_HEAD => false,
+            since => since > 0 || self.head_read.load(Ordering::Relaxed),
+        };
+        came && !self.spoke_first.load(Ordering::Relaxed)
+            && !self.is_http2()
+            && self.bodies_after_response.load(Ordering::Relaxed) == 0
+    }
+
+    /// Notes the connection's first write: made before any request started (the first
+    /// request's head still due from the connection's start), it is HTTP/2's preface; an
+    /// HTTP/1 server writes only to answer a request (whose response may be written
+    /// after it counts as done, so `in_flight` cannot tell).
+    pub(crate) fn first_write(&self) {
+        if self.head_since_ms.load(Ordering::Relaxed) == 0 {
+            self.spoke_first.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request body as read after its response until the guard drops.
+    pub(crate) fn body_after_response(self: &Arc<Self>) -> BodyAfterResponse {
+        self.bodies_after_response.fetch_add(1, Ordering::Relaxed);
+        BodyAfterResponse(self.clone())
     }
 
     /// How long the connection has had no request in flight; zero while one is.
@@ -321,5 +369,16 @@ pub(crate) struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.request_done();
+    }
+}
+
+/// A request body read after its response (`Activity::body_after_response`), until this
+/// drops.
+#[derive(Debug)]
+pub(crate) struct BodyAfterResponse(Arc<Activity>);
+
+impl Drop for BodyAfterResponse {
+    fn drop(&mut self) {
+        self.0.bodies_after_response.fetch_sub(1, Ordering::Relaxed);
     }
 }

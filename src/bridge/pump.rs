@@ -319,9 +319,12 @@ where
             return;
         }
         let mut busy = None;
+        // What the connection reads meanwhile is this body, not the next request's head.
+        let after = activity.as_ref().map(|a| a.body_after_response());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(std::future::poll_fn(move |cx| {
+                    let _after = &after;
                     let polled = self.poll(cx);
                     // Feeding a reader is the connection's work; a drain is not, so that
                     // a client trickling a body nobody reads is cut off in time.

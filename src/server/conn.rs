@@ -58,6 +58,8 @@ pub(super) async fn serve<H: Handler>(
 ) {
     let activity = Arc::new(Activity::new());
     let socket = ConnSocket::of(&stream);
+    // Set when the header read timeout ends a request head on its way: it is answered.
+    let mut late_head = false;
     // In a block of its own, so that hyper's connection (and its handle on the socket)
     // is dropped before a close in stages.
     let unread = {
@@ -65,6 +67,7 @@ pub(super) async fn serve<H: Handler>(
             WatchedIo {
                 io: TokioIo::new(stream),
                 activity: activity.clone(),
+                wrote: false,
             },
             service.for_connection(activity.clone(), config.remote_addr.then_some(peer)),
         );
@@ -183,7 +186,34 @@ pub(super) async fn serve<H: Handler>(
                         conn.as_mut().graceful_shutdown();
                         continue;
                     }
+                    Idle::Close if activity.head_partly_read() => {
+                        // Any client can send these (Slowloris): throttled.
+                        static LATE_HEAD: Throttle = Throttle::new();
+                        // The handle the answer is written on once hyper lets go of its
+                        // own; none off Linux, or past the file limit.
+                        let last = socket.duplicate();
+                        if let Some(left_out) = LATE_HEAD.admit() {
+                            let timeout_ms = state.limits.header_read.as_millis() as u64;
+                            if last.is_some() {
+                                tracing::info!(
+                                    %peer, timeout_ms, left_out,
+                                    "request head not complete within the header read \
+                                     timeout; answered 408 and closed"
+                                );
+                            } else {
+                                tracing::info!(
+                                    %peer, timeout_ms, left_out,
+                                    "request head not complete within the header read \
+                                     timeout; closed"
+                                );
+                            }
+                        }
+                        late_head = true;
+                        return Poll::Ready(last);
+                    }
                     Idle::Close => {
+                        // Nothing came (a browser's unused preconnect, an idle HTTP/1
+                        // connection without a keep-alive timeout): nothing to answer.
                         tracing::debug!(
                             %peer,
                             "no request head within the header read timeout; closing"
@@ -258,6 +288,9 @@ pub(super) async fn serve<H: Handler>(
         .await
     };
     if let Some(socket) = unread {
+        if late_head {
+            super::linger::answer(&socket, &super::linger::head_timeout_answer());
+        }
         super::linger::drain_then_close(socket, config.signal.reached(DRAIN)).await;
     }
 }
@@ -567,12 +600,23 @@ impl Limits {
 struct WatchedIo {
     io: TokioIo<TcpStream>,
     activity: Arc<Activity>,
+    /// Whether anything was written yet (`Activity::first_write`).
+    wrote: bool,
 }
 
 impl WatchedIo {
     fn watch<T>(&self, polled: Poll<T>) -> Poll<T> {
         self.activity.set_write_blocked(polled.is_pending());
         polled
+    }
+
+    /// Before a write (not a flush: hyper flushes an HTTP/1 connection that has
+    /// written nothing too).
+    fn writing(&mut self) {
+        if !self.wrote {
+            self.wrote = true;
+            self.activity.first_write();
+        }
     }
 }
 
@@ -596,6 +640,7 @@ impl hyper::rt::Write for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.writing();
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
         self.watch(polled)
     }
@@ -605,6 +650,7 @@ impl hyper::rt::Write for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.writing();
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.watch(polled)
     }

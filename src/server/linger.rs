@@ -63,3 +63,32 @@ pub(super) async fn drain_then_close(
         "drained a closing connection's unread request bytes"
     );
 }
+
+/// What a client whose request head did not come whole within the header read timeout
+/// is told before the close (as Apache's `mod_reqtimeout` does; nginx only logs its
+/// `408`): a request it sees fail with a status, not a connection gone without a word.
+pub(super) fn head_timeout_answer() -> Vec<u8> {
+    const TEXT: &str = "Request Timeout: the request head did not arrive in time";
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; \
+         charset=utf-8\r\ncontent-length: {}\r\ndate: {}\r\n\r\n{TEXT}",
+        TEXT.len(),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    )
+    .into_bytes()
+}
+
+/// Writes `answer` to a socket hyper has let go of, before its close in stages: what
+/// the socket takes at once. A short answer to a socket with nothing unsent (the
+/// connection was idle) goes whole; whatever does not is dropped, logged at debug.
+pub(super) fn answer(socket: &std::net::TcpStream, answer: &[u8]) {
+    use std::io::Write;
+    // Non-blocking, as tokio set the socket: never waits. (std sends with
+    // `MSG_NOSIGNAL`: a client gone meanwhile is an error, not a `SIGPIPE`.)
+    let mut socket = socket;
+    match socket.write(answer) {
+        Ok(n) if n == answer.len() => {}
+        Ok(n) => tracing::debug!(written = n, of = answer.len(), "last answer cut short"),
+        Err(err) => tracing::debug!(error = %err, "could not write a last answer"),
+    }
+}
