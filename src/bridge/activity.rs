@@ -31,9 +31,6 @@ pub(crate) struct Activity {
     /// first request, due from its start, whether any of its head came (a browser's
     /// unused preconnect sends none).
     head_read: AtomicBool,
-    /// Whether the server wrote before any request came: HTTP/2's preface, so what was
-    /// read before is not an HTTP/1 head.
-    spoke_first: AtomicBool,
     /// Request bodies still read after their response (`bridge::pump`): what is read with
     /// no request in flight is theirs while any is, not a head.
     bodies_after_response: AtomicUsize,
@@ -92,7 +89,6 @@ impl Activity {
             head_since_ms: AtomicU64::new(0),
             read_while_idle: AtomicBool::new(false),
             head_read: AtomicBool::new(false),
-            spoke_first: AtomicBool::new(false),
             bodies_after_response: AtomicUsize::new(0),
             http2: AtomicBool::new(false),
             write_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
@@ -259,28 +255,22 @@ impl Activity {
         })
     }
 
-    /// Whether part of an HTTP/1 request head is on its way: a head began to arrive
-    /// (`head_arriving_for`) and bytes for it were read, not HTTP/2's preface nor a request
-    /// body read after its response. What the header read timeout may answer `408`.
-    pub(crate) fn head_partly_read(&self) -> bool {
-        // A head stamped at its first byte came in part; one due from the connection's
-        // start (0) came in part only if something was read.
-        let came = match self.head_since_ms.load(Ordering::Relaxed) {
-            NO_HEAD => false,
-            since => since > 0 || self.head_read.load(Ordering::Relaxed),
-        };
-        came && !self.spoke_first.load(Ordering::Relaxed)
-            && !self.is_http2()
-            && self.bodies_after_response.load(Ordering::Relaxed) == 0
-    }
-
-    /// Notes the connection's first write: made before any request started (the first
-    /// request's head still due from the connection's start), it is HTTP/2's preface; an
-    /// HTTP/1 server writes only to answer a request (whose response may be written
-    /// after it counts as done, so `in_flight` cannot tell).
-    pub(crate) fn first_write(&self) {
-        if self.head_since_ms.load(Ordering::Relaxed) == 0 {
-            self.spoke_first.store(true, Ordering::Relaxed);
+    /// Whether part of a request head is on its way: a head began to arrive
+    /// (`head_arriving_for`) and bytes for it were read, not a request body read after
+    /// its response. What the header read timeout may answer `408`.
+    pub(crate) fn partial_head(&self) -> Option<PartialHead> {
+        if self.is_http2() || self.bodies_after_response.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        match self.head_since_ms.load(Ordering::Relaxed) {
+            NO_HEAD => None,
+            // Due from the connection's start: something came only if a read returned.
+            0 => self
+                .head_read
+                .load(Ordering::Relaxed)
+                .then_some(PartialHead::First),
+            // Stamped at its first byte, after a request: HTTP/1.
+            _ => Some(PartialHead::Http1),
         }
     }
 
@@ -370,6 +360,16 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.request_done();
     }
+}
+
+/// What came of a request head on its way (`Activity::partial_head`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PartialHead {
+    /// Part of an HTTP/1 head, after an earlier request.
+    Http1,
+    /// Bytes before the connection's first request: part of an HTTP/1 head, or HTTP/2's
+    /// preface, whose server then speaks at once.
+    First,
 }
 
 /// A request body read after its response (`Activity::body_after_response`), until this

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
-pub(crate) use activity::{Activity, CutOff};
+pub(crate) use activity::{Activity, CutOff, PartialHead};
 pub use future::SyncServiceFuture;
 
 use crate::body::{channel, Body, BridgeBody, Completion, Http2Flow, OwnedLine, BYTES_IN_FLIGHT};

@@ -24,7 +24,7 @@ use tokio::time::{Instant, Sleep};
 use super::exec::{PanicLog, StreamExecutor};
 use super::signal::{ConnSignal, Word, DRAIN, FORCE};
 use crate::body::MIN_PROGRESS;
-use crate::bridge::{Activity, CutOff, SyncService};
+use crate::bridge::{Activity, CutOff, PartialHead, SyncService};
 use crate::handler::Handler;
 use crate::sys::ConnSocket;
 use crate::throttle::Throttle;
@@ -67,7 +67,6 @@ pub(super) async fn serve<H: Handler>(
             WatchedIo {
                 io: TokioIo::new(stream),
                 activity: activity.clone(),
-                wrote: false,
             },
             service.for_connection(activity.clone(), config.remote_addr.then_some(peer)),
         );
@@ -186,7 +185,7 @@ pub(super) async fn serve<H: Handler>(
                         conn.as_mut().graceful_shutdown();
                         continue;
                     }
-                    Idle::Close if activity.head_partly_read() => {
+                    Idle::Close if head_to_answer(&activity, socket) => {
                         // Any client can send these (Slowloris): throttled.
                         static LATE_HEAD: Throttle = Throttle::new();
                         // The handle the answer is written on once hyper lets go of its
@@ -516,6 +515,20 @@ impl Watch {
     }
 }
 
+/// Whether the connection closing at the header read timeout has part of an HTTP/1
+/// request head on its way, to be answered `408`: not nothing (a browser's unused
+/// preconnect), nor HTTP/2's preface. Before a connection's first request, the socket
+/// tells that one: HTTP/2's server answers the preface at once with its SETTINGS, and
+/// an HTTP/1 server has written nothing. Out of the way of every request: read once, at
+/// the close.
+fn head_to_answer(activity: &Activity, socket: ConnSocket) -> bool {
+    match activity.partial_head() {
+        Some(PartialHead::Http1) => true,
+        Some(PartialHead::First) => socket.bytes_acked() == Some(0),
+        None => false,
+    }
+}
+
 /// Logs how a connection ended with an error. A request hyper's parser refused never
 /// reaches the service, whose refusals are logged: this is its only line, as visible as
 /// theirs (throttled, any client can send them). So is an HTTP/2 connection h2 ended
@@ -600,23 +613,12 @@ impl Limits {
 struct WatchedIo {
     io: TokioIo<TcpStream>,
     activity: Arc<Activity>,
-    /// Whether anything was written yet (`Activity::first_write`).
-    wrote: bool,
 }
 
 impl WatchedIo {
     fn watch<T>(&self, polled: Poll<T>) -> Poll<T> {
         self.activity.set_write_blocked(polled.is_pending());
         polled
-    }
-
-    /// Before a write (not a flush: hyper flushes an HTTP/1 connection that has
-    /// written nothing too).
-    fn writing(&mut self) {
-        if !self.wrote {
-            self.wrote = true;
-            self.activity.first_write();
-        }
     }
 }
 
@@ -640,7 +642,6 @@ impl hyper::rt::Write for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.writing();
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
         self.watch(polled)
     }
@@ -650,7 +651,6 @@ impl hyper::rt::Write for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.writing();
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.watch(polled)
     }
