@@ -228,6 +228,21 @@ impl ConnSocket {
     }
 }
 
+/// Releases the C allocator's free memory to the OS (`malloc_trim(0)`: every arena,
+/// pages in the middle of a heap too); whether any was. glibc only: musl's allocator
+/// and others return memory on their own terms.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub(crate) fn trim_allocator() -> bool {
+    // SAFETY: no arguments to uphold; glibc takes the arenas' locks itself.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn trim_allocator() -> bool {
+    false
+}
+
 #[cfg(target_os = "linux")]
 fn reset_on_close(socket: std::os::fd::RawFd) {
     let linger = libc::linger {

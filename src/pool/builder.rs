@@ -75,7 +75,9 @@ impl BlockingPoolBuilder {
     }
 
     /// How long a thread waits for work before it exits. Default is 10 seconds, as tokio's
-    /// blocking pool. `Duration::MAX` keeps threads for ever.
+    /// blocking pool. `Duration::MAX` keeps threads for ever. The last thread to leave
+    /// hands the allocator's free memory back to the OS (glibc's `malloc_trim`, once per
+    /// burst), so a process's memory comes down after a burst.
     pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
         self.config.keep_alive = keep_alive;
         self

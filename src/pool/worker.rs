@@ -126,8 +126,14 @@ impl Inner {
             }
         }
         state.threads -= 1;
+        // The last thread out of a pool gone idle (not shut down): the burst that needed
+        // the threads is over.
+        let pool_idle = state.threads == 0 && !state.shutdown;
         drop(state);
         WORKER.with(|worker| worker.borrow_mut().take());
+        if pool_idle {
+            give_back_free_memory(&self.config.name);
+        }
     }
 
     /// Parks a searching thread that found the queue empty. Returns true when it should
@@ -170,5 +176,25 @@ impl Inner {
                 return (state, false);
             }
         }
+    }
+}
+
+/// Hands the C allocator's free memory back to the OS once a pool has gone idle.
+///
+/// glibc's malloc keeps what a burst freed for the next allocation: without this, a
+/// server's resident memory stays near its peak for good after one busy minute (17 MB
+/// against 4.5 MB at start in a probe; `malloc_trim`, called from outside, took that to
+/// 9.3 MB at once). One call per pool going idle (the last of its threads leaving after
+/// its keep-alive), never while it is busy; it walks the allocator's arenas and holds
+/// each one's lock briefly, about a millisecond for a heap of tens of MB. A process
+/// with an allocator of its own (`#[global_allocator]`) loses only that walk.
+fn give_back_free_memory(pool: &str) {
+    let started = Instant::now();
+    if crate::sys::trim_allocator() {
+        tracing::debug!(
+            pool,
+            took_us = started.elapsed().as_micros() as u64,
+            "pool idle; the allocator's free memory handed back to the OS"
+        );
     }
 }
