@@ -92,7 +92,9 @@ impl Server {
         self
     }
 
-    /// How long an idle handler thread lives. Default is 10 seconds.
+    /// How long an idle handler thread lives. Default is 10 seconds. When the last one
+    /// leaves, the allocator's free memory is handed back to the OS (see
+    /// [`BlockingPoolBuilder::keep_alive`](crate::BlockingPoolBuilder::keep_alive)).
     pub fn thread_keep_alive(mut self, keep_alive: Duration) -> Self {
         self.config.pool = self.config.pool.keep_alive(keep_alive);
         self
