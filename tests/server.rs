@@ -402,17 +402,125 @@ async fn slow_request_head_is_answered_408_at_the_header_read_timeout_and_named(
     server.stop().await;
 }
 
-/// Everything the server sends on `stream` until it closes it (within [`STEP`]).
-async fn bytes_until_close(stream: &mut TcpStream) -> Vec<u8> {
+/// What the server sends on `stream` within `wait`, and whether it closed it then.
+async fn said_within<S>(stream: &mut S, wait: Duration) -> (Vec<u8>, bool)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + wait;
     let mut all = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        match within(stream.read(&mut chunk)).await {
-            Ok(0) | Err(_) => return all,
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return (all, false),
+            Ok(Ok(0) | Err(_)) => return (all, true),
+            Ok(Ok(n)) => all.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Everything the server sends on `stream` until it closes it, which it must within
+/// [`STEP`].
+async fn bytes_until_close(stream: &mut TcpStream) -> Vec<u8> {
+    let (said, closed) = said_within(stream, STEP).await;
+    assert!(closed, "still open after {STEP:?}");
+    said
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_idle_after_a_body_drained_past_its_response_gets_no_408() {
+    // A handler that answers without reading (a 401, a 404), a client that sends the body
+    // in a second write (http.client, Node): the body is drained after the response, and
+    // the connection then waits in the client's pool. Its reads were the body's, not a
+    // head's (a 408 here would answer the pool's next request).
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .header_read_timeout(Duration::from_millis(300))
+            .keep_alive_timeout(Some(Duration::from_secs(3))),
+        |_req: Request| "not read",
+    );
+    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    within(write.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut read).await.expect("a response");
+    assert_eq!(reply.status, 200);
+    within(write.write_all(&[b'x'; 1000])).await.unwrap();
+    // Several header timeouts, well within the keep-alive timeout.
+    let (said, closed) = said_within(&mut read, Duration::from_millis(1200)).await;
+    assert_eq!(String::from_utf8_lossy(&said), "");
+    assert!(!closed, "closed before the keep-alive timeout");
+    // And it still serves.
+    within(write.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_raw_response(&mut read).await.unwrap().status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_head_begun_within_a_millisecond_of_the_connect_is_answered_408_too() {
+    // A client next to the server (a proxy on the same host) gets its response and sends
+    // its next head within the connection's first millisecond: that head's timer is not
+    // the first request's.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").header_read_timeout(Duration::from_millis(150)),
+        |_req: Request| "",
+    );
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(read_raw_response(&mut stream).await.unwrap().status, 200);
+        within(stream.write_all(b"GET / HTTP/1.1\r\n"))
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let said = bytes_until_close(stream).await;
+        assert!(
+            said.starts_with(b"HTTP/1.1 408"),
+            "connection {i}: {:?}",
+            String::from_utf8_lossy(&said)
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_answered_408_that_stays_silent_frees_its_slot_within_half_a_second() {
+    // A Slowloris client keeps its socket open after its 408: the close in stages that
+    // lets a client read the answer must not hold its connection slot for long.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .header_read_timeout(Duration::from_millis(300))
+            .max_connections(1),
+        |_req: Request| "ok",
+    );
+    let mut slow = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(slow.write_all(b"GET / HTTP/1.1\r\n")).await.unwrap();
+    assert_eq!(read_raw_response(&mut slow).await.unwrap().status, 408);
+    let t0 = Instant::now();
+    let mut next = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(next.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_raw_response(&mut next).await.unwrap().status, 200);
+    // 500 ms of linger and the accept loop's next look; the 2 s of other closes would
+    // miss this.
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    drop(slow);
+    server.stop().await;
 }
 
 #[tokio::test]

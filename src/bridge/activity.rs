@@ -224,11 +224,12 @@ impl Activity {
     /// request head began to arrive since the last call and is still incomplete (no
     /// request in flight), in which case its time counts from now.
     pub(crate) fn head_begun(&self) -> bool {
-        // Plain loads and stores: the connection task is the only writer and reader of
-        // the flag. The stamp is cleared from elsewhere too, by a body fed on after its
-        // response (`body_moved`, the pump's task); a stamp written just after such a
-        // clear is cleared again at the body's next move, and if none comes the body has
-        // stalled, which the header timeout may then bound from that stamp.
+        // Plain loads and stores: the connection task is the only reader of the flag and
+        // the only one to set it. The flag and the stamp are cleared from elsewhere too,
+        // by a body read on after its response (`body_moved` and `BodyAfterResponse`, the
+        // pump's task): a stamp written just after such a clear is cleared again at the
+        // body's next move or its end, and if neither comes the body has stalled, which
+        // the header timeout may then bound from that stamp.
         if !self.read_while_idle.load(Ordering::Relaxed) {
             return false;
         }
@@ -240,7 +241,9 @@ impl Activity {
         if self.head_since_ms.load(Ordering::Relaxed) != NO_HEAD {
             return false;
         }
-        self.head_since_ms.store(self.now_ms(), Ordering::Relaxed);
+        // Never 0, which stands for the connection's start (its first request).
+        self.head_since_ms
+            .store(self.now_ms().max(1), Ordering::Relaxed);
         true
     }
 
@@ -379,6 +382,11 @@ pub(crate) struct BodyAfterResponse(Arc<Activity>);
 
 impl Drop for BodyAfterResponse {
     fn drop(&mut self) {
+        // What its reads stamped (a drain's deadline, `head_begun`), or would have, was
+        // the body's, not a head's: left, it would answer `408` on a connection that is
+        // only idle.
+        self.0.read_while_idle.store(false, Ordering::Relaxed);
+        self.0.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
         self.0.bodies_after_response.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -167,9 +167,12 @@ impl Server {
     /// counted from the head's first byte, as Go's `ReadHeaderTimeout` and nginx's
     /// `client_header_timeout` count: a connection is closed when a head it began is not
     /// complete this long after, answered `408 Request Timeout` first (as Apache's
-    /// `mod_reqtimeout` does; nginx only logs a `408`) and logged at `info`, throttled. A
-    /// connection that sent nothing (a browser's unused preconnect) is closed without an
-    /// answer, logged at `debug`. A connection's first request is due this long after it
+    /// `mod_reqtimeout` does; nginx only logs a `408`; on Linux) and logged at `info`,
+    /// throttled; the client then has 500 ms to read it while the server drains what it
+    /// still sends. A connection that sent nothing (a browser's unused preconnect), or an
+    /// HTTP/2 one, is closed without an answer, logged at `debug`. (Part of a head that
+    /// came in one read with the request before it is not seen: the keep-alive timeout
+    /// bounds it.) A connection's first request is due this long after it
     /// is accepted, whatever its protocol; so is the rest of a request body nobody reads,
     /// from its first byte after the response. Default is 30 seconds. Zero closes every
     /// connection whose request is not already there when it is accepted (and is logged at

@@ -287,10 +287,16 @@ pub(super) async fn serve<H: Handler>(
         .await
     };
     if let Some(socket) = unread {
-        if late_head {
-            super::linger::answer(&socket, &super::linger::head_timeout_answer());
-        }
-        super::linger::drain_then_close(socket, config.signal.reached(DRAIN)).await;
+        use super::linger::{
+            answer, drain_then_close, head_timeout_answer, LINGER, LINGER_AFTER_408,
+        };
+        let linger = if late_head {
+            answer(&socket, &head_timeout_answer());
+            LINGER_AFTER_408
+        } else {
+            LINGER
+        };
+        drain_then_close(socket, linger, config.signal.reached(DRAIN)).await;
     }
 }
 

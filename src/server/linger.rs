@@ -17,15 +17,22 @@ use std::time::Duration;
 /// its connection slot for long. nginx's `lingering_time` is 30 s; Go waits 500 ms.
 pub(super) const LINGER: Duration = Duration::from_secs(2);
 
+/// The drain after a `408` for a request head that did not come in time: long enough for
+/// a client to read it, short enough that Slowloris clients, which is what most such
+/// connections are, hold their slots little longer than the header timeout gave them
+/// (Go's 500 ms).
+pub(super) const LINGER_AFTER_408: Duration = Duration::from_millis(500);
+
 /// How much is read from the socket at a time while draining it.
 const DRAIN_BUFFER: usize = 64 * 1024;
 
 /// Half-closes `socket` (hyper has usually done so already), then reads and discards
-/// until the client closes its side, an error, [`LINGER`], or `shutdown` (a server that
-/// stops does not wait on it), and closes it. The connection keeps its slot under
-/// `max_connections` meanwhile.
+/// until the client closes its side, an error, `linger` ([`LINGER`] but after a `408`),
+/// or `shutdown` (a server that stops does not wait on it), and closes it. The
+/// connection keeps its slot under `max_connections` meanwhile.
 pub(super) async fn drain_then_close(
     socket: std::net::TcpStream,
+    linger: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     // Already shut down for writing when hyper closed cleanly: an error here is moot.
@@ -53,7 +60,7 @@ pub(super) async fn drain_then_close(
         }
     };
     let client_closed = tokio::select! {
-        ended = tokio::time::timeout(LINGER, drain) => ended.is_ok(),
+        ended = tokio::time::timeout(linger, drain) => ended.is_ok(),
         () = shutdown => false,
     };
     // The connection's span names the client.
