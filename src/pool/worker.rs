@@ -186,7 +186,8 @@ impl Inner {
 /// against 4.5 MB at start in a probe; `malloc_trim`, called from outside, took that to
 /// 9.3 MB at once). One call per pool going idle (the last of its threads leaving after
 /// its keep-alive), never while it is busy; it walks the allocator's arenas and holds
-/// each one's lock briefly, about a millisecond for a heap of tens of MB. A process
+/// each one's lock meanwhile (1.8–1.9 ms in all after the bench server's W3, W4 and W5
+/// bursts, on this thread: `docs/operations.md`). A process
 /// with an allocator of its own (`#[global_allocator]`) loses only that walk.
 fn give_back_free_memory(pool: &str) {
     let started = Instant::now();
