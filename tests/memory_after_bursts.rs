@@ -19,14 +19,18 @@ static PINNED: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 
 const MIB: u64 = 1 << 20;
 
-#[tokio::test]
-async fn memory_a_burst_freed_is_handed_back_once_the_pool_is_idle() {
-    const HANDLERS: usize = 8;
+const HANDLERS: usize = 8;
+
+/// Serves on a pool of `HANDLERS` threads kept 300 ms, whose handlers each hold 8 MiB
+/// of their thread's arena at the same time, then free it under a small allocation that
+/// outlives them; returns once `HANDLERS` requests were served.
+async fn burst(trim: bool) -> (TestServer, BlockingPool) {
     const PIECE: usize = 32 * 1024; // under glibc's mmap threshold: from the arena
     const PER_HANDLER: usize = 8 << 20;
     let pool = BlockingPool::builder()
         .max_threads(HANDLERS)
         .keep_alive(Duration::from_millis(300))
+        .trim_memory_when_idle(trim)
         .build();
     let together = Arc::new(Barrier::new(HANDLERS));
     let server = TestServer::start_with(
@@ -43,31 +47,57 @@ async fn memory_a_burst_freed_is_handed_back_once_the_pool_is_idle() {
             "done"
         },
     );
-    let (_, before) = support::memory();
     let requests: Vec<_> = (0..HANDLERS)
         .map(|_| tokio::spawn(support::get(server.addr, "/")))
         .collect();
     for request in requests {
         assert_eq!(within(request).await.unwrap().status, 200);
     }
+    (server, pool)
+}
+
+/// Waits until `pool` has no thread left.
+async fn threads_gone(pool: &BlockingPool) {
+    within(async {
+        while pool.stats().threads > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+// One test, its two halves in turn: both read the process's memory.
+#[tokio::test]
+async fn memory_a_burst_freed_is_handed_back_once_the_pool_is_idle_unless_turned_off() {
+    let (_, before) = support::memory();
+
+    // Turned off: the memory stays with the allocator.
+    let (server, pool) = burst(false).await;
     let (_, after_burst) = support::memory();
     assert!(
         after_burst >= before + 32 * MIB,
         "the burst held {} MiB",
         (after_burst.saturating_sub(before)) / MIB
     );
+    threads_gone(&pool).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, kept) = support::memory();
+    assert!(kept >= before + 32 * MIB, "{} MiB", kept / MIB);
+    server.stop().await;
 
-    // The pool's threads leave 300 ms after their last job; the last one out trims.
+    // The default: the last thread out hands it back, this burst's and the one before.
+    let (server, pool) = burst(true).await;
+    threads_gone(&pool).await;
     let handed_back = within(async {
         loop {
             let (_, now) = support::memory();
-            if pool.stats().threads == 0 && now <= before + 16 * MIB {
+            if now <= before + 16 * MIB {
                 return now;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert!(handed_back < after_burst);
+    assert!(handed_back < kept);
     server.stop().await;
 }

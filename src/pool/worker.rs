@@ -128,7 +128,7 @@ impl Inner {
         state.threads -= 1;
         // The last thread out of a pool gone idle (not shut down): the burst that needed
         // the threads is over.
-        let pool_idle = state.threads == 0 && !state.shutdown;
+        let pool_idle = state.threads == 0 && !state.shutdown && self.config.trim_when_idle;
         drop(state);
         WORKER.with(|worker| worker.borrow_mut().take());
         if pool_idle {
@@ -179,16 +179,9 @@ impl Inner {
     }
 }
 
-/// Hands the C allocator's free memory back to the OS once a pool has gone idle.
-///
-/// glibc's malloc keeps what a burst freed for the next allocation: without this, a
-/// server's resident memory stays near its peak for good after one busy minute (17 MB
-/// against 4.5 MB at start in a probe; `malloc_trim`, called from outside, took that to
-/// 9.3 MB at once). One call per pool going idle (the last of its threads leaving after
-/// its keep-alive), never while it is busy; it walks the allocator's arenas and holds
-/// each one's lock meanwhile (1.8–1.9 ms in all after the bench server's W3, W4 and W5
-/// bursts, on this thread: `docs/operations.md`). A process
-/// with an allocator of its own (`#[global_allocator]`) loses only that walk.
+/// Hands the C allocator's free memory back to the OS once a pool has gone idle
+/// (`BlockingPoolBuilder::trim_memory_when_idle` says why and what it costs): one call
+/// per pool going idle, never while it is busy.
 fn give_back_free_memory(pool: &str) {
     let started = Instant::now();
     if crate::sys::trim_allocator() {

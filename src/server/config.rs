@@ -94,7 +94,8 @@ impl Server {
 
     /// How long an idle handler thread lives. Default is 10 seconds. When the last one
     /// leaves, the allocator's free memory is handed back to the OS (see
-    /// [`BlockingPoolBuilder::keep_alive`](crate::BlockingPoolBuilder::keep_alive)).
+    /// [`BlockingPoolBuilder::trim_memory_when_idle`](crate::BlockingPoolBuilder::trim_memory_when_idle);
+    /// a pool of your own, given to [`pool`](Server::pool), can turn it off).
     pub fn thread_keep_alive(mut self, keep_alive: Duration) -> Self {
         self.config.pool = self.config.pool.keep_alive(keep_alive);
         self
