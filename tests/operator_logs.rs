@@ -96,3 +96,29 @@ async fn an_http2_connection_ended_for_a_protocol_error_is_logged_with_its_clien
         received.len()
     );
 }
+
+#[tokio::test]
+async fn a_request_head_still_arriving_at_the_header_read_timeout_is_logged_with_its_client() {
+    logs::install();
+    let server = TestServer::start_with(
+        syncbridge::Server::bind("127.0.0.1:0")
+            .header_read_timeout(std::time::Duration::from_millis(300)),
+        traced,
+    );
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let client = stream.local_addr().unwrap().to_string();
+    within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut stream).await.expect("an answer");
+    assert_eq!(reply.status, 408);
+    assert!(
+        logs::eventually_contains(&[
+            "INFO",
+            "request head not complete within the header read timeout; answered 408 and closed",
+            &client,
+        ])
+        .await
+    );
+    server.stop().await;
+}

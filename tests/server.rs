@@ -374,14 +374,14 @@ async fn an_idle_h2_connection_outlives_the_http1_header_read_timeout() {
 }
 
 #[tokio::test]
-async fn slow_request_head_is_answered_408_at_the_header_read_timeout_and_named() {
-    support::logs::install();
+async fn slow_request_head_is_answered_408_at_the_header_read_timeout() {
+    // Its log line: tests/operator_logs.rs (the line is throttled, and other tests here
+    // answer 408s in the same second).
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0").header_read_timeout(Duration::from_millis(300)),
         |_req: Request| "ok",
     );
     let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
-    let client = stream.local_addr().unwrap().to_string();
     within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n"))
         .await
         .unwrap();
@@ -392,13 +392,6 @@ async fn slow_request_head_is_answered_408_at_the_header_read_timeout_and_named(
     assert!(reply.head.contains("connection: close"), "{}", reply.head);
     assert!(reply.head.contains("date: "), "{}", reply.head);
     assert!(closed_by_server(&mut stream).await);
-    assert!(
-        support::logs::eventually_contains(&[
-            "request head not complete within the header read timeout; answered 408",
-            &client,
-        ])
-        .await
-    );
     server.stop().await;
 }
 
