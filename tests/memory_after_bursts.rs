@@ -21,39 +21,34 @@ const MIB: u64 = 1 << 20;
 
 const HANDLERS: usize = 8;
 
-/// Serves on a pool of `HANDLERS` threads kept 300 ms, whose handlers each hold 8 MiB
+/// How long the pools' threads wait for work before they leave.
+const KEEP: Duration = Duration::from_millis(300);
+
+/// Serves on `server` (`HANDLERS` threads kept 300 ms), whose handlers each hold 8 MiB
 /// of their thread's arena at the same time, then free it under a small allocation that
 /// outlives them; returns once `HANDLERS` requests were served.
-async fn burst(trim: bool) -> (TestServer, BlockingPool) {
+async fn burst(server: Server) -> TestServer {
     const PIECE: usize = 32 * 1024; // under glibc's mmap threshold: from the arena
     const PER_HANDLER: usize = 8 << 20;
-    let pool = BlockingPool::builder()
-        .max_threads(HANDLERS)
-        .keep_alive(Duration::from_millis(300))
-        .trim_memory_when_idle(trim)
-        .build();
     let together = Arc::new(Barrier::new(HANDLERS));
-    let server = TestServer::start_with(
-        Server::bind("127.0.0.1:0").pool(pool.clone()),
-        move |_req: Request| {
-            let pieces: Vec<Vec<u8>> = (0..PER_HANDLER / PIECE).map(|_| vec![1u8; PIECE]).collect();
-            PINNED
-                .lock()
-                .unwrap()
-                .push(vec![2u8; 64].into_boxed_slice());
-            // Each handler holds its pieces on its own thread at the same time.
-            together.wait();
-            drop(pieces);
-            "done"
-        },
-    );
+    let server = TestServer::start_with(server, move |_req: Request| {
+        let pieces: Vec<Vec<u8>> = (0..PER_HANDLER / PIECE).map(|_| vec![1u8; PIECE]).collect();
+        PINNED
+            .lock()
+            .unwrap()
+            .push(vec![2u8; 64].into_boxed_slice());
+        // Each handler holds its pieces on its own thread at the same time.
+        together.wait();
+        drop(pieces);
+        "done"
+    });
     let requests: Vec<_> = (0..HANDLERS)
         .map(|_| tokio::spawn(support::get(server.addr, "/")))
         .collect();
     for request in requests {
         assert_eq!(within(request).await.unwrap().status, 200);
     }
-    (server, pool)
+    server
 }
 
 /// Waits until `pool` has no thread left.
@@ -68,11 +63,16 @@ async fn threads_gone(pool: &BlockingPool) {
 
 // One test, its two halves in turn: both read the process's memory.
 #[tokio::test]
-async fn memory_a_burst_freed_is_handed_back_once_the_pool_is_idle_unless_turned_off() {
+async fn memory_a_burst_freed_is_handed_back_once_the_servers_pool_is_idle() {
     let (_, before) = support::memory();
 
-    // Turned off: the memory stays with the allocator.
-    let (server, pool) = burst(false).await;
+    // A pool of one's own, which does not trim unless asked: the memory stays with the
+    // allocator.
+    let pool = BlockingPool::builder()
+        .max_threads(HANDLERS)
+        .keep_alive(KEEP)
+        .build();
+    let server = burst(Server::bind("127.0.0.1:0").pool(pool.clone())).await;
     let (_, after_burst) = support::memory();
     assert!(
         after_burst >= before + 32 * MIB,
@@ -85,9 +85,14 @@ async fn memory_a_burst_freed_is_handed_back_once_the_pool_is_idle_unless_turned
     assert!(kept >= before + 32 * MIB, "{} MiB", kept / MIB);
     server.stop().await;
 
-    // The default: the last thread out hands it back, this burst's and the one before.
-    let (server, pool) = burst(true).await;
-    threads_gone(&pool).await;
+    // The server's own pool: the last thread out hands it back, this burst's and the one
+    // before.
+    let server = burst(
+        Server::bind("127.0.0.1:0")
+            .max_threads(HANDLERS)
+            .thread_keep_alive(KEEP),
+    )
+    .await;
     let handed_back = within(async {
         loop {
             let (_, now) = support::memory();

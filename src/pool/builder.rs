@@ -48,7 +48,7 @@ impl Default for BlockingPoolBuilder {
                 stack_size: None,
                 nice: DEFAULT_NICE,
                 batch: true,
-                trim_when_idle: true,
+                trim_when_idle: false,
             },
         }
     }
@@ -139,18 +139,26 @@ impl BlockingPoolBuilder {
 
     /// Whether the last thread to leave the pool, once it is idle, hands the C
     /// allocator's free memory back to the OS (`malloc_trim(0)`; glibc only). Default is
-    /// `true`.
+    /// `false`; the bundled server turns it on for its own handler pool
+    /// ([`Server::trim_memory_when_idle`](crate::Server::trim_memory_when_idle)).
     ///
     /// Why: glibc's malloc keeps what a burst freed for the next allocation, so a
-    /// process's resident memory otherwise stays near its peak for good after one busy
-    /// minute: the bench server idled at 12.1–12.9 MB after ten seconds each of 256
-    /// sleeping clients, 1 MiB uploads and 16 MiB downloads, and at 6.3–6.4 MB with the
-    /// trim (4.7–5.5 MB at start). A cost: the call walks every arena of the process,
-    /// each under its lock, so the process's other threads (an async runtime still
-    /// serving, in an embedding host) may wait for an allocation meanwhile: 1.8–1.9 ms in
-    /// all after that load, more for a heap of gigabytes with much of it free. `false`
-    /// leaves memory to the allocator, as a process with an allocator of its own
-    /// (`#[global_allocator]`) may prefer.
+    /// process's resident memory otherwise stays near its peak for good: the bench
+    /// server idled at 12.1–12.9 MB after ten seconds each of 256 sleeping clients, 1
+    /// MiB uploads and 16 MiB downloads, and at 6.3–6.4 MB with the trim (4.7–5.5 MB at
+    /// start). At most one trim runs at a time in the process, and none within 10 seconds
+    /// of the last, so a pool whose threads come and go with sparse requests does not
+    /// trim for each.
+    ///
+    /// The cost: the call walks every arena of the process, each under its lock, and
+    /// the process's other threads wait for an allocation from an arena meanwhile. It
+    /// took 1.8–1.9 ms after the load above; after 384 MiB freed in 32 KiB pieces on
+    /// eight threads, 71–95 ms, with another thread's allocation from the arena being
+    /// trimmed waiting up to 72 ms. It runs on the pool's last thread, at the pool's
+    /// priority ([`nice`](Self::nice)): on a core busy with threads of that priority or
+    /// higher it takes longer, and holds the locks longer. Turn it on where nothing
+    /// else waits on the allocator when the pool goes idle (a server that only serves
+    /// the pool's handlers), not beside an async runtime that serves other work.
     pub fn trim_memory_when_idle(mut self, enabled: bool) -> Self {
         self.config.trim_when_idle = enabled;
         self

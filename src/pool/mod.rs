@@ -5,7 +5,7 @@
 //! once (the bridge answers `503` + `Retry-After`), so neither memory nor latency grows
 //! without bound under overload. Threads are started on demand and exit after
 //! `keep_alive` without work, so an idle server holds no threads here; the last one to
-//! leave hands the allocator's free memory back to the OS (`worker`).
+//! leave may hand the allocator's free memory back to the OS (`worker`).
 //!
 //! Its parts: `job` is what is submitted (and how a submitter takes it back), `worker`
 //! is a pool thread's life, `builder` holds the limits. This module holds the state they

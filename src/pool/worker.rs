@@ -180,14 +180,39 @@ impl Inner {
 }
 
 /// Hands the C allocator's free memory back to the OS once a pool has gone idle
-/// (`BlockingPoolBuilder::trim_memory_when_idle` says why and what it costs): one call
-/// per pool going idle, never while it is busy.
+/// (`BlockingPoolBuilder::trim_memory_when_idle` says why and what it costs): at most
+/// one call at a time in the process, and none within `MIN_TRIM_INTERVAL` of the last
+/// (pools whose threads come and go with sparse requests would otherwise trim for each
+/// request, a probe found).
 fn give_back_free_memory(pool: &str) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    const MIN_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    /// Milliseconds since `EPOCH` when the last trim ended; 0: none yet.
+    static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+    static TRIMMING: AtomicBool = AtomicBool::new(false);
+
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+    let since_last = epoch
+        .elapsed()
+        .saturating_sub(std::time::Duration::from_millis(last));
+    if (last != 0 && since_last < MIN_TRIM_INTERVAL) || TRIMMING.swap(true, Ordering::Acquire) {
+        return;
+    }
     let started = Instant::now();
-    if crate::sys::trim_allocator() {
+    let released = crate::sys::trim_allocator();
+    let took = started.elapsed();
+    LAST_TRIM_MS.store(
+        (epoch.elapsed().as_millis() as u64).max(1),
+        Ordering::Relaxed,
+    );
+    TRIMMING.store(false, Ordering::Release);
+    if released {
         tracing::debug!(
             pool,
-            took_us = started.elapsed().as_micros() as u64,
+            took_us = took.as_micros() as u64,
             "pool idle; the allocator's free memory handed back to the OS"
         );
     }

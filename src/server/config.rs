@@ -39,7 +39,7 @@ pub(super) struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            pool: BlockingPool::builder(),
+            pool: BlockingPool::builder().trim_memory_when_idle(true),
             shared_pool: None,
             max_connections: 10_000,
             http2_max_concurrent_streams: 100,
@@ -93,11 +93,21 @@ impl Server {
     }
 
     /// How long an idle handler thread lives. Default is 10 seconds. When the last one
-    /// leaves, the allocator's free memory is handed back to the OS (see
-    /// [`BlockingPoolBuilder::trim_memory_when_idle`](crate::BlockingPoolBuilder::trim_memory_when_idle);
-    /// a pool of your own, given to [`pool`](Server::pool), can turn it off).
+    /// leaves, the allocator's free memory is handed back to the OS
+    /// ([`trim_memory_when_idle`](Server::trim_memory_when_idle)).
     pub fn thread_keep_alive(mut self, keep_alive: Duration) -> Self {
         self.config.pool = self.config.pool.keep_alive(keep_alive);
+        self
+    }
+
+    /// Whether the handler pool, once idle (its last thread leaving after
+    /// [`thread_keep_alive`](Server::thread_keep_alive)), hands the C allocator's free
+    /// memory back to the OS. Default is `true` for the server's own pool (a pool given
+    /// to [`pool`](Server::pool) keeps its own setting);
+    /// [`BlockingPoolBuilder::trim_memory_when_idle`](crate::BlockingPoolBuilder::trim_memory_when_idle)
+    /// says what it gives and what it costs.
+    pub fn trim_memory_when_idle(mut self, enabled: bool) -> Self {
+        self.config.pool = self.config.pool.trim_memory_when_idle(enabled);
         self
     }
 
