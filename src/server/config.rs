@@ -182,8 +182,9 @@ impl Server {
     /// throttled; the client then has 500 ms to read it while the server drains what it
     /// still sends. A connection that sent nothing (a browser's unused preconnect), or an
     /// HTTP/2 one, is closed without an answer, logged at `debug`. (Part of a head that
-    /// came in one read with the request before it is not seen: the keep-alive timeout
-    /// bounds it.) A connection's first request is due this long after it
+    /// came in one read with the request before it, or with the end of a body read after
+    /// its response, is not seen: the keep-alive timeout bounds it.) A connection's
+    /// first request is due this long after it
     /// is accepted, whatever its protocol; so is the rest of a request body nobody reads,
     /// from its first byte after the response. Default is 30 seconds. Zero closes every
     /// connection whose request is not already there when it is accepted (and is logged at
