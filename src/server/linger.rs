@@ -1,4 +1,6 @@
-//! Closing in stages (RFC 9112 §9.6) an HTTP/1 connection whose client is still sending.
+//! Closing in stages (RFC 9112 §9.6) an HTTP/1 connection whose client is still sending,
+//! and the one answer the server writes outside hyper before such a close (a late request
+//! head's `408`).
 //!
 //! The server may answer before it has read a request's body (a `413` for a declared
 //! length over the limit, a handler that does not read a large body) and then closes the
