@@ -194,11 +194,19 @@ fn give_back_free_memory(pool: &str) {
     static TRIMMING: AtomicBool = AtomicBool::new(false);
 
     let epoch = *EPOCH.get_or_init(Instant::now);
-    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
-    let since_last = epoch
-        .elapsed()
-        .saturating_sub(std::time::Duration::from_millis(last));
-    if (last != 0 && since_last < MIN_TRIM_INTERVAL) || TRIMMING.swap(true, Ordering::Acquire) {
+    let too_soon = || {
+        let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+        let since_last = epoch
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last));
+        last != 0 && since_last < MIN_TRIM_INTERVAL
+    };
+    if too_soon() || TRIMMING.swap(true, Ordering::Acquire) {
+        return;
+    }
+    // Looked at again under the flag: a trim may have ended since the first look.
+    if too_soon() {
+        TRIMMING.store(false, Ordering::Release);
         return;
     }
     let started = Instant::now();
