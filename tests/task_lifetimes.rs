@@ -373,12 +373,18 @@ async fn a_blocking_task_joining_one_it_spawned_on_a_pool_of_one_is_refused_not_
 async fn of_two_task_threads_joining_queued_tasks_only_the_last_to_join_is_refused() {
     logs::install();
     let set = TaskSet::builder().max_threads(2).build();
-    // Both outer tasks hold a thread before either joins, so both inner tasks queue.
+    // Both outer tasks hold a thread before either spawns its inner task, so both inner
+    // tasks queue. (Without the first barrier, the first outer task could spawn its inner
+    // one before the second was submitted, and a second thread run it: both joins then
+    // ended well, on a loaded machine in CI.)
+    let both_started = Arc::new(std::sync::Barrier::new(2));
     let both_running = Arc::new(std::sync::Barrier::new(2));
     let outers: Vec<_> = (0..2)
         .map(|_| {
+            let both_started = both_started.clone();
             let both_running = both_running.clone();
             set.spawn_blocking(move |_| {
+                both_started.wait();
                 spawn_and_join_inner(|| {
                     both_running.wait();
                 })
