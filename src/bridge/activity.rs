@@ -127,8 +127,7 @@ impl Activity {
 
     /// Counts the connection as busy until now.
     pub(crate) fn touch(&self) {
-        self.last_busy_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_busy_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Counts the connection as busy until now, with a request body read on after its
@@ -146,7 +145,7 @@ impl Activity {
         let was_blocked = self.write_blocked_since_ms.load(Ordering::Relaxed) != NOT_BLOCKED;
         if blocked && !was_blocked {
             self.write_blocked_since_ms
-                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                .store(self.now_ms(), Ordering::Relaxed);
         } else if !blocked && was_blocked {
             self.write_blocked_since_ms
                 .store(NOT_BLOCKED, Ordering::Relaxed);
@@ -157,11 +156,7 @@ impl Activity {
     /// How long the socket has been full without the client taking any of it, if it is.
     pub(crate) fn write_blocked_for(&self) -> Option<Duration> {
         let since = self.write_blocked_since_ms.load(Ordering::Relaxed);
-        (since != NOT_BLOCKED).then(|| {
-            self.epoch
-                .elapsed()
-                .saturating_sub(Duration::from_millis(since))
-        })
+        (since != NOT_BLOCKED).then(|| self.since(since))
     }
 
     /// Marks the connection as closed by the server, before it drops its requests.
@@ -251,11 +246,7 @@ impl Activity {
     /// start, for its first), if one is.
     pub(crate) fn head_arriving_for(&self) -> Option<Duration> {
         let since = self.head_since_ms.load(Ordering::Relaxed);
-        (since != NO_HEAD).then(|| {
-            self.epoch
-                .elapsed()
-                .saturating_sub(Duration::from_millis(since))
-        })
+        (since != NO_HEAD).then(|| self.since(since))
     }
 
     /// Whether part of a request head is on its way: a head began to arrive
@@ -288,8 +279,7 @@ impl Activity {
         if self.in_flight() > 0 {
             return Duration::ZERO;
         }
-        let last = Duration::from_millis(self.last_busy_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
+        self.since(self.last_busy_ms.load(Ordering::Relaxed))
     }
 
     /// Gives an HTTP/2 response a slot among those that may wait on the client's window,
@@ -337,11 +327,7 @@ impl Activity {
             .copied()
             .filter(|&since| since != NOT_HELD)
             .min()?;
-        Some(
-            self.epoch
-                .elapsed()
-                .saturating_sub(Duration::from_millis(oldest)),
-        )
+        Some(self.since(oldest))
     }
 
     fn held(&self) -> MutexGuard<'_, HeldSlots> {
@@ -349,8 +335,16 @@ impl Activity {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The connection's clock: milliseconds since `epoch`, what the stamps hold.
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// How long ago a stamp of `now_ms` was (zero for one in the future).
+    fn since(&self, stamp_ms: u64) -> Duration {
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(stamp_ms))
     }
 }
 
