@@ -33,6 +33,9 @@ fn handler(
         let outcomes = outcomes.lock().unwrap().clone();
         let (declared, write): (Option<u64>, WriteBody) = match path.as_str() {
             "/events" => (None, |w| {
+                // A line no client sees: the head goes out with the first bytes, and
+                // these are gathered, not flushed.
+                writeln!(w, "started")?;
                 let start = Instant::now();
                 while start.elapsed() < Duration::from_secs(5) {
                     writeln!(w, "event")?;
@@ -52,6 +55,9 @@ fn handler(
             _ => (Some(10), |w| w.write_all(b"hello")),
         };
         let mut response = Response::new(ResponseBody::from_writer(move |w| {
+            if path == "/events" {
+                outcomes.send(("started".to_owned(), Ok(()))).unwrap();
+            }
             let outcome = write(w);
             outcomes
                 .send((path, outcome.as_ref().map(|_| ()).map_err(|e| e.kind())))
@@ -90,14 +96,13 @@ async fn a_writer_that_gathers_small_writes_hears_at_its_next_write_that_the_cli
     within(stream.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
         .unwrap();
-    // The head goes out before the producer runs; nothing of the body is flushed yet.
-    let mut head = Vec::new();
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut buf = [0u8; 1024];
-        let n = within(stream.read(&mut buf)).await.unwrap();
-        assert!(n > 0, "closed before the head");
-        head.extend_from_slice(&buf[..n]);
-    }
+    // The producer runs; nothing of the body is flushed yet, so neither is the head.
+    let outcomes = within(tokio::task::spawn_blocking(move || {
+        assert_eq!(outcome_of(&outcomes, "started"), Ok(()));
+        outcomes
+    }))
+    .await
+    .unwrap();
     drop(stream);
     // Unflushed, its lines would have run on until 64 KiB had gathered (about seven
     // seconds of them here), so the writer's own 5 s would have ended it first.
@@ -122,15 +127,23 @@ async fn a_streamed_body_past_or_short_of_its_content_length_is_cut_off_and_logg
             } else {
                 within(h1(server.addr).await.send_request(get(path))).await
             };
-            // Cut off before the first byte, hyper's HTTP/1 sends no head at all.
-            let whole = match response {
-                Ok(response) => within(response.into_body().collect()).await.ok(),
-                Err(_) => None,
-            };
-            assert!(
-                whole.is_none(),
-                "{path} over HTTP/2 {http2}: the client took a body that broke its length for whole"
-            );
+            if path == "/over" {
+                // It broke its length before anything went out: its head was still
+                // held, and the client is told of the failure as such.
+                let response = response.expect("a response head");
+                assert_eq!(response.status(), 500, "{path} over HTTP/2 {http2}");
+            } else {
+                // Its 5 bytes went out with the head, and at once it ended short: cut off
+                // before hyper's HTTP/1 flushed anything, there is no head at all.
+                let whole = match response {
+                    Ok(response) => within(response.into_body().collect()).await.ok(),
+                    Err(_) => None,
+                };
+                assert!(
+                    whole.is_none(),
+                    "{path} over HTTP/2 {http2}: the client took a body that broke its length for whole"
+                );
+            }
             let expected = if path == "/over" {
                 Err(std::io::ErrorKind::InvalidInput)
             } else {
