@@ -8,8 +8,8 @@ use std::io::{self, Read};
 use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use support::{channel_body, h1, h2, logs, within, TestServer};
+use http_body_util::BodyExt;
+use support::{channel_body, h2, logs, within, TestServer};
 use syncbridge::{Request, Response, ResponseBody};
 
 /// A reader whose first read fails, as a file on a failing disk would.
@@ -48,12 +48,6 @@ fn handler(gate: mpsc::Receiver<()>) -> impl Fn(Request) -> Response + Send + Sy
     }
 }
 
-fn get(path: &str) -> http::Request<Empty<Bytes>> {
-    http::Request::get(format!("http://localhost{path}"))
-        .body(Empty::new())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_producer_that_fails_before_its_first_bytes_is_answered_500_on_either_protocol() {
     logs::install();
@@ -61,12 +55,9 @@ async fn a_producer_that_fails_before_its_first_bytes_is_answered_500_on_either_
     let server = TestServer::start(handler(gate_rx));
     for http2 in [false, true] {
         for path in ["/reader-fails", "/chunks-panic"] {
-            let response = if http2 {
-                within(h2(server.addr).await.send_request(get(path))).await
-            } else {
-                within(h1(server.addr).await.send_request(get(path))).await
-            }
-            .unwrap_or_else(|e| panic!("{path} over HTTP/2 {http2}: no response: {e}"));
+            let response = support::get_over(server.addr, http2, path)
+                .await
+                .unwrap_or_else(|e| panic!("{path} over HTTP/2 {http2}: no response: {e}"));
             assert_eq!(response.status(), 500, "{path} over HTTP/2 {http2}");
             let body = within(response.into_body().collect()).await;
             assert!(body.is_ok(), "{path} over HTTP/2 {http2}: the 500 is whole");
@@ -103,12 +94,9 @@ async fn a_writer_that_flushes_before_its_first_bytes_sends_its_head_at_once() {
     let server = TestServer::start(handler(gate_rx));
     for http2 in [false, true] {
         // The producer waits for the gate: the head can only have come with the flush.
-        let response = if http2 {
-            within(h2(server.addr).await.send_request(get("/flush-then-wait"))).await
-        } else {
-            within(h1(server.addr).await.send_request(get("/flush-then-wait"))).await
-        }
-        .expect("the head, before the first bytes");
+        let response = support::get_over(server.addr, http2, "/flush-then-wait")
+            .await
+            .expect("the head, before the first bytes");
         assert_eq!(response.status(), 200);
         gate.send(()).unwrap();
         let body = within(response.into_body().collect()).await.unwrap();

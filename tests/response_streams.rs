@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header;
-use http_body_util::{BodyExt, Empty};
-use support::{h1, h2, logs, within, TestServer};
+use http_body_util::BodyExt;
+use support::{logs, within, TestServer};
 use syncbridge::{Request, Response, ResponseBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -81,12 +81,6 @@ fn outcome_of(outcomes: &mpsc::Receiver<(String, Outcome)>, path: &str) -> Outco
     outcome
 }
 
-fn get(path: &str) -> http::Request<Empty<Bytes>> {
-    http::Request::get(format!("http://localhost{path}"))
-        .body(Empty::new())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_writer_that_gathers_small_writes_hears_at_its_next_write_that_the_client_left() {
     logs::install();
@@ -122,11 +116,7 @@ async fn a_streamed_body_past_or_short_of_its_content_length_is_cut_off_and_logg
     let server = TestServer::start(handler(tx));
     for http2 in [false, true] {
         for path in ["/over", "/short"] {
-            let response = if http2 {
-                within(h2(server.addr).await.send_request(get(path))).await
-            } else {
-                within(h1(server.addr).await.send_request(get(path))).await
-            };
+            let response = support::get_over(server.addr, http2, path).await;
             if path == "/over" {
                 // It broke its length before anything went out: its head was still
                 // held, and the client is told of the failure as such.
@@ -166,7 +156,7 @@ async fn a_write_past_the_content_length_after_it_all_went_out_is_still_the_hand
     logs::install();
     let (tx, outcomes) = mpsc::channel();
     let server = TestServer::start(handler(tx));
-    let response = within(h1(server.addr).await.send_request(get("/over-after-flush")))
+    let response = support::get_over(server.addr, false, "/over-after-flush")
         .await
         .expect("a response head");
     // The client has all it was told to expect: for it the response is whole.

@@ -392,21 +392,21 @@ mod tests {
         assert!(matches!(produce_failing(own), Produced::Failed(_)));
     }
 
-    #[test]
-    fn a_producer_error_after_the_client_left_is_a_disconnect_however_it_is_wrapped() {
+    /// Runs `producer` for a client that has left: its head and its body's receiver are
+    /// gone.
+    fn produce_for_a_client_that_left(producer: Producer) -> Produced {
         let (tx, rx) = channel(1024, None);
         drop(rx);
+        produce(producer, tx, None, TestHead::to(true).0).0
+    }
+
+    #[test]
+    fn a_producer_error_after_the_client_left_is_a_disconnect_however_it_is_wrapped() {
         let wrapped = io::Error::other("sending event: the client went away");
         let mut err = Some(wrapped);
         let iter = std::iter::from_fn(move || err.take().map(Err));
         assert!(matches!(
-            produce(
-                Producer::Iter(Box::new(iter)),
-                tx,
-                None,
-                TestHead::to(true).0
-            )
-            .0,
+            produce_for_a_client_that_left(Producer::Iter(Box::new(iter))),
             Produced::Disconnected(0)
         ));
     }
@@ -441,15 +441,7 @@ mod tests {
             Ok(Bytes::new())
         })
         .take(1000);
-        let (tx, rx) = channel(1024, None);
-        drop(rx);
-        let produced = produce(
-            Producer::Iter(Box::new(heartbeats)),
-            tx,
-            None,
-            TestHead::to(true).0,
-        )
-        .0;
+        let produced = produce_for_a_client_that_left(Producer::Iter(Box::new(heartbeats)));
         assert!(
             matches!(produced, Produced::Disconnected(0)),
             "{produced:?}"
@@ -459,8 +451,6 @@ mod tests {
         for empty_write in [false, true] {
             let beats = Arc::new(AtomicUsize::new(0));
             let counter = beats.clone();
-            let (tx, rx) = channel(1024, None);
-            drop(rx);
             let writer = move |w: &mut dyn Write| -> io::Result<()> {
                 for _ in 0..1000 {
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -472,13 +462,7 @@ mod tests {
                 }
                 Ok(())
             };
-            let produced = produce(
-                Producer::Writer(Box::new(writer)),
-                tx,
-                None,
-                TestHead::to(true).0,
-            )
-            .0;
+            let produced = produce_for_a_client_that_left(Producer::Writer(Box::new(writer)));
             assert!(
                 matches!(produced, Produced::Disconnected(0)),
                 "{produced:?}"
