@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header;
-use http_body_util::BodyExt;
-use support::{logs, within, TestServer};
+use http_body_util::{BodyExt, Empty};
+use support::{h1, h2, logs, within, TestServer};
 use syncbridge::{Request, Response, ResponseBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,9 +33,6 @@ fn handler(
         let outcomes = outcomes.lock().unwrap().clone();
         let (declared, write): (Option<u64>, WriteBody) = match path.as_str() {
             "/events" => (None, |w| {
-                // A line no client sees: the head goes out with the first bytes, and
-                // these are gathered, not flushed.
-                writeln!(w, "started")?;
                 let start = Instant::now();
                 while start.elapsed() < Duration::from_secs(5) {
                     writeln!(w, "event")?;
@@ -55,9 +52,6 @@ fn handler(
             _ => (Some(10), |w| w.write_all(b"hello")),
         };
         let mut response = Response::new(ResponseBody::from_writer(move |w| {
-            if path == "/events" {
-                outcomes.send(("started".to_owned(), Ok(()))).unwrap();
-            }
             let outcome = write(w);
             outcomes
                 .send((path, outcome.as_ref().map(|_| ()).map_err(|e| e.kind())))
@@ -81,6 +75,12 @@ fn outcome_of(outcomes: &mpsc::Receiver<(String, Outcome)>, path: &str) -> Outco
     outcome
 }
 
+fn get(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("http://localhost{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_writer_that_gathers_small_writes_hears_at_its_next_write_that_the_client_left() {
     logs::install();
@@ -90,13 +90,14 @@ async fn a_writer_that_gathers_small_writes_hears_at_its_next_write_that_the_cli
     within(stream.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
         .unwrap();
-    // The producer runs; nothing of the body is flushed yet, so neither is the head.
-    let outcomes = within(tokio::task::spawn_blocking(move || {
-        assert_eq!(outcome_of(&outcomes, "started"), Ok(()));
-        outcomes
-    }))
-    .await
-    .unwrap();
+    // The head goes out before the producer runs; nothing of the body is flushed yet.
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = within(stream.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed before the head");
+        head.extend_from_slice(&buf[..n]);
+    }
     drop(stream);
     // Unflushed, its lines would have run on until 64 KiB had gathered (about seven
     // seconds of them here), so the writer's own 5 s would have ended it first.
@@ -116,24 +117,20 @@ async fn a_streamed_body_past_or_short_of_its_content_length_is_cut_off_and_logg
     let server = TestServer::start(handler(tx));
     for http2 in [false, true] {
         for path in ["/over", "/short"] {
-            let response = support::get_over(server.addr, http2, path).await;
-            if path == "/over" {
-                // It broke its length before anything went out: its head was still
-                // held, and the client is told of the failure as such.
-                let response = response.expect("a response head");
-                assert_eq!(response.status(), 500, "{path} over HTTP/2 {http2}");
+            let response = if http2 {
+                within(h2(server.addr).await.send_request(get(path))).await
             } else {
-                // Its 5 bytes went out with the head, and at once it ended short: cut off
-                // before hyper's HTTP/1 flushed anything, there is no head at all.
-                let whole = match response {
-                    Ok(response) => within(response.into_body().collect()).await.ok(),
-                    Err(_) => None,
-                };
-                assert!(
-                    whole.is_none(),
-                    "{path} over HTTP/2 {http2}: the client took a body that broke its length for whole"
-                );
-            }
+                within(h1(server.addr).await.send_request(get(path))).await
+            };
+            // Cut off before the first byte, hyper's HTTP/1 sends no head at all.
+            let whole = match response {
+                Ok(response) => within(response.into_body().collect()).await.ok(),
+                Err(_) => None,
+            };
+            assert!(
+                whole.is_none(),
+                "{path} over HTTP/2 {http2}: the client took a body that broke its length for whole"
+            );
             let expected = if path == "/over" {
                 Err(std::io::ErrorKind::InvalidInput)
             } else {
@@ -156,7 +153,7 @@ async fn a_write_past_the_content_length_after_it_all_went_out_is_still_the_hand
     logs::install();
     let (tx, outcomes) = mpsc::channel();
     let server = TestServer::start(handler(tx));
-    let response = support::get_over(server.addr, false, "/over-after-flush")
+    let response = within(h1(server.addr).await.send_request(get("/over-after-flush")))
         .await
         .expect("a response head");
     // The client has all it was told to expect: for it the response is whole.

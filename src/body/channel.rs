@@ -485,14 +485,6 @@ impl Receiver {
                 state = self.shared.lock();
                 continue;
             }
-            // A producer that reads the request body (an echo) sends its response head
-            // before it waits: a full-duplex client may send more only once it has it.
-            if let Some(head) = super::produce::take_held_head() {
-                drop(state);
-                head.release();
-                state = self.shared.lock();
-                continue;
-            }
             // The window, and its deadline, carry over from wait to wait (and call to
             // call) until enough has come: a byte now and then does not reset it.
             let (from, mut deadline) = state.recv_window.unwrap_or((state.taken_bytes, None));

@@ -15,7 +15,7 @@ mod response;
 pub use bridge::BridgeBody;
 pub(crate) use bridge::{Completion, Http2Flow, OwnedLine, RequestLine};
 pub(crate) use channel::{FaultProbe, MIN_PROGRESS};
-pub(crate) use produce::{produce, HeldHead, Produced};
+pub(crate) use produce::{produce, Produced};
 pub use request::Body;
 pub use response::ResponseBody;
 pub(crate) use response::{Producer, ResponseKind};

@@ -22,29 +22,19 @@ use bytes::Bytes;
 /// [`io::ErrorKind::InvalidInput`] and nothing past it is sent; a body that ends short of
 /// it is aborted. Either is logged at error, on either protocol.
 ///
-/// # When the head goes out, errors and aborts
+/// # Errors and aborts
 ///
-/// A streamed body's status and headers are held until the producer has its first
-/// bytes, as a WSGI server holds them until the first non-empty chunk. They go out with
-/// the first chunk; at a writer's `flush`, even with nothing written (how an event
-/// stream sends its head before its first event is ready); when the producer first
-/// waits for the request body (an echo: a full-duplex client may send more only once it
-/// has the head); or at the end of a body that ends whole. An empty chunk or `write`
-/// does not send them. A producer that fails (returns `Err`, panics, or breaks the
-/// declared length) before then is answered `500` in its place, logged at error
-/// (`response body producer failed before its first bytes; answered 500`).
-///
-/// Once the head is out, a failing producer cannot turn the response into a `500` any
-/// more. The response is aborted instead (no final chunk on HTTP/1, the connection
-/// closed; `RST_STREAM` on HTTP/2), so the client sees a body cut off, never a complete
-/// one, and the failure is logged at error. Where the close itself ends the body
-/// (HTTP/1.0, nginx's default towards upstreams), the bundled server closes with a
-/// reset, which a clean end cannot be taken for (on Linux; a host serving `SyncService`
-/// itself decides its own close). A producer that fails after its head went out but
-/// before its first bytes (after a `flush`, or an echo's first wait) may leave the
-/// client with no response at all: hyper drops the head with the body. An error met
-/// because the client left is logged at debug, even if the producer wrapped it in an
-/// error of its own.
+/// The status and headers are sent before the producer runs: a producer that fails
+/// (returns `Err`, panics, or breaks the declared length) cannot turn the response into a
+/// `500` any more. The response is aborted instead (no final chunk on HTTP/1, the
+/// connection closed; `RST_STREAM` on HTTP/2), so the client sees a body cut off, never a
+/// complete one, and the failure is logged at error. Where the close itself ends the
+/// body (HTTP/1.0, nginx's default towards upstreams), the bundled server closes with a
+/// reset, which a clean end cannot be taken for (on Linux; a host serving
+/// `SyncService` itself decides its own close). A producer that fails before anything
+/// went out may leave the client with no response at all: hyper drops the head with
+/// the body. An error met because the client
+/// left is logged at debug, even if the producer wrapped it in an error of its own.
 ///
 /// The constructors only wrap their argument and may be called anywhere. The producer
 /// runs where its handler ran, with the same reach: [`ensure_sync`](crate::ensure_sync)

@@ -11,8 +11,7 @@ use super::answer;
 use super::reply::ReplyCell;
 use super::Shared;
 use crate::body::{
-    channel, produce, BridgeBody, FaultProbe, HeldHead, Produced, RequestLine, ResponseKind,
-    BYTES_IN_FLIGHT,
+    channel, produce, BridgeBody, FaultProbe, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
 };
 use crate::context::{self, Context};
 use crate::error::{panic_message, Chain};
@@ -102,7 +101,7 @@ impl<H: Handler> SharedJob for RequestJob<H> {
 }
 
 impl<H: Handler> RequestJob<H> {
-    fn run_handler(self: &Arc<Self>, request: Request) {
+    fn run_handler(&self, request: Request) {
         let (shared, cell, method, uri) = (&*self.shared, &self.cell, &self.method, &self.uri);
         let streamed = request.body().is_streamed();
         if !cell.claim() {
@@ -177,81 +176,23 @@ impl<H: Handler> RequestJob<H> {
                 let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, stall_limit);
                 let declared = super::declared_length(&parts.headers);
                 let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
-                if cell.is_abandoned() {
-                    answered.done = true;
+                answered.done = true;
+                if !cell.complete(response) {
                     tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");
                     return;
                 }
-                // The head goes out with the body's first bytes (`HeldHead`). The thread
-                // (and its pool slot) stays with the response until the body is out, and
-                // so does the handler's context: a producer may `ensure_sync` or spawn a
-                // task as the handler could.
-                let head = Box::new(HeldResponse {
-                    job: Arc::clone(self),
-                    response,
-                });
-                let (produced, head_sent) = context::enter(self.context.as_ref(), || {
-                    produce(producer, tx, declared, head)
-                });
-                if !head_sent {
-                    self.answer_unproduced(&produced);
-                }
-                answered.done = true;
-                log_produced(produced, method, uri, head_sent);
+                // The thread (and its pool slot) stays with the response until the body is
+                // out, and so does the handler's context: a producer may `ensure_sync` or
+                // spawn a task as the handler could.
+                let produced =
+                    context::enter(self.context.as_ref(), || produce(producer, tx, declared));
+                log_produced(produced, method, uri);
             }
         }
     }
-
-    /// Answers in place of a streamed response whose producer ended before its first
-    /// bytes, its head still held: as the handler's own failure (`500`), or as the
-    /// client's (a `4xx`, logged by `client_fault`), if anyone still waits.
-    #[cold]
-    fn answer_unproduced(&self, produced: &Produced) {
-        let (method, uri, cell) = (&self.method, &self.uri, &self.cell);
-        let reply = match produced {
-            Produced::Failed(_) | Produced::Panicked(_) => super::future::internal_server_error(),
-            Produced::ByClient(_, err) => {
-                let response = answer::client_fault(
-                    err.kind(),
-                    method,
-                    uri,
-                    self.shared.body_timeout,
-                    cell.is_abandoned(),
-                );
-                let (mut parts, body) = response.into_parts();
-                match answer::framed(method, uri, &mut parts, body.kind) {
-                    ResponseKind::Full(bytes) => {
-                        http::Response::from_parts(parts, BridgeBody::full(bytes))
-                    }
-                    ResponseKind::Stream(_) => super::future::internal_server_error(),
-                }
-            }
-            // Nobody waits for it (a whole body always sent its head).
-            Produced::Disconnected(_) | Produced::Complete(_) => return,
-        };
-        cell.complete(reply);
-    }
 }
 
-/// A streamed response's head, held until its producer has its first bytes.
-struct HeldResponse<H> {
-    job: Arc<RequestJob<H>>,
-    response: http::Response<BridgeBody>,
-}
-
-impl<H: Handler> HeldHead for HeldResponse<H> {
-    fn release(self: Box<Self>) -> bool {
-        self.job.cell.complete(self.response)
-    }
-
-    fn abandoned(&self) -> bool {
-        self.job.cell.is_abandoned()
-    }
-}
-
-/// Logs how a producer ended; `head_sent`: whether its response's head went out, or the
-/// job answered in its place (`answer_unproduced`).
-fn log_produced(produced: Produced, method: &Method, uri: &Uri, head_sent: bool) {
+fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
     match produced {
         Produced::Complete(bytes) => {
             tracing::trace!(method = %method, path = %uri.path(), bytes, "response body produced")
@@ -268,23 +209,13 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, head_sent: bool)
                 "client stalled during a streamed response; response aborted"
             )
         }
-        // `client_fault` named it with the status it answered.
-        Produced::ByClient(..) if !head_sent => {}
         Produced::ByClient(bytes, err) => tracing::info!(
             method = %method, path = %uri.path(), bytes, error = %Chain(&err),
             "client's side failed during a streamed response; response aborted"
         ),
-        Produced::Failed(err) if !head_sent => tracing::error!(
-            method = %method, path = %uri.path(), error = %Chain(&err),
-            "response body producer failed before its first bytes; answered 500"
-        ),
         Produced::Failed(err) => tracing::error!(
             method = %method, path = %uri.path(), error = %Chain(&err),
             "response body producer failed; response aborted"
-        ),
-        Produced::Panicked(msg) if !head_sent => tracing::error!(
-            method = %method, path = %uri.path(), panic = %msg,
-            "response body producer panicked before its first bytes; answered 500"
         ),
         Produced::Panicked(msg) => tracing::error!(
             method = %method, path = %uri.path(), panic = %msg,

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use syncbridge::{Handler, Server, ShutdownHandle};
@@ -207,27 +207,6 @@ where
         .expect("h2 handshake");
     tokio::spawn(conn);
     send
-}
-
-/// A bodiless `GET path` to send on a connection of [`h1`] or [`h2`].
-pub fn get_request(path: &str) -> http::Request<Empty<Bytes>> {
-    http::Request::get(format!("http://localhost{path}"))
-        .body(Empty::new())
-        .unwrap()
-}
-
-/// Sends `GET path` on a fresh connection, over HTTP/2 (h2c) or HTTP/1.1, under
-/// [`within`]: the response head, or the client's error.
-pub async fn get_over(
-    addr: SocketAddr,
-    http2: bool,
-    path: &str,
-) -> hyper::Result<http::Response<hyper::body::Incoming>> {
-    if http2 {
-        within(h2(addr).await.send_request(get_request(path))).await
-    } else {
-        within(h1(addr).await.send_request(get_request(path))).await
-    }
 }
 
 /// A response with its body read whole.
