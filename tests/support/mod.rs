@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use syncbridge::{Handler, Server, ShutdownHandle};
@@ -207,6 +207,23 @@ where
         .expect("h2 handshake");
     tokio::spawn(conn);
     send
+}
+
+/// Sends a bodiless `GET path` on a fresh connection, over HTTP/2 (h2c) or HTTP/1.1,
+/// under [`within`]: the response head, or the client's error.
+pub async fn get_over(
+    addr: SocketAddr,
+    http2: bool,
+    path: &str,
+) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+    let req = http::Request::get(format!("http://localhost{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    if http2 {
+        within(h2(addr).await.send_request(req)).await
+    } else {
+        within(h1(addr).await.send_request(req)).await
+    }
 }
 
 /// A response with its body read whole.
