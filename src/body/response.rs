@@ -26,12 +26,12 @@ use bytes::Bytes;
 ///
 /// The status and headers are sent before the producer runs: a producer that fails
 /// (returns `Err`, panics, or breaks the declared length) cannot turn the response into a
-/// `500` any more. (Holding them until the first bytes, as WSGI servers do, would keep
-/// waiting a client that sends more of its body, or a request of its own, only once it
-/// has the head, wherever the body is read; and a host's timeout around the service
-/// would time the producer too.) The response is aborted instead (no final chunk on HTTP/1, the
+/// `500` any more. The response is aborted instead (no final chunk on HTTP/1, the
 /// connection closed; `RST_STREAM` on HTTP/2), so the client sees a body cut off, never a
-/// complete one, and the failure is logged at error. Where the close itself ends the
+/// complete one, and the failure is logged at error. (Holding the head until the first
+/// bytes, as WSGI servers do, would keep waiting a client that sends more of its body,
+/// or a request of its own, only once it has the head; and a host's timeout around the
+/// service would time the producer too.) Where the close itself ends the
 /// body (HTTP/1.0, nginx's default towards upstreams), the bundled server closes with a
 /// reset, which a clean end cannot be taken for (on Linux; a host serving
 /// `SyncService` itself decides its own close). A producer that fails before anything
