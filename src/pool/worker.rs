@@ -185,38 +185,25 @@ impl Inner {
 /// (pools whose threads come and go with sparse requests would otherwise trim for each
 /// request, a probe found).
 fn give_back_free_memory(pool: &str) {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::OnceLock;
+    use std::sync::TryLockError;
     const MIN_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    /// Milliseconds since `EPOCH` when the last trim ended; 0: none yet.
-    static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
-    static TRIMMING: AtomicBool = AtomicBool::new(false);
+    /// When the last trim ended. Held for the length of a trim: a pool going idle
+    /// meanwhile leaves the trim to the one under way.
+    static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
 
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    let too_soon = || {
-        let last = LAST_TRIM_MS.load(Ordering::Relaxed);
-        let since_last = epoch
-            .elapsed()
-            .saturating_sub(std::time::Duration::from_millis(last));
-        last != 0 && since_last < MIN_TRIM_INTERVAL
+    let mut last = match LAST_TRIM.try_lock() {
+        Ok(last) => last,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return,
     };
-    if too_soon() || TRIMMING.swap(true, Ordering::Acquire) {
-        return;
-    }
-    // Looked at again under the flag: a trim may have ended since the first look.
-    if too_soon() {
-        TRIMMING.store(false, Ordering::Release);
+    if last.is_some_and(|ended| ended.elapsed() < MIN_TRIM_INTERVAL) {
         return;
     }
     let started = Instant::now();
     let released = crate::sys::trim_allocator();
     let took = started.elapsed();
-    LAST_TRIM_MS.store(
-        (epoch.elapsed().as_millis() as u64).max(1),
-        Ordering::Relaxed,
-    );
-    TRIMMING.store(false, Ordering::Release);
+    *last = Some(Instant::now());
+    drop(last);
     if released {
         tracing::debug!(
             pool,
