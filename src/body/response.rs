@@ -31,13 +31,13 @@ use bytes::Bytes;
 /// complete one, and the failure is logged at error. (Holding the head until the first
 /// bytes, as WSGI servers do, would keep waiting a client that sends more of its body,
 /// or a request of its own, only once it has the head; and a host's timeout around the
-/// service would time the producer too.) Where the close itself ends the
-/// body (HTTP/1.0, nginx's default towards upstreams), the bundled server closes with a
-/// reset, which a clean end cannot be taken for (on Linux; a host serving
-/// `SyncService` itself decides its own close). A producer that fails before anything
-/// went out may leave the client with no response at all: hyper drops the head with
-/// the body. An error met because the client
-/// left is logged at debug, even if the producer wrapped it in an error of its own.
+/// service would time the producer too.) Where the close itself ends the body
+/// (HTTP/1.0, nginx's default towards upstreams), the bundled server closes with a
+/// reset, which a clean end cannot be taken for (on Linux; a host serving `SyncService`
+/// itself decides its own close). A producer that fails before anything went out may
+/// leave the client with no response at all: hyper drops the head with the body. An
+/// error met because the client left is logged at debug, even if the producer wrapped
+/// it in an error of its own.
 ///
 /// The constructors only wrap their argument and may be called anywhere. The producer
 /// runs where its handler ran, with the same reach: [`ensure_sync`](crate::ensure_sync)

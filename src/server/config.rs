@@ -183,12 +183,12 @@ impl Server {
     /// still sends. A connection that sent nothing (a browser's unused preconnect), or an
     /// HTTP/2 one, is closed without an answer, logged at `debug`. (Part of a head that
     /// came in one read with the request before it, or with the end of a body read after
-    /// its response, is not seen: the keep-alive timeout bounds it.) A connection's
-    /// first request is due this long after it
-    /// is accepted, whatever its protocol; so is the rest of a request body nobody reads,
-    /// from its first byte after the response. Default is 30 seconds. Zero closes every
-    /// connection whose request is not already there when it is accepted (and is logged at
-    /// start as a warning): keep it above your clients' round trip.
+    /// its response, is not seen: the keep-alive timeout bounds it.) A connection's first
+    /// request is due this long after it is accepted, whatever its protocol; so is the
+    /// rest of a request body nobody reads, from its first byte after the response.
+    /// Default is 30 seconds. Zero closes every connection whose request is not already
+    /// there when it is accepted (and is logged at start as a warning): keep it above
+    /// your clients' round trip.
     ///
     /// An idle keep-alive connection waits for its next request for the
     /// [`keep_alive_timeout`](Server::keep_alive_timeout), which may be longer; without
@@ -261,9 +261,9 @@ impl Server {
     /// sending slowly is not stalled as long as at least 8 KiB of its body comes per body
     /// timeout while the handler waits for it, not a byte now and then (over HTTP/2, at
     /// least one whole DATA frame: h2 passes on none before it is complete, and curl
-    /// sends 16 KiB frames). A handler's own work is not limited. `Duration::MAX` waits for ever. Zero fails every wait on the client at
-    /// once (and has every busy connection checked every millisecond), and is logged at
-    /// start as a warning.
+    /// sends 16 KiB frames). A handler's own work is not limited. `Duration::MAX` waits
+    /// for ever. Zero fails every wait on the client at once (and has every busy
+    /// connection checked every millisecond), and is logged at start as a warning.
     ///
     /// [`SyncServiceBuilder::body_timeout`]: crate::SyncServiceBuilder::body_timeout
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
