@@ -1,8 +1,9 @@
-//! A streamed response's head goes out as its handler returns, before the producer has
-//! its first bytes: clients that wait for the head before they do anything more (an
-//! event stream's, a full-duplex echo's) and a host's timeout around the service must
-//! not wait on the producer. (Holding the head until the first bytes, as WSGI servers
-//! do, broke all three; see `ResponseBody`'s docs.)
+//! A streamed response's head waits for the producer's first bytes for a short grace
+//! (`head_grace`), so that a producer failing before them is answered `500`; and no
+//! longer: clients that wait for the head before they do anything more (an event
+//! stream's, a full-duplex echo's) and a host's timeout around the service must not wait
+//! on the producer. (Holding the head until the first bytes, as WSGI servers do, broke
+//! all three; see `ResponseBody`'s docs.)
 mod support;
 
 use std::future::IntoFuture;
@@ -13,8 +14,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use support::{channel_body, h1, h2, within, TestServer};
-use syncbridge::{Request, Response, ResponseBody, SyncService};
+use support::{channel_body, h1, h2, logs, within, TestServer};
+use syncbridge::{Request, Response, ResponseBody, Server, SyncService};
 use tower_http::timeout::TimeoutLayer;
 
 /// A gate the test opens once it has the head; the producer waits for it first.
@@ -25,11 +26,41 @@ fn gate() -> (mpsc::Sender<()>, Gate) {
     (open, Arc::new(Mutex::new(gate)))
 }
 
+/// A reader whose first read fails, as opening a missing file in it would.
+struct MissingFile;
+
+impl io::Read for MissingFile {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "report.csv: not found",
+        ))
+    }
+}
+
 /// `/events`: an event stream from an iterator whose one event comes once the gate
-/// opens. `/echo-thread`: an echo whose request body is read on a thread of its own and
-/// forwarded to an iterator.
+/// opens. `/late-failure`: the same, but an error comes instead of the event.
+/// `/echo-thread`: an echo whose request body is read on a thread of its own and
+/// forwarded to an iterator. `/fail-iter`, `/fail-reader` and `/panic-writer`: producers
+/// that fail at once. `/ok`: a full body.
 fn handler(gate: Gate) -> impl Fn(Request) -> Response + Send + Sync + 'static {
     move |mut req: Request| match req.uri().path() {
+        "/fail-iter" => Response::new(ResponseBody::from_chunks(std::iter::once(Err(
+            io::Error::other("catalogue query refused"),
+        )))),
+        "/fail-reader" => Response::new(ResponseBody::from_reader(MissingFile)),
+        "/panic-writer" => Response::new(ResponseBody::from_writer(|_| {
+            support::panic_quietly("report writer panicked")
+        })),
+        "/ok" => Response::new(ResponseBody::from("fine")),
+        "/late-failure" => {
+            let gate = gate.clone();
+            let failure = std::iter::from_fn(move || {
+                let _ = gate.lock().unwrap().recv_timeout(support::STEP);
+                Some(Err(io::Error::other("upstream went away")))
+            });
+            Response::new(ResponseBody::from_chunks(failure.take(1)))
+        }
         "/events" => {
             let gate = gate.clone();
             let event = std::iter::from_fn(move || {
@@ -127,5 +158,120 @@ async fn a_hosts_timeout_layer_does_not_time_a_streams_producer() {
     open.send(()).unwrap();
     let body = within(response.into_body().collect()).await.unwrap();
     assert_eq!(&body.to_bytes()[..], b"event");
+    served.abort();
+}
+
+const FAILING: [&str; 3] = ["/fail-iter", "/fail-reader", "/panic-writer"];
+
+#[tokio::test]
+async fn a_producer_that_fails_before_its_first_bytes_is_answered_500() {
+    logs::install();
+    let (_open, gate) = gate();
+    let server = TestServer::start(handler(gate));
+    // Over HTTP/1, one connection for all: a 500 in the head's place leaves it usable,
+    // where an aborted response closes it.
+    let mut send = h1::<Empty<Bytes>>(server.addr).await;
+    for path in FAILING.into_iter().chain(["/ok"]) {
+        let req = http::Request::get(path)
+            .header("host", "localhost")
+            .body(Empty::new())
+            .unwrap();
+        let response = within(send.send_request(req)).await.unwrap();
+        let reply = support::collect(response).await;
+        if path == "/ok" {
+            assert_eq!((reply.status.as_u16(), &reply.text()[..]), (200, "fine"));
+        } else {
+            assert_eq!(reply.status, 500, "{path} over HTTP/1");
+            assert_eq!(reply.text(), "Internal Server Error");
+        }
+    }
+    for path in FAILING {
+        let response = support::get_over(server.addr, true, path).await.unwrap();
+        let reply = support::collect(response).await;
+        assert_eq!(reply.status, 500, "{path} over HTTP/2");
+    }
+    for (path, what) in [
+        ("/fail-iter", "catalogue query refused"),
+        ("/fail-reader", "report.csv: not found"),
+        ("/panic-writer", "report writer panicked"),
+    ] {
+        assert!(
+            logs::eventually_contains(&[
+                "ERROR",
+                &format!("path={path}"),
+                what,
+                "before its first bytes; answered 500"
+            ])
+            .await,
+            "{path}: not logged as answered 500"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_producer_that_fails_after_the_grace_aborts_the_response_it_began() {
+    logs::install();
+    let (open, gate) = gate();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").head_grace(Duration::from_millis(20)),
+        handler(gate),
+    );
+    for http2 in [false, true] {
+        let response = support::get_over(server.addr, http2, "/late-failure")
+            .await
+            .expect("the head, once the grace is over");
+        assert_eq!(response.status(), 200);
+        open.send(()).unwrap();
+        let body = within(response.into_body().collect()).await;
+        assert!(
+            body.is_err(),
+            "over HTTP/2 {http2}: a cut-off body taken whole"
+        );
+    }
+    assert!(
+        logs::eventually_contains(&[
+            "ERROR",
+            "path=/late-failure",
+            "upstream went away",
+            "producer failed; response aborted"
+        ])
+        .await
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_no_grace_a_producer_that_fails_at_once_is_not_answered_500() {
+    let (_open, gate) = gate();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").head_grace(Duration::ZERO),
+        handler(gate),
+    );
+    for http2 in [false, true] {
+        // The head goes as the handler returns, and the failure cuts it off: over
+        // HTTP/1 hyper drops it unsent, over HTTP/2 the stream is reset after it.
+        let whole = match support::get_over(server.addr, http2, "/fail-iter").await {
+            Ok(response) => within(response.into_body().collect()).await.ok(),
+            Err(_) => None,
+        };
+        assert!(whole.is_none(), "over HTTP/2 {http2}: answered in full");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_embedded_service_answers_500_for_a_producer_that_fails_at_once() {
+    let (_open, gate) = gate();
+    let router = axum::Router::new().nest_service("/legacy", SyncService::new(handler(gate)));
+    let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(axum::serve(listener, router).into_future());
+    let response = support::get_over(addr, false, "/legacy/fail-reader")
+        .await
+        .unwrap();
+    assert_eq!(support::collect(response).await.status, 500);
     served.abort();
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 
-use super::channel::Receiver;
+use super::channel::{HeadCall, Receiver};
 use crate::bridge::{Activity, CutOff};
 
 /// The response body [`SyncService`](crate::SyncService) returns: `http_body::Body` with
@@ -82,6 +82,14 @@ impl BridgeBody {
 
     pub(crate) fn is_full(&self) -> bool {
         matches!(self.kind, Kind::Full(_))
+    }
+
+    /// Whether a held head may go out (`Receiver::poll_head`); a full body's at once.
+    pub(crate) fn poll_head(&self, cx: &mut Context<'_>, let_go: bool) -> Poll<HeadCall> {
+        match &self.kind {
+            Kind::Full(_) => Poll::Ready(HeadCall::Send),
+            Kind::Stream(rx) => rx.poll_head(cx, let_go),
+        }
     }
 
     /// Attaches the request's completion, and on an HTTP/2 connection of the bundled

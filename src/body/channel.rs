@@ -46,6 +46,7 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             recv_window: None,
             fault_handed: false,
             asked: false,
+            head: Head::Sent,
         }),
         condvar: Condvar::new(),
         receiver_gone: AtomicBool::new(false),
@@ -103,6 +104,32 @@ struct State {
     /// Whether the receiver has been handed the client's failure (`FailedByClient`): its
     /// reader met it, so whatever the reader answered, the client is the cause.
     fault_handed: bool,
+    /// A streamed response's head, held back for the body's first bytes.
+    head: Head,
+}
+
+/// Where the head of the response a channel carries stands. The head is not in the
+/// channel, only its fate: the receiver's side (the service future) holds it back until
+/// the body's first bytes, its end, or a grace runs out, so that a producer failing
+/// before its first bytes is answered `500` rather than a `200` cut off after its head.
+/// Deciding it under the channel's lock settles the race between the grace running out
+/// and the producer failing. A request body's channel never holds one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// Gone out, or never held.
+    Sent,
+    Held,
+    /// The producer failed before its first bytes while the head was held: the head
+    /// never goes out, an error answer does instead.
+    FailedUnsent,
+}
+
+/// What the receiver's side does with the head it held (`Receiver::poll_head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadCall {
+    Send,
+    /// Answer the producer's failure instead; it logged it.
+    FailedInstead,
 }
 
 #[derive(Clone)]
@@ -386,6 +413,38 @@ impl Sender {
         }
     }
 
+    /// Holds back the head of the response this channel carries until the receiver's
+    /// side lets it go (`Receiver::poll_head`). Called before the receiver is handed on.
+    pub(crate) fn hold_head(&self) {
+        self.shared.lock().head = Head::Held;
+    }
+
+    /// Ends the stream with an error, as [`fail`](Self::fail). True when the head is
+    /// still held, nothing was sent and the receiver is still there: the head is then
+    /// failed too, and the receiver's side answers the failure in its place.
+    pub(crate) fn fail_before_head(
+        mut self,
+        kind: io::ErrorKind,
+        message: impl Into<Arc<str>>,
+    ) -> bool {
+        self.finished = true;
+        let mut state = self.shared.lock();
+        let instead = state.head == Head::Held
+            && state.queue.is_empty()
+            && state.taken == 0
+            && !self.shared.receiver_gone();
+        if instead {
+            state.head = Head::FailedUnsent;
+        }
+        if let End::Open = state.end {
+            state.end = End::Failed(kind, message.into());
+        }
+        let wake = state.receiver_wake();
+        drop(state);
+        wake.fire(&self.shared.condvar);
+        instead
+    }
+
     /// Whether the receiver has been dropped.
     pub(crate) fn is_closed(&self) -> bool {
         self.shared.receiver_gone()
@@ -547,6 +606,31 @@ impl Receiver {
             ask(state);
         }
         polled
+    }
+
+    /// What to do with a held head (`Sender::hold_head`): `Send` once the stream has a
+    /// chunk queued or has ended, or when `let_go` (its grace is over);
+    /// `FailedInstead` once the producer failed before its first bytes; else `Pending`,
+    /// and the producer's next chunk or end wakes `cx`. A head never held, or let go
+    /// already, is `Send` at once. Takes nothing from the stream.
+    pub(crate) fn poll_head(&self, cx: &mut Context<'_>, let_go: bool) -> Poll<HeadCall> {
+        let mut state = self.shared.lock();
+        match state.head {
+            Head::Sent => return Poll::Ready(HeadCall::Send),
+            Head::FailedUnsent => return Poll::Ready(HeadCall::FailedInstead),
+            Head::Held => {}
+        }
+        // A failure the producer did not claim (the client's doing) goes out as the
+        // abort it was before heads were held.
+        if let_go || !state.queue.is_empty() || !matches!(state.end, End::Open) {
+            state.head = Head::Sent;
+            return Poll::Ready(HeadCall::Send);
+        }
+        match &state.recv_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.recv_waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// A handle that tells, after this end is gone, whether its reader met a failure the
@@ -776,5 +860,53 @@ mod tests {
             assert!(queued <= MAX_QUEUED_CHUNKS, "unbounded in chunks");
         }
         assert_eq!(queued, MAX_QUEUED_CHUNKS);
+    }
+
+    #[test]
+    fn a_held_head_goes_to_whichever_of_the_failure_and_the_let_go_comes_first() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let other = || io::ErrorKind::Other;
+
+        // Failed first, nothing sent: the head is failed too, for good.
+        let (tx, rx) = channel(1024, None);
+        tx.hold_head();
+        assert!(rx.poll_head(&mut cx, false).is_pending());
+        assert!(tx.fail_before_head(other(), "refused"));
+        for let_go in [false, true] {
+            assert_eq!(
+                rx.poll_head(&mut cx, let_go),
+                Poll::Ready(HeadCall::FailedInstead)
+            );
+        }
+
+        // Let go first: a failure after it is an abort, not a head failed.
+        let (tx, rx) = channel(1024, None);
+        tx.hold_head();
+        assert_eq!(rx.poll_head(&mut cx, true), Poll::Ready(HeadCall::Send));
+        assert!(!tx.fail_before_head(other(), "too late"));
+        assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
+
+        // Bytes sent: they go out with the head, whatever comes after them.
+        let (tx, rx) = channel(1024, None);
+        tx.hold_head();
+        tx.blocking_send(Bytes::from_static(b"first")).unwrap();
+        assert!(!tx.fail_before_head(other(), "after the first bytes"));
+        assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
+
+        // A clean end with nothing sent lets the head go; so does a head never held.
+        let (tx, rx) = channel(1024, None);
+        tx.hold_head();
+        tx.finish();
+        assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
+        let (tx, rx) = channel(1024, None);
+        assert!(!tx.fail_before_head(other(), "not held"));
+        assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
+
+        // Nobody to answer: no head failed, so nothing claims a 500 was sent.
+        let (tx, rx) = channel(1024, None);
+        tx.hold_head();
+        drop(rx);
+        assert!(!tx.fail_before_head(other(), "client left"));
     }
 }

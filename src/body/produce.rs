@@ -20,10 +20,12 @@ pub(crate) enum Produced {
     /// stall limit, or the request body an echo reads stalled, broke off or grew over the
     /// limit. The response was aborted to free the thread.
     ByClient(u64, io::Error),
-    /// The producer failed; the response was aborted.
-    Failed(io::Error),
-    /// The producer panicked; the response was aborted.
-    Panicked(String),
+    /// The producer failed. `replaced`: before its first bytes, with the head still held,
+    /// so the head never went out and the request is answered `500` in its place; else
+    /// the response was aborted.
+    Failed { err: io::Error, replaced: bool },
+    /// The producer panicked; `replaced` as for `Failed`.
+    Panicked { msg: String, replaced: bool },
 }
 
 /// Drives `producer` into `tx` until it ends, the receiver goes away, or it fails.
@@ -42,26 +44,24 @@ pub(crate) fn produce(producer: Producer, tx: Sender, declared: Option<u64>) -> 
     let (sent, overran) = (out.sent, out.overran);
     match result {
         // Checked first: the producer may have wrapped the error, or swallowed it.
-        Ok(_) if overran => {
-            let err = wrong_length(format!(
+        Ok(_) if overran => failed(
+            tx,
+            wrong_length(format!(
                 "the response body went past the {} bytes its Content-Length declares",
                 declared.unwrap_or_default()
-            ));
-            tx.fail(err.kind(), err.to_string());
-            Produced::Failed(err)
-        }
+            )),
+        ),
         Ok(Ok(())) => match declared {
             // Short, but the client left: a producer that took no notice of its failed
             // writes.
             Some(declared) if sent < declared && tx.is_closed() => Produced::Disconnected(sent),
-            Some(declared) if sent < declared => {
-                let err = wrong_length(format!(
+            Some(declared) if sent < declared => failed(
+                tx,
+                wrong_length(format!(
                     "the response body ended after {sent} of the {declared} bytes its \
                      Content-Length declares"
-                ));
-                tx.fail(err.kind(), err.to_string());
-                Produced::Failed(err)
-            }
+                )),
+            ),
             _ => {
                 tx.finish();
                 Produced::Complete(sent)
@@ -75,16 +75,23 @@ pub(crate) fn produce(producer: Producer, tx: Sender, declared: Option<u64>) -> 
         // Whatever the producer made of it (a `BrokenPipe`, or its own error wrapping
         // one), a write failed because nobody reads the response any more.
         Ok(Err(_)) if tx.is_closed() => Produced::Disconnected(sent),
-        Ok(Err(err)) => {
-            tx.fail(err.kind(), err.to_string());
-            Produced::Failed(err)
-        }
+        Ok(Err(err)) => failed(tx, err),
         Err(payload) => {
-            // Dropping `tx` unfinished aborts the response rather than ending it cleanly.
-            drop(tx);
-            Produced::Panicked(panic_message(&*payload))
+            let msg = panic_message(&*payload);
+            // Not a clean end: the response is aborted, or answered 500 in its place.
+            let replaced = tx.fail_before_head(
+                io::ErrorKind::Other,
+                "the response body's producer panicked",
+            );
+            Produced::Panicked { msg, replaced }
         }
     }
+}
+
+/// Ends the stream with the producer's failure.
+fn failed(tx: Sender, err: io::Error) -> Produced {
+    let replaced = tx.fail_before_head(err.kind(), err.to_string());
+    Produced::Failed { err, replaced }
 }
 
 fn wrong_length(message: String) -> io::Error {
@@ -261,7 +268,7 @@ mod tests {
         ));
         // The producer's own upstream reset its connection: a failure, logged as one.
         let own = io::Error::new(io::ErrorKind::ConnectionReset, "upstream reset");
-        assert!(matches!(produce_failing(own), Produced::Failed(_)));
+        assert!(matches!(produce_failing(own), Produced::Failed { .. }));
     }
 
     #[test]

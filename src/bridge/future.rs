@@ -13,8 +13,9 @@ use http_body::Body as HttpBody;
 use tokio::time::Sleep;
 
 use super::pump::{Pump, PumpPoll};
-use super::reply::ReplyCell;
+use super::reply::{Reply, ReplyCell};
 use super::BoxError;
+use crate::body::channel::HeadCall;
 use crate::body::{BridgeBody, Completion};
 use crate::pool::{BlockingPool, JobId};
 use crate::throttle::Throttle;
@@ -47,8 +48,10 @@ enum State<B> {
 }
 
 struct Waiting<B> {
-    /// The request's job, seen only as the cell its reply comes back in.
-    cell: Arc<dyn AsRef<ReplyCell> + Send + Sync>,
+    /// The request's job, seen as the cell its reply comes back in.
+    cell: Arc<dyn Reply>,
+    /// A streamed response whose head waits for its first bytes.
+    held: Option<Held>,
     pump: Option<Pump<B>>,
     queue_deadline: Option<Pin<Box<Sleep>>>,
     /// The pool a queued request waits in, to take it out again if it is given up.
@@ -59,11 +62,20 @@ struct Waiting<B> {
     body_given_up: bool,
 }
 
+/// A streamed response whose head is held back until its first bytes, its end, or the
+/// end of its grace (`SyncServiceBuilder::head_grace`), so that a producer failing
+/// before its first bytes is answered `500` in its place. The request body's pump runs
+/// on meanwhile: an echo's producer reads it before it writes.
+struct Held {
+    response: http::Response<BridgeBody>,
+    grace: Pin<Box<Sleep>>,
+}
+
 impl<B> Waiting<B> {
     /// Gives up the request unless a thread has claimed it, and frees its place in the
     /// queue. Returns whether it was given up (no handler runs for it).
     fn withdraw(&self) -> bool {
-        let cell: &ReplyCell = (*self.cell).as_ref();
+        let cell = self.cell.cell();
         if !cell.cancel() {
             return false;
         }
@@ -72,6 +84,53 @@ impl<B> Waiting<B> {
             pool.withdraw(JobId::of(&self.cell));
         }
         true
+    }
+}
+
+/// The response, once its head may go out: a full one's, or one not held, at once;
+/// a streamed one's once its first bytes or its end are there, or its grace is over.
+/// A producer that failed before then has its failure answered `500` instead (its
+/// thread logged it).
+fn poll_head(
+    reply: &dyn Reply,
+    held: &mut Option<Held>,
+    cx: &mut Context<'_>,
+) -> Poll<http::Response<BridgeBody>> {
+    let holding = match held {
+        Some(held) => held,
+        None => {
+            let Poll::Ready(response) = reply.cell().poll_response(cx) else {
+                return Poll::Pending;
+            };
+            if let Poll::Ready(call) = response.body().poll_head(cx, false) {
+                return Poll::Ready(head_answer(response, call));
+            }
+            // Only a held head pays for a timer. Without one the head goes now.
+            let (grace, timers) = reply.head_grace();
+            let Some(grace) = crate::timer::sleep(grace, Some(timers)) else {
+                // Let go, it answers at once; were it not to, the head would still go.
+                let call = match response.body().poll_head(cx, true) {
+                    Poll::Ready(call) => call,
+                    Poll::Pending => HeadCall::Send,
+                };
+                return Poll::Ready(head_answer(response, call));
+            };
+            held.insert(Held { response, grace })
+        }
+    };
+    let over = holding.grace.as_mut().poll(cx).is_ready();
+    let Poll::Ready(call) = holding.response.body().poll_head(cx, over) else {
+        return Poll::Pending;
+    };
+    let response = held.take().map(|held| held.response);
+    Poll::Ready(head_answer(response.expect("held above"), call))
+}
+
+/// The response whose head was let go, or a `500` in its place.
+fn head_answer(response: http::Response<BridgeBody>, call: HeadCall) -> http::Response<BridgeBody> {
+    match call {
+        HeadCall::Send => response,
+        HeadCall::FailedInstead => internal_server_error(),
     }
 }
 
@@ -127,7 +186,7 @@ impl<B> SyncServiceFuture<B> {
     /// `queued_in` is the pool when the request waits in its queue (no thread yet);
     /// `timers` caches whether the runtime has a timer to bound that wait with.
     pub(super) fn waiting(
-        cell: Arc<dyn AsRef<ReplyCell> + Send + Sync>,
+        cell: Arc<dyn Reply>,
         pump: Option<Pump<B>>,
         queued_in: Option<BlockingPool>,
         retry_after: HeaderValue,
@@ -145,6 +204,7 @@ impl<B> SyncServiceFuture<B> {
             .and_then(|pool| crate::timer::sleep(pool.queue_timeout(), Some(timers)));
         let mut waiting = Waiting {
             cell,
+            held: None,
             pump,
             queue_deadline,
             queued_in,
@@ -218,7 +278,7 @@ where
             State::Done => panic!("SyncServiceFuture polled after completion"),
         };
 
-        let cell: &ReplyCell = (*waiting.cell).as_ref();
+        let cell: &ReplyCell = waiting.cell.cell();
         loop {
             // The body is read only once a handler runs: a queued request leaves it to TCP
             // (no memory held for it; over HTTP/2, h2 holds what the stream's window let
@@ -253,7 +313,7 @@ where
                 }
             }
 
-            if let Poll::Ready(mut response) = cell.poll_response(cx) {
+            if let Poll::Ready(mut response) = poll_head(&*waiting.cell, &mut waiting.held, cx) {
                 if let Some(pump) = waiting.pump.as_mut().filter(|p| p.awaits_continue()) {
                     pump.want();
                     match pump.poll(cx) {
@@ -315,7 +375,7 @@ impl<B> Drop for SyncServiceFuture<B> {
     fn drop(&mut self) {
         if let State::Waiting(waiting) = &self.state {
             let withdrawn = waiting.withdraw();
-            let cell: &ReplyCell = (*waiting.cell).as_ref();
+            let cell = waiting.cell.cell();
             // Before the pump's own drop fails the body: a handler that meets the failed
             // read then knows its answer goes nowhere.
             cell.abandon();

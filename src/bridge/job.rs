@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use http::{Method, Uri};
 
 use super::answer;
-use super::reply::ReplyCell;
+use super::reply::{Reply, ReplyCell};
 use super::Shared;
 use crate::body::{
     channel, produce, BridgeBody, FaultProbe, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
@@ -17,6 +17,7 @@ use crate::context::{self, Context};
 use crate::error::{panic_message, Chain};
 use crate::handler::{internal_error, Handler, HandlerError, Request};
 use crate::pool::SharedJob;
+use crate::timer::TimersKnown;
 
 /// A wait for a thread longer than this is logged at debug level, shorter ones at trace.
 const QUEUE_WAIT_WORTH_LOGGING: Duration = Duration::from_millis(1);
@@ -72,9 +73,13 @@ impl<H> RequestJob<H> {
     }
 }
 
-impl<H> AsRef<ReplyCell> for RequestJob<H> {
-    fn as_ref(&self) -> &ReplyCell {
+impl<H: Handler> Reply for RequestJob<H> {
+    fn cell(&self) -> &ReplyCell {
         &self.cell
+    }
+
+    fn head_grace(&self) -> (Duration, &TimersKnown) {
+        (self.shared.head_grace, &self.shared.timers)
     }
 }
 
@@ -174,6 +179,10 @@ impl<H: Handler> RequestJob<H> {
                 // off a client that takes too little, and this producer with it.
                 let stall_limit = (!self.socket_watched).then_some(shared.body_timeout);
                 let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, stall_limit);
+                if !shared.head_grace.is_zero() {
+                    // The service future holds the head back for the first bytes.
+                    tx.hold_head();
+                }
                 let declared = super::declared_length(&parts.headers);
                 let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
                 answered.done = true;
@@ -213,11 +222,31 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
             method = %method, path = %uri.path(), bytes, error = %Chain(&err),
             "client's side failed during a streamed response; response aborted"
         ),
-        Produced::Failed(err) => tracing::error!(
+        Produced::Failed {
+            err,
+            replaced: true,
+        } => tracing::error!(
+            method = %method, path = %uri.path(), error = %Chain(&err),
+            "response body producer failed before its first bytes; answered 500"
+        ),
+        Produced::Failed {
+            err,
+            replaced: false,
+        } => tracing::error!(
             method = %method, path = %uri.path(), error = %Chain(&err),
             "response body producer failed; response aborted"
         ),
-        Produced::Panicked(msg) => tracing::error!(
+        Produced::Panicked {
+            msg,
+            replaced: true,
+        } => tracing::error!(
+            method = %method, path = %uri.path(), panic = %msg,
+            "response body producer panicked before its first bytes; answered 500"
+        ),
+        Produced::Panicked {
+            msg,
+            replaced: false,
+        } => tracing::error!(
             method = %method, path = %uri.path(), panic = %msg,
             "response body producer panicked; response aborted"
         ),

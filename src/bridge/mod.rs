@@ -5,8 +5,9 @@
 //! call(request) -> admission: pool.try_submit(job)       (full: 503 + Retry-After now)
 //!   job on a pool thread:  handler(Request{head, Body: io::Read <- channel <- pump})
 //!                          -> head through the ReplyCell; streamed body -> channel
-//!   SyncServiceFuture:     pumps the request body, waits for the head, enforces the
-//!                          queue timeout (503) and the body limit (413)
+//!   SyncServiceFuture:     pumps the request body, waits for the head (a streamed
+//!                          one's for its first bytes, briefly), enforces the queue
+//!                          timeout (503) and the body limit (413)
 //! ```
 
 mod activity;
@@ -46,7 +47,7 @@ use head::{
 pub(crate) use head::{content_length, declared_length};
 use job::RequestJob;
 use pump::Pump;
-use reply::ReplyCell;
+use reply::Reply;
 
 /// The longest `Retry-After` sent, in seconds: a day.
 const MAX_RETRY_AFTER_SECS: u64 = 86_400;
@@ -112,6 +113,8 @@ pub(crate) struct Shared<H> {
     max_header_size: Option<usize>,
     retry_after: HeaderValue,
     body_timeout: Duration,
+    /// How long a streamed response's head waits for its first bytes (zero: not at all).
+    head_grace: Duration,
     /// The context of the builder's runtime, for every request whatever runtime calls.
     pinned: Option<Arc<Context>>,
     /// Without one: the first calling runtime's context, kept so that calls from that
@@ -143,6 +146,7 @@ impl<H: Handler> SyncService<H> {
             max_header_size: None,
             retry_after: Duration::from_secs(1),
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            head_grace: DEFAULT_HEAD_GRACE,
             runtime: None,
             tasks: None,
         }
@@ -305,7 +309,7 @@ impl<H: Handler> SyncService<H> {
             socket_watched,
             start,
         ));
-        let cell: Arc<dyn AsRef<ReplyCell> + Send + Sync> = job.clone();
+        let cell: Arc<dyn Reply> = job.clone();
         let completion = Completion {
             line: job.clone(),
             status: http::StatusCode::OK,
@@ -360,6 +364,11 @@ pub(crate) const DEFAULT_MAX_BODY_SIZE: u64 = 64 * 1024 * 1024;
 
 /// The default body timeout: 30 seconds, gunicorn's worker `timeout`.
 pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a streamed response's head waits for its body's first bytes by default.
+/// Producers that fail at their start (a file that is not there, a query refused) fail
+/// within milliseconds; a client waiting for an event stream's head barely notices.
+pub(crate) const DEFAULT_HEAD_GRACE: Duration = Duration::from_millis(100);
 
 /// How much of a path too long to take a log line shows.
 const PATH_SHOWN: usize = 128;
@@ -481,6 +490,7 @@ pub struct SyncServiceBuilder<H> {
     max_header_size: Option<usize>,
     retry_after: Duration,
     body_timeout: Duration,
+    head_grace: Duration,
     runtime: Option<tokio::runtime::Handle>,
     tasks: Option<TaskSet>,
 }
@@ -525,6 +535,27 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// ever. Zero fails every wait on the client at once.
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
         self.body_timeout = timeout;
+        self
+    }
+
+    /// How long a streamed response's head is held back for the body's first bytes.
+    /// Default is 100 ms; zero sends every head as soon as the handler returns.
+    ///
+    /// Why: once the head is out, the status is too. A producer that fails before its
+    /// first bytes (the file it opens is not there, the query it runs is refused) then
+    /// leaves a `200` cut off with no body, which a client may take for an empty
+    /// success. Held, the head goes out with the first bytes, at the end of a body that
+    /// has none, or when the grace is over, whichever comes first; a failure before then
+    /// is answered `500 Internal Server Error` in its place, and logged as such. WSGI
+    /// servers hold the head until the first bytes with no limit; the limit here keeps
+    /// an event stream's client, or a client that sends its request body only once it
+    /// has the head, from waiting on a producer that is waiting for it.
+    ///
+    /// A layer in front that times the service's future (tower's `TimeoutLayer`) times
+    /// this wait too: keep the grace well under its timeout. A failure after the grace
+    /// still aborts the response, as before.
+    pub fn head_grace(mut self, grace: Duration) -> Self {
+        self.head_grace = grace;
         self
     }
 
@@ -578,6 +609,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 max_header_size: self.max_header_size,
                 retry_after: HeaderValue::from(secs.clamp(1, MAX_RETRY_AFTER_SECS)),
                 body_timeout: self.body_timeout,
+                head_grace: self.head_grace,
                 pinned,
                 first_caller: OnceLock::new(),
                 tasks: self.tasks,

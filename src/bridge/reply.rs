@@ -4,10 +4,21 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 
 use crate::body::BridgeBody;
+use crate::timer::TimersKnown;
+
+/// What the service future sees of its request's job (`RequestJob`, which owns both).
+pub(crate) trait Reply: Send + Sync {
+    /// The cell the response comes back in.
+    fn cell(&self) -> &ReplyCell;
+    /// How long a streamed response's head is held back for its first bytes, and what is
+    /// known of the calling runtime's timers, which time that.
+    fn head_grace(&self) -> (Duration, &TimersKnown);
+}
 
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use super::exec::StreamExecutor;
 use super::Server;
-use crate::bridge::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_SIZE};
+use crate::bridge::{DEFAULT_BODY_TIMEOUT, DEFAULT_HEAD_GRACE, DEFAULT_MAX_BODY_SIZE};
 use crate::pool::{BlockingPool, BlockingPoolBuilder};
 use crate::tasks::{TaskSet, TaskSetBuilder};
 
@@ -25,6 +25,7 @@ pub(super) struct Config {
     pub(super) max_header_size: usize,
     pub(super) max_body_size: u64,
     pub(super) body_timeout: Duration,
+    pub(super) head_grace: Duration,
     pub(super) retry_after: Duration,
     pub(super) shutdown_timeout: Duration,
     pub(super) worker_threads: Option<usize>,
@@ -48,6 +49,7 @@ impl Default for Config {
             max_header_size: 32 * 1024,
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            head_grace: DEFAULT_HEAD_GRACE,
             retry_after: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: None,
@@ -268,6 +270,17 @@ impl Server {
     /// [`SyncServiceBuilder::body_timeout`]: crate::SyncServiceBuilder::body_timeout
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
         self.config.body_timeout = timeout;
+        self
+    }
+
+    /// How long a streamed response's head is held back for the body's first bytes, so
+    /// that a producer failing before them is answered `500` rather than a `200` cut off
+    /// after its head. Default is 100 ms; zero sends every head as soon as the handler
+    /// returns. See [`SyncServiceBuilder::head_grace`].
+    ///
+    /// [`SyncServiceBuilder::head_grace`]: crate::SyncServiceBuilder::head_grace
+    pub fn head_grace(mut self, grace: Duration) -> Self {
+        self.config.head_grace = grace;
         self
     }
 

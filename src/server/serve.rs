@@ -124,6 +124,7 @@ impl Server {
             .max_body_size(config.max_body_size)
             .max_header_size(config.max_header_size)
             .body_timeout(config.body_timeout)
+            .head_grace(config.head_grace)
             .retry_after(config.retry_after)
             .runtime(tokio::runtime::Handle::current())
             .tasks(tasks.clone())
