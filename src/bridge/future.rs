@@ -87,43 +87,45 @@ impl<B> Waiting<B> {
     }
 }
 
-/// The response, once its head may go out: a full one's, or one not held, at once;
-/// a streamed one's once its first bytes or its end are there, or its grace is over.
-/// A producer that failed before then has its failure answered `500` instead (its
-/// thread logged it).
-fn poll_head(
+/// A streamed response just delivered: `Some` if its head goes now (not held, or its
+/// first bytes or end are there already, or there is no timer for a grace), else held in
+/// `held` with its grace running. Out of line: full responses never come here.
+#[cold]
+#[inline(never)]
+fn hold(
     reply: &dyn Reply,
     held: &mut Option<Held>,
+    response: http::Response<BridgeBody>,
     cx: &mut Context<'_>,
-) -> Poll<http::Response<BridgeBody>> {
-    let holding = match held {
-        Some(held) => held,
-        None => {
-            let Poll::Ready(response) = reply.cell().poll_response(cx) else {
-                return Poll::Pending;
-            };
-            if let Poll::Ready(call) = response.body().poll_head(cx, false) {
-                return Poll::Ready(head_answer(response, call));
-            }
-            // Only a held head pays for a timer. Without one the head goes now.
-            let (grace, timers) = reply.head_grace();
-            let Some(grace) = crate::timer::sleep(grace, Some(timers)) else {
-                // Let go, it answers at once; were it not to, the head would still go.
-                let call = match response.body().poll_head(cx, true) {
-                    Poll::Ready(call) => call,
-                    Poll::Pending => HeadCall::Send,
-                };
-                return Poll::Ready(head_answer(response, call));
-            };
-            held.insert(Held { response, grace })
-        }
+) -> Option<http::Response<BridgeBody>> {
+    if let Poll::Ready(call) = response.body().poll_head(cx, false) {
+        return Some(head_answer(response, call));
+    }
+    let (grace, timers) = reply.head_grace();
+    let Some(grace) = crate::timer::sleep(grace, Some(timers)) else {
+        // No timer, no grace: the head goes now. Let go, the channel answers at once.
+        let call = match response.body().poll_head(cx, true) {
+            Poll::Ready(call) => call,
+            Poll::Pending => HeadCall::Send,
+        };
+        return Some(head_answer(response, call));
     };
+    *held = Some(Held { response, grace });
+    // Polled once now, so that the grace's end and the producer's first chunk wake us.
+    poll_held(held, cx)
+}
+
+/// The held response once its head may go out: its first bytes or its end are there,
+/// or its grace is over. A producer that failed before then has its failure answered
+/// `500` instead (its thread logged it).
+#[inline(never)]
+fn poll_held(held: &mut Option<Held>, cx: &mut Context<'_>) -> Option<http::Response<BridgeBody>> {
+    let holding = held.as_mut()?;
     let over = holding.grace.as_mut().poll(cx).is_ready();
     let Poll::Ready(call) = holding.response.body().poll_head(cx, over) else {
-        return Poll::Pending;
+        return None;
     };
-    let response = held.take().map(|held| held.response);
-    Poll::Ready(head_answer(response.expect("held above"), call))
+    held.take().map(|held| head_answer(held.response, call))
 }
 
 /// The response whose head was let go, or a `500` in its place.
@@ -313,7 +315,18 @@ where
                 }
             }
 
-            if let Poll::Ready(mut response) = poll_head(&*waiting.cell, &mut waiting.held, cx) {
+            // A full response goes out at once; a streamed one's head may be held for its
+            // first bytes (`hold`).
+            let answer = if waiting.held.is_none() {
+                match cell.poll_response(cx) {
+                    Poll::Ready(response) if response.body().is_full() => Some(response),
+                    Poll::Ready(response) => hold(&*waiting.cell, &mut waiting.held, response, cx),
+                    Poll::Pending => None,
+                }
+            } else {
+                poll_held(&mut waiting.held, cx)
+            };
+            if let Some(mut response) = answer {
                 if let Some(pump) = waiting.pump.as_mut().filter(|p| p.awaits_continue()) {
                     pump.want();
                     match pump.poll(cx) {
