@@ -200,7 +200,7 @@ async fn a_producer_that_fails_before_its_first_bytes_is_answered_500() {
                 "ERROR",
                 &format!("path={path}"),
                 what,
-                "before its first bytes; answered 500"
+                "before its first bytes, its head held"
             ])
             .await,
             "{path}: not logged as answered 500"
@@ -274,4 +274,152 @@ async fn an_embedded_service_answers_500_for_a_producer_that_fails_at_once() {
         .unwrap();
     assert_eq!(support::collect(response).await.status, 500);
     served.abort();
+}
+
+/// A writer that reads the whole request body before it writes; it says on `started`
+/// when it starts, which is after its handler has returned.
+fn digest(started: mpsc::Sender<()>) -> impl Fn(Request) -> Response + Send + Sync + 'static {
+    let started = Mutex::new(started);
+    move |mut req: Request| {
+        let mut body = std::mem::take(req.body_mut());
+        let started = started.lock().unwrap().clone();
+        Response::new(ResponseBody::from_writer(move |w| {
+            started.send(()).unwrap();
+            let mut all = Vec::new();
+            io::Read::read_to_end(&mut body, &mut all)?;
+            write!(w, "{} bytes", all.len())
+        }))
+    }
+}
+
+/// Waits (under the step timeout) for `digest`'s producer to start.
+async fn producer_started(started: mpsc::Receiver<()>) {
+    within(tokio::task::spawn_blocking(move || {
+        started.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the producer started");
+}
+
+#[tokio::test]
+async fn a_request_body_past_the_limit_while_the_head_is_held_is_answered_413_and_not_logged_as_an_abort(
+) {
+    logs::install();
+    let (started_tx, started) = mpsc::channel();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_body_size(1000)
+            .head_grace(Duration::from_secs(5)),
+        digest(started_tx),
+    );
+    let mut send = h1(server.addr).await;
+    let (parts, body) = channel_body(1);
+    let req = http::Request::post("/digest")
+        .header("host", "localhost")
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(send.send_request(req));
+    within(parts.send(Bytes::from(vec![b'y'; 600])))
+        .await
+        .unwrap();
+    producer_started(started).await;
+    // The part that takes the body past the limit, with the head held.
+    let _ = within(parts.send(Bytes::from(vec![b'y'; 600]))).await;
+    let response = within(response).await.unwrap().unwrap();
+    assert_eq!(response.status(), 413);
+    // The producer's own line comes once its read has failed; it must not say the
+    // response was aborted: none went out.
+    assert!(
+        logs::eventually_contains(&[
+            "path=/digest",
+            "request body failed before the response's head went out"
+        ])
+        .await
+    );
+    assert!(!logs::contains(&["path=/digest", "response aborted"]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_body_that_stalls_while_the_head_is_held_is_answered_408() {
+    logs::install();
+    let (started_tx, started) = mpsc::channel();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .body_timeout(Duration::from_millis(300))
+            .head_grace(Duration::from_secs(5)),
+        digest(started_tx),
+    );
+    let mut send = h1(server.addr).await;
+    let (parts, body) = channel_body(1);
+    let req = http::Request::post("/digest-stalled")
+        .header("host", "localhost")
+        .header("content-length", "100")
+        .body(body)
+        .unwrap();
+    let response = tokio::spawn(send.send_request(req));
+    within(parts.send(Bytes::from_static(b"first ten!")))
+        .await
+        .unwrap();
+    producer_started(started).await;
+    // Then nothing: the producer's read gives up at the body timeout, long before the
+    // grace is over. A handler's read would be answered 408; so is this one.
+    let response = within(response).await.unwrap().unwrap();
+    assert_eq!(response.status(), 408);
+    assert!(
+        logs::eventually_contains(&[
+            "WARN",
+            "path=/digest-stalled",
+            "client sent no request body data for the body timeout; answered 408"
+        ])
+        .await
+    );
+    assert!(!logs::contains(&[
+        "path=/digest-stalled",
+        "response aborted"
+    ]));
+    drop(parts);
+    server.stop().await;
+}
+
+/// Polls `fut` on the calling thread with no runtime anywhere, under the step timeout.
+fn block_on_without_runtime<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    let deadline = std::time::Instant::now() + support::STEP;
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        assert!(std::time::Instant::now() < deadline, "test step timed out");
+        std::thread::park_timeout(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_streamed_response_polled_outside_any_runtime_goes_out_without_an_error_line() {
+    logs::install();
+    let mut service = SyncService::new(|_req: Request| {
+        ResponseBody::from_chunks(std::iter::once(Ok(Bytes::from_static(b"row"))))
+    });
+    // Against the future's docs, but a streamed head has nothing to be refused for: it
+    // goes without its grace. Before, each logged that a timer wait was refused.
+    for _ in 0..3 {
+        let response = block_on_without_runtime(tower::Service::call(
+            &mut service,
+            http::Request::get("/streamed-outside")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        ));
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert!(!logs::contains(&["outside any tokio runtime"]));
 }

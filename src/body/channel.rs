@@ -120,16 +120,20 @@ enum Head {
     Sent,
     Held,
     /// The producer failed before its first bytes while the head was held: the head
-    /// never goes out, an error answer does instead.
-    FailedUnsent,
+    /// never goes out, an error answer does instead. With the kind of the client's
+    /// failure it met, if that was the cause (a request body that stalled or broke).
+    FailedUnsent(Option<io::ErrorKind>),
 }
 
 /// What the receiver's side does with the head it held (`Receiver::poll_head`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeadCall {
     Send,
-    /// Answer the producer's failure instead; it logged it.
-    FailedInstead,
+    /// Answer the producer's failure instead: `500`, or with `by_client`, the answer to
+    /// the client's failure it met (as a handler's read of it is answered).
+    FailedInstead {
+        by_client: Option<io::ErrorKind>,
+    },
 }
 
 #[derive(Clone)]
@@ -419,13 +423,15 @@ impl Sender {
         self.shared.lock().head = Head::Held;
     }
 
-    /// Ends the stream with an error, as [`fail`](Self::fail). True when the head is
-    /// still held, nothing was sent and the receiver is still there: the head is then
-    /// failed too, and the receiver's side answers the failure in its place.
+    /// Ends the stream with an error: the receiver sees it after the queued chunks. True
+    /// when the head is still held, nothing was sent and the receiver is still there:
+    /// the head is then failed too, and the receiver's side answers the failure in its
+    /// place. `by_client`: the failure is the client's (`kind` is its kind).
     pub(crate) fn fail_before_head(
         mut self,
         kind: io::ErrorKind,
         message: impl Into<Arc<str>>,
+        by_client: bool,
     ) -> bool {
         self.finished = true;
         let mut state = self.shared.lock();
@@ -434,7 +440,7 @@ impl Sender {
             && state.taken == 0
             && !self.shared.receiver_gone();
         if instead {
-            state.head = Head::FailedUnsent;
+            state.head = Head::FailedUnsent(by_client.then_some(kind));
         }
         if let End::Open = state.end {
             state.end = End::Failed(kind, message.into());
@@ -456,14 +462,8 @@ impl Sender {
         self.close(End::Finished);
     }
 
-    /// Ends the stream with an error: the receiver sees it after the queued chunks.
-    pub(crate) fn fail(mut self, kind: io::ErrorKind, message: impl Into<Arc<str>>) {
-        self.finished = true;
-        self.close(End::Failed(kind, message.into()));
-    }
-
-    /// As [`fail`](Self::fail), for a failure the client caused: the receiver's error
-    /// carries [`ByClient`].
+    /// Ends the stream with an error the client caused, as a request body's pump does:
+    /// the receiver's error carries [`ByClient`].
     pub(crate) fn fail_by_client(mut self, kind: io::ErrorKind, message: impl Into<Arc<str>>) {
         self.finished = true;
         self.close(End::FailedByClient(kind, message.into()));
@@ -617,11 +617,13 @@ impl Receiver {
         let mut state = self.shared.lock();
         match state.head {
             Head::Sent => return Poll::Ready(HeadCall::Send),
-            Head::FailedUnsent => return Poll::Ready(HeadCall::FailedInstead),
+            Head::FailedUnsent(by_client) => {
+                return Poll::Ready(HeadCall::FailedInstead { by_client })
+            }
             Head::Held => {}
         }
-        // A failure the producer did not claim (the client's doing) goes out as the
-        // abort it was before heads were held.
+        // A failure the producer did not claim (a sender dropped unfinished) goes out as
+        // the abort it was before heads were held.
         if let_go || !state.queue.is_empty() || !matches!(state.end, End::Open) {
             state.head = Head::Sent;
             return Poll::Ready(HeadCall::Send);
@@ -872,26 +874,36 @@ mod tests {
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         assert!(rx.poll_head(&mut cx, false).is_pending());
-        assert!(tx.fail_before_head(other(), "refused"));
+        assert!(tx.fail_before_head(other(), "refused", false));
         for let_go in [false, true] {
             assert_eq!(
                 rx.poll_head(&mut cx, let_go),
-                Poll::Ready(HeadCall::FailedInstead)
+                Poll::Ready(HeadCall::FailedInstead { by_client: None })
             );
         }
+        // The client's failure (an echo's request body that stalled) keeps its kind.
+        let (tx, rx) = channel(1024, None);
+        tx.hold_head();
+        assert!(tx.fail_before_head(io::ErrorKind::TimedOut, "stalled", true));
+        assert_eq!(
+            rx.poll_head(&mut cx, false),
+            Poll::Ready(HeadCall::FailedInstead {
+                by_client: Some(io::ErrorKind::TimedOut)
+            })
+        );
 
         // Let go first: a failure after it is an abort, not a head failed.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         assert_eq!(rx.poll_head(&mut cx, true), Poll::Ready(HeadCall::Send));
-        assert!(!tx.fail_before_head(other(), "too late"));
+        assert!(!tx.fail_before_head(other(), "too late", false));
         assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
 
         // Bytes sent: they go out with the head, whatever comes after them.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         tx.blocking_send(Bytes::from_static(b"first")).unwrap();
-        assert!(!tx.fail_before_head(other(), "after the first bytes"));
+        assert!(!tx.fail_before_head(other(), "after the first bytes", false));
         assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
 
         // A clean end with nothing sent lets the head go; so does a head never held.
@@ -900,13 +912,13 @@ mod tests {
         tx.finish();
         assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
         let (tx, rx) = channel(1024, None);
-        assert!(!tx.fail_before_head(other(), "not held"));
+        assert!(!tx.fail_before_head(other(), "not held", false));
         assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
 
         // Nobody to answer: no head failed, so nothing claims a 500 was sent.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         drop(rx);
-        assert!(!tx.fail_before_head(other(), "client left"));
+        assert!(!tx.fail_before_head(other(), "client left", false));
     }
 }

@@ -16,10 +16,16 @@ pub(crate) enum Produced {
     Complete(u64),
     /// The client went away (or the response was dropped) after `u64` bytes.
     Disconnected(u64),
-    /// The client's side failed after `u64` bytes: it took no piece of the response for the
+    /// The client's side failed after `bytes`: it took no piece of the response for the
     /// stall limit, or the request body an echo reads stalled, broke off or grew over the
-    /// limit. The response was aborted to free the thread.
-    ByClient(u64, io::Error),
+    /// limit. The response was aborted to free the thread; or, `replaced`, its head had
+    /// not gone out and the failure is answered in its place (`408`, `400`), as a
+    /// handler's read of it is.
+    ByClient {
+        bytes: u64,
+        err: io::Error,
+        replaced: bool,
+    },
     /// The producer failed. `replaced`: before its first bytes, with the head still held,
     /// so the head never went out and the request is answered `500` in its place; else
     /// the response was aborted.
@@ -69,8 +75,12 @@ pub(crate) fn produce(producer: Producer, tx: Sender, declared: Option<u64>) -> 
         },
         // The client's doing, not the producer's (the channels mark such errors).
         Ok(Err(err)) if ByClient::is(&err) => {
-            tx.fail(err.kind(), err.to_string());
-            Produced::ByClient(sent, err)
+            let replaced = tx.fail_before_head(err.kind(), err.to_string(), true);
+            Produced::ByClient {
+                bytes: sent,
+                err,
+                replaced,
+            }
         }
         // Whatever the producer made of it (a `BrokenPipe`, or its own error wrapping
         // one), a write failed because nobody reads the response any more.
@@ -82,6 +92,7 @@ pub(crate) fn produce(producer: Producer, tx: Sender, declared: Option<u64>) -> 
             let replaced = tx.fail_before_head(
                 io::ErrorKind::Other,
                 "the response body's producer panicked",
+                false,
             );
             Produced::Panicked { msg, replaced }
         }
@@ -90,7 +101,7 @@ pub(crate) fn produce(producer: Producer, tx: Sender, declared: Option<u64>) -> 
 
 /// Ends the stream with the producer's failure.
 fn failed(tx: Sender, err: io::Error) -> Produced {
-    let replaced = tx.fail_before_head(err.kind(), err.to_string());
+    let replaced = tx.fail_before_head(err.kind(), err.to_string(), false);
     Produced::Failed { err, replaced }
 }
 
@@ -264,7 +275,7 @@ mod tests {
         let by_client = ByClient::error(io::ErrorKind::ConnectionAborted, "connection reset");
         assert!(matches!(
             produce_failing(by_client),
-            Produced::ByClient(0, _)
+            Produced::ByClient { bytes: 0, .. }
         ));
         // The producer's own upstream reset its connection: a failure, logged as one.
         let own = io::Error::new(io::ErrorKind::ConnectionReset, "upstream reset");

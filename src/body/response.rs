@@ -30,7 +30,9 @@ use bytes::Bytes;
 /// [`SyncServiceBuilder::head_grace`](crate::SyncServiceBuilder::head_grace)). A
 /// producer that fails in that time (returns `Err`, panics, or breaks the declared
 /// length before any byte) is answered `500 Internal Server Error` in their place, on a
-/// connection that stays open, and the failure is logged at error. Once they have gone
+/// connection that stays open, and the failure is logged at error; one that meets the
+/// client's failure in the request body it reads (a stall, a body cut short) is answered
+/// as a handler's read of it is (`408`, `400`). Once they have gone
 /// out, the response cannot become a `500` any more: a failure aborts it instead (no
 /// final chunk on HTTP/1, the connection closed; `RST_STREAM` on HTTP/2), so the client
 /// sees a body cut off, never a complete one, and the failure is logged at error. The
@@ -40,8 +42,9 @@ use bytes::Bytes;
 /// which times the grace too. Where the close itself ends the body (HTTP/1.0, nginx's
 /// default towards upstreams), the bundled server closes with a reset, which a clean end
 /// cannot be taken for (on Linux; a host serving `SyncService` itself decides its own
-/// close). With no grace, a producer that fails before anything went out may leave the
-/// client with no response at all: hyper drops the head with the body. An error met
+/// close). A producer that fails just as its head goes out (with no grace, before
+/// anything went out; with one, right at its end) may leave the client with no response
+/// at all: hyper drops a head not yet written with the body. An error met
 /// because the client left is logged at debug, even if the producer wrapped it in an
 /// error of its own.
 ///

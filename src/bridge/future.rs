@@ -99,40 +99,59 @@ fn hold(
     cx: &mut Context<'_>,
 ) -> Option<http::Response<BridgeBody>> {
     if let Poll::Ready(call) = response.body().poll_head(cx, false) {
-        return Some(head_answer(response, call));
+        return Some(head_answer(reply, response, call));
     }
     let (grace, timers) = reply.head_grace();
-    let Some(grace) = crate::timer::sleep(grace, Some(timers)) else {
+    // Polled outside any runtime (against the future's docs), it goes without a grace
+    // rather than log an error for every streamed response.
+    let runtime = tokio::runtime::Handle::try_current().is_ok();
+    let Some(grace) = runtime
+        .then(|| crate::timer::sleep(grace, Some(timers)))
+        .flatten()
+    else {
         // No timer, no grace: the head goes now. Let go, the channel answers at once.
         let call = match response.body().poll_head(cx, true) {
             Poll::Ready(call) => call,
             Poll::Pending => HeadCall::Send,
         };
-        return Some(head_answer(response, call));
+        return Some(head_answer(reply, response, call));
     };
     *held = Some(Held { response, grace });
     // Polled once now, so that the grace's end and the producer's first chunk wake us.
-    poll_held(held, cx)
+    poll_held(reply, held, cx)
 }
 
 /// The held response once its head may go out: its first bytes or its end are there,
 /// or its grace is over. A producer that failed before then has its failure answered
 /// `500` instead (its thread logged it).
 #[inline(never)]
-fn poll_held(held: &mut Option<Held>, cx: &mut Context<'_>) -> Option<http::Response<BridgeBody>> {
+fn poll_held(
+    reply: &dyn Reply,
+    held: &mut Option<Held>,
+    cx: &mut Context<'_>,
+) -> Option<http::Response<BridgeBody>> {
     let holding = held.as_mut()?;
     let over = holding.grace.as_mut().poll(cx).is_ready();
     let Poll::Ready(call) = holding.response.body().poll_head(cx, over) else {
         return None;
     };
-    held.take().map(|held| head_answer(held.response, call))
+    held.take()
+        .map(|held| head_answer(reply, held.response, call))
 }
 
-/// The response whose head was let go, or a `500` in its place.
-fn head_answer(response: http::Response<BridgeBody>, call: HeadCall) -> http::Response<BridgeBody> {
+/// The response whose head was let go, or the answer to its producer's failure in its
+/// place: `500`, or the client's fault's own.
+fn head_answer(
+    reply: &dyn Reply,
+    response: http::Response<BridgeBody>,
+    call: HeadCall,
+) -> http::Response<BridgeBody> {
     match call {
         HeadCall::Send => response,
-        HeadCall::FailedInstead => internal_server_error(),
+        HeadCall::FailedInstead { by_client: None } => internal_server_error(),
+        HeadCall::FailedInstead {
+            by_client: Some(kind),
+        } => reply.client_fault(kind),
     }
 }
 
@@ -324,7 +343,7 @@ where
                     Poll::Pending => None,
                 }
             } else {
-                poll_held(&mut waiting.held, cx)
+                poll_held(&*waiting.cell, &mut waiting.held, cx)
             };
             if let Some(mut response) = answer {
                 if let Some(pump) = waiting.pump.as_mut().filter(|p| p.awaits_continue()) {

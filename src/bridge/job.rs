@@ -81,6 +81,23 @@ impl<H: Handler> Reply for RequestJob<H> {
     fn head_grace(&self) -> (Duration, &TimersKnown) {
         (self.shared.head_grace, &self.shared.timers)
     }
+
+    fn client_fault(&self, kind: std::io::ErrorKind) -> http::Response<BridgeBody> {
+        let answer = answer::client_fault(
+            kind,
+            &self.method,
+            &self.uri,
+            self.shared.body_timeout,
+            false,
+        );
+        let (parts, body) = answer.into_parts();
+        let bytes = match body.kind {
+            ResponseKind::Full(bytes) => bytes,
+            // `client_fault`'s answers are text.
+            ResponseKind::Stream(_) => bytes::Bytes::new(),
+        };
+        http::Response::from_parts(parts, BridgeBody::full(bytes))
+    }
 }
 
 impl<H: Handler> RequestLine for RequestJob<H> {
@@ -195,13 +212,15 @@ impl<H: Handler> RequestJob<H> {
                 // spawn a task as the handler could.
                 let produced =
                     context::enter(self.context.as_ref(), || produce(producer, tx, declared));
-                log_produced(produced, method, uri);
+                log_produced(produced, method, uri, cell.is_abandoned());
             }
         }
     }
 }
 
-fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
+/// `abandoned`: the service future gave the request up while the response's head was
+/// held (it answered `413` in its place, or the client left); nothing of it went out.
+fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool) {
     match produced {
         Produced::Complete(bytes) => {
             tracing::trace!(method = %method, path = %uri.path(), bytes, "response body produced")
@@ -210,15 +229,27 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
             method = %method, path = %uri.path(), bytes,
             "client went away during the response body; producer stopped"
         ),
+        // Nothing of the response went out: the future answers the client's failure in
+        // its place (and logs that answer), or answered it already (a `413`), or the
+        // client left.
+        Produced::ByClient {
+            bytes,
+            err,
+            replaced,
+            ..
+        } if replaced || abandoned => tracing::debug!(
+            method = %method, path = %uri.path(), bytes, error = %Chain(&err),
+            "request body failed before the response's head went out; producer stopped"
+        ),
         // A stall costs a thread its body timeout: worth a warning. A broken connection
         // is everyday.
-        Produced::ByClient(bytes, err) if err.kind() == std::io::ErrorKind::TimedOut => {
+        Produced::ByClient { bytes, err, .. } if err.kind() == std::io::ErrorKind::TimedOut => {
             tracing::warn!(
                 method = %method, path = %uri.path(), bytes, error = %Chain(&err),
                 "client stalled during a streamed response; response aborted"
             )
         }
-        Produced::ByClient(bytes, err) => tracing::info!(
+        Produced::ByClient { bytes, err, .. } => tracing::info!(
             method = %method, path = %uri.path(), bytes, error = %Chain(&err),
             "client's side failed during a streamed response; response aborted"
         ),
@@ -227,7 +258,8 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
             replaced: true,
         } => tracing::error!(
             method = %method, path = %uri.path(), error = %Chain(&err),
-            "response body producer failed before its first bytes; answered 500"
+            "response body producer failed before its first bytes, its head held; the \
+             request is answered 500 unless its client left"
         ),
         Produced::Failed {
             err,
@@ -241,7 +273,8 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri) {
             replaced: true,
         } => tracing::error!(
             method = %method, path = %uri.path(), panic = %msg,
-            "response body producer panicked before its first bytes; answered 500"
+            "response body producer panicked before its first bytes, its head held; the \
+             request is answered 500 unless its client left"
         ),
         Produced::Panicked {
             msg,

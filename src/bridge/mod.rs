@@ -546,14 +546,17 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// leaves a `200` cut off with no body, which a client may take for an empty
     /// success. Held, the head goes out with the first bytes, at the end of a body that
     /// has none, or when the grace is over, whichever comes first; a failure before then
-    /// is answered `500 Internal Server Error` in its place, and logged as such. WSGI
-    /// servers hold the head until the first bytes with no limit; the limit here keeps
-    /// an event stream's client, or a client that sends its request body only once it
-    /// has the head, from waiting on a producer that is waiting for it.
+    /// is answered `500 Internal Server Error` in its place and logged at error, and a
+    /// failure of the request body the producer reads is answered as a handler's read of
+    /// it is (`408`, `400`, `413`). WSGI servers hold the head until the first bytes with
+    /// no limit; the limit here keeps an event stream's client, or a client that sends
+    /// its request body only once it has the head, from waiting on a producer that is
+    /// waiting for it.
     ///
     /// A layer in front that times the service's future (tower's `TimeoutLayer`) times
     /// this wait too: keep the grace well under its timeout. A failure after the grace
-    /// still aborts the response, as before.
+    /// aborts the response. Outside a tokio runtime, or on one without timers, there is
+    /// no grace.
     pub fn head_grace(mut self, grace: Duration) -> Self {
         self.head_grace = grace;
         self

@@ -18,6 +18,9 @@ pub(crate) trait Reply: Send + Sync {
     /// How long a streamed response's head is held back for its first bytes, and what is
     /// known of the calling runtime's timers, which time that.
     fn head_grace(&self) -> (Duration, &TimersKnown);
+    /// The answer to the client's failure of `kind` that a producer met while its head
+    /// was held, as a handler's read of it is answered (`408`, `400`), logged as such.
+    fn client_fault(&self, kind: std::io::ErrorKind) -> http::Response<BridgeBody>;
 }
 
 const QUEUED: u8 = 0;
