@@ -277,16 +277,29 @@ async fn an_embedded_service_answers_500_for_a_producer_that_fails_at_once() {
 }
 
 /// A writer that reads the whole request body before it writes; it says on `started`
-/// when it starts, which is after its handler has returned.
+/// when it starts, which is after its handler has returned. A read error goes on as it
+/// is, or under a path ending in `-wrapped` in an error of the producer's own, or under
+/// one ending in `-expect` as a panic.
 fn digest(started: mpsc::Sender<()>) -> impl Fn(Request) -> Response + Send + Sync + 'static {
     let started = Mutex::new(started);
     move |mut req: Request| {
         let mut body = std::mem::take(req.body_mut());
         let started = started.lock().unwrap().clone();
+        let path = req.uri().path().to_owned();
         Response::new(ResponseBody::from_writer(move |w| {
             started.send(()).unwrap();
             let mut all = Vec::new();
-            io::Read::read_to_end(&mut body, &mut all)?;
+            let read = io::Read::read_to_end(&mut body, &mut all);
+            if path.ends_with("-wrapped") {
+                read.map_err(|e| io::Error::other(format!("reading the upload: {e}")))?;
+            } else if path.ends_with("-expect") {
+                // As `expect` would, without the default hook's backtrace.
+                if read.is_err() {
+                    support::panic_quietly("the upload");
+                }
+            } else {
+                read?;
+            }
             write!(w, "{} bytes", all.len())
         }))
     }
@@ -351,35 +364,54 @@ async fn a_request_body_that_stalls_while_the_head_is_held_is_answered_408() {
             .head_grace(Duration::from_secs(5)),
         digest(started_tx),
     );
-    let mut send = h1(server.addr).await;
-    let (parts, body) = channel_body(1);
-    let req = http::Request::post("/digest-stalled")
-        .header("host", "localhost")
-        .header("content-length", "100")
-        .body(body)
-        .unwrap();
-    let response = tokio::spawn(send.send_request(req));
-    within(parts.send(Bytes::from_static(b"first ten!")))
+    let started = Arc::new(Mutex::new(started));
+    // However the producer passes its failed read on, the client is the cause.
+    for path in ["/stalled", "/stalled-wrapped", "/stalled-expect"] {
+        let mut send = h1(server.addr).await;
+        let (parts, body) = channel_body(1);
+        let req = http::Request::post(path)
+            .header("host", "localhost")
+            .header("content-length", "100")
+            .body(body)
+            .unwrap();
+        let response = tokio::spawn(send.send_request(req));
+        within(parts.send(Bytes::from_static(b"first ten!")))
+            .await
+            .unwrap();
+        let started = started.clone();
+        within(tokio::task::spawn_blocking(move || {
+            started.lock().unwrap().recv_timeout(support::STEP)
+        }))
         .await
-        .unwrap();
-    producer_started(started).await;
-    // Then nothing: the producer's read gives up at the body timeout, long before the
-    // grace is over. A handler's read would be answered 408; so is this one.
-    let response = within(response).await.unwrap().unwrap();
-    assert_eq!(response.status(), 408);
-    assert!(
-        logs::eventually_contains(&[
-            "WARN",
-            "path=/digest-stalled",
-            "client sent no request body data for the body timeout; answered 408"
-        ])
-        .await
-    );
-    assert!(!logs::contains(&[
-        "path=/digest-stalled",
-        "response aborted"
+        .unwrap()
+        .expect("the producer started");
+        // Then nothing: the producer's read gives up at the body timeout, long before
+        // the grace is over. A handler's read would be answered 408; so is this one.
+        let response = within(response).await.unwrap().unwrap();
+        assert_eq!(response.status(), 408, "{path}");
+        let tag = format!("path={path} ");
+        assert!(
+            logs::eventually_contains(&[
+                "WARN",
+                &tag,
+                "client sent no request body data for the body timeout; answered 408"
+            ])
+            .await,
+            "{path}"
+        );
+        drop(parts);
+    }
+    for path in ["/stalled", "/stalled-wrapped", "/stalled-expect"] {
+        let tag = format!("path={path} ");
+        assert!(!logs::contains(&[&tag, "response aborted"]), "{path}");
+        assert!(!logs::contains(&[&tag, "answered 500"]), "{path}");
+    }
+    // The panic is still the producer's bug, and logged as one.
+    assert!(logs::contains(&[
+        "ERROR",
+        "path=/stalled-expect ",
+        "panicked"
     ]));
-    drop(parts);
     server.stop().await;
 }
 

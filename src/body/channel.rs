@@ -111,7 +111,8 @@ struct State {
 /// Where the head of the response a channel carries stands. The head is not in the
 /// channel, only its fate: the receiver's side (the service future) holds it back until
 /// the body's first bytes, its end, or a grace runs out, so that a producer failing
-/// before its first bytes is answered `500` rather than a `200` cut off after its head.
+/// before its first bytes is answered `500` (or `408`, `400` for the client's failure it
+/// met) rather than a `200` cut off after its head.
 /// Deciding it under the channel's lock settles the race between the grace running out
 /// and the producer failing. A request body's channel never holds one.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::{Bytes, BytesMut};
 
-use super::channel::{ByClient, SendError, Sender};
+use super::channel::{ByClient, FaultProbe, SendError, Sender};
 use super::{Producer, CHUNK_SIZE};
 use crate::error::panic_message;
 
@@ -30,8 +30,14 @@ pub(crate) enum Produced {
     /// so the head never went out and the request is answered `500` in its place; else
     /// the response was aborted.
     Failed { err: io::Error, replaced: bool },
-    /// The producer panicked; `replaced` as for `Failed`.
-    Panicked { msg: String, replaced: bool },
+    /// The producer panicked; `replaced` as for `Failed`. `by_client`: its reads of the
+    /// request body had met the client's failure, and a head replaced is answered as
+    /// that failure (`408`, `400`), not `500`.
+    Panicked {
+        msg: String,
+        replaced: bool,
+        by_client: bool,
+    },
 }
 
 /// Drives `producer` into `tx` until it ends, the receiver goes away, or it fails.
@@ -39,7 +45,15 @@ pub(crate) enum Produced {
 /// goes past it, or ends short of it, is aborted as a failure of the producer (hyper's
 /// HTTP/1 would cut the excess off silently, and HTTP/2 clients reset the stream).
 /// The producer is dropped before this returns, so a disconnect frees what it holds.
-pub(crate) fn produce(producer: Producer, tx: Sender, declared: Option<u64>) -> Produced {
+/// `request_body` tells whether the producer's reads of the request body (an echo's)
+/// met the client's failure: then the client is the cause of the producer's failure,
+/// whatever the producer made of it, as it is of a handler's.
+pub(crate) fn produce(
+    producer: Producer,
+    tx: Sender,
+    declared: Option<u64>,
+    request_body: Option<&FaultProbe>,
+) -> Produced {
     let mut out = Out {
         tx: &tx,
         sent: 0,
@@ -74,28 +88,40 @@ pub(crate) fn produce(producer: Producer, tx: Sender, declared: Option<u64>) -> 
             }
         },
         // The client's doing, not the producer's (the channels mark such errors).
-        Ok(Err(err)) if ByClient::is(&err) => {
-            let replaced = tx.fail_before_head(err.kind(), err.to_string(), true);
-            Produced::ByClient {
-                bytes: sent,
-                err,
-                replaced,
-            }
-        }
+        Ok(Err(err)) if ByClient::is(&err) => by_client(tx, sent, err.kind(), err),
         // Whatever the producer made of it (a `BrokenPipe`, or its own error wrapping
         // one), a write failed because nobody reads the response any more.
         Ok(Err(_)) if tx.is_closed() => Produced::Disconnected(sent),
-        Ok(Err(err)) => failed(tx, err),
+        Ok(Err(err)) => match request_body.and_then(FaultProbe::client_fault) {
+            // The producer wrapped the client's failure in an error of its own.
+            Some(kind) => by_client(tx, sent, kind, err),
+            None => failed(tx, err),
+        },
         Err(payload) => {
             let msg = panic_message(&*payload);
-            // Not a clean end: the response is aborted, or answered 500 in its place.
+            let client = request_body.and_then(FaultProbe::client_fault);
+            // Not a clean end: the response is aborted, or answered in its place.
             let replaced = tx.fail_before_head(
-                io::ErrorKind::Other,
+                client.unwrap_or(io::ErrorKind::Other),
                 "the response body's producer panicked",
-                false,
+                client.is_some(),
             );
-            Produced::Panicked { msg, replaced }
+            Produced::Panicked {
+                msg,
+                replaced,
+                by_client: client.is_some(),
+            }
         }
+    }
+}
+
+/// Ends the stream with the client's failure of `kind` that the producer met.
+fn by_client(tx: Sender, bytes: u64, kind: io::ErrorKind, err: io::Error) -> Produced {
+    let replaced = tx.fail_before_head(kind, err.to_string(), true);
+    Produced::ByClient {
+        bytes,
+        err,
+        replaced,
     }
 }
 
@@ -266,7 +292,7 @@ mod tests {
         let (tx, _rx) = channel(1024, None);
         let mut err = Some(err);
         let iter = std::iter::from_fn(move || err.take().map(Err));
-        produce(Producer::Iter(Box::new(iter)), tx, None)
+        produce(Producer::Iter(Box::new(iter)), tx, None, None)
     }
 
     #[test]
@@ -290,7 +316,7 @@ mod tests {
         let mut err = Some(wrapped);
         let iter = std::iter::from_fn(move || err.take().map(Err));
         assert!(matches!(
-            produce(Producer::Iter(Box::new(iter)), tx, None),
+            produce(Producer::Iter(Box::new(iter)), tx, None, None),
             Produced::Disconnected(0)
         ));
     }
@@ -309,7 +335,7 @@ mod tests {
             let _: usize = w.write(b"")?;
             Ok(())
         };
-        let produced = produce(Producer::Writer(Box::new(writer)), tx, Some(5));
+        let produced = produce(Producer::Writer(Box::new(writer)), tx, Some(5), None);
         assert!(matches!(produced, Produced::Complete(5)), "{produced:?}");
     }
 
@@ -327,7 +353,7 @@ mod tests {
         .take(1000);
         let (tx, rx) = channel(1024, None);
         drop(rx);
-        let produced = produce(Producer::Iter(Box::new(heartbeats)), tx, None);
+        let produced = produce(Producer::Iter(Box::new(heartbeats)), tx, None, None);
         assert!(
             matches!(produced, Produced::Disconnected(0)),
             "{produced:?}"
@@ -350,7 +376,7 @@ mod tests {
                 }
                 Ok(())
             };
-            let produced = produce(Producer::Writer(Box::new(writer)), tx, None);
+            let produced = produce(Producer::Writer(Box::new(writer)), tx, None, None);
             assert!(
                 matches!(produced, Produced::Disconnected(0)),
                 "{produced:?}"

@@ -64,7 +64,8 @@ struct Waiting<B> {
 
 /// A streamed response whose head is held back until its first bytes, its end, or the
 /// end of its grace (`SyncServiceBuilder::head_grace`), so that a producer failing
-/// before its first bytes is answered `500` in its place. The request body's pump runs
+/// before its first bytes is answered `500` in its place (or as the client's failure it
+/// met in the request body, `408`, `400`). The request body's pump runs
 /// on meanwhile: an echo's producer reads it before it writes.
 struct Held {
     response: http::Response<BridgeBody>,
@@ -123,7 +124,8 @@ fn hold(
 
 /// The held response once its head may go out: its first bytes or its end are there,
 /// or its grace is over. A producer that failed before then has its failure answered
-/// `500` instead (its thread logged it).
+/// instead (`head_answer`): its thread logged a failure of its own, and
+/// `client_fault` logs a failure of the client's as it answers it.
 #[inline(never)]
 fn poll_held(
     reply: &dyn Reply,

@@ -210,8 +210,9 @@ impl<H: Handler> RequestJob<H> {
                 // The thread (and its pool slot) stays with the response until the body is
                 // out, and so does the handler's context: a producer may `ensure_sync` or
                 // spawn a task as the handler could.
-                let produced =
-                    context::enter(self.context.as_ref(), || produce(producer, tx, declared));
+                let produced = context::enter(self.context.as_ref(), || {
+                    produce(producer, tx, declared, self.body_fault.as_ref())
+                });
                 log_produced(produced, method, uri, cell.is_abandoned());
             }
         }
@@ -261,16 +262,20 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
             "response body producer failed before its first bytes, its head held; the \
              request is answered 500 unless its client left"
         ),
-        Produced::Failed {
-            err,
-            replaced: false,
-        } => tracing::error!(
+        Produced::Failed { err, .. } if abandoned => tracing::error!(
+            method = %method, path = %uri.path(), error = %Chain(&err),
+            "response body producer failed before its head went out; its client had left"
+        ),
+        Produced::Failed { err, .. } => tracing::error!(
             method = %method, path = %uri.path(), error = %Chain(&err),
             "response body producer failed; response aborted"
         ),
+        // A bug of the producer's whatever its cause: logged at error, as a handler's
+        // panic is, even when the client's failure is what it is answered as.
         Produced::Panicked {
             msg,
             replaced: true,
+            by_client: false,
         } => tracing::error!(
             method = %method, path = %uri.path(), panic = %msg,
             "response body producer panicked before its first bytes, its head held; the \
@@ -278,8 +283,19 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
         ),
         Produced::Panicked {
             msg,
-            replaced: false,
+            replaced: true,
+            by_client: true,
         } => tracing::error!(
+            method = %method, path = %uri.path(), panic = %msg,
+            "response body producer panicked before its first bytes, after its request \
+             body failed by the client's doing; the request is answered as that failure \
+             unless its client left"
+        ),
+        Produced::Panicked { msg, .. } if abandoned => tracing::error!(
+            method = %method, path = %uri.path(), panic = %msg,
+            "response body producer panicked before its head went out; its client had left"
+        ),
+        Produced::Panicked { msg, .. } => tracing::error!(
             method = %method, path = %uri.path(), panic = %msg,
             "response body producer panicked; response aborted"
         ),
