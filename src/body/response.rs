@@ -24,29 +24,30 @@ use bytes::Bytes;
 ///
 /// # Errors and aborts
 ///
-/// The status and headers wait for the producer's first bytes (or the end of a body that
-/// has none) for a short grace, 100 ms by default
+/// The status and headers wait for the producer's first bytes (or the end of a body
+/// that has none) for a short grace, 100 ms by default
 /// ([`Server::head_grace`](crate::Server::head_grace),
 /// [`SyncServiceBuilder::head_grace`](crate::SyncServiceBuilder::head_grace)). A
 /// producer that fails in that time (returns `Err`, panics, or breaks the declared
 /// length before any byte) is answered `500 Internal Server Error` in their place, on a
 /// connection that stays open, and the failure is logged at error; one that meets the
-/// client's failure in the request body it reads (a stall, a body cut short) is answered
-/// as a handler's read of it is (`408`, `400`). Once they have gone
-/// out, the response cannot become a `500` any more: a failure aborts it instead (no
-/// final chunk on HTTP/1, the connection closed; `RST_STREAM` on HTTP/2), so the client
-/// sees a body cut off, never a complete one, and the failure is logged at error. The
-/// grace is short, not "until the first bytes" as in WSGI servers, for clients that
-/// send more of their body, or a request of their own, only once they have the head (an
-/// event stream's, a full-duplex echo's), and for a host's timeout around the service,
-/// which times the grace too. Where the close itself ends the body (HTTP/1.0, nginx's
-/// default towards upstreams), the bundled server closes with a reset, which a clean end
-/// cannot be taken for (on Linux; a host serving `SyncService` itself decides its own
-/// close). A producer that fails just as its head goes out (with no grace, before
-/// anything went out; with one, right at its end) may leave the client with no response
-/// at all: hyper drops a head not yet written with the body. An error met
-/// because the client left is logged at debug, even if the producer wrapped it in an
-/// error of its own.
+/// client's failure in the request body it reads (a stall, a body cut short) is
+/// answered as a handler's read of it is (`408`, `400`). Once they have gone out, the
+/// response cannot become a `500` any more: a failure aborts it instead (no final chunk
+/// on HTTP/1, the connection closed; `RST_STREAM` on HTTP/2), so the client sees a body
+/// cut off, never a complete one, and the failure is logged at error. The grace is
+/// short, not "until the first bytes" as in WSGI servers, for clients that send more of
+/// their body, or a request of their own, only once they have the head (an event
+/// stream's, a full-duplex echo's), and for a host's timeout around the service, which
+/// times the grace too. A producer that wants its head out at once sends its first
+/// bytes at once (an event stream, a comment line). Where the close itself ends the
+/// body (HTTP/1.0, nginx's default towards upstreams), the bundled server closes with a
+/// reset, which a clean end cannot be taken for (on Linux; a host serving `SyncService`
+/// itself decides its own close). A producer that fails just as its head goes out (with
+/// no grace, before anything went out; with one, right at its end) may leave the client
+/// with no response at all: hyper drops a head not yet written with the body. An error
+/// met because the client left is logged at debug, even if the producer wrapped it in
+/// an error of its own.
 ///
 /// The constructors only wrap their argument and may be called anywhere. The producer
 /// runs where its handler ran, with the same reach: [`ensure_sync`](crate::ensure_sync)

@@ -551,7 +551,8 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// it is (`408`, `400`, `413`). WSGI servers hold the head until the first bytes with
     /// no limit; the limit here keeps an event stream's client, or a client that sends
     /// its request body only once it has the head, from waiting on a producer that is
-    /// waiting for it.
+    /// waiting for it. A producer that wants its head out at once sends its first bytes
+    /// at once (an event stream, a comment line such as `: open`).
     ///
     /// A layer in front that times the service's future (tower's `TimeoutLayer`) times
     /// this wait too: keep the grace well under its timeout. A failure after the grace
