@@ -65,8 +65,8 @@ struct Waiting<B> {
 /// A streamed response whose head is held back until its first bytes, its end, or the
 /// end of its grace (`SyncServiceBuilder::head_grace`), so that a producer failing
 /// before its first bytes is answered `500` in its place (or as the client's failure it
-/// met in the request body, `408`, `400`). The request body's pump runs
-/// on meanwhile: an echo's producer reads it before it writes.
+/// met in the request body, `408`, `400`). The request body's pump runs on meanwhile:
+/// an echo's producer reads it before it writes.
 struct Held {
     response: http::Response<BridgeBody>,
     grace: Pin<Box<Sleep>>,
