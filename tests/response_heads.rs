@@ -306,9 +306,10 @@ fn digest(started: mpsc::Sender<()>) -> impl Fn(Request) -> Response + Send + Sy
 }
 
 /// Waits (under the step timeout) for `digest`'s producer to start.
-async fn producer_started(started: mpsc::Receiver<()>) {
+async fn producer_started(started: &Arc<Mutex<mpsc::Receiver<()>>>) {
+    let started = started.clone();
     within(tokio::task::spawn_blocking(move || {
-        started.recv_timeout(support::STEP)
+        started.lock().unwrap().recv_timeout(support::STEP)
     }))
     .await
     .unwrap()
@@ -336,7 +337,7 @@ async fn a_request_body_past_the_limit_while_the_head_is_held_is_answered_413_an
     within(parts.send(Bytes::from(vec![b'y'; 600])))
         .await
         .unwrap();
-    producer_started(started).await;
+    producer_started(&Arc::new(Mutex::new(started))).await;
     // The part that takes the body past the limit, with the head held.
     let _ = within(parts.send(Bytes::from(vec![b'y'; 600]))).await;
     let response = within(response).await.unwrap().unwrap();
@@ -378,13 +379,7 @@ async fn a_request_body_that_stalls_while_the_head_is_held_is_answered_408() {
         within(parts.send(Bytes::from_static(b"first ten!")))
             .await
             .unwrap();
-        let started = started.clone();
-        within(tokio::task::spawn_blocking(move || {
-            started.lock().unwrap().recv_timeout(support::STEP)
-        }))
-        .await
-        .unwrap()
-        .expect("the producer started");
+        producer_started(&started).await;
         // Then nothing: the producer's read gives up at the body timeout, long before
         // the grace is over. A handler's read would be answered 408; so is this one.
         let response = within(response).await.unwrap().unwrap();

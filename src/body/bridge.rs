@@ -85,10 +85,18 @@ impl BridgeBody {
     }
 
     /// Whether a held head may go out (`Receiver::poll_head`); a full body's at once.
-    pub(crate) fn poll_head(&self, cx: &mut Context<'_>, let_go: bool) -> Poll<HeadCall> {
+    pub(crate) fn poll_head(&self, cx: &mut Context<'_>) -> Poll<HeadCall> {
         match &self.kind {
             Kind::Full(_) => Poll::Ready(HeadCall::Send),
-            Kind::Stream(rx) => rx.poll_head(cx, let_go),
+            Kind::Stream(rx) => rx.poll_head(cx),
+        }
+    }
+
+    /// A held head's fate once its grace is over (`Receiver::let_head_go`).
+    pub(crate) fn let_head_go(&self) -> HeadCall {
+        match &self.kind {
+            Kind::Full(_) => HeadCall::Send,
+            Kind::Stream(rx) => rx.let_head_go(),
         }
     }
 

@@ -126,7 +126,7 @@ enum Head {
     FailedUnsent(Option<io::ErrorKind>),
 }
 
-/// What the receiver's side does with the head it held (`Receiver::poll_head`).
+/// What the receiver's side does with the head it held (`Receiver::poll_head`, `Receiver::let_head_go`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeadCall {
     Send,
@@ -320,6 +320,22 @@ impl State {
         }
     }
 
+    /// The head's fate if it is decided, deciding it for a held head whose stream has a
+    /// chunk or has ended, or when `let_go`.
+    fn head_call(&mut self, let_go: bool) -> Option<HeadCall> {
+        match self.head {
+            Head::Sent => Some(HeadCall::Send),
+            Head::FailedUnsent(by_client) => Some(HeadCall::FailedInstead { by_client }),
+            // A failure the producer did not claim (a sender dropped unfinished) goes out
+            // as the abort it was before heads were held.
+            Head::Held if let_go || !self.queue.is_empty() || !matches!(self.end, End::Open) => {
+                self.head = Head::Sent;
+                Some(HeadCall::Send)
+            }
+            Head::Held => None,
+        }
+    }
+
     fn ended(&mut self) -> Poll<Option<io::Result<Bytes>>> {
         match &self.end {
             End::Open => Poll::Pending,
@@ -419,7 +435,7 @@ impl Sender {
     }
 
     /// Holds back the head of the response this channel carries until the receiver's
-    /// side lets it go (`Receiver::poll_head`). Called before the receiver is handed on.
+    /// side lets it go (`Receiver::poll_head`, `Receiver::let_head_go`). Called before the receiver is handed on.
     pub(crate) fn hold_head(&self) {
         self.shared.lock().head = Head::Held;
     }
@@ -610,30 +626,27 @@ impl Receiver {
     }
 
     /// What to do with a held head (`Sender::hold_head`): `Send` once the stream has a
-    /// chunk queued or has ended, or when `let_go` (its grace is over);
-    /// `FailedInstead` once the producer failed before its first bytes; else `Pending`,
-    /// and the producer's next chunk or end wakes `cx`. A head never held, or let go
-    /// already, is `Send` at once. Takes nothing from the stream.
-    pub(crate) fn poll_head(&self, cx: &mut Context<'_>, let_go: bool) -> Poll<HeadCall> {
+    /// chunk queued or has ended; `FailedInstead` once the producer failed before its
+    /// first bytes; else `Pending`, and the producer's next chunk or end wakes `cx`. A
+    /// head never held, or let go already, is `Send` at once. Takes nothing from the
+    /// stream.
+    pub(crate) fn poll_head(&self, cx: &mut Context<'_>) -> Poll<HeadCall> {
         let mut state = self.shared.lock();
-        match state.head {
-            Head::Sent => return Poll::Ready(HeadCall::Send),
-            Head::FailedUnsent(by_client) => {
-                return Poll::Ready(HeadCall::FailedInstead { by_client })
-            }
-            Head::Held => {}
-        }
-        // A failure the producer did not claim (a sender dropped unfinished) goes out as
-        // the abort it was before heads were held.
-        if let_go || !state.queue.is_empty() || !matches!(state.end, End::Open) {
-            state.head = Head::Sent;
-            return Poll::Ready(HeadCall::Send);
+        if let Some(call) = state.head_call(false) {
+            return Poll::Ready(call);
         }
         match &state.recv_waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => state.recv_waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// As [`poll_head`](Self::poll_head) once the head's grace is over: a head still
+    /// held goes now, unless the producer failed first.
+    pub(crate) fn let_head_go(&self) -> HeadCall {
+        let mut state = self.shared.lock();
+        state.head_call(true).unwrap_or(HeadCall::Send)
     }
 
     /// A handle that tells, after this end is gone, whether its reader met a failure the
@@ -874,20 +887,22 @@ mod tests {
         // Failed first, nothing sent: the head is failed too, for good.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
-        assert!(rx.poll_head(&mut cx, false).is_pending());
+        assert!(rx.poll_head(&mut cx).is_pending());
         assert!(tx.fail_before_head(other(), "refused", false));
-        for let_go in [false, true] {
-            assert_eq!(
-                rx.poll_head(&mut cx, let_go),
-                Poll::Ready(HeadCall::FailedInstead { by_client: None })
-            );
-        }
+        assert_eq!(
+            rx.poll_head(&mut cx),
+            Poll::Ready(HeadCall::FailedInstead { by_client: None })
+        );
+        assert_eq!(
+            rx.let_head_go(),
+            HeadCall::FailedInstead { by_client: None }
+        );
         // The client's failure (an echo's request body that stalled) keeps its kind.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         assert!(tx.fail_before_head(io::ErrorKind::TimedOut, "stalled", true));
         assert_eq!(
-            rx.poll_head(&mut cx, false),
+            rx.poll_head(&mut cx),
             Poll::Ready(HeadCall::FailedInstead {
                 by_client: Some(io::ErrorKind::TimedOut)
             })
@@ -896,25 +911,25 @@ mod tests {
         // Let go first: a failure after it is an abort, not a head failed.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
-        assert_eq!(rx.poll_head(&mut cx, true), Poll::Ready(HeadCall::Send));
+        assert_eq!(rx.let_head_go(), HeadCall::Send);
         assert!(!tx.fail_before_head(other(), "too late", false));
-        assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
+        assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
 
         // Bytes sent: they go out with the head, whatever comes after them.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         tx.blocking_send(Bytes::from_static(b"first")).unwrap();
         assert!(!tx.fail_before_head(other(), "after the first bytes", false));
-        assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
+        assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
 
         // A clean end with nothing sent lets the head go; so does a head never held.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         tx.finish();
-        assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
+        assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
         let (tx, rx) = channel(1024, None);
         assert!(!tx.fail_before_head(other(), "not held", false));
-        assert_eq!(rx.poll_head(&mut cx, false), Poll::Ready(HeadCall::Send));
+        assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
 
         // Nobody to answer: no head failed, so nothing claims a 500 was sent.
         let (tx, rx) = channel(1024, None);

@@ -99,7 +99,7 @@ fn hold(
     response: http::Response<BridgeBody>,
     cx: &mut Context<'_>,
 ) -> Option<http::Response<BridgeBody>> {
-    if let Poll::Ready(call) = response.body().poll_head(cx, false) {
+    if let Poll::Ready(call) = response.body().poll_head(cx) {
         return Some(head_answer(reply, response, call));
     }
     let (grace, timers) = reply.head_grace();
@@ -110,11 +110,8 @@ fn hold(
         .then(|| crate::timer::sleep(grace, Some(timers)))
         .flatten()
     else {
-        // No timer, no grace: the head goes now. Let go, the channel answers at once.
-        let call = match response.body().poll_head(cx, true) {
-            Poll::Ready(call) => call,
-            Poll::Pending => HeadCall::Send,
-        };
+        // No timer, no grace: the head goes now.
+        let call = response.body().let_head_go();
         return Some(head_answer(reply, response, call));
     };
     *held = Some(Held { response, grace });
@@ -133,9 +130,13 @@ fn poll_held(
     cx: &mut Context<'_>,
 ) -> Option<http::Response<BridgeBody>> {
     let holding = held.as_mut()?;
-    let over = holding.grace.as_mut().poll(cx).is_ready();
-    let Poll::Ready(call) = holding.response.body().poll_head(cx, over) else {
-        return None;
+    let call = if holding.grace.as_mut().poll(cx).is_ready() {
+        holding.response.body().let_head_go()
+    } else {
+        match holding.response.body().poll_head(cx) {
+            Poll::Ready(call) => call,
+            Poll::Pending => return None,
+        }
     };
     held.take()
         .map(|held| head_answer(reply, held.response, call))

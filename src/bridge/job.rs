@@ -90,12 +90,9 @@ impl<H: Handler> Reply for RequestJob<H> {
             self.shared.body_timeout,
             false,
         );
+        // `client_fault`'s answers are full text bodies: `into_bytes` only takes them out.
         let (parts, body) = answer.into_parts();
-        let bytes = match body.kind {
-            ResponseKind::Full(bytes) => bytes,
-            // `client_fault`'s answers are text.
-            ResponseKind::Stream(_) => bytes::Bytes::new(),
-        };
+        let bytes = body.into_bytes().unwrap_or_default();
         http::Response::from_parts(parts, BridgeBody::full(bytes))
     }
 }
