@@ -76,8 +76,8 @@ pub(crate) fn sleep(after: Duration, known: Option<&TimersKnown>) -> Option<Pin<
                 left_out,
                 "the tokio runtime has no timers (build it with `enable_time` or \
                  `enable_all`): work that finds every pool thread busy is refused at once \
-                 instead of waiting, and a streamed response's head is not held for its \
-                 first bytes"
+                 instead of waiting, a streamed response's head is not held for its first \
+                 bytes, and no handler timeout applies"
             );
         }
     }

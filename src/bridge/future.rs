@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{header, HeaderValue, StatusCode};
 use http_body::Body as HttpBody;
@@ -54,6 +55,8 @@ struct Waiting<B> {
     held: Option<Held>,
     pump: Option<Pump<B>>,
     queue_deadline: Option<Pin<Box<Sleep>>>,
+    /// The handler timeout's end (`SyncServiceBuilder::handler_timeout`), if it has one.
+    handler_deadline: Option<Pin<Box<Sleep>>>,
     /// The pool a queued request waits in, to take it out again if it is given up.
     queued_in: Option<BlockingPool>,
     retry_after: HeaderValue,
@@ -73,6 +76,28 @@ struct Held {
 }
 
 impl<B> Waiting<B> {
+    /// Whether the handler timeout has passed with no response from the handler, and
+    /// how the request was given up then (`answer_late` answers it). A response that
+    /// came just in time is taken on the next poll (woken here).
+    fn poll_handler_deadline(&mut self, cx: &mut Context<'_>) -> Option<Late> {
+        let deadline = self.handler_deadline.as_mut()?;
+        if deadline.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        self.handler_deadline = None;
+        // Either no worker will take it, or the one that took it finds nobody waiting
+        // for its answer: each is settled in the cell, so a worker claiming the request
+        // meanwhile cannot slip between the two.
+        if self.withdraw() {
+            return Some(Late::Withdrawn);
+        }
+        if self.cell.cell().time_out() {
+            return Some(Late::TimedOut);
+        }
+        cx.waker().wake_by_ref();
+        None
+    }
+
     /// Gives up the request unless a thread has claimed it, and frees its place in the
     /// queue. Returns whether it was given up (no handler runs for it).
     fn withdraw(&self) -> bool {
@@ -86,6 +111,15 @@ impl<B> Waiting<B> {
         }
         true
     }
+}
+
+/// How a request whose handler timeout passed was given up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// Taken out of the queue: no handler ran.
+    Withdrawn,
+    /// Its handler runs on, and its answer will be dropped.
+    TimedOut,
 }
 
 /// A streamed response just delivered: `Some` if its head goes now (not held, or its
@@ -215,6 +249,7 @@ impl<B> SyncServiceFuture<B> {
         queued_in: Option<BlockingPool>,
         retry_after: HeaderValue,
         completion: Completion,
+        handler_timeout: Option<Duration>,
         timers: &TimersKnown,
     ) -> Self
     where
@@ -226,11 +261,14 @@ impl<B> SyncServiceFuture<B> {
         let queue_deadline = queued_in
             .as_ref()
             .and_then(|pool| crate::timer::sleep(pool.queue_timeout(), Some(timers)));
+        let handler_deadline =
+            handler_timeout.and_then(|timeout| crate::timer::sleep(timeout, Some(timers)));
         let mut waiting = Waiting {
             cell,
             held: None,
             pump,
             queue_deadline,
+            handler_deadline,
             queued_in,
             retry_after,
             body_given_up: false,
@@ -253,6 +291,57 @@ impl<B> SyncServiceFuture<B> {
             completion: Some(completion),
             http10: None,
         }
+    }
+
+    /// The handler timeout passed with no response (`Waiting::poll_handler_deadline`):
+    /// `503` for a request still queued (no handler will run), `504` for one whose handler
+    /// runs on.
+    #[cold]
+    fn answer_late(&mut self, late: Late) -> http::Response<BridgeBody>
+    where
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let State::Waiting(waiting) = &mut self.state else {
+            unreachable!("only a waiting request has a handler deadline")
+        };
+        let completion = self.completion.as_ref();
+        let withdrawn = late == Late::Withdrawn;
+        let mut response = if withdrawn {
+            overloaded(waiting.retry_after.clone())
+        } else {
+            gateway_timeout()
+        };
+        // The handler's reads of its body fail from now on (the pump is dropped or
+        // drains what is left for the connection's sake), as for a withdrawn request.
+        waiting.settle_body(&mut response, completion, true);
+        // Throttled apart: a stuck dependency times out every request that reaches it,
+        // and a pool it fills times out the ones queued behind.
+        static QUEUED_TOO_LONG: Throttle = Throttle::new();
+        static HANDLER_TOO_LONG: Throttle = Throttle::new();
+        let throttle = if withdrawn {
+            &QUEUED_TOO_LONG
+        } else {
+            &HANDLER_TOO_LONG
+        };
+        if let Some((c, left_out)) = completion.zip(throttle.admit()) {
+            let waited_ms = c.start.elapsed().as_millis() as u64;
+            if withdrawn {
+                tracing::warn!(
+                    method = %c.method(), path = %c.path(), waited_ms, left_out,
+                    "request reached the handler timeout waiting for a handler thread; \
+                     answered 503"
+                );
+            } else {
+                tracing::warn!(
+                    method = %c.method(), path = %c.path(), waited_ms, left_out,
+                    "handler did not answer within the handler timeout; answered 504 (its \
+                     thread stays busy until the handler returns)"
+                );
+            }
+        }
+        self.finish(response)
     }
 
     /// Marks the answer as one to an HTTP/1.0 request; `keep_alive`: it asked to keep its
@@ -402,6 +491,12 @@ where
                 // A worker claimed it just in time: wait for its answer.
             }
         }
+        // Once the response is there (its head held), the handler has answered in time.
+        if waiting.held.is_none() && waiting.handler_deadline.is_some() {
+            if let Some(late) = waiting.poll_handler_deadline(cx) {
+                return Poll::Ready(Ok(this.answer_late(late)));
+            }
+        }
         Poll::Pending
     }
 }
@@ -472,6 +567,14 @@ pub(super) fn overloaded(retry_after: HeaderValue) -> http::Response<BridgeBody>
         .headers_mut()
         .insert(header::RETRY_AFTER, retry_after);
     response
+}
+
+/// What a request gets when its handler has not answered within the handler timeout.
+pub(super) fn gateway_timeout() -> http::Response<BridgeBody> {
+    plain(
+        StatusCode::GATEWAY_TIMEOUT,
+        "Gateway Timeout: the handler did not answer in time",
+    )
 }
 
 /// What a claimed request gets when its job unwinds before answering.

@@ -17,6 +17,7 @@ use crate::context::{self, Context};
 use crate::error::{panic_message, Chain};
 use crate::handler::{internal_error, Handler, HandlerError, Request};
 use crate::pool::SharedJob;
+use crate::throttle::Throttle;
 use crate::timer::TimersKnown;
 
 /// A wait for a thread longer than this is logged at debug level, shorter ones at trace.
@@ -184,7 +185,10 @@ impl<H: Handler> RequestJob<H> {
                 // thread as free before the reply can trigger the next request.
                 crate::pool::job_finishing();
                 answered.done = true;
-                cell.complete(http::Response::from_parts(parts, BridgeBody::full(bytes)));
+                let response = http::Response::from_parts(parts, BridgeBody::full(bytes));
+                if !cell.complete(response) && cell.timed_out() {
+                    self.log_late();
+                }
             }
             ResponseKind::Stream(producer) => {
                 // Over HTTP/1, hyper takes a piece only once the socket has room, which
@@ -201,7 +205,11 @@ impl<H: Handler> RequestJob<H> {
                 let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
                 answered.done = true;
                 if !cell.complete(response) {
-                    tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");
+                    if cell.timed_out() {
+                        self.log_late();
+                    } else {
+                        tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");
+                    }
                     return;
                 }
                 // The thread (and its pool slot) stays with the response until the body is
@@ -212,6 +220,23 @@ impl<H: Handler> RequestJob<H> {
                 });
                 log_produced(produced, method, uri, cell.is_abandoned());
             }
+        }
+    }
+}
+
+impl<H> RequestJob<H> {
+    /// The handler returned after its request was answered `504` for the handler
+    /// timeout: how late, for whoever looks into the slow dependency.
+    #[cold]
+    fn log_late(&self) {
+        static LATE: Throttle = Throttle::new();
+        if let Some(left_out) = LATE.admit() {
+            tracing::warn!(
+                method = %self.method, path = %self.uri.path(),
+                took_ms = self.submitted_at.elapsed().as_millis() as u64, left_out,
+                "handler returned after the handler timeout, its request answered 504 \
+                 already; its response was dropped"
+            );
         }
     }
 }

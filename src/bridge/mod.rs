@@ -115,6 +115,9 @@ pub(crate) struct Shared<H> {
     body_timeout: Duration,
     /// How long a streamed response's head waits for its first bytes (zero: not at all).
     head_grace: Duration,
+    /// How long a request may wait for its handler's response, from its arrival; `None`:
+    /// no limit.
+    handler_timeout: Option<Duration>,
     /// The context of the builder's runtime, for every request whatever runtime calls.
     pinned: Option<Arc<Context>>,
     /// Without one: the first calling runtime's context, kept so that calls from that
@@ -147,6 +150,7 @@ impl<H: Handler> SyncService<H> {
             retry_after: Duration::from_secs(1),
             body_timeout: DEFAULT_BODY_TIMEOUT,
             head_grace: DEFAULT_HEAD_GRACE,
+            handler_timeout: None,
             runtime: None,
             tasks: None,
         }
@@ -330,6 +334,7 @@ impl<H: Handler> SyncService<H> {
                     queued_in,
                     shared.retry_after.clone(),
                     completion,
+                    shared.handler_timeout,
                     &shared.timers,
                 )
             }
@@ -491,6 +496,7 @@ pub struct SyncServiceBuilder<H> {
     retry_after: Duration,
     body_timeout: Duration,
     head_grace: Duration,
+    handler_timeout: Option<Duration>,
     runtime: Option<tokio::runtime::Handle>,
     tasks: Option<TaskSet>,
 }
@@ -563,6 +569,31 @@ impl<H: Handler> SyncServiceBuilder<H> {
         self
     }
 
+    /// How long a request may wait for its handler's response, counted from its arrival
+    /// (its time in the pool's queue included). Default is no limit; zero means no limit
+    /// too.
+    ///
+    /// When it passes before the handler has returned its response, the request is
+    /// answered `504 Gateway Timeout` and logged at warn level, as ASP.NET Core's request
+    /// timeouts answer. gunicorn's `timeout` (30 s by default) kills such a worker; a
+    /// thread cannot be killed, so the handler runs on, and its thread stays busy (and
+    /// counts against the pool's limit) until it returns. Its reads of the request body
+    /// fail from then on, its response is dropped when it comes, and a line at warn level
+    /// says how late it was. A request still waiting in the pool's queue at its deadline is
+    /// taken out and answered `503`, as at the queue timeout.
+    ///
+    /// Only the wait for the response's head is timed: a streamed body, once its head is
+    /// out, has the body timeout for its stalls and no deadline. The deadline costs a tokio
+    /// timer per request (about a microsecond). Outside a tokio runtime, or on one without
+    /// timers, there is none (logged at error level).
+    ///
+    /// Embedded, a host's own `TimeoutLayer` does the same for the whole request; this
+    /// one answers as the bundled server does and logs the handler that comes back late.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout).filter(|t| !t.is_zero());
+        self
+    }
+
     /// The `Retry-After` sent with a `503` when the pool is full, rounded up to whole
     /// seconds, at least 1 (`0` would invite an instant retry) and at most a day
     /// (86,400; `Duration::MAX` would send a 20-digit number some clients overflow on).
@@ -614,6 +645,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 retry_after: HeaderValue::from(secs.clamp(1, MAX_RETRY_AFTER_SECS)),
                 body_timeout: self.body_timeout,
                 head_grace: self.head_grace,
+                handler_timeout: self.handler_timeout,
                 pinned,
                 first_caller: OnceLock::new(),
                 tasks: self.tasks,

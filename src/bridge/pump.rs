@@ -64,6 +64,13 @@ pub(super) enum PumpPoll {
 /// by the client, so that a handler's `?` on it is not taken for a server error.
 impl<B> Drop for Pump<B> {
     fn drop(&mut self) {
+        self.cut_off_reader();
+    }
+}
+
+impl<B> Pump<B> {
+    /// Fails the reader's next read: the request was given up before its body ended.
+    fn cut_off_reader(&mut self) {
         if let Some(tx) = self.tx.take() {
             tx.fail_by_client(
                 io::ErrorKind::ConnectionAborted,
@@ -273,7 +280,8 @@ where
         if !may_drain || activity.is_none() || (self.expects_continue && !self.received) {
             return false;
         }
-        self.tx = None;
+        // A handler still reading (its handler timeout passed) learns why its read fails.
+        self.cut_off_reader();
         let dropped_at = *self.dropped_at.get_or_insert(self.seen);
         match self.declared {
             Some(declared) if declared.saturating_sub(dropped_at) <= DRAIN_LIMIT => {

@@ -42,6 +42,9 @@ pub(crate) struct ReplyCell {
 struct Slot {
     response: Option<http::Response<BridgeBody>>,
     abandoned: bool,
+    /// Abandoned because the handler did not answer within the handler timeout (the
+    /// client had `504`), not because the client left.
+    timed_out: bool,
 }
 
 impl ReplyCell {
@@ -51,6 +54,7 @@ impl ReplyCell {
             slot: Mutex::new(Slot {
                 response: None,
                 abandoned: false,
+                timed_out: false,
             }),
             waker: AtomicWaker::new(),
         }
@@ -117,6 +121,29 @@ impl ReplyCell {
             slot.response.take()
         };
         drop(response);
+    }
+
+    /// Async side: the handler timeout passed while the handler ran. True if no response
+    /// was delivered before: nobody will read one now (as after [`abandon`](Self::abandon)),
+    /// and the future answers `504` itself. False if one is there to be taken.
+    pub(crate) fn time_out(&self) -> bool {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        // `complete` stores under this lock, so `DONE` is seen here if it came first.
+        if self.state.load(Ordering::Acquire) != RUNNING || slot.abandoned {
+            return false;
+        }
+        slot.abandoned = true;
+        slot.timed_out = true;
+        true
+    }
+
+    /// Whether the request was answered `504` for its handler's time (see
+    /// [`time_out`](Self::time_out)).
+    pub(crate) fn timed_out(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .timed_out
     }
 
     /// Whether nobody will read the response (see [`abandon`](Self::abandon)).

@@ -26,6 +26,7 @@ pub(super) struct Config {
     pub(super) max_body_size: u64,
     pub(super) body_timeout: Duration,
     pub(super) head_grace: Duration,
+    pub(super) handler_timeout: Duration,
     pub(super) retry_after: Duration,
     pub(super) shutdown_timeout: Duration,
     pub(super) worker_threads: Option<usize>,
@@ -50,6 +51,7 @@ impl Default for Config {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             head_grace: DEFAULT_HEAD_GRACE,
+            handler_timeout: Duration::ZERO,
             retry_after: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: None,
@@ -281,6 +283,18 @@ impl Server {
     /// [`SyncServiceBuilder::head_grace`]: crate::SyncServiceBuilder::head_grace
     pub fn head_grace(mut self, grace: Duration) -> Self {
         self.config.head_grace = grace;
+        self
+    }
+
+    /// How long a request may wait for its handler's response, from its arrival; past it
+    /// the request is answered `504 Gateway Timeout` while the handler runs on (a thread
+    /// cannot be killed, as gunicorn kills a worker at its `timeout`), and the handler's
+    /// late response is dropped and logged. Default is no limit; zero means no limit.
+    /// See [`SyncServiceBuilder::handler_timeout`].
+    ///
+    /// [`SyncServiceBuilder::handler_timeout`]: crate::SyncServiceBuilder::handler_timeout
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handler_timeout = timeout;
         self
     }
 

@@ -125,6 +125,7 @@ impl Server {
             .max_header_size(config.max_header_size)
             .body_timeout(config.body_timeout)
             .head_grace(config.head_grace)
+            .handler_timeout(config.handler_timeout)
             .retry_after(config.retry_after)
             .runtime(tokio::runtime::Handle::current())
             .tasks(tasks.clone())

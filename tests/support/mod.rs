@@ -16,6 +16,7 @@ use syncbridge::{Handler, Server, ShutdownHandle};
 use tokio::net::TcpStream;
 
 pub mod logs;
+pub mod stuck;
 
 /// How long any single step of a test may take before it counts as a hang.
 pub const STEP: Duration = Duration::from_secs(10);
