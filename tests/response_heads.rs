@@ -407,27 +407,6 @@ async fn a_request_body_that_stalls_while_the_head_is_held_is_answered_408() {
     server.stop().await;
 }
 
-/// Polls `fut` on the calling thread with no runtime anywhere, under the step timeout.
-fn block_on_without_runtime<F: std::future::Future>(fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    let deadline = std::time::Instant::now() + support::STEP;
-    loop {
-        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        assert!(std::time::Instant::now() < deadline, "test step timed out");
-        std::thread::park_timeout(std::time::Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_streamed_response_polled_outside_any_runtime_goes_out_without_an_error_line() {
     logs::install();
@@ -437,7 +416,7 @@ fn a_streamed_response_polled_outside_any_runtime_goes_out_without_an_error_line
     // Against the future's docs, but a streamed head has nothing to be refused for: it
     // goes without its grace. Before, each logged that a timer wait was refused.
     for _ in 0..3 {
-        let response = block_on_without_runtime(tower::Service::call(
+        let response = support::block_on_without_runtime(tower::Service::call(
             &mut service,
             http::Request::get("/streamed-outside")
                 .body(Empty::<Bytes>::new())

@@ -90,6 +90,8 @@ fn closing(status: StatusCode, text: &'static str) -> Response {
 
 /// Logs the error a handler returned and answers it: `503` with `Retry-After` when it is
 /// the crate's own "not now" (a full task pool, a shutdown), else the `500` it carries.
+/// `late`: the request was answered `504` for the handler timeout already; a failure of
+/// the handler's own is still logged, a "not now" is not (the late line says enough).
 /// Out of line: the path of a handler that answers stays as it was.
 #[cold]
 #[inline(never)]
@@ -99,7 +101,22 @@ pub(super) fn handler_error(
     method: &Method,
     uri: &Uri,
     retry_after: &HeaderValue,
+    late: bool,
 ) {
+    if late {
+        // Its request was answered `504` already (the handler timeout): the error is
+        // logged as it would be, but no answer is made of it.
+        if !unavailable(&**err) {
+            tracing::error!(
+                method = %method,
+                path = %uri.path(),
+                error = %Chain(&**err),
+                "handler returned an error after its request was answered 504 for the \
+                 handler timeout"
+            );
+        }
+        return;
+    }
     if !unavailable(&**err) {
         tracing::error!(
             method = %method,

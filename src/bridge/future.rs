@@ -261,8 +261,21 @@ impl<B> SyncServiceFuture<B> {
         let queue_deadline = queued_in
             .as_ref()
             .and_then(|pool| crate::timer::sleep(pool.queue_timeout(), Some(timers)));
-        let handler_deadline =
-            handler_timeout.and_then(|timeout| crate::timer::sleep(timeout, Some(timers)));
+        let handler_deadline = handler_timeout.and_then(|timeout| {
+            if tokio::runtime::Handle::try_current().is_err() {
+                // Called outside any runtime (against the service's docs): no timer.
+                static NO_RUNTIME: Throttle = Throttle::new();
+                if let Some(left_out) = NO_RUNTIME.admit() {
+                    tracing::error!(
+                        left_out,
+                        "a SyncService with a handler timeout was called outside any tokio \
+                         runtime; no handler timeout applies"
+                    );
+                }
+                return None;
+            }
+            crate::timer::sleep(timeout, Some(timers))
+        });
         let mut waiting = Waiting {
             cell,
             held: None,

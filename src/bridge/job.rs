@@ -158,6 +158,17 @@ impl<H: Handler> RequestJob<H> {
         }));
         let mut response = match outcome {
             Ok(response) => response,
+            // Its request answered `504` already (the handler timeout): the panic is
+            // still a bug to see, but the client did not get the `500`.
+            Err(payload) if cell.timed_out() => {
+                tracing::error!(
+                    method = %method,
+                    path = %uri.path(),
+                    panic = %panic_message(&*payload),
+                    "handler panicked after its request was answered 504 for the handler timeout"
+                );
+                internal_error()
+            }
             Err(payload) => {
                 tracing::error!(
                     method = %method,
@@ -175,7 +186,8 @@ impl<H: Handler> RequestJob<H> {
         } else if let Some(HandlerError(Some(err))) =
             response.extensions_mut().remove::<HandlerError>()
         {
-            answer::handler_error(&mut response, &err, method, uri, &shared.retry_after);
+            let late = cell.timed_out();
+            answer::handler_error(&mut response, &err, method, uri, &shared.retry_after, late);
         }
 
         let (mut parts, body) = response.into_parts();
@@ -226,7 +238,7 @@ impl<H: Handler> RequestJob<H> {
 
 impl<H> RequestJob<H> {
     /// The handler returned after its request was answered `504` for the handler
-    /// timeout: how late, for whoever looks into the slow dependency.
+    /// timeout: how long it took, for whoever looks into the slow dependency.
     #[cold]
     fn log_late(&self) {
         static LATE: Throttle = Throttle::new();

@@ -578,14 +578,16 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// timeouts answer. gunicorn's `timeout` (30 s by default) kills such a worker; a
     /// thread cannot be killed, so the handler runs on, and its thread stays busy (and
     /// counts against the pool's limit) until it returns. Its reads of the request body
-    /// fail from then on, its response is dropped when it comes, and a line at warn level
-    /// says how late it was. A request still waiting in the pool's queue at its deadline is
+    /// fail once they reach what had not come by then (what had, up to 256 KiB, it may
+    /// still read), its response is dropped when it comes, and a line at warn level says
+    /// how long it took. A request still waiting in the pool's queue at its deadline is
     /// taken out and answered `503`, as at the queue timeout.
     ///
-    /// Only the wait for the response's head is timed: a streamed body, once its head is
-    /// out, has the body timeout for its stalls and no deadline. The deadline costs a tokio
-    /// timer per request (about a microsecond). Outside a tokio runtime, or on one without
-    /// timers, there is none (logged at error level).
+    /// Only the wait for the handler to return is timed: a streamed body is not, even
+    /// while its head is held for its first bytes (`head_grace`), and has the body timeout
+    /// for its stalls. The deadline costs a tokio timer per request (about a
+    /// microsecond). Outside a tokio runtime, or on one without timers, there is none
+    /// (logged at error level).
     ///
     /// Embedded, a host's own `TimeoutLayer` does the same for the whole request; this
     /// one answers as the bundled server does and logs the handler that comes back late.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use syncbridge::{Request, Response, ResponseBody, Server};
+use syncbridge::{IntoResponse, Request, Response, ResponseBody, Server};
 use tokio::sync::mpsc::{
     unbounded_channel, UnboundedReceiver as Receiver, UnboundedSender as Sender,
 };
@@ -19,7 +19,8 @@ pub const TIMEOUT: Duration = Duration::from_millis(300);
 /// A release the test sends once per stuck request; the handler waits for it.
 pub type Release = Arc<Mutex<mpsc::Receiver<()>>>;
 
-/// `/stuck`: says it started, then waits for a release. `/read`: reads its whole body,
+/// `/stuck`: says it started, then waits for a release; `/stuck-panics` and
+/// `/stuck-fails` then panic or return an error. `/read`: reads its whole body,
 /// and reports the error its read ended with. `/stream`: answers at once with a body
 /// whose first bytes come only when released. Anything else: says it started (as
 /// `other`), then answers `fast`.
@@ -33,6 +34,16 @@ pub fn handler(
             started.send("stuck").unwrap();
             let _ = release.lock().unwrap().recv_timeout(super::STEP);
             Response::new(ResponseBody::from("late"))
+        }
+        "/stuck-panics" => {
+            started.send("stuck").unwrap();
+            let _ = release.lock().unwrap().recv_timeout(super::STEP);
+            super::panic_quietly("database connection lost")
+        }
+        "/stuck-fails" => {
+            started.send("stuck").unwrap();
+            let _ = release.lock().unwrap().recv_timeout(super::STEP);
+            Err::<Response, _>(std::io::Error::other("database timed out")).into_response()
         }
         "/read" => {
             started.send("read").unwrap();
