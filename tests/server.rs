@@ -139,6 +139,49 @@ async fn a_handler_errors_cause_is_in_its_log_line() {
 }
 
 #[tokio::test]
+async fn a_handler_that_fails_after_its_client_left_is_not_logged_as_answered_500() {
+    let (gate, mut started, release) = gate();
+    let server = TestServer::start(move |req: Request| -> Result<&'static str, _> {
+        gate.started.lock().unwrap().send(()).unwrap();
+        let _ = gate.release.lock().unwrap().recv_timeout(STEP);
+        match req.uri().path() {
+            "/left-panics" => support::panic_quietly("ledger locked"),
+            _ => Err(std::io::Error::other("ledger unavailable")),
+        }
+    });
+    for path in ["/left-panics", "/left-fails"] {
+        let mut gone = within(TcpStream::connect(server.addr)).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        within(gone.write_all(head.as_bytes())).await.unwrap();
+        started = recv_blocking(started).await;
+        // The client leaves while its handler runs: its access line says so.
+        drop(gone);
+        let tag = format!("path={path} ");
+        assert!(support::logs::eventually_contains(&[&tag, "status=499"]).await);
+        release.send(()).unwrap();
+    }
+    // The failure is still logged at error, but not as a 500 nobody got.
+    for (path, what) in [
+        (
+            "/left-panics",
+            "handler panicked after its request was given up",
+        ),
+        (
+            "/left-fails",
+            "handler returned an error after its request was given up",
+        ),
+    ] {
+        let tag = format!("path={path} ");
+        assert!(
+            support::logs::eventually_contains(&["ERROR", &tag, what]).await,
+            "{path}"
+        );
+        assert!(!support::logs::contains(&[&tag, "answered 500"]), "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn overload_answers_503_with_retry_after_at_once() {
     let (gate, started, release) = gate();
     let server = TestServer::start_with(

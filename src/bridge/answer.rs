@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, RETRY_AFTER, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, StatusCode, Uri};
 
+use super::reply::GivenUp;
 use crate::body::{BridgeBody, ResponseKind};
 use crate::error::Chain;
 use crate::handler::{BoxError, IntoResponse, Response};
@@ -90,8 +91,9 @@ fn closing(status: StatusCode, text: &'static str) -> Response {
 
 /// Logs the error a handler returned and answers it: `503` with `Retry-After` when it is
 /// the crate's own "not now" (a full task pool, a shutdown), else the `500` it carries.
-/// `late`: the request was answered `504` for the handler timeout already; a failure of
-/// the handler's own is still logged, a "not now" is not (the late line says enough).
+/// `given_up`: whether the request was answered (`504` for the handler timeout) or given
+/// up already; then a failure of the handler's own is still logged, saying so, and a
+/// "not now" is not.
 /// Out of line: the path of a handler that answers stays as it was.
 #[cold]
 #[inline(never)]
@@ -101,18 +103,26 @@ pub(super) fn handler_error(
     method: &Method,
     uri: &Uri,
     retry_after: &HeaderValue,
-    late: bool,
+    given_up: GivenUp,
 ) {
-    if late {
-        // Its request was answered `504` already (the handler timeout): the error is
-        // logged as it would be, but no answer is made of it.
-        if !unavailable(&**err) {
+    if given_up != GivenUp::No {
+        // Nobody gets an answer made of it: the error is logged, saying what became of
+        // the request.
+        if unavailable(&**err) {
+            return;
+        }
+        let error = Chain(&**err);
+        if given_up == GivenUp::TimedOut {
             tracing::error!(
-                method = %method,
-                path = %uri.path(),
-                error = %Chain(&**err),
+                method = %method, path = %uri.path(), error = %error,
                 "handler returned an error after its request was answered 504 for the \
                  handler timeout"
+            );
+        } else {
+            tracing::error!(
+                method = %method, path = %uri.path(), error = %error,
+                "handler returned an error after its request was given up (its client \
+                 left, or it was answered already)"
             );
         }
         return;

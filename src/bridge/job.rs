@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use http::{Method, Uri};
 
 use super::answer;
-use super::reply::{Reply, ReplyCell};
+use super::reply::{GivenUp, Reply, ReplyCell};
 use super::Shared;
 use crate::body::{
     channel, produce, BridgeBody, FaultProbe, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
@@ -158,24 +158,26 @@ impl<H: Handler> RequestJob<H> {
         }));
         let mut response = match outcome {
             Ok(response) => response,
-            // Its request answered `504` already (the handler timeout): the panic is
-            // still a bug to see, but the client did not get the `500`.
-            Err(payload) if cell.timed_out() => {
-                tracing::error!(
-                    method = %method,
-                    path = %uri.path(),
-                    panic = %panic_message(&*payload),
-                    "handler panicked after its request was answered 504 for the handler timeout"
-                );
-                internal_error()
-            }
             Err(payload) => {
-                tracing::error!(
-                    method = %method,
-                    path = %uri.path(),
-                    panic = %panic_message(&*payload),
-                    "handler panicked; answered 500"
-                );
+                let panic = panic_message(&*payload);
+                // A panic is a bug to see whatever became of the request; the line says
+                // whether the client got the `500`.
+                match cell.given_up() {
+                    GivenUp::No => tracing::error!(
+                        method = %method, path = %uri.path(), panic = %panic,
+                        "handler panicked; answered 500"
+                    ),
+                    GivenUp::TimedOut => tracing::error!(
+                        method = %method, path = %uri.path(), panic = %panic,
+                        "handler panicked after its request was answered 504 for the handler \
+                         timeout"
+                    ),
+                    GivenUp::Abandoned => tracing::error!(
+                        method = %method, path = %uri.path(), panic = %panic,
+                        "handler panicked after its request was given up (its client left, \
+                         or it was answered already)"
+                    ),
+                }
                 internal_error()
             }
         };
@@ -186,8 +188,15 @@ impl<H: Handler> RequestJob<H> {
         } else if let Some(HandlerError(Some(err))) =
             response.extensions_mut().remove::<HandlerError>()
         {
-            let late = cell.timed_out();
-            answer::handler_error(&mut response, &err, method, uri, &shared.retry_after, late);
+            let given_up = cell.given_up();
+            answer::handler_error(
+                &mut response,
+                &err,
+                method,
+                uri,
+                &shared.retry_after,
+                given_up,
+            );
         }
 
         let (mut parts, body) = response.into_parts();

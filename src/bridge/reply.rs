@@ -23,6 +23,18 @@ pub(crate) trait Reply: Send + Sync {
     fn client_fault(&self, kind: std::io::ErrorKind) -> http::Response<BridgeBody>;
 }
 
+/// What became of a request before its handler answered ([`ReplyCell::given_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GivenUp {
+    /// Waited for: the handler's answer is the client's.
+    No,
+    /// Answered `504` for the handler timeout.
+    TimedOut,
+    /// Given up otherwise: its client left, a layer in front dropped it, or the service
+    /// answered it itself (a `413`).
+    Abandoned,
+}
+
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
@@ -140,10 +152,18 @@ impl ReplyCell {
     /// Whether the request was answered `504` for its handler's time (see
     /// [`time_out`](Self::time_out)).
     pub(crate) fn timed_out(&self) -> bool {
-        self.slot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .timed_out
+        self.given_up() == GivenUp::TimedOut
+    }
+
+    /// Whether, and how, the request was given up before its handler's answer, for the
+    /// handler's thread to say what became of the request in its lines.
+    pub(crate) fn given_up(&self) -> GivenUp {
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match (slot.abandoned, slot.timed_out) {
+            (_, true) => GivenUp::TimedOut,
+            (true, false) => GivenUp::Abandoned,
+            (false, false) => GivenUp::No,
+        }
     }
 
     /// Whether nobody will read the response (see [`abandon`](Self::abandon)).
