@@ -92,8 +92,7 @@ fn closing(status: StatusCode, text: &'static str) -> Response {
 /// Logs the error a handler returned and answers it: `503` with `Retry-After` when it is
 /// the crate's own "not now" (a full task pool, a shutdown), else the `500` it carries.
 /// `given_up`: whether the request was answered (`504` for the handler timeout) or given
-/// up already; then a failure of the handler's own is still logged, saying so, and a
-/// "not now" is not.
+/// up already; then the error is only logged, saying so (a "not now" at debug).
 /// Out of line: the path of a handler that answers stays as it was.
 #[cold]
 #[inline(never)]
@@ -107,11 +106,15 @@ pub(super) fn handler_error(
 ) {
     if given_up != GivenUp::No {
         // Nobody gets an answer made of it: the error is logged, saying what became of
-        // the request.
+        // the request. A "not now" is no failure of the handler's: at debug.
+        let error = Chain(&**err);
         if unavailable(&**err) {
+            tracing::debug!(
+                method = %method, path = %uri.path(), error = %error, ?given_up,
+                "handler returned an overload or shutdown error after its request was given up"
+            );
             return;
         }
-        let error = Chain(&**err);
         if given_up == GivenUp::TimedOut {
             tracing::error!(
                 method = %method, path = %uri.path(), error = %error,

@@ -79,7 +79,7 @@ impl<B> Waiting<B> {
     /// Whether the handler timeout has passed with no response from the handler, and
     /// how the request was given up then (`answer_late` answers it). A response that
     /// came just in time is taken on the next poll (woken here).
-    fn poll_handler_deadline(&mut self, cx: &mut Context<'_>) -> Option<Late> {
+    fn poll_handler_deadline(&mut self, cx: &mut Context<'_>) -> Option<Deadline> {
         let deadline = self.handler_deadline.as_mut()?;
         if deadline.as_mut().poll(cx).is_pending() {
             return None;
@@ -89,10 +89,10 @@ impl<B> Waiting<B> {
         // for its answer: each is settled in the cell, so a worker claiming the request
         // meanwhile cannot slip between the two.
         if self.withdraw() {
-            return Some(Late::Withdrawn);
+            return Some(Deadline::HandlerWhileQueued);
         }
         if self.cell.cell().time_out() {
-            return Some(Late::TimedOut);
+            return Some(Deadline::Handler);
         }
         cx.waker().wake_by_ref();
         None
@@ -113,13 +113,15 @@ impl<B> Waiting<B> {
     }
 }
 
-/// How a request whose handler timeout passed was given up.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Late {
-    /// Taken out of the queue: no handler ran.
-    Withdrawn,
-    /// Its handler runs on, and its answer will be dropped.
-    TimedOut,
+/// The deadline that ended a request's wait for its handler's answer (`answer_late`).
+#[derive(Clone, Copy)]
+enum Deadline {
+    /// The queue timeout: taken out of the queue, no handler ran.
+    Queue,
+    /// The handler timeout, still queued: taken out of the queue, no handler ran.
+    HandlerWhileQueued,
+    /// The handler timeout: its handler runs on, and its answer will be dropped.
+    Handler,
 }
 
 /// A streamed response just delivered: `Some` if its head goes now (not held, or its
@@ -306,52 +308,57 @@ impl<B> SyncServiceFuture<B> {
         }
     }
 
-    /// The handler timeout passed with no response (`Waiting::poll_handler_deadline`):
-    /// `503` for a request still queued (no handler will run), `504` for one whose handler
-    /// runs on.
+    /// A deadline passed with no response, and the request was given up: `503` for one
+    /// taken out of the queue (no handler will run), `504` for one whose handler runs on
+    /// past the handler timeout (`Waiting::poll_handler_deadline`).
     #[cold]
-    fn answer_late(&mut self, late: Late) -> http::Response<BridgeBody>
+    fn answer_late(&mut self, deadline: Deadline) -> http::Response<BridgeBody>
     where
         B: HttpBody + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
         let State::Waiting(waiting) = &mut self.state else {
-            unreachable!("only a waiting request has a handler deadline")
+            unreachable!("only a waiting request has a deadline")
         };
         let completion = self.completion.as_ref();
-        let withdrawn = late == Late::Withdrawn;
-        let mut response = if withdrawn {
-            overloaded(waiting.retry_after.clone())
-        } else {
-            gateway_timeout()
+        let mut response = match deadline {
+            Deadline::Handler => gateway_timeout(),
+            Deadline::Queue | Deadline::HandlerWhileQueued => {
+                overloaded(waiting.retry_after.clone())
+            }
         };
-        // The handler's reads of its body fail from now on (the pump is dropped or
-        // drains what is left for the connection's sake), as for a withdrawn request.
+        // Nobody reads the body, or a handler past its timeout is cut off from it (the
+        // pump is dropped, or drains what is left for the connection's sake).
         waiting.settle_body(&mut response, completion, true);
         // Throttled apart: a stuck dependency times out every request that reaches it,
         // and a pool it fills times out the ones queued behind.
-        static QUEUED_TOO_LONG: Throttle = Throttle::new();
-        static HANDLER_TOO_LONG: Throttle = Throttle::new();
-        let throttle = if withdrawn {
-            &QUEUED_TOO_LONG
-        } else {
-            &HANDLER_TOO_LONG
+        static QUEUE_TIMEOUT: Throttle = Throttle::new();
+        static QUEUED_AT_HANDLER_TIMEOUT: Throttle = Throttle::new();
+        static HANDLER_TIMEOUT: Throttle = Throttle::new();
+        let throttle = match deadline {
+            Deadline::Queue => &QUEUE_TIMEOUT,
+            Deadline::HandlerWhileQueued => &QUEUED_AT_HANDLER_TIMEOUT,
+            Deadline::Handler => &HANDLER_TIMEOUT,
         };
         if let Some((c, left_out)) = completion.zip(throttle.admit()) {
+            let (method, path) = (c.method(), c.path());
             let waited_ms = c.start.elapsed().as_millis() as u64;
-            if withdrawn {
-                tracing::warn!(
-                    method = %c.method(), path = %c.path(), waited_ms, left_out,
+            match deadline {
+                Deadline::Queue => tracing::warn!(
+                    method = %method, path = %path, left_out, waited_ms,
+                    "request timed out waiting for a handler thread; answered 503"
+                ),
+                Deadline::HandlerWhileQueued => tracing::warn!(
+                    method = %method, path = %path, waited_ms, left_out,
                     "request reached the handler timeout waiting for a handler thread; \
                      answered 503"
-                );
-            } else {
-                tracing::warn!(
-                    method = %c.method(), path = %c.path(), waited_ms, left_out,
+                ),
+                Deadline::Handler => tracing::warn!(
+                    method = %method, path = %path, waited_ms, left_out,
                     "handler did not answer within the handler timeout; answered 504 (its \
                      thread stays busy until the handler returns)"
-                );
+                ),
             }
         }
         self.finish(response)
@@ -488,26 +495,15 @@ where
             if deadline.as_mut().poll(cx).is_ready() {
                 waiting.queue_deadline = None;
                 if waiting.withdraw() {
-                    let mut response = overloaded(waiting.retry_after.clone());
-                    waiting.settle_body(&mut response, this.completion.as_ref(), true);
-                    static QUEUE_TIMEOUT: Throttle = Throttle::new();
-                    if let Some((c, left_out)) = this.completion.as_ref().zip(QUEUE_TIMEOUT.admit())
-                    {
-                        tracing::warn!(
-                            method = %c.method(), path = %c.path(), left_out,
-                            waited_ms = c.start.elapsed().as_millis() as u64,
-                            "request timed out waiting for a handler thread; answered 503"
-                        );
-                    }
-                    return Poll::Ready(Ok(this.finish(response)));
+                    return Poll::Ready(Ok(this.answer_late(Deadline::Queue)));
                 }
                 // A worker claimed it just in time: wait for its answer.
             }
         }
         // Once the response is there (its head held), the handler has answered in time.
         if waiting.held.is_none() && waiting.handler_deadline.is_some() {
-            if let Some(late) = waiting.poll_handler_deadline(cx) {
-                return Poll::Ready(Ok(this.answer_late(late)));
+            if let Some(deadline) = waiting.poll_handler_deadline(cx) {
+                return Poll::Ready(Ok(this.answer_late(deadline)));
             }
         }
         Poll::Pending

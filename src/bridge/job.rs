@@ -207,7 +207,7 @@ impl<H: Handler> RequestJob<H> {
                 crate::pool::job_finishing();
                 answered.done = true;
                 let response = http::Response::from_parts(parts, BridgeBody::full(bytes));
-                if !cell.complete(response) && cell.timed_out() {
+                if !cell.complete(response) && cell.given_up() == GivenUp::TimedOut {
                     self.log_late();
                 }
             }
@@ -226,7 +226,7 @@ impl<H: Handler> RequestJob<H> {
                 let response = http::Response::from_parts(parts, BridgeBody::stream(rx));
                 answered.done = true;
                 if !cell.complete(response) {
-                    if cell.timed_out() {
+                    if cell.given_up() == GivenUp::TimedOut {
                         self.log_late();
                     } else {
                         tracing::debug!(method = %method, path = %uri.path(), "client left before the response; body not produced");

@@ -537,7 +537,8 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut) and the request is
     /// answered `408 Request Timeout` (whatever the handler answers), or the streamed
     /// response is aborted and its producer stops; either is logged at warn level. The
-    /// time a handler spends on its own work is not limited. `Duration::MAX` waits for
+    /// time a handler spends on its own work is not limited here (see
+    /// [`handler_timeout`](Self::handler_timeout)). `Duration::MAX` waits for
     /// ever. Zero fails every wait on the client at once.
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
         self.body_timeout = timeout;

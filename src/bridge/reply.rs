@@ -53,10 +53,8 @@ pub(crate) struct ReplyCell {
 
 struct Slot {
     response: Option<http::Response<BridgeBody>>,
-    abandoned: bool,
-    /// Abandoned because the handler did not answer within the handler timeout (the
-    /// client had `504`), not because the client left.
-    timed_out: bool,
+    /// `No` while the response is waited for; else nobody will read it, and why.
+    given_up: GivenUp,
 }
 
 impl ReplyCell {
@@ -65,8 +63,7 @@ impl ReplyCell {
             state: AtomicU8::new(QUEUED),
             slot: Mutex::new(Slot {
                 response: None,
-                abandoned: false,
-                timed_out: false,
+                given_up: GivenUp::No,
             }),
             waker: AtomicWaker::new(),
         }
@@ -96,7 +93,7 @@ impl ReplyCell {
     /// response is then dropped here, on the worker's thread, and its body never produced.
     pub(crate) fn complete(&self, response: http::Response<BridgeBody>) -> bool {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.abandoned {
+        if slot.given_up != GivenUp::No {
             drop(slot);
             drop(response);
             return false;
@@ -129,7 +126,9 @@ impl ReplyCell {
     pub(crate) fn abandon(&self) {
         let response = {
             let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-            slot.abandoned = true;
+            if slot.given_up == GivenUp::No {
+                slot.given_up = GivenUp::Abandoned;
+            }
             slot.response.take()
         };
         drop(response);
@@ -141,37 +140,23 @@ impl ReplyCell {
     pub(crate) fn time_out(&self) -> bool {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         // `complete` stores under this lock, so `DONE` is seen here if it came first.
-        if self.state.load(Ordering::Acquire) != RUNNING || slot.abandoned {
+        if self.state.load(Ordering::Acquire) != RUNNING || slot.given_up != GivenUp::No {
             return false;
         }
-        slot.abandoned = true;
-        slot.timed_out = true;
+        slot.given_up = GivenUp::TimedOut;
         true
-    }
-
-    /// Whether the request was answered `504` for its handler's time (see
-    /// [`time_out`](Self::time_out)).
-    pub(crate) fn timed_out(&self) -> bool {
-        self.given_up() == GivenUp::TimedOut
     }
 
     /// Whether, and how, the request was given up before its handler's answer, for the
     /// handler's thread to say what became of the request in its lines.
     pub(crate) fn given_up(&self) -> GivenUp {
-        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        match (slot.abandoned, slot.timed_out) {
-            (_, true) => GivenUp::TimedOut,
-            (true, false) => GivenUp::Abandoned,
-            (false, false) => GivenUp::No,
-        }
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).given_up
     }
 
-    /// Whether nobody will read the response (see [`abandon`](Self::abandon)).
+    /// Whether nobody will read the response (see [`abandon`](Self::abandon),
+    /// [`time_out`](Self::time_out)).
     pub(crate) fn is_abandoned(&self) -> bool {
-        self.slot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .abandoned
+        self.given_up() != GivenUp::No
     }
 
     /// Whether a worker has started or finished the request.

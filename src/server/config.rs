@@ -265,7 +265,8 @@ impl Server {
     /// sending slowly is not stalled as long as at least 8 KiB of its body comes per body
     /// timeout while the handler waits for it, not a byte now and then (over HTTP/2, at
     /// least one whole DATA frame: h2 passes on none before it is complete, and curl
-    /// sends 16 KiB frames). A handler's own work is not limited. `Duration::MAX` waits
+    /// sends 16 KiB frames). A handler's own work is not limited here (see
+    /// [`handler_timeout`](Server::handler_timeout)). `Duration::MAX` waits
     /// for ever. Zero fails every wait on the client at once (and has every busy
     /// connection checked every millisecond), and is logged at start as a warning.
     ///

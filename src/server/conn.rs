@@ -432,8 +432,9 @@ impl Watch {
                 }
                 later(now, stall - stalled)
             } else if activity.in_flight() > 0 {
-                // Busy: a handler runs (its own time is not limited here; its waits on the
-                // client are, in the body channels), or hyper holds its response. Only the
+                // Busy: a handler runs (its own time is not limited here: a handler
+                // timeout is the request future's; its waits on the client are, in the
+                // body channels), or hyper holds its response. Only the
                 // HTTP/2 flow watch can expire before it ends; look again later, counting
                 // idleness from now at the earliest.
                 activity.touch();
