@@ -29,7 +29,7 @@ pub use mixing::{
     EnsureAsyncFuture, PerThread, SingleThread, SingleThreadBuilder,
 };
 pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
-pub use server::{RemoteAddr, Server, ShutdownHandle};
+pub use server::{ListenAddr, RemoteAddr, Server, ShutdownHandle};
 pub use tasks::{
     ParseTaskIdError, TaskBuilder, TaskContext, TaskHandle, TaskId, TaskInfo, TaskSet,
     TaskSetBuilder, TaskStatus,

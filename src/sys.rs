@@ -119,18 +119,38 @@ pub(crate) fn set_notsent_lowat<S>(_socket: &S, _bytes: u32) {}
 ///   nobody read: closed with those bytes unread, or with more on the way, the kernel
 ///   answers with a reset, which can reach the client before it has read the response.
 ///   nginx then fails its write of the body and answers `502` instead of the `413`.
+///
+/// A Unix domain socket has no acknowledgements and no reset: for it `bytes_acked` is
+/// `None` and `reset_on_close` does nothing; the close in stages is the same.
 #[derive(Clone, Copy)]
-pub(crate) struct ConnSocket(#[cfg(target_os = "linux")] std::os::fd::RawFd);
+pub(crate) struct ConnSocket {
+    #[cfg(target_os = "linux")]
+    fd: std::os::fd::RawFd,
+    #[cfg(target_os = "linux")]
+    tcp: bool,
+}
 
 impl ConnSocket {
-    pub(crate) fn of(socket: &tokio::net::TcpStream) -> Self {
-        #[cfg(target_os = "linux")]
-        return ConnSocket(std::os::fd::AsRawFd::as_raw_fd(socket));
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = socket;
-            ConnSocket()
+    pub(crate) fn tcp(socket: &tokio::net::TcpStream) -> Self {
+        ConnSocket::new(socket, true)
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn unix(socket: &tokio::net::UnixStream) -> Self {
+        ConnSocket::new(socket, false)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn new(socket: &impl std::os::fd::AsRawFd, tcp: bool) -> Self {
+        ConnSocket {
+            fd: socket.as_raw_fd(),
+            tcp,
         }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn new<S>(_socket: &S, _tcp: bool) -> Self {
+        ConnSocket {}
     }
 
     /// How many bytes of what the server wrote the client's kernel has acknowledged
@@ -141,6 +161,9 @@ impl ConnSocket {
     #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
     #[allow(unsafe_code)]
     pub(crate) fn bytes_acked(self) -> Option<u64> {
+        if !self.tcp {
+            return None;
+        }
         // SAFETY: `tcp_info` is plain integers, for which zeroes are valid.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -148,7 +171,7 @@ impl ConnSocket {
         // `info` and the length it wrote to `len`; the caller keeps the descriptor open.
         let rc = unsafe {
             libc::getsockopt(
-                self.0,
+                self.fd,
                 libc::IPPROTO_TCP,
                 libc::TCP_INFO,
                 std::ptr::from_mut(&mut info).cast(),
@@ -171,7 +194,9 @@ impl ConnSocket {
     /// [`set_thread_nice`]; a no-op off Linux.
     #[cfg(target_os = "linux")]
     pub(crate) fn reset_on_close(self) {
-        reset_on_close(self.0);
+        if self.tcp {
+            reset_on_close(self.fd);
+        }
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -183,13 +208,13 @@ impl ConnSocket {
     /// that returns at once. Call it only while the socket is open.
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
-    pub(crate) fn if_unread_input(self, more_may_come: bool) -> Option<std::net::TcpStream> {
+    pub(crate) fn if_unread_input(self, more_may_come: bool) -> Option<SecondHandle> {
         let mut byte = 0u8;
         // SAFETY: `byte` outlives the call, which writes at most one byte to it; the
         // caller keeps the descriptor open. `MSG_PEEK` leaves the byte where it is.
         let n = unsafe {
             libc::recv(
-                self.0,
+                self.fd,
                 std::ptr::from_mut(&mut byte).cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -206,7 +231,7 @@ impl ConnSocket {
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(crate) fn if_unread_input(self, _more_may_come: bool) -> Option<std::net::TcpStream> {
+    pub(crate) fn if_unread_input(self, _more_may_come: bool) -> Option<SecondHandle> {
         None
     }
 
@@ -215,17 +240,32 @@ impl ConnSocket {
     /// (the process's file limit), and off Linux. Call it only while the socket is open.
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
-    pub(crate) fn duplicate(self) -> Option<std::net::TcpStream> {
+    pub(crate) fn duplicate(self) -> Option<SecondHandle> {
         // SAFETY: the caller keeps the descriptor open for the duration of the borrow.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
         // The duplicate shares the socket, non-blocking as tokio set it.
-        fd.try_clone_to_owned().ok().map(std::net::TcpStream::from)
+        let fd = fd.try_clone_to_owned().ok()?;
+        Some(if self.tcp {
+            SecondHandle::Tcp(fd.into())
+        } else {
+            SecondHandle::Unix(fd.into())
+        })
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(crate) fn duplicate(self) -> Option<std::net::TcpStream> {
+    pub(crate) fn duplicate(self) -> Option<SecondHandle> {
         None
     }
+}
+
+/// A second handle on a connection's socket ([`ConnSocket::duplicate`]), of its kind.
+/// None is made off Linux.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+#[derive(Debug)]
+pub(crate) enum SecondHandle {
+    Tcp(std::net::TcpStream),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixStream),
 }
 
 /// Releases the C allocator's free memory to the OS (`malloc_trim(0)`: every arena,

@@ -333,7 +333,9 @@ impl Server {
     /// [`RemoteAddr`](super::RemoteAddr) (WSGI's `REMOTE_ADDR`). Default is false, as for axum's
     /// `ConnectInfo`: it costs each request the allocation of its extensions map, about
     /// a tenth of what a small request costs in all (1,550 more instructions on the
-    /// benchmark's `/hello`, measured with `benches/tools/instructions.sh`).
+    /// benchmark's `/hello`, measured with `benches/tools/instructions.sh`). A server on
+    /// a Unix socket ([`bind_unix`](Server::bind_unix)) has no client addresses: its
+    /// requests carry none either way.
     pub fn remote_addr(mut self, enabled: bool) -> Self {
         self.config.remote_addr = enabled;
         self

@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -17,11 +16,12 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::exec::{PanicLog, StreamExecutor};
+use super::remote::Peer;
 use super::signal::{ConnSignal, Word, DRAIN, FORCE};
 use crate::body::MIN_PROGRESS;
 use crate::bridge::{Activity, CutOff, PartialHead, SyncService};
@@ -45,19 +45,39 @@ pub(super) struct ConnConfig {
     pub(super) signal: ConnSignal,
 }
 
+/// A connection's stream: TCP, or a Unix domain socket. One `serve` for each, so that
+/// TCP's costs nothing for the other's existence.
+pub(super) trait ConnStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket under the stream, for the watches that look at it directly.
+    fn conn_socket(&self) -> ConnSocket;
+}
+
+impl ConnStream for tokio::net::TcpStream {
+    fn conn_socket(&self) -> ConnSocket {
+        ConnSocket::tcp(self)
+    }
+}
+
+#[cfg(unix)]
+impl ConnStream for tokio::net::UnixStream {
+    fn conn_socket(&self) -> ConnSocket {
+        ConnSocket::unix(self)
+    }
+}
+
 /// Serves one connection until it closes, idles out, or the server stops.
 ///
 /// `_permit` is the connection's slot under `max_connections`; it returns when the task
 /// ends.
-pub(super) async fn serve<H: Handler>(
-    stream: TcpStream,
-    peer: SocketAddr,
+pub(super) async fn serve<H: Handler, S: ConnStream>(
+    stream: S,
+    peer: Peer,
     config: Arc<ConnConfig>,
     service: SyncService<H>,
     _permit: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
-    let socket = ConnSocket::of(&stream);
+    let socket = stream.conn_socket();
     // Set when the header read timeout ends a request head on its way: it is answered.
     let mut late_head = false;
     // In a block of its own, so that hyper's connection (and its handle on the socket)
@@ -68,7 +88,10 @@ pub(super) async fn serve<H: Handler>(
                 io: TokioIo::new(stream),
                 activity: activity.clone(),
             },
-            service.for_connection(activity.clone(), config.remote_addr.then_some(peer)),
+            service.for_connection(
+                activity.clone(),
+                peer.remote_addr().filter(|_| config.remote_addr),
+            ),
         );
         let mut conn = std::pin::pin!(conn);
         let mut notified = std::pin::pin!(config.signal.notify.notified());
@@ -543,7 +566,7 @@ fn head_to_answer(activity: &Activity, socket: ConnSocket) -> bool {
 /// frames, a protocol error): an attack's signature. Everything else (resets, a client
 /// gone mid-message) is everyday, at debug.
 #[cold]
-fn log_connection_error(peer: SocketAddr, err: &(dyn std::error::Error + 'static)) {
+fn log_connection_error(peer: Peer, err: &(dyn std::error::Error + 'static)) {
     static TOO_LARGE: Throttle = Throttle::new();
     static MALFORMED: Throttle = Throttle::new();
     static GOAWAY: Throttle = Throttle::new();
@@ -617,19 +640,19 @@ impl Limits {
 /// The connection's socket as hyper sees it, telling `Activity` whether hyper waits to
 /// write: a response handed to hyper whole counts as done for the bridge while the
 /// client may still be reading it, and a slow reader is not an idle connection.
-struct WatchedIo {
-    io: TokioIo<TcpStream>,
+struct WatchedIo<S> {
+    io: TokioIo<S>,
     activity: Arc<Activity>,
 }
 
-impl WatchedIo {
+impl<S> WatchedIo<S> {
     fn watch<T>(&self, polled: Poll<T>) -> Poll<T> {
         self.activity.set_write_blocked(polled.is_pending());
         polled
     }
 }
 
-impl hyper::rt::Read for WatchedIo {
+impl<S: ConnStream> hyper::rt::Read for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -643,7 +666,7 @@ impl hyper::rt::Read for WatchedIo {
     }
 }
 
-impl hyper::rt::Write for WatchedIo {
+impl<S: ConnStream> hyper::rt::Write for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -6,10 +6,11 @@
 //! body in a task of its own, beside the connection task; either may hold our code.
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use super::remote::Peer;
 
 /// Spawns hyper's HTTP/2 stream tasks, each with a [`PanicLog`], on the server's tracker
 /// of them: a request cut off by the shutdown is dropped, and logged, in its stream's
@@ -44,7 +45,7 @@ where
 /// per poll, unlike a `catch_unwind` around each. (A runtime dropped by a thread that is
 /// itself panicking would make every open task say so too.)
 pub(super) enum PanicLog {
-    Connection(SocketAddr),
+    Connection(Peer),
     Http2Stream,
 }
 

@@ -14,6 +14,8 @@
 use std::net::Shutdown;
 use std::time::Duration;
 
+use crate::sys::SecondHandle;
+
 /// The longest a closing connection is drained: enough for a client to read a response
 /// sent while it was writing and stop, not enough to let a client that never stops hold
 /// its connection slot for long. nginx's `lingering_time` is 30 s; Go waits 500 ms.
@@ -33,13 +35,17 @@ const DRAIN_BUFFER: usize = 64 * 1024;
 /// or `shutdown` (a server that stops does not wait on it), and closes it. The
 /// connection keeps its slot under `max_connections` meanwhile.
 pub(super) async fn drain_then_close(
-    socket: std::net::TcpStream,
+    socket: SecondHandle,
     linger: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     // Already shut down for writing when hyper closed cleanly: an error here is moot.
-    let _ = socket.shutdown(Shutdown::Write);
-    let socket = match tokio::net::TcpStream::from_std(socket) {
+    let _ = match &socket {
+        SecondHandle::Tcp(socket) => socket.shutdown(Shutdown::Write),
+        #[cfg(unix)]
+        SecondHandle::Unix(socket) => socket.shutdown(Shutdown::Write),
+    };
+    let socket = match Draining::new(socket) {
         Ok(socket) => socket,
         Err(err) => {
             tracing::debug!(error = %err, "could not drain a closing connection");
@@ -50,13 +56,9 @@ pub(super) async fn drain_then_close(
     let mut drained = 0u64;
     let drain = async {
         loop {
-            if socket.readable().await.is_err() {
-                return;
-            }
-            match socket.try_read(&mut buffer) {
+            match socket.read(&mut buffer).await {
                 Ok(0) => return, // the client's own close: nothing more can come
                 Ok(n) => drained += n as u64,
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
             }
         }
@@ -71,6 +73,46 @@ pub(super) async fn drain_then_close(
         client_closed,
         "drained a closing connection's unread request bytes"
     );
+}
+
+/// The second handle, registered with the runtime to be drained.
+enum Draining {
+    Tcp(tokio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl Draining {
+    fn new(socket: SecondHandle) -> std::io::Result<Draining> {
+        match socket {
+            SecondHandle::Tcp(socket) => tokio::net::TcpStream::from_std(socket).map(Draining::Tcp),
+            #[cfg(unix)]
+            SecondHandle::Unix(socket) => {
+                tokio::net::UnixStream::from_std(socket).map(Draining::Unix)
+            }
+        }
+    }
+
+    /// Reads what has come, waiting for some; `Ok(0)` at the client's close.
+    async fn read(&self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let read = match self {
+                Draining::Tcp(socket) => {
+                    socket.readable().await?;
+                    socket.try_read(buffer)
+                }
+                #[cfg(unix)]
+                Draining::Unix(socket) => {
+                    socket.readable().await?;
+                    socket.try_read(buffer)
+                }
+            };
+            match read {
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                read => return read,
+            }
+        }
+    }
 }
 
 /// What a client whose request head did not come whole within the header read timeout
@@ -90,12 +132,19 @@ pub(super) fn head_timeout_answer() -> Vec<u8> {
 /// Writes `answer` to a socket hyper has let go of, before its close in stages: what
 /// the socket takes at once. A short answer to a socket with nothing unsent (the
 /// connection was idle) goes whole; whatever does not is dropped, logged at debug.
-pub(super) fn answer(socket: &std::net::TcpStream, answer: &[u8]) {
-    use std::io::Write;
-    // Non-blocking, as tokio set the socket: never waits. (std sends with
-    // `MSG_NOSIGNAL`: a client gone meanwhile is an error, not a `SIGPIPE`.)
-    let mut socket = socket;
-    match socket.write(answer) {
+pub(super) fn answer(socket: &SecondHandle, answer: &[u8]) {
+    // Non-blocking, as tokio set the socket: never waits. `MSG_NOSIGNAL`: a client gone
+    // meanwhile is an error, not a `SIGPIPE` (std's own sends do the same).
+    #[cfg(target_os = "linux")]
+    let flags = libc::MSG_NOSIGNAL;
+    #[cfg(not(target_os = "linux"))]
+    let flags = 0;
+    let socket = match socket {
+        SecondHandle::Tcp(socket) => socket2::SockRef::from(socket),
+        #[cfg(unix)]
+        SecondHandle::Unix(socket) => socket2::SockRef::from(socket),
+    };
+    match socket.send_with_flags(answer, flags) {
         Ok(n) if n == answer.len() => {}
         Ok(n) => tracing::debug!(written = n, of = answer.len(), "last answer cut short"),
         Err(err) => tracing::debug!(error = %err, "could not write a last answer"),

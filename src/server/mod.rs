@@ -17,6 +17,7 @@ mod config;
 mod conn;
 mod exec;
 mod linger;
+mod listen;
 mod remote;
 mod serve;
 mod shutdown;
@@ -24,19 +25,25 @@ mod signal;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+#[cfg(unix)]
+use std::path::Path;
 
+pub use listen::ListenAddr;
 pub use remote::RemoteAddr;
 pub use shutdown::ShutdownHandle;
 
 use crate::error::{Error, Kind, Result};
 use config::Config;
+use listen::Listener;
 
 /// An HTTP server for a blocking [`Handler`](crate::Handler).
 ///
 /// Bind it, tune it with the builder methods (each states its default), then run it with
 /// [`serve`](Server::serve) on a plain thread, or [`serve_async`](Server::serve_async)
 /// inside a runtime you already have. HTTP/1.1 (with keep-alive) and HTTP/2 over
-/// cleartext with prior knowledge are served on the same port.
+/// cleartext with prior knowledge are served on the same port. It listens on TCP
+/// ([`bind`](Server::bind)) or, on Unix, on a Unix domain socket
+/// ([`bind_unix`](Server::bind_unix)) for a reverse proxy on the same machine.
 ///
 /// # Examples
 ///
@@ -53,14 +60,11 @@ use config::Config;
 /// ```
 #[must_use = "a Server does nothing until `serve` or `serve_async` is called; dropping it closes its socket"]
 pub struct Server {
-    listener: std::net::TcpListener,
-    local_addr: SocketAddr,
+    listener: Listener,
+    listen_addr: ListenAddr,
     shutdown: ShutdownHandle,
     config: Config,
 }
-
-/// The listen backlog: room for bursts of new connections (gunicorn uses 2048).
-const LISTEN_BACKLOG: i32 = 2048;
 
 impl Server {
     /// Binds to `addr`.
@@ -90,8 +94,8 @@ impl Server {
             .map_err(|e| Error::new(Kind::Bind).with_source(e))?;
         let mut last = None;
         for addr in addrs {
-            match bind_socket(addr) {
-                Ok(listener) => return Server::from_listener(listener),
+            match Listener::bind_tcp(addr) {
+                Ok(listener) => return Server::new(listener),
                 Err(err) => last = Some((addr, err)),
             }
         }
@@ -109,21 +113,101 @@ impl Server {
     ///
     /// [`Error::is_bind`] when the listener cannot be made non-blocking.
     pub fn from_listener(listener: std::net::TcpListener) -> Result<Server> {
-        let local_addr = listener
-            .local_addr()
-            .and_then(|addr| listener.set_nonblocking(true).map(|()| addr))
+        Server::new(Listener::Tcp(listener))
+    }
+
+    /// Binds a Unix domain socket at `path`, for a reverse proxy on the same machine
+    /// (nginx's `proxy_pass http://unix:PATH:`), as gunicorn's `--bind unix:PATH`.
+    ///
+    /// A socket file left at `path` by a server that no longer listens (one killed
+    /// before it could remove it) is replaced, and said in an info line. The file is
+    /// removed when the server stops accepting (or the `Server` is dropped), unless
+    /// another has taken its path meanwhile. Its permissions follow the process's umask;
+    /// change them between the bind and `serve` (`std::fs::set_permissions`) to let
+    /// another user's proxy connect.
+    ///
+    /// Requests over it carry no [`RemoteAddr`], even with
+    /// [`remote_addr`](Server::remote_addr) on: a Unix socket's clients have no address
+    /// (the proxy in front says who its client is, in a header). Log lines name such a
+    /// connection's peer `unix`.
+    ///
+    /// Callable from any thread; it does not need a runtime.
+    ///
+    /// # Panics
+    ///
+    /// If the socket cannot be bound. Use [`try_bind_unix`](Server::try_bind_unix) to
+    /// handle that.
+    #[cfg(unix)]
+    pub fn bind_unix(path: impl AsRef<Path>) -> Server {
+        Server::try_bind_unix(path).unwrap_or_else(|err| match std::error::Error::source(&err) {
+            Some(cause) => panic!("syncbridge: {err}: {cause}"),
+            None => panic!("syncbridge: {err}"),
+        })
+    }
+
+    /// Binds a Unix domain socket at `path`, as [`bind_unix`](Server::bind_unix) does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`], with the path and the OS's reason, when it cannot be bound: a
+    /// server still listens there, or a file that is not a socket is in the way (both
+    /// `AddrInUse`, and left alone), the directory is missing or not writable, or the
+    /// path is longer than a socket address holds (about 100 bytes).
+    #[cfg(unix)]
+    pub fn try_bind_unix(path: impl AsRef<Path>) -> Result<Server> {
+        let path = path.as_ref();
+        let bind_error = |e| {
+            Error::new(Kind::Bind)
+                .with_message(format!("unix:{}", path.display()))
+                .with_source(e)
+        };
+        Server::new(Listener::bind_unix(path).map_err(bind_error)?)
+    }
+
+    /// Serves on a Unix domain socket bound elsewhere (systemd's socket activation).
+    /// Its socket file, if any, is the binder's: the server does not remove it. Otherwise
+    /// as [`bind_unix`](Server::bind_unix).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`] when the listener cannot be made non-blocking.
+    #[cfg(unix)]
+    pub fn from_unix_listener(listener: std::os::unix::net::UnixListener) -> Result<Server> {
+        Server::new(Listener::Unix(listener, None))
+    }
+
+    fn new(listener: Listener) -> Result<Server> {
+        let listen_addr = listener
+            .prepare()
             .map_err(|e| Error::new(Kind::Bind).with_source(e))?;
         Ok(Server {
             listener,
-            local_addr,
+            listen_addr,
             shutdown: ShutdownHandle::new(),
             config: Config::default(),
         })
     }
 
-    /// The address the server listens on (the real port when bound to port 0).
+    /// The TCP address the server listens on (the real port when bound to port 0).
+    ///
+    /// # Panics
+    ///
+    /// If the server listens on a Unix socket, which has no such address: use
+    /// [`listen_addr`](Server::listen_addr), which covers both.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        match &self.listen_addr {
+            ListenAddr::Tcp(addr) => *addr,
+            #[cfg(unix)]
+            other => panic!(
+                "syncbridge: Server::local_addr: the server listens on {other}, not TCP; \
+                 use Server::listen_addr"
+            ),
+        }
+    }
+
+    /// Where the server listens: a TCP address, or a Unix socket's path.
+    pub fn listen_addr(&self) -> &ListenAddr {
+        &self.listen_addr
     }
 
     /// A handle that starts a graceful shutdown from any thread.
@@ -132,20 +216,10 @@ impl Server {
     }
 }
 
-fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    // Restarting a server must not wait for old connections in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
+            .field("listen_addr", &self.listen_addr)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }

@@ -28,3 +28,34 @@ use std::net::SocketAddr;
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RemoteAddr(pub SocketAddr);
+
+/// A connection's peer as the server's log lines name it (`peer=...` in the connection's
+/// span): a TCP client's address, or `unix` for a client on the Unix socket, which has
+/// no address of its own.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Peer {
+    Tcp(SocketAddr),
+    #[cfg(unix)]
+    Unix,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            #[cfg(unix)]
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+impl Peer {
+    /// The address a request's [`RemoteAddr`] carries, if any.
+    pub(super) fn remote_addr(self) -> Option<SocketAddr> {
+        match self {
+            Peer::Tcp(addr) => Some(addr),
+            #[cfg(unix)]
+            Peer::Unix => None,
+        }
+    }
+}

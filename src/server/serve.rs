@@ -6,14 +6,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::config::http_builder;
-use super::conn::{self, ConnConfig};
+use super::conn::{self, ConnConfig, ConnStream};
+use super::listen::{Accepted, Listener, Registered};
+use super::remote::Peer;
 use super::signal::{self, ConnSignal};
 use super::{shutdown, Server};
 use crate::bridge::SyncService;
@@ -98,7 +99,7 @@ impl Server {
     async fn run<H: Handler>(self, handler: H) -> Result<()> {
         let Server {
             listener,
-            local_addr,
+            listen_addr,
             shutdown,
             config,
         } = self;
@@ -159,7 +160,7 @@ impl Server {
             stage: Stage::Serving,
         };
         let slots = Arc::new(Semaphore::new(config.max_connections));
-        tracing::info!(addr = %local_addr, max_threads = pool.max_threads(), "syncbridge listening");
+        tracing::info!(addr = %listen_addr, max_threads = pool.max_threads(), "syncbridge listening");
         warn_if_short_of_files(config.max_connections);
         warn_if_zero_timeouts(&config);
 
@@ -170,7 +171,8 @@ impl Server {
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, peer)) => {
+                Ok(accepted) => {
+                    let peer = accepted.peer();
                     // Accepted first, then given a slot: the server then knows that someone
                     // waits for one, and asks an idle keep-alive connection to make room.
                     let permit = match slots.clone().try_acquire_owned() {
@@ -196,15 +198,32 @@ impl Server {
                             }
                         }
                     };
-                    let _ = stream.set_nodelay(true);
-                    crate::sys::set_notsent_lowat(&stream, NOTSENT_LOWAT);
-                    // Every line logged on the connection's behalf, the handler's own
-                    // included (its request's span is this one), names its client.
-                    let span = tracing::info_span!("conn", %peer);
-                    connections.spawn(
-                        conn::serve(stream, peer, conn_config.clone(), service.clone(), permit)
-                            .instrument(span),
-                    );
+                    let (connections, conn_config) = (&connections, &conn_config);
+                    match accepted {
+                        Accepted::Tcp(stream, _) => {
+                            let _ = stream.set_nodelay(true);
+                            crate::sys::set_notsent_lowat(&stream, NOTSENT_LOWAT);
+                            spawn_connection(
+                                connections,
+                                stream,
+                                peer,
+                                conn_config,
+                                &service,
+                                permit,
+                            );
+                        }
+                        #[cfg(unix)]
+                        Accepted::Unix(stream) => {
+                            spawn_connection(
+                                connections,
+                                stream,
+                                peer,
+                                conn_config,
+                                &service,
+                                permit,
+                            );
+                        }
+                    }
                 }
                 Err(err) if is_per_connection(&err) => {
                     tracing::debug!(error = %err, "accept failed for one connection");
@@ -300,9 +319,25 @@ impl Server {
             pool.shutdown();
         }
         dropped_early.stage = Stage::Done;
-        tracing::info!(addr = %local_addr, "syncbridge stopped");
+        tracing::info!(addr = %listen_addr, "syncbridge stopped");
         Ok(())
     }
+}
+
+/// Spawns a connection's task on the server's tracker of them.
+fn spawn_connection<H: Handler, S: ConnStream>(
+    connections: &TaskTracker,
+    stream: S,
+    peer: Peer,
+    config: &Arc<ConnConfig>,
+    service: &SyncService<H>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    // Every line logged on the connection's behalf, the handler's own included (its
+    // request's span is this one), names its client.
+    let span = tracing::info_span!("conn", %peer);
+    connections
+        .spawn(conn::serve(stream, peer, config.clone(), service.clone(), permit).instrument(span));
 }
 
 /// What a `serve_async` future dropped while serving leaves behind, and says so: it
@@ -390,7 +425,7 @@ fn warn_if_zero_timeouts(config: &super::config::Config) {
 /// Registers the listener with the current runtime, checking first that the runtime has
 /// what the server needs: tokio would otherwise panic from deep inside, here for a
 /// missing runtime or IO driver, and at the first connection for missing timers.
-fn register(listener: std::net::TcpListener) -> Result<TcpListener> {
+fn register(listener: Listener) -> Result<Registered> {
     let no_context = |what: &str| {
         Error::new(Kind::NoContext).with_message(format!(
             "Server::serve_async {what}: build the runtime with `enable_all` (or \
@@ -403,7 +438,7 @@ fn register(listener: std::net::TcpListener) -> Result<TcpListener> {
     if !crate::timer::has_timers(&runtime) {
         return Err(no_context("needs a runtime with timers"));
     }
-    match catch_unwind(AssertUnwindSafe(|| TcpListener::from_std(listener))) {
+    match catch_unwind(AssertUnwindSafe(|| listener.register())) {
         Ok(registered) => registered.map_err(|e| Error::new(Kind::Bind).with_source(e)),
         Err(_) => Err(no_context("needs a runtime with IO")),
     }

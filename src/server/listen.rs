@@ -1,0 +1,229 @@
+//! What the server listens on: a TCP socket, or a Unix domain socket (as gunicorn's
+//! `--bind unix:PATH`, for a reverse proxy on the same machine), and the socket file the
+//! server owns in the second case.
+//!
+//! Both end in the same accept loop (`serve`); a connection is served by the same code
+//! either way (`conn::serve`, generic over the stream). What differs is said here: a
+//! Unix socket has no peer address, no `TCP_NODELAY`, and leaves a file behind.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+#[cfg(unix)]
+use std::path::{Path, PathBuf};
+
+/// The listen backlog: room for bursts of new connections (gunicorn uses 2048).
+const LISTEN_BACKLOG: i32 = 2048;
+
+/// Where a [`Server`](super::Server) listens.
+///
+/// Its `Display` is the address, or `unix:` and the path, as in the server's log lines.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ListenAddr {
+    /// A TCP address (the real port when bound to port 0).
+    Tcp(SocketAddr),
+    /// The path of a Unix domain socket. Empty for a listener handed over without one
+    /// (an unnamed or abstract socket).
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => addr.fmt(f),
+            #[cfg(unix)]
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A bound listener, before it is registered with a runtime.
+pub(super) enum Listener {
+    Tcp(std::net::TcpListener),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixListener, Option<SocketFile>),
+}
+
+/// A listener registered with the current runtime.
+pub(super) enum Registered {
+    Tcp(tokio::net::TcpListener),
+    #[cfg(unix)]
+    Unix {
+        listener: tokio::net::UnixListener,
+        /// Held to be removed with the listener, after it (fields drop in order).
+        _file: Option<SocketFile>,
+    },
+}
+
+/// A connection just accepted.
+pub(super) enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    /// Binds the TCP address `addr`.
+    pub(super) fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // Restarting a server must not wait for old connections in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        Ok(Listener::Tcp(socket.into()))
+    }
+
+    /// Binds a Unix socket at `path`, replacing a stale socket file there: one that no
+    /// server listens on any more (a server killed before it could remove it), as
+    /// gunicorn does. A file that is not a socket, or a socket a server still accepts
+    /// on, is left alone and the bind fails with `AddrInUse`.
+    #[cfg(unix)]
+    pub(super) fn bind_unix(path: &Path) -> io::Result<Listener> {
+        let listener = match listen_unix(path) {
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse && is_stale_socket(path)? => {
+                std::fs::remove_file(path)?;
+                tracing::info!(path = %path.display(), "removed a stale socket file nobody listened on");
+                listen_unix(path)?
+            }
+            bound => bound?,
+        };
+        let file = SocketFile::of(path)?;
+        Ok(Listener::Unix(listener, Some(file)))
+    }
+
+    /// Makes the listener non-blocking (tokio needs it so) and says where it listens.
+    pub(super) fn prepare(&self) -> io::Result<ListenAddr> {
+        match self {
+            Listener::Tcp(listener) => {
+                listener.set_nonblocking(true)?;
+                listener.local_addr().map(ListenAddr::Tcp)
+            }
+            #[cfg(unix)]
+            Listener::Unix(listener, _) => {
+                listener.set_nonblocking(true)?;
+                let addr = listener.local_addr()?;
+                let path = addr.as_pathname().map(Path::to_path_buf);
+                Ok(ListenAddr::Unix(path.unwrap_or_default()))
+            }
+        }
+    }
+
+    /// Registers the listener with the current runtime. Panics (inside tokio) without a
+    /// runtime or its IO driver: the caller checks for those.
+    pub(super) fn register(self) -> io::Result<Registered> {
+        match self {
+            Listener::Tcp(listener) => {
+                tokio::net::TcpListener::from_std(listener).map(Registered::Tcp)
+            }
+            #[cfg(unix)]
+            Listener::Unix(listener, file) => {
+                let listener = tokio::net::UnixListener::from_std(listener)?;
+                Ok(Registered::Unix {
+                    listener,
+                    _file: file,
+                })
+            }
+        }
+    }
+}
+
+impl Registered {
+    pub(super) async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Registered::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                Ok(Accepted::Tcp(stream, peer))
+            }
+            #[cfg(unix)]
+            Registered::Unix { listener, .. } => {
+                let (stream, _unnamed) = listener.accept().await?;
+                Ok(Accepted::Unix(stream))
+            }
+        }
+    }
+}
+
+impl Accepted {
+    /// The peer, as the connection's log lines name it.
+    pub(super) fn peer(&self) -> super::remote::Peer {
+        match self {
+            Accepted::Tcp(_, addr) => super::remote::Peer::Tcp(*addr),
+            #[cfg(unix)]
+            Accepted::Unix(_) => super::remote::Peer::Unix,
+        }
+    }
+}
+
+/// Binds and listens on a Unix socket at `path`, as `UnixListener::bind` does but with
+/// the server's backlog.
+#[cfg(unix)]
+fn listen_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&SockAddr::unix(path)?)?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(std::os::fd::OwnedFd::from(socket).into())
+}
+
+/// Whether the file at `path` is a socket nobody accepts on: a connection to it is
+/// refused. Tried without blocking: a live server's full backlog must not hang the bind.
+#[cfg(unix)]
+fn is_stale_socket(path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    if !std::fs::symlink_metadata(path)?.file_type().is_socket() {
+        return Ok(false);
+    }
+    let probe = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    probe.set_nonblocking(true)?;
+    match probe.connect(&socket2::SockAddr::unix(path)?) {
+        Err(err) => Ok(err.kind() == io::ErrorKind::ConnectionRefused),
+        Ok(()) => Ok(false),
+    }
+}
+
+/// The socket file a server bound, removed when its listener closes (the accept loop
+/// ends, or the `Server` is dropped): a client then finds no socket rather than one
+/// nobody accepts on, and the next server's bind finds the path free. Only the file the
+/// server made: if another took its path meanwhile (a new server's bind), that one's is
+/// left alone.
+#[cfg(unix)]
+pub(super) struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+#[cfg(unix)]
+impl SocketFile {
+    fn of(path: &Path) -> io::Result<SocketFile> {
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            id: file_id(path)?,
+        })
+    }
+}
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+#[cfg(unix)]
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let path = self.path.display();
+        match file_id(&self.path) {
+            Ok(id) if id == self.id => {
+                if let Err(err) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(%path, error = %err, "could not remove the server's socket file");
+                }
+            }
+            Ok(_) => tracing::debug!(%path, "socket file replaced by another; left alone"),
+            Err(err) => tracing::debug!(%path, error = %err, "socket file already gone"),
+        }
+    }
+}

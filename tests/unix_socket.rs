@@ -1,0 +1,261 @@
+//! The server on a Unix domain socket (`Server::bind_unix`), as behind nginx's
+//! `proxy_pass http://unix:PATH:`: HTTP/1.1 and HTTP/2 over it, the socket file's life
+//! (a stale one replaced, a live one or another file refused, its own removed at stop
+//! and no one else's), and the close in stages after an early answer.
+#![cfg(unix)]
+
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{closed_by_server, collect, logs, read_raw_response, within};
+use syncbridge::{Handler, ListenAddr, RemoteAddr, Request, Server, ShutdownHandle};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+/// A fresh path for a socket in the temporary directory, nothing there yet.
+fn socket_path(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("sb-{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// A server serving on its own thread, as `support::TestServer` but on a socket file.
+struct UnixServer {
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<syncbridge::Result<()>>>,
+}
+
+impl UnixServer {
+    fn start<H: Handler>(server: Server, handler: H) -> UnixServer {
+        support::init_tracing();
+        let server = server.handle_signals(false).worker_threads(2);
+        let handle = server.shutdown_handle();
+        let thread = std::thread::spawn(move || server.serve(handler));
+        UnixServer {
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.handle.shutdown();
+        let thread = self.thread.take().expect("stopped once");
+        let deadline = tokio::time::Instant::now() + support::STEP;
+        while !thread.is_finished() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server did not stop"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        thread
+            .join()
+            .expect("serve panicked")
+            .expect("serve failed");
+    }
+}
+
+impl Drop for UnixServer {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+/// Says whether the request carries a client address, and logs a line in its span.
+fn who(req: Request) -> String {
+    tracing::info!(target: "app", path = req.uri().path(), "unix handler runs");
+    match req.extensions().get::<RemoteAddr>() {
+        Some(RemoteAddr(addr)) => format!("from {addr}"),
+        None => "no address".to_owned(),
+    }
+}
+
+fn get(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("http://localhost{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop() {
+    let path = socket_path("serves");
+    // Asked for client addresses: a Unix socket has none to give.
+    let server = Server::bind_unix(&path).remote_addr(true);
+    assert_eq!(server.listen_addr(), &ListenAddr::Unix(path.clone()));
+    assert_eq!(
+        server.listen_addr().to_string(),
+        format!("unix:{}", path.display())
+    );
+    let server = UnixServer::start(server, who);
+
+    // HTTP/1.1, two requests on one kept-alive connection.
+    let stream = within(UnixStream::connect(&path)).await.expect("connect");
+    let (mut send, conn) = within(http1::handshake(TokioIo::new(stream)))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for request in ["/one", "/two"] {
+        let reply = collect(within(send.send_request(get(request))).await.unwrap()).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "no address");
+    }
+
+    // HTTP/2 with prior knowledge, on the same socket.
+    let stream = within(UnixStream::connect(&path)).await.expect("connect");
+    let (mut send, conn) = within(http2::handshake(TokioExecutor::new(), TokioIo::new(stream)))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = within(send.send_request(get("/three"))).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(collect(response).await.text(), "no address");
+
+    // The handler's lines name the connection's peer as `unix`.
+    assert!(logs::contains(&[
+        "unix handler runs",
+        "/two",
+        "in {conn peer=unix "
+    ]));
+    assert!(logs::contains(&[
+        "syncbridge listening",
+        &format!("addr=unix:{}", path.display())
+    ]));
+
+    server.stop().await;
+    assert!(!path.exists(), "the socket file is removed at stop");
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced_but_a_live_one_and_other_files_are_refused() {
+    support::init_tracing(); // before the bind, which logs the line below
+    let path = socket_path("stale");
+    // A server killed before it removed its file leaves one nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let server = UnixServer::start(Server::try_bind_unix(&path).expect("stale replaced"), who);
+    assert!(logs::contains(&[
+        "removed a stale socket file",
+        &path.display().to_string()
+    ]));
+
+    // A second server on the live socket's path is refused, and leaves it alone.
+    let err = Server::try_bind_unix(&path).expect_err("a server listens there");
+    assert!(err.is_bind(), "{err:?}");
+    let cause = std::error::Error::source(&err)
+        .expect("the OS's reason")
+        .to_string();
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(cause.to_lowercase().contains("in use"), "{cause}");
+    let stream = within(UnixStream::connect(&path))
+        .await
+        .expect("still served");
+    let (mut send, conn) = within(http1::handshake(TokioIo::new(stream)))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let reply = collect(within(send.send_request(get("/still"))).await.unwrap()).await;
+    assert_eq!(reply.status, 200);
+    server.stop().await;
+
+    // A file that is not a socket is somebody's data: refused, and kept.
+    let file = socket_path("not-a-socket");
+    std::fs::write(&file, "data").unwrap();
+    let err = Server::try_bind_unix(&file).expect_err("a regular file is in the way");
+    assert!(err.is_bind(), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[tokio::test]
+async fn only_its_own_socket_file_is_removed() {
+    // Its path taken over by another socket (a new server's bind) before it closes: that
+    // socket's file stays.
+    let path = socket_path("replaced");
+    let server = Server::bind_unix(&path);
+    std::fs::remove_file(&path).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(server);
+    assert!(path.exists(), "the other socket's file is left alone");
+    drop(other);
+    std::fs::remove_file(&path).unwrap();
+
+    // Handed a bound listener (systemd's socket activation), the file is the binder's.
+    let path = socket_path("handed");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = UnixServer::start(Server::from_unix_listener(listener).unwrap(), who);
+    let stream = within(UnixStream::connect(&path)).await.expect("connect");
+    let (mut send, conn) = within(http1::handshake(TokioIo::new(stream)))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let reply = collect(within(send.send_request(get("/handed"))).await.unwrap()).await;
+    assert_eq!(reply.text(), "no address");
+    server.stop().await;
+    assert!(
+        path.exists(),
+        "a handed-over socket's file is not the server's"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn local_addr_of_a_unix_server_says_to_use_listen_addr() {
+    let path = socket_path("local-addr");
+    let server = Server::bind_unix(&path);
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.local_addr()))
+        .expect_err("no TCP address");
+    let message = panic.downcast_ref::<String>().expect("a formatted message");
+    assert!(message.contains("Server::listen_addr"), "{message}");
+    assert!(
+        message.contains(&format!("unix:{}", path.display())),
+        "{message}"
+    );
+}
+
+/// Reads ten bytes of the body and drops the rest with the request.
+fn reads_ten(mut req: Request) -> &'static str {
+    let mut ten = [0u8; 10];
+    req.body_mut().read_exact(&mut ten).expect("ten bytes");
+    "took 10"
+}
+
+#[tokio::test]
+async fn a_client_that_writes_its_whole_body_before_reading_gets_the_early_answer() {
+    // As nginx sends to an upstream: the whole body, then the response. The server
+    // answers after ten bytes and closes in stages, draining the rest, so the client's
+    // writes do not fail before it reads the answer.
+    let path = socket_path("early");
+    let server = UnixServer::start(Server::bind_unix(&path), reads_ten);
+    for declared in [8 << 20, 100 << 20] {
+        // 8 MiB: read in part by the handler; 100 MiB: past the limit, answered 413
+        // from the head alone.
+        let stream = within(UnixStream::connect(&path)).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let mut request =
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n")
+                .into_bytes();
+        request.resize(request.len() + (8 << 20), b'x');
+        within(write.write_all(&request))
+            .await
+            .expect("8 MiB of the upload went out");
+        let reply = read_raw_response(&mut read).await.expect("a response");
+        if declared == 8 << 20 {
+            assert_eq!(reply.body, b"took 10", "{}", reply.head);
+        } else {
+            assert_eq!(reply.status, 413, "{}", reply.head);
+        }
+        assert!(closed_by_server(&mut read).await);
+    }
+    server.stop().await;
+    assert!(!Path::new(&path).exists());
+}
