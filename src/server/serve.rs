@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -159,6 +159,11 @@ impl Server {
             signal_watcher: signal_watcher.as_ref().map(|w| w.abort_handle()),
             stage: Stage::Serving,
         };
+        let spawner = ConnSpawner {
+            connections: connections.clone(),
+            config: conn_config.clone(),
+            service,
+        };
         let slots = Arc::new(Semaphore::new(config.max_connections));
         tracing::info!(addr = %listen_addr, max_threads = pool.max_threads(), "syncbridge listening");
         warn_if_short_of_files(config.max_connections);
@@ -198,31 +203,14 @@ impl Server {
                             }
                         }
                     };
-                    let (connections, conn_config) = (&connections, &conn_config);
                     match accepted {
                         Accepted::Tcp(stream, _) => {
                             let _ = stream.set_nodelay(true);
                             crate::sys::set_notsent_lowat(&stream, NOTSENT_LOWAT);
-                            spawn_connection(
-                                connections,
-                                stream,
-                                peer,
-                                conn_config,
-                                &service,
-                                permit,
-                            );
+                            spawner.spawn(stream, peer, permit);
                         }
                         #[cfg(unix)]
-                        Accepted::Unix(stream) => {
-                            spawn_connection(
-                                connections,
-                                stream,
-                                peer,
-                                conn_config,
-                                &service,
-                                permit,
-                            );
-                        }
+                        Accepted::Unix(stream) => spawner.spawn(stream, peer, permit),
                     }
                 }
                 Err(err) if is_per_connection(&err) => {
@@ -324,20 +312,27 @@ impl Server {
     }
 }
 
-/// Spawns a connection's task on the server's tracker of them.
-fn spawn_connection<H: Handler, S: ConnStream>(
-    connections: &TaskTracker,
-    stream: S,
-    peer: Peer,
-    config: &Arc<ConnConfig>,
-    service: &SyncService<H>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    // Every line logged on the connection's behalf, the handler's own included (its
-    // request's span is this one), names its client.
-    let span = tracing::info_span!("conn", %peer);
-    connections
-        .spawn(conn::serve(stream, peer, config.clone(), service.clone(), permit).instrument(span));
+/// What each connection's task is spawned with, on the server's tracker of them.
+struct ConnSpawner<H: Handler> {
+    connections: TaskTracker,
+    config: Arc<ConnConfig>,
+    service: SyncService<H>,
+}
+
+impl<H: Handler> ConnSpawner<H> {
+    fn spawn<S: ConnStream>(&self, stream: S, peer: Peer, permit: OwnedSemaphorePermit) {
+        // Every line logged on the connection's behalf, the handler's own included (its
+        // request's span is this one), names its client.
+        let span = tracing::info_span!("conn", %peer);
+        let conn = conn::serve(
+            stream,
+            peer,
+            self.config.clone(),
+            self.service.clone(),
+            permit,
+        );
+        self.connections.spawn(conn.instrument(span));
+    }
 }
 
 /// What a `serve_async` future dropped while serving leaves behind, and says so: it
