@@ -153,6 +153,36 @@ impl ConnSocket {
         ConnSocket {}
     }
 
+    /// What the client has taken of the server's writes, seen from the socket; `None`
+    /// where it cannot be read. Call it only while the socket is open, from the task
+    /// that drives it.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn progress(self) -> Option<Progress> {
+        if self.tcp {
+            self.bytes_acked().map(Progress::Acked)
+        } else {
+            self.queued_for_peer().map(Progress::Queued)
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn progress(self) -> Option<Progress> {
+        None
+    }
+
+    /// How much of what the server wrote to a Unix socket its client has not read yet
+    /// (`SIOCOUTQ`): Linux counts the memory the queued data takes, a little more than
+    /// its bytes. It falls as the client reads, and rises only as the server writes.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn queued_for_peer(self) -> Option<u64> {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: `queued` outlives the call, which writes one `int` to it; the caller
+        // keeps the descriptor open. (`SIOCOUTQ` is `TIOCOUTQ`, linux/sockios.h.)
+        let rc = unsafe { libc::ioctl(self.fd, libc::TIOCOUTQ, std::ptr::from_mut(&mut queued)) };
+        (rc == 0).then(|| u64::try_from(queued).unwrap_or(0))
+    }
+
     /// How many bytes of what the server wrote the client's kernel has acknowledged
     /// (`TCP_INFO`'s `tcpi_bytes_acked`, Linux 4.1 on): how much of its responses the
     /// client has taken, seen from the socket, whose "writable" comes only once 64 KiB
@@ -258,6 +288,17 @@ impl ConnSocket {
     }
 }
 
+/// What a client has taken of the server's writes ([`ConnSocket::progress`]). Not read
+/// off Linux.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Progress {
+    /// TCP: the bytes the client's kernel acknowledged since the connection began.
+    Acked(u64),
+    /// A Unix socket: what waits for the client to read (`SIOCOUTQ`).
+    Queued(u64),
+}
+
 /// A second handle on a connection's socket ([`ConnSocket::duplicate`]), of its kind.
 /// None is made off Linux.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -325,6 +366,30 @@ fn set_option<T>(
             "could not set a connection's socket option"
         );
     }
+}
+
+/// An exclusive `flock` on the directory `dir`, held while the returned handle lives:
+/// servers binding Unix sockets there take it around the check for a stale socket file
+/// and the bind, so that one cannot remove a file another has just bound. Tried for up
+/// to a second, never waited on for ever (another program may hold it); `None` then, or
+/// if the directory cannot be opened (no read permission), and the bind goes on without.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn lock_dir(dir: &std::path::Path) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let handle = std::fs::File::open(dir).ok()?;
+    for _ in 0..100 {
+        // SAFETY: the descriptor is open while `handle` is borrowed.
+        let rc = unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Some(handle);
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
 }
 
 /// The process's soft limit on open files (`RLIMIT_NOFILE`), when it has one.

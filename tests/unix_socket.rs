@@ -1,7 +1,9 @@
 //! The server on a Unix domain socket (`Server::bind_unix`), as behind nginx's
 //! `proxy_pass http://unix:PATH:`: HTTP/1.1 and HTTP/2 over it, the socket file's life
-//! (a stale one replaced, a live one or another file refused, its own removed at stop
-//! and no one else's), and the close in stages after an early answer.
+//! (a stale one replaced, a live one or another file refused, two servers starting at
+//! once, its own removed at stop, by a relative path too, and no one else's), the body
+//! timeout's count of what a slow reader takes, and the close in stages after an early
+//! answer.
 #![cfg(unix)]
 
 mod support;
@@ -9,14 +11,17 @@ mod support;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{closed_by_server, collect, logs, read_raw_response, within};
-use syncbridge::{Handler, ListenAddr, RemoteAddr, Request, Server, ShutdownHandle};
-use tokio::io::AsyncWriteExt;
+use syncbridge::{
+    Handler, ListenAddr, RemoteAddr, Request, Response, ResponseBody, Server, ShutdownHandle,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// A fresh path for a socket in the temporary directory, nothing there yet.
@@ -258,4 +263,142 @@ async fn a_client_that_writes_its_whole_body_before_reading_gets_the_early_answe
     }
     server.stop().await;
     assert!(!Path::new(&path).exists());
+}
+
+#[test]
+fn two_servers_starting_on_one_stale_path_at_once_do_not_both_bind() {
+    // A restart that overlaps the old server's stop: both find the stale file. Without
+    // the directory lock, one could take the other's fresh socket for stale and remove
+    // it (a few rounds in 300), or fail with "No such file" for one removed meanwhile.
+    let path = socket_path("race");
+    for _ in 0..300 {
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // stale
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let binds: Vec<_> = (0..2)
+            .map(|_| {
+                let (barrier, path) = (barrier.clone(), path.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Server::try_bind_unix(&path)
+                })
+            })
+            .collect();
+        let results: Vec<_> = binds.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        for err in results.iter().filter_map(|r| r.as_ref().err()) {
+            let cause = std::error::Error::source(err).expect("the OS's reason");
+            assert!(
+                cause.to_string().to_lowercase().contains("in use"),
+                "{cause}"
+            );
+        }
+        drop(results);
+        assert!(!path.exists(), "the winner's file goes with it");
+    }
+}
+
+#[tokio::test]
+async fn a_socket_bound_by_a_relative_path_is_removed_after_the_working_directory_changes() {
+    let dir = std::env::temp_dir();
+    let name = format!("sb-{}-relative.sock", std::process::id());
+    let _ = std::fs::remove_file(dir.join(&name));
+    let before = std::env::current_dir().unwrap();
+    // The only test here that moves the working directory; the others' paths are
+    // absolute.
+    std::env::set_current_dir(&dir).unwrap();
+    let server = Server::try_bind_unix(&name);
+    std::env::set_current_dir(&before).unwrap();
+    let server = UnixServer::start(server.expect("bound"), who);
+    let stream = within(UnixStream::connect(dir.join(&name)))
+        .await
+        .expect("connect");
+    let (mut send, conn) = within(http1::handshake(TokioIo::new(stream)))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let reply = collect(within(send.send_request(get("/rel"))).await.unwrap()).await;
+    assert_eq!(reply.status, 200);
+    server.stop().await;
+    assert!(
+        !dir.join(&name).exists(),
+        "the server's own file, found by its absolute path"
+    );
+}
+
+/// A 1 MiB response (`/small`) or a 32 MiB one, chunked, in 64 KiB pieces.
+fn download(req: Request) -> Response {
+    let pieces = if req.uri().path() == "/small" {
+        16
+    } else {
+        512
+    };
+    let piece = Bytes::from(vec![b'd'; 64 * 1024]);
+    Response::new(ResponseBody::from_chunks(
+        (0..pieces).map(move |_| Ok(piece.clone())),
+    ))
+}
+
+/// Reads from `stream` until the chunked response's end (true) or the server's close
+/// (false).
+async fn read_to_end_of_response(stream: &mut UnixStream, mut seen: Vec<u8>) -> bool {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        if seen.ends_with(b"\r\n0\r\n\r\n") {
+            return true;
+        }
+        match within(stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return false,
+            // Only the tail matters for the end marker.
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                let keep = seen.len().saturating_sub(16);
+                seen.drain(..keep);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_reader_is_not_cut_off_and_one_that_stops_is() {
+    // The socket's "writable" comes only once a quarter of its ~208 KiB buffer is left,
+    // so without a count of what the client takes, one taking 16 KiB per 1 s body
+    // timeout looked stalled and was cut after about 160 KiB.
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let path = socket_path("slow-reader");
+    let server = UnixServer::start(Server::bind_unix(&path).body_timeout(TIMEOUT), download);
+
+    let mut slow = within(UnixStream::connect(&path)).await.unwrap();
+    within(slow.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut stopped = within(UnixStream::connect(&path)).await.unwrap();
+    within(stopped.write_all(b"GET /large HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+
+    // 16 KiB every half second for four body timeouts, far below what the socket holds.
+    let mut piece = vec![0u8; 16 * 1024];
+    let mut seen = Vec::new();
+    let until = Instant::now() + TIMEOUT * 4;
+    while Instant::now() < until {
+        let n = within(slow.read(&mut piece)).await.expect("read");
+        assert!(n > 0, "the slow reader's connection closed");
+        seen.extend_from_slice(&piece[..n]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        read_to_end_of_response(&mut slow, seen).await,
+        "the slow but steady reader was cut off"
+    );
+    // The other took nothing all that time: its connection was closed, and what it reads
+    // now (what the socket held) ends before its 32 MiB.
+    assert!(
+        !read_to_end_of_response(&mut stopped, Vec::new()).await,
+        "a reader that took nothing for four body timeouts was not cut off"
+    );
+    server.stop().await;
 }

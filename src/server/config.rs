@@ -185,7 +185,9 @@ impl Server {
     /// `mod_reqtimeout` does; nginx only logs a `408`; on Linux) and logged at `info`,
     /// throttled; the client then has 500 ms to read it while the server drains what it
     /// still sends. A connection that sent nothing (a browser's unused preconnect), or an
-    /// HTTP/2 one, is closed without an answer, logged at `debug`. (Part of a head that
+    /// HTTP/2 one, is closed without an answer, logged at `debug`; so is part of a
+    /// connection's first head on a Unix socket, which cannot be told from HTTP/2's
+    /// preface there (a later request's gets its `408`). (Part of a head that
     /// came in one read with the request before it, or with the end of a body read after
     /// its response, is not seen: the keep-alive timeout bounds it.) A connection's first
     /// request is due this long after it is accepted, whatever its protocol; so is the
@@ -250,7 +252,9 @@ impl Server {
     /// with it are logged). Each is logged at warn level. An HTTP/1 client reading
     /// slowly is not stalled as long as its kernel acknowledges at least 8 KiB of its
     /// responses per body timeout (about 270 bytes a second at 30 s): on Linux (glibc or
-    /// musl) the server reads that count from the socket. A client on a slow link has
+    /// musl) the server reads that count from the socket (on a Unix socket,
+    /// [`bind_unix`](Server::bind_unix), what still waits for the client to read, on any
+    /// Linux: the same 8 KiB). A client on a slow link has
     /// its data acknowledged as it arrives; one whose application reads slowly from a
     /// fast link, only as its kernel reopens its receive window, which Linux does in
     /// steps of up to a good part of its receive buffer (about 128 KiB with default

@@ -26,7 +26,7 @@ use super::signal::{ConnSignal, Word, DRAIN, FORCE};
 use crate::body::MIN_PROGRESS;
 use crate::bridge::{Activity, CutOff, PartialHead, SyncService};
 use crate::handler::Handler;
-use crate::sys::ConnSocket;
+use crate::sys::{ConnSocket, Progress};
 use crate::throttle::Throttle;
 
 /// What every connection task shares.
@@ -235,11 +235,23 @@ pub(super) async fn serve<H: Handler, S: ConnStream>(
                     }
                     Idle::Close => {
                         // Nothing came (a browser's unused preconnect, an idle HTTP/1
-                        // connection without a keep-alive timeout): nothing to answer.
-                        tracing::debug!(
-                            %peer,
-                            "no request head within the header read timeout; closing"
-                        );
+                        // connection without a keep-alive timeout): nothing to answer. Or
+                        if activity.partial_head().is_some() {
+                            // HTTP/2's preface came, or an HTTP/1 head began on a socket
+                            // that cannot tell the two apart (`head_to_answer`).
+                            tracing::debug!(
+                                %peer,
+                                "bytes but no whole request within the header read timeout \
+                                 (HTTP/2's preface, or part of an HTTP/1 head on a Unix \
+                                 socket or off Linux, where the two cannot be told apart); \
+                                 closed without a 408"
+                            );
+                        } else {
+                            tracing::debug!(
+                                %peer,
+                                "no request head within the header read timeout; closing"
+                            );
+                        }
                         return Poll::Ready(None);
                     }
                     Idle::Stalled => {
@@ -344,11 +356,12 @@ struct Watch {
     taken: Option<Taken>,
 }
 
-/// While the socket stays full: when the client's kernel's count of bytes acknowledged
-/// was first read, or last found `MIN_PROGRESS` past the count before, and that count.
+/// While the socket stays full: when the count of what the client took (its kernel's
+/// acknowledgements, or a Unix socket's queue upside down) was first read, or last found
+/// `MIN_PROGRESS` past the count before, and that count.
 #[derive(Clone, Copy)]
 struct Taken {
-    acked: u64,
+    count: u64,
     at: Instant,
 }
 
@@ -369,18 +382,33 @@ impl Watch {
     /// buffers, in a probe on loopback), and a step per timeout is the floor. Read once
     /// per check of a full socket (a `getsockopt`), never on the hot path. Where it cannot
     /// be read, the socket's own wake-ups are all there is.
+    ///
+    /// A Unix socket has no acknowledgements, and its "writable" comes later still:
+    /// once no more than a quarter of its send buffer (about 208 KiB) waits, so a reader
+    /// would need about 150 KiB per timeout. What waits unread falls as the client reads
+    /// and rises only when the server writes, which it does not while the socket is
+    /// full: its fall is the client's progress, the same `MIN_PROGRESS` per timeout,
+    /// counted afresh each time the socket fills.
     fn stalled_for(&mut self, blocked: Duration, now: Instant, socket: ConnSocket) -> Duration {
-        let Some(acked) = socket.bytes_acked() else {
-            return blocked;
+        let (count, per_fill) = match socket.progress() {
+            None => return blocked,
+            Some(Progress::Acked(acked)) => (acked, false),
+            // Upside down, to grow as the client reads.
+            Some(Progress::Queued(queued)) => (u64::MAX - queued, true),
         };
         let since = now.checked_sub(blocked).unwrap_or(now);
         // First seen full: counted from now, when the count was read, not from when it
         // filled, so that the client has a whole timeout to show its progress. A client
         // that takes nothing is cut a body timeout after the first check that saw the
         // socket full, which comes within a timeout of it filling (`Limits::shortest`).
-        let taken = self.taken.get_or_insert(Taken { acked, at: now });
-        if acked.saturating_sub(taken.acked) >= MIN_PROGRESS {
-            *taken = Taken { acked, at: now };
+        let taken = self.taken.get_or_insert(Taken { count, at: now });
+        // Filled again since the mark (the server wrote in between): a queue's mark is
+        // from before those writes and says nothing about this fill.
+        if per_fill && taken.at < since {
+            *taken = Taken { count, at: now };
+        }
+        if count.saturating_sub(taken.count) >= MIN_PROGRESS {
+            *taken = Taken { count, at: now };
         }
         now.saturating_duration_since(taken.at.max(since))
     }

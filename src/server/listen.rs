@@ -23,8 +23,8 @@ const LISTEN_BACKLOG: i32 = 2048;
 pub enum ListenAddr {
     /// A TCP address (the real port when bound to port 0).
     Tcp(SocketAddr),
-    /// The path of a Unix domain socket. Empty for a listener handed over without one
-    /// (an unnamed or abstract socket).
+    /// The path of a Unix domain socket, as it was bound. Empty for a listener handed
+    /// over without one (an abstract socket, on Linux).
     #[cfg(unix)]
     Unix(PathBuf),
 }
@@ -76,21 +76,29 @@ impl Listener {
         Ok(Listener::Tcp(socket.into()))
     }
 
-    /// Binds a Unix socket at `path`, replacing a stale socket file there: one that no
-    /// server listens on any more (a server killed before it could remove it), as
-    /// gunicorn does. A file that is not a socket, or a socket a server still accepts
+    /// Binds a Unix socket at `path`, replacing a stale socket file there on Linux: one
+    /// that no server listens on any more (a server killed before it could remove it),
+    /// as gunicorn does. A file that is not a socket, or a socket a server still accepts
     /// on, is left alone and the bind fails with `AddrInUse`.
     #[cfg(unix)]
     pub(super) fn bind_unix(path: &Path) -> io::Result<Listener> {
+        // Around the bind too: a socket bound but not yet listening refuses connections,
+        // and looks stale to another server's check.
+        #[cfg(target_os = "linux")]
+        let _lock = crate::sys::lock_dir(match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        });
         let listener = match listen_unix(path) {
-            Err(err) if err.kind() == io::ErrorKind::AddrInUse && is_stale_socket(path)? => {
-                std::fs::remove_file(path)?;
-                tracing::info!(path = %path.display(), "removed a stale socket file nobody listened on");
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse && replace_stale(path)? => {
                 listen_unix(path)?
             }
             bound => bound?,
         };
-        let file = SocketFile::of(path)?;
+        // Bound as given (a relative path is a way round the ~100-byte limit), kept
+        // absolute: the file is still found if the working directory changes, as a
+        // daemon's does.
+        let file = SocketFile::of(&std::path::absolute(path)?)?;
         Ok(Listener::Unix(listener, Some(file)))
     }
 
@@ -168,9 +176,43 @@ fn listen_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     Ok(std::os::fd::OwnedFd::from(socket).into())
 }
 
+/// Removes the file at `path` if it is a stale socket, one nobody accepts on (a
+/// connection to it is refused); whether the path is free to bind now. Another server
+/// starting at the same moment may have removed it first: free too, and whichever binds
+/// second gets `AddrInUse`. Servers of this crate take a lock on the directory around
+/// this and the bind (`sys::lock_dir`); another program that does not could still have
+/// its fresh socket taken for a stale one, as gunicorn's can.
+#[cfg(target_os = "linux")]
+fn replace_stale(path: &Path) -> io::Result<bool> {
+    let gone = |err: &io::Error| err.kind() == io::ErrorKind::NotFound;
+    match is_stale_socket(path) {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
+        Err(err) if gone(&err) => return Ok(true),
+        Err(err) => return Err(err),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed a stale socket file nobody listened on");
+            Ok(true)
+        }
+        Err(err) if gone(&err) => Ok(true),
+        Err(err) => Err(err),
+    }
+}
+
+/// BSD kernels (macOS among them) refuse a connection to a full backlog as they refuse
+/// one to no listener: a live server's socket could not be told from a stale one, so
+/// none is replaced.
+#[cfg(all(unix, not(target_os = "linux")))]
+fn replace_stale(_path: &Path) -> io::Result<bool> {
+    Ok(false)
+}
+
 /// Whether the file at `path` is a socket nobody accepts on: a connection to it is
-/// refused. Tried without blocking: a live server's full backlog must not hang the bind.
-#[cfg(unix)]
+/// refused. Tried without blocking: a live server's full backlog (`EAGAIN` on Linux)
+/// must not hang the bind.
+#[cfg(target_os = "linux")]
 fn is_stale_socket(path: &Path) -> io::Result<bool> {
     use std::os::unix::fs::FileTypeExt;
     if !std::fs::symlink_metadata(path)?.file_type().is_socket() {
@@ -179,6 +221,7 @@ fn is_stale_socket(path: &Path) -> io::Result<bool> {
     let probe = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
     probe.set_nonblocking(true)?;
     match probe.connect(&socket2::SockAddr::unix(path)?) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Err(err), // gone meanwhile
         Err(err) => Ok(err.kind() == io::ErrorKind::ConnectionRefused),
         Ok(()) => Ok(false),
     }

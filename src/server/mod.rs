@@ -119,10 +119,12 @@ impl Server {
     /// Binds a Unix domain socket at `path`, for a reverse proxy on the same machine
     /// (nginx's `proxy_pass http://unix:PATH:`), as gunicorn's `--bind unix:PATH`.
     ///
-    /// A socket file left at `path` by a server that no longer listens (one killed
-    /// before it could remove it) is replaced, and said in an info line. The file is
-    /// removed when the server stops accepting (or the `Server` is dropped), unless
-    /// another has taken its path meanwhile. Its permissions follow the process's umask;
+    /// On Linux, a socket file left at `path` by a server that no longer listens (one
+    /// killed before it could remove it) is replaced, and said in an info line;
+    /// elsewhere (BSD kernels refuse a connection to a busy server as to a dead one) it
+    /// fails the bind, and must be removed first. The file is removed when the server
+    /// stops accepting (or the `Server` is dropped), unless another has taken its path
+    /// meanwhile. Its permissions follow the process's umask;
     /// change them between the bind and `serve` (`std::fs::set_permissions`) to let
     /// another user's proxy connect.
     ///
@@ -152,7 +154,8 @@ impl Server {
     /// [`Error::is_bind`], with the path and the OS's reason, when it cannot be bound: a
     /// server still listens there, or a file that is not a socket is in the way (both
     /// `AddrInUse`, and left alone), the directory is missing or not writable, or the
-    /// path is longer than a socket address holds (about 100 bytes).
+    /// path is longer than a socket address holds (107 bytes on Linux; a relative path
+    /// counts as given).
     #[cfg(unix)]
     pub fn try_bind_unix(path: impl AsRef<Path>) -> Result<Server> {
         let path = path.as_ref();
