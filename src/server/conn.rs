@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::exec::{PanicLog, StreamExecutor};
 use super::remote::Peer;
 use super::signal::{ConnSignal, Word, DRAIN, FORCE};
+use super::stream::ConnStream;
 use crate::body::MIN_PROGRESS;
 use crate::bridge::{Activity, CutOff, PartialHead, SyncService};
 use crate::handler::Handler;
@@ -45,32 +45,12 @@ pub(super) struct ConnConfig {
     pub(super) signal: ConnSignal,
 }
 
-/// A connection's stream: TCP, or a Unix domain socket. One `serve` for each, so that
-/// TCP's costs nothing for the other's existence.
-pub(super) trait ConnStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The socket under the stream, for the watches that look at it directly.
-    fn conn_socket(&self) -> ConnSocket;
-}
-
-impl ConnStream for tokio::net::TcpStream {
-    fn conn_socket(&self) -> ConnSocket {
-        ConnSocket::tcp(self)
-    }
-}
-
-#[cfg(unix)]
-impl ConnStream for tokio::net::UnixStream {
-    fn conn_socket(&self) -> ConnSocket {
-        ConnSocket::unix(self)
-    }
-}
-
 /// Serves one connection until it closes, idles out, or the server stops.
 ///
 /// `_permit` is the connection's slot under `max_connections`; it returns when the task
 /// ends.
-pub(super) async fn serve<H: Handler, S: ConnStream>(
-    stream: S,
+pub(super) async fn serve<H: Handler>(
+    stream: ConnStream,
     peer: Peer,
     config: Arc<ConnConfig>,
     service: SyncService<H>,
@@ -668,19 +648,19 @@ impl Limits {
 /// The connection's socket as hyper sees it, telling `Activity` whether hyper waits to
 /// write: a response handed to hyper whole counts as done for the bridge while the
 /// client may still be reading it, and a slow reader is not an idle connection.
-struct WatchedIo<S> {
-    io: TokioIo<S>,
+struct WatchedIo {
+    io: TokioIo<ConnStream>,
     activity: Arc<Activity>,
 }
 
-impl<S> WatchedIo<S> {
+impl WatchedIo {
     fn watch<T>(&self, polled: Poll<T>) -> Poll<T> {
         self.activity.set_write_blocked(polled.is_pending());
         polled
     }
 }
 
-impl<S: ConnStream> hyper::rt::Read for WatchedIo<S> {
+impl hyper::rt::Read for WatchedIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -694,7 +674,7 @@ impl<S: ConnStream> hyper::rt::Read for WatchedIo<S> {
     }
 }
 
-impl<S: ConnStream> hyper::rt::Write for WatchedIo<S> {
+impl hyper::rt::Write for WatchedIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -22,6 +22,7 @@ mod remote;
 mod serve;
 mod shutdown;
 mod signal;
+mod stream;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -12,10 +12,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::config::http_builder;
-use super::conn::{self, ConnConfig, ConnStream};
+use super::conn::{self, ConnConfig};
 use super::listen::{Accepted, Listener, Registered};
 use super::remote::Peer;
 use super::signal::{self, ConnSignal};
+use super::stream::ConnStream;
 use super::{shutdown, Server};
 use crate::bridge::SyncService;
 use crate::error::{Error, Kind, Result};
@@ -207,10 +208,12 @@ impl Server {
                         Accepted::Tcp(stream, _) => {
                             let _ = stream.set_nodelay(true);
                             crate::sys::set_notsent_lowat(&stream, NOTSENT_LOWAT);
-                            spawner.spawn(stream, peer, permit);
+                            spawner.spawn(ConnStream::Tcp(stream), peer, permit);
                         }
                         #[cfg(unix)]
-                        Accepted::Unix(stream) => spawner.spawn(stream, peer, permit),
+                        Accepted::Unix(stream) => {
+                            spawner.spawn(ConnStream::Unix(stream), peer, permit)
+                        }
                     }
                 }
                 Err(err) if is_per_connection(&err) => {
@@ -320,7 +323,7 @@ struct ConnSpawner<H: Handler> {
 }
 
 impl<H: Handler> ConnSpawner<H> {
-    fn spawn<S: ConnStream>(&self, stream: S, peer: Peer, permit: OwnedSemaphorePermit) {
+    fn spawn(&self, stream: ConnStream, peer: Peer, permit: OwnedSemaphorePermit) {
         // Every line logged on the connection's behalf, the handler's own included (its
         // request's span is this one), names its client.
         let span = tracing::info_span!("conn", %peer);

@@ -1,0 +1,86 @@
+//! A connection's byte stream: TCP, or a Unix domain socket.
+//!
+//! One type for both, not a generic `conn::serve`: hyper's connection code is then
+//! compiled once, as before Unix sockets, and the compiler inlines it as it did then. A
+//! generic `serve` made two copies, and `/hello` took about 100 more instructions (0.6 %,
+//! `benches/tools/instructions.sh`); the `match` here costs a branch per read or write.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::sys::ConnSocket;
+
+pub(super) enum ConnStream {
+    Tcp(tokio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl ConnStream {
+    /// The socket under the stream, for the watches that look at it directly.
+    pub(super) fn conn_socket(&self) -> ConnSocket {
+        match self {
+            ConnStream::Tcp(stream) => ConnSocket::tcp(stream),
+            #[cfg(unix)]
+            ConnStream::Unix(stream) => ConnSocket::unix(stream),
+        }
+    }
+}
+
+/// Calls `$method` on whichever stream it is; both are `Unpin`.
+macro_rules! each {
+    ($self:ident, $stream:ident => $call:expr) => {
+        match $self.get_mut() {
+            ConnStream::Tcp($stream) => $call,
+            #[cfg(unix)]
+            ConnStream::Unix($stream) => $call,
+        }
+    };
+}
+
+impl AsyncRead for ConnStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, stream => Pin::new(stream).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ConnStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, stream => Pin::new(stream).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, stream => Pin::new(stream).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ConnStream::Tcp(stream) => stream.is_write_vectored(),
+            #[cfg(unix)]
+            ConnStream::Unix(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, stream => Pin::new(stream).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, stream => Pin::new(stream).poll_shutdown(cx))
+    }
+}
