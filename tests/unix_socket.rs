@@ -329,10 +329,10 @@ async fn a_socket_bound_by_a_relative_path_is_removed_after_the_working_director
     );
 }
 
-/// A 1 MiB response (`/small`) or a 32 MiB one, chunked, in 64 KiB pieces.
+/// A 2 MiB response (`/small`) or a 32 MiB one, chunked, in 64 KiB pieces.
 fn download(req: Request) -> Response {
     let pieces = if req.uri().path() == "/small" {
-        16
+        32
     } else {
         512
     };
@@ -365,8 +365,10 @@ async fn read_to_end_of_response(stream: &mut UnixStream, mut seen: Vec<u8>) -> 
 #[tokio::test]
 async fn a_slow_but_steady_reader_is_not_cut_off_and_one_that_stops_is() {
     // The socket's "writable" comes only once a quarter of its ~208 KiB buffer is left,
-    // so without a count of what the client takes, one taking 16 KiB per 1 s body
-    // timeout looked stalled and was cut after about 160 KiB.
+    // so without a count of what the client takes, one taking less than about 200 KiB
+    // per body timeout looked stalled: 128 KiB per 1 s timeout was cut. The count moves
+    // a piece of the kernel's queue at a time (up to 36 KiB), which this pace passes
+    // three times over.
     const TIMEOUT: Duration = Duration::from_secs(1);
     let path = socket_path("slow-reader");
     let server = UnixServer::start(Server::bind_unix(&path).body_timeout(TIMEOUT), download);
@@ -380,7 +382,7 @@ async fn a_slow_but_steady_reader_is_not_cut_off_and_one_that_stops_is() {
         .await
         .unwrap();
 
-    // 16 KiB every half second for four body timeouts, far below what the socket holds.
+    // 16 KiB every eighth of a second for four body timeouts.
     let mut piece = vec![0u8; 16 * 1024];
     let mut seen = Vec::new();
     let until = Instant::now() + TIMEOUT * 4;
@@ -388,7 +390,7 @@ async fn a_slow_but_steady_reader_is_not_cut_off_and_one_that_stops_is() {
         let n = within(slow.read(&mut piece)).await.expect("read");
         assert!(n > 0, "the slow reader's connection closed");
         seen.extend_from_slice(&piece[..n]);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(125)).await;
     }
     assert!(
         read_to_end_of_response(&mut slow, seen).await,

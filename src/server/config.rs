@@ -254,7 +254,8 @@ impl Server {
     /// responses per body timeout (about 270 bytes a second at 30 s): on Linux (glibc or
     /// musl) the server reads that count from the socket (on a Unix socket,
     /// [`bind_unix`](Server::bind_unix), what still waits for the client to read, on any
-    /// Linux: the same 8 KiB). A client on a slow link has
+    /// Linux, which falls a piece of the kernel's queue at a time: the client must take
+    /// one, up to 36 KiB, per body timeout). A client on a slow link has
     /// its data acknowledged as it arrives; one whose application reads slowly from a
     /// fast link, only as its kernel reopens its receive window, which Linux does in
     /// steps of up to a good part of its receive buffer (about 128 KiB with default

@@ -367,8 +367,10 @@ impl Watch {
     /// once no more than a quarter of its send buffer (about 208 KiB) waits, so a reader
     /// would need about 150 KiB per timeout. What waits unread falls as the client reads
     /// and rises only when the server writes, which it does not while the socket is
-    /// full: its fall is the client's progress, the same `MIN_PROGRESS` per timeout,
-    /// counted afresh each time the socket fills.
+    /// full: its fall is the client's progress, counted afresh each time the socket
+    /// fills. It falls a piece of the kernel's queue at a time (up to 36 KiB; a 64 KiB
+    /// write is queued as 36 and 28 KiB), so that is the floor there, above
+    /// `MIN_PROGRESS`.
     fn stalled_for(&mut self, blocked: Duration, now: Instant, socket: ConnSocket) -> Duration {
         let (count, per_fill) = match socket.progress() {
             None => return blocked,
