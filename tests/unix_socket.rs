@@ -88,6 +88,23 @@ fn get(path: &str) -> http::Request<Empty<Bytes>> {
         .unwrap()
 }
 
+/// An HTTP/1.1 connection to the socket at `path`; the connection task runs in the
+/// background.
+async fn h1_over(path: &Path) -> http1::SendRequest<Empty<Bytes>> {
+    let stream = within(UnixStream::connect(path)).await.expect("connect");
+    let (send, conn) = within(http1::handshake(TokioIo::new(stream)))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// `GET request_path` on a fresh HTTP/1.1 connection to the socket at `path`.
+async fn get_over(path: &Path, request_path: &str) -> support::Reply {
+    let mut send = h1_over(path).await;
+    collect(within(send.send_request(get(request_path))).await.unwrap()).await
+}
+
 #[tokio::test]
 async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop() {
     let path = socket_path("serves");
@@ -101,11 +118,7 @@ async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop(
     let server = UnixServer::start(server, who);
 
     // HTTP/1.1, two requests on one kept-alive connection.
-    let stream = within(UnixStream::connect(&path)).await.expect("connect");
-    let (mut send, conn) = within(http1::handshake(TokioIo::new(stream)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = h1_over(&path).await;
     for request in ["/one", "/two"] {
         let reply = collect(within(send.send_request(get(request))).await.unwrap()).await;
         assert_eq!(reply.status, 200);
@@ -161,14 +174,7 @@ async fn a_stale_socket_file_is_replaced_but_a_live_one_and_other_files_are_refu
         "{err}"
     );
     assert!(cause.to_lowercase().contains("in use"), "{cause}");
-    let stream = within(UnixStream::connect(&path))
-        .await
-        .expect("still served");
-    let (mut send, conn) = within(http1::handshake(TokioIo::new(stream)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let reply = collect(within(send.send_request(get("/still"))).await.unwrap()).await;
+    let reply = get_over(&path, "/still").await;
     assert_eq!(reply.status, 200);
     server.stop().await;
 
@@ -198,13 +204,7 @@ async fn only_its_own_socket_file_is_removed() {
     let path = socket_path("handed");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let server = UnixServer::start(Server::from_unix_listener(listener).unwrap(), who);
-    let stream = within(UnixStream::connect(&path)).await.expect("connect");
-    let (mut send, conn) = within(http1::handshake(TokioIo::new(stream)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let reply = collect(within(send.send_request(get("/handed"))).await.unwrap()).await;
-    assert_eq!(reply.text(), "no address");
+    assert_eq!(get_over(&path, "/handed").await.text(), "no address");
     server.stop().await;
     assert!(
         path.exists(),
@@ -313,14 +313,7 @@ async fn a_socket_bound_by_a_relative_path_is_removed_after_the_working_director
     let server = Server::try_bind_unix(&name);
     std::env::set_current_dir(&before).unwrap();
     let server = UnixServer::start(server.expect("bound"), who);
-    let stream = within(UnixStream::connect(dir.join(&name)))
-        .await
-        .expect("connect");
-    let (mut send, conn) = within(http1::handshake(TokioIo::new(stream)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let reply = collect(within(send.send_request(get("/rel"))).await.unwrap()).await;
+    let reply = get_over(&dir.join(&name), "/rel").await;
     assert_eq!(reply.status, 200);
     server.stop().await;
     assert!(
