@@ -121,7 +121,8 @@ pub(crate) fn set_notsent_lowat<S>(_socket: &S, _bytes: u32) {}
 ///   nginx then fails its write of the body and answers `502` instead of the `413`.
 ///
 /// A Unix domain socket has no acknowledgements and no reset: for it `bytes_acked` is
-/// `None` and `reset_on_close` does nothing; the close in stages is the same.
+/// `None`, `progress` reads what waits in its queue instead, and `reset_on_close` does
+/// nothing; the close in stages is the same.
 #[derive(Clone, Copy)]
 pub(crate) struct ConnSocket {
     #[cfg(target_os = "linux")]

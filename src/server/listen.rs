@@ -3,8 +3,8 @@
 //! server owns in the second case.
 //!
 //! Both end in the same accept loop (`serve`); a connection is served by the same code
-//! either way (`conn::serve`, generic over the stream). What differs is said here: a
-//! Unix socket has no peer address, no `TCP_NODELAY`, and leaves a file behind.
+//! either way (`conn::serve`, over a `stream::ConnStream` that is either). What differs
+//! here: a Unix socket has no peer address, no `TCP_NODELAY`, and leaves a file behind.
 
 use std::fmt;
 use std::io;
@@ -82,6 +82,11 @@ impl Listener {
     /// on, is left alone and the bind fails with `AddrInUse`.
     #[cfg(unix)]
     pub(super) fn bind_unix(path: &Path) -> io::Result<Listener> {
+        // Bound as given (a relative path is a way round the ~100-byte limit), kept
+        // absolute: the file is still found if the working directory changes, as a
+        // daemon's does. Made before the bind, which nothing may fail after but the
+        // file's own disappearance.
+        let absolute = std::path::absolute(path)?;
         // Around the bind too: a socket bound but not yet listening refuses connections,
         // and looks stale to another server's check.
         #[cfg(target_os = "linux")]
@@ -95,10 +100,7 @@ impl Listener {
             }
             bound => bound?,
         };
-        // Bound as given (a relative path is a way round the ~100-byte limit), kept
-        // absolute: the file is still found if the working directory changes, as a
-        // daemon's does.
-        let file = SocketFile::of(&std::path::absolute(path)?)?;
+        let file = SocketFile::of(&absolute)?;
         Ok(Listener::Unix(listener, Some(file)))
     }
 

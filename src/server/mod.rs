@@ -134,7 +134,9 @@ impl Server {
     /// (the proxy in front says who its client is, in a header). Log lines name such a
     /// connection's peer `unix`.
     ///
-    /// Callable from any thread; it does not need a runtime.
+    /// Callable from any thread; it does not need a runtime. On Linux it locks the
+    /// directory around its check for a stale file and the bind, and may wait up to a
+    /// second for another server's bind there.
     ///
     /// # Panics
     ///

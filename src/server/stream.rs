@@ -30,7 +30,7 @@ impl ConnStream {
     }
 }
 
-/// Calls `$method` on whichever stream it is; both are `Unpin`.
+/// Runs `$call` with `$stream` bound to whichever stream it is (both are `Unpin`).
 macro_rules! each {
     ($self:ident, $stream:ident => $call:expr) => {
         match $self.get_mut() {
