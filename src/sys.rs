@@ -378,19 +378,30 @@ fn set_option<T>(
 #[allow(unsafe_code)]
 pub(crate) fn lock_dir(dir: &std::path::Path) -> Option<std::fs::File> {
     use std::os::fd::AsRawFd;
-    let handle = std::fs::File::open(dir).ok()?;
+    let not_locked = |why: &dyn std::fmt::Display| {
+        tracing::debug!(
+            dir = %dir.display(), reason = %why,
+            "socket directory not locked; binding without the lock"
+        );
+        None
+    };
+    let handle = match std::fs::File::open(dir) {
+        Ok(handle) => handle,
+        Err(err) => return not_locked(&err),
+    };
     for _ in 0..100 {
         // SAFETY: the descriptor is open while `handle` is borrowed.
         let rc = unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
             return Some(handle);
         }
-        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
-            return None;
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::WouldBlock {
+            return not_locked(&err);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    None
+    not_locked(&"held by another for a second")
 }
 
 /// The process's soft limit on open files (`RLIMIT_NOFILE`), when it has one.

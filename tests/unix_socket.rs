@@ -88,15 +88,9 @@ fn get(path: &str) -> http::Request<Empty<Bytes>> {
         .unwrap()
 }
 
-/// An HTTP/1.1 connection to the socket at `path`; the connection task runs in the
-/// background.
+/// An HTTP/1.1 connection to the socket at `path`.
 async fn h1_over(path: &Path) -> http1::SendRequest<Empty<Bytes>> {
-    let stream = within(UnixStream::connect(path)).await.expect("connect");
-    let (send, conn) = within(http1::handshake(TokioIo::new(stream)))
-        .await
-        .expect("h1 handshake");
-    tokio::spawn(conn);
-    send
+    support::h1_on(within(UnixStream::connect(path)).await.expect("connect")).await
 }
 
 /// `GET request_path` on a fresh HTTP/1.1 connection to the socket at `path`.

@@ -268,7 +268,12 @@ impl Drop for SocketFile {
                 }
             }
             Ok(_) => tracing::debug!(%path, "socket file replaced by another; left alone"),
-            Err(err) => tracing::debug!(%path, error = %err, "socket file already gone"),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                tracing::debug!(%path, "socket file already gone");
+            }
+            Err(err) => {
+                tracing::warn!(%path, error = %err, "could not look at the server's socket file; left");
+            }
         }
     }
 }

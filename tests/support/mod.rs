@@ -188,6 +188,18 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let stream = within(TcpStream::connect(addr)).await.expect("connect");
+    h1_on(stream).await
+}
+
+/// An HTTP/1.1 connection over `stream` (TCP, a Unix socket); the connection task runs
+/// in the background.
+pub async fn h1_on<S, B>(stream: S) -> http1::SendRequest<B>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (send, conn) = within(http1::handshake(TokioIo::new(stream)))
         .await
         .expect("h1 handshake");
