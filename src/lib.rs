@@ -29,7 +29,10 @@ pub use mixing::{
     EnsureAsyncFuture, PerThread, SingleThread, SingleThreadBuilder,
 };
 pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
-pub use server::{ListenAddr, RemoteAddr, Server, ShutdownHandle};
+pub use server::{
+    ClientIp, ClientScheme, ListenAddr, ParseTrustedProxyError, RemoteAddr, Server, ShutdownHandle,
+    TrustedProxy,
+};
 pub use tasks::{
     ParseTaskIdError, TaskBuilder, TaskContext, TaskHandle, TaskId, TaskInfo, TaskSet,
     TaskSetBuilder, TaskStatus,

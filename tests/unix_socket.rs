@@ -145,6 +145,35 @@ async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop(
 }
 
 #[tokio::test]
+async fn with_trusted_proxies_a_unix_sockets_peer_is_a_trusted_proxy() {
+    let path = socket_path("proxied");
+    // No address listed: the socket's peers (nginx) are trusted all the same.
+    let server = UnixServer::start(
+        Server::bind_unix(&path).trusted_proxies(Vec::<syncbridge::TrustedProxy>::new()),
+        |req: Request| {
+            let ip = req.extensions().get::<syncbridge::ClientIp>().map(|c| c.0);
+            let scheme = req.extensions().get::<syncbridge::ClientScheme>().cloned();
+            format!("{ip:?} {scheme:?}")
+        },
+    );
+    let mut send = h1_over(&path).await;
+    let forwarded = http::Request::get("http://localhost/")
+        .header("x-forwarded-for", "6.6.6.6, 203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .body(Empty::new())
+        .unwrap();
+    let reply = collect(within(send.send_request(forwarded)).await.unwrap()).await;
+    assert_eq!(
+        reply.text(),
+        "Some(203.0.113.7) Some(ClientScheme(\"https\"))"
+    );
+    // Without the header the client is unknown: a Unix peer has no address.
+    let reply = collect(within(send.send_request(get("/"))).await.unwrap()).await;
+    assert_eq!(reply.text(), "None Some(ClientScheme(\"http\"))");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_stale_socket_file_is_replaced_but_a_live_one_and_other_files_are_refused() {
     support::init_tracing(); // before the bind, which logs the line below
     let path = socket_path("stale");

@@ -36,7 +36,7 @@ use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::offload::DropsOffRuntime;
 use crate::pool::{Admission, BlockingPool, Job, Refusal};
-use crate::server::RemoteAddr;
+use crate::server::{ClientSource, RemoteAddr};
 use crate::tasks::TaskSet;
 use crate::throttle::Throttle;
 use crate::timer::TimersKnown;
@@ -102,6 +102,9 @@ pub struct SyncService<H> {
     /// The client of that connection, put in each request's extensions when the server
     /// was asked to (`Server::remote_addr`).
     peer: Option<RemoteAddr>,
+    /// Where its requests' `ClientIp` and `ClientScheme` come from, when the server was
+    /// told its trusted proxies.
+    client: Option<Arc<ClientSource>>,
 }
 
 pub(crate) struct Shared<H> {
@@ -165,11 +168,17 @@ impl<H: Handler> SyncService<H> {
 
     /// The clone that serves one connection of the bundled server; `peer` when its
     /// requests are to carry it.
-    pub(crate) fn for_connection(&self, activity: Arc<Activity>, peer: Option<SocketAddr>) -> Self {
+    pub(crate) fn for_connection(
+        &self,
+        activity: Arc<Activity>,
+        peer: Option<SocketAddr>,
+        client: Option<ClientSource>,
+    ) -> Self {
         SyncService {
             shared: self.shared.clone(),
             activity: Some(activity),
             peer: peer.map(RemoteAddr),
+            client: client.map(Arc::new),
         }
     }
 
@@ -226,6 +235,9 @@ impl<H: Handler> SyncService<H> {
         let (mut parts, body) = request.into_parts();
         if let Some(peer) = self.peer {
             parts.extensions.insert(peer);
+        }
+        if let Some(client) = &self.client {
+            client.resolve(&parts.headers, &mut parts.extensions);
         }
         if let Some(activity) = &self.activity {
             activity.request_started(parts.version);
@@ -435,6 +447,7 @@ impl<H> Clone for SyncService<H> {
             shared: self.shared.clone(),
             activity: self.activity.clone(),
             peer: self.peer,
+            client: self.client.clone(),
         }
     }
 }
@@ -656,6 +669,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
             }),
             activity: None,
             peer: None,
+            client: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The server's settings, and the builder methods on [`Server`] that set them: each
 //! states its default, and [`http_builder`] turns them into hyper's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioTimer;
@@ -9,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::exec::StreamExecutor;
+use super::forwarded::{Proxies, TrustedProxy};
 use super::Server;
 use crate::bridge::{DEFAULT_BODY_TIMEOUT, DEFAULT_HEAD_GRACE, DEFAULT_MAX_BODY_SIZE};
 use crate::pool::{BlockingPool, BlockingPoolBuilder};
@@ -32,6 +34,8 @@ pub(super) struct Config {
     pub(super) worker_threads: Option<usize>,
     pub(super) handle_signals: bool,
     pub(super) remote_addr: bool,
+    /// `None` until `Server::trusted_proxies` is called.
+    pub(super) trusted_proxies: Option<Arc<Proxies>>,
     pub(super) http1_half_close: bool,
     pub(super) tasks: TaskSetBuilder,
     pub(super) shared_tasks: Option<TaskSet>,
@@ -57,6 +61,7 @@ impl Default for Config {
             worker_threads: None,
             handle_signals: true,
             remote_addr: false,
+            trusted_proxies: None,
             http1_half_close: false,
             tasks: TaskSet::builder(),
             shared_tasks: None,
@@ -343,6 +348,52 @@ impl Server {
     /// requests carry none either way.
     pub fn remote_addr(mut self, enabled: bool) -> Self {
         self.config.remote_addr = enabled;
+        self
+    }
+
+    /// The reverse proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` the server
+    /// believes (gunicorn's `forwarded_allow_ips`). Once called, every request carries a
+    /// [`ClientScheme`](super::ClientScheme) and, when the client is known, a
+    /// [`ClientIp`](super::ClientIp): from a trusted proxy, what its headers say (read
+    /// from the right, past every trusted hop); from any other peer, the peer itself,
+    /// whatever its headers say. Default: no proxy is trusted, and requests carry
+    /// neither. An empty list trusts nobody but a Unix socket's peers.
+    ///
+    /// On a Unix socket ([`bind_unix`](Server::bind_unix)) every peer counts as a
+    /// trusted proxy once this is called, as gunicorn does: who may connect is what the
+    /// socket file's permissions say.
+    ///
+    /// The headers themselves reach the handler as they came, trusted or not: read the
+    /// client from the extensions, not from them. List only proxies that overwrite
+    /// `X-Forwarded-Proto` (nginx: `proxy_set_header X-Forwarded-Proto $scheme;`) and
+    /// append to `X-Forwarded-For` (`$proxy_add_x_forwarded_for`); a proxy that passes
+    /// on the client's own values lets the client choose them.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use syncbridge::{ClientIp, Request, Server, TrustedProxy};
+    ///
+    /// // nginx on this machine, and a load balancer's network.
+    /// let proxies: Vec<TrustedProxy> = ["127.0.0.1", "::1", "10.0.0.0/8"]
+    ///     .iter()
+    ///     .map(|p| p.parse().expect("a trusted proxy"))
+    ///     .collect();
+    /// Server::bind("127.0.0.1:8000")
+    ///     .trusted_proxies(proxies)
+    ///     .serve(|req: Request| match req.extensions().get::<ClientIp>() {
+    ///         Some(ClientIp(ip)) => format!("hello, {ip}\n"),
+    ///         None => "hello\n".to_owned(),
+    ///     })
+    ///     .unwrap();
+    /// ```
+    pub fn trusted_proxies<I>(mut self, proxies: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<TrustedProxy>,
+    {
+        let list = proxies.into_iter().map(Into::into).collect();
+        self.config.trusted_proxies = Some(Arc::new(Proxies::new(list)));
         self
     }
 

@@ -20,6 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::exec::{PanicLog, StreamExecutor};
+use super::forwarded::{ClientSource, Proxies};
 use super::remote::Peer;
 use super::signal::{ConnSignal, Word, DRAIN, FORCE};
 use super::stream::ConnStream;
@@ -42,6 +43,8 @@ pub(super) struct ConnConfig {
     pub(super) write_stall_timeout: Duration,
     /// Whether requests carry the peer's address (`Server::remote_addr`).
     pub(super) remote_addr: bool,
+    /// Which peers are trusted proxies (`Server::trusted_proxies`), when any may be.
+    pub(super) trusted_proxies: Option<Arc<Proxies>>,
     pub(super) signal: ConnSignal,
 }
 
@@ -71,6 +74,10 @@ pub(super) async fn serve<H: Handler>(
             service.for_connection(
                 activity.clone(),
                 peer.remote_addr().filter(|_| config.remote_addr),
+                config
+                    .trusted_proxies
+                    .as_ref()
+                    .map(|proxies| ClientSource::of(peer, proxies)),
             ),
         );
         let mut conn = std::pin::pin!(conn);

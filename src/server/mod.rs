@@ -16,6 +16,7 @@
 mod config;
 mod conn;
 mod exec;
+mod forwarded;
 mod linger;
 mod listen;
 mod remote;
@@ -29,6 +30,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 #[cfg(unix)]
 use std::path::Path;
 
+pub(crate) use forwarded::ClientSource;
+pub use forwarded::{ClientIp, ClientScheme, ParseTrustedProxyError, TrustedProxy};
 pub use listen::ListenAddr;
 pub use remote::RemoteAddr;
 pub use shutdown::ShutdownHandle;

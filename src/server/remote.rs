@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 ///
 /// The bundled [`Server`](crate::Server) puts one in every request's extensions when
 /// asked to with [`Server::remote_addr`](crate::Server::remote_addr). It is the TCP
-/// peer: behind a reverse proxy that is the proxy, and the client is in a header
-/// the proxy sets (`Forwarded`, `X-Forwarded-For`), which only the application knows
-/// whether to trust. A [`SyncService`](crate::SyncService) embedded in another server
+/// peer: behind a reverse proxy that is the proxy, and the client is in a header the
+/// proxy sets (`X-Forwarded-For`), believed only from a proxy the server was told to
+/// trust: see [`ClientIp`](crate::ClientIp) and
+/// [`Server::trusted_proxies`](crate::Server::trusted_proxies). A
+/// [`SyncService`](crate::SyncService) embedded in another server
 /// passes on that server's extensions instead (axum's `ConnectInfo`, when the app is
 /// served with `into_make_service_with_connect_info`).
 ///

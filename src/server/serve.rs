@@ -143,6 +143,7 @@ impl Server {
             header_read_timeout: config.header_read_timeout,
             write_stall_timeout: config.body_timeout,
             remote_addr: config.remote_addr,
+            trusted_proxies: config.trusted_proxies.clone(),
             signal: ConnSignal::default(),
         });
         let signal_watcher = config.handle_signals.then(|| {

@@ -1,0 +1,533 @@
+//! The client behind a reverse proxy: which peers are trusted proxies
+//! ([`Server::trusted_proxies`](crate::Server::trusted_proxies)), and what their
+//! `X-Forwarded-For` and `X-Forwarded-Proto` say about the client.
+//!
+//! `X-Forwarded-For` is a list every proxy appends its own peer to; its first entries are
+//! whatever the client wrote. So it is read from the right: each entry a trusted proxy
+//! wrote is believed, and the first one that is not a trusted proxy's own address is the
+//! client (gunicorn's `forwarded_allow_ips`, uvicorn's `ProxyHeadersMiddleware`).
+//! Reading the leftmost entry would let any client choose its address.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use http::header::HeaderName;
+use http::uri::Scheme;
+use http::{Extensions, HeaderMap};
+
+use super::remote::Peer;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The most `X-Forwarded-For` entries read from the right: the work per request stays
+/// bounded whatever the header holds (it is already bounded by `max_header_size`).
+const MAX_HOPS: usize = 32;
+
+/// A proxy, or a network of proxies, whose `X-Forwarded-For` and `X-Forwarded-Proto` the
+/// server believes: an address (`10.0.0.7`, `::1`) or a network in CIDR form
+/// (`10.0.0.0/8`, `fd00::/8`).
+///
+/// # Examples
+///
+/// ```
+/// use syncbridge::TrustedProxy;
+///
+/// let net: TrustedProxy = "10.0.0.0/8".parse().unwrap();
+/// assert!(net.contains("10.1.2.3".parse().unwrap()));
+/// assert!(!net.contains("192.0.2.1".parse().unwrap()));
+/// // gunicorn's FORWARDED_ALLOW_IPS form: a comma-separated list.
+/// let list: Result<Vec<TrustedProxy>, _> =
+///     "127.0.0.1, ::1".split(',').map(|p| p.trim().parse()).collect();
+/// assert_eq!(list.unwrap().len(), 2);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TrustedProxy {
+    /// The network's address, its host bits zero.
+    addr: IpAddr,
+    prefix_len: u8,
+}
+
+impl TrustedProxy {
+    /// The network of `addr`'s first `prefix_len` bits (at most 32 for IPv4, 128 for
+    /// IPv6; the host bits are ignored). An IPv4-mapped IPv6 address counts as the
+    /// IPv4 one.
+    ///
+    /// # Errors
+    ///
+    /// When `prefix_len` is longer than the address.
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, ParseTrustedProxyError> {
+        match addr {
+            IpAddr::V4(v4) if prefix_len <= 32 => Ok(TrustedProxy {
+                addr: IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask32(prefix_len))),
+                prefix_len,
+            }),
+            // `::ffff:10.0.0.0/104` is `10.0.0.0/8`.
+            IpAddr::V6(v6) if prefix_len <= 128 => match v6.to_ipv4_mapped() {
+                Some(v4) if prefix_len >= 96 => TrustedProxy::new(IpAddr::V4(v4), prefix_len - 96),
+                _ => Ok(TrustedProxy {
+                    addr: IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask128(prefix_len))),
+                    prefix_len,
+                }),
+            },
+            _ => Err(ParseTrustedProxyError::Prefix),
+        }
+    }
+
+    /// Whether `ip` is this proxy, or in this network. An IPv4-mapped IPv6 address (a
+    /// dual-stack listener's IPv4 client) counts as the IPv4 one.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                u32::from(ip) & mask32(self.prefix_len) == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                u128::from(ip) & mask128(self.prefix_len) == u128::from(net)
+            }
+            // An IPv6 network may hold IPv4-mapped addresses (`::ffff:0:0/96`).
+            (IpAddr::V6(net), IpAddr::V4(ip)) => {
+                u128::from(ip.to_ipv6_mapped()) & mask128(self.prefix_len) == u128::from(net)
+            }
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
+        }
+    }
+}
+
+fn mask32(prefix_len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+fn mask128(prefix_len: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+impl From<IpAddr> for TrustedProxy {
+    fn from(addr: IpAddr) -> Self {
+        let addr = addr.to_canonical();
+        let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
+        TrustedProxy { addr, prefix_len }
+    }
+}
+
+impl From<Ipv4Addr> for TrustedProxy {
+    fn from(addr: Ipv4Addr) -> Self {
+        IpAddr::V4(addr).into()
+    }
+}
+
+impl From<Ipv6Addr> for TrustedProxy {
+    fn from(addr: Ipv6Addr) -> Self {
+        IpAddr::V6(addr).into()
+    }
+}
+
+impl FromStr for TrustedProxy {
+    type Err = ParseTrustedProxyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            None => s
+                .parse::<IpAddr>()
+                .map(TrustedProxy::from)
+                .map_err(|_| ParseTrustedProxyError::Addr),
+            Some((addr, len)) => {
+                let addr = addr
+                    .parse::<IpAddr>()
+                    .map_err(|_| ParseTrustedProxyError::Addr)?;
+                // Digits only: `u8::from_str` would take a `+`.
+                if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ParseTrustedProxyError::Prefix);
+                }
+                let len = len.parse().map_err(|_| ParseTrustedProxyError::Prefix)?;
+                TrustedProxy::new(addr, len)
+            }
+        }
+    }
+}
+
+impl fmt::Display for TrustedProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = matches!(
+            (self.addr, self.prefix_len),
+            (IpAddr::V4(_), 32) | (IpAddr::V6(_), 128)
+        );
+        if host {
+            self.addr.fmt(f)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix_len)
+        }
+    }
+}
+
+impl fmt::Debug for TrustedProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TrustedProxy({self})")
+    }
+}
+
+/// Why a [`TrustedProxy`] could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ParseTrustedProxyError {
+    /// The part before any `/` is not an IPv4 or IPv6 address.
+    Addr,
+    /// The prefix length is not a number, or is longer than the address.
+    Prefix,
+}
+
+impl fmt::Display for ParseTrustedProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ParseTrustedProxyError::Addr => {
+                "a trusted proxy is an IP address or a network (10.0.0.0/8, fd00::/8)"
+            }
+            ParseTrustedProxyError::Prefix => {
+                "a network's prefix length is at most 32 for IPv4 and 128 for IPv6"
+            }
+        })
+    }
+}
+
+impl std::error::Error for ParseTrustedProxyError {}
+
+/// The client's IP address, once the server knows which peers are proxies
+/// ([`Server::trusted_proxies`](crate::Server::trusted_proxies)): the peer's own
+/// address, or, from a trusted proxy, the client its `X-Forwarded-For` names.
+///
+/// From a trusted proxy it is the rightmost `X-Forwarded-For` entry that is not itself
+/// a trusted proxy: the entries to its left were written by that client, and prove
+/// nothing. When every entry is a trusted proxy, it is the leftmost; when an entry is
+/// not an address (`unknown`, an obfuscated name), the trusted hop to its right. A
+/// request from a Unix socket's peer without the header carries none.
+///
+/// # Examples
+///
+/// ```
+/// use syncbridge::{ClientIp, Request};
+///
+/// fn whoami(req: Request) -> String {
+///     match req.extensions().get::<ClientIp>() {
+///         Some(ClientIp(ip)) => format!("you are {ip}\n"),
+///         None => "unknown\n".to_owned(),
+///     }
+/// }
+/// # let _ = whoami;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientIp(pub IpAddr);
+
+/// The scheme the client used to reach the first trusted proxy (`https` behind a proxy
+/// that ends TLS), once the server knows which peers are proxies
+/// ([`Server::trusted_proxies`](crate::Server::trusted_proxies)): gunicorn's
+/// `wsgi.url_scheme` from its `secure_scheme_headers`.
+///
+/// From a trusted proxy it is what the last `X-Forwarded-Proto` value says (`https` or
+/// `wss`: HTTPS; `http` or `ws`: HTTP); otherwise, and for any other value, HTTP, the
+/// scheme of the connection itself (the server speaks no TLS).
+///
+/// # Examples
+///
+/// ```
+/// use syncbridge::http::uri::Scheme;
+/// use syncbridge::{ClientScheme, Request};
+///
+/// fn is_secure(req: &Request) -> bool {
+///     req.extensions()
+///         .get::<ClientScheme>()
+///         .is_some_and(|scheme| scheme.0 == Scheme::HTTPS)
+/// }
+/// # let _ = is_secure;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientScheme(pub Scheme);
+
+/// The proxies a server trusts, shared by its connections.
+#[derive(Debug)]
+pub(crate) struct Proxies(Box<[TrustedProxy]>);
+
+impl Proxies {
+    pub(super) fn new(list: Vec<TrustedProxy>) -> Self {
+        Proxies(list.into_boxed_slice())
+    }
+
+    fn trust(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(ip))
+    }
+}
+
+/// Where one connection's requests take their [`ClientIp`] and [`ClientScheme`] from:
+/// fixed by its peer when it is accepted.
+#[derive(Clone, Debug)]
+pub(crate) enum ClientSource {
+    /// A peer that is no trusted proxy: the client is the peer, whatever its headers say.
+    Direct(IpAddr),
+    /// A trusted proxy (or a Unix socket's peer, which has no address: `None`): the
+    /// client is in its headers.
+    Proxy(Option<IpAddr>, Arc<Proxies>),
+}
+
+impl ClientSource {
+    pub(super) fn of(peer: Peer, proxies: &Arc<Proxies>) -> Self {
+        match peer.remote_addr().map(|addr| addr.ip().to_canonical()) {
+            Some(ip) if !proxies.trust(ip) => ClientSource::Direct(ip),
+            ip => ClientSource::Proxy(ip, proxies.clone()),
+        }
+    }
+
+    /// Puts the request's [`ClientIp`] (when known) and [`ClientScheme`] in
+    /// `extensions`.
+    pub(crate) fn resolve(&self, headers: &HeaderMap, extensions: &mut Extensions) {
+        let (ip, scheme) = match self {
+            ClientSource::Direct(ip) => (Some(*ip), Scheme::HTTP),
+            ClientSource::Proxy(peer, proxies) => (
+                forwarded_for(*peer, headers, proxies),
+                forwarded_proto(headers),
+            ),
+        };
+        if let Some(ip) = ip {
+            extensions.insert(ClientIp(ip));
+        }
+        extensions.insert(ClientScheme(scheme));
+    }
+}
+
+/// The client a trusted proxy `peer` names: its `X-Forwarded-For` read from the right
+/// (over every line of the header, in order), past each trusted proxy.
+fn forwarded_for(peer: Option<IpAddr>, headers: &HeaderMap, proxies: &Proxies) -> Option<IpAddr> {
+    let mut nearest = peer;
+    let entries = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        // A line that is not visible ASCII is an entry that is no address.
+        .flat_map(|line| line.to_str().unwrap_or("?").rsplit(','))
+        .map(str::trim)
+        // An empty list element is allowed by HTTP's list syntax, and says nothing.
+        .filter(|entry| !entry.is_empty())
+        .take(MAX_HOPS);
+    for entry in entries {
+        let Some(ip) = parse_entry(entry) else {
+            tracing::debug!(
+                entry,
+                "X-Forwarded-For entry is no address; the client is taken to be the hop after it"
+            );
+            return nearest;
+        };
+        if !proxies.trust(ip) {
+            return Some(ip);
+        }
+        nearest = Some(ip);
+    }
+    nearest
+}
+
+/// An `X-Forwarded-For` entry's address: `192.0.2.1`, `2001:db8::1`, or either with a
+/// port (`192.0.2.1:4711`, `[2001:db8::1]:4711`), as some load balancers write it.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|addr| addr.ip()))
+        .or_else(|_| {
+            entry
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+                .unwrap_or("")
+                .parse::<IpAddr>()
+        })
+        .ok()?;
+    Some(ip.to_canonical())
+}
+
+/// The scheme a trusted proxy's last `X-Forwarded-Proto` value names; HTTP without one.
+fn forwarded_proto(headers: &HeaderMap) -> Scheme {
+    let Some(last) = headers.get_all(X_FORWARDED_PROTO).iter().next_back() else {
+        return Scheme::HTTP;
+    };
+    let value = last
+        .to_str()
+        .ok()
+        .and_then(|line| line.rsplit(',').next())
+        .map(str::trim)
+        .unwrap_or("");
+    if value.eq_ignore_ascii_case("https") || value.eq_ignore_ascii_case("wss") {
+        Scheme::HTTPS
+    } else {
+        if !(value.eq_ignore_ascii_case("http") || value.eq_ignore_ascii_case("ws")) {
+            tracing::debug!(
+                value,
+                "X-Forwarded-Proto names no known scheme; taken as http"
+            );
+        }
+        Scheme::HTTP
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxies(list: &[&str]) -> Proxies {
+        Proxies::new(list.iter().map(|p| p.parse().unwrap()).collect())
+    }
+
+    fn headers(name: &HeaderName, lines: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for line in lines {
+            map.append(name.clone(), line.parse().unwrap());
+        }
+        map
+    }
+
+    fn client(peer: Option<&str>, trusted: &[&str], xff: &[&str]) -> Option<IpAddr> {
+        let peer = peer.map(|p| p.parse().unwrap());
+        forwarded_for(peer, &headers(&X_FORWARDED_FOR, xff), &proxies(trusted))
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn parses_addresses_and_networks() {
+        let net: TrustedProxy = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(net.to_string(), "10.0.0.0/8");
+        assert!(net.contains("10.255.0.1".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        // A dual-stack listener's IPv4 client.
+        assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert_eq!("::1".parse::<TrustedProxy>().unwrap().to_string(), "::1");
+        assert_eq!(
+            "::ffff:10.0.0.0/104"
+                .parse::<TrustedProxy>()
+                .unwrap()
+                .to_string(),
+            "10.0.0.0/8"
+        );
+        let v6: TrustedProxy = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        let mapped: TrustedProxy = "::ffff:0:0/96".parse().unwrap();
+        assert!(mapped.contains("192.0.2.1".parse().unwrap()));
+        let everything: TrustedProxy = "0.0.0.0/0".parse().unwrap();
+        assert!(everything.contains("192.0.2.1".parse().unwrap()));
+        assert!(!everything.contains("2001:db8::1".parse().unwrap()));
+        assert_eq!(
+            "10.0.0.0/33".parse::<TrustedProxy>(),
+            Err(ParseTrustedProxyError::Prefix)
+        );
+        assert_eq!(
+            "::/129".parse::<TrustedProxy>(),
+            Err(ParseTrustedProxyError::Prefix)
+        );
+        assert_eq!(
+            "10.0.0.0/+8".parse::<TrustedProxy>(),
+            Err(ParseTrustedProxyError::Prefix)
+        );
+        assert_eq!(
+            "10.0.0.0/".parse::<TrustedProxy>(),
+            Err(ParseTrustedProxyError::Prefix)
+        );
+        assert_eq!(
+            "localhost".parse::<TrustedProxy>(),
+            Err(ParseTrustedProxyError::Addr)
+        );
+        assert_eq!(
+            "10.0.0/8".parse::<TrustedProxy>(),
+            Err(ParseTrustedProxyError::Addr)
+        );
+    }
+
+    #[test]
+    fn reads_x_forwarded_for_from_the_right_past_trusted_hops() {
+        let trusted = ["127.0.0.1", "10.0.0.0/8"];
+        let peer = Some("127.0.0.1");
+        // The client wrote its own first entry; the proxies appended the rest.
+        assert_eq!(
+            client(peer, &trusted, &["6.6.6.6, 203.0.113.7, 10.0.0.2"]),
+            ip("203.0.113.7")
+        );
+        // Over several header lines, in order.
+        assert_eq!(
+            client(peer, &trusted, &["6.6.6.6", "203.0.113.7", "10.0.0.2"]),
+            ip("203.0.113.7")
+        );
+        // No header: the proxy itself.
+        assert_eq!(client(peer, &trusted, &[]), ip("127.0.0.1"));
+        // Every hop trusted: the leftmost.
+        assert_eq!(
+            client(peer, &trusted, &["10.0.0.3, 10.0.0.2"]),
+            ip("10.0.0.3")
+        );
+        // Not an address: the hop to its right.
+        assert_eq!(
+            client(peer, &trusted, &["203.0.113.7, unknown, 10.0.0.2"]),
+            ip("10.0.0.2")
+        );
+        assert_eq!(client(peer, &trusted, &["unknown"]), ip("127.0.0.1"));
+        // Ports and brackets, and empty list elements.
+        assert_eq!(
+            client(peer, &trusted, &["[2001:db8::7]:4711, ,10.0.0.2"]),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            client(peer, &trusted, &["203.0.113.7:4711"]),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client(peer, &trusted, &["[2001:db8::7]"]),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            client(peer, &trusted, &["::ffff:203.0.113.7"]),
+            ip("203.0.113.7")
+        );
+        // A Unix socket's peer has no address.
+        assert_eq!(client(None, &trusted, &[]), None);
+        assert_eq!(client(None, &trusted, &["garbage"]), None);
+        assert_eq!(client(None, &[], &["203.0.113.7"]), ip("203.0.113.7"));
+    }
+
+    #[test]
+    fn reads_at_most_max_hops_entries() {
+        let long = vec!["10.0.0.9"; MAX_HOPS + 5].join(",");
+        let with_client = format!("203.0.113.7,{long}");
+        // The client is past the bound: the last hop read stands for it.
+        assert_eq!(
+            client(
+                Some("127.0.0.1"),
+                &["127.0.0.1", "10.0.0.0/8"],
+                &[&with_client]
+            ),
+            ip("10.0.0.9")
+        );
+    }
+
+    #[test]
+    fn believes_x_forwarded_proto_from_a_trusted_proxy_only() {
+        let trusted = Arc::new(proxies(&["127.0.0.1"]));
+        let resolve = |peer: &str, proto: &[&str]| {
+            let source = ClientSource::of(
+                Peer::Tcp(SocketAddr::new(peer.parse().unwrap(), 1)),
+                &trusted,
+            );
+            let mut extensions = Extensions::new();
+            source.resolve(&headers(&X_FORWARDED_PROTO, proto), &mut extensions);
+            extensions.get::<ClientScheme>().unwrap().0.clone()
+        };
+        assert_eq!(resolve("127.0.0.1", &["https"]), Scheme::HTTPS);
+        assert_eq!(resolve("127.0.0.1", &["WSS"]), Scheme::HTTPS);
+        assert_eq!(resolve("127.0.0.1", &["http"]), Scheme::HTTP);
+        assert_eq!(resolve("127.0.0.1", &["gopher"]), Scheme::HTTP);
+        assert_eq!(resolve("127.0.0.1", &[]), Scheme::HTTP);
+        // The nearest proxy's value is the last one.
+        assert_eq!(resolve("127.0.0.1", &["http, https"]), Scheme::HTTPS);
+        assert_eq!(resolve("127.0.0.1", &["https", "http"]), Scheme::HTTP);
+        assert_eq!(resolve("192.0.2.1", &["https"]), Scheme::HTTP);
+    }
+}

@@ -1,0 +1,127 @@
+//! `Server::trusted_proxies`: the client behind a reverse proxy, from its
+//! `X-Forwarded-For` and `X-Forwarded-Proto`, believed only from a trusted proxy.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use support::{collect, within, TestServer};
+use syncbridge::{ClientIp, ClientScheme, Request, Server, TrustedProxy};
+
+/// Names the request's client as the server resolved it: `IP SCHEME`, `none` for each
+/// missing.
+fn client(req: Request) -> String {
+    let ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .map_or("none".to_owned(), |ClientIp(ip)| ip.to_string());
+    let scheme = req
+        .extensions()
+        .get::<ClientScheme>()
+        .map_or("none".to_owned(), |ClientScheme(s)| s.to_string());
+    format!("{ip} {scheme}")
+}
+
+fn proxies(list: &[&str]) -> Vec<TrustedProxy> {
+    list.iter().map(|p| p.parse().unwrap()).collect()
+}
+
+/// `GET /` with `headers`, over HTTP/2 or HTTP/1.1, on a fresh connection: the body.
+async fn client_seen(addr: SocketAddr, http2: bool, headers: &[(&str, &str)]) -> String {
+    let mut req = http::Request::get("http://localhost/");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let response = if http2 {
+        within(support::h2(addr).await.send_request(req)).await
+    } else {
+        within(support::h1(addr).await.send_request(req)).await
+    };
+    let reply = collect(response.expect("a response")).await;
+    assert_eq!(reply.status, 200);
+    reply.text()
+}
+
+/// What a client behind two proxies sends, having put a forged entry first.
+const FORWARDED: [(&str, &str); 2] = [
+    ("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.2"),
+    ("x-forwarded-proto", "https"),
+];
+
+#[tokio::test]
+async fn a_trusted_proxys_client_is_read_from_the_right_of_its_header() {
+    // The test client (127.0.0.1) plays the proxy nearest the server, 10.0.0.2 the one
+    // before it.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").trusted_proxies(proxies(&["127.0.0.1", "10.0.0.0/8"])),
+        client,
+    );
+    for http2 in [false, true] {
+        // Past both proxies, and not the client's own forged first entry.
+        assert_eq!(
+            client_seen(server.addr, http2, &FORWARDED).await,
+            "203.0.113.7 https",
+            "http2: {http2}"
+        );
+        // Without the headers: the proxy itself, over plain HTTP.
+        assert_eq!(client_seen(server.addr, http2, &[]).await, "127.0.0.1 http");
+    }
+    // Several lines of the header are one list, in order.
+    let lines = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-for", "203.0.113.8"),
+        ("x-forwarded-for", "10.0.0.2"),
+    ];
+    assert_eq!(
+        client_seen(server.addr, false, &lines).await,
+        "203.0.113.8 http"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_is_no_trusted_proxy_is_its_own_client_whatever_its_headers_say() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").trusted_proxies(proxies(&["10.0.0.0/8"])),
+        |req: Request| {
+            // The headers themselves reach the handler as they came.
+            let raw = req.headers().get("x-forwarded-for").cloned();
+            format!("{} / {raw:?}", client(req))
+        },
+    );
+    assert_eq!(
+        client_seen(server.addr, false, &FORWARDED).await,
+        "127.0.0.1 http / Some(\"6.6.6.6, 203.0.113.7, 10.0.0.2\")"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_requests_carry_no_client() {
+    let server = TestServer::start(client);
+    assert_eq!(
+        client_seen(server.addr, false, &FORWARDED).await,
+        "none none"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_dual_stack_listeners_ipv4_peer_is_matched_as_ipv4() {
+    // On `[::]`, an IPv4 client's address is IPv4-mapped (`::ffff:127.0.0.1`): it must
+    // still be the trusted `127.0.0.1`, and the client it names is reported as IPv4.
+    let Ok(server) = Server::try_bind("[::]:0") else {
+        eprintln!("no IPv6 on this machine; a dual-stack listener cannot be tested");
+        return;
+    };
+    let port = server.local_addr().port();
+    let server = TestServer::start_with(server.trusted_proxies(proxies(&["127.0.0.1"])), client);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let forged = [("x-forwarded-for", "::ffff:203.0.113.9")];
+    assert_eq!(client_seen(addr, false, &forged).await, "203.0.113.9 http");
+    assert_eq!(client_seen(addr, false, &[]).await, "127.0.0.1 http");
+    server.stop().await;
+}
