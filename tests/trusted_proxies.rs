@@ -30,9 +30,15 @@ fn proxies(list: &[&str]) -> Vec<TrustedProxy> {
 
 /// `GET /` with `headers`, over HTTP/2 or HTTP/1.1, on a fresh connection: the body.
 async fn client_seen(addr: SocketAddr, http2: bool, headers: &[(&str, &str)]) -> String {
+    let raw: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    client_seen_raw(addr, http2, &raw).await
+}
+
+/// As [`client_seen`], with header values that may hold any byte HTTP allows.
+async fn client_seen_raw(addr: SocketAddr, http2: bool, headers: &[(&str, &[u8])]) -> String {
     let mut req = http::Request::get("http://localhost/");
     for (name, value) in headers {
-        req = req.header(*name, *value);
+        req = req.header(*name, http::HeaderValue::from_bytes(value).unwrap());
     }
     let req = req.body(Empty::<Bytes>::new()).unwrap();
     let response = if http2 {
@@ -79,6 +85,16 @@ async fn a_trusted_proxys_client_is_read_from_the_right_of_its_header() {
         client_seen(server.addr, false, &lines).await,
         "203.0.113.8 http"
     );
+    // A client's own line with a byte that is not ASCII, which nginx appends the
+    // client's address to: the client is still found, not the proxy.
+    for http2 in [false, true] {
+        let spoiled: [(&str, &[u8]); 1] = [("x-forwarded-for", b"caf\xe9, 203.0.113.9")];
+        assert_eq!(
+            client_seen_raw(server.addr, http2, &spoiled).await,
+            "203.0.113.9 http",
+            "http2: {http2}"
+        );
+    }
     server.stop().await;
 }
 

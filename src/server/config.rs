@@ -352,12 +352,14 @@ impl Server {
     }
 
     /// The reverse proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` the server
-    /// believes (gunicorn's `forwarded_allow_ips`). Once called, every request carries a
+    /// believes (uvicorn's `--forwarded-allow-ips`; gunicorn's `forwarded_allow_ips`
+    /// trusts only the scheme headers). Once called, every request carries a
     /// [`ClientScheme`](super::ClientScheme) and, when the client is known, a
     /// [`ClientIp`](super::ClientIp): from a trusted proxy, what its headers say (read
     /// from the right, past every trusted hop); from any other peer, the peer itself,
     /// whatever its headers say. Default: no proxy is trusted, and requests carry
-    /// neither. An empty list trusts nobody but a Unix socket's peers.
+    /// neither (gunicorn and uvicorn trust `127.0.0.1` by default; here the list is
+    /// always the caller's). An empty list trusts nobody but a Unix socket's peers.
     ///
     /// On a Unix socket ([`bind_unix`](Server::bind_unix)) every peer counts as a
     /// trusted proxy once this is called, as gunicorn does: who may connect is what the

@@ -5,8 +5,9 @@
 //! `X-Forwarded-For` is a list every proxy appends its own peer to; its first entries are
 //! whatever the client wrote. So it is read from the right: each entry a trusted proxy
 //! wrote is believed, and the first one that is not a trusted proxy's own address is the
-//! client (gunicorn's `forwarded_allow_ips`, uvicorn's `ProxyHeadersMiddleware`).
-//! Reading the leftmost entry would let any client choose its address.
+//! client (uvicorn's `--forwarded-allow-ips`, whose `ProxyHeadersMiddleware` walks it
+//! so; gunicorn's `forwarded_allow_ips` decides only whether the scheme headers are
+//! believed). Reading the leftmost entry would let any client choose its address.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -77,7 +78,9 @@ impl TrustedProxy {
     }
 
     /// Whether `ip` is this proxy, or in this network. An IPv4-mapped IPv6 address (a
-    /// dual-stack listener's IPv4 client) counts as the IPv4 one.
+    /// dual-stack listener's IPv4 client) counts as the IPv4 one. An IPv4 address is in
+    /// no IPv6 network (`::/0` holds no IPv4 client), as in Python's `ipaddress`; an
+    /// IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 one (`10.0.0.0/8`).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -86,11 +89,10 @@ impl TrustedProxy {
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 u128::from(ip) & mask128(self.prefix_len) == u128::from(net)
             }
-            // An IPv6 network may hold IPv4-mapped addresses (`::ffff:0:0/96`).
-            (IpAddr::V6(net), IpAddr::V4(ip)) => {
-                u128::from(ip.to_ipv6_mapped()) & mask128(self.prefix_len) == u128::from(net)
-            }
-            (IpAddr::V4(_), IpAddr::V6(_)) => false,
+            // An IPv4 address is in no IPv6 network, as Python's `ipaddress` has it (and
+            // uvicorn's list): `::/0` trusting every IPv4 client too would surprise a list
+            // like `10.0.0.0/8, ::/0`. `::ffff:0:0/96` and longer are IPv4 networks (`new`).
+            (IpAddr::V6(_), IpAddr::V4(_)) | (IpAddr::V4(_), IpAddr::V6(_)) => false,
         }
     }
 }
@@ -202,9 +204,13 @@ impl std::error::Error for ParseTrustedProxyError {}
 ///
 /// From a trusted proxy it is the rightmost `X-Forwarded-For` entry that is not itself
 /// a trusted proxy: the entries to its left were written by that client, and prove
-/// nothing. When every entry is a trusted proxy, it is the leftmost; when an entry is
-/// not an address (`unknown`, an obfuscated name), the trusted hop to its right. A
-/// request from a Unix socket's peer without the header carries none.
+/// nothing. Every line of the header counts, in order, as one list. When every entry is
+/// a trusted proxy, it is the leftmost (so a list that trusts every address, such as
+/// `0.0.0.0/0`, lets any client choose it); when an entry is not an address (`unknown`,
+/// an obfuscated name, bytes that are not ASCII), the trusted hop to its right. At most
+/// the 32 rightmost entries are read: past them, the 32nd stands for the client. A
+/// request from a Unix socket's peer carries none unless the header names an address
+/// the walk reaches.
 ///
 /// # Examples
 ///
@@ -222,14 +228,17 @@ impl std::error::Error for ParseTrustedProxyError {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientIp(pub IpAddr);
 
-/// The scheme the client used to reach the first trusted proxy (`https` behind a proxy
-/// that ends TLS), once the server knows which peers are proxies
-/// ([`Server::trusted_proxies`](crate::Server::trusted_proxies)): gunicorn's
-/// `wsgi.url_scheme` from its `secure_scheme_headers`.
+/// The scheme the client's request came in with (`https` behind a proxy that ends TLS),
+/// as the nearest trusted proxy reports it, once the server knows which peers are
+/// proxies ([`Server::trusted_proxies`](crate::Server::trusted_proxies)): gunicorn's
+/// `wsgi.url_scheme`.
 ///
-/// From a trusted proxy it is what the last `X-Forwarded-Proto` value says (`https` or
-/// `wss`: HTTPS; `http` or `ws`: HTTP); otherwise, and for any other value, HTTP, the
-/// scheme of the connection itself (the server speaks no TLS).
+/// From a trusted proxy it is what the last `X-Forwarded-Proto` value says, the one
+/// the nearest proxy wrote (`https` or `wss`: HTTPS; `http` or `ws`: HTTP); otherwise,
+/// and for any other value, HTTP, the scheme of the connection itself (the server
+/// speaks no TLS). Behind two proxies, the outer one ending TLS, the inner one must
+/// pass the outer one's value on, not write its own `http`. gunicorn's other default
+/// scheme headers (`X-Forwarded-Protocol: ssl`, `X-Forwarded-Ssl: on`) are not read.
 ///
 /// # Examples
 ///
@@ -301,20 +310,10 @@ impl ClientSource {
 /// (over every line of the header, in order), past each trusted proxy.
 fn forwarded_for(peer: Option<IpAddr>, headers: &HeaderMap, proxies: &Proxies) -> Option<IpAddr> {
     let mut nearest = peer;
-    let entries = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .rev()
-        // A line that is not visible ASCII is an entry that is no address.
-        .flat_map(|line| line.to_str().unwrap_or("?").rsplit(','))
-        .map(str::trim)
-        // An empty list element is allowed by HTTP's list syntax, and says nothing.
-        .filter(|entry| !entry.is_empty())
-        .take(MAX_HOPS);
-    for entry in entries {
-        let Some(ip) = parse_entry(entry) else {
+    for entry in elements_from_the_right(headers, &X_FORWARDED_FOR).take(MAX_HOPS) {
+        let Some(ip) = std::str::from_utf8(entry).ok().and_then(parse_entry) else {
             tracing::debug!(
-                entry,
+                entry = %String::from_utf8_lossy(entry),
                 "X-Forwarded-For entry is no address; the client is taken to be the hop after it"
             );
             return nearest;
@@ -325,6 +324,25 @@ fn forwarded_for(peer: Option<IpAddr>, headers: &HeaderMap, proxies: &Proxies) -
         nearest = Some(ip);
     }
     nearest
+}
+
+/// The elements of every `name` line, last first, trimmed, empty ones left out (HTTP's
+/// list syntax allows them, and they say nothing). Split on the raw bytes: a line with a
+/// byte that is not ASCII (obs-text, which hyper passes on) still has its other elements.
+/// Reading such a line as one element that is no address let a client hide its own
+/// address behind nginx's `$proxy_add_x_forwarded_for`, which appends it to the client's
+/// line: the walk stopped there and named the proxy.
+fn elements_from_the_right<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .rev()
+        .flat_map(|line| line.as_bytes().rsplit(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|element| !element.is_empty())
 }
 
 /// An `X-Forwarded-For` entry's address: `192.0.2.1`, `2001:db8::1`, or either with a
@@ -346,21 +364,15 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
 
 /// The scheme a trusted proxy's last `X-Forwarded-Proto` value names; HTTP without one.
 fn forwarded_proto(headers: &HeaderMap) -> Scheme {
-    let Some(last) = headers.get_all(X_FORWARDED_PROTO).iter().next_back() else {
+    let Some(value) = elements_from_the_right(headers, &X_FORWARDED_PROTO).next() else {
         return Scheme::HTTP;
     };
-    let value = last
-        .to_str()
-        .ok()
-        .and_then(|line| line.rsplit(',').next())
-        .map(str::trim)
-        .unwrap_or("");
-    if value.eq_ignore_ascii_case("https") || value.eq_ignore_ascii_case("wss") {
+    if value.eq_ignore_ascii_case(b"https") || value.eq_ignore_ascii_case(b"wss") {
         Scheme::HTTPS
     } else {
-        if !(value.eq_ignore_ascii_case("http") || value.eq_ignore_ascii_case("ws")) {
+        if !(value.eq_ignore_ascii_case(b"http") || value.eq_ignore_ascii_case(b"ws")) {
             tracing::debug!(
-                value,
+                value = %String::from_utf8_lossy(value),
                 "X-Forwarded-Proto names no known scheme; taken as http"
             );
         }
@@ -376,15 +388,16 @@ mod tests {
         Proxies::new(list.iter().map(|p| p.parse().unwrap()).collect())
     }
 
-    fn headers(name: &HeaderName, lines: &[&str]) -> HeaderMap {
+    fn headers<L: AsRef<[u8]>>(name: &HeaderName, lines: &[L]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for line in lines {
-            map.append(name.clone(), line.parse().unwrap());
+            let value = http::HeaderValue::from_bytes(line.as_ref()).unwrap();
+            map.append(name.clone(), value);
         }
         map
     }
 
-    fn client(peer: Option<&str>, trusted: &[&str], xff: &[&str]) -> Option<IpAddr> {
+    fn client<L: AsRef<[u8]>>(peer: Option<&str>, trusted: &[&str], xff: &[L]) -> Option<IpAddr> {
         let peer = peer.map(|p| p.parse().unwrap());
         forwarded_for(peer, &headers(&X_FORWARDED_FOR, xff), &proxies(trusted))
     }
@@ -458,7 +471,7 @@ mod tests {
             ip("203.0.113.7")
         );
         // No header: the proxy itself.
-        assert_eq!(client(peer, &trusted, &[]), ip("127.0.0.1"));
+        assert_eq!(client::<&str>(peer, &trusted, &[]), ip("127.0.0.1"));
         // Every hop trusted: the leftmost.
         assert_eq!(
             client(peer, &trusted, &["10.0.0.3, 10.0.0.2"]),
@@ -488,9 +501,50 @@ mod tests {
             ip("203.0.113.7")
         );
         // A Unix socket's peer has no address.
-        assert_eq!(client(None, &trusted, &[]), None);
+        assert_eq!(client::<&str>(None, &trusted, &[]), None);
         assert_eq!(client(None, &trusted, &["garbage"]), None);
         assert_eq!(client(None, &[], &["203.0.113.7"]), ip("203.0.113.7"));
+    }
+
+    #[test]
+    fn bytes_that_are_not_ascii_spoil_their_own_entry_only() {
+        let trusted = ["127.0.0.1", "10.0.0.0/8"];
+        // nginx appends the client's address to the client's own line: the line's other
+        // entries still count, and the client cannot hide behind its proxy.
+        let forged: [&[u8]; 3] = [
+            b"\xff, 203.0.113.7",
+            b"caf\xe9, 203.0.113.7, 10.0.0.2",
+            b"\xff,203.0.113.7",
+        ];
+        for line in forged {
+            assert_eq!(
+                client(Some("127.0.0.1"), &trusted, &[line]),
+                ip("203.0.113.7")
+            );
+            assert_eq!(client(None, &trusted, &[line]), ip("203.0.113.7"));
+        }
+        // Right of the client, such an entry is no address: the hop after it.
+        assert_eq!(
+            client(
+                Some("127.0.0.1"),
+                &trusted,
+                &[b"203.0.113.7, \xff" as &[u8]]
+            ),
+            ip("127.0.0.1")
+        );
+    }
+
+    #[test]
+    fn an_ipv4_address_is_in_no_ipv6_network() {
+        for net in ["::/0", "::/80", "::ffff:0:0/95", "64:ff9b::/96"] {
+            let net: TrustedProxy = net.parse().unwrap();
+            assert!(!net.contains("192.0.2.1".parse().unwrap()), "{net}");
+            assert!(!net.contains("::ffff:192.0.2.1".parse().unwrap()), "{net}");
+        }
+        assert!("::/0"
+            .parse::<TrustedProxy>()
+            .unwrap()
+            .contains("2001:db8::1".parse().unwrap()));
     }
 
     #[test]
@@ -529,5 +583,8 @@ mod tests {
         assert_eq!(resolve("127.0.0.1", &["http, https"]), Scheme::HTTPS);
         assert_eq!(resolve("127.0.0.1", &["https", "http"]), Scheme::HTTP);
         assert_eq!(resolve("192.0.2.1", &["https"]), Scheme::HTTP);
+        // Empty list elements and lines say nothing.
+        assert_eq!(resolve("127.0.0.1", &["https, "]), Scheme::HTTPS);
+        assert_eq!(resolve("127.0.0.1", &["https", ""]), Scheme::HTTPS);
     }
 }
