@@ -54,11 +54,13 @@ pub struct TrustedProxy {
 impl TrustedProxy {
     /// The network of `addr`'s first `prefix_len` bits (at most 32 for IPv4, 128 for
     /// IPv6; the host bits are ignored). An IPv4-mapped IPv6 address counts as the
-    /// IPv4 one.
+    /// IPv4 one: `::ffff:10.0.0.0/104` is `10.0.0.0/8`.
     ///
     /// # Errors
     ///
-    /// When `prefix_len` is longer than the address.
+    /// [`ParseTrustedProxyError::Prefix`] when `prefix_len` is longer than the address,
+    /// or shorter than 96 for an IPv4-mapped one: such a network would hold IPv4
+    /// clients and IPv6 ones at once, and an IPv4 client is in no IPv6 network.
     pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, ParseTrustedProxyError> {
         match addr {
             IpAddr::V4(v4) if prefix_len <= 32 => Ok(TrustedProxy {
@@ -68,7 +70,8 @@ impl TrustedProxy {
             // `::ffff:10.0.0.0/104` is `10.0.0.0/8`.
             IpAddr::V6(v6) if prefix_len <= 128 => match v6.to_ipv4_mapped() {
                 Some(v4) if prefix_len >= 96 => TrustedProxy::new(IpAddr::V4(v4), prefix_len - 96),
-                _ => Ok(TrustedProxy {
+                Some(_) => Err(ParseTrustedProxyError::Prefix),
+                None => Ok(TrustedProxy {
                     addr: IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask128(prefix_len))),
                     prefix_len,
                 }),
@@ -179,7 +182,8 @@ impl fmt::Debug for TrustedProxy {
 pub enum ParseTrustedProxyError {
     /// The part before any `/` is not an IPv4 or IPv6 address.
     Addr,
-    /// The prefix length is not a number, or is longer than the address.
+    /// The prefix length is not a number, is longer than the address, or is shorter than
+    /// 96 for an IPv4-mapped IPv6 address.
     Prefix,
 }
 
@@ -190,7 +194,8 @@ impl fmt::Display for ParseTrustedProxyError {
                 "a trusted proxy is an IP address or a network (10.0.0.0/8, fd00::/8)"
             }
             ParseTrustedProxyError::Prefix => {
-                "a network's prefix length is at most 32 for IPv4 and 128 for IPv6"
+                "a network's prefix length is at most 32 for IPv4 and 128 for IPv6, and at \
+                 least 96 for an IPv4-mapped IPv6 address"
             }
         })
     }
@@ -536,7 +541,7 @@ mod tests {
 
     #[test]
     fn an_ipv4_address_is_in_no_ipv6_network() {
-        for net in ["::/0", "::/80", "::ffff:0:0/95", "64:ff9b::/96"] {
+        for net in ["::/0", "::/80", "64:ff9b::/96"] {
             let net: TrustedProxy = net.parse().unwrap();
             assert!(!net.contains("192.0.2.1".parse().unwrap()), "{net}");
             assert!(!net.contains("::ffff:192.0.2.1".parse().unwrap()), "{net}");
@@ -545,6 +550,11 @@ mod tests {
             .parse::<TrustedProxy>()
             .unwrap()
             .contains("2001:db8::1".parse().unwrap()));
+        // Mapped, shorter than 96: IPv4 and IPv6 clients at once, refused.
+        assert_eq!(
+            "::ffff:0:0/95".parse::<TrustedProxy>(),
+            Err(ParseTrustedProxyError::Prefix)
+        );
     }
 
     #[test]
