@@ -435,76 +435,45 @@ mod tests {
         let everything: TrustedProxy = "0.0.0.0/0".parse().unwrap();
         assert!(everything.contains("192.0.2.1".parse().unwrap()));
         assert!(!everything.contains("2001:db8::1".parse().unwrap()));
-        assert_eq!(
-            "10.0.0.0/33".parse::<TrustedProxy>(),
-            Err(ParseTrustedProxyError::Prefix)
-        );
-        assert_eq!(
-            "::/129".parse::<TrustedProxy>(),
-            Err(ParseTrustedProxyError::Prefix)
-        );
-        assert_eq!(
-            "10.0.0.0/+8".parse::<TrustedProxy>(),
-            Err(ParseTrustedProxyError::Prefix)
-        );
-        assert_eq!(
-            "10.0.0.0/".parse::<TrustedProxy>(),
-            Err(ParseTrustedProxyError::Prefix)
-        );
-        assert_eq!(
-            "localhost".parse::<TrustedProxy>(),
-            Err(ParseTrustedProxyError::Addr)
-        );
-        assert_eq!(
-            "10.0.0/8".parse::<TrustedProxy>(),
-            Err(ParseTrustedProxyError::Addr)
-        );
+        let refused = [
+            ("10.0.0.0/33", ParseTrustedProxyError::Prefix),
+            ("::/129", ParseTrustedProxyError::Prefix),
+            ("10.0.0.0/+8", ParseTrustedProxyError::Prefix),
+            ("10.0.0.0/", ParseTrustedProxyError::Prefix),
+            ("localhost", ParseTrustedProxyError::Addr),
+            ("10.0.0/8", ParseTrustedProxyError::Addr),
+        ];
+        for (input, error) in refused {
+            assert_eq!(input.parse::<TrustedProxy>(), Err(error), "{input}");
+        }
     }
 
     #[test]
     fn reads_x_forwarded_for_from_the_right_past_trusted_hops() {
         let trusted = ["127.0.0.1", "10.0.0.0/8"];
         let peer = Some("127.0.0.1");
-        // The client wrote its own first entry; the proxies appended the rest.
-        assert_eq!(
-            client(peer, &trusted, &["6.6.6.6, 203.0.113.7, 10.0.0.2"]),
-            ip("203.0.113.7")
-        );
-        // Over several header lines, in order.
-        assert_eq!(
-            client(peer, &trusted, &["6.6.6.6", "203.0.113.7", "10.0.0.2"]),
-            ip("203.0.113.7")
-        );
-        // No header: the proxy itself.
-        assert_eq!(client::<&str>(peer, &trusted, &[]), ip("127.0.0.1"));
-        // Every hop trusted: the leftmost.
-        assert_eq!(
-            client(peer, &trusted, &["10.0.0.3, 10.0.0.2"]),
-            ip("10.0.0.3")
-        );
-        // Not an address: the hop to its right.
-        assert_eq!(
-            client(peer, &trusted, &["203.0.113.7, unknown, 10.0.0.2"]),
-            ip("10.0.0.2")
-        );
-        assert_eq!(client(peer, &trusted, &["unknown"]), ip("127.0.0.1"));
-        // Ports and brackets, and empty list elements.
-        assert_eq!(
-            client(peer, &trusted, &["[2001:db8::7]:4711, ,10.0.0.2"]),
-            ip("2001:db8::7")
-        );
-        assert_eq!(
-            client(peer, &trusted, &["203.0.113.7:4711"]),
-            ip("203.0.113.7")
-        );
-        assert_eq!(
-            client(peer, &trusted, &["[2001:db8::7]"]),
-            ip("2001:db8::7")
-        );
-        assert_eq!(
-            client(peer, &trusted, &["::ffff:203.0.113.7"]),
-            ip("203.0.113.7")
-        );
+        let cases: [(&[&str], &str); 11] = [
+            // The client wrote its own first entry; the proxies appended the rest.
+            (&["6.6.6.6, 203.0.113.7, 10.0.0.2"], "203.0.113.7"),
+            // Over several header lines, in order.
+            (&["6.6.6.6", "203.0.113.7", "10.0.0.2"], "203.0.113.7"),
+            // No header: the proxy itself.
+            (&[], "127.0.0.1"),
+            // Every hop trusted: the leftmost.
+            (&["10.0.0.3, 10.0.0.2"], "10.0.0.3"),
+            // Not an address: the hop to its right.
+            (&["203.0.113.7, unknown, 10.0.0.2"], "10.0.0.2"),
+            (&["unknown"], "127.0.0.1"),
+            // Ports and brackets, and empty list elements.
+            (&["[2001:db8::7]:4711, ,10.0.0.2"], "2001:db8::7"),
+            (&["203.0.113.7:4711"], "203.0.113.7"),
+            (&["[2001:db8::7]"], "2001:db8::7"),
+            (&["::ffff:203.0.113.7"], "203.0.113.7"),
+            (&[" 203.0.113.7\t,10.0.0.2 "], "203.0.113.7"),
+        ];
+        for (lines, expected) in cases {
+            assert_eq!(client(peer, &trusted, lines), ip(expected), "{lines:?}");
+        }
         // A Unix socket's peer has no address.
         assert_eq!(client::<&str>(None, &trusted, &[]), None);
         assert_eq!(client(None, &trusted, &["garbage"]), None);
