@@ -1,0 +1,90 @@
+//! A server behind nginx, as gunicorn runs behind it: on a Unix domain socket (or on
+//! 127.0.0.1:8000 with `--tcp`), believing the proxy's `X-Forwarded-For` and
+//! `X-Forwarded-Proto` and nobody else's.
+//!
+//! ```text
+//! cargo run --example behind_proxy                     # unix:/tmp/syncbridge-behind-proxy.sock
+//! cargo run --example behind_proxy -- --tcp            # 127.0.0.1:8000
+//! FORWARDED_ALLOW_IPS="127.0.0.1,10.0.0.0/8" cargo run --example behind_proxy -- --tcp
+//!
+//! curl --unix-socket /tmp/syncbridge-behind-proxy.sock http://app/ \
+//!      -H 'X-Forwarded-For: 6.6.6.6, 203.0.113.7' -H 'X-Forwarded-Proto: https'
+//! # you are 203.0.113.7, over https: curl plays nginx, whose appended entry (the
+//! # rightmost) names its client; 6.6.6.6 is what that client wrote itself, and proves
+//! # nothing
+//! ```
+//!
+//! The nginx side:
+//!
+//! ```nginx
+//! upstream app { server unix:/tmp/syncbridge-behind-proxy.sock; keepalive 16; }
+//! server {
+//!     listen 443 ssl;
+//!     location / {
+//!         proxy_pass http://app;
+//!         proxy_http_version 1.1;
+//!         proxy_set_header Connection "";
+//!         proxy_set_header Host $host;
+//!         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+//!         proxy_set_header X-Forwarded-Proto $scheme;
+//!     }
+//! }
+//! ```
+//!
+//! `FORWARDED_ALLOW_IPS` lists the proxies' addresses or networks, as for uvicorn and
+//! gunicorn (default here `127.0.0.1,::1`). On the Unix socket every peer is a trusted
+//! proxy: the socket file's permissions say who may connect.
+
+use syncbridge::http::uri::Scheme;
+use syncbridge::{ClientIp, ClientScheme, Request, Server, TrustedProxy};
+
+fn whoami(req: Request) -> String {
+    let client = match req.extensions().get::<ClientIp>() {
+        Some(ClientIp(ip)) => ip.to_string(),
+        // A Unix socket's peer with no `X-Forwarded-For`: nobody to name.
+        None => "unknown".to_owned(),
+    };
+    let secure = req
+        .extensions()
+        .get::<ClientScheme>()
+        .is_some_and(|scheme| scheme.0 == Scheme::HTTPS);
+    format!(
+        "you are {client}, over {}\n",
+        if secure { "https" } else { "http" }
+    )
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let allowed = std::env::var("FORWARDED_ALLOW_IPS").unwrap_or_else(|_| "127.0.0.1,::1".into());
+    // A typo is an error at start, not a proxy silently left untrusted.
+    let proxies = allowed
+        .split(',')
+        .map(|entry| entry.trim().parse::<TrustedProxy>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("FORWARDED_ALLOW_IPS={allowed:?}: {err}"))?;
+
+    let server = if std::env::args().any(|arg| arg == "--tcp") {
+        Server::try_bind("127.0.0.1:8000")?
+    } else {
+        tcp_or_unix()?
+    };
+    println!("serving on {}, trusting {proxies:?}", server.listen_addr());
+    server.trusted_proxies(proxies).serve(whoami)?;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn tcp_or_unix() -> syncbridge::Result<Server> {
+    Server::try_bind_unix("/tmp/syncbridge-behind-proxy.sock")
+}
+
+#[cfg(not(unix))]
+fn tcp_or_unix() -> syncbridge::Result<Server> {
+    // No Unix sockets here: TCP it is.
+    Server::try_bind("127.0.0.1:8000")
+}
