@@ -9,7 +9,7 @@ use http::{Method, Uri};
 
 use super::answer;
 use super::reply::{GivenUp, Reply, ReplyCell};
-use super::Shared;
+use super::{MakeSpan, Shared};
 use crate::body::{
     channel, produce, BridgeBody, FaultProbe, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
 };
@@ -125,7 +125,7 @@ impl<H: Handler> SharedJob for RequestJob<H> {
 }
 
 impl<H: Handler> RequestJob<H> {
-    fn run_handler(&self, request: Request) {
+    fn run_handler(&self, mut request: Request) {
         let (shared, cell, method, uri) = (&*self.shared, &self.cell, &self.method, &self.uri);
         let streamed = request.body().is_streamed();
         if !cell.claim() {
@@ -134,6 +134,14 @@ impl<H: Handler> RequestJob<H> {
         }
         // Held to the end of the job: the streamed body is produced in it too.
         let _in_span = self.span.enter();
+        // The request's own span (`Server::request_span`), made here rather than in
+        // `admit`: the user's function stays off the runtime's thread, and requests
+        // refused at admission never pay for it.
+        let request_span = shared
+            .make_span
+            .as_ref()
+            .and_then(|make| make_request_span(make, &mut request));
+        let _in_request = request_span.as_ref().map(tracing::Span::enter);
         if streamed {
             // The future starts reading the body now that a handler will consume it.
             cell.wake_waiter();
@@ -360,6 +368,28 @@ impl Drop for AnswerOnUnwind<'_> {
         if !self.done {
             tracing::error!("request job unwound before answering; answered 500");
             self.cell.complete(super::future::internal_server_error());
+        }
+    }
+}
+
+/// Makes `request`'s span with the server's `make`. A panic in it is logged and leaves
+/// the request without a span of its own, served all the same: the function is the
+/// server's setting, not the handler, and a request it fails on need not fail with it.
+#[cold]
+fn make_request_span(make: &MakeSpan, request: &mut Request) -> Option<tracing::Span> {
+    match catch_unwind(AssertUnwindSafe(|| (make.0)(request))) {
+        Ok(span) => Some(span),
+        Err(payload) => {
+            static PANICKED: Throttle = Throttle::new();
+            if let Some(left_out) = PANICKED.admit() {
+                tracing::error!(
+                    method = %request.method(), path = %request.uri().path(),
+                    panic = %panic_message(&*payload), left_out,
+                    "the server's request_span function panicked; the request is served \
+                     without its span"
+                );
+            }
+            None
         }
     }
 }

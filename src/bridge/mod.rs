@@ -128,6 +128,8 @@ pub(crate) struct Shared<H> {
     first_caller: OnceLock<Arc<Context>>,
     /// For a context made for a calling runtime.
     tasks: Option<TaskSet>,
+    /// Makes each request's own span (`Server::request_span`).
+    make_span: Option<MakeSpan>,
     /// Whether the runtime that calls the service has timers (see `crate::timer`).
     timers: TimersKnown,
     /// A legacy handler may own a runtime of its own (a sync database client), and the
@@ -156,6 +158,7 @@ impl<H: Handler> SyncService<H> {
             handler_timeout: None,
             runtime: None,
             tasks: None,
+            make_span: None,
         }
     }
 
@@ -499,6 +502,19 @@ where
     }
 }
 
+/// What `Server::request_span` takes: makes a request's span from the request, to which
+/// it may add extensions. Called on the handler thread, just before the handler.
+#[derive(Clone)]
+pub(crate) struct MakeSpan(
+    pub(crate) Arc<dyn Fn(&mut Request) -> tracing::Span + Send + Sync + 'static>,
+);
+
+impl fmt::Debug for MakeSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MakeSpan(..)")
+    }
+}
+
 /// Configures a [`SyncService`].
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct SyncServiceBuilder<H> {
@@ -512,6 +528,7 @@ pub struct SyncServiceBuilder<H> {
     handler_timeout: Option<Duration>,
     runtime: Option<tokio::runtime::Handle>,
     tasks: Option<TaskSet>,
+    make_span: Option<MakeSpan>,
 }
 
 impl<H: Handler> SyncServiceBuilder<H> {
@@ -638,6 +655,12 @@ impl<H: Handler> SyncServiceBuilder<H> {
         self
     }
 
+    /// Makes each request's span with `make` (`Server::request_span`).
+    pub(crate) fn request_span(mut self, make: Option<MakeSpan>) -> Self {
+        self.make_span = make;
+        self
+    }
+
     /// Builds the service. Callable from anywhere; starts no thread.
     pub fn build(self) -> SyncService<H> {
         let secs = self
@@ -665,6 +688,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 pinned,
                 first_caller: OnceLock::new(),
                 tasks: self.tasks,
+                make_span: self.make_span,
                 timers: TimersKnown::default(),
             }),
             activity: None,

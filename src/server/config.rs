@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 use super::exec::StreamExecutor;
 use super::forwarded::{Proxies, TrustedProxy};
 use super::Server;
-use crate::bridge::{DEFAULT_BODY_TIMEOUT, DEFAULT_HEAD_GRACE, DEFAULT_MAX_BODY_SIZE};
+use crate::bridge::{MakeSpan, DEFAULT_BODY_TIMEOUT, DEFAULT_HEAD_GRACE, DEFAULT_MAX_BODY_SIZE};
+use crate::handler::Request;
 use crate::pool::{BlockingPool, BlockingPoolBuilder};
 use crate::tasks::{TaskSet, TaskSetBuilder};
 
@@ -36,6 +37,8 @@ pub(super) struct Config {
     pub(super) remote_addr: bool,
     /// `None` until `Server::trusted_proxies` is called.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
+    /// `None` until `Server::request_span` is called.
+    pub(super) request_span: Option<MakeSpan>,
     pub(super) http1_half_close: bool,
     pub(super) tasks: TaskSetBuilder,
     pub(super) shared_tasks: Option<TaskSet>,
@@ -62,6 +65,7 @@ impl Default for Config {
             handle_signals: true,
             remote_addr: false,
             trusted_proxies: None,
+            request_span: None,
             http1_half_close: false,
             tasks: TaskSet::builder(),
             shared_tasks: None,
@@ -396,6 +400,68 @@ impl Server {
     {
         let list = proxies.into_iter().map(Into::into).collect();
         self.config.trusted_proxies = Some(Arc::new(Proxies::new(list)));
+        self
+    }
+
+    /// Makes each request's own span with `make`, as tower-http's `TraceLayer` does with
+    /// `make_span_with`. `make` runs on the handler thread, just before the handler, in
+    /// the connection's span (`conn{peer=…}`), so the span it returns is a child of that
+    /// one; it is entered for the rest of the request's time on the thread. The
+    /// handler's own events, its response body's producer's, and the server's lines
+    /// about the request from then on (a panic, an error, a body that broke off, a
+    /// producer that failed) carry its fields. Lines from before a handler thread takes
+    /// the request (a refusal at admission, a wait in the queue) and the access line
+    /// (written on the connection's task when the response ends) are in the
+    /// connection's span only. Default: no span of the request's own.
+    ///
+    /// `make` sees the whole request, after [`trusted_proxies`](Server::trusted_proxies)
+    /// has put its client in the extensions, and may add extensions of its own, such as
+    /// the request's id, for the handler to read (and put in its response, or pass on to
+    /// the services it calls). A panic in it is logged at `error`, and the request is
+    /// served without its span.
+    ///
+    /// # Examples
+    ///
+    /// A request id: nginx's (`proxy_set_header X-Request-Id $request_id;`), else one
+    /// made here, in each request's span and in its response.
+    ///
+    /// ```no_run
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use syncbridge::http::HeaderValue;
+    /// use syncbridge::{Request, Response, Server};
+    ///
+    /// #[derive(Clone)]
+    /// struct RequestId(HeaderValue);
+    ///
+    /// static NEXT: AtomicU64 = AtomicU64::new(1);
+    ///
+    /// fn handler(req: Request) -> Response {
+    ///     tracing::info!("handling"); // logged in `conn{peer=…}:request{id=…}`
+    ///     let mut response = Response::new("hello\n".into());
+    ///     if let Some(RequestId(id)) = req.extensions().get::<RequestId>() {
+    ///         response.headers_mut().insert("x-request-id", id.clone());
+    ///     }
+    ///     response
+    /// }
+    ///
+    /// Server::bind("127.0.0.1:8000")
+    ///     .request_span(|req: &mut Request| {
+    ///         let id = match req.headers().get("x-request-id") {
+    ///             Some(id) => id.clone(),
+    ///             None => HeaderValue::from(NEXT.fetch_add(1, Ordering::Relaxed)),
+    ///         };
+    ///         let span = tracing::info_span!("request", id = ?id);
+    ///         req.extensions_mut().insert(RequestId(id));
+    ///         span
+    ///     })
+    ///     .serve(handler)
+    ///     .unwrap();
+    /// ```
+    pub fn request_span<F>(mut self, make: F) -> Self
+    where
+        F: Fn(&mut Request) -> tracing::Span + Send + Sync + 'static,
+    {
+        self.config.request_span = Some(MakeSpan(Arc::new(make)));
         self
     }
 

@@ -131,6 +131,7 @@ impl Server {
             .retry_after(config.retry_after)
             .runtime(tokio::runtime::Handle::current())
             .tasks(tasks.clone())
+            .request_span(config.request_span.clone())
             .build();
         // Cancelled by a second Ctrl-C/SIGTERM only: it cuts every remaining wait short.
         let second_signal = CancellationToken::new();

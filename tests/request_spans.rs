@@ -1,0 +1,144 @@
+//! `Server::request_span`: each request's own span, made on the handler thread, carries
+//! the handler's lines and the server's lines about the request; what its function puts
+//! in the extensions reaches the handler.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use support::{collect, logs, within, TestServer};
+use syncbridge::{Request, Server};
+
+/// The request's id, as the span function found or made it.
+#[derive(Clone)]
+struct RequestId(String);
+
+/// A server whose requests get a `request{id=…}` span: the `X-Request-Id` they bring,
+/// else `made-N`. A request with `x-boom` makes the function panic.
+fn with_request_ids() -> Server {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    Server::bind("127.0.0.1:0").request_span(|req: &mut Request| {
+        if req.headers().contains_key("x-boom") {
+            support::panic_quietly("request_span boom");
+        }
+        let id = match req.headers().get("x-request-id") {
+            Some(id) => id.to_str().unwrap_or("?").to_owned(),
+            None => format!("made-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+        };
+        let span = tracing::info_span!(target: "app", "request", id = %id);
+        req.extensions_mut().insert(RequestId(id));
+        span
+    })
+}
+
+/// Logs a line and answers with the request's id.
+fn traced(req: Request) -> String {
+    tracing::info!(target: "app", path = req.uri().path(), "span test handler runs");
+    if req.uri().path() == "/panic" {
+        support::panic_quietly("handler boom");
+    }
+    match req.extensions().get::<RequestId>() {
+        Some(RequestId(id)) => id.clone(),
+        None => "no id".to_owned(),
+    }
+}
+
+/// `GET path` with `headers` over HTTP/1.1 or HTTP/2: status and body.
+async fn get(
+    addr: std::net::SocketAddr,
+    http2: bool,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut req = http::Request::get(format!("http://localhost{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let response = if http2 {
+        within(support::h2(addr).await.send_request(req)).await
+    } else {
+        within(support::h1(addr).await.send_request(req)).await
+    };
+    let reply = collect(response.expect("a response")).await;
+    (reply.status.as_u16(), reply.text())
+}
+
+#[tokio::test]
+async fn the_handlers_lines_are_in_its_requests_span_and_its_extensions_reach_it() {
+    logs::install();
+    let server = TestServer::start_with(with_request_ids(), traced);
+    for (http2, id) in [(false, "rid-h1"), (true, "rid-h2")] {
+        let reply = get(server.addr, http2, "/traced", &[("x-request-id", id)]).await;
+        assert_eq!(reply, (200, id.to_owned()));
+        let line = [
+            "span test handler runs",
+            "in {conn peer=127.0.0.1:",
+            &format!("in {{request id={id} }}") as &str,
+        ];
+        assert!(
+            logs::contains(&line),
+            "{id}: the handler's line in both spans"
+        );
+    }
+    // Without the header, the function makes one.
+    let (status, made) = get(server.addr, false, "/traced", &[]).await;
+    assert_eq!(status, 200);
+    assert!(made.starts_with("made-"), "{made}");
+    server.stop().await;
+
+    // A server without the setting: no span of the request's own, no id.
+    let server = TestServer::start(traced);
+    let reply = get(
+        server.addr,
+        false,
+        "/plain",
+        &[("x-request-id", "rid-plain")],
+    )
+    .await;
+    assert_eq!(reply, (200, "no id".to_owned()));
+    server.stop().await;
+    let plain = ["span test handler runs", "path=\"/plain\""];
+    assert!(logs::contains(&plain));
+    assert!(!logs::contains(&[plain[0], plain[1], "in {request"]));
+}
+
+#[tokio::test]
+async fn a_handlers_panic_is_logged_in_its_requests_span() {
+    logs::install();
+    let server = TestServer::start_with(with_request_ids(), traced);
+    let reply = get(
+        server.addr,
+        false,
+        "/panic",
+        &[("x-request-id", "rid-panic")],
+    )
+    .await;
+    assert_eq!(reply.0, 500);
+    server.stop().await;
+    let line = [
+        "handler panicked; answered 500",
+        "in {request id=rid-panic }",
+    ];
+    assert!(
+        logs::eventually_contains(&line).await,
+        "the panic's line names the request"
+    );
+}
+
+#[tokio::test]
+async fn a_span_function_that_panics_is_logged_and_its_request_served_without_a_span() {
+    logs::install();
+    let server = TestServer::start_with(with_request_ids(), traced);
+    let reply = get(server.addr, false, "/boom", &[("x-boom", "1")]).await;
+    assert_eq!(reply, (200, "no id".to_owned()));
+    server.stop().await;
+    let line = [
+        "the server's request_span function panicked",
+        "path=/boom",
+        "request_span boom",
+    ];
+    assert!(logs::contains(&line), "the panic is logged");
+}
