@@ -1,6 +1,7 @@
 //! A server behind nginx, as gunicorn runs behind it: on a Unix domain socket (or on
 //! 127.0.0.1:8000 with `--tcp`), believing the proxy's `X-Forwarded-For` and
-//! `X-Forwarded-Proto` and nobody else's.
+//! `X-Forwarded-Proto` and nobody else's, and logging each request in a span named by
+//! nginx's `X-Request-Id`.
 //!
 //! ```text
 //! cargo run --example behind_proxy                     # unix:/tmp/syncbridge-behind-proxy.sock
@@ -27,6 +28,7 @@
 //!         proxy_set_header Host $host;
 //!         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
 //!         proxy_set_header X-Forwarded-Proto $scheme;
+//!         proxy_set_header X-Request-Id $request_id;
 //!     }
 //! }
 //! ```
@@ -39,6 +41,8 @@ use syncbridge::http::uri::Scheme;
 use syncbridge::{ClientIp, ClientScheme, Request, Server, TrustedProxy};
 
 fn whoami(req: Request) -> String {
+    // In `conn{peer=unix}:request{id=…}`: nginx's log line has the same id.
+    tracing::info!(path = req.uri().path(), "whoami");
     let client = match req.extensions().get::<ClientIp>() {
         Some(ClientIp(ip)) => ip.to_string(),
         // A Unix socket's peer with no `X-Forwarded-For`: nobody to name.
@@ -74,7 +78,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tcp_or_unix()?
     };
     println!("serving on {}, trusting {proxies:?}", server.listen_addr());
-    server.trusted_proxies(proxies).serve(whoami)?;
+    server
+        .trusted_proxies(proxies)
+        .request_span(|req: &mut Request| {
+            use tracing::field::{display, Empty};
+            let span = tracing::info_span!("request", id = Empty, client = Empty);
+            if let Some(id) = req.headers().get("x-request-id") {
+                span.record("id", id.to_str().unwrap_or("(not ASCII)"));
+            }
+            if let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>() {
+                span.record("client", display(ip));
+            }
+            span
+        })
+        .serve(whoami)?;
     Ok(())
 }
 
