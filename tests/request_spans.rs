@@ -142,3 +142,40 @@ async fn a_span_function_that_panics_is_logged_and_its_request_served_without_a_
     ];
     assert!(logs::contains(&line), "the panic is logged");
 }
+
+#[tokio::test]
+async fn the_span_function_may_read_the_body_and_do_what_a_handler_may() {
+    // It reads a body signature's input before the handler, and calls async code as a
+    // handler may.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").request_span(|req: &mut Request| {
+            let mut body = String::new();
+            std::io::Read::read_to_string(req.body_mut(), &mut body).expect("the body");
+            let doubled = syncbridge::ensure_sync(async { 21 * 2 }).expect("ensure_sync");
+            req.extensions_mut()
+                .insert(RequestId(format!("{body} {doubled}")));
+            tracing::info_span!(target: "app", "request")
+        }),
+        |req: Request| match req.extensions().get::<RequestId>() {
+            Some(RequestId(seen)) => seen.clone(),
+            None => "nothing".to_owned(),
+        },
+    );
+    for http2 in [false, true] {
+        let req = http::Request::post("http://localhost/sign")
+            .body(http_body_util::Full::new(Bytes::from_static(b"hello")))
+            .unwrap();
+        let response = if http2 {
+            within(support::h2(server.addr).await.send_request(req)).await
+        } else {
+            within(support::h1(server.addr).await.send_request(req)).await
+        };
+        let reply = collect(response.expect("a response")).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.text()),
+            (200, "hello 42".to_owned()),
+            "http2: {http2}"
+        );
+    }
+    server.stop().await;
+}

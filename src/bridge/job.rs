@@ -134,18 +134,20 @@ impl<H: Handler> RequestJob<H> {
         }
         // Held to the end of the job: the streamed body is produced in it too.
         let _in_span = self.span.enter();
-        // The request's own span (`Server::request_span`), made here rather than in
-        // `admit`: the user's function stays off the runtime's thread, and requests
-        // refused at admission never pay for it.
-        let request_span = shared
-            .make_span
-            .as_ref()
-            .and_then(|make| make_request_span(make, &mut request));
-        let _in_request = request_span.as_ref().map(tracing::Span::enter);
         if streamed {
             // The future starts reading the body now that a handler will consume it.
             cell.wake_waiter();
         }
+        // The request's own span (`Server::request_span`), made here rather than in
+        // `admit`: the user's function stays off the runtime's thread, and requests
+        // refused at admission never pay for it. After the wake-up above, so that it may
+        // read the body; in the handler's context, so that it may do what a handler may.
+        let request_span = shared.make_span.as_ref().and_then(|make| {
+            context::enter(self.context.as_ref(), || {
+                make_request_span(make, &mut request)
+            })
+        });
+        let _in_request = request_span.as_ref().map(tracing::Span::enter);
         // From here on the future waits for this thread's answer with no timer of its own.
         // Should anything below unwind past the handler's own guard (a panicking `Display`
         // of its error, a panicking `Drop` of its body), the guard still answers 500.
@@ -375,7 +377,8 @@ impl Drop for AnswerOnUnwind<'_> {
 /// Makes `request`'s span with the server's `make`. A panic in it is logged and leaves
 /// the request without a span of its own, served all the same: the function is the
 /// server's setting, not the handler, and a request it fails on need not fail with it.
-#[cold]
+// Out of line: `run_handler` stays as it was for servers without the setting.
+#[inline(never)]
 fn make_request_span(make: &MakeSpan, request: &mut Request) -> Option<tracing::Span> {
     match catch_unwind(AssertUnwindSafe(|| (make.0)(request))) {
         Ok(span) => Some(span),

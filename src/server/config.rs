@@ -404,21 +404,26 @@ impl Server {
     }
 
     /// Makes each request's own span with `make`, as tower-http's `TraceLayer` does with
-    /// `make_span_with`. `make` runs on the handler thread, just before the handler, in
-    /// the connection's span (`conn{peer=…}`), so the span it returns is a child of that
-    /// one; it is entered for the rest of the request's time on the thread. The
-    /// handler's own events, its response body's producer's, and the server's lines
-    /// about the request from then on (a panic, an error, a body that broke off, a
-    /// producer that failed) carry its fields. Lines from before a handler thread takes
-    /// the request (a refusal at admission, a wait in the queue) and the access line
-    /// (written on the connection's task when the response ends) are in the
-    /// connection's span only. Default: no span of the request's own.
+    /// `make_span_with`. `make` runs on the handler thread, just before the handler and
+    /// in its context (it may read the body, or call `ensure_sync`, as the handler may),
+    /// in the connection's span (`conn{peer=…}`), so the span it returns is a child of
+    /// that one; it is entered for the rest of the request's time on the thread. What
+    /// is logged on the handler thread carries its fields: the handler's own events, its
+    /// response body's producer's, and the server's lines about a panic, an error, a
+    /// body that stalled or broke off while the handler read it, a producer that failed,
+    /// or a handler that answered after its timeout. What the server logs on the
+    /// connection's task is in the connection's span only: a refusal at admission, a
+    /// queue timeout's `503`, a handler timeout's `504`, a body that grew past the limit,
+    /// a client that left, and the access line. Default: no span of the request's own.
     ///
     /// `make` sees the whole request, after [`trusted_proxies`](Server::trusted_proxies)
     /// has put its client in the extensions, and may add extensions of its own, such as
     /// the request's id, for the handler to read (and put in its response, or pass on to
-    /// the services it calls). A panic in it is logged at `error`, and the request is
-    /// served without its span.
+    /// the services it calls). It may change the request too; the server's own lines and
+    /// the response's framing keep the method and path it came with. A panic in it is
+    /// logged at `error` (throttled, as a flood of them would be: at most one line a
+    /// second, with how many were left out), and the request is served without its
+    /// span.
     ///
     /// # Examples
     ///
