@@ -7,7 +7,6 @@ mod support;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http_body_util::Empty;
 use support::{collect, logs, within, TestServer};
 use syncbridge::{Request, Server};
 
@@ -52,17 +51,8 @@ async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let mut req = http::Request::get(format!("http://localhost{path}"));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let req = req.body(Empty::<Bytes>::new()).unwrap();
-    let response = if http2 {
-        within(support::h2(addr).await.send_request(req)).await
-    } else {
-        within(support::h1(addr).await.send_request(req)).await
-    };
-    let reply = collect(response.expect("a response")).await;
+    let raw: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let reply = support::get_with(addr, http2, path, &raw).await;
     (reply.status.as_u16(), reply.text())
 }
 

@@ -5,9 +5,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use support::{collect, within, TestServer};
+use support::TestServer;
 use syncbridge::{ClientIp, ClientScheme, Request, Server, TrustedProxy};
 
 /// Names the request's client as the server resolved it: `IP SCHEME`, `none` for each
@@ -36,17 +34,7 @@ async fn client_seen(addr: SocketAddr, http2: bool, headers: &[(&str, &str)]) ->
 
 /// As [`client_seen`], with header values that may hold any byte HTTP allows.
 async fn client_seen_raw(addr: SocketAddr, http2: bool, headers: &[(&str, &[u8])]) -> String {
-    let mut req = http::Request::get("http://localhost/");
-    for (name, value) in headers {
-        req = req.header(*name, http::HeaderValue::from_bytes(value).unwrap());
-    }
-    let req = req.body(Empty::<Bytes>::new()).unwrap();
-    let response = if http2 {
-        within(support::h2(addr).await.send_request(req)).await
-    } else {
-        within(support::h1(addr).await.send_request(req)).await
-    };
-    let reply = collect(response.expect("a response")).await;
+    let reply = support::get_with(addr, http2, "/", headers).await;
     assert_eq!(reply.status, 200);
     reply.text()
 }

@@ -239,6 +239,30 @@ pub async fn get_over(
     }
 }
 
+/// `GET path` with `headers` (values any bytes HTTP allows) on a fresh connection, over
+/// HTTP/2 (h2c) or HTTP/1.1: the response read whole.
+pub async fn get_with(
+    addr: SocketAddr,
+    http2: bool,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Reply {
+    let mut req = http::Request::get(format!("http://localhost{path}"));
+    for (name, value) in headers {
+        req = req.header(
+            *name,
+            http::HeaderValue::from_bytes(value).expect("a header value"),
+        );
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let response = if http2 {
+        within(h2(addr).await.send_request(req)).await
+    } else {
+        within(h1(addr).await.send_request(req)).await
+    };
+    collect(response.expect("a response")).await
+}
+
 /// A response with its body read whole.
 #[derive(Debug)]
 pub struct Reply {
