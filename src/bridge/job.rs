@@ -52,8 +52,7 @@ pub(super) struct RequestJob<H> {
 
 impl<H> RequestJob<H> {
     // Always inlined into `admit`, its one caller: built there, the job is moved once
-    // less on its way into its `Arc` (about 150 fewer instructions per `/hello`,
-    // `benches/tools/instructions.sh`).
+    // less on its way into its `Arc` (docs/benchmarks.md, step 11).
     #[inline(always)]
     pub(super) fn new(
         shared: Arc<Shared<H>>,

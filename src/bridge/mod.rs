@@ -170,7 +170,7 @@ impl<H: Handler> SyncService<H> {
     }
 
     /// The clone that serves one connection of the bundled server; `peer` when its
-    /// requests are to carry it.
+    /// requests are to carry it, `client` when the server was told its trusted proxies.
     pub(crate) fn for_connection(
         &self,
         activity: Arc<Activity>,
