@@ -1,9 +1,11 @@
 //! A connection's byte stream: TCP, or a Unix domain socket.
 //!
 //! One type for both, not a generic `conn::serve`: hyper's connection code is then
-//! compiled once, as before Unix sockets, and the compiler inlines it as it did then. A
-//! generic `serve` made two copies, and `/hello` took about 100 more instructions (0.6 %,
-//! `benches/tools/instructions.sh`); the `match` here costs a branch per read or write.
+//! compiled once, as before Unix sockets. A generic `serve` made two copies of it
+//! (callgrind showed hyper's dispatcher twice), inlined differently; that build's `/hello`
+//! took about 100 more instructions, though a change of layout alone can move that
+//! count as much (docs/benchmarks.md, step 11). The `match` here costs a branch per read
+//! or write.
 
 use std::io;
 use std::pin::Pin;
