@@ -1,6 +1,7 @@
 //! What std cannot do for us: lower a thread's scheduling priority and policy, read the
 //! open-file limit, bound what waits unsent in a socket, make a socket's close a reset,
-//! see whether a client has sent what nobody read, and how much it has taken.
+//! see whether a client has sent what nobody read, and how much it has taken, and count
+//! the process's threads.
 
 /// Sets the calling thread's nice value to the process's own plus `increment` (the
 /// kernel caps it at 19). Best effort: a failure only costs the scheduling benefit, so
@@ -431,4 +432,13 @@ pub(crate) fn open_files() -> Option<u64> {
     // The directory's own descriptor, open while it is read, is one of the entries.
     let entries = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     Some(entries.saturating_sub(1))
+}
+
+/// How many threads the process has now (`/proc/self/stat`), when that can be read.
+pub(crate) fn thread_count() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The name in parentheses may hold spaces; `num_threads` is the 20th field, the 18th
+    // after it.
+    let (_, fields) = stat.rsplit_once(')')?;
+    fields.split_whitespace().nth(17)?.parse().ok()
 }

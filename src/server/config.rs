@@ -321,8 +321,10 @@ impl Server {
     }
 
     /// The runtime's worker threads (they drive connections, never handlers), for
-    /// [`serve`](Server::serve). Default is the number of CPUs available. Values are
-    /// kept between 1 and 1,024 (the connections need no more than the CPUs).
+    /// [`serve`](Server::serve). Default is tokio's: `TOKIO_WORKER_THREADS` when set
+    /// (`serve` refuses a value that is not a number above 0), else the number of CPUs
+    /// available. Values are kept between 1 and 1,024 (the connections need no more than
+    /// the CPUs).
     pub fn worker_threads(mut self, n: usize) -> Self {
         self.config.worker_threads = Some(n.clamp(1, MAX_WORKER_THREADS));
         self

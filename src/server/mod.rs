@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Here: binding and the `Server` itself. `config` holds the settings and the builder
-//! methods that set them, `serve` the accept loop and the shutdown, `conn` one
-//! connection's task and its watchdogs, `shutdown` the handle and the signal watcher.
+//! methods that set them, `runtime` the runtime `serve` builds, `serve` the accept loop
+//! and the shutdown, `conn` one connection's task and its watchdogs, `shutdown` the
+//! handle and the signal watcher.
 
 mod config;
 mod conn;
@@ -20,6 +21,7 @@ mod forwarded;
 mod linger;
 mod listen;
 mod remote;
+mod runtime;
 mod serve;
 mod shutdown;
 mod signal;

@@ -44,31 +44,28 @@ impl Server {
     /// # Errors
     ///
     /// [`Error::is_async_context`] when called from async code (use
-    /// [`serve_async`](Server::serve_async) there); [`Error::is_runtime`] when the
-    /// runtime cannot start.
+    /// [`serve_async`](Server::serve_async) there). [`Error::is_runtime`] when the
+    /// runtime cannot start: among other causes, when `TOKIO_WORKER_THREADS` is not a
+    /// number above 0, or when the OS refuses its worker threads (a pids or
+    /// `RLIMIT_NPROC` limit already reached; size it for the whole process,
+    /// `docs/operations.md`, "Limits of the process").
     ///
     /// # Panics
     ///
-    /// When the OS refuses the runtime's worker threads (a pids or `RLIMIT_NPROC` limit
-    /// already reached), tokio panics inside its runtime builder ("OS can't spawn worker
-    /// thread") instead of returning an error, and may then hang while it unwinds; a
-    /// runtime of your own for [`serve_async`](Server::serve_async) meets the same.
-    /// Size the limit for the whole process (`docs/operations.md`, "Limits of the
-    /// process").
+    /// tokio panics inside its runtime builder ("OS can't spawn worker thread") instead
+    /// of returning an error when the OS refuses a worker thread, and hangs while it
+    /// unwinds once one has started. So `serve` first starts as many threads as the
+    /// runtime will and lets them end, and returns the error above when one is refused.
+    /// Only a limit reached by another thread or process in the moment between that
+    /// check and the runtime's start still meets tokio's panic. A runtime of your own for
+    /// [`serve_async`](Server::serve_async) has no such check.
     pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::new(Kind::AsyncContext).with_message(
                 "Server::serve blocks its thread; inside a tokio runtime use Server::serve_async",
             ));
         }
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all().thread_name("syncbridge-rt");
-        if let Some(n) = self.config.worker_threads {
-            builder.worker_threads(n);
-        }
-        let runtime = builder
-            .build()
-            .map_err(|e| Error::new(Kind::Runtime).with_source(e))?;
+        let runtime = super::runtime::build(self.config.worker_threads)?;
         let result = runtime.block_on(self.run(handler));
         // Everything the server spawned has ended by now; don't wait on stray tasks.
         runtime.shutdown_timeout(Duration::from_secs(1));
