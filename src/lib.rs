@@ -11,6 +11,7 @@ mod bridge;
 mod context;
 mod error;
 mod handler;
+mod metrics;
 mod mixing;
 mod offload;
 mod pool;

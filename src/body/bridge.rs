@@ -295,6 +295,7 @@ impl Drop for Completion {
                 self.log_cut_off(why);
             }
         }
+        crate::metrics::request_done(self.status, self.start);
         tracing::info!(
             target: "syncbridge::access",
             method = %self.line.method(),

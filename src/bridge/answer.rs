@@ -15,6 +15,7 @@ use super::reply::GivenUp;
 use crate::body::{BridgeBody, ResponseKind};
 use crate::error::Chain;
 use crate::handler::{BoxError, IntoResponse, Response};
+use crate::metrics::HandlerFailure;
 use crate::throttle::Throttle;
 
 /// Replaces whatever the handler made of a request body read that failed by the client's
@@ -104,6 +105,11 @@ pub(super) fn handler_error(
     retry_after: &HeaderValue,
     given_up: GivenUp,
 ) {
+    crate::metrics::handler_failed(if unavailable(&**err) {
+        HandlerFailure::Unavailable
+    } else {
+        HandlerFailure::Error
+    });
     if given_up != GivenUp::No {
         // Nobody gets an answer made of it: the error is logged, saying what became of
         // the request. A "not now" is no failure of the handler's: at debug.

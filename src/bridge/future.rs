@@ -18,6 +18,7 @@ use super::reply::{Reply, ReplyCell};
 use super::BoxError;
 use crate::body::channel::HeadCall;
 use crate::body::{BridgeBody, Completion};
+use crate::metrics::Refused;
 use crate::pool::{BlockingPool, JobId};
 use crate::throttle::Throttle;
 use crate::timer::TimersKnown;
@@ -290,6 +291,7 @@ impl<B> SyncServiceFuture<B> {
         };
         if waiting.queued_in.is_some() && waiting.queue_deadline.is_none() && waiting.withdraw() {
             // No timer to bound the wait with: refuse now rather than wait unbounded.
+            crate::metrics::refused(Refused::NoTimer);
             static NO_TIMER: Throttle = Throttle::new();
             if let Some(left_out) = NO_TIMER.admit() {
                 tracing::warn!(
@@ -323,8 +325,12 @@ impl<B> SyncServiceFuture<B> {
         };
         let completion = self.completion.as_ref();
         let mut response = match deadline {
-            Deadline::Handler => gateway_timeout(),
+            Deadline::Handler => {
+                crate::metrics::handler_timed_out();
+                gateway_timeout()
+            }
             Deadline::Queue | Deadline::HandlerWhileQueued => {
+                crate::metrics::refused(Refused::QueueTimeout);
                 overloaded(waiting.retry_after.clone())
             }
         };

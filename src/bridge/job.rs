@@ -16,6 +16,7 @@ use crate::body::{
 use crate::context::{self, Context};
 use crate::error::{panic_message, Chain};
 use crate::handler::{internal_error, Handler, HandlerError, Request};
+use crate::metrics::HandlerFailure;
 use crate::pool::SharedJob;
 use crate::throttle::Throttle;
 use crate::timer::TimersKnown;
@@ -173,6 +174,7 @@ impl<H: Handler> RequestJob<H> {
             Ok(response) => response,
             Err(payload) => {
                 let panic = panic_message(&*payload);
+                crate::metrics::handler_failed(HandlerFailure::Panic);
                 // A panic is a bug to see whatever became of the request; the line says
                 // whether the client got the `500`.
                 match cell.given_up() {

@@ -354,6 +354,7 @@ impl<H: Handler> SyncService<H> {
                 )
             }
             Err(_job) => {
+                crate::metrics::pool_refused(&shared.pool);
                 static POOL_FULL: Throttle = Throttle::new();
                 if let Some(left_out) = POOL_FULL.admit() {
                     let why = match shared.pool.refusal() {
@@ -663,6 +664,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
 
     /// Builds the service. Callable from anywhere; starts no thread.
     pub fn build(self) -> SyncService<H> {
+        crate::metrics::describe();
         let secs = self
             .retry_after
             .as_secs()

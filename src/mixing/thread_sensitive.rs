@@ -23,6 +23,7 @@ use tokio::runtime::Handle;
 use crate::context::{self, Context};
 use crate::error::{panic_message, Error, Kind, Result};
 use crate::handler::{internal_error, Handler, IntoResponse, Request, Response};
+use crate::metrics::{HandlerFailure, Refused};
 use crate::throttle::Throttle;
 
 /// A handler built once per pool thread by a factory, for state that is not `Sync` or not
@@ -380,6 +381,7 @@ impl Handler for SingleThread {
                 inner.in_hand.fetch_sub(1, Ordering::AcqRel);
             }),
             Err(_) => {
+                crate::metrics::refused(Refused::SingleThreadFull);
                 static FULL: Throttle = Throttle::new();
                 if let Some(left_out) = FULL.admit() {
                     tracing::warn!(
@@ -400,6 +402,7 @@ impl Handler for SingleThread {
                     .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
+                    crate::metrics::refused(Refused::SingleThreadTimeout);
                     static WAITED: Throttle = Throttle::new();
                     if let Some(left_out) = WAITED.admit() {
                         tracing::warn!(
@@ -552,6 +555,7 @@ fn serve_one(handler: &dyn Fn(Request) -> Response, call: Call, name: &str, in_h
         })
     });
     let response = outcome.unwrap_or_else(|payload| {
+        crate::metrics::handler_failed(HandlerFailure::Panic);
         tracing::error!(
             thread = %name, %method, %path, panic = %panic_message(&*payload),
             "single-thread handler panicked; answered 500, thread kept"
@@ -569,6 +573,7 @@ fn serve_here(handler: &dyn Fn(Request) -> Response, request: Request, name: &st
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     catch_unwind(AssertUnwindSafe(|| handler(request))).unwrap_or_else(|payload| {
+        crate::metrics::handler_failed(HandlerFailure::Panic);
         tracing::error!(
             thread = %name, %method, %path, panic = %panic_message(&*payload),
             "single-thread handler panicked in a call to itself; answered 500"

@@ -157,6 +157,7 @@ impl Drop for Unfinished {
                 } else {
                     tracing::error!(task_id = %id, "background task lost: {message}");
                 }
+                crate::metrics::task_finished("lost");
                 let lost = outcome(TaskStatus::Failed, None, Some(Arc::from(message)));
                 self.set.shared.backend.finished(id, lost);
             }
@@ -298,6 +299,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
             }
         };
         let status = outcome.status;
+        crate::metrics::task_finished(status.as_str());
         let info = self.set.shared.backend.finished(id, outcome);
         self.unfinished.stage = Stage::Recorded;
         let mut callbacks = Vec::new();

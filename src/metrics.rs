@@ -1,0 +1,276 @@
+//! What the crate reports through the [`metrics`](https://docs.rs/metrics) facade, with
+//! the `metrics` feature: responses by status and their durations, the server's own
+//! refusals, failed handlers and finished background tasks, counted exactly where the
+//! log lines about them are throttled; and a bundled server's load, sampled once a
+//! second. The application installs the recorder (a Prometheus exporter, say); until it
+//! does, the facade drops what it is given. Without the feature every function here is
+//! empty. The names are listed in `docs/operations.md`, "Metrics".
+
+use std::time::Instant;
+
+use http::StatusCode;
+
+use crate::pool::{BlockingPool, Refusal};
+
+/// Why the server itself answered `503`, as the `reason` label of
+/// `syncbridge_requests_refused_total`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Refused {
+    /// The pool's threads and its queue were full.
+    PoolFull,
+    /// No pool thread was alive and the OS refused to start one.
+    NoThread,
+    /// The pool was shut down.
+    PoolShutDown,
+    /// Every thread was busy and the calling runtime has no timer to bound a wait.
+    NoTimer,
+    /// The request waited in the queue past the queue timeout, or the handler timeout.
+    QueueTimeout,
+    /// A `SingleThread`'s queue was full.
+    SingleThreadFull,
+    /// The request waited for a `SingleThread` past its queue timeout.
+    SingleThreadTimeout,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Full => Refused::PoolFull,
+            Refusal::NoThread => Refused::NoThread,
+            Refusal::ShutDown => Refused::PoolShutDown,
+        }
+    }
+}
+
+/// How a handler failed, as the `kind` label of `syncbridge_handler_failures_total`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum HandlerFailure {
+    /// It panicked (`500`).
+    Panic,
+    /// It returned an error (`500`).
+    Error,
+    /// It returned an overload or shutdown error (`503`).
+    Unavailable,
+}
+
+/// A response that began at `start` ended (the access line):
+/// `syncbridge_requests_total{status}` and `syncbridge_request_duration_seconds`.
+#[inline]
+pub(crate) fn request_done(status: StatusCode, start: Instant) {
+    #[cfg(feature = "metrics")]
+    {
+        static METADATA: ::metrics::Metadata<'static> =
+            ::metrics::Metadata::new(module_path!(), ::metrics::Level::INFO, None);
+        ::metrics::with_recorder(|recorder| {
+            recorder.register_counter(requests_key(status), &METADATA)
+        })
+        .increment(1);
+        ::metrics::histogram!("syncbridge_request_duration_seconds")
+            .record(start.elapsed().as_secs_f64());
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (status, start);
+}
+
+/// `syncbridge_requests_total{status}`'s key for `status`, made at its first use and
+/// kept: `counter!` with a label that is not a literal allocates and hashes a new key at
+/// every call, a third of the counter's cost per request.
+#[cfg(feature = "metrics")]
+fn requests_key(status: StatusCode) -> &'static ::metrics::Key {
+    use std::sync::OnceLock;
+    // 900 slots, as `StatusCode` holds 100 to 999: only the pages of codes sent are
+    // ever touched.
+    static KEYS: [OnceLock<::metrics::Key>; 900] = [const { OnceLock::new() }; 900];
+    let slot = usize::from(status.as_u16().saturating_sub(100)).min(899);
+    KEYS[slot].get_or_init(|| {
+        let label = ::metrics::Label::from_static_parts("status", status_label(status));
+        ::metrics::Key::from_parts("syncbridge_requests_total", vec![label])
+    })
+}
+
+/// The server answered `503` itself: `syncbridge_requests_refused_total{reason}`.
+#[inline]
+pub(crate) fn refused(reason: Refused) {
+    #[cfg(feature = "metrics")]
+    {
+        let reason = match reason {
+            Refused::PoolFull => "pool_full",
+            Refused::NoThread => "no_thread",
+            Refused::PoolShutDown => "pool_shut_down",
+            Refused::NoTimer => "no_timer",
+            Refused::QueueTimeout => "queue_timeout",
+            Refused::SingleThreadFull => "single_thread_full",
+            Refused::SingleThreadTimeout => "single_thread_timeout",
+        };
+        ::metrics::counter!("syncbridge_requests_refused_total", "reason" => reason).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
+}
+
+/// `pool` refused a request: [`refused`] with its reason. The reason is read back under
+/// the pool's lock, which only the feature pays for.
+#[inline]
+pub(crate) fn pool_refused(pool: &BlockingPool) {
+    #[cfg(feature = "metrics")]
+    refused(pool.refusal().into());
+    #[cfg(not(feature = "metrics"))]
+    let _ = pool;
+}
+
+/// A handler ran past the handler timeout (`504`): `syncbridge_handler_timeouts_total`.
+#[inline]
+pub(crate) fn handler_timed_out() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("syncbridge_handler_timeouts_total").increment(1);
+}
+
+/// A handler failed, whether or not its client got the answer:
+/// `syncbridge_handler_failures_total{kind}`.
+#[inline]
+pub(crate) fn handler_failed(kind: HandlerFailure) {
+    #[cfg(feature = "metrics")]
+    {
+        let kind = match kind {
+            HandlerFailure::Panic => "panic",
+            HandlerFailure::Error => "error",
+            HandlerFailure::Unavailable => "unavailable",
+        };
+        ::metrics::counter!("syncbridge_handler_failures_total", "kind" => kind).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = kind;
+}
+
+/// A background task ended (`status`: a `TaskStatus`'s name, or `lost`):
+/// `syncbridge_tasks_finished_total{status}`.
+#[inline]
+pub(crate) fn task_finished(status: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("syncbridge_tasks_finished_total", "status" => status).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = status;
+}
+
+/// Samples a bundled server's load once a second until the handle is dropped:
+/// `syncbridge_connections` (open connections) and the pool's `syncbridge_pool_threads`,
+/// `syncbridge_pool_busy_threads` and `syncbridge_pool_queued`. Sampled rather than
+/// counted at each change, which would cost every request. `None` without the feature.
+pub(crate) fn sample_server(
+    pool: &BlockingPool,
+    connections: &tokio_util::task::TaskTracker,
+) -> Option<tokio_util::task::AbortOnDropHandle<()>> {
+    #[cfg(feature = "metrics")]
+    {
+        describe();
+        let (pool, connections) = (pool.clone(), connections.clone());
+        let sampler = tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let stats = pool.stats();
+                ::metrics::gauge!("syncbridge_connections").set(connections.len() as f64);
+                ::metrics::gauge!("syncbridge_pool_threads").set(stats.threads as f64);
+                ::metrics::gauge!("syncbridge_pool_busy_threads").set(stats.busy as f64);
+                ::metrics::gauge!("syncbridge_pool_queued").set(stats.queued as f64);
+            }
+        });
+        Some(tokio_util::task::AbortOnDropHandle::new(sampler))
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        let _ = (pool, connections);
+        None
+    }
+}
+
+/// Gives the recorder installed now each metric's description and unit, once per
+/// process (a Prometheus exporter shows them as `# HELP`). A recorder installed later
+/// gets the metrics without them.
+#[cfg(feature = "metrics")]
+pub(crate) fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        describe_counter!(
+            "syncbridge_requests_total",
+            "Responses whose body ended (sent whole or cut off), by status"
+        );
+        describe_histogram!(
+            "syncbridge_request_duration_seconds",
+            Unit::Seconds,
+            "Time from a request's arrival to the end of its response body"
+        );
+        describe_counter!(
+            "syncbridge_requests_refused_total",
+            "Requests the server answered 503 itself, by reason"
+        );
+        describe_counter!(
+            "syncbridge_handler_timeouts_total",
+            "Requests answered 504: their handler ran past the handler timeout"
+        );
+        describe_counter!(
+            "syncbridge_handler_failures_total",
+            "Handlers that panicked, or returned an error, by kind"
+        );
+        describe_counter!(
+            "syncbridge_tasks_finished_total",
+            "Background tasks that ended, by status"
+        );
+        describe_gauge!(
+            "syncbridge_connections",
+            "Open connections, sampled each second"
+        );
+        describe_gauge!("syncbridge_pool_threads", "Handler pool threads alive");
+        describe_gauge!(
+            "syncbridge_pool_busy_threads",
+            "Handler pool threads running a job"
+        );
+        describe_gauge!(
+            "syncbridge_pool_queued",
+            "Jobs waiting for a handler pool thread"
+        );
+    });
+}
+
+/// Without the feature: nothing to describe.
+#[cfg(not(feature = "metrics"))]
+pub(crate) fn describe() {}
+
+/// A status code's three digits, without an allocation per response: the facade takes a
+/// label's value as `&'static str` for free.
+#[cfg(feature = "metrics")]
+fn status_label(status: StatusCode) -> &'static str {
+    static DIGITS: [u8; 2700] = {
+        let mut digits = [0u8; 2700];
+        let mut i = 0;
+        while i < 900 {
+            let code = i + 100;
+            digits[i * 3] = b'0' + (code / 100) as u8;
+            digits[i * 3 + 1] = b'0' + (code / 10 % 10) as u8;
+            digits[i * 3 + 2] = b'0' + (code % 10) as u8;
+            i += 1;
+        }
+        digits
+    };
+    // `StatusCode` holds 100 to 999 only.
+    let at = usize::from(status.as_u16().saturating_sub(100)) * 3;
+    DIGITS
+        .get(at..at + 3)
+        .and_then(|digits| std::str::from_utf8(digits).ok())
+        .unwrap_or("???")
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_the_codes() {
+        for code in [100, 200, 404, 503, 999] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(status_label(status), code.to_string());
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The `metrics` feature, as a dashboard would show it: requests that succeed, panic,
+//! fail, time out and are refused, a background task that fails, and the server's load.
+//! A binary of its own: it installs the process's one recorder.
+#![cfg(feature = "metrics")]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use support::{get, panic_quietly, within, TestServer, STEP};
+use syncbridge::{BlockingPool, Request, Server, TaskSet};
+
+/// A metric's value as the recorder holds it: a counter's count, a gauge's value (as
+/// `f64` bits) or a histogram's number of samples. Each change is also sent to the
+/// test as `(name{labels}, value)`.
+struct Cell {
+    key: String,
+    value: AtomicU64,
+    changes: mpsc::Sender<(String, f64)>,
+}
+
+impl Cell {
+    fn changed(&self, value: f64) {
+        let _ = self.changes.send((self.key.clone(), value));
+    }
+}
+
+impl metrics::CounterFn for Cell {
+    fn increment(&self, by: u64) {
+        let now = self.value.fetch_add(by, SeqCst) + by;
+        self.changed(now as f64);
+    }
+    fn absolute(&self, value: u64) {
+        self.value.fetch_max(value, SeqCst);
+        self.changed(value as f64);
+    }
+}
+
+impl metrics::GaugeFn for Cell {
+    fn increment(&self, by: f64) {
+        self.set(f64::from_bits(self.value.load(SeqCst)) + by);
+    }
+    fn decrement(&self, by: f64) {
+        self.set(f64::from_bits(self.value.load(SeqCst)) - by);
+    }
+    fn set(&self, value: f64) {
+        self.value.store(value.to_bits(), SeqCst);
+        self.changed(value);
+    }
+}
+
+impl metrics::HistogramFn for Cell {
+    fn record(&self, _value: f64) {
+        let now = self.value.fetch_add(1, SeqCst) + 1;
+        self.changed(now as f64);
+    }
+}
+
+/// Keeps every metric by `name{label=value,...}`.
+struct TestRecorder {
+    cells: Mutex<HashMap<String, Arc<Cell>>>,
+    changes: Mutex<mpsc::Sender<(String, f64)>>,
+    described: Mutex<Vec<String>>,
+}
+
+impl TestRecorder {
+    fn cell(&self, key: &Key) -> Arc<Cell> {
+        let mut name = key.name().to_owned();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        if !labels.is_empty() {
+            name = format!("{name}{{{}}}", labels.join(","));
+        }
+        let changes = self.changes.lock().unwrap().clone();
+        self.cells
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_insert_with(|| {
+                Arc::new(Cell {
+                    key: name,
+                    value: AtomicU64::new(0),
+                    changes,
+                })
+            })
+            .clone()
+    }
+
+    /// A counter's count, or a histogram's number of samples (0 when never touched).
+    fn count(&self, key: &str) -> u64 {
+        let cells = self.cells.lock().unwrap();
+        cells.get(key).map_or(0, |c| c.value.load(SeqCst))
+    }
+}
+
+impl Recorder for TestRecorder {
+    fn describe_counter(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+        self.described.lock().unwrap().push(key.as_str().to_owned());
+    }
+    fn describe_gauge(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+        self.described.lock().unwrap().push(key.as_str().to_owned());
+    }
+    fn describe_histogram(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+        self.described.lock().unwrap().push(key.as_str().to_owned());
+    }
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(self.cell(key))
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(self.cell(key))
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(self.cell(key))
+    }
+}
+
+/// Installs the recorder (once) and returns it with the receiving end of its changes.
+fn recorder() -> (&'static TestRecorder, mpsc::Receiver<(String, f64)>) {
+    static RECORDER: OnceLock<&'static TestRecorder> = OnceLock::new();
+    let (changes_tx, changes_rx) = mpsc::channel();
+    let recorder = RECORDER.get_or_init(|| {
+        let recorder: &'static TestRecorder = Box::leak(Box::new(TestRecorder {
+            cells: Mutex::default(),
+            changes: Mutex::new(changes_tx.clone()),
+            described: Mutex::default(),
+        }));
+        metrics::set_global_recorder(recorder).expect("the only recorder");
+        recorder
+    });
+    *recorder.changes.lock().unwrap() = changes_tx;
+    (recorder, changes_rx)
+}
+
+/// Waits (at most [`STEP`]) until `key` changes to a value that `wanted` accepts.
+fn wait_for(changes: &mpsc::Receiver<(String, f64)>, key: &str, wanted: impl Fn(f64) -> bool) {
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match changes.recv_timeout(left) {
+            Ok((changed, value)) if changed == key && wanted(value) => return,
+            Ok(_) => {}
+            Err(_) => panic!("{key} did not change as wanted within {STEP:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_sees_each_outcome_once() {
+    let (recorder, changes) = recorder();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let started_tx = Mutex::new(started_tx);
+    let release_rx = Mutex::new(release_rx);
+    // One thread and no queue: while `/hold` runs, any other request is refused.
+    let pool = BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(0)
+        .build();
+    let server = Server::bind("127.0.0.1:0")
+        .pool(pool)
+        .handler_timeout(Duration::from_millis(300));
+    let server = TestServer::start_with(
+        server,
+        move |req: Request| -> Result<&'static str, Box<dyn std::error::Error + Send + Sync>> {
+            match req.uri().path() {
+                "/panic" => panic_quietly("a bug"),
+                "/error" => Err(support::cart_error().into()),
+                "/hold" => {
+                    started_tx.lock().unwrap().send(()).unwrap();
+                    release_rx.lock().unwrap().recv_timeout(STEP).unwrap();
+                    Ok("held")
+                }
+                "/task" => {
+                    let _detached = TaskSet::current()?.spawn_blocking(|_ctx| {
+                        Err::<(), _>(std::io::Error::other("the report failed"))
+                    })?;
+                    Ok("spawned")
+                }
+                _ => Ok("ok"),
+            }
+        },
+    );
+
+    assert_eq!(get(server.addr, "/").await.status, 200);
+    assert_eq!(get(server.addr, "/panic").await.status, 500);
+    assert_eq!(get(server.addr, "/error").await.status, 500);
+    // Past the handler timeout `/hold` is answered 504, and its thread stays busy.
+    let held = tokio::spawn(get(server.addr, "/hold"));
+    within(tokio::task::spawn_blocking(move || {
+        started_rx.recv_timeout(STEP)
+    }))
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(within(held).await.unwrap().status, 504);
+    assert_eq!(get(server.addr, "/").await.status, 503);
+    // The load, as sampled once a second: the thread still runs the handler.
+    let changes = within(tokio::task::spawn_blocking(move || {
+        wait_for(&changes, "syncbridge_pool_busy_threads", |v| v == 1.0);
+        changes
+    }))
+    .await
+    .unwrap();
+    release_tx.send(()).unwrap();
+    // Its thread back, the pool takes the next request.
+    let changes = within(tokio::task::spawn_blocking(move || {
+        wait_for(&changes, "syncbridge_pool_busy_threads", |v| v == 0.0);
+        changes
+    }))
+    .await
+    .unwrap();
+    assert_eq!(get(server.addr, "/task").await.status, 200);
+    within(tokio::task::spawn_blocking(move || {
+        wait_for(
+            &changes,
+            "syncbridge_tasks_finished_total{status=failed}",
+            |v| v == 1.0,
+        );
+    }))
+    .await
+    .unwrap();
+    // Every response has ended (and been counted) once the server has stopped.
+    server.stop().await;
+
+    let expected = [
+        ("syncbridge_requests_total{status=200}", 2),
+        ("syncbridge_requests_total{status=500}", 2),
+        ("syncbridge_requests_total{status=503}", 1),
+        ("syncbridge_requests_total{status=504}", 1),
+        ("syncbridge_request_duration_seconds", 6),
+        ("syncbridge_requests_refused_total{reason=pool_full}", 1),
+        ("syncbridge_handler_timeouts_total", 1),
+        ("syncbridge_handler_failures_total{kind=panic}", 1),
+        ("syncbridge_handler_failures_total{kind=error}", 1),
+        ("syncbridge_handler_failures_total{kind=unavailable}", 0),
+        ("syncbridge_tasks_finished_total{status=failed}", 1),
+        ("syncbridge_tasks_finished_total{status=succeeded}", 0),
+    ];
+    for (key, count) in expected {
+        assert_eq!(recorder.count(key), count, "{key}");
+    }
+    let described = recorder.described.lock().unwrap();
+    for name in [
+        "syncbridge_requests_total",
+        "syncbridge_request_duration_seconds",
+        "syncbridge_connections",
+    ] {
+        assert!(described.iter().any(|d| d == name), "{name} not described");
+    }
+}
