@@ -154,15 +154,19 @@ pub(crate) fn task_finished(status: &'static str) {
 
 /// Samples a bundled server's load once a second until the handle is dropped:
 /// `syncbridge_connections` (open connections) and the pool's `syncbridge_pool_threads`,
-/// `syncbridge_pool_busy_threads` and `syncbridge_pool_queued`. Sampled rather than
-/// counted at each change, which would cost every request. `None` without the feature.
+/// `syncbridge_pool_busy_threads` and `syncbridge_pool_queued`, each labelled with the
+/// server's `listener` (its address), so that two servers in one process do not
+/// overwrite each other's. Sampled rather than counted at each change, which would cost
+/// every request. `None` without the feature.
 pub(crate) fn sample_server(
+    listener: &crate::server::ListenAddr,
     pool: &BlockingPool,
     connections: &tokio_util::task::TaskTracker,
 ) -> Option<tokio_util::task::AbortOnDropHandle<()>> {
     #[cfg(feature = "metrics")]
     {
         describe();
+        let listener = listener.to_string();
         let (pool, connections) = (pool.clone(), connections.clone());
         let sampler = tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -170,17 +174,22 @@ pub(crate) fn sample_server(
             loop {
                 every.tick().await;
                 let stats = pool.stats();
-                ::metrics::gauge!("syncbridge_connections").set(connections.len() as f64);
-                ::metrics::gauge!("syncbridge_pool_threads").set(stats.threads as f64);
-                ::metrics::gauge!("syncbridge_pool_busy_threads").set(stats.busy as f64);
-                ::metrics::gauge!("syncbridge_pool_queued").set(stats.queued as f64);
+                let gauges = [
+                    ("syncbridge_connections", connections.len()),
+                    ("syncbridge_pool_threads", stats.threads),
+                    ("syncbridge_pool_busy_threads", stats.busy),
+                    ("syncbridge_pool_queued", stats.queued),
+                ];
+                for (name, value) in gauges {
+                    ::metrics::gauge!(name, "listener" => listener.clone()).set(value as f64);
+                }
             }
         });
         Some(tokio_util::task::AbortOnDropHandle::new(sampler))
     }
     #[cfg(not(feature = "metrics"))]
     {
-        let _ = (pool, connections);
+        let _ = (listener, pool, connections);
         None
     }
 }
@@ -238,8 +247,7 @@ pub(crate) fn describe() {
 #[cfg(not(feature = "metrics"))]
 pub(crate) fn describe() {}
 
-/// A status code's three digits, without an allocation per response: the facade takes a
-/// label's value as `&'static str` for free.
+/// A status code's three digits as a `&'static str`, the label of its key.
 #[cfg(feature = "metrics")]
 fn status_label(status: StatusCode) -> &'static str {
     static DIGITS: [u8; 2700] = {

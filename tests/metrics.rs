@@ -186,6 +186,7 @@ async fn a_dashboard_sees_each_outcome_once() {
         },
     );
 
+    let busy_threads = format!("syncbridge_pool_busy_threads{{listener={}}}", server.addr);
     assert_eq!(get(server.addr, "/").await.status, 200);
     assert_eq!(get(server.addr, "/panic").await.status, 500);
     assert_eq!(get(server.addr, "/error").await.status, 500);
@@ -200,8 +201,9 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert_eq!(within(held).await.unwrap().status, 504);
     assert_eq!(get(server.addr, "/").await.status, 503);
     // The load, as sampled once a second: the thread still runs the handler.
+    let busy = busy_threads.clone();
     let changes = within(tokio::task::spawn_blocking(move || {
-        wait_for(&changes, "syncbridge_pool_busy_threads", |v| v == 1.0);
+        wait_for(&changes, &busy, |v| v == 1.0);
         changes
     }))
     .await
@@ -209,7 +211,7 @@ async fn a_dashboard_sees_each_outcome_once() {
     release_tx.send(()).unwrap();
     // Its thread back, the pool takes the next request.
     let changes = within(tokio::task::spawn_blocking(move || {
-        wait_for(&changes, "syncbridge_pool_busy_threads", |v| v == 0.0);
+        wait_for(&changes, &busy_threads, |v| v == 0.0);
         changes
     }))
     .await

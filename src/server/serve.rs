@@ -152,7 +152,7 @@ impl Server {
         });
         let connections = TaskTracker::new();
         // Aborted when `run` ends or is dropped; nothing without the `metrics` feature.
-        let _load_sampler = crate::metrics::sample_server(&pool, &connections);
+        let _load_sampler = crate::metrics::sample_server(&listen_addr, &pool, &connections);
         // Until the shutdown below has run its course: a `serve_async` future dropped
         // before that would otherwise leave its connections and signal watcher running.
         let mut dropped_early = DroppedEarly {
