@@ -30,6 +30,8 @@ pub use mixing::{
     EnsureAsyncFuture, PerThread, SingleThread, SingleThreadBuilder,
 };
 pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
+#[cfg(unix)]
+pub use server::PeerCred;
 pub use server::{
     ClientIp, ClientScheme, ListenAddr, ParseTrustedProxyError, RemoteAddr, Server, ShutdownHandle,
     TrustedProxy,

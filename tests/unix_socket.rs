@@ -19,7 +19,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{closed_by_server, collect, logs, read_raw_response, within};
 use syncbridge::{
-    Handler, ListenAddr, RemoteAddr, Request, Response, ResponseBody, Server, ShutdownHandle,
+    Handler, ListenAddr, PeerCred, RemoteAddr, Request, Response, ResponseBody, Server,
+    ShutdownHandle,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -73,13 +74,24 @@ impl Drop for UnixServer {
     }
 }
 
-/// Says whether the request carries a client address, and logs a line in its span.
+/// Says whether the request carries a client address or a peer process, and logs a line
+/// in its span.
 fn who(req: Request) -> String {
     tracing::info!(target: "app", path = req.uri().path(), "unix handler runs");
-    match req.extensions().get::<RemoteAddr>() {
-        Some(RemoteAddr(addr)) => format!("from {addr}"),
-        None => "no address".to_owned(),
+    let extensions = req.extensions();
+    match (extensions.get::<RemoteAddr>(), extensions.get::<PeerCred>()) {
+        (Some(RemoteAddr(addr)), _) => format!("from {addr}"),
+        (None, Some(peer)) => format!("no address; process {:?} of {}", peer.pid, peer.uid),
+        (None, None) => "no address".to_owned(),
     }
+}
+
+/// What `who` says about a request from this process, whose user owns the socket file
+/// at `path` it bound (std has no `geteuid`).
+fn from_this_process(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(path).expect("the socket file").uid();
+    format!("no address; process Some({}) of {uid}", std::process::id())
 }
 
 fn get(path: &str) -> http::Request<Empty<Bytes>> {
@@ -102,7 +114,8 @@ async fn get_over(path: &Path, request_path: &str) -> support::Reply {
 #[tokio::test]
 async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop() {
     let path = socket_path("serves");
-    // Asked for client addresses: a Unix socket has none to give.
+    // Asked for client addresses: a Unix socket has none to give, but its peer's process
+    // (the test's own) instead.
     let server = Server::bind_unix(&path).remote_addr(true);
     assert_eq!(server.listen_addr(), &ListenAddr::Unix(path.clone()));
     assert_eq!(
@@ -116,7 +129,7 @@ async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop(
     for request in ["/one", "/two"] {
         let reply = collect(within(send.send_request(get(request))).await.unwrap()).await;
         assert_eq!(reply.status, 200);
-        assert_eq!(reply.text(), "no address");
+        assert_eq!(reply.text(), from_this_process(&path));
     }
 
     // HTTP/2 with prior knowledge, on the same socket.
@@ -127,7 +140,7 @@ async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop(
     tokio::spawn(conn);
     let response = within(send.send_request(get("/three"))).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
-    assert_eq!(collect(response).await.text(), "no address");
+    assert_eq!(collect(response).await.text(), from_this_process(&path));
 
     // The handler's lines name the connection's peer as `unix`.
     assert!(logs::contains(&[

@@ -21,7 +21,6 @@ mod reply;
 
 use std::convert::Infallible;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -36,7 +35,7 @@ use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::offload::DropsOffRuntime;
 use crate::pool::{Admission, BlockingPool, Job, Refusal};
-use crate::server::{ClientSource, RemoteAddr};
+use crate::server::{ClientSource, PeerExtension};
 use crate::tasks::TaskSet;
 use crate::throttle::Throttle;
 use crate::timer::TimersKnown;
@@ -99,9 +98,10 @@ pub struct SyncService<H> {
     shared: Arc<Shared<H>>,
     /// The connection this clone serves, when the bundled server tracks idleness.
     activity: Option<Arc<Activity>>,
-    /// The client of that connection, put in each request's extensions when the server
-    /// was asked to (`Server::remote_addr`).
-    peer: Option<RemoteAddr>,
+    /// The client of that connection (its address, or a Unix socket peer's
+    /// credentials), put in each request's extensions when the server was asked to
+    /// (`Server::remote_addr`).
+    peer: Option<PeerExtension>,
     /// Where its requests' `ClientIp` and `ClientScheme` come from, when the server was
     /// told its trusted proxies.
     client: Option<Arc<ClientSource>>,
@@ -174,13 +174,13 @@ impl<H: Handler> SyncService<H> {
     pub(crate) fn for_connection(
         &self,
         activity: Arc<Activity>,
-        peer: Option<SocketAddr>,
+        peer: Option<PeerExtension>,
         client: Option<ClientSource>,
     ) -> Self {
         SyncService {
             shared: self.shared.clone(),
             activity: Some(activity),
-            peer: peer.map(RemoteAddr),
+            peer,
             client: client.map(Arc::new),
         }
     }
@@ -237,7 +237,7 @@ impl<H: Handler> SyncService<H> {
     {
         let (mut parts, body) = request.into_parts();
         if let Some(peer) = self.peer {
-            parts.extensions.insert(peer);
+            peer.insert_into(&mut parts.extensions);
         }
         if let Some(client) = &self.client {
             client.resolve(&parts.headers, &mut parts.extensions);

@@ -61,6 +61,10 @@ pub(super) async fn serve<H: Handler>(
 ) {
     let activity = Arc::new(Activity::new());
     let socket = stream.conn_socket();
+    let peer_extension = config
+        .remote_addr
+        .then(|| stream.peer_extension(peer))
+        .flatten();
     // Set when the header read timeout ends a request head on its way: it is answered.
     let mut late_head = false;
     // In a block of its own, so that hyper's connection (and its handle on the socket)
@@ -73,7 +77,7 @@ pub(super) async fn serve<H: Handler>(
             },
             service.for_connection(
                 activity.clone(),
-                peer.remote_addr().filter(|_| config.remote_addr),
+                peer_extension,
                 config
                     .trusted_proxies
                     .as_ref()

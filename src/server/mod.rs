@@ -35,6 +35,9 @@ use std::path::Path;
 pub(crate) use forwarded::ClientSource;
 pub use forwarded::{ClientIp, ClientScheme, ParseTrustedProxyError, TrustedProxy};
 pub use listen::ListenAddr;
+#[cfg(unix)]
+pub use remote::PeerCred;
+pub(crate) use remote::PeerExtension;
 pub use remote::RemoteAddr;
 pub use shutdown::ShutdownHandle;
 
@@ -136,8 +139,9 @@ impl Server {
     ///
     /// Requests over it carry no [`RemoteAddr`], even with
     /// [`remote_addr`](Server::remote_addr) on: a Unix socket's clients have no address
-    /// (the proxy in front says who its client is, in a header). Log lines name such a
-    /// connection's peer `unix`.
+    /// (the proxy in front says who its client is, in a header). With it on they carry
+    /// the peer process's [`PeerCred`] instead. Log lines name such a connection's peer
+    /// `unix`.
     ///
     /// Callable from any thread; it does not need a runtime. On Linux it locks the
     /// directory around its check for a stale file and the bind, and may wait up to a

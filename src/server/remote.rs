@@ -1,4 +1,5 @@
-//! The client's address, as the bundled server hands it to a handler.
+//! The client's address (or, on a Unix socket, its process), as the bundled server
+//! hands it to a handler.
 
 use std::net::SocketAddr;
 
@@ -10,7 +11,8 @@ use std::net::SocketAddr;
 /// peer: behind a reverse proxy that is the proxy, and the client is in a header the
 /// proxy sets (`X-Forwarded-For`), believed only from a proxy the server was told to
 /// trust: see [`ClientIp`](crate::ClientIp) and
-/// [`Server::trusted_proxies`](crate::Server::trusted_proxies). A
+/// [`Server::trusted_proxies`](crate::Server::trusted_proxies). On a Unix socket there is
+/// no address, and the request carries a `PeerCred` (Unix only) instead. A
 /// [`SyncService`](crate::SyncService) embedded in another server
 /// passes on that server's extensions instead (axum's `ConnectInfo`, when the app is
 /// served with `into_make_service_with_connect_info`).
@@ -30,6 +32,68 @@ use std::net::SocketAddr;
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RemoteAddr(pub SocketAddr);
+
+/// The process at the other end of a Unix domain socket connection, as the kernel
+/// recorded it when the connection was made (`SO_PEERCRED` on Linux, `getpeereid`
+/// elsewhere): axum's `UdsConnectInfo` example, for a socket whose clients are told
+/// apart by user (an admin socket only root's tools may use, say).
+///
+/// The bundled [`Server`](crate::Server) on a Unix socket
+/// ([`bind_unix`](crate::Server::bind_unix)) puts one in every request's extensions when
+/// asked to with [`Server::remote_addr`](crate::Server::remote_addr), in place of the
+/// [`RemoteAddr`] such a client does not have. Behind a proxy it names the proxy's
+/// process, as `RemoteAddr` names the proxy.
+///
+/// # Examples
+///
+/// ```
+/// use syncbridge::{PeerCred, Request};
+///
+/// fn admin(req: Request) -> (syncbridge::http::StatusCode, &'static str) {
+///     match req.extensions().get::<PeerCred>() {
+///         Some(peer) if peer.uid == 0 => (syncbridge::http::StatusCode::OK, "welcome\n"),
+///         _ => (syncbridge::http::StatusCode::FORBIDDEN, "root only\n"),
+///     }
+/// }
+/// # let _ = admin;
+/// ```
+#[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct PeerCred {
+    /// The peer's effective user id when it connected.
+    pub uid: tokio::net::unix::uid_t,
+    /// The peer's effective group id when it connected.
+    pub gid: tokio::net::unix::gid_t,
+    /// The peer's process id, where the OS reports one (Linux and the BSDs do; macOS
+    /// does too).
+    pub pid: Option<tokio::net::unix::pid_t>,
+}
+
+/// What a connection's requests carry about their peer (`Server::remote_addr`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PeerExtension {
+    Tcp(RemoteAddr),
+    #[cfg(unix)]
+    Unix(PeerCred),
+}
+
+impl PeerExtension {
+    /// Puts it in a request's extensions.
+    #[inline]
+    pub(crate) fn insert_into(self, extensions: &mut http::Extensions) {
+        match self {
+            PeerExtension::Tcp(addr) => {
+                extensions.insert(addr);
+            }
+            #[cfg(unix)]
+            PeerExtension::Unix(cred) => {
+                extensions.insert(cred);
+            }
+        }
+    }
+}
 
 /// A connection's peer as the server's log lines name it (`peer=...` in the connection's
 /// span): a TCP client's address, or `unix` for a client on the Unix socket, which has
@@ -52,7 +116,7 @@ impl std::fmt::Display for Peer {
 }
 
 impl Peer {
-    /// The address a request's [`RemoteAddr`] carries, if any.
+    /// The peer's address, if it has one.
     pub(super) fn remote_addr(self) -> Option<SocketAddr> {
         match self {
             Peer::Tcp(addr) => Some(addr),

@@ -13,6 +13,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+#[cfg(unix)]
+use super::remote::PeerCred;
+use super::remote::{Peer, PeerExtension, RemoteAddr};
 use crate::sys::ConnSocket;
 
 pub(super) enum ConnStream {
@@ -22,6 +25,29 @@ pub(super) enum ConnStream {
 }
 
 impl ConnStream {
+    /// What the connection's requests carry about `peer` when the server was asked to
+    /// (`Server::remote_addr`): its address, or on a Unix socket its process's
+    /// credentials, read once here (one `getsockopt`). `None` when the OS would not say.
+    pub(super) fn peer_extension(&self, peer: Peer) -> Option<PeerExtension> {
+        match (self, peer) {
+            (_, Peer::Tcp(addr)) => Some(PeerExtension::Tcp(RemoteAddr(addr))),
+            #[cfg(unix)]
+            (ConnStream::Unix(stream), Peer::Unix) => match stream.peer_cred() {
+                Ok(cred) => Some(PeerExtension::Unix(PeerCred {
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                    pid: cred.pid(),
+                })),
+                Err(err) => {
+                    tracing::debug!(error = %err, "could not read a Unix peer's credentials");
+                    None
+                }
+            },
+            #[cfg(unix)]
+            (ConnStream::Tcp(_), Peer::Unix) => None,
+        }
+    }
+
     /// The socket under the stream, for the watches that look at it directly.
     pub(super) fn conn_socket(&self) -> ConnSocket {
         match self {
