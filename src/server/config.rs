@@ -79,7 +79,7 @@ const HYPER_BUF_SIZE: usize = 64 * 1024;
 
 /// The most runtime worker threads `worker_threads` takes: tokio adds its own blocking
 /// threads' limit to the count, and past a few per CPU more only cost memory.
-const MAX_WORKER_THREADS: usize = 1024;
+pub(super) const MAX_WORKER_THREADS: usize = 1024;
 
 /// The HTTP/2 flow-control window of each request stream: the body channel's bound.
 const HTTP2_STREAM_WINDOW: u32 = crate::body::BYTES_IN_FLIGHT as u32;
@@ -323,8 +323,8 @@ impl Server {
     /// The runtime's worker threads (they drive connections, never handlers), for
     /// [`serve`](Server::serve). Default is tokio's: `TOKIO_WORKER_THREADS` when set
     /// (`serve` refuses a value that is not a number above 0), else the number of CPUs
-    /// available. Values are kept between 1 and 1,024 (the connections need no more than
-    /// the CPUs).
+    /// available. Values, the variable's too, are kept between 1 and 1,024 (the
+    /// connections need no more than the CPUs).
     pub fn worker_threads(mut self, n: usize) -> Self {
         self.config.worker_threads = Some(n.clamp(1, MAX_WORKER_THREADS));
         self

@@ -21,9 +21,13 @@ use crate::error::{Error, Kind, Result};
 const ENV_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
 
 /// How long to wait for the check's threads to be gone from the process's count once
-/// they have been joined (below). They go within microseconds; this bounds a count that
-/// other threads keep above its old level.
+/// they have been joined (below). They go within microseconds, up to 8 ms seen on a
+/// loaded machine; this bounds a count that other threads keep above its old level.
 const REAP_WAIT: Duration = Duration::from_millis(100);
+
+/// Where the process's thread count cannot be read (no `/proc`): how long to give the
+/// joined threads to be gone before the runtime starts its own.
+const REAP_GUESS: Duration = Duration::from_millis(10);
 
 /// Builds the server's multi-thread runtime with `worker_threads` workers (tokio's
 /// default when `None`), after checking that the OS will start them.
@@ -53,8 +57,9 @@ pub(super) fn build(worker_threads: Option<usize>) -> Result<Runtime> {
 /// tokio's default: `TOKIO_WORKER_THREADS` when set, else the CPUs available.
 fn default_workers() -> Result<usize> {
     match std::env::var(ENV_WORKER_THREADS) {
-        Ok(value) => match value.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
+        // As tokio reads it (no trimming), then kept to `Server::worker_threads`' range.
+        Ok(value) => match value.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n.min(super::config::MAX_WORKER_THREADS)),
             _ => Err(Error::new(Kind::Runtime).with_message(format!(
                 "{ENV_WORKER_THREADS} must be a whole number above 0, not {value:?}"
             ))),
@@ -98,13 +103,24 @@ fn check_threads_start(n: usize) -> Result<()> {
     // A joined thread still counts against the limits for a moment: the kernel wakes its
     // joiner before it takes the thread off the process's count and the user's. A worker
     // started in that moment would be refused because of the check itself.
-    if let Some(before) = before {
-        let deadline = Instant::now() + REAP_WAIT;
-        while crate::sys::thread_count().is_some_and(|now| now > before)
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_micros(50));
+    match before {
+        Some(before) => {
+            let deadline = Instant::now() + REAP_WAIT;
+            while crate::sys::thread_count().is_some_and(|now| now > before) {
+                if Instant::now() >= deadline {
+                    tracing::debug!(
+                        threads = crate::sys::thread_count(),
+                        before,
+                        "the thread check's threads still count after 100 ms (or others \
+                         started meanwhile); starting the runtime"
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
         }
+        None if count > 0 => std::thread::sleep(REAP_GUESS),
+        None => {}
     }
     match refused {
         None => Ok(()),

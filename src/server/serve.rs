@@ -55,10 +55,13 @@ impl Server {
     /// tokio panics inside its runtime builder ("OS can't spawn worker thread") instead
     /// of returning an error when the OS refuses a worker thread, and hangs while it
     /// unwinds once one has started. So `serve` first starts as many threads as the
-    /// runtime will and lets them end, and returns the error above when one is refused.
-    /// Only a limit reached by another thread or process in the moment between that
-    /// check and the runtime's start still meets tokio's panic. A runtime of your own for
-    /// [`serve_async`](Server::serve_async) has no such check.
+    /// runtime will and lets them end, and returns the error above when one is refused;
+    /// it then waits (up to 100 ms, on Linux; 10 ms elsewhere, where it cannot see the
+    /// count) until they no longer count against the limit. Only a limit reached by
+    /// another thread or process in the moment between that check and the runtime's
+    /// start, or a joined thread the OS takes longer than that to reap, still meets
+    /// tokio's panic. A runtime of your own for [`serve_async`](Server::serve_async) has
+    /// no such check.
     pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::new(Kind::AsyncContext).with_message(
