@@ -169,19 +169,18 @@ pub(crate) fn sample_server(
         let listener = listener.to_string();
         let (pool, connections) = (pool.clone(), connections.clone());
         let sampler = tokio::spawn(async move {
+            // Dropped with the task when the server stops: a stopped server has no load,
+            // and an exporter would otherwise show its last sample for good.
+            let zero_at_stop = ZeroAtStop(listener);
             let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
                 let stats = pool.stats();
-                let gauges = [
-                    ("syncbridge_connections", connections.len()),
-                    ("syncbridge_pool_threads", stats.threads),
-                    ("syncbridge_pool_busy_threads", stats.busy),
-                    ("syncbridge_pool_queued", stats.queued),
-                ];
-                for (name, value) in gauges {
-                    ::metrics::gauge!(name, "listener" => listener.clone()).set(value as f64);
+                let values = [connections.len(), stats.threads, stats.busy, stats.queued];
+                for (name, value) in GAUGES.into_iter().zip(values) {
+                    let listener = zero_at_stop.0.clone();
+                    ::metrics::gauge!(name, "listener" => listener).set(value as f64);
                 }
             }
         });
@@ -191,6 +190,28 @@ pub(crate) fn sample_server(
     {
         let _ = (listener, pool, connections);
         None
+    }
+}
+
+/// The gauges a bundled server samples, in `sample_server`'s order.
+#[cfg(feature = "metrics")]
+const GAUGES: [&str; 4] = [
+    "syncbridge_connections",
+    "syncbridge_pool_threads",
+    "syncbridge_pool_busy_threads",
+    "syncbridge_pool_queued",
+];
+
+/// Sets a server's gauges (its `listener` label) to 0 when dropped.
+#[cfg(feature = "metrics")]
+struct ZeroAtStop(String);
+
+#[cfg(feature = "metrics")]
+impl Drop for ZeroAtStop {
+    fn drop(&mut self) {
+        for name in GAUGES {
+            ::metrics::gauge!(name, "listener" => self.0.clone()).set(0.0);
+        }
     }
 }
 

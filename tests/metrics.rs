@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use support::{get, panic_quietly, within, TestServer, STEP};
-use syncbridge::{BlockingPool, Request, Server, TaskSet};
+use syncbridge::{BlockingPool, IntoResponse, Request, Response, ResponseBody, Server, TaskSet};
 
 /// A metric's value as the recorder holds it: a counter's count, a gauge's value (as
 /// `f64` bits) or a histogram's number of samples. Each change is also sent to the
@@ -96,6 +96,14 @@ impl TestRecorder {
         let cells = self.cells.lock().unwrap();
         cells.get(key).map_or(0, |c| c.value.load(SeqCst))
     }
+
+    /// A gauge's value (NaN when never set).
+    fn gauge(&self, key: &str) -> f64 {
+        let cells = self.cells.lock().unwrap();
+        cells
+            .get(key)
+            .map_or(f64::NAN, |c| f64::from_bits(c.value.load(SeqCst)))
+    }
 }
 
 impl Recorder for TestRecorder {
@@ -162,26 +170,30 @@ async fn a_dashboard_sees_each_outcome_once() {
         .queue_capacity(0)
         .build();
     let server = Server::bind("127.0.0.1:0")
-        .pool(pool)
+        .pool(pool.clone())
         .handler_timeout(Duration::from_millis(300));
     let server = TestServer::start_with(
         server,
-        move |req: Request| -> Result<&'static str, Box<dyn std::error::Error + Send + Sync>> {
+        move |req: Request| -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
             match req.uri().path() {
                 "/panic" => panic_quietly("a bug"),
                 "/error" => Err(support::cart_error().into()),
+                // The producer is the handler's code too: its failure is counted.
+                "/stream-error" => Ok(Response::new(ResponseBody::from_writer(|_out| {
+                    Err(std::io::Error::other("the export failed"))
+                }))),
                 "/hold" => {
                     started_tx.lock().unwrap().send(()).unwrap();
                     release_rx.lock().unwrap().recv_timeout(STEP).unwrap();
-                    Ok("held")
+                    Ok("held".into_response())
                 }
                 "/task" => {
                     let _detached = TaskSet::current()?.spawn_blocking(|_ctx| {
                         Err::<(), _>(std::io::Error::other("the report failed"))
                     })?;
-                    Ok("spawned")
+                    Ok("spawned".into_response())
                 }
-                _ => Ok("ok"),
+                _ => Ok("ok".into_response()),
             }
         },
     );
@@ -190,6 +202,7 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert_eq!(get(server.addr, "/").await.status, 200);
     assert_eq!(get(server.addr, "/panic").await.status, 500);
     assert_eq!(get(server.addr, "/error").await.status, 500);
+    assert_eq!(get(server.addr, "/stream-error").await.status, 500);
     // Past the handler timeout `/hold` is answered 504, and its thread stays busy.
     let held = tokio::spawn(get(server.addr, "/hold"));
     within(tokio::task::spawn_blocking(move || {
@@ -200,6 +213,13 @@ async fn a_dashboard_sees_each_outcome_once() {
     .unwrap();
     assert_eq!(within(held).await.unwrap().status, 504);
     assert_eq!(get(server.addr, "/").await.status, 503);
+    // A refusal dropped before anyone polled it (a layer in front gave up): it never went
+    // out, so it counts as the client's leaving (499), not as the 200 it starts as.
+    let mut embedded = syncbridge::SyncService::builder(|_req: Request| "ok")
+        .pool(pool.clone())
+        .build();
+    let request = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    drop(tower::Service::call(&mut embedded, request));
     // The load, as sampled once a second: the thread still runs the handler.
     let busy = busy_threads.clone();
     let changes = within(tokio::task::spawn_blocking(move || {
@@ -217,28 +237,40 @@ async fn a_dashboard_sees_each_outcome_once() {
     .await
     .unwrap();
     assert_eq!(get(server.addr, "/task").await.status, 200);
-    within(tokio::task::spawn_blocking(move || {
+    let changes = within(tokio::task::spawn_blocking(move || {
         wait_for(
             &changes,
             "syncbridge_tasks_finished_total{status=failed}",
             |v| v == 1.0,
         );
+        changes
+    }))
+    .await
+    .unwrap();
+    // An idle connection, sampled; the gauge goes back to 0 when the server stops.
+    let _idle = support::h1::<http_body_util::Empty<bytes::Bytes>>(server.addr).await;
+    let connections = format!("syncbridge_connections{{listener={}}}", server.addr);
+    let key = connections.clone();
+    within(tokio::task::spawn_blocking(move || {
+        wait_for(&changes, &key, |v| v >= 1.0)
     }))
     .await
     .unwrap();
     // Every response has ended (and been counted) once the server has stopped.
     server.stop().await;
+    assert_eq!(recorder.gauge(&connections), 0.0, "{connections} at stop");
 
     let expected = [
         ("syncbridge_requests_total{status=200}", 2),
-        ("syncbridge_requests_total{status=500}", 2),
+        ("syncbridge_requests_total{status=500}", 3),
         ("syncbridge_requests_total{status=503}", 1),
         ("syncbridge_requests_total{status=504}", 1),
-        ("syncbridge_request_duration_seconds", 6),
-        ("syncbridge_requests_refused_total{reason=pool_full}", 1),
+        ("syncbridge_requests_total{status=499}", 1),
+        ("syncbridge_request_duration_seconds", 8),
+        ("syncbridge_requests_refused_total{reason=pool_full}", 2),
         ("syncbridge_handler_timeouts_total", 1),
         ("syncbridge_handler_failures_total{kind=panic}", 1),
-        ("syncbridge_handler_failures_total{kind=error}", 1),
+        ("syncbridge_handler_failures_total{kind=error}", 2),
         ("syncbridge_handler_failures_total{kind=unavailable}", 0),
         ("syncbridge_tasks_finished_total{status=failed}", 1),
         ("syncbridge_tasks_finished_total{status=succeeded}", 0),

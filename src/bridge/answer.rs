@@ -105,7 +105,9 @@ pub(super) fn handler_error(
     retry_after: &HeaderValue,
     given_up: GivenUp,
 ) {
-    crate::metrics::handler_failed(if unavailable(&**err) {
+    // Once: it walks the error's chain.
+    let unavailable = unavailable(&**err);
+    crate::metrics::handler_failed(if unavailable {
         HandlerFailure::Unavailable
     } else {
         HandlerFailure::Error
@@ -114,7 +116,7 @@ pub(super) fn handler_error(
         // Nobody gets an answer made of it: the error is logged, saying what became of
         // the request. A "not now" is no failure of the handler's: at debug.
         let error = Chain(&**err);
-        if unavailable(&**err) {
+        if unavailable {
             tracing::debug!(
                 method = %method, path = %uri.path(), error = %error, ?given_up,
                 "handler returned an overload or shutdown error after its request was given up"
@@ -136,7 +138,7 @@ pub(super) fn handler_error(
         }
         return;
     }
-    if !unavailable(&**err) {
+    if !unavailable {
         tracing::error!(
             method = %method,
             path = %uri.path(),

@@ -518,6 +518,17 @@ where
 
 impl<B> Drop for SyncServiceFuture<B> {
     fn drop(&mut self) {
+        if let (State::Ready(Some(_)), Some(c)) = (&self.state, &mut self.completion) {
+            // An answer made at admission (a `503`, `413`, `431`), dropped before it was
+            // polled: it never went out, so its access line (and its count) must not
+            // say the `200` the completion starts with. Its refusal is logged already.
+            c.status = if c.activity.as_ref().is_some_and(|a| a.is_cut_off()) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            };
+            return;
+        }
         if let State::Waiting(waiting) = &self.state {
             let withdrawn = waiting.withdraw();
             let cell = waiting.cell.cell();

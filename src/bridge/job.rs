@@ -280,6 +280,13 @@ impl<H> RequestJob<H> {
 /// `abandoned`: the service future gave the request up while the response's head was
 /// held (it answered `413` in its place, or the client left); nothing of it went out.
 fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool) {
+    // The producer is the handler's code: its failure is the handler's, whatever became
+    // of the response.
+    match &produced {
+        Produced::Failed { .. } => crate::metrics::handler_failed(HandlerFailure::Error),
+        Produced::Panicked { .. } => crate::metrics::handler_failed(HandlerFailure::Panic),
+        _ => {}
+    }
     match produced {
         Produced::Complete(bytes) => {
             tracing::trace!(method = %method, path = %uri.path(), bytes, "response body produced")
@@ -369,6 +376,7 @@ struct AnswerOnUnwind<'a> {
 impl Drop for AnswerOnUnwind<'_> {
     fn drop(&mut self) {
         if !self.done {
+            crate::metrics::handler_failed(HandlerFailure::Panic);
             tracing::error!("request job unwound before answering; answered 500");
             self.cell.complete(super::future::internal_server_error());
         }

@@ -393,6 +393,7 @@ impl Handler for SingleThread {
             }
         };
         if sent.is_err() {
+            crate::metrics::handler_failed(HandlerFailure::Error);
             tracing::error!(thread = %inner.name, %method, %path, "single-thread handler thread is gone; answered 500");
             return internal_error();
         }
@@ -418,6 +419,7 @@ impl Handler for SingleThread {
             other => other.map_err(|_| mpsc::RecvError),
         };
         response.unwrap_or_else(|_| {
+            crate::metrics::handler_failed(HandlerFailure::Error);
             tracing::error!(thread = %inner.name, %method, %path, "single-thread handler dropped the request; answered 500");
             internal_error()
         })
