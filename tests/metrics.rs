@@ -59,6 +59,18 @@ impl metrics::HistogramFn for Cell {
     }
 }
 
+/// An error whose `Display` panics, as a buggy one can.
+#[derive(Debug)]
+struct PanickingDisplay;
+
+impl std::fmt::Display for PanickingDisplay {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic_quietly("a Display that panics")
+    }
+}
+
+impl std::error::Error for PanickingDisplay {}
+
 /// Keeps every metric by `name{label=value,...}`.
 struct TestRecorder {
     cells: Mutex<HashMap<String, Arc<Cell>>>,
@@ -178,6 +190,8 @@ async fn a_dashboard_sees_each_outcome_once() {
             match req.uri().path() {
                 "/panic" => panic_quietly("a bug"),
                 "/error" => Err(support::cart_error().into()),
+                // Its log line panics: one failure, counted as the panic it became.
+                "/bad-display" => Err(PanickingDisplay.into()),
                 // The producer is the handler's code too: its failure is counted.
                 "/stream-error" => Ok(Response::new(ResponseBody::from_writer(|_out| {
                     Err(std::io::Error::other("the export failed"))
@@ -203,6 +217,7 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert_eq!(get(server.addr, "/panic").await.status, 500);
     assert_eq!(get(server.addr, "/error").await.status, 500);
     assert_eq!(get(server.addr, "/stream-error").await.status, 500);
+    assert_eq!(get(server.addr, "/bad-display").await.status, 500);
     // Past the handler timeout `/hold` is answered 504, and its thread stays busy.
     let held = tokio::spawn(get(server.addr, "/hold"));
     within(tokio::task::spawn_blocking(move || {
@@ -262,14 +277,14 @@ async fn a_dashboard_sees_each_outcome_once() {
 
     let expected = [
         ("syncbridge_requests_total{status=200}", 2),
-        ("syncbridge_requests_total{status=500}", 3),
+        ("syncbridge_requests_total{status=500}", 4),
         ("syncbridge_requests_total{status=503}", 1),
         ("syncbridge_requests_total{status=504}", 1),
         ("syncbridge_requests_total{status=499}", 1),
-        ("syncbridge_request_duration_seconds", 8),
+        ("syncbridge_request_duration_seconds", 9),
         ("syncbridge_requests_refused_total{reason=pool_full}", 2),
         ("syncbridge_handler_timeouts_total", 1),
-        ("syncbridge_handler_failures_total{kind=panic}", 1),
+        ("syncbridge_handler_failures_total{kind=panic}", 2),
         ("syncbridge_handler_failures_total{kind=error}", 2),
         ("syncbridge_handler_failures_total{kind=unavailable}", 0),
         ("syncbridge_tasks_finished_total{status=failed}", 1),

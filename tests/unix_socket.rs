@@ -81,17 +81,25 @@ fn who(req: Request) -> String {
     let extensions = req.extensions();
     match (extensions.get::<RemoteAddr>(), extensions.get::<PeerCred>()) {
         (Some(RemoteAddr(addr)), _) => format!("from {addr}"),
-        (None, Some(peer)) => format!("no address; process {:?} of {}", peer.pid, peer.uid),
+        (None, Some(peer)) => format!(
+            "no address; process {:?} of {}:{}",
+            peer.pid, peer.uid, peer.gid
+        ),
         (None, None) => "no address".to_owned(),
     }
 }
 
-/// What `who` says about a request from this process, whose user owns the socket file
-/// at `path` it bound (std has no `geteuid`).
-fn from_this_process(path: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata(path).expect("the socket file").uid();
-    format!("no address; process Some({}) of {uid}", std::process::id())
+/// What `who` says about a request from this process: its user and group as a socket
+/// pair of its own sees them (std has no `geteuid`).
+fn from_this_process() -> String {
+    let (ours, _theirs) = UnixStream::pair().expect("a socket pair");
+    let cred = ours.peer_cred().expect("its own credentials");
+    format!(
+        "no address; process Some({}) of {}:{}",
+        std::process::id(),
+        cred.uid(),
+        cred.gid()
+    )
 }
 
 fn get(path: &str) -> http::Request<Empty<Bytes>> {
@@ -129,7 +137,7 @@ async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop(
     for request in ["/one", "/two"] {
         let reply = collect(within(send.send_request(get(request))).await.unwrap()).await;
         assert_eq!(reply.status, 200);
-        assert_eq!(reply.text(), from_this_process(&path));
+        assert_eq!(reply.text(), from_this_process());
     }
 
     // HTTP/2 with prior knowledge, on the same socket.
@@ -140,7 +148,7 @@ async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop(
     tokio::spawn(conn);
     let response = within(send.send_request(get("/three"))).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
-    assert_eq!(collect(response).await.text(), from_this_process(&path));
+    assert_eq!(collect(response).await.text(), from_this_process());
 
     // The handler's lines name the connection's peer as `unix`.
     assert!(logs::contains(&[

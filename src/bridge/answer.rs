@@ -107,7 +107,7 @@ pub(super) fn handler_error(
 ) {
     // Once: it walks the error's chain.
     let unavailable = unavailable(&**err);
-    crate::metrics::handler_failed(if unavailable {
+    let _counted = CountedOnReturn(if unavailable {
         HandlerFailure::Unavailable
     } else {
         HandlerFailure::Error
@@ -171,6 +171,19 @@ pub(super) fn handler_error(
 /// Whether the crate's own "not now" is the error or what it wraps: `?` through an
 /// error type of the application's (`anyhow`'s context, a `thiserror` variant with a
 /// source) or an `io::Error` must not turn a `503` into a `500`.
+/// Counts a handler's error once its log line is written. An error whose `Display`
+/// panics while it is logged unwinds the job, which counts that as the handler's panic
+/// (`AnswerOnUnwind`): counted here too, one failure would count twice.
+struct CountedOnReturn(HandlerFailure);
+
+impl Drop for CountedOnReturn {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            crate::metrics::handler_failed(self.0);
+        }
+    }
+}
+
 fn unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     // Bounded: a cycle of sources is a bug of someone else's we must not hang on.

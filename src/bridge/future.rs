@@ -519,9 +519,10 @@ where
 impl<B> Drop for SyncServiceFuture<B> {
     fn drop(&mut self) {
         if let (State::Ready(Some(_)), Some(c)) = (&self.state, &mut self.completion) {
-            // An answer made at admission (a `503`, `413`, `431`), dropped before it was
-            // polled: it never went out, so its access line (and its count) must not
-            // say the `200` the completion starts with. Its refusal is logged already.
+            // An answer made at admission (a `503`, `413`, `431`, logged as it was made),
+            // or the handler's own, parked for one poll while `100 Continue` goes out:
+            // dropped before it was polled, it never went out, so its access line (and
+            // its count) must not say the `200` the completion starts with.
             c.status = if c.activity.as_ref().is_some_and(|a| a.is_cut_off()) {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {

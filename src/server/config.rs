@@ -351,8 +351,8 @@ impl Server {
     /// a tenth of what a small request costs in all (1,550 more instructions on the
     /// benchmark's `/hello`, measured with `benches/tools/instructions.sh`). A server on
     /// a Unix socket ([`bind_unix`](Server::bind_unix)) has no client addresses: its
-    /// requests carry the peer process's [`PeerCred`](crate::PeerCred) instead (its user,
-    /// group and process ids), read once per connection.
+    /// requests carry the peer process's `PeerCred` instead (its user, group and process
+    /// ids; Unix only), read once per connection.
     pub fn remote_addr(mut self, enabled: bool) -> Self {
         self.config.remote_addr = enabled;
         self

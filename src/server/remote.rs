@@ -34,15 +34,20 @@ use std::net::SocketAddr;
 pub struct RemoteAddr(pub SocketAddr);
 
 /// The process at the other end of a Unix domain socket connection, as the kernel
-/// recorded it when the connection was made (`SO_PEERCRED` on Linux, `getpeereid`
-/// elsewhere): axum's `UdsConnectInfo` example, for a socket whose clients are told
-/// apart by user (an admin socket only root's tools may use, say).
+/// recorded it when the connection was made (`SO_PEERCRED` on Linux, each OS's own call
+/// elsewhere, through tokio's `peer_cred`): axum's `UdsConnectInfo` example, for a
+/// socket whose clients are told apart by user (an admin socket only root's tools may
+/// use, say).
 ///
 /// The bundled [`Server`](crate::Server) on a Unix socket
 /// ([`bind_unix`](crate::Server::bind_unix)) puts one in every request's extensions when
 /// asked to with [`Server::remote_addr`](crate::Server::remote_addr), in place of the
 /// [`RemoteAddr`] such a client does not have. Behind a proxy it names the proxy's
-/// process, as `RemoteAddr` names the proxy.
+/// process, as `RemoteAddr` names the proxy. On the few Unix targets where tokio cannot
+/// read credentials and reports user and group 0 (Hurd, Fuchsia, ESP-IDF, NuttX, the
+/// Vita), requests carry none rather than a false root.
+///
+/// Its fields are public, and it can be built, for a handler's unit tests.
 ///
 /// # Examples
 ///
@@ -60,15 +65,14 @@ pub struct RemoteAddr(pub SocketAddr);
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub struct PeerCred {
     /// The peer's effective user id when it connected.
-    pub uid: tokio::net::unix::uid_t,
+    pub uid: u32,
     /// The peer's effective group id when it connected.
-    pub gid: tokio::net::unix::gid_t,
-    /// The peer's process id, where the OS reports one (Linux and the BSDs do; macOS
-    /// does too).
-    pub pid: Option<tokio::net::unix::pid_t>,
+    pub gid: u32,
+    /// The peer's process id, where the OS reports one (Linux and macOS do; some BSDs
+    /// do not).
+    pub pid: Option<i32>,
 }
 
 /// What a connection's requests carry about their peer (`Server::remote_addr`).

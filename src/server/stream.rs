@@ -18,6 +18,17 @@ use super::remote::PeerCred;
 use super::remote::{Peer, PeerExtension, RemoteAddr};
 use crate::sys::ConnSocket;
 
+/// Targets where tokio reports a Unix peer as user and group 0 for want of a way to ask
+/// (its `impl_noproc`): no credentials beat a false root.
+#[cfg(unix)]
+const NO_CREDENTIALS: bool = cfg!(any(
+    target_os = "hurd",
+    target_os = "fuchsia",
+    target_os = "espidf",
+    target_os = "nuttx",
+    target_os = "vita"
+));
+
 pub(super) enum ConnStream {
     Tcp(tokio::net::TcpStream),
     #[cfg(unix)]
@@ -31,6 +42,8 @@ impl ConnStream {
     pub(super) fn peer_extension(&self, peer: Peer) -> Option<PeerExtension> {
         match (self, peer) {
             (_, Peer::Tcp(addr)) => Some(PeerExtension::Tcp(RemoteAddr(addr))),
+            #[cfg(unix)]
+            (ConnStream::Unix(_), Peer::Unix) if NO_CREDENTIALS => None,
             #[cfg(unix)]
             (ConnStream::Unix(stream), Peer::Unix) => match stream.peer_cred() {
                 Ok(cred) => Some(PeerExtension::Unix(PeerCred {
