@@ -53,6 +53,62 @@ pub(crate) enum HandlerFailure {
     Unavailable,
 }
 
+/// Why the bundled server closed a connection itself, as the `reason` label of
+/// `syncbridge_connections_closed_total`: each is a log line that is throttled or that a
+/// client can set off at will.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ConnClosed {
+    /// Bytes of a request head, but not the whole of it, within the header read timeout
+    /// (a slow or Slowloris client).
+    HeadTimeout,
+    /// The client took too little of a response for the body timeout, or held the
+    /// connection open past its closing.
+    StalledClient,
+    /// h2 sent a GOAWAY for the client's protocol error or flood.
+    ProtocolError,
+    /// hyper refused a request head over its limits (`431` or `414`).
+    HeadTooLarge,
+    /// hyper's parser refused a request (`400`).
+    Malformed,
+    /// Cut off, requests in flight, by the shutdown's deadline or a second signal.
+    Shutdown,
+}
+
+/// The server closed a connection for `reason`: `syncbridge_connections_closed_total`.
+#[inline]
+pub(crate) fn connection_closed(reason: ConnClosed) {
+    #[cfg(feature = "metrics")]
+    {
+        let reason = match reason {
+            ConnClosed::HeadTimeout => "head_timeout",
+            ConnClosed::StalledClient => "stalled_client",
+            ConnClosed::ProtocolError => "protocol_error",
+            ConnClosed::HeadTooLarge => "head_too_large",
+            ConnClosed::Malformed => "malformed",
+            ConnClosed::Shutdown => "shutdown",
+        };
+        ::metrics::counter!("syncbridge_connections_closed_total", "reason" => reason).increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
+}
+
+/// A new connection found every slot taken (`max_connections`) and waited:
+/// `syncbridge_connection_waits_total`.
+#[inline]
+pub(crate) fn connection_waited() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("syncbridge_connection_waits_total").increment(1);
+}
+
+/// `accept` failed for a reason other than one connection's (a file limit):
+/// `syncbridge_accept_errors_total`.
+#[inline]
+pub(crate) fn accept_failed() {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!("syncbridge_accept_errors_total").increment(1);
+}
+
 /// A response that began at `start` ended (the access line):
 /// `syncbridge_requests_total{status}` and `syncbridge_request_duration_seconds`.
 #[inline]
@@ -247,6 +303,18 @@ pub(crate) fn describe() {
         describe_counter!(
             "syncbridge_tasks_finished_total",
             "Background tasks that ended, by status"
+        );
+        describe_counter!(
+            "syncbridge_connections_closed_total",
+            "Connections the server closed itself, by reason"
+        );
+        describe_counter!(
+            "syncbridge_connection_waits_total",
+            "New connections that waited for a slot (max_connections reached)"
+        );
+        describe_counter!(
+            "syncbridge_accept_errors_total",
+            "Failed accepts (a file limit), each followed by a 100 ms pause"
         );
         describe_gauge!(
             "syncbridge_connections",

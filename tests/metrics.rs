@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use support::{get, panic_quietly, within, TestServer, STEP};
 use syncbridge::{BlockingPool, IntoResponse, Request, Response, ResponseBody, Server, TaskSet};
@@ -183,7 +185,8 @@ async fn a_dashboard_sees_each_outcome_once() {
         .build();
     let server = Server::bind("127.0.0.1:0")
         .pool(pool.clone())
-        .handler_timeout(Duration::from_millis(300));
+        .handler_timeout(Duration::from_millis(300))
+        .header_read_timeout(Duration::from_millis(300));
     let server = TestServer::start_with(
         server,
         move |req: Request| -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
@@ -218,6 +221,17 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert_eq!(get(server.addr, "/error").await.status, 500);
     assert_eq!(get(server.addr, "/stream-error").await.status, 500);
     assert_eq!(get(server.addr, "/bad-display").await.status, 500);
+    // A head that never ends, and one hyper's parser refuses: the server closes both.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let slow_reply = support::read_raw_response(&mut slow).await;
+    assert_eq!(slow_reply.map(|r| r.status), Some(408));
+    let mut bad = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    bad.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+    let bad_reply = support::read_raw_response(&mut bad).await;
+    assert_eq!(bad_reply.map(|r| r.status), Some(400));
     // Past the handler timeout `/hold` is answered 504, and its thread stays busy.
     let held = tokio::spawn(get(server.addr, "/hold"));
     within(tokio::task::spawn_blocking(move || {
@@ -262,8 +276,15 @@ async fn a_dashboard_sees_each_outcome_once() {
     }))
     .await
     .unwrap();
-    // An idle connection, sampled; the gauge goes back to 0 when the server stops.
-    let _idle = support::h1::<http_body_util::Empty<bytes::Bytes>>(server.addr).await;
+    // An idle connection, sampled; the gauge goes back to 0 when the server stops. One
+    // request first: idle before any, it would be closed at the header read timeout.
+    let mut idle = support::h1::<http_body_util::Empty<bytes::Bytes>>(server.addr).await;
+    let first = http::Request::get("/")
+        .header("host", server.addr.to_string())
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let first = within(idle.send_request(first)).await.unwrap();
+    assert_eq!(support::collect(first).await.status, 200);
     let connections = format!("syncbridge_connections{{listener={}}}", server.addr);
     let key = connections.clone();
     within(tokio::task::spawn_blocking(move || {
@@ -276,12 +297,12 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert_eq!(recorder.gauge(&connections), 0.0, "{connections} at stop");
 
     let expected = [
-        ("syncbridge_requests_total{status=200}", 2),
+        ("syncbridge_requests_total{status=200}", 3),
         ("syncbridge_requests_total{status=500}", 4),
         ("syncbridge_requests_total{status=503}", 1),
         ("syncbridge_requests_total{status=504}", 1),
         ("syncbridge_requests_total{status=499}", 1),
-        ("syncbridge_request_duration_seconds", 9),
+        ("syncbridge_request_duration_seconds", 10),
         ("syncbridge_requests_refused_total{reason=pool_full}", 2),
         ("syncbridge_handler_timeouts_total", 1),
         ("syncbridge_handler_failures_total{kind=panic}", 2),
@@ -289,6 +310,13 @@ async fn a_dashboard_sees_each_outcome_once() {
         ("syncbridge_handler_failures_total{kind=unavailable}", 0),
         ("syncbridge_tasks_finished_total{status=failed}", 1),
         ("syncbridge_tasks_finished_total{status=succeeded}", 0),
+        (
+            "syncbridge_connections_closed_total{reason=head_timeout}",
+            1,
+        ),
+        ("syncbridge_connections_closed_total{reason=malformed}", 1),
+        ("syncbridge_connections_closed_total{reason=shutdown}", 0),
+        ("syncbridge_connection_waits_total", 0),
     ];
     for (key, count) in expected {
         assert_eq!(recorder.count(key), count, "{key}");

@@ -27,6 +27,7 @@ use super::stream::ConnStream;
 use crate::body::MIN_PROGRESS;
 use crate::bridge::{Activity, CutOff, PartialHead, SyncService};
 use crate::handler::Handler;
+use crate::metrics::ConnClosed;
 use crate::sys::{ConnSocket, Progress};
 use crate::throttle::Throttle;
 
@@ -143,6 +144,7 @@ pub(super) async fn serve<H: Handler>(
                 if level >= FORCE {
                     let in_flight = activity.in_flight();
                     if in_flight > 0 {
+                        crate::metrics::connection_closed(ConnClosed::Shutdown);
                         // The server's own line says why: the deadline, or a second signal.
                         tracing::warn!(%peer, in_flight, "connection cut off by the shutdown");
                     }
@@ -205,6 +207,7 @@ pub(super) async fn serve<H: Handler>(
                         // The handle the answer is written on once hyper lets go of its
                         // own; none off Linux, or past the file limit.
                         let last = socket.duplicate();
+                        crate::metrics::connection_closed(ConnClosed::HeadTimeout);
                         if let Some(left_out) = LATE_HEAD.admit() {
                             let timeout_ms = state.limits.header_read.as_millis() as u64;
                             if last.is_some() {
@@ -230,6 +233,7 @@ pub(super) async fn serve<H: Handler>(
                         if activity.partial_head().is_some() {
                             // HTTP/2's preface came, or an HTTP/1 head began on a socket
                             // that cannot tell the two apart (`head_to_answer`).
+                            crate::metrics::connection_closed(ConnClosed::HeadTimeout);
                             tracing::debug!(
                                 %peer,
                                 "bytes but no whole request within the header read timeout \
@@ -246,6 +250,7 @@ pub(super) async fn serve<H: Handler>(
                         return Poll::Ready(None);
                     }
                     Idle::Stalled => {
+                        crate::metrics::connection_closed(ConnClosed::StalledClient);
                         tracing::warn!(
                             %peer,
                             timeout_ms = state.limits.write_stall.as_millis() as u64,
@@ -265,6 +270,7 @@ pub(super) async fn serve<H: Handler>(
                     }
                     Idle::DrainStalled => {
                         // Once per idle connection of some clients (httpx, below): throttled.
+                        crate::metrics::connection_closed(ConnClosed::StalledClient);
                         static DRAIN_STALLED: Throttle = Throttle::new();
                         if let Some(left_out) = DRAIN_STALLED.admit() {
                             tracing::warn!(
@@ -297,6 +303,7 @@ pub(super) async fn serve<H: Handler>(
                         continue;
                     }
                     Idle::Held => {
+                        crate::metrics::connection_closed(ConnClosed::StalledClient);
                         tracing::warn!(
                             %peer,
                             timeout_ms = state.limits.write_stall.as_millis() as u64,
@@ -592,6 +599,7 @@ fn log_connection_error(peer: Peer, err: &(dyn std::error::Error + 'static)) {
     static MALFORMED: Throttle = Throttle::new();
     static GOAWAY: Throttle = Throttle::new();
     if let Some((reason, h2)) = goaway_sent(err) {
+        crate::metrics::connection_closed(ConnClosed::ProtocolError);
         if let Some(left_out) = GOAWAY.admit() {
             tracing::warn!(
                 %peer, ?reason, error = %h2, left_out,
@@ -603,6 +611,7 @@ fn log_connection_error(peer: Peer, err: &(dyn std::error::Error + 'static)) {
     }
     match err.downcast_ref::<hyper::Error>() {
         Some(e) if e.is_parse_too_large() => {
+            crate::metrics::connection_closed(ConnClosed::HeadTooLarge);
             if let Some(left_out) = TOO_LARGE.admit() {
                 tracing::warn!(
                     %peer, error = %e, left_out,
@@ -612,6 +621,7 @@ fn log_connection_error(peer: Peer, err: &(dyn std::error::Error + 'static)) {
             }
         }
         Some(e) if e.is_parse() => {
+            crate::metrics::connection_closed(ConnClosed::Malformed);
             if let Some(left_out) = MALFORMED.admit() {
                 tracing::info!(
                     %peer, error = %e, left_out,

@@ -188,6 +188,7 @@ impl Server {
                     let permit = match slots.clone().try_acquire_owned() {
                         Ok(permit) => permit,
                         Err(_) => {
+                            crate::metrics::connection_waited();
                             let waited = wait_for_slot(
                                 &slots,
                                 config.max_connections,
@@ -226,6 +227,7 @@ impl Server {
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning on the error, and
                     // say so once a second, not at every retry, for as long as it lasts.
+                    crate::metrics::accept_failed();
                     static ACCEPT_FAILED: Throttle = Throttle::new();
                     if let Some(left_out) = ACCEPT_FAILED.admit() {
                         tracing::error!(error = %err, left_out, "accept failed; retrying in 100 ms");
