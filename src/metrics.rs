@@ -12,6 +12,22 @@ use http::StatusCode;
 
 use crate::pool::{BlockingPool, Refusal};
 
+/// Adds one to counter `$name`, with at most one label, under the feature. Without it
+/// nothing is done, and the label's value is not even computed (it sits in a closure
+/// never called, which keeps its inputs used).
+macro_rules! count {
+    ($name:literal) => {{
+        #[cfg(feature = "metrics")]
+        ::metrics::counter!($name).increment(1);
+    }};
+    ($name:literal, $key:literal => $value:expr) => {{
+        #[cfg(feature = "metrics")]
+        ::metrics::counter!($name, $key => $value).increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = || $value;
+    }};
+}
+
 /// Why the server itself answered `503`, as the `reason` label of
 /// `syncbridge_requests_refused_total`.
 #[derive(Clone, Copy, Debug)]
@@ -74,39 +90,37 @@ pub(crate) enum ConnClosed {
     Shutdown,
 }
 
-/// The server closed a connection for `reason`: `syncbridge_connections_closed_total`.
-#[inline]
-pub(crate) fn connection_closed(reason: ConnClosed) {
-    #[cfg(feature = "metrics")]
-    {
-        let reason = match reason {
+impl ConnClosed {
+    fn label(self) -> &'static str {
+        match self {
             ConnClosed::HeadTimeout => "head_timeout",
             ConnClosed::StalledClient => "stalled_client",
             ConnClosed::ProtocolError => "protocol_error",
             ConnClosed::HeadTooLarge => "head_too_large",
             ConnClosed::Malformed => "malformed",
             ConnClosed::Shutdown => "shutdown",
-        };
-        ::metrics::counter!("syncbridge_connections_closed_total", "reason" => reason).increment(1);
+        }
     }
-    #[cfg(not(feature = "metrics"))]
-    let _ = reason;
+}
+
+/// The server closed a connection for `reason`: `syncbridge_connections_closed_total`.
+#[inline]
+pub(crate) fn connection_closed(reason: ConnClosed) {
+    count!("syncbridge_connections_closed_total", "reason" => reason.label());
 }
 
 /// A new connection found every slot taken (`max_connections`) and waited:
 /// `syncbridge_connection_waits_total`.
 #[inline]
 pub(crate) fn connection_waited() {
-    #[cfg(feature = "metrics")]
-    ::metrics::counter!("syncbridge_connection_waits_total").increment(1);
+    count!("syncbridge_connection_waits_total");
 }
 
 /// `accept` failed for a reason other than one connection's (a file limit):
 /// `syncbridge_accept_errors_total`.
 #[inline]
 pub(crate) fn accept_failed() {
-    #[cfg(feature = "metrics")]
-    ::metrics::counter!("syncbridge_accept_errors_total").increment(1);
+    count!("syncbridge_accept_errors_total");
 }
 
 /// A response that began at `start` ended (the access line):
@@ -144,12 +158,9 @@ fn requests_key(status: StatusCode) -> &'static ::metrics::Key {
     })
 }
 
-/// The server answered `503` itself: `syncbridge_requests_refused_total{reason}`.
-#[inline]
-pub(crate) fn refused(reason: Refused) {
-    #[cfg(feature = "metrics")]
-    {
-        let reason = match reason {
+impl Refused {
+    fn label(self) -> &'static str {
+        match self {
             Refused::PoolFull => "pool_full",
             Refused::NoThread => "no_thread",
             Refused::PoolShutDown => "pool_shut_down",
@@ -157,11 +168,14 @@ pub(crate) fn refused(reason: Refused) {
             Refused::QueueTimeout => "queue_timeout",
             Refused::SingleThreadFull => "single_thread_full",
             Refused::SingleThreadTimeout => "single_thread_timeout",
-        };
-        ::metrics::counter!("syncbridge_requests_refused_total", "reason" => reason).increment(1);
+        }
     }
-    #[cfg(not(feature = "metrics"))]
-    let _ = reason;
+}
+
+/// The server answered `503` itself: `syncbridge_requests_refused_total{reason}`.
+#[inline]
+pub(crate) fn refused(reason: Refused) {
+    count!("syncbridge_requests_refused_total", "reason" => reason.label());
 }
 
 /// `pool` refused a request: [`refused`] with its reason. The reason is read back under
@@ -177,35 +191,31 @@ pub(crate) fn pool_refused(pool: &BlockingPool) {
 /// A handler ran past the handler timeout (`504`): `syncbridge_handler_timeouts_total`.
 #[inline]
 pub(crate) fn handler_timed_out() {
-    #[cfg(feature = "metrics")]
-    ::metrics::counter!("syncbridge_handler_timeouts_total").increment(1);
+    count!("syncbridge_handler_timeouts_total");
+}
+
+impl HandlerFailure {
+    fn label(self) -> &'static str {
+        match self {
+            HandlerFailure::Panic => "panic",
+            HandlerFailure::Error => "error",
+            HandlerFailure::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// A handler failed, whether or not its client got the answer:
 /// `syncbridge_handler_failures_total{kind}`.
 #[inline]
 pub(crate) fn handler_failed(kind: HandlerFailure) {
-    #[cfg(feature = "metrics")]
-    {
-        let kind = match kind {
-            HandlerFailure::Panic => "panic",
-            HandlerFailure::Error => "error",
-            HandlerFailure::Unavailable => "unavailable",
-        };
-        ::metrics::counter!("syncbridge_handler_failures_total", "kind" => kind).increment(1);
-    }
-    #[cfg(not(feature = "metrics"))]
-    let _ = kind;
+    count!("syncbridge_handler_failures_total", "kind" => kind.label());
 }
 
 /// A background task ended (`status`: a `TaskStatus`'s name, or `lost`):
 /// `syncbridge_tasks_finished_total{status}`.
 #[inline]
 pub(crate) fn task_finished(status: &'static str) {
-    #[cfg(feature = "metrics")]
-    ::metrics::counter!("syncbridge_tasks_finished_total", "status" => status).increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = status;
+    count!("syncbridge_tasks_finished_total", "status" => status);
 }
 
 /// Samples a bundled server's load once a second until the handle is dropped:
