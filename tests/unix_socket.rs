@@ -102,6 +102,17 @@ fn from_this_process() -> String {
     )
 }
 
+/// How the server's log lines name a connection from this process: `conn{peer=unix(…)}`.
+fn this_process_as_peer() -> String {
+    let (ours, _theirs) = UnixStream::pair().expect("a socket pair");
+    let cred = ours.peer_cred().expect("its own credentials");
+    format!(
+        "in {{conn peer=unix(pid={},uid={})",
+        std::process::id(),
+        cred.uid()
+    )
+}
+
 fn get(path: &str) -> http::Request<Empty<Bytes>> {
     http::Request::get(format!("http://localhost{path}"))
         .body(Empty::new())
@@ -150,11 +161,11 @@ async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop(
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(collect(response).await.text(), from_this_process());
 
-    // The handler's lines name the connection's peer as `unix`.
+    // The handler's lines name the connection's peer as `unix` and its process.
     assert!(logs::contains(&[
         "unix handler runs",
         "/two",
-        "in {conn peer=unix "
+        &this_process_as_peer()
     ]));
     assert!(logs::contains(&[
         "syncbridge listening",
@@ -192,6 +203,13 @@ async fn with_trusted_proxies_a_unix_sockets_peer_is_a_trusted_proxy() {
     let reply = collect(within(send.send_request(get("/"))).await.unwrap()).await;
     assert_eq!(reply.text(), "None Some(ClientScheme(\"http\"))");
     server.stop().await;
+    // Its requests carry no `PeerCred` (not asked for), but the log lines still say
+    // which process sent them: the proxy's header names only the client.
+    assert!(logs::contains(&[
+        "path=/ ",
+        "status=200",
+        &this_process_as_peer()
+    ]));
 }
 
 #[tokio::test]

@@ -62,10 +62,7 @@ pub(super) async fn serve<H: Handler>(
 ) {
     let activity = Arc::new(Activity::new());
     let socket = stream.conn_socket();
-    let peer_extension = config
-        .remote_addr
-        .then(|| stream.peer_extension(peer))
-        .flatten();
+    let peer_extension = config.remote_addr.then(|| peer.extension()).flatten();
     // Set when the header read timeout ends a request head on its way: it is answered.
     let mut late_head = false;
     // In a block of its own, so that hyper's connection (and its handle on the socket)

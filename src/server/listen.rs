@@ -162,7 +162,7 @@ impl Accepted {
         match self {
             Accepted::Tcp(_, addr) => super::remote::Peer::Tcp(*addr),
             #[cfg(unix)]
-            Accepted::Unix(_) => super::remote::Peer::Unix,
+            Accepted::Unix(stream) => super::remote::Peer::of_unix(stream),
         }
     }
 }

@@ -141,7 +141,8 @@ impl Server {
     /// [`remote_addr`](Server::remote_addr) on: a Unix socket's clients have no address
     /// (the proxy in front says who its client is, in a header). With it on they carry
     /// the peer process's [`PeerCred`] instead. Log lines name such a connection's peer
-    /// `unix`.
+    /// `unix`, with the process's id and user where the OS gives them
+    /// (`conn{peer=unix(pid=4242,uid=33)}`), whether or not requests carry them.
     ///
     /// Callable from any thread; it does not need a runtime. On Linux it locks the
     /// directory around its check for a stale file and the bind, and may wait up to a

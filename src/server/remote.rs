@@ -100,13 +100,15 @@ impl PeerExtension {
 }
 
 /// A connection's peer as the server's log lines name it (`peer=...` in the connection's
-/// span): a TCP client's address, or `unix` for a client on the Unix socket, which has
-/// no address of its own.
+/// span): a TCP client's address, or on a Unix socket, which has no address of its own,
+/// `unix` and the process's credentials when the OS gave them (`unix(pid=4242,uid=33)`):
+/// with several local clients (nginx's workers, a cron job, an admin's curl), which one
+/// sent what is otherwise lost.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Peer {
     Tcp(SocketAddr),
     #[cfg(unix)]
-    Unix,
+    Unix(Option<PeerCred>),
 }
 
 impl std::fmt::Display for Peer {
@@ -114,7 +116,15 @@ impl std::fmt::Display for Peer {
         match self {
             Peer::Tcp(addr) => addr.fmt(f),
             #[cfg(unix)]
-            Peer::Unix => f.write_str("unix"),
+            Peer::Unix(None) => f.write_str("unix"),
+            #[cfg(unix)]
+            Peer::Unix(Some(PeerCred {
+                uid,
+                pid: Some(pid),
+                ..
+            })) => write!(f, "unix(pid={pid},uid={uid})"),
+            #[cfg(unix)]
+            Peer::Unix(Some(PeerCred { uid, pid: None, .. })) => write!(f, "unix(uid={uid})"),
         }
     }
 }
@@ -125,7 +135,48 @@ impl Peer {
         match self {
             Peer::Tcp(addr) => Some(addr),
             #[cfg(unix)]
-            Peer::Unix => None,
+            Peer::Unix(_) => None,
+        }
+    }
+
+    /// What the connection's requests carry about it when the server was asked to
+    /// (`Server::remote_addr`): its address, or its process's credentials. `None` when
+    /// the OS would not say.
+    pub(super) fn extension(self) -> Option<PeerExtension> {
+        match self {
+            Peer::Tcp(addr) => Some(PeerExtension::Tcp(RemoteAddr(addr))),
+            #[cfg(unix)]
+            Peer::Unix(cred) => cred.map(PeerExtension::Unix),
+        }
+    }
+
+    /// A Unix socket connection's peer: its credentials read once (one `getsockopt`).
+    #[cfg(unix)]
+    pub(super) fn of_unix(stream: &tokio::net::UnixStream) -> Peer {
+        if NO_CREDENTIALS {
+            return Peer::Unix(None);
+        }
+        match stream.peer_cred() {
+            Ok(cred) => Peer::Unix(Some(PeerCred {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            })),
+            Err(err) => {
+                tracing::debug!(error = %err, "could not read a Unix peer's credentials");
+                Peer::Unix(None)
+            }
         }
     }
 }
+
+/// Targets where tokio reports a Unix peer as user and group 0 for want of a way to ask
+/// (its `impl_noproc`): no credentials beat a false root.
+#[cfg(unix)]
+const NO_CREDENTIALS: bool = cfg!(any(
+    target_os = "hurd",
+    target_os = "fuchsia",
+    target_os = "espidf",
+    target_os = "nuttx",
+    target_os = "vita"
+));

@@ -13,21 +13,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-#[cfg(unix)]
-use super::remote::PeerCred;
-use super::remote::{Peer, PeerExtension, RemoteAddr};
 use crate::sys::ConnSocket;
-
-/// Targets where tokio reports a Unix peer as user and group 0 for want of a way to ask
-/// (its `impl_noproc`): no credentials beat a false root.
-#[cfg(unix)]
-const NO_CREDENTIALS: bool = cfg!(any(
-    target_os = "hurd",
-    target_os = "fuchsia",
-    target_os = "espidf",
-    target_os = "nuttx",
-    target_os = "vita"
-));
 
 pub(super) enum ConnStream {
     Tcp(tokio::net::TcpStream),
@@ -36,31 +22,6 @@ pub(super) enum ConnStream {
 }
 
 impl ConnStream {
-    /// What the connection's requests carry about `peer` when the server was asked to
-    /// (`Server::remote_addr`): its address, or on a Unix socket its process's
-    /// credentials, read once here (one `getsockopt`). `None` when the OS would not say.
-    pub(super) fn peer_extension(&self, peer: Peer) -> Option<PeerExtension> {
-        match (self, peer) {
-            (_, Peer::Tcp(addr)) => Some(PeerExtension::Tcp(RemoteAddr(addr))),
-            #[cfg(unix)]
-            (ConnStream::Unix(_), Peer::Unix) if NO_CREDENTIALS => None,
-            #[cfg(unix)]
-            (ConnStream::Unix(stream), Peer::Unix) => match stream.peer_cred() {
-                Ok(cred) => Some(PeerExtension::Unix(PeerCred {
-                    uid: cred.uid(),
-                    gid: cred.gid(),
-                    pid: cred.pid(),
-                })),
-                Err(err) => {
-                    tracing::debug!(error = %err, "could not read a Unix peer's credentials");
-                    None
-                }
-            },
-            #[cfg(unix)]
-            (ConnStream::Tcp(_), Peer::Unix) => None,
-        }
-    }
-
     /// The socket under the stream, for the watches that look at it directly.
     pub(super) fn conn_socket(&self) -> ConnSocket {
         match self {
