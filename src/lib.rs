@@ -21,6 +21,8 @@ mod tasks;
 mod throttle;
 mod timer;
 
+#[cfg(feature = "metrics")]
+pub use crate::metrics::PoolGauges;
 pub use body::{Body, BridgeBody, ResponseBody};
 pub use bridge::{SyncService, SyncServiceBuilder, SyncServiceFuture};
 pub use error::{Error, Result};

@@ -231,26 +231,7 @@ pub(crate) fn sample_server(
 ) -> Option<tokio_util::task::AbortOnDropHandle<()>> {
     #[cfg(feature = "metrics")]
     {
-        describe();
-        let listener = listener.to_string();
-        let (pool, connections) = (pool.clone(), connections.clone());
-        let sampler = tokio::spawn(async move {
-            // Dropped with the task when the server stops: a stopped server has no load,
-            // and an exporter would otherwise show its last sample for good.
-            let zero_at_stop = ZeroAtStop(listener);
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                let stats = pool.stats();
-                let values = [connections.len(), stats.threads, stats.busy, stats.queued];
-                for (name, value) in GAUGES.into_iter().zip(values) {
-                    let listener = zero_at_stop.0.clone();
-                    ::metrics::gauge!(name, "listener" => listener).set(value as f64);
-                }
-            }
-        });
-        Some(tokio_util::task::AbortOnDropHandle::new(sampler))
+        Some(sample(listener.to_string(), pool, Some(connections)))
     }
     #[cfg(not(feature = "metrics"))]
     {
@@ -259,7 +240,47 @@ pub(crate) fn sample_server(
     }
 }
 
-/// The gauges a bundled server samples, in `sample_server`'s order.
+/// Sets the gauges of `pool` (and of a server's `connections`, if given), labelled
+/// `listener`, once a second on the current runtime, until the handle is dropped; then
+/// sets them to 0: a stopped server has no load, and an exporter would otherwise show its
+/// last sample for good.
+#[cfg(feature = "metrics")]
+fn sample(
+    listener: String,
+    pool: &BlockingPool,
+    connections: Option<&tokio_util::task::TaskTracker>,
+) -> tokio_util::task::AbortOnDropHandle<()> {
+    describe();
+    let (pool, connections) = (pool.clone(), connections.cloned());
+    // A pool alone has no connections gauge: no series of zeros under its name.
+    let names = if connections.is_some() {
+        &GAUGES[..]
+    } else {
+        &GAUGES[1..]
+    };
+    let sampler = tokio::spawn(async move {
+        // Dropped with the task, when the handle is.
+        let zero_at_stop = ZeroAtStop { listener, names };
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let stats = pool.stats();
+            let open = connections.as_ref().map_or(0, |c| c.len());
+            let values = [open, stats.threads, stats.busy, stats.queued];
+            for (name, value) in GAUGES.into_iter().zip(values) {
+                if names.contains(&name) {
+                    let listener = zero_at_stop.listener.clone();
+                    ::metrics::gauge!(name, "listener" => listener).set(value as f64);
+                }
+            }
+        }
+    });
+    tokio_util::task::AbortOnDropHandle::new(sampler)
+}
+
+/// The gauges a bundled server samples, in `sample`'s order; a pool alone, all but the
+/// first.
 #[cfg(feature = "metrics")]
 const GAUGES: [&str; 4] = [
     "syncbridge_connections",
@@ -268,16 +289,78 @@ const GAUGES: [&str; 4] = [
     "syncbridge_pool_queued",
 ];
 
-/// Sets a server's gauges (its `listener` label) to 0 when dropped.
+/// Sets the gauges `names` of `listener` to 0 when dropped.
 #[cfg(feature = "metrics")]
-struct ZeroAtStop(String);
+struct ZeroAtStop {
+    listener: String,
+    names: &'static [&'static str],
+}
 
 #[cfg(feature = "metrics")]
 impl Drop for ZeroAtStop {
     fn drop(&mut self) {
-        for name in GAUGES {
-            ::metrics::gauge!(name, "listener" => self.0.clone()).set(0.0);
+        for &name in self.names {
+            ::metrics::gauge!(name, "listener" => self.listener.clone()).set(0.0);
         }
+    }
+}
+
+/// A pool's load reported as gauges once a second, until this is dropped: see
+/// [`BlockingPool::report_gauges`].
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+#[must_use = "the gauges are reported only until this is dropped"]
+#[derive(Debug)]
+pub struct PoolGauges {
+    _sampler: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+#[cfg(feature = "metrics")]
+impl BlockingPool {
+    /// Reports this pool's load through the `metrics` facade once a second, as the
+    /// bundled server reports its own: `syncbridge_pool_threads`,
+    /// `syncbridge_pool_busy_threads` and `syncbridge_pool_queued`, with the label
+    /// `listener` set to `name`. For a pool no bundled server samples: an embedded
+    /// [`SyncService`](crate::SyncService)'s (`service.pool()`), or one of your own. (A
+    /// pool a bundled server was given with `Server::pool` is sampled already, under the
+    /// server's address; reported here too, it appears under both names.)
+    ///
+    /// Keep the returned [`PoolGauges`] for as long as the pool serves; dropping it stops
+    /// the reports and sets the three gauges of `name` to 0, so an exporter does not go
+    /// on showing the last sample. Reporting costs a timer wake-up a second and a look at
+    /// the pool's counts under its lock; the requests pay nothing for it.
+    ///
+    /// Call it from within a tokio runtime (an async task, or a thread that has entered
+    /// one): the sampling runs on that runtime, and stops with it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_runtime`](crate::Error::is_runtime) outside any tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn host() -> syncbridge::Result<()> {
+    /// use syncbridge::{Request, SyncService};
+    ///
+    /// let service = SyncService::new(|_req: Request| "hello");
+    /// // Served by axum, say, on 0.0.0.0:3000: no bundled server samples its pool.
+    /// let _gauges = service.pool().report_gauges("0.0.0.0:3000")?;
+    /// // ... serve `service` until the host stops; the gauges go to 0 then.
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn report_gauges(&self, name: impl Into<String>) -> crate::Result<PoolGauges> {
+        use crate::error::{Error, Kind};
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::new(Kind::Runtime).with_message(
+                "BlockingPool::report_gauges called outside any tokio runtime; call it from \
+                 an async task, or a thread that has entered a runtime",
+            ));
+        }
+        Ok(PoolGauges {
+            _sampler: sample(name.into(), self, None),
+        })
     }
 }
 

@@ -158,6 +158,20 @@ fn recorder() -> (&'static TestRecorder, mpsc::Receiver<(String, f64)>) {
     (recorder, changes_rx)
 }
 
+/// Waits (at most [`STEP`]) until gauge `key` has a value that `wanted` accepts: at
+/// once if it has one now (its value is stored before its change is sent, so a change
+/// not seen here is still to come on `changes`).
+fn wait_for_gauge(
+    recorder: &TestRecorder,
+    changes: &mpsc::Receiver<(String, f64)>,
+    key: &str,
+    wanted: impl Fn(f64) -> bool,
+) {
+    if !wanted(recorder.gauge(key)) {
+        wait_for(changes, key, wanted);
+    }
+}
+
 /// Waits (at most [`STEP`]) until `key` changes to a value that `wanted` accepts.
 fn wait_for(changes: &mpsc::Receiver<(String, f64)>, key: &str, wanted: impl Fn(f64) -> bool) {
     let deadline = std::time::Instant::now() + STEP;
@@ -187,6 +201,15 @@ async fn a_dashboard_sees_each_outcome_once() {
         .pool(pool.clone())
         .handler_timeout(Duration::from_millis(300))
         .header_read_timeout(Duration::from_millis(300));
+    // The same pool reported under a name of its own, as an embedded service's would be.
+    let pool_gauges = pool.report_gauges("embedded").expect("in a runtime");
+    let outside = pool.clone();
+    let outside = std::thread::spawn(move || outside.report_gauges("nowhere").map(drop));
+    let outside = outside
+        .join()
+        .unwrap()
+        .expect_err("no runtime on a plain thread");
+    assert!(outside.is_runtime(), "{outside}");
     let server = TestServer::start_with(
         server,
         move |req: Request| -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
@@ -257,6 +280,13 @@ async fn a_dashboard_sees_each_outcome_once() {
     }))
     .await
     .unwrap();
+    let embedded_busy = "syncbridge_pool_busy_threads{listener=embedded}";
+    let changes = within(tokio::task::spawn_blocking(move || {
+        wait_for_gauge(recorder, &changes, embedded_busy, |v| v == 1.0);
+        changes
+    }))
+    .await
+    .unwrap();
     release_tx.send(()).unwrap();
     // Its thread back, the pool takes the next request.
     let changes = within(tokio::task::spawn_blocking(move || {
@@ -287,14 +317,28 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert_eq!(support::collect(first).await.status, 200);
     let connections = format!("syncbridge_connections{{listener={}}}", server.addr);
     let key = connections.clone();
-    within(tokio::task::spawn_blocking(move || {
-        wait_for(&changes, &key, |v| v >= 1.0)
+    let changes = within(tokio::task::spawn_blocking(move || {
+        wait_for(&changes, &key, |v| v >= 1.0);
+        changes
     }))
     .await
     .unwrap();
     // Every response has ended (and been counted) once the server has stopped.
     server.stop().await;
     assert_eq!(recorder.gauge(&connections), 0.0, "{connections} at stop");
+    // The pool's own report: its thread still alive (kept for 10 s), then 0 once dropped;
+    // and no connections gauge of its own.
+    let embedded_threads = "syncbridge_pool_threads{listener=embedded}";
+    assert_eq!(recorder.gauge(embedded_threads), 1.0, "{embedded_threads}");
+    drop(pool_gauges);
+    within(tokio::task::spawn_blocking(move || {
+        wait_for_gauge(recorder, &changes, embedded_threads, |v| v == 0.0)
+    }))
+    .await
+    .unwrap();
+    assert!(recorder
+        .gauge("syncbridge_connections{listener=embedded}")
+        .is_nan());
 
     let expected = [
         ("syncbridge_requests_total{status=200}", 3),
