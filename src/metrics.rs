@@ -335,7 +335,7 @@ impl BlockingPool {
     ///
     /// # Errors
     ///
-    /// [`Error::is_runtime`](crate::Error::is_runtime) outside any tokio runtime.
+    /// [`Error::is_no_context`](crate::Error::is_no_context) outside any tokio runtime.
     ///
     /// # Examples
     ///
@@ -353,7 +353,7 @@ impl BlockingPool {
     pub fn report_gauges(&self, name: impl Into<String>) -> crate::Result<PoolGauges> {
         use crate::error::{Error, Kind};
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::new(Kind::Runtime).with_message(
+            return Err(Error::new(Kind::NoContext).with_message(
                 "BlockingPool::report_gauges called outside any tokio runtime; call it from \
                  an async task, or a thread that has entered a runtime",
             ));

@@ -209,7 +209,7 @@ async fn a_dashboard_sees_each_outcome_once() {
         .join()
         .unwrap()
         .expect_err("no runtime on a plain thread");
-    assert!(outside.is_runtime(), "{outside}");
+    assert!(outside.is_no_context(), "{outside}");
     let server = TestServer::start_with(
         server,
         move |req: Request| -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
