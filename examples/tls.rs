@@ -1,7 +1,7 @@
 //! Serving a legacy blocking app over HTTPS: a `SyncService` behind tokio-rustls, with
 //! hyper-util's auto builder speaking HTTP/2 or HTTP/1.1 as the client chose by ALPN.
-//! The bundled `Server` speaks plain TCP only: put it behind a proxy that ends TLS, or
-//! serve the service yourself, as here.
+//! The bundled `Server` speaks plain HTTP only (over TCP or a Unix socket), no TLS: put
+//! it behind a proxy that ends TLS, or serve the service yourself, as here.
 //!
 //! ```text
 //! cargo run --example tls                        # https://127.0.0.1:8443 (or $PORT),

@@ -92,14 +92,15 @@ impl Error {
     /// a running server) was called outside one; or the runtime it would wait on was
     /// built without timers (`enable_time`) where the wait needs one (a queued
     /// `ensure_async` closure, a task's timeout or retries); or `Server::serve_async` was
-    /// polled outside a runtime, or in one without IO or timers.
+    /// polled outside a runtime, or in one without IO or timers, or
+    /// `BlockingPool::report_gauges` (feature `metrics`) was called outside a runtime.
     pub fn is_no_context(&self) -> bool {
         self.kind() == Kind::NoContext
     }
 
     /// The work was refused for lack of room: all of the pool's threads are busy and its
-    /// queue is full, a task set's registry is full of live tasks, or (from
-    /// `ensure_async`) its pool has shut down.
+    /// queue is full, no thread could be started, or a task set's registry is full of
+    /// live tasks. (A pool that has shut down gives [`is_shutdown`](Self::is_shutdown).)
     pub fn is_overloaded(&self) -> bool {
         self.kind() == Kind::Overloaded
     }
@@ -131,7 +132,9 @@ impl Error {
 
     /// A blocking wait was refused because it could never end: a task callback that
     /// joins a task with callbacks of its own, which need a callback thread while the
-    /// joining callback holds one.
+    /// joining callback holds one; or a blocking task's `join_blocking` that would leave
+    /// every thread of its set's task pool waiting on a task of the same set that has
+    /// not ended, and needs one of those threads to.
     pub fn is_would_deadlock(&self) -> bool {
         self.kind() == Kind::WouldDeadlock
     }
