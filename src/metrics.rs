@@ -194,6 +194,13 @@ pub(crate) fn handler_timed_out() {
     count!("syncbridge_handler_timeouts_total");
 }
 
+/// A streamed response went on past the stream timeout, and was cut off:
+/// `syncbridge_stream_timeouts_total`.
+#[inline]
+pub(crate) fn stream_timed_out() {
+    count!("syncbridge_stream_timeouts_total");
+}
+
 impl HandlerFailure {
     fn label(self) -> &'static str {
         match self {
@@ -388,6 +395,10 @@ pub(crate) fn describe() {
         describe_counter!(
             "syncbridge_handler_timeouts_total",
             "Requests answered 504: their handler ran past the handler timeout"
+        );
+        describe_counter!(
+            "syncbridge_stream_timeouts_total",
+            "Streamed responses cut off: they went on past the stream timeout"
         );
         describe_counter!(
             "syncbridge_handler_failures_total",

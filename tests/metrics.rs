@@ -200,6 +200,7 @@ async fn a_dashboard_sees_each_outcome_once() {
     let server = Server::bind("127.0.0.1:0")
         .pool(pool.clone())
         .handler_timeout(Duration::from_millis(300))
+        .stream_timeout(Duration::from_millis(50))
         .header_read_timeout(Duration::from_millis(300));
     // The same pool reported under a name of its own, as an embedded service's would be.
     let pool_gauges = pool.report_gauges("embedded").expect("in a runtime");
@@ -222,6 +223,14 @@ async fn a_dashboard_sees_each_outcome_once() {
                 "/stream-error" => Ok(Response::new(ResponseBody::from_writer(|_out| {
                     Err(std::io::Error::other("the export failed"))
                 }))),
+                // Returns its stream past the stream timeout (within the handler
+                // timeout): its first write fails, and it is answered 504.
+                "/late-stream" => {
+                    std::thread::sleep(Duration::from_millis(120));
+                    Ok(Response::new(ResponseBody::from_chunks(std::iter::once(
+                        Ok(bytes::Bytes::from_static(b"too late")),
+                    ))))
+                }
                 "/hold" => {
                     started_tx.lock().unwrap().send(()).unwrap();
                     release_rx.lock().unwrap().recv_timeout(STEP).unwrap();
@@ -244,6 +253,7 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert_eq!(get(server.addr, "/error").await.status, 500);
     assert_eq!(get(server.addr, "/stream-error").await.status, 500);
     assert_eq!(get(server.addr, "/bad-display").await.status, 500);
+    assert_eq!(get(server.addr, "/late-stream").await.status, 504);
     // A head that never ends, and one hyper's parser refuses: the server closes both.
     let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
@@ -344,11 +354,12 @@ async fn a_dashboard_sees_each_outcome_once() {
         ("syncbridge_requests_total{status=200}", 3),
         ("syncbridge_requests_total{status=500}", 4),
         ("syncbridge_requests_total{status=503}", 1),
-        ("syncbridge_requests_total{status=504}", 1),
+        ("syncbridge_requests_total{status=504}", 2),
         ("syncbridge_requests_total{status=499}", 1),
-        ("syncbridge_request_duration_seconds", 10),
+        ("syncbridge_request_duration_seconds", 11),
         ("syncbridge_requests_refused_total{reason=pool_full}", 2),
         ("syncbridge_handler_timeouts_total", 1),
+        ("syncbridge_stream_timeouts_total", 1),
         ("syncbridge_handler_failures_total{kind=panic}", 2),
         ("syncbridge_handler_failures_total{kind=error}", 2),
         ("syncbridge_handler_failures_total{kind=unavailable}", 0),

@@ -239,3 +239,92 @@ async fn an_aborted_close_delimited_response_ends_in_a_reset_not_a_clean_close()
     );
     server.stop().await;
 }
+
+/// `/endless` streams `x` for ever; `/late` returns a stream only after the stream
+/// timeout has passed; `/swallows` writes past it and takes no notice of its failed
+/// writes; anything else is a short full body.
+fn endless_or_late(req: Request) -> Response {
+    match req.uri().path() {
+        "/endless" => Response::new(ResponseBody::from_reader(std::io::repeat(b'x'))),
+        "/late" => {
+            // The handler's own slow work (a query), past the 300 ms.
+            std::thread::sleep(Duration::from_millis(400));
+            Response::new(ResponseBody::from_reader(std::io::repeat(b'y')))
+        }
+        "/swallows" => Response::new(ResponseBody::from_writer(|w| {
+            // A producer that ignores its failed writes, and ends as if all went well.
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(800) {
+                let _ = w.write_all(b"z\n");
+                let _ = w.flush();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        })),
+        _ => Response::new(ResponseBody::from("after")),
+    }
+}
+
+#[tokio::test]
+async fn a_stream_past_the_stream_timeout_frees_its_thread_and_is_cut_off() {
+    logs::install();
+    // One thread: what holds it holds the whole pool.
+    let pool = syncbridge::BlockingPool::builder().max_threads(1).build();
+    let server = TestServer::start_with(
+        syncbridge::Server::bind("127.0.0.1:0")
+            .pool(pool)
+            .stream_timeout(Duration::from_millis(300)),
+        endless_or_late,
+    );
+    // A client that asks for an endless download and reads no more than its head: the
+    // producer fills what the channel and the socket hold, and waits. The body timeout
+    // (30 s) would let it wait that long, and a reader this slow but steady for ever.
+    let mut stalled = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(stalled.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = within(stalled.read(&mut head)).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+
+    // At the stream timeout the producer's wait fails, and its thread is free.
+    assert!(
+        logs::eventually_contains(&[
+            "WARN",
+            "streamed response went on past the stream timeout",
+            "path=/endless",
+        ])
+        .await
+    );
+    let after = support::get(server.addr, "/after").await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.text(), "after");
+
+    // The download was cut off, not ended: no last chunk, and the access line says so.
+    let mut rest = Vec::new();
+    let end = within(stalled.read_to_end(&mut rest)).await;
+    assert!(!rest.is_empty(), "what was queued still comes");
+    assert!(
+        !rest.ends_with(b"0\r\n\r\n"),
+        "ended as a whole body ({end:?})"
+    );
+    assert!(logs::eventually_contains(&["path=/endless", "status=200", "complete=false"]).await);
+
+    // A producer that had sent nothing when the time was up: its head never went out.
+    let late = support::get(server.addr, "/late").await;
+    assert_eq!(late.status, 504);
+
+    // A producer that swallows the failure and returns `Ok`: still not a whole body.
+    let mut swallowed = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(swallowed.write_all(b"GET /swallows HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let end = within(swallowed.read_to_end(&mut received)).await;
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        !received.ends_with(b"0\r\n\r\n"),
+        "ended as a whole body ({end:?})"
+    );
+    server.stop().await;
+}

@@ -30,8 +30,19 @@ use bytes::Bytes;
 /// when the channel is empty, so one chunk larger than the bound still passes. A blocking
 /// end waits at most `stall_limit` for the other side to move (`None`: for ever).
 pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sender, Receiver) {
+    channel_until(max_bytes, stall_limit, None)
+}
+
+/// [`channel`], whose sender's blocking sends fail with [`SendError::Expired`] from
+/// `end_by` on (a streamed response's stream timeout), waiting for room or not.
+pub(crate) fn channel_until(
+    max_bytes: usize,
+    stall_limit: Option<Duration>,
+    end_by: Option<Instant>,
+) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         stall_limit,
+        end_by,
         state: Mutex::new(State {
             queue: VecDeque::with_capacity(8),
             queued_bytes: 0,
@@ -46,6 +57,7 @@ pub(crate) fn channel(max_bytes: usize, stall_limit: Option<Duration>) -> (Sende
             recv_window: None,
             fault_handed: false,
             asked: false,
+            expired: false,
             head: Head::Sent,
         }),
         condvar: Condvar::new(),
@@ -70,6 +82,8 @@ pub(crate) const MIN_PROGRESS: u64 = 8 * 1024;
 
 struct Shared {
     stall_limit: Option<Duration>,
+    /// When a blocking send starts to fail, whatever the receiver does (`channel_until`).
+    end_by: Option<Instant>,
     state: Mutex<State>,
     // One condvar serves both blocking ends: only one end of a channel ever blocks.
     condvar: Condvar,
@@ -104,6 +118,9 @@ struct State {
     /// Whether the receiver has been handed the client's failure (`FailedByClient`): its
     /// reader met it, so whatever the reader answered, the client is the cause.
     fault_handed: bool,
+    /// Whether a send failed for `end_by`: whatever the producer makes of that failure
+    /// (it may swallow it and end cleanly), the stream did not end well.
+    expired: bool,
     /// A streamed response's head, held back for the body's first bytes.
     head: Head,
 }
@@ -121,20 +138,28 @@ enum Head {
     Sent,
     Held,
     /// The producer failed before its first bytes while the head was held: the head
-    /// never goes out, an error answer does instead. With the kind of the client's
-    /// failure it met, if that was the cause (a request body that stalled or broke).
-    FailedUnsent(Option<io::ErrorKind>),
+    /// never goes out, an error answer does instead.
+    FailedUnsent(Unsent),
+}
+
+/// Why a held head never went out, and so what is answered in its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unsent {
+    /// The producer failed: `500`.
+    ProducerFailed,
+    /// The client's failure of this kind, which the producer met (a request body that
+    /// stalled or broke): answered as a handler's read of it is.
+    ByClient(io::ErrorKind),
+    /// The stream timeout passed before the first bytes: `504`, as a handler timeout's.
+    Expired,
 }
 
 /// What the receiver's side does with the head it held (`Receiver::poll_head`, `Receiver::let_head_go`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeadCall {
     Send,
-    /// Answer the producer's failure instead: `500`, or with `by_client`, the answer to
-    /// the client's failure it met (as a handler's read of it is answered).
-    FailedInstead {
-        by_client: Option<io::ErrorKind>,
-    },
+    /// Answer the failure instead (see [`Unsent`]).
+    FailedInstead(Unsent),
 }
 
 #[derive(Clone)]
@@ -178,6 +203,8 @@ pub(crate) enum SendError {
     Closed,
     /// The receiver took nothing for the channel's stall limit.
     Stalled,
+    /// The channel's `end_by` has passed.
+    Expired,
 }
 
 /// The receiver was dropped: nobody will read what is sent.
@@ -234,7 +261,11 @@ impl Shared {
                 *deadline = Instant::now().checked_add(limit);
             }
         }
-        let Some(until) = *deadline else {
+        let until = match (*deadline, self.end_by) {
+            (Some(stall), Some(end)) => Some(stall.min(end)),
+            (stall, end) => stall.or(end),
+        };
+        let Some(until) = until else {
             return Ok(self.condvar.wait(state).unwrap_or_else(|e| e.into_inner()));
         };
         let now = Instant::now();
@@ -325,7 +356,7 @@ impl State {
     fn head_call(&mut self, let_go: bool) -> Option<HeadCall> {
         match self.head {
             Head::Sent => Some(HeadCall::Send),
-            Head::FailedUnsent(by_client) => Some(HeadCall::FailedInstead { by_client }),
+            Head::FailedUnsent(why) => Some(HeadCall::FailedInstead(why)),
             // A failure the producer did not claim (a sender dropped unfinished) goes out
             // as the abort it was before heads were held.
             Head::Held if let_go || !self.queue.is_empty() || !matches!(self.end, End::Open) => {
@@ -365,6 +396,9 @@ impl Sender {
     /// Call only from a thread that may block.
     pub(crate) fn blocking_send(&self, chunk: Bytes) -> Result<(), SendError> {
         let mut state = self.shared.lock();
+        if self.expires(&mut state) {
+            return Err(SendError::Expired);
+        }
         let mut deadline = None;
         let mut seen = state.taken;
         while !self.shared.receiver_gone() && !state.has_room() {
@@ -376,6 +410,9 @@ impl Sender {
             state = woken;
             state.blocked_sender = false;
             if timed_out {
+                if self.expires(&mut state) {
+                    return Err(SendError::Expired);
+                }
                 if state.taken == seen {
                     return Err(SendError::Stalled);
                 }
@@ -392,6 +429,23 @@ impl Sender {
         drop(state);
         wake.fire(&self.shared.condvar);
         Ok(())
+    }
+
+    /// Whether `end_by` has passed, and if so marks the stream expired. Reads the clock
+    /// only for a channel that has one.
+    fn expires(&self, state: &mut State) -> bool {
+        match self.shared.end_by {
+            Some(end) if Instant::now() >= end => {
+                state.expired = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a send failed for the channel's `end_by`.
+    pub(crate) fn expired(&self) -> bool {
+        self.shared.lock().expired
     }
 
     /// Ready when a chunk may be sent without exceeding the bound.
@@ -443,12 +497,12 @@ impl Sender {
     /// Ends the stream with an error: the receiver sees it after the queued chunks. True
     /// when the head is still held, nothing was sent and the receiver is still there:
     /// the head is then failed too, and the receiver's side answers the failure in its
-    /// place. `by_client`: the failure is the client's (`kind` is its kind).
+    /// place, as `why` says.
     pub(crate) fn fail_before_head(
         mut self,
         kind: io::ErrorKind,
         message: impl Into<Arc<str>>,
-        by_client: bool,
+        why: Unsent,
     ) -> bool {
         self.finished = true;
         let mut state = self.shared.lock();
@@ -457,7 +511,7 @@ impl Sender {
             && state.taken == 0
             && !self.shared.receiver_gone();
         if instead {
-            state.head = Head::FailedUnsent(by_client.then_some(kind));
+            state.head = Head::FailedUnsent(why);
         }
         if let End::Open = state.end {
             state.end = End::Failed(kind, message.into());
@@ -803,6 +857,27 @@ mod tests {
     }
 
     #[test]
+    fn a_full_sender_waits_at_most_until_its_end_by_then_every_send_fails() {
+        let end_by = Instant::now() + Duration::from_millis(50);
+        // A stall limit far longer: the end comes first.
+        let (tx, rx) = channel_until(1, Some(Duration::from_secs(30)), Some(end_by));
+        tx.blocking_send(Bytes::from_static(b"a")).unwrap();
+        assert!(!tx.expired());
+        assert_eq!(
+            tx.blocking_send(Bytes::from_static(b"b")),
+            Err(SendError::Expired)
+        );
+        assert!(Instant::now() >= end_by);
+        assert!(tx.expired());
+        // With room again, still refused: the time is up, not the room.
+        assert!(matches!(rx.try_recv(), Poll::Ready(Some(Ok(chunk))) if chunk == "a"));
+        assert_eq!(
+            tx.blocking_send(Bytes::from_static(b"c")),
+            Err(SendError::Expired)
+        );
+    }
+
+    #[test]
     fn a_full_sender_waits_at_most_the_stall_limit() {
         let (tx, rx) = channel(1, Some(Duration::from_millis(50)));
         tx.blocking_send(Bytes::from_static(b"a")).unwrap();
@@ -888,38 +963,42 @@ mod tests {
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         assert!(rx.poll_head(&mut cx).is_pending());
-        assert!(tx.fail_before_head(other(), "refused", false));
+        assert!(tx.fail_before_head(other(), "refused", Unsent::ProducerFailed));
         assert_eq!(
             rx.poll_head(&mut cx),
-            Poll::Ready(HeadCall::FailedInstead { by_client: None })
+            Poll::Ready(HeadCall::FailedInstead(Unsent::ProducerFailed))
         );
         assert_eq!(
             rx.let_head_go(),
-            HeadCall::FailedInstead { by_client: None }
+            HeadCall::FailedInstead(Unsent::ProducerFailed)
         );
         // The client's failure (an echo's request body that stalled) keeps its kind.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
-        assert!(tx.fail_before_head(io::ErrorKind::TimedOut, "stalled", true));
+        assert!(tx.fail_before_head(
+            io::ErrorKind::TimedOut,
+            "stalled",
+            Unsent::ByClient(io::ErrorKind::TimedOut)
+        ));
         assert_eq!(
             rx.poll_head(&mut cx),
-            Poll::Ready(HeadCall::FailedInstead {
-                by_client: Some(io::ErrorKind::TimedOut)
-            })
+            Poll::Ready(HeadCall::FailedInstead(Unsent::ByClient(
+                io::ErrorKind::TimedOut
+            )))
         );
 
         // Let go first: a failure after it is an abort, not a head failed.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         assert_eq!(rx.let_head_go(), HeadCall::Send);
-        assert!(!tx.fail_before_head(other(), "too late", false));
+        assert!(!tx.fail_before_head(other(), "too late", Unsent::ProducerFailed));
         assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
 
         // Bytes sent: they go out with the head, whatever comes after them.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         tx.blocking_send(Bytes::from_static(b"first")).unwrap();
-        assert!(!tx.fail_before_head(other(), "after the first bytes", false));
+        assert!(!tx.fail_before_head(other(), "after the first bytes", Unsent::ProducerFailed));
         assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
 
         // A clean end with nothing sent lets the head go; so does a head never held.
@@ -928,13 +1007,13 @@ mod tests {
         tx.finish();
         assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
         let (tx, rx) = channel(1024, None);
-        assert!(!tx.fail_before_head(other(), "not held", false));
+        assert!(!tx.fail_before_head(other(), "not held", Unsent::ProducerFailed));
         assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
 
         // Nobody to answer: no head failed, so nothing claims a 500 was sent.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         drop(rx);
-        assert!(!tx.fail_before_head(other(), "client left", false));
+        assert!(!tx.fail_before_head(other(), "client left", Unsent::ProducerFailed));
     }
 }

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::{Bytes, BytesMut};
 
-use super::channel::{ByClient, FaultProbe, SendError, Sender};
+use super::channel::{ByClient, FaultProbe, SendError, Sender, Unsent};
 use super::{Producer, CHUNK_SIZE};
 use crate::error::panic_message;
 
@@ -30,6 +30,10 @@ pub(crate) enum Produced {
     /// so the head never went out and the request is answered `500` in its place; else
     /// the response was aborted.
     Failed { err: io::Error, replaced: bool },
+    /// The stream timeout passed after `bytes`: a send failed, and the response was
+    /// aborted to free the thread; or, `replaced`, its head had not gone out and the
+    /// request is answered `504` in its place.
+    Expired { bytes: u64, replaced: bool },
     /// The producer panicked; `replaced` as for `Failed`. `by_client`: its reads of the
     /// request body had met the client's failure, and a head replaced is answered as
     /// that failure (`408`, `400`), not `500`.
@@ -63,7 +67,19 @@ pub(crate) fn produce(
     let result = catch_unwind(AssertUnwindSafe(|| run(producer, &mut out)));
     let (sent, overran) = (out.sent, out.overran);
     match result {
-        // Checked first: the producer may have wrapped the error, or swallowed it.
+        // Checked first: the producer may have wrapped the error, or swallowed it (and
+        // then ended cleanly: the client must not take a cut-off body for a whole one).
+        Ok(_) if tx.expired() => {
+            let replaced = tx.fail_before_head(
+                io::ErrorKind::TimedOut,
+                "the response went on past the stream timeout",
+                Unsent::Expired,
+            );
+            Produced::Expired {
+                bytes: sent,
+                replaced,
+            }
+        }
         Ok(_) if overran => failed(
             tx,
             wrong_length(format!(
@@ -104,7 +120,7 @@ pub(crate) fn produce(
             let replaced = tx.fail_before_head(
                 client.unwrap_or(io::ErrorKind::Other),
                 "the response body's producer panicked",
-                client.is_some(),
+                client.map_or(Unsent::ProducerFailed, Unsent::ByClient),
             );
             Produced::Panicked {
                 msg,
@@ -117,7 +133,7 @@ pub(crate) fn produce(
 
 /// Ends the stream with the client's failure of `kind` that the producer met.
 fn by_client(tx: Sender, bytes: u64, kind: io::ErrorKind, err: io::Error) -> Produced {
-    let replaced = tx.fail_before_head(kind, err.to_string(), true);
+    let replaced = tx.fail_before_head(kind, err.to_string(), Unsent::ByClient(kind));
     Produced::ByClient {
         bytes,
         err,
@@ -127,7 +143,7 @@ fn by_client(tx: Sender, bytes: u64, kind: io::ErrorKind, err: io::Error) -> Pro
 
 /// Ends the stream with the producer's failure.
 fn failed(tx: Sender, err: io::Error) -> Produced {
-    let replaced = tx.fail_before_head(err.kind(), err.to_string(), false);
+    let replaced = tx.fail_before_head(err.kind(), err.to_string(), Unsent::ProducerFailed);
     Produced::Failed { err, replaced }
 }
 
@@ -141,6 +157,10 @@ fn send_error(err: SendError) -> io::Error {
         SendError::Stalled => ByClient::error(
             io::ErrorKind::TimedOut,
             "the client took no piece of the response for the body timeout",
+        ),
+        SendError::Expired => io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the response went on past the stream timeout",
         ),
     }
 }

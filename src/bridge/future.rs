@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 use super::pump::{Pump, PumpPoll};
 use super::reply::{Reply, ReplyCell};
 use super::BoxError;
-use crate::body::channel::HeadCall;
+use crate::body::channel::{HeadCall, Unsent};
 use crate::body::{BridgeBody, Completion};
 use crate::metrics::Refused;
 use crate::pool::{BlockingPool, JobId};
@@ -188,10 +188,9 @@ fn head_answer(
 ) -> http::Response<BridgeBody> {
     match call {
         HeadCall::Send => response,
-        HeadCall::FailedInstead { by_client: None } => internal_server_error(),
-        HeadCall::FailedInstead {
-            by_client: Some(kind),
-        } => reply.client_fault(kind),
+        HeadCall::FailedInstead(Unsent::ProducerFailed) => internal_server_error(),
+        HeadCall::FailedInstead(Unsent::ByClient(kind)) => reply.client_fault(kind),
+        HeadCall::FailedInstead(Unsent::Expired) => gateway_timeout(),
     }
 }
 

@@ -232,7 +232,10 @@ impl<H: Handler> RequestJob<H> {
                 // KiB/s would look stalled to the channel. The connection's watch cuts
                 // off a client that takes too little, and this producer with it.
                 let stall_limit = (!self.socket_watched).then_some(shared.body_timeout);
-                let (tx, rx) = channel::channel(BYTES_IN_FLIGHT, stall_limit);
+                let end_by = shared
+                    .stream_timeout
+                    .and_then(|timeout| self.submitted_at.checked_add(timeout));
+                let (tx, rx) = channel::channel_until(BYTES_IN_FLIGHT, stall_limit, end_by);
                 if !shared.head_grace.is_zero() {
                     // The service future holds the head back for the first bytes.
                     tx.hold_head();
@@ -284,6 +287,7 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
     // of the response.
     match &produced {
         Produced::Failed { .. } => crate::metrics::handler_failed(HandlerFailure::Error),
+        Produced::Expired { .. } => crate::metrics::stream_timed_out(),
         Produced::Panicked { .. } => crate::metrics::handler_failed(HandlerFailure::Panic),
         _ => {}
     }
@@ -319,6 +323,25 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
             method = %method, path = %uri.path(), bytes, error = %Chain(&err),
             "client's side failed during a streamed response; response aborted"
         ),
+        Produced::Expired { bytes, replaced } => {
+            // Any slow client sets it off: throttled.
+            static EXPIRED: Throttle = Throttle::new();
+            if let Some(left_out) = EXPIRED.admit() {
+                if replaced {
+                    tracing::warn!(
+                        method = %method, path = %uri.path(), left_out,
+                        "streamed response had sent nothing by the stream timeout; \
+                         answered 504 unless its client left"
+                    );
+                } else {
+                    tracing::warn!(
+                        method = %method, path = %uri.path(), bytes, left_out,
+                        "streamed response went on past the stream timeout; response \
+                         aborted, its thread free"
+                    );
+                }
+            }
+        }
         Produced::Failed {
             err,
             replaced: true,

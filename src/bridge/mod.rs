@@ -121,6 +121,9 @@ pub(crate) struct Shared<H> {
     /// How long a request may wait for its handler's response, from its arrival; `None`:
     /// no limit.
     handler_timeout: Option<Duration>,
+    /// How long a streamed response may go on, from its request's arrival; `None`: no
+    /// limit.
+    stream_timeout: Option<Duration>,
     /// The context of the builder's runtime, for every request whatever runtime calls.
     pinned: Option<Arc<Context>>,
     /// Without one: the first calling runtime's context, kept so that calls from that
@@ -156,6 +159,7 @@ impl<H: Handler> SyncService<H> {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             head_grace: DEFAULT_HEAD_GRACE,
             handler_timeout: None,
+            stream_timeout: None,
             runtime: None,
             tasks: None,
             make_span: None,
@@ -527,6 +531,7 @@ pub struct SyncServiceBuilder<H> {
     body_timeout: Duration,
     head_grace: Duration,
     handler_timeout: Option<Duration>,
+    stream_timeout: Option<Duration>,
     runtime: Option<tokio::runtime::Handle>,
     tasks: Option<TaskSet>,
     make_span: Option<MakeSpan>,
@@ -617,7 +622,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
     ///
     /// Only the wait for the handler to return is timed: a streamed body is not, even
     /// while its head is held for its first bytes (`head_grace`), and has the body timeout
-    /// for its stalls. The deadline costs a tokio timer per request (about a
+    /// for its stalls, and [`stream_timeout`](Self::stream_timeout) for its length. The deadline costs a tokio timer per request (about a
     /// microsecond). Outside a tokio runtime, or on one without timers, there is none
     /// (logged at error level).
     ///
@@ -625,6 +630,34 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// one answers as the bundled server does and logs the handler that comes back late.
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = Some(timeout).filter(|t| !t.is_zero());
+        self
+    }
+
+    /// How long a streamed response may go on, counted from its request's arrival (as
+    /// the handler timeout is). Default is no limit; zero means no limit too.
+    ///
+    /// Why: a streamed response's producer keeps its handler thread until the body is
+    /// out, and a client that reads slowly but steadily, above the body timeout's floor,
+    /// keeps it for as long as the body lasts: a 100 MiB download at 3 KiB/s, nine
+    /// hours. Past this limit the producer's next write fails with
+    /// [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut), and a write waiting
+    /// for the client to take more fails at once, so the thread is free by the deadline
+    /// whatever the client does. The response is aborted (HTTP/1: the connection is
+    /// closed before the body's end; HTTP/2: the stream is reset), whatever the producer
+    /// makes of the failed write, and a line at warn level says so (throttled: one a
+    /// second at most, with how many were left out). A producer that had sent nothing
+    /// yet, its head still held for its first bytes ([`head_grace`](Self::head_grace)),
+    /// is answered `504 Gateway Timeout` instead.
+    ///
+    /// Only the producer's writes are timed: one that works an hour between two writes
+    /// keeps its thread that hour, and fails at the next write (a writer's writes reach
+    /// the stream at each flush, or every 64 KiB). A full body (bytes, a `String`) holds
+    /// no thread once the handler returns, and is not timed. An event stream meant to
+    /// last must fit in the limit, or be served by a service without one. gunicorn's
+    /// worker `timeout` bounds a sync worker's whole request, response included, and
+    /// Go's `http.Server.WriteTimeout` every response, from the request's arrival.
+    pub fn stream_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_timeout = Some(timeout).filter(|t| !t.is_zero());
         self
     }
 
@@ -687,6 +720,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 body_timeout: self.body_timeout,
                 head_grace: self.head_grace,
                 handler_timeout: self.handler_timeout,
+                stream_timeout: self.stream_timeout,
                 pinned,
                 first_caller: OnceLock::new(),
                 tasks: self.tasks,

@@ -30,6 +30,7 @@ pub(super) struct Config {
     pub(super) body_timeout: Duration,
     pub(super) head_grace: Duration,
     pub(super) handler_timeout: Duration,
+    pub(super) stream_timeout: Duration,
     pub(super) retry_after: Duration,
     pub(super) shutdown_timeout: Duration,
     pub(super) worker_threads: Option<usize>,
@@ -59,6 +60,7 @@ impl Default for Config {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             head_grace: DEFAULT_HEAD_GRACE,
             handler_timeout: Duration::ZERO,
+            stream_timeout: Duration::ZERO,
             retry_after: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: None,
@@ -310,6 +312,20 @@ impl Server {
     /// [`SyncServiceBuilder::handler_timeout`]: crate::SyncServiceBuilder::handler_timeout
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.config.handler_timeout = timeout;
+        self
+    }
+
+    /// How long a streamed response may go on, from its request's arrival; past it the
+    /// producer's writes fail, its thread is free, and the response is aborted (the
+    /// HTTP/1 connection closed, the HTTP/2 stream reset), or answered `504` if it had
+    /// sent nothing yet. For a client that reads a long download slowly but steadily,
+    /// which the body timeout lets through, holding a thread for as long as it takes.
+    /// Default is no limit; zero means no limit. See
+    /// [`SyncServiceBuilder::stream_timeout`].
+    ///
+    /// [`SyncServiceBuilder::stream_timeout`]: crate::SyncServiceBuilder::stream_timeout
+    pub fn stream_timeout(mut self, timeout: Duration) -> Self {
+        self.config.stream_timeout = timeout;
         self
     }
 

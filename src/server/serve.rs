@@ -128,6 +128,7 @@ impl Server {
             .body_timeout(config.body_timeout)
             .head_grace(config.head_grace)
             .handler_timeout(config.handler_timeout)
+            .stream_timeout(config.stream_timeout)
             .retry_after(config.retry_after)
             .runtime(tokio::runtime::Handle::current())
             .tasks(tasks.clone())
