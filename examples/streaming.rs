@@ -67,8 +67,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let port = std::env::var("PORT").unwrap_or_else(|_| "8000".to_owned());
-    // Bound first: a busy port must not leave a 32 MiB file behind.
-    let server = Server::try_bind(format!("127.0.0.1:{port}"))?.max_body_size(1 << 30);
+    // Bound first: a busy port must not leave a 32 MiB file behind. A download holds its
+    // thread while it goes out: ten minutes at most, however slowly a client reads.
+    let server = Server::try_bind(format!("127.0.0.1:{port}"))?
+        .max_body_size(1 << 30)
+        .stream_timeout(std::time::Duration::from_secs(600));
     let path = make_file()?;
     let served = path.clone();
     println!("serving on http://{}", server.local_addr());
