@@ -371,69 +371,67 @@ impl BlockingPool {
     }
 }
 
-/// Gives the recorder installed now each metric's description and unit, once per
-/// process (a Prometheus exporter shows them as `# HELP`). A recorder installed later
-/// gets the metrics without them.
+/// Gives the recorder installed now each metric's description and unit (a Prometheus
+/// exporter shows them as `# HELP`): at each service's build, and each server's or
+/// `report_gauges`' start, so a recorder installed by then has them. Each call costs a
+/// dozen lookups in the recorder, never per request.
 #[cfg(feature = "metrics")]
 pub(crate) fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        describe_counter!(
-            "syncbridge_requests_total",
-            "Responses whose body ended (sent whole or cut off), by status"
-        );
-        describe_histogram!(
-            "syncbridge_request_duration_seconds",
-            Unit::Seconds,
-            "Time from a request's arrival to the end of its response body"
-        );
-        describe_counter!(
-            "syncbridge_requests_refused_total",
-            "Requests the server answered 503 itself, by reason"
-        );
-        describe_counter!(
-            "syncbridge_handler_timeouts_total",
-            "Requests answered 504: their handler ran past the handler timeout"
-        );
-        describe_counter!(
-            "syncbridge_stream_timeouts_total",
-            "Streamed responses cut off: they went on past the stream timeout"
-        );
-        describe_counter!(
-            "syncbridge_handler_failures_total",
-            "Handlers that panicked, or returned an error, by kind"
-        );
-        describe_counter!(
-            "syncbridge_tasks_finished_total",
-            "Background tasks that ended, by status"
-        );
-        describe_counter!(
-            "syncbridge_connections_closed_total",
-            "Connections the server closed itself, by reason"
-        );
-        describe_counter!(
-            "syncbridge_connection_waits_total",
-            "New connections that waited for a slot (max_connections reached)"
-        );
-        describe_counter!(
-            "syncbridge_accept_errors_total",
-            "Failed accepts (a file limit), each followed by a 100 ms pause"
-        );
-        describe_gauge!(
-            "syncbridge_connections",
-            "Open connections, sampled each second"
-        );
-        describe_gauge!("syncbridge_pool_threads", "Handler pool threads alive");
-        describe_gauge!(
-            "syncbridge_pool_busy_threads",
-            "Handler pool threads running a job"
-        );
-        describe_gauge!(
-            "syncbridge_pool_queued",
-            "Jobs waiting for a handler pool thread"
-        );
-    });
+    describe_counter!(
+        "syncbridge_requests_total",
+        "Responses whose body ended (sent whole or cut off), by status"
+    );
+    describe_histogram!(
+        "syncbridge_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's arrival to the end of its response body"
+    );
+    describe_counter!(
+        "syncbridge_requests_refused_total",
+        "Requests the server answered 503 itself, by reason"
+    );
+    describe_counter!(
+        "syncbridge_handler_timeouts_total",
+        "Requests answered 504: their handler ran past the handler timeout"
+    );
+    describe_counter!(
+        "syncbridge_stream_timeouts_total",
+        "Streamed responses cut off: they went on past the stream timeout"
+    );
+    describe_counter!(
+        "syncbridge_handler_failures_total",
+        "Handlers that panicked, or returned an error, by kind"
+    );
+    describe_counter!(
+        "syncbridge_tasks_finished_total",
+        "Background tasks that ended, by status"
+    );
+    describe_counter!(
+        "syncbridge_connections_closed_total",
+        "Connections the server closed itself, by reason"
+    );
+    describe_counter!(
+        "syncbridge_connection_waits_total",
+        "New connections that waited for a slot (max_connections reached)"
+    );
+    describe_counter!(
+        "syncbridge_accept_errors_total",
+        "Failed accepts (a file limit), each followed by a 100 ms pause"
+    );
+    describe_gauge!(
+        "syncbridge_connections",
+        "Open connections, sampled each second"
+    );
+    describe_gauge!("syncbridge_pool_threads", "Handler pool threads alive");
+    describe_gauge!(
+        "syncbridge_pool_busy_threads",
+        "Handler pool threads running a job"
+    );
+    describe_gauge!(
+        "syncbridge_pool_queued",
+        "Jobs waiting for a handler pool thread"
+    );
 }
 
 /// Without the feature: nothing to describe.
