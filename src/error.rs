@@ -93,7 +93,8 @@ impl Error {
     /// built without timers (`enable_time`) where the wait needs one (a queued
     /// `ensure_async` closure, a task's timeout or retries); or `Server::serve_async` was
     /// polled outside a runtime, or in one without IO or timers, or
-    /// `BlockingPool::report_gauges` (feature `metrics`) was called outside a runtime.
+    /// `BlockingPool::report_gauges` (feature `metrics`) was called outside a runtime, or
+    /// in one without timers.
     pub fn is_no_context(&self) -> bool {
         self.kind() == Kind::NoContext
     }

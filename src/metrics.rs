@@ -334,7 +334,9 @@ impl BlockingPool {
     ///
     /// Keep the returned [`PoolGauges`] for as long as the pool serves; dropping it stops
     /// the reports and sets the three gauges of `name` to 0, so an exporter does not go
-    /// on showing the last sample. Reporting costs a timer wake-up a second and a look at
+    /// on showing the last sample. Use one report per name: two under the same name
+    /// overwrite each other's samples, and the first dropped sets them to 0 under the
+    /// other. Reporting costs a timer wake-up a second and a look at
     /// the pool's counts under its lock; the requests pay nothing for it.
     ///
     /// Call it from within a tokio runtime (an async task, or a thread that has entered
@@ -342,7 +344,8 @@ impl BlockingPool {
     ///
     /// # Errors
     ///
-    /// [`Error::is_no_context`](crate::Error::is_no_context) outside any tokio runtime.
+    /// [`Error::is_no_context`](crate::Error::is_no_context) outside any tokio runtime, or
+    /// on one without timers (`enable_time`).
     ///
     /// # Examples
     ///
@@ -359,10 +362,18 @@ impl BlockingPool {
     /// ```
     pub fn report_gauges(&self, name: impl Into<String>) -> crate::Result<PoolGauges> {
         use crate::error::{Error, Kind};
-        if tokio::runtime::Handle::try_current().is_err() {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(Error::new(Kind::NoContext).with_message(
                 "BlockingPool::report_gauges called outside any tokio runtime; call it from \
                  an async task, or a thread that has entered a runtime",
+            ));
+        };
+        // Its sampler ticks on the runtime's timer: without one it would panic at once,
+        // unseen, and the gauges would never move.
+        if !crate::timer::has_timers(&runtime) {
+            return Err(Error::new(Kind::NoContext).with_message(
+                "BlockingPool::report_gauges called on a tokio runtime without timers; \
+                 build it with `enable_time` or `enable_all`",
             ));
         }
         Ok(PoolGauges {

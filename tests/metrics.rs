@@ -211,6 +211,16 @@ async fn a_dashboard_sees_each_outcome_once() {
         .unwrap()
         .expect_err("no runtime on a plain thread");
     assert!(outside.is_no_context(), "{outside}");
+    // Nor on a runtime without timers: its sampler could never tick.
+    let untimed = pool.clone();
+    let untimed = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async { untimed.report_gauges("untimed").map(drop) })
+    });
+    let untimed = untimed.join().unwrap().expect_err("no timers");
+    assert!(untimed.is_no_context(), "{untimed}");
     let server = TestServer::start_with(
         server,
         move |req: Request| -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
