@@ -241,8 +241,9 @@ async fn an_aborted_close_delimited_response_ends_in_a_reset_not_a_clean_close()
 }
 
 /// `/endless` streams `x` for ever; `/late` returns a stream only after the stream
-/// timeout has passed; `/swallows` writes past it and takes no notice of its failed
-/// writes; anything else is a short full body.
+/// timeout has passed, and `/unwraps` too, whose producer panics on its failed write;
+/// `/swallows` writes past it and takes no notice of its failed writes; anything else is
+/// a short full body.
 fn endless_or_late(req: Request) -> Response {
     match req.uri().path() {
         "/endless" => Response::new(ResponseBody::from_reader(std::io::repeat(b'x'))),
@@ -250,6 +251,16 @@ fn endless_or_late(req: Request) -> Response {
             // The handler's own slow work (a query), past the 300 ms.
             std::thread::sleep(Duration::from_millis(400));
             Response::new(ResponseBody::from_reader(std::io::repeat(b'y')))
+        }
+        "/unwraps" => {
+            std::thread::sleep(Duration::from_millis(400));
+            Response::new(ResponseBody::from_writer(|w| {
+                if let Err(err) = w.write_all(b"late").and_then(|()| w.flush()) {
+                    // As `.unwrap()` would, without the panic hook's noise.
+                    std::panic::resume_unwind(Box::new(format!("write failed: {err}")));
+                }
+                Ok(())
+            }))
         }
         "/swallows" => Response::new(ResponseBody::from_writer(|w| {
             // A producer that ignores its failed writes, and ends as if all went well.
@@ -313,6 +324,14 @@ async fn a_stream_past_the_stream_timeout_frees_its_thread_and_is_cut_off() {
     // A producer that had sent nothing when the time was up: its head never went out.
     let late = support::get(server.addr, "/late").await;
     assert_eq!(late.status, 504);
+    // So is one whose producer panics on that failed write (its panic logged too).
+    let unwraps = support::get(server.addr, "/unwraps").await;
+    assert_eq!(unwraps.status, 504);
+    assert!(logs::contains(&[
+        "ERROR",
+        "panicked on its write the stream timeout failed",
+        "path=/unwraps"
+    ]));
 
     // A producer that swallows the failure and returns `Ok`: still not a whole body.
     let mut swallowed = within(TcpStream::connect(server.addr)).await.unwrap();
@@ -326,5 +345,104 @@ async fn a_stream_past_the_stream_timeout_frees_its_thread_and_is_cut_off() {
         !received.ends_with(b"0\r\n\r\n"),
         "ended as a whole body ({end:?})"
     );
+    server.stop().await;
+}
+
+/// Producers that send nothing but ask whether to go on (an empty chunk, an empty write,
+/// a flush with nothing gathered: the heartbeats of WSGI ports), and one whose small
+/// writes are only gathered; each reports on `ended` how long it ran.
+fn heartbeats(
+    ended: mpsc::Sender<(String, Duration)>,
+) -> impl Fn(Request) -> Response + Send + Sync {
+    let ended = Mutex::new(ended);
+    move |req: Request| {
+        let path = req.uri().path().to_owned();
+        let ended = ended.lock().unwrap().clone();
+        let start = Instant::now();
+        Response::new(ResponseBody::from_writer(move |w| {
+            let result = (|| {
+                while start.elapsed() < Duration::from_secs(3) {
+                    match path.as_str() {
+                        // An empty write writes nothing, whatever it returns.
+                        "/empty-write" => {
+                            let _: usize = w.write(b"")?;
+                        }
+                        "/empty-flush" => w.flush()?,
+                        _ => w.write_all(b"x")?,
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(())
+            })();
+            let _ = ended.send((path, start.elapsed()));
+            result
+        }))
+    }
+}
+
+#[tokio::test]
+async fn producers_that_only_ask_whether_to_go_on_stop_at_the_stream_timeout() {
+    logs::install();
+    let (ended_tx, ended) = mpsc::channel();
+    let server = TestServer::start_with(
+        syncbridge::Server::bind("127.0.0.1:0").stream_timeout(Duration::from_millis(200)),
+        heartbeats(ended_tx),
+    );
+    let ended = std::sync::Arc::new(Mutex::new(ended));
+    for path in ["/empty-write", "/empty-flush", "/small-writes"] {
+        // The client stays and reads what comes.
+        let mut send = h1::<Empty<Bytes>>(server.addr).await;
+        let response = within(send.send_request(get(path))).await.unwrap();
+        let ended = ended.clone();
+        let (which, ran) = within(tokio::task::spawn_blocking(move || {
+            ended.lock().unwrap().recv_timeout(support::STEP)
+        }))
+        .await
+        .unwrap()
+        .expect("the producer ended");
+        assert_eq!(which, path);
+        assert!(
+            ran < Duration::from_secs(1),
+            "{path} ran {ran:?} past a 200 ms limit"
+        );
+        // Its body is cut off, not ended.
+        let body = within(response.into_body().collect()).await;
+        assert!(body.is_err(), "{path}: a whole body");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_left_before_the_stream_timeout_is_a_disconnect_not_a_timeout() {
+    logs::install();
+    let server = TestServer::start_with(
+        syncbridge::Server::bind("127.0.0.1:0").stream_timeout(Duration::from_millis(300)),
+        |_: Request| {
+            // A chunk now, the next only after the limit: no write in between to hear
+            // that the client left.
+            let mut n = 0;
+            Response::new(ResponseBody::from_chunks(std::iter::from_fn(move || {
+                n += 1;
+                match n {
+                    1 => Some(Ok(Bytes::from_static(b"a"))),
+                    2 => {
+                        std::thread::sleep(Duration::from_millis(500));
+                        Some(Ok(Bytes::from_static(b"b")))
+                    }
+                    _ => None,
+                }
+            })))
+        },
+    );
+    // HTTP/2: dropping the response resets its stream at once.
+    let mut send = h2::<Empty<Bytes>>(server.addr).await;
+    let request = http::Request::get(format!("http://{}/left-early", server.addr))
+        .body(Empty::new())
+        .unwrap();
+    let response = within(send.send_request(request)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    assert!(logs::eventually_contains(&["client went away", "path=/left-early"]).await);
+    assert!(!logs::contains(&["stream timeout", "path=/left-early"]));
     server.stop().await;
 }

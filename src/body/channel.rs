@@ -396,7 +396,9 @@ impl Sender {
     /// Call only from a thread that may block.
     pub(crate) fn blocking_send(&self, chunk: Bytes) -> Result<(), SendError> {
         let mut state = self.shared.lock();
-        if self.expires(&mut state) {
+        // A client that left is told as such, whatever the time: a disconnect, not a
+        // timeout.
+        if !self.shared.receiver_gone() && self.expires(&mut state) {
             return Err(SendError::Expired);
         }
         let mut deadline = None;
@@ -410,7 +412,7 @@ impl Sender {
             state = woken;
             state.blocked_sender = false;
             if timed_out {
-                if self.expires(&mut state) {
+                if !self.shared.receiver_gone() && self.expires(&mut state) {
                     return Err(SendError::Expired);
                 }
                 if state.taken == seen {
@@ -440,6 +442,20 @@ impl Sender {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Fails, and marks the stream expired, once the channel's `end_by` has passed: for a
+    /// producer that asks whether to go on without sending (a heartbeat, a write
+    /// gathered). Reads the clock only for a channel that has an `end_by`; takes the
+    /// lock only when it has passed.
+    pub(crate) fn check_expiry(&self) -> Result<(), SendError> {
+        match self.shared.end_by {
+            Some(end) if Instant::now() >= end => {
+                self.shared.lock().expired = true;
+                Err(SendError::Expired)
+            }
+            _ => Ok(()),
         }
     }
 

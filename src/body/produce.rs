@@ -41,6 +41,9 @@ pub(crate) enum Produced {
         msg: String,
         replaced: bool,
         by_client: bool,
+        /// Its write had failed for the stream timeout (a producer that unwraps its
+        /// writes): a head replaced is answered `504`.
+        expired: bool,
     },
 }
 
@@ -68,8 +71,9 @@ pub(crate) fn produce(
     let (sent, overran) = (out.sent, out.overran);
     match result {
         // Checked first: the producer may have wrapped the error, or swallowed it (and
-        // then ended cleanly: the client must not take a cut-off body for a whole one).
-        Ok(_) if tx.expired() => {
+        // then ended cleanly: the client must not take a cut-off body for a whole one). A
+        // client that left meanwhile is a disconnect, below.
+        Ok(_) if tx.expired() && !tx.is_closed() => {
             let replaced = tx.fail_before_head(
                 io::ErrorKind::TimedOut,
                 "the response went on past the stream timeout",
@@ -116,16 +120,25 @@ pub(crate) fn produce(
         Err(payload) => {
             let msg = panic_message(&*payload);
             let client = request_body.and_then(FaultProbe::client_fault);
+            // A producer that unwraps its writes panics on the one the stream timeout
+            // failed: that is what its request is answered as.
+            let expired = tx.expired() && !tx.is_closed();
+            let why = match client {
+                Some(kind) => Unsent::ByClient(kind),
+                None if expired => Unsent::Expired,
+                None => Unsent::ProducerFailed,
+            };
             // Not a clean end: the response is aborted, or answered in its place.
             let replaced = tx.fail_before_head(
                 client.unwrap_or(io::ErrorKind::Other),
                 "the response body's producer panicked",
-                client.map_or(Unsent::ProducerFailed, Unsent::ByClient),
+                why,
             );
             Produced::Panicked {
                 msg,
                 replaced,
                 by_client: client.is_some(),
+                expired,
             }
         }
     }
@@ -191,12 +204,14 @@ impl Out<'_> {
 
     /// Fails with `BrokenPipe` once nobody reads the response. Not once a declared
     /// length has all gone out: HTTP/1 hyper drops the body then, with the client still
-    /// there and served. One atomic load.
+    /// there and served. One atomic load; and with a stream timeout, a clock read, and
+    /// `TimedOut` once it has passed: a heartbeat loop, or a writer gathering small
+    /// writes, must not run on past it unseen.
     fn still_read(&self) -> io::Result<()> {
         if self.tx.is_closed() && self.declared != Some(self.sent) {
             return Err(send_error(SendError::Closed));
         }
-        Ok(())
+        self.tx.check_expiry().map_err(send_error)
     }
 
     fn send(&mut self, chunk: Bytes) -> io::Result<()> {

@@ -15,7 +15,9 @@ use bytes::Bytes;
 /// with [`io::ErrorKind::BrokenPipe`], and a reader or iterator is dropped at its next
 /// chunk, so the thread is freed. An empty chunk, an empty `write` and a `flush` with
 /// nothing to send tell too, though they send nothing: a heartbeat loop that yields
-/// `b""` to ask whether its client is still there ends when it left.
+/// `b""` to ask whether its client is still there ends when it left. With a stream
+/// timeout (`Server::stream_timeout`), every write, these too, fails with
+/// [`io::ErrorKind::TimedOut`] once it has passed.
 ///
 /// A streamed body is sent chunked unless the handler sets `Content-Length` itself. Then
 /// the producer must write exactly that many bytes. A write past it fails with

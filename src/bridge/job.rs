@@ -287,9 +287,21 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
     // of the response.
     match &produced {
         Produced::Failed { .. } => crate::metrics::handler_failed(HandlerFailure::Error),
-        Produced::Expired { .. } => crate::metrics::stream_timed_out(),
         Produced::Panicked { .. } => crate::metrics::handler_failed(HandlerFailure::Panic),
         _ => {}
+    }
+    // Cut off (or answered `504`) by the stream timeout: not when the request had been
+    // given up already, and nothing of it went out.
+    if let Produced::Expired { .. }
+    | Produced::Panicked {
+        expired: true,
+        by_client: false,
+        ..
+    } = &produced
+    {
+        if !abandoned {
+            crate::metrics::stream_timed_out();
+        }
     }
     match produced {
         Produced::Complete(bytes) => {
@@ -322,6 +334,11 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
         Produced::ByClient { bytes, err, .. } => tracing::info!(
             method = %method, path = %uri.path(), bytes, error = %Chain(&err),
             "client's side failed during a streamed response; response aborted"
+        ),
+        Produced::Expired { bytes, .. } if abandoned => tracing::debug!(
+            method = %method, path = %uri.path(), bytes,
+            "stream timeout passed before the response's head went out, its request given \
+             up already; producer stopped"
         ),
         Produced::Expired { bytes, replaced } => {
             // Any slow client sets it off: throttled.
@@ -364,6 +381,27 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
             msg,
             replaced: true,
             by_client: false,
+            expired: true,
+        } if !abandoned => tracing::error!(
+            method = %method, path = %uri.path(), panic = %msg,
+            "response body producer panicked on its write the stream timeout failed, \
+             before its first bytes; the request is answered 504 unless its client left"
+        ),
+        Produced::Panicked {
+            msg,
+            by_client: false,
+            expired: true,
+            ..
+        } if !abandoned => tracing::error!(
+            method = %method, path = %uri.path(), panic = %msg,
+            "response body producer panicked on its write the stream timeout failed; \
+             response aborted"
+        ),
+        Produced::Panicked {
+            msg,
+            replaced: true,
+            by_client: false,
+            ..
         } => tracing::error!(
             method = %method, path = %uri.path(), panic = %msg,
             "response body producer panicked before its first bytes, its head held; the \
@@ -373,6 +411,7 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
             msg,
             replaced: true,
             by_client: true,
+            ..
         } => tracing::error!(
             method = %method, path = %uri.path(), panic = %msg,
             "response body producer panicked before its first bytes, after its request \

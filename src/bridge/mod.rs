@@ -640,19 +640,22 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// out, and a client that reads slowly but steadily, above the body timeout's floor,
     /// keeps it for as long as the body lasts: a 100 MiB download at 3 KiB/s, nine
     /// hours. Past this limit the producer's next write fails with
-    /// [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut), and a write waiting
-    /// for the client to take more fails at once, so the thread is free by the deadline
-    /// whatever the client does. The response is aborted (HTTP/1: the connection is
-    /// closed before the body's end; HTTP/2: the stream is reset), whatever the producer
-    /// makes of the failed write, and a line at warn level says so (throttled: one a
-    /// second at most, with how many were left out). A producer that had sent nothing
-    /// yet, its head still held for its first bytes ([`head_grace`](Self::head_grace)),
-    /// is answered `504 Gateway Timeout` instead.
+    /// [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut) (every write: an empty
+    /// one, a heartbeat's, and one a writer only gathers), and a write waiting for the
+    /// client to take more fails at once, so a producer that writes is free by the
+    /// deadline however slowly its client reads. The response is aborted (HTTP/1: the
+    /// connection is closed before the body's end, with a reset over TCP; HTTP/2: the
+    /// stream is reset), whatever the producer makes of the failed write, and a line at
+    /// warn level says so (throttled: one a second at most, with how many were left
+    /// out). A producer that had sent nothing yet, its head still held for its first
+    /// bytes ([`head_grace`](Self::head_grace)), is answered `504 Gateway Timeout`
+    /// instead. A client that left first is a disconnect, as without the limit.
     ///
     /// Only the producer's writes are timed: one that works an hour between two writes
-    /// keeps its thread that hour, and fails at the next write (a writer's writes reach
-    /// the stream at each flush, or every 64 KiB). A full body (bytes, a `String`) holds
-    /// no thread once the handler returns, and is not timed. An event stream meant to
+    /// keeps its thread that hour, and fails at the next write; one that reads the
+    /// request body (an echo) waits on it as long as the body timeout lets it. A full
+    /// body (bytes, a `String`) holds no thread once the handler returns, and is not
+    /// timed. An event stream meant to
     /// last must fit in the limit, or be served by a service without one. gunicorn's
     /// worker `timeout` bounds a sync worker's whole request, response included, and
     /// Go's `http.Server.WriteTimeout` every response, from the request's arrival.
