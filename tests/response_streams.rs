@@ -446,3 +446,23 @@ async fn a_client_that_left_before_the_stream_timeout_is_a_disconnect_not_a_time
     assert!(!logs::contains(&["stream timeout", "path=/left-early"]));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_endless_stream_past_the_stream_timeout_ends_in_an_error_on_both_protocols() {
+    let server = TestServer::start_with(
+        syncbridge::Server::bind("127.0.0.1:0").stream_timeout(Duration::from_millis(300)),
+        |_: Request| Response::new(ResponseBody::from_reader(std::io::repeat(b'x'))),
+    );
+    for http2 in [true, false] {
+        // A client that reads as fast as it can: the limit is the stream's length, not
+        // its client's speed.
+        let response = support::get_over(server.addr, http2, "/endless")
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let end = within(response.into_body().collect()).await;
+        // HTTP/2: the stream reset; HTTP/1: the connection reset before the last chunk.
+        assert!(end.is_err(), "http2={http2}: a whole body");
+    }
+    server.stop().await;
+}
