@@ -3,7 +3,8 @@
 //!
 //! What it checks: a second SIGTERM cuts the shutdown short at any point, here during
 //! the background task drain that follows the connection drain's deadline, and during
-//! the connection drain itself; and the log says which cut it off.
+//! the connection drain itself; and the log says which cut it off. And that a server
+//! under systemd (`$NOTIFY_SOCKET` set) says when it is ready and when it stops.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +30,9 @@ fn main() {
             a_second_sigterm_cuts_the_task_drain_short();
             a_second_sigterm_during_the_connection_drain_cuts_it_off_and_says_so();
             a_sigterm_after_a_shutdown_through_the_handle_is_the_first_not_the_second();
+            systemd_hears_ready_once_the_server_listens_and_stopping_at_its_shutdown(false);
+            #[cfg(target_os = "linux")]
+            systemd_hears_ready_once_the_server_listens_and_stopping_at_its_shutdown(true);
         }
     }
 }
@@ -169,6 +173,68 @@ fn a_sigterm_after_a_shutdown_through_the_handle_is_the_first_not_the_second() {
         assert!(cut.contains("second shutdown signal"), "cut off for: {cut}");
         wait_for(stdout, "serve returned");
     });
+}
+
+/// systemd's side of `Type=notify`: a datagram socket named in the server's
+/// `$NOTIFY_SOCKET`, by path or (`abstract_name`, Linux) by an abstract name.
+#[cfg(unix)]
+fn systemd_hears_ready_once_the_server_listens_and_stopping_at_its_shutdown(abstract_name: bool) {
+    use std::os::unix::net::UnixDatagram;
+    let name = format!("syncbridge-notify-{}-{abstract_name}", std::process::id());
+    let (socket, notify_socket) = if abstract_name {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+            (UnixDatagram::bind_addr(&addr).unwrap(), format!("@{name}"))
+        }
+        #[cfg(not(target_os = "linux"))]
+        unreachable!("abstract names are Linux's")
+    } else {
+        let path = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).unwrap();
+        (socket, path.display().to_string())
+    };
+    socket.set_read_timeout(Some(STEP)).unwrap();
+    let received = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a message within the step");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .env(CHILD, "1")
+        .env("NOTIFY_SOCKET", &notify_socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server process");
+    let stdout = lines(child.stdout.take().expect("stdout"));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let addr = wait_for(&stdout, "addr=");
+        let addr = addr.trim_start_matches("addr=").to_owned();
+        let ready = received();
+        assert_eq!(
+            ready,
+            format!("READY=1\nSTATUS=syncbridge listening on {addr}")
+        );
+        // Ready means accepting: a client connects and is served at once.
+        let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("request");
+        wait_for(&stdout, "handler started");
+        sigterm(&child);
+        assert_eq!(received(), "STOPPING=1\nSTATUS=syncbridge shutting down");
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    if !abstract_name {
+        let _ = std::fs::remove_file(std::env::temp_dir().join(&name));
+    }
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    println!("systemd_hears_ready_once_the_server_listens_and_stopping_at_its_shutdown (abstract name: {abstract_name}) ... ok");
 }
 
 /// The lines of a child's output, as they come, on a channel.

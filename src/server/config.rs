@@ -35,6 +35,7 @@ pub(super) struct Config {
     pub(super) shutdown_timeout: Duration,
     pub(super) worker_threads: Option<usize>,
     pub(super) handle_signals: bool,
+    pub(super) notify_systemd: bool,
     pub(super) remote_addr: bool,
     /// `None` until `Server::trusted_proxies` is called.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
@@ -65,6 +66,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: None,
             handle_signals: true,
+            notify_systemd: true,
             remote_addr: false,
             trusted_proxies: None,
             request_span: None,
@@ -358,6 +360,21 @@ impl Server {
     /// [`ShutdownHandle::shutdown`](super::ShutdownHandle::shutdown) from its own handler.
     pub fn handle_signals(mut self, enabled: bool) -> Self {
         self.config.handle_signals = enabled;
+        self
+    }
+
+    /// Whether the server tells systemd when it is ready and when it stops, as gunicorn
+    /// does: under a unit of `Type=notify` (systemd then sets `$NOTIFY_SOCKET`), `serve`
+    /// sends `READY=1` once it accepts connections (with `STATUS=syncbridge listening on
+    /// ADDR`), and `STOPPING=1` when its shutdown begins, so that `systemctl start` and
+    /// the units ordered after this one wait until it really serves. Without
+    /// `$NOTIFY_SOCKET` nothing is sent. Default is true; turn it off when the program
+    /// has more to start after the server, and tells systemd itself (several servers in
+    /// one process each send theirs, and systemd takes the first `READY=1`). A message
+    /// that cannot be sent is logged at warn level, and the server serves on. Unix only;
+    /// elsewhere it does nothing.
+    pub fn notify_systemd(mut self, enabled: bool) -> Self {
+        self.config.notify_systemd = enabled;
         self
     }
 

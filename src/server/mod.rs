@@ -12,7 +12,7 @@
 //! Here: binding and the `Server` itself. `config` holds the settings and the builder
 //! methods that set them, `runtime` the runtime `serve` builds, `serve` the accept loop
 //! and the shutdown, `conn` one connection's task and its watchdogs, `shutdown` the
-//! handle and the signal watcher.
+//! handle and the signal watcher, `systemd` the readiness message to systemd.
 
 mod config;
 mod conn;
@@ -26,6 +26,7 @@ mod serve;
 mod shutdown;
 mod signal;
 mod stream;
+mod systemd;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -174,6 +174,9 @@ impl Server {
         tracing::info!(addr = %listen_addr, max_threads = pool.max_threads(), "syncbridge listening");
         warn_if_short_of_files(config.max_connections);
         warn_if_zero_timeouts(&config);
+        if config.notify_systemd {
+            super::systemd::ready(&listen_addr);
+        }
 
         loop {
             let accepted = tokio::select! {
@@ -242,6 +245,9 @@ impl Server {
         }
 
         drop(listener);
+        if config.notify_systemd {
+            super::systemd::stopping();
+        }
         dropped_early.stage = Stage::ShuttingDown;
         conn_config.signal.raise(signal::DRAIN);
         connections.close();
