@@ -1,7 +1,7 @@
 //! What std cannot do for us: lower a thread's scheduling priority and policy, read the
 //! open-file limit, bound what waits unsent in a socket, make a socket's close a reset,
-//! see whether a client has sent what nobody read, and how much it has taken, and count
-//! the process's threads.
+//! see whether a client has sent what nobody read, and how much it has taken, count
+//! the process's threads, and take a socket systemd passed by its number.
 
 /// Sets the calling thread's nice value to the process's own plus `increment` (the
 /// kernel caps it at 19). Best effort: a failure only costs the scheduling benefit, so
@@ -441,4 +441,31 @@ pub(crate) fn thread_count() -> Option<u64> {
     // after it.
     let (_, fields) = stat.rsplit_once(')')?;
     fields.split_whitespace().nth(17)?.parse().ok()
+}
+
+/// Takes `fd`, a descriptor systemd passed this process open (socket activation,
+/// `LISTEN_FDS`), and marks it close-on-exec as the crate's own sockets are: a program a
+/// handler starts must not inherit the listener (systemd passes it without the flag).
+/// `EBADF` when it is not open.
+///
+/// The caller takes each number at most once in the process: the returned handle closes
+/// it when dropped, and a second one would close it twice.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn adopt_passed_fd(fd: std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY (both calls): plain integers; on a number that is not open `fcntl` fails
+    // with `EBADF` and touches nothing.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (above), and nothing else in the process owns it: systemd
+    // passed it to this process alone (the caller checked `LISTEN_PID`), and the caller
+    // takes it once.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }

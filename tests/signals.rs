@@ -3,8 +3,9 @@
 //!
 //! What it checks: a second SIGTERM cuts the shutdown short at any point, here during
 //! the background task drain that follows the connection drain's deadline, and during
-//! the connection drain itself; and the log says which cut it off. And that a server
-//! under systemd (`$NOTIFY_SOCKET` set) says when it is ready and when it stops.
+//! the connection drain itself; and the log says which cut it off. And, under systemd,
+//! that a server (`$NOTIFY_SOCKET` set) says when it is ready and when it stops, and
+//! serves the socket systemd passes it (`$LISTEN_FDS`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +13,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const CHILD: &str = "SYNCBRIDGE_SIGNALS_CHILD";
+/// Set: the child serves the socket systemd would pass it (`Server::from_systemd`).
+const ACTIVATED_CHILD: &str = "SYNCBRIDGE_SIGNALS_ACTIVATED_CHILD";
 /// The child's connection drain deadline, in milliseconds (default 200).
 const CHILD_SHUTDOWN_MS: &str = "SYNCBRIDGE_SIGNALS_SHUTDOWN_MS";
 /// Set: the child's handler starts the shutdown itself, through the server's handle.
@@ -22,7 +25,10 @@ const TASK_DRAIN: Duration = Duration::from_secs(60);
 const STEP: Duration = Duration::from_secs(10);
 
 fn main() {
-    if std::env::var_os(CHILD).is_some() {
+    if std::env::var_os(ACTIVATED_CHILD).is_some() {
+        #[cfg(unix)]
+        activated_child();
+    } else if std::env::var_os(CHILD).is_some() {
         child();
     } else {
         #[cfg(unix)]
@@ -33,6 +39,7 @@ fn main() {
             systemd_hears_ready_once_the_server_listens_and_stopping_at_its_shutdown(false);
             #[cfg(target_os = "linux")]
             systemd_hears_ready_once_the_server_listens_and_stopping_at_its_shutdown(true);
+            a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed();
         }
     }
 }
@@ -235,6 +242,128 @@ fn systemd_hears_ready_once_the_server_listens_and_stopping_at_its_shutdown(abst
         std::panic::resume_unwind(panic);
     }
     println!("systemd_hears_ready_once_the_server_listens_and_stopping_at_its_shutdown (abstract name: {abstract_name}) ... ok");
+}
+
+/// A server as systemd starts it for its `.socket` unit: it serves what it was passed, or
+/// prints why it cannot.
+#[cfg(unix)]
+fn activated_child() {
+    match syncbridge::Server::from_systemd() {
+        Ok(server) => {
+            println!("serving {}", server.listen_addr());
+            server
+                .serve(|_req: syncbridge::Request| "activated\n")
+                .expect("serve");
+            println!("serve returned");
+        }
+        Err(err) => println!("from_systemd: {err}"),
+    }
+}
+
+/// Starts the activated child as systemd would: `passed` (if any) as its descriptor 3,
+/// `$LISTEN_FDS=1` and `$LISTEN_PID` its own pid (a shell that execs it keeps its pid).
+#[cfg(unix)]
+fn start_activated(passed: Option<std::os::fd::RawFd>) -> (Child, mpsc::Receiver<String>) {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "LISTEN_PID=$$ exec \"$0\""])
+        .arg(std::env::current_exe().expect("own path"))
+        .env(ACTIVATED_CHILD, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(fd) = passed {
+        command.env("LISTEN_FDS", "1");
+        // SAFETY: `dup2` and `fcntl` are async-signal-safe, and touch only descriptors.
+        unsafe {
+            command.pre_exec(move || {
+                let rc = if fd == 3 {
+                    // Already in place: only its close-on-exec flag must go.
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().expect("start the activated server");
+    let stdout = lines(child.stdout.take().expect("stdout"));
+    (child, stdout)
+}
+
+/// Sends one `GET /` over `stream` and returns the whole answer (the server closes).
+#[cfg(unix)]
+fn get_over(mut stream: impl std::io::Read + Write) -> String {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer
+}
+
+#[cfg(unix)]
+fn a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed() {
+    use std::os::fd::AsRawFd;
+    let stop = |mut child: Child, stdout: &mpsc::Receiver<String>| {
+        sigterm(&child);
+        wait_for(stdout, "serve returned");
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+
+    // TCP: a connection made before the server started waits in the socket's backlog,
+    // and is served.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let early = std::net::TcpStream::connect(addr).unwrap();
+    let (child, stdout) = start_activated(Some(tcp.as_raw_fd()));
+    drop(tcp);
+    let serving = wait_for(&stdout, "serving ");
+    assert!(serving.ends_with(&addr.to_string()), "{serving}");
+    let answer = get_over(early);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("activated\n"), "{answer}");
+    stop(child, &stdout);
+
+    // A Unix socket: its file is systemd's, and stays when the server stops.
+    let path =
+        std::env::temp_dir().join(format!("syncbridge-activated-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (child, stdout) = start_activated(Some(unix.as_raw_fd()));
+    drop(unix);
+    wait_for(&stdout, &format!("serving unix:{}", path.display()));
+    let answer = get_over(std::os::unix::net::UnixStream::connect(&path).unwrap());
+    assert!(answer.ends_with("activated\n"), "{answer}");
+    stop(child, &stdout);
+    assert!(path.exists(), "the socket file is systemd's to remove");
+    let _ = std::fs::remove_file(&path);
+
+    // `Accept=yes` passes a connection, not the listener: refused, and said why.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let connection = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut child, stdout) = start_activated(Some(connection.as_raw_fd()));
+    let refused = wait_for(&stdout, "from_systemd: ");
+    assert!(
+        refused.contains("a connection, not a listening socket"),
+        "{refused}"
+    );
+    let _ = child.wait();
+
+    // Started by hand, without systemd: nothing to take.
+    let (mut child, stdout) = start_activated(None);
+    let refused = wait_for(&stdout, "from_systemd: ");
+    assert!(
+        refused.contains("LISTEN_PID and LISTEN_FDS are not set"),
+        "{refused}"
+    );
+    let _ = child.wait();
+    println!("a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed ... ok");
 }
 
 /// The lines of a child's output, as they come, on a channel.

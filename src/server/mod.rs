@@ -181,6 +181,45 @@ impl Server {
         Server::new(Listener::bind_unix(path).map_err(bind_error)?)
     }
 
+    /// Serves on the socket systemd passed this process (socket activation, as gunicorn
+    /// takes it): a `.socket` unit with one `ListenStream=` (an address, or a path for
+    /// a Unix socket) starts the service of the same name on its first connection, or
+    /// at boot, and keeps the socket while the service restarts, so that no connection
+    /// is refused meanwhile: they wait in its backlog. The socket's settings (its
+    /// backlog, a Unix socket's permissions) are the unit's; a Unix socket's file is
+    /// systemd's, and the server does not remove it.
+    ///
+    /// Callable from any thread, once per process; it does not need a runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`], saying why, when there is no socket to take: `$LISTEN_PID` and
+    /// `$LISTEN_FDS` are not set, or are another process's; systemd passed more than
+    /// one socket (serve each with [`from_listener`](Server::from_listener)); it is not
+    /// a listening stream socket (`Accept=yes` passes connections); or it was taken
+    /// already.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use syncbridge::{Request, Server};
+    ///
+    /// fn main() -> syncbridge::Result<()> {
+    ///     // Started by app.socket (`ListenStream=127.0.0.1:8000`), or run by hand.
+    ///     let server = match Server::from_systemd() {
+    ///         Ok(server) => server,
+    ///         Err(_) => Server::try_bind("127.0.0.1:8000")?,
+    ///     };
+    ///     server.serve(|_req: Request| "hello\n")
+    /// }
+    /// ```
+    #[cfg(unix)]
+    pub fn from_systemd() -> Result<Server> {
+        let listener =
+            systemd::passed_listener().map_err(|why| Error::new(Kind::Bind).with_message(why))?;
+        Server::new(listener)
+    }
+
     /// Serves on a Unix domain socket bound elsewhere (systemd's socket activation).
     /// Its socket file, if any, is the binder's: the server does not remove it. Otherwise
     /// as [`bind_unix`](Server::bind_unix).

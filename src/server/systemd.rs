@@ -1,12 +1,17 @@
-//! systemd's readiness protocol (`sd_notify(3)`): a service of `Type=notify` is started
-//! only once it says `READY=1`, so units ordered after it (`After=`), and a
-//! `systemctl start` that waits, see a server that accepts, not one still binding or
-//! building its runtime. gunicorn's arbiter sends the same when it has booted.
+//! systemd's two protocols a server takes part in, as gunicorn does.
 //!
-//! The message is a datagram to the Unix socket named in `$NOTIFY_SOCKET` (a path, or an
-//! abstract name written with a leading `@`), which systemd sets for such a service.
-//! Without it nothing is sent: under any other supervisor, or none, this is a no-op; off
-//! Unix, always.
+//! Readiness (`sd_notify(3)`): a service of `Type=notify` is started only once it says
+//! `READY=1`, so units ordered after it (`After=`), and a `systemctl start` that waits,
+//! see a server that accepts, not one still binding or building its runtime. The message
+//! is a datagram to the Unix socket named in `$NOTIFY_SOCKET` (a path, or an abstract
+//! name written with a leading `@`), which systemd sets for such a service. Without it
+//! nothing is sent: under any other supervisor, or none, this is a no-op; off Unix,
+//! always.
+//!
+//! Socket activation (`sd_listen_fds(3)`): systemd binds the socket of a `.socket` unit
+//! and passes it to the service open, from descriptor 3 on, saying how many in
+//! `$LISTEN_FDS` and for which process in `$LISTEN_PID`. The socket outlives the
+//! service: connections made while it restarts wait in its backlog.
 
 #[cfg(unix)]
 use std::io;
@@ -80,4 +85,73 @@ fn send_abstract(_socket: &UnixDatagram, _name: &[u8], _state: &str) -> io::Resu
         io::ErrorKind::Unsupported,
         "abstract socket names exist on Linux only",
     ))
+}
+
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+#[cfg(unix)]
+const LISTEN_FDS_START: std::os::fd::RawFd = 3;
+
+/// Whether this process has taken its socket from systemd: a second take would close it
+/// twice.
+#[cfg(unix)]
+static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The listening socket systemd passed this process, or why there is none to serve.
+#[cfg(unix)]
+pub(super) fn passed_listener() -> Result<super::Listener, String> {
+    use std::sync::atomic::Ordering;
+    let var = |name| std::env::var(name).ok();
+    let (pid, fds) = match (var("LISTEN_PID"), var("LISTEN_FDS")) {
+        (Some(pid), Some(fds)) => (pid, fds),
+        _ => {
+            return Err(
+                "systemd passed no socket: LISTEN_PID and LISTEN_FDS are not set (a \
+                        unit started by its .socket unit has them)"
+                    .to_owned(),
+            )
+        }
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        return Err(format!(
+            "systemd's sockets are for process {pid} (LISTEN_PID), not this one ({})",
+            std::process::id()
+        ));
+    }
+    match fds.trim().parse::<u32>() {
+        Ok(1) => {}
+        Ok(0) | Err(_) => return Err(format!("LISTEN_FDS is {fds:?}: no socket to serve")),
+        Ok(n) => {
+            return Err(format!(
+                "systemd passed {n} sockets; a server serves one (use \
+                 `Server::from_listener` for each, through a crate such as `listenfd`)"
+            ))
+        }
+    }
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err("systemd's socket was taken already, by an earlier from_systemd".to_owned());
+    }
+    let fd = crate::sys::adopt_passed_fd(LISTEN_FDS_START)
+        .map_err(|err| format!("descriptor {LISTEN_FDS_START} from systemd: {err}"))?;
+    let socket = socket2::Socket::from(fd);
+    if socket.r#type().map_err(|err| err.to_string())? != socket2::Type::STREAM {
+        return Err("systemd's socket is not a stream socket (ListenStream=)".to_owned());
+    }
+    // `Accept=yes` passes each connection to an instance of its own, not the listener.
+    if socket.peer_addr().is_ok() {
+        return Err(
+            "systemd passed a connection, not a listening socket: set Accept=no \
+                    in the .socket unit (its default)"
+                .to_owned(),
+        );
+    }
+    let local = socket.local_addr().map_err(|err| err.to_string())?;
+    let fd = std::os::fd::OwnedFd::from(socket);
+    if local.is_unix() {
+        // Its file is systemd's: the server does not remove it.
+        Ok(super::Listener::Unix(fd.into(), None))
+    } else if local.as_socket().is_some() {
+        Ok(super::Listener::Tcp(fd.into()))
+    } else {
+        Err("systemd's socket is neither TCP nor a Unix socket".to_owned())
+    }
 }
