@@ -312,9 +312,10 @@ async fn a_stream_past_the_stream_timeout_frees_its_thread_and_is_cut_off() {
     assert_eq!(after.text(), "after");
 
     // The download was cut off, not ended: no last chunk, and the access line says so.
+    // (What was queued may or may not reach the client: the reset can discard what its
+    // kernel had not handed over yet.)
     let mut rest = Vec::new();
     let end = within(stalled.read_to_end(&mut rest)).await;
-    assert!(!rest.is_empty(), "what was queued still comes");
     assert!(
         !rest.ends_with(b"0\r\n\r\n"),
         "ended as a whole body ({end:?})"
@@ -327,11 +328,15 @@ async fn a_stream_past_the_stream_timeout_frees_its_thread_and_is_cut_off() {
     // So is one whose producer panics on that failed write (its panic logged too).
     let unwraps = support::get(server.addr, "/unwraps").await;
     assert_eq!(unwraps.status, 504);
-    assert!(logs::contains(&[
-        "ERROR",
-        "panicked on its write the stream timeout failed",
-        "path=/unwraps"
-    ]));
+    // Logged on the handler thread once the producer has ended, after the answer went.
+    assert!(
+        logs::eventually_contains(&[
+            "ERROR",
+            "panicked on its write the stream timeout failed",
+            "path=/unwraps"
+        ])
+        .await
+    );
 
     // A producer that swallows the failure and returns `Ok`: still not a whole body.
     let mut swallowed = within(TcpStream::connect(server.addr)).await.unwrap();
@@ -384,8 +389,12 @@ fn heartbeats(
 async fn producers_that_only_ask_whether_to_go_on_stop_at_the_stream_timeout() {
     logs::install();
     let (ended_tx, ended) = mpsc::channel();
+    // No head held for the first bytes (these send none): a grace that ran late on a
+    // loaded machine would answer 504 in place of the cut-off body this test reads.
     let server = TestServer::start_with(
-        syncbridge::Server::bind("127.0.0.1:0").stream_timeout(Duration::from_millis(200)),
+        syncbridge::Server::bind("127.0.0.1:0")
+            .stream_timeout(Duration::from_millis(200))
+            .head_grace(Duration::ZERO),
         heartbeats(ended_tx),
     );
     let ended = std::sync::Arc::new(Mutex::new(ended));
