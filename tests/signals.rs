@@ -260,10 +260,22 @@ fn activated_child() {
     }
 }
 
+/// A child process, killed when dropped: a failed check leaves no server behind.
+#[cfg(unix)]
+struct Running(Child);
+
+#[cfg(unix)]
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the activated child as systemd would: `passed` (if any) as its descriptor 3,
 /// `$LISTEN_FDS=1` and `$LISTEN_PID` its own pid (a shell that execs it keeps its pid).
 #[cfg(unix)]
-fn start_activated(passed: Option<std::os::fd::RawFd>) -> (Child, mpsc::Receiver<String>) {
+fn start_activated(passed: Option<std::os::fd::RawFd>) -> (Running, mpsc::Receiver<String>) {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new("sh");
     command
@@ -292,7 +304,7 @@ fn start_activated(passed: Option<std::os::fd::RawFd>) -> (Child, mpsc::Receiver
     }
     let mut child = command.spawn().expect("start the activated server");
     let stdout = lines(child.stdout.take().expect("stdout"));
-    (child, stdout)
+    (Running(child), stdout)
 }
 
 /// Sends one `GET /` over `stream` and returns the whole answer (the server closes).
@@ -309,11 +321,9 @@ fn get_over(mut stream: impl std::io::Read + Write) -> String {
 #[cfg(unix)]
 fn a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed() {
     use std::os::fd::AsRawFd;
-    let stop = |mut child: Child, stdout: &mpsc::Receiver<String>| {
-        sigterm(&child);
+    let stop = |child: Running, stdout: &mpsc::Receiver<String>| {
+        sigterm(&child.0);
         wait_for(stdout, "serve returned");
-        let _ = child.kill();
-        let _ = child.wait();
     };
 
     // TCP: a connection made before the server started waits in the socket's backlog,
@@ -347,22 +357,20 @@ fn a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed() {
     // `Accept=yes` passes a connection, not the listener: refused, and said why.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let connection = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut child, stdout) = start_activated(Some(connection.as_raw_fd()));
+    let (_child, stdout) = start_activated(Some(connection.as_raw_fd()));
     let refused = wait_for(&stdout, "from_systemd: ");
     assert!(
         refused.contains("a connection, not a listening socket"),
         "{refused}"
     );
-    let _ = child.wait();
 
     // Started by hand, without systemd: nothing to take.
-    let (mut child, stdout) = start_activated(None);
+    let (_child, stdout) = start_activated(None);
     let refused = wait_for(&stdout, "from_systemd: ");
     assert!(
         refused.contains("LISTEN_PID and LISTEN_FDS are not set"),
         "{refused}"
     );
-    let _ = child.wait();
     println!("a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed ... ok");
 }
 
