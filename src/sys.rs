@@ -443,10 +443,61 @@ pub(crate) fn thread_count() -> Option<u64> {
     fields.split_whitespace().nth(17)?.parse().ok()
 }
 
-/// Takes `fd`, a descriptor systemd passed this process open (socket activation,
-/// `LISTEN_FDS`), and marks it close-on-exec as the crate's own sockets are: a program a
-/// handler starts must not inherit the listener (systemd passes it without the flag).
-/// `EBADF` when it is not open.
+/// What a descriptor passed by number (systemd's socket activation) is, looked at
+/// without taking it: whether it is a stream socket that listens, and its local address.
+/// `EBADF` when it is not open; `ENOTSOCK` when it is no socket. Nothing is closed,
+/// whatever it is: it may be another part of the process's.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn inspect_passed_fd(
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<(bool, socket2::SockAddr)> {
+    // SAFETY: a plain integer; on a number that is not open `fcntl` fails with `EBADF`.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (above) and stays so while borrowed: the borrow ends with this
+    // function, which closes nothing.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let socket = socket2::SockRef::from(&borrowed);
+    let stream = socket.r#type()? == socket2::Type::STREAM;
+    let local = socket.local_addr()?;
+    Ok((stream && is_listening(&socket)?, local))
+}
+
+/// Whether `socket` listens (`SO_ACCEPTCONN`). Where that option is not read, whether it
+/// has no peer: `Accept=yes` passes connected sockets, the one other kind systemd gives.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+fn is_listening(socket: &socket2::SockRef<'_>) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` outlive the call, which writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            std::ptr::from_mut(&mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(value != 0)
+}
+
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+fn is_listening(socket: &socket2::SockRef<'_>) -> std::io::Result<bool> {
+    Ok(socket.peer_addr().is_err())
+}
+
+/// Takes `fd`, a listening socket systemd passed this process (checked first with
+/// [`inspect_passed_fd`]), and marks it close-on-exec as the crate's own sockets are: a
+/// program a handler starts must not inherit the listener (systemd passes it without
+/// the flag).
 ///
 /// The caller takes each number at most once in the process: the returned handle closes
 /// it when dropped, and a second one would close it twice.
@@ -464,8 +515,8 @@ pub(crate) fn adopt_passed_fd(fd: std::os::fd::RawFd) -> std::io::Result<std::os
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `fd` is open (above), and nothing else in the process owns it: systemd
-    // passed it to this process alone (the caller checked `LISTEN_PID`), and the caller
-    // takes it once.
+    // SAFETY: `fd` is open (above), a listening socket (the caller inspected it), and
+    // nothing else in the process owns it: systemd passed it to this process alone (the
+    // caller checked `LISTEN_PID`), and the caller takes it once.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }

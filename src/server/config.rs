@@ -363,16 +363,19 @@ impl Server {
         self
     }
 
-    /// Whether the server tells systemd when it is ready and when it stops, as gunicorn
-    /// does: under a unit of `Type=notify` (systemd then sets `$NOTIFY_SOCKET`), `serve`
-    /// sends `READY=1` once it accepts connections (with `STATUS=syncbridge listening on
-    /// ADDR`), and `STOPPING=1` when its shutdown begins, so that `systemctl start` and
-    /// the units ordered after this one wait until it really serves. Without
-    /// `$NOTIFY_SOCKET` nothing is sent. Default is true; turn it off when the program
-    /// has more to start after the server, and tells systemd itself (several servers in
-    /// one process each send theirs, and systemd takes the first `READY=1`). A message
-    /// that cannot be sent is logged at warn level, and the server serves on. Unix only;
-    /// elsewhere it does nothing.
+    /// Whether the server tells systemd when it is ready, as gunicorn does: under a unit
+    /// of `Type=notify` (systemd then sets `$NOTIFY_SOCKET`), `serve` sends `READY=1`
+    /// once it accepts connections (with `STATUS=syncbridge listening on ADDR`), so that
+    /// `systemctl start` and the units ordered after this one wait until it really
+    /// serves; when its shutdown begins it updates only the status (`STATUS=syncbridge
+    /// shutting down`, for `systemctl status`), not `STOPPING=1`, which would have
+    /// systemd treat the whole service as stopping. Without `$NOTIFY_SOCKET` (or with one
+    /// that is neither an absolute path nor an `@abstract` name) nothing is sent. Default
+    /// is true; turn it off when the program has more to start after the server, and
+    /// tells systemd itself (of several servers in one process, the first to accept
+    /// makes the unit ready). A message that cannot be sent is logged at warn level, and
+    /// the server serves on; a notification queue full for a moment is tried again for
+    /// up to 5 s. Unix only; elsewhere it does nothing.
     pub fn notify_systemd(mut self, enabled: bool) -> Self {
         self.config.notify_systemd = enabled;
         self

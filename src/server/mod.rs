@@ -195,9 +195,16 @@ impl Server {
     ///
     /// [`Error::is_bind`], saying why, when there is no socket to take: `$LISTEN_PID` and
     /// `$LISTEN_FDS` are not set, or are another process's; systemd passed more than
-    /// one socket (serve each with [`from_listener`](Server::from_listener)); it is not
-    /// a listening stream socket (`Accept=yes` passes connections); or it was taken
-    /// already.
+    /// one socket (serve each with [`from_listener`](Server::from_listener)); descriptor
+    /// 3 is not a listening stream socket (`Accept=yes` passes connections), and is then
+    /// left open, as whatever else it is belongs to someone else; or it was taken
+    /// already. The variables are read, not removed: a program a handler starts has
+    /// another pid, and does not get the socket (it is made close-on-exec).
+    ///
+    /// What it cannot check: that descriptor 3, a listening socket while `$LISTEN_PID`
+    /// names this process, is systemd's and not the program's own (one opened before by
+    /// a crate such as `listenfd`, or by hand): call it before anything else takes
+    /// passed sockets.
     ///
     /// # Examples
     ///

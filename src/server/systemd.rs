@@ -2,7 +2,8 @@
 //!
 //! Readiness (`sd_notify(3)`): a service of `Type=notify` is started only once it says
 //! `READY=1`, so units ordered after it (`After=`), and a `systemctl start` that waits,
-//! see a server that accepts, not one still binding or building its runtime. The message
+//! see a server that accepts, not one still binding or building its runtime; at its
+//! shutdown the server only updates its `STATUS=`. The message
 //! is a datagram to the Unix socket named in `$NOTIFY_SOCKET` (a path, or an abstract
 //! name written with a leading `@`), which systemd sets for such a service. Without it
 //! nothing is sent: under any other supervisor, or none, this is a no-op; off Unix,
@@ -22,30 +23,71 @@ use std::os::unix::net::UnixDatagram;
 #[cfg(unix)]
 const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
-/// Tells systemd the server accepts connections on `addr`.
+/// Tells systemd the server accepts connections on `addr`. Called on the runtime: a
+/// notification socket whose queue is full for a moment (systemd busy at boot) is tried
+/// again from a task of its own, every 20 ms for up to 5 s, rather than lose `READY=1`
+/// and have the unit fail its start.
 pub(super) fn ready(addr: &super::ListenAddr) {
-    notify(&format!("READY=1\nSTATUS=syncbridge listening on {addr}"));
-}
-
-/// Tells systemd the server is stopping (it no longer accepts).
-pub(super) fn stopping() {
-    notify("STOPPING=1\nSTATUS=syncbridge shutting down");
-}
-
-#[cfg(not(unix))]
-fn notify(_state: &str) {}
-
-/// Sends `state` to `$NOTIFY_SOCKET`, if set. A failure is logged, never returned: the
-/// server serves whether or not its supervisor heard.
-#[cfg(unix)]
-fn notify(state: &str) {
-    let Some(target) = std::env::var_os(NOTIFY_SOCKET) else {
-        return;
-    };
-    if target.is_empty() {
-        return;
+    let state = format!("READY=1\nSTATUS=syncbridge listening on {addr}");
+    #[cfg(unix)]
+    if let Some(target) = notify_socket() {
+        match send(&target, &state) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                tokio::spawn(async move {
+                    for _ in 0..250 {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        match send(&target, &state) {
+                            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                            sent => return said(&target, &state, sent),
+                        }
+                    }
+                    said(&target, &state, Err(io::ErrorKind::WouldBlock.into()));
+                });
+            }
+            sent => said(&target, &state, sent),
+        }
     }
-    match send(&target, state) {
+    #[cfg(not(unix))]
+    let _ = (addr, state);
+}
+
+/// Tells systemd, for `systemctl status`, that the server is shutting down. Only the
+/// status: `STOPPING=1` would make systemd treat the whole service as stopping (and kill
+/// it at `TimeoutStopSec`), which a process that stops one server of several, or its
+/// server through its handle, is not. gunicorn sends nothing then either.
+pub(super) fn stopping() {
+    #[cfg(unix)]
+    if let Some(target) = notify_socket() {
+        let state = "STATUS=syncbridge shutting down";
+        said(&target, state, send(&target, state));
+    }
+}
+
+/// `$NOTIFY_SOCKET`, if set to an address sd_notify(3) sends to: an absolute path, or an
+/// abstract name written with a leading `@`. Anything else (a relative path, systemd's
+/// newer `vsock:`) is named in a warning and left alone.
+#[cfg(unix)]
+fn notify_socket() -> Option<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::env::var_os(NOTIFY_SOCKET).filter(|t| !t.is_empty())?;
+    match target.as_bytes() {
+        [b'/', ..] | [b'@', _, ..] => Some(target),
+        _ => {
+            tracing::warn!(
+                socket = ?target,
+                "NOTIFY_SOCKET is neither an absolute path nor an @abstract name; systemd \
+                 is not told the server's state"
+            );
+            None
+        }
+    }
+}
+
+/// Logs how telling systemd `state` went. A failure is never returned: the server serves
+/// whether or not its supervisor heard.
+#[cfg(unix)]
+fn said(target: &std::ffi::OsStr, state: &str, sent: io::Result<()>) {
+    match sent {
         Ok(()) => tracing::debug!(socket = ?target, state, "told systemd"),
         Err(err) => tracing::warn!(
             socket = ?target, state, error = %err,
@@ -55,11 +97,11 @@ fn notify(state: &str) {
     }
 }
 
+/// One datagram, without waiting: the caller is on the runtime.
 #[cfg(unix)]
 fn send(target: &std::ffi::OsStr, state: &str) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let socket = UnixDatagram::unbound()?;
-    // The caller is the accept loop, on the runtime: never wait on a full queue.
     socket.set_nonblocking(true)?;
     match target.as_bytes().strip_prefix(b"@") {
         Some(name) => send_abstract(&socket, name, state),
@@ -127,31 +169,30 @@ pub(super) fn passed_listener() -> Result<super::Listener, String> {
             ))
         }
     }
+    // Looked at before it is taken: a descriptor 3 that is not a listening socket is
+    // someone else's (a file, the runtime's epoll), and must stay open.
+    let fd3 =
+        |why: &dyn std::fmt::Display| format!("systemd's descriptor {LISTEN_FDS_START}: {why}");
+    let (listening, local) =
+        crate::sys::inspect_passed_fd(LISTEN_FDS_START).map_err(|err| fd3(&err))?;
+    if !listening {
+        return Err(fd3(
+            &"not a listening stream socket (ListenStream=, with Accept=no, \
+                         its default: Accept=yes passes each connection instead)",
+        ));
+    }
+    let unix = local.is_unix();
+    if !unix && local.as_socket().is_none() {
+        return Err(fd3(&"neither TCP nor a Unix socket"));
+    }
     if TAKEN.swap(true, Ordering::SeqCst) {
-        return Err("systemd's socket was taken already, by an earlier from_systemd".to_owned());
+        return Err(fd3(&"taken already, by an earlier from_systemd"));
     }
-    let fd = crate::sys::adopt_passed_fd(LISTEN_FDS_START)
-        .map_err(|err| format!("descriptor {LISTEN_FDS_START} from systemd: {err}"))?;
-    let socket = socket2::Socket::from(fd);
-    if socket.r#type().map_err(|err| err.to_string())? != socket2::Type::STREAM {
-        return Err("systemd's socket is not a stream socket (ListenStream=)".to_owned());
-    }
-    // `Accept=yes` passes each connection to an instance of its own, not the listener.
-    if socket.peer_addr().is_ok() {
-        return Err(
-            "systemd passed a connection, not a listening socket: set Accept=no \
-                    in the .socket unit (its default)"
-                .to_owned(),
-        );
-    }
-    let local = socket.local_addr().map_err(|err| err.to_string())?;
-    let fd = std::os::fd::OwnedFd::from(socket);
-    if local.is_unix() {
+    let fd = crate::sys::adopt_passed_fd(LISTEN_FDS_START).map_err(|err| fd3(&err))?;
+    Ok(if unix {
         // Its file is systemd's: the server does not remove it.
-        Ok(super::Listener::Unix(fd.into(), None))
-    } else if local.as_socket().is_some() {
-        Ok(super::Listener::Tcp(fd.into()))
+        super::Listener::Unix(fd.into(), None)
     } else {
-        Err("systemd's socket is neither TCP nor a Unix socket".to_owned())
-    }
+        super::Listener::Tcp(fd.into())
+    })
 }
