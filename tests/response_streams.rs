@@ -76,6 +76,16 @@ fn outcome_of(outcomes: &mpsc::Receiver<(String, Outcome)>, path: &str) -> Outco
     outcome
 }
 
+/// Sends `request` on a fresh connection and reads until the server closes it: what came,
+/// and how the read ended (an error for a reset).
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> (Vec<u8>, std::io::Result<usize>) {
+    let mut stream = within(TcpStream::connect(addr)).await.unwrap();
+    within(stream.write_all(request)).await.unwrap();
+    let mut received = Vec::new();
+    let end = within(stream.read_to_end(&mut received)).await;
+    (received, end)
+}
+
 fn get(path: &str) -> http::Request<Empty<Bytes>> {
     http::Request::get(format!("http://localhost{path}"))
         .body(Empty::new())
@@ -225,12 +235,7 @@ async fn an_aborted_close_delimited_response_ends_in_a_reset_not_a_clean_close()
         });
         Response::new(ResponseBody::from_chunks(chunks))
     });
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
-    within(stream.write_all(b"GET /broken HTTP/1.0\r\n\r\n"))
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    let end = within(stream.read_to_end(&mut received)).await;
+    let (received, end) = exchange(server.addr, b"GET /broken HTTP/1.0\r\n\r\n").await;
     let text = String::from_utf8_lossy(&received);
     assert!(
         end.as_ref()
@@ -339,12 +344,8 @@ async fn a_stream_past_the_stream_timeout_frees_its_thread_and_is_cut_off() {
     );
 
     // A producer that swallows the failure and returns `Ok`: still not a whole body.
-    let mut swallowed = within(TcpStream::connect(server.addr)).await.unwrap();
-    within(swallowed.write_all(b"GET /swallows HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"))
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    let end = within(swallowed.read_to_end(&mut received)).await;
+    let request = b"GET /swallows HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let (received, end) = exchange(server.addr, request).await;
     assert!(received.starts_with(b"HTTP/1.1 200"));
     assert!(
         !received.ends_with(b"0\r\n\r\n"),

@@ -89,28 +89,27 @@ fn who(req: Request) -> String {
     }
 }
 
-/// What `who` says about a request from this process: its user and group as a socket
-/// pair of its own sees them (std has no `geteuid`).
-fn from_this_process() -> String {
+/// This process's user and group, as a socket pair of its own sees them (std has no
+/// `geteuid`).
+fn own_ids() -> (u32, u32) {
     let (ours, _theirs) = UnixStream::pair().expect("a socket pair");
     let cred = ours.peer_cred().expect("its own credentials");
+    (cred.uid(), cred.gid())
+}
+
+/// What `who` says about a request from this process.
+fn from_this_process() -> String {
+    let (uid, gid) = own_ids();
     format!(
-        "no address; process Some({}) of {}:{}",
-        std::process::id(),
-        cred.uid(),
-        cred.gid()
+        "no address; process Some({}) of {uid}:{gid}",
+        std::process::id()
     )
 }
 
 /// How the server's log lines name a connection from this process: `conn{peer=unix(…)}`.
 fn this_process_as_peer() -> String {
-    let (ours, _theirs) = UnixStream::pair().expect("a socket pair");
-    let cred = ours.peer_cred().expect("its own credentials");
-    format!(
-        "in {{conn peer=unix(pid={},uid={})",
-        std::process::id(),
-        cred.uid()
-    )
+    let (uid, _) = own_ids();
+    format!("in {{conn peer=unix(pid={},uid={uid})", std::process::id())
 }
 
 fn get(path: &str) -> http::Request<Empty<Bytes>> {
