@@ -290,8 +290,8 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
         Produced::Panicked { .. } => crate::metrics::handler_failed(HandlerFailure::Panic),
         _ => {}
     }
-    // Cut off (or answered `504`) by the stream timeout: not when the request had been
-    // given up already, and nothing of it went out.
+    // Cut off (or answered `504`) by the stream timeout; not counted for a request given
+    // up already, of which nothing went out.
     if let Produced::Expired { .. }
     | Produced::Panicked {
         expired: true,

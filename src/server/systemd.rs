@@ -3,11 +3,10 @@
 //! Readiness (`sd_notify(3)`): a service of `Type=notify` is started only once it says
 //! `READY=1`, so units ordered after it (`After=`), and a `systemctl start` that waits,
 //! see a server that accepts, not one still binding or building its runtime; at its
-//! shutdown the server only updates its `STATUS=`. The message
-//! is a datagram to the Unix socket named in `$NOTIFY_SOCKET` (a path, or an abstract
-//! name written with a leading `@`), which systemd sets for such a service. Without it
-//! nothing is sent: under any other supervisor, or none, this is a no-op; off Unix,
-//! always.
+//! shutdown the server only updates its `STATUS=`. The message is a datagram to the Unix
+//! socket named in `$NOTIFY_SOCKET` (a path, or an abstract name written with a leading
+//! `@`), which systemd sets for such a service. Without it nothing is sent: under any
+//! other supervisor, or none, this is a no-op; off Unix, always.
 //!
 //! Socket activation (`sd_listen_fds(3)`): systemd binds the socket of a `.socket` unit
 //! and passes it to the service open, from descriptor 3 on, saying how many in
@@ -91,8 +90,8 @@ fn said(target: &std::ffi::OsStr, state: &str, sent: io::Result<()>) {
         Ok(()) => tracing::debug!(socket = ?target, state, "told systemd"),
         Err(err) => tracing::warn!(
             socket = ?target, state, error = %err,
-            "could not tell systemd (NOTIFY_SOCKET); a Type=notify unit waits for READY=1 \
-             until its start timeout"
+            "could not tell systemd (NOTIFY_SOCKET); a Type=notify unit not told READY=1 \
+             waits for it until its start timeout"
         ),
     }
 }
