@@ -459,9 +459,10 @@ impl Sender {
         }
     }
 
-    /// Whether a send failed for the channel's `end_by`.
+    /// Whether a send failed for the channel's `end_by`. Without one (no stream timeout,
+    /// the default) it cannot have: no lock is taken then.
     pub(crate) fn expired(&self) -> bool {
-        self.shared.lock().expired
+        self.shared.end_by.is_some() && self.shared.lock().expired
     }
 
     /// Ready when a chunk may be sent without exceeding the bound.
