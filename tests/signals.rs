@@ -39,7 +39,7 @@ fn main() {
             systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(false);
             #[cfg(target_os = "linux")]
             systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(true);
-            a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed();
+            a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed();
         }
     }
 }
@@ -251,7 +251,12 @@ fn systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(abstra
 fn activated_child() {
     match syncbridge::Server::from_systemd() {
         Ok(server) => {
-            println!("serving {}", server.listen_addr());
+            let addrs: Vec<String> = server
+                .listen_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            println!("serving {}", addrs.join(", "));
             server
                 .serve(|_req: syncbridge::Request| "activated\n")
                 .expect("serve");
@@ -259,12 +264,15 @@ fn activated_child() {
         }
         Err(err) => {
             println!("from_systemd: {err}");
-            // SAFETY: a plain integer; `fcntl` on a number that is not open fails.
-            let open = unsafe { libc::fcntl(3, libc::F_GETFD) } >= 0;
-            println!(
-                "descriptor 3 after: {}",
-                if open { "open" } else { "closed" }
-            );
+            let passed: i32 = std::env::var("LISTEN_FDS").map_or(1, |n| n.parse().unwrap());
+            for fd in 3..3 + passed {
+                // SAFETY: a plain integer; `fcntl` on a number that is not open fails.
+                let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+                println!(
+                    "descriptor {fd} after: {}",
+                    if open { "open" } else { "closed" }
+                );
+            }
         }
     }
 }
@@ -281,10 +289,11 @@ impl Drop for Running {
     }
 }
 
-/// Starts the activated child as systemd would: `passed` (if any) as its descriptor 3,
-/// `$LISTEN_FDS=1` and `$LISTEN_PID` its own pid (a shell that execs it keeps its pid).
+/// Starts the activated child as systemd would: `passed` as its descriptors 3, 4 and on,
+/// `$LISTEN_FDS` their number and `$LISTEN_PID` its own pid (a shell that execs it keeps
+/// its pid); with none passed, neither variable.
 #[cfg(unix)]
-fn start_activated(passed: Option<std::os::fd::RawFd>) -> (Running, mpsc::Receiver<String>) {
+fn start_activated(passed: &[std::os::fd::RawFd]) -> (Running, mpsc::Receiver<String>) {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new("sh");
     command
@@ -293,19 +302,26 @@ fn start_activated(passed: Option<std::os::fd::RawFd>) -> (Running, mpsc::Receiv
         .env(ACTIVATED_CHILD, "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    if let Some(fd) = passed {
-        command.env("LISTEN_FDS", "1");
-        // SAFETY: `dup2` and `fcntl` are async-signal-safe, and touch only descriptors.
+    if !passed.is_empty() {
+        command.env("LISTEN_FDS", passed.len().to_string());
+        let passed = passed.to_vec();
+        // SAFETY: `dup2` and `fcntl` are async-signal-safe, and touch only descriptors;
+        // nothing is allocated.
         unsafe {
             command.pre_exec(move || {
-                let rc = if fd == 3 {
-                    // Already in place: only its close-on-exec flag must go.
-                    libc::fcntl(3, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, 3)
-                };
-                if rc < 0 {
-                    return Err(std::io::Error::last_os_error());
+                // Each moved out of the way first (closed at the exec), so that putting
+                // one in place cannot overwrite another still to be moved.
+                let mut moved = [0; 8];
+                for (i, &fd) in passed.iter().enumerate() {
+                    moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                    if moved[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, &fd) in moved[..passed.len()].iter().enumerate() {
+                    if libc::dup2(fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -328,7 +344,7 @@ fn get_over(mut stream: impl std::io::Read + Write) -> String {
 }
 
 #[cfg(unix)]
-fn a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed() {
+fn a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed() {
     use std::os::fd::AsRawFd;
     let stop = |child: Running, stdout: &mpsc::Receiver<String>| {
         sigterm(&child.0);
@@ -340,7 +356,7 @@ fn a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed() {
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = tcp.local_addr().unwrap();
     let early = std::net::TcpStream::connect(addr).unwrap();
-    let (child, stdout) = start_activated(Some(tcp.as_raw_fd()));
+    let (child, stdout) = start_activated(&[tcp.as_raw_fd()]);
     drop(tcp);
     let serving = wait_for(&stdout, "serving ");
     assert!(serving.ends_with(&addr.to_string()), "{serving}");
@@ -354,7 +370,7 @@ fn a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed() {
         std::env::temp_dir().join(format!("syncbridge-activated-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let (child, stdout) = start_activated(Some(unix.as_raw_fd()));
+    let (child, stdout) = start_activated(&[unix.as_raw_fd()]);
     drop(unix);
     wait_for(&stdout, &format!("serving unix:{}", path.display()));
     let answer = get_over(std::os::unix::net::UnixStream::connect(&path).unwrap());
@@ -363,10 +379,38 @@ fn a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed() {
     assert!(path.exists(), "the socket file is systemd's to remove");
     let _ = std::fs::remove_file(&path);
 
+    // Two sockets (two `ListenStream=` lines): one server, serving both, in their order.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (child, stdout) = start_activated(&[tcp.as_raw_fd(), unix.as_raw_fd()]);
+    drop((tcp, unix));
+    wait_for(&stdout, &format!("serving {addr}, unix:{}", path.display()));
+    let answer = get_over(std::os::unix::net::UnixStream::connect(&path).unwrap());
+    assert!(answer.ends_with("activated\n"), "{answer}");
+    let answer = get_over(std::net::TcpStream::connect(addr).unwrap());
+    assert!(answer.ends_with("activated\n"), "{answer}");
+    stop(child, &stdout);
+    let _ = std::fs::remove_file(&path);
+
+    // One of two is a connection (`Accept=yes`): neither is taken, and the refusal
+    // names the one.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let connection = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+    let (_child, stdout) = start_activated(&[tcp.as_raw_fd(), connection.as_raw_fd()]);
+    let refused = wait_for(&stdout, "from_systemd: ");
+    assert!(
+        refused.contains("descriptor 4: not a listening stream socket"),
+        "{refused}"
+    );
+    assert!(wait_for(&stdout, "descriptor 3 after: ").ends_with("open"));
+    assert!(wait_for(&stdout, "descriptor 4 after: ").ends_with("open"));
+
     // `Accept=yes` passes a connection, not the listener: refused, and said why.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let connection = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (_child, stdout) = start_activated(Some(connection.as_raw_fd()));
+    let (_child, stdout) = start_activated(&[connection.as_raw_fd()]);
     let refused = wait_for(&stdout, "from_systemd: ");
     assert!(
         refused.contains("not a listening stream socket"),
@@ -375,20 +419,20 @@ fn a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed() {
 
     // Descriptor 3 is something else (a file, a runtime's epoll): refused, and left open.
     let file = std::fs::File::open("/dev/null").unwrap();
-    let (_child, stdout) = start_activated(Some(file.as_raw_fd()));
+    let (_child, stdout) = start_activated(&[file.as_raw_fd()]);
     let refused = wait_for(&stdout, "from_systemd: ");
     assert!(refused.contains("descriptor 3"), "{refused}");
     let still = wait_for(&stdout, "descriptor 3 after: ");
     assert!(still.ends_with("open"), "{still}");
 
     // Started by hand, without systemd: nothing to take.
-    let (_child, stdout) = start_activated(None);
+    let (_child, stdout) = start_activated(&[]);
     let refused = wait_for(&stdout, "from_systemd: ");
     assert!(
         refused.contains("LISTEN_PID and LISTEN_FDS are not set"),
         "{refused}"
     );
-    println!("a_server_started_by_its_socket_unit_serves_the_socket_systemd_passed ... ok");
+    println!("a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed ... ok");
 }
 
 /// The lines of a child's output, as they come, on a channel.

@@ -1,8 +1,9 @@
 //! What the server listens on: a TCP socket, or a Unix domain socket (as gunicorn's
 //! `--bind unix:PATH`, for a reverse proxy on the same machine), and the socket file the
-//! server owns in the second case.
+//! server owns in the second case; and a server's several listeners, accepted from as
+//! one.
 //!
-//! Both end in the same accept loop (`serve`); a connection is served by the same code
+//! All end in the same accept loop (`serve`); a connection is served by the same code
 //! either way (`conn::serve`, over a `stream::ConnStream` that is either). What differs
 //! here: a Unix socket has no peer address, no `TCP_NODELAY`, and leaves a file behind.
 
@@ -11,6 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 #[cfg(unix)]
 use std::path::{Path, PathBuf};
+use std::task::{Context, Poll};
 
 /// The listen backlog: room for bursts of new connections (gunicorn uses 2048).
 const LISTEN_BACKLOG: i32 = 2048;
@@ -141,18 +143,70 @@ impl Listener {
 }
 
 impl Registered {
-    pub(super) async fn accept(&self) -> io::Result<Accepted> {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Accepted>> {
         match self {
-            Registered::Tcp(listener) => {
-                let (stream, peer) = listener.accept().await?;
-                Ok(Accepted::Tcp(stream, peer))
-            }
+            Registered::Tcp(listener) => listener
+                .poll_accept(cx)
+                .map_ok(|(stream, peer)| Accepted::Tcp(stream, peer)),
             #[cfg(unix)]
-            Registered::Unix { listener, .. } => {
-                let (stream, _unnamed) = listener.accept().await?;
-                Ok(Accepted::Unix(stream))
-            }
+            Registered::Unix { listener, .. } => listener
+                .poll_accept(cx)
+                .map_ok(|(stream, _unnamed)| Accepted::Unix(stream)),
         }
+    }
+}
+
+/// Every listener of a server, accepted from as one: a server bound to a TCP address
+/// and a Unix socket, or passed several sockets by systemd, has one accept loop, one
+/// pool and one shutdown for all of them, as gunicorn's several `--bind`s have.
+pub(super) struct Listeners {
+    registered: Vec<Registered>,
+    /// Where the next accept starts looking: the one after the last that gave a
+    /// connection, so that a flood on one listener does not starve the others.
+    next: usize,
+}
+
+impl Listeners {
+    /// Registers every listener with the current runtime (see [`Listener::register`]).
+    pub(super) fn register(listeners: Vec<Listener>) -> io::Result<Listeners> {
+        let registered = listeners
+            .into_iter()
+            .map(Listener::register)
+            .collect::<io::Result<_>>()?;
+        Ok(Listeners {
+            registered,
+            next: 0,
+        })
+    }
+
+    /// The next connection from any listener, or an accept error of one of them.
+    pub(super) async fn accept(&mut self) -> io::Result<Accepted> {
+        std::future::poll_fn(|cx| {
+            let count = self.registered.len();
+            for i in (0..count).map(|i| (self.next + i) % count) {
+                if let Poll::Ready(accepted) = self.registered[i].poll_accept(cx) {
+                    self.next = (i + 1) % count;
+                    return Poll::Ready(accepted);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Several listen addresses as one log field or label: `127.0.0.1:8000, unix:/run/app.sock`.
+pub(super) struct AddrList<'a>(pub(super) &'a [ListenAddr]);
+
+impl fmt::Display for AddrList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, addr) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            addr.fmt(f)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,5 @@
-//! The bundled server: bind, accept, serve HTTP/1.1 and h2c on one port, shut down
-//! gracefully.
+//! The bundled server: bind, accept, serve HTTP/1.1 and h2c on one port (or several
+//! sockets), shut down gracefully.
 //!
 //! ```text
 //! Server::serve (plain thread) -- owns --> persistent multi-thread tokio runtime
@@ -13,7 +13,7 @@
 //! methods that set them, `runtime` the runtime `serve` builds, `serve` the accept loop
 //! and the shutdown, `conn` one connection's task and its watchdogs, `shutdown` the
 //! handle and the signal watcher, `systemd` the readiness message to systemd and the
-//! socket it passes.
+//! sockets it passes.
 
 mod config;
 mod conn;
@@ -45,7 +45,7 @@ pub use shutdown::ShutdownHandle;
 
 use crate::error::{Error, Kind, Result};
 use config::Config;
-use listen::Listener;
+use listen::{AddrList, Listener};
 
 /// An HTTP server for a blocking [`Handler`](crate::Handler).
 ///
@@ -71,8 +71,9 @@ use listen::Listener;
 /// ```
 #[must_use = "a Server does nothing until `serve` or `serve_async` is called; dropping it closes its socket"]
 pub struct Server {
-    listener: Listener,
-    listen_addr: ListenAddr,
+    /// Never empty; `listen_addrs[i]` is where `listeners[i]` listens.
+    listeners: Vec<Listener>,
+    listen_addrs: Vec<ListenAddr>,
     shutdown: ShutdownHandle,
     config: Config,
 }
@@ -100,22 +101,49 @@ impl Server {
     ///
     /// [`Error::is_bind`] when no address could be bound.
     pub fn try_bind(addr: impl ToSocketAddrs) -> Result<Server> {
-        let addrs = addr
-            .to_socket_addrs()
-            .map_err(|e| Error::new(Kind::Bind).with_source(e))?;
-        let mut last = None;
-        for addr in addrs {
-            match Listener::bind_tcp(addr) {
-                Ok(listener) => return Server::new(listener),
-                Err(err) => last = Some((addr, err)),
-            }
-        }
-        Err(match last {
-            Some((addr, err)) => Error::new(Kind::Bind)
-                .with_message(addr.to_string())
-                .with_source(err),
-            None => Error::new(Kind::Bind).with_message("no address to bind"),
-        })
+        Server::new(bind_first(addr)?)
+    }
+
+    /// Listens on `addr` too, bound as [`try_bind`](Server::try_bind) binds: one server,
+    /// with one pool, one connection limit and one shutdown, on several sockets, as
+    /// gunicorn with several `--bind`s (an IPv4 and an IPv6 address, a port for the
+    /// health checker beside the proxy's Unix socket). Connections are taken from each
+    /// in turn, so that a flood on one does not starve the others.
+    ///
+    /// Callable from any thread; it does not need a runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`] when no address of `addr` could be bound; the server, and the
+    /// sockets it had bound, are dropped then.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use syncbridge::{Request, Server};
+    ///
+    /// fn main() -> syncbridge::Result<()> {
+    ///     Server::try_bind("0.0.0.0:8000")?
+    ///         .also_bind("[::]:8000")?
+    ///         .serve(|_req: Request| "hello\n")
+    /// }
+    /// ```
+    pub fn also_bind(self, addr: impl ToSocketAddrs) -> Result<Server> {
+        let listener = bind_first(addr)?;
+        self.also(listener)
+    }
+
+    /// Listens on a Unix domain socket at `path` too, bound as
+    /// [`try_bind_unix`](Server::try_bind_unix) binds; otherwise as
+    /// [`also_bind`](Server::also_bind).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_bind_unix`](Server::try_bind_unix)'s.
+    #[cfg(unix)]
+    pub fn also_bind_unix(self, path: impl AsRef<Path>) -> Result<Server> {
+        let listener = bind_unix(path.as_ref())?;
+        self.also(listener)
     }
 
     /// Serves on a listener bound elsewhere (socket activation, a test's port).
@@ -173,37 +201,33 @@ impl Server {
     /// counts as given).
     #[cfg(unix)]
     pub fn try_bind_unix(path: impl AsRef<Path>) -> Result<Server> {
-        let path = path.as_ref();
-        let bind_error = |e| {
-            Error::new(Kind::Bind)
-                .with_message(format!("unix:{}", path.display()))
-                .with_source(e)
-        };
-        Server::new(Listener::bind_unix(path).map_err(bind_error)?)
+        Server::new(bind_unix(path.as_ref())?)
     }
 
-    /// Serves on the socket systemd passed this process (socket activation, as gunicorn
-    /// takes it): a `.socket` unit with one `ListenStream=` (an address, or a path for
-    /// a Unix socket) starts the service of the same name on its first connection, or
-    /// at boot, and keeps the socket while the service restarts, so that no connection
-    /// is refused meanwhile: they wait in its backlog. The socket's settings (its
-    /// backlog, a Unix socket's permissions) are the unit's; a Unix socket's file is
-    /// systemd's, and the server does not remove it.
+    /// Serves on the sockets systemd passed this process (socket activation, as gunicorn
+    /// takes them): a `.socket` unit with a `ListenStream=` (an address, or a path for a
+    /// Unix socket) starts the service of the same name on its first connection, or at
+    /// boot, and keeps the socket while the service restarts, so that no connection is
+    /// refused meanwhile: they wait in its backlog. A unit with several `ListenStream=`
+    /// lines passes several sockets; the server listens on them all, as
+    /// [`also_bind`](Server::also_bind) would, in the unit's order
+    /// ([`listen_addrs`](Server::listen_addrs)). The sockets' settings (their backlog, a
+    /// Unix socket's permissions) are the unit's; a Unix socket's file is systemd's, and
+    /// the server does not remove it.
     ///
     /// Callable from any thread, once per process; it does not need a runtime.
     ///
     /// # Errors
     ///
     /// [`Error::is_bind`], saying why, when there is no socket to take: `$LISTEN_PID` and
-    /// `$LISTEN_FDS` are not set, or are another process's; systemd passed more than
-    /// one socket (serve each with [`from_listener`](Server::from_listener)); descriptor
-    /// 3 is not a listening stream socket (`Accept=yes` passes connections), and is then
-    /// left open, as whatever else it is belongs to someone else; or it was taken
+    /// `$LISTEN_FDS` are not set, or are another process's; a passed descriptor is not
+    /// a listening stream socket (`Accept=yes` passes connections), and all are then
+    /// left open, as whatever else it is belongs to someone else; or they were taken
     /// already. The variables are read, not removed: a program a handler starts has
     /// another pid, and does not get the socket (it is made close-on-exec).
     ///
-    /// What it cannot check: that descriptor 3, a listening socket while `$LISTEN_PID`
-    /// names this process, is systemd's and not the program's own (one opened before by
+    /// What it cannot check: that a passed descriptor (3 on), a listening socket while
+    /// `$LISTEN_PID` names this process, is systemd's and not the program's own (one opened before by
     /// a crate such as `listenfd`, or by hand): call it before anything else takes
     /// passed sockets.
     ///
@@ -223,9 +247,13 @@ impl Server {
     /// ```
     #[cfg(unix)]
     pub fn from_systemd() -> Result<Server> {
-        let listener =
-            systemd::passed_listener().map_err(|why| Error::new(Kind::Bind).with_message(why))?;
-        Server::new(listener)
+        let mut listeners = systemd::passed_listeners()
+            .map_err(|why| Error::new(Kind::Bind).with_message(why))?
+            .into_iter();
+        let first = listeners
+            .next()
+            .expect("systemd passed at least one socket");
+        listeners.try_fold(Server::new(first)?, Server::also)
     }
 
     /// Serves on a Unix domain socket bound elsewhere (systemd's socket activation).
@@ -241,37 +269,58 @@ impl Server {
     }
 
     fn new(listener: Listener) -> Result<Server> {
+        let server = Server {
+            listeners: Vec::new(),
+            listen_addrs: Vec::new(),
+            shutdown: ShutdownHandle::new(),
+            config: Config::default(),
+        };
+        server.also(listener)
+    }
+
+    /// Adds a bound listener, made ready for the runtime.
+    fn also(mut self, listener: Listener) -> Result<Server> {
         let listen_addr = listener
             .prepare()
             .map_err(|e| Error::new(Kind::Bind).with_source(e))?;
-        Ok(Server {
-            listener,
-            listen_addr,
-            shutdown: ShutdownHandle::new(),
-            config: Config::default(),
-        })
+        self.listeners.push(listener);
+        self.listen_addrs.push(listen_addr);
+        Ok(self)
     }
 
-    /// The TCP address the server listens on (the real port when bound to port 0).
+    /// The TCP address the server listens on (the real port when bound to port 0); with
+    /// several, the first TCP one.
     ///
     /// # Panics
     ///
-    /// If the server listens on a Unix socket, which has no such address: use
+    /// If the server listens on Unix sockets only, which have no such address: use
     /// [`listen_addr`](Server::listen_addr), which covers both.
     pub fn local_addr(&self) -> SocketAddr {
-        match &self.listen_addr {
-            ListenAddr::Tcp(addr) => *addr,
+        let tcp = self.listen_addrs.iter().find_map(|addr| match addr {
+            ListenAddr::Tcp(addr) => Some(*addr),
             #[cfg(unix)]
-            other => panic!(
-                "syncbridge: Server::local_addr: the server listens on {other}, not TCP; \
-                 use Server::listen_addr"
+            ListenAddr::Unix(_) => None,
+        });
+        match tcp {
+            Some(addr) => addr,
+            None => panic!(
+                "syncbridge: Server::local_addr: the server listens on {}, not TCP; \
+                 use Server::listen_addr",
+                AddrList(&self.listen_addrs)
             ),
         }
     }
 
-    /// Where the server listens: a TCP address, or a Unix socket's path.
+    /// Where the server listens: a TCP address, or a Unix socket's path; with several,
+    /// the first (see [`listen_addrs`](Server::listen_addrs)).
     pub fn listen_addr(&self) -> &ListenAddr {
-        &self.listen_addr
+        &self.listen_addrs[0]
+    }
+
+    /// Every address the server listens on, in the order they were bound (or passed by
+    /// systemd).
+    pub fn listen_addrs(&self) -> &[ListenAddr] {
+        &self.listen_addrs
     }
 
     /// A handle that starts a graceful shutdown from any thread.
@@ -283,8 +332,38 @@ impl Server {
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("listen_addr", &self.listen_addr)
+            .field("listen_addrs", &self.listen_addrs)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// Binds the first address of `addr` that works.
+fn bind_first(addr: impl ToSocketAddrs) -> Result<Listener> {
+    let addrs = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::new(Kind::Bind).with_source(e))?;
+    let mut last = None;
+    for addr in addrs {
+        match Listener::bind_tcp(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last = Some((addr, err)),
+        }
+    }
+    Err(match last {
+        Some((addr, err)) => Error::new(Kind::Bind)
+            .with_message(addr.to_string())
+            .with_source(err),
+        None => Error::new(Kind::Bind).with_message("no address to bind"),
+    })
+}
+
+/// Binds a Unix socket at `path`; its error names the path.
+#[cfg(unix)]
+fn bind_unix(path: &Path) -> Result<Listener> {
+    Listener::bind_unix(path).map_err(|e| {
+        Error::new(Kind::Bind)
+            .with_message(format!("unix:{}", path.display()))
+            .with_source(e)
+    })
 }

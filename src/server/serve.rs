@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::config::http_builder;
 use super::conn::{self, ConnConfig};
-use super::listen::{Accepted, Listener, Registered};
+use super::listen::{Accepted, AddrList, Listener, Listeners};
 use super::remote::Peer;
 use super::signal::{self, ConnSignal};
 use super::stream::ConnStream;
@@ -99,13 +99,13 @@ impl Server {
 
     async fn run<H: Handler>(self, handler: H) -> Result<()> {
         let Server {
-            listener,
-            listen_addr,
+            listeners,
+            listen_addrs,
             shutdown,
             config,
         } = self;
-        let listener = match register(listener) {
-            Ok(listener) => listener,
+        let mut listeners = match register(listeners) {
+            Ok(listeners) => listeners,
             Err(err) => {
                 // Not yet in a service, which would drop it off the runtime itself.
                 crate::offload::drop_off_runtime(handler);
@@ -156,7 +156,8 @@ impl Server {
         });
         let connections = TaskTracker::new();
         // Aborted when `run` ends or is dropped; nothing without the `metrics` feature.
-        let _load_sampler = crate::metrics::sample_server(&listen_addr, &pool, &connections);
+        let all_addrs = AddrList(&listen_addrs);
+        let _load_sampler = crate::metrics::sample_server(&all_addrs, &pool, &connections);
         // Until the shutdown below has run its course: a `serve_async` future dropped
         // before that would otherwise leave its connections and signal watcher running.
         let mut dropped_early = DroppedEarly {
@@ -171,18 +172,20 @@ impl Server {
             service,
         };
         let slots = Arc::new(Semaphore::new(config.max_connections));
-        tracing::info!(addr = %listen_addr, max_threads = pool.max_threads(), "syncbridge listening");
+        for addr in &listen_addrs {
+            tracing::info!(%addr, max_threads = pool.max_threads(), "syncbridge listening");
+        }
         warn_if_short_of_files(config.max_connections);
         warn_if_zero_timeouts(&config);
         if config.notify_systemd {
-            super::systemd::ready(&listen_addr);
+            super::systemd::ready(&all_addrs);
         }
 
         loop {
             let accepted = tokio::select! {
                 biased;
                 _ = shutdown.graceful.cancelled() => break,
-                accepted = listener.accept() => accepted,
+                accepted = listeners.accept() => accepted,
             };
             match accepted {
                 Ok(accepted) => {
@@ -244,7 +247,7 @@ impl Server {
             }
         }
 
-        drop(listener);
+        drop(listeners);
         if config.notify_systemd {
             super::systemd::stopping();
         }
@@ -323,7 +326,7 @@ impl Server {
             pool.shutdown();
         }
         dropped_early.stage = Stage::Done;
-        tracing::info!(addr = %listen_addr, "syncbridge stopped");
+        tracing::info!(addr = %all_addrs, "syncbridge stopped");
         Ok(())
     }
 }
@@ -433,10 +436,10 @@ fn warn_if_zero_timeouts(config: &super::config::Config) {
     }
 }
 
-/// Registers the listener with the current runtime, checking first that the runtime has
+/// Registers the listeners with the current runtime, checking first that the runtime has
 /// what the server needs: tokio would otherwise panic from deep inside, here for a
 /// missing runtime or IO driver, and at the first connection for missing timers.
-fn register(listener: Listener) -> Result<Registered> {
+fn register(listeners: Vec<Listener>) -> Result<Listeners> {
     let no_context = |what: &str| {
         Error::new(Kind::NoContext).with_message(format!(
             "Server::serve_async {what}: build the runtime with `enable_all` (or \
@@ -449,7 +452,7 @@ fn register(listener: Listener) -> Result<Registered> {
     if !crate::timer::has_timers(&runtime) {
         return Err(no_context("needs a runtime with timers"));
     }
-    match catch_unwind(AssertUnwindSafe(|| listener.register())) {
+    match catch_unwind(AssertUnwindSafe(|| Listeners::register(listeners))) {
         Ok(registered) => registered.map_err(|e| Error::new(Kind::Bind).with_source(e)),
         Err(_) => Err(no_context("needs a runtime with IO")),
     }

@@ -22,11 +22,11 @@ use std::os::unix::net::UnixDatagram;
 #[cfg(unix)]
 const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
-/// Tells systemd the server accepts connections on `addr`. Called on the runtime: a
+/// Tells systemd the server accepts connections on `addr` (one address or several). Called on the runtime: a
 /// notification socket whose queue is full for a moment (systemd busy at boot) is tried
 /// again from a task of its own, every 20 ms for up to 5 s, rather than lose `READY=1`
 /// and have the unit fail its start.
-pub(super) fn ready(addr: &super::ListenAddr) {
+pub(super) fn ready(addr: &dyn std::fmt::Display) {
     let state = format!("READY=1\nSTATUS=syncbridge listening on {addr}");
     #[cfg(unix)]
     if let Some(target) = notify_socket() {
@@ -132,14 +132,15 @@ fn send_abstract(_socket: &UnixDatagram, _name: &[u8], _state: &str) -> io::Resu
 #[cfg(unix)]
 const LISTEN_FDS_START: std::os::fd::RawFd = 3;
 
-/// Whether this process has taken its socket from systemd: a second take would close it
-/// twice.
+/// Whether this process has taken its sockets from systemd: a second take would close
+/// them twice.
 #[cfg(unix)]
 static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// The listening socket systemd passed this process, or why there is none to serve.
+/// The listening sockets systemd passed this process, in its order, or why there are
+/// none to serve. None is taken unless all are listening sockets.
 #[cfg(unix)]
-pub(super) fn passed_listener() -> Result<super::Listener, String> {
+pub(super) fn passed_listeners() -> Result<Vec<super::Listener>, String> {
     use std::sync::atomic::Ordering;
     let var = |name| std::env::var(name).ok();
     let (pid, fds) = match (var("LISTEN_PID"), var("LISTEN_FDS")) {
@@ -158,40 +159,42 @@ pub(super) fn passed_listener() -> Result<super::Listener, String> {
             std::process::id()
         ));
     }
-    match fds.trim().parse::<u32>() {
-        Ok(1) => {}
-        Ok(0) | Err(_) => return Err(format!("LISTEN_FDS is {fds:?}: no socket to serve")),
-        Ok(n) => {
-            return Err(format!(
-                "systemd passed {n} sockets; a server serves one (use \
-                 `Server::from_listener` for each, through a crate such as `listenfd`)"
-            ))
+    let count = match fds.trim().parse::<std::os::fd::RawFd>() {
+        Ok(n) if n > 0 && n <= std::os::fd::RawFd::MAX - LISTEN_FDS_START => n,
+        _ => return Err(format!("LISTEN_FDS is {fds:?}: no socket to serve")),
+    };
+    let passed = LISTEN_FDS_START..LISTEN_FDS_START + count;
+    // All looked at before any is taken: a descriptor that is not a listening socket is
+    // someone else's (a file, the runtime's epoll), and must stay open, and so must the
+    // others then, for whatever else takes passed sockets.
+    let mut unix = Vec::new();
+    for fd in passed.clone() {
+        let named = |why: &dyn std::fmt::Display| format!("systemd's descriptor {fd}: {why}");
+        let (listening, local) = crate::sys::inspect_passed_fd(fd).map_err(|err| named(&err))?;
+        if !listening {
+            return Err(named(
+                &"not a listening stream socket (ListenStream=, with Accept=no, \
+                  its default: Accept=yes passes each connection instead)",
+            ));
         }
-    }
-    // Looked at before it is taken: a descriptor 3 that is not a listening socket is
-    // someone else's (a file, the runtime's epoll), and must stay open.
-    let fd3 =
-        |why: &dyn std::fmt::Display| format!("systemd's descriptor {LISTEN_FDS_START}: {why}");
-    let (listening, local) =
-        crate::sys::inspect_passed_fd(LISTEN_FDS_START).map_err(|err| fd3(&err))?;
-    if !listening {
-        return Err(fd3(
-            &"not a listening stream socket (ListenStream=, with Accept=no, \
-                         its default: Accept=yes passes each connection instead)",
-        ));
-    }
-    let unix = local.is_unix();
-    if !unix && local.as_socket().is_none() {
-        return Err(fd3(&"neither TCP nor a Unix socket"));
+        if !local.is_unix() && local.as_socket().is_none() {
+            return Err(named(&"neither TCP nor a Unix socket"));
+        }
+        unix.push(local.is_unix());
     }
     if TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(fd3(&"taken already, by an earlier from_systemd"));
+        return Err("systemd's sockets were taken already, by an earlier from_systemd".into());
     }
-    let fd = crate::sys::adopt_passed_fd(LISTEN_FDS_START).map_err(|err| fd3(&err))?;
-    Ok(if unix {
-        // Its file is systemd's: the server does not remove it.
-        super::Listener::Unix(fd.into(), None)
-    } else {
-        super::Listener::Tcp(fd.into())
-    })
+    let mut listeners = Vec::new();
+    for (fd, unix) in passed.zip(unix) {
+        let fd = crate::sys::adopt_passed_fd(fd)
+            .map_err(|err| format!("systemd's descriptor {fd}: {err}"))?;
+        listeners.push(if unix {
+            // Its file is systemd's: the server does not remove it.
+            super::Listener::Unix(fd.into(), None)
+        } else {
+            super::Listener::Tcp(fd.into())
+        });
+    }
+    Ok(listeners)
 }

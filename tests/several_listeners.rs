@@ -1,0 +1,145 @@
+//! One server on several sockets (`also_bind`, `also_bind_unix`), as gunicorn with
+//! several `--bind`s: each is served, they share one pool and one shutdown, the log
+//! names each, and a bind that fails says which address.
+#![cfg(unix)]
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use support::{collect, logs, within, TestServer};
+use syncbridge::{ListenAddr, Request, Server};
+use tokio::net::UnixStream;
+
+/// `/hold` blocks its handler thread until the test says; anything else answers which
+/// path it was asked.
+fn handler(
+    held: std::sync::mpsc::Sender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+) -> impl Fn(Request) -> String + Send + Sync + 'static {
+    move |req: Request| {
+        if req.uri().path() == "/hold" {
+            held.send(()).unwrap();
+            let release = release.lock().unwrap();
+            release.recv_timeout(support::STEP).unwrap();
+        }
+        format!("you asked for {}", req.uri().path())
+    }
+}
+
+async fn get_over_unix(path: &std::path::Path, request_path: &str) -> support::Reply {
+    let stream = within(UnixStream::connect(path)).await.expect("connect");
+    let mut send = support::h1_on::<_, Empty<Bytes>>(stream).await;
+    let req = http::Request::get(request_path)
+        .header("host", "localhost")
+        .body(Empty::new())
+        .unwrap();
+    collect(within(send.send_request(req)).await.expect("response")).await
+}
+
+#[tokio::test]
+async fn one_server_serves_two_ports_and_a_unix_socket_with_one_pool_and_one_shutdown() {
+    let path = std::env::temp_dir().join(format!("sb-{}-several.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let server = Server::try_bind("127.0.0.1:0")
+        .and_then(|s| s.also_bind("127.0.0.1:0"))
+        .and_then(|s| s.also_bind_unix(&path))
+        .expect("bind all three")
+        .max_threads(1)
+        .queue_capacity(0);
+    let addrs = server.listen_addrs().to_vec();
+    let [ListenAddr::Tcp(first), ListenAddr::Tcp(second), ListenAddr::Unix(unix)] = &addrs[..]
+    else {
+        panic!("three addresses, in their order: {addrs:?}");
+    };
+    let (first, second) = (*first, *second);
+    assert_ne!(first, second);
+    assert_eq!(unix, &path);
+    assert_eq!(server.local_addr(), first, "the first TCP address");
+    assert_eq!(server.listen_addr(), &addrs[0]);
+
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let server = TestServer::start_with(server, handler(held_tx, release_rx.into()));
+
+    // Each is served.
+    let reply = support::get(first, "/one").await;
+    assert_eq!(reply.text(), "you asked for /one");
+    let reply = support::get(second, "/two").await;
+    assert_eq!(reply.text(), "you asked for /two");
+    let reply = get_over_unix(&path, "/three").await;
+    assert_eq!(reply.text(), "you asked for /three");
+    for addr in &addrs {
+        assert!(
+            logs::contains(&["syncbridge listening", &format!("addr={addr} ")]),
+            "no listening line for {addr}"
+        );
+    }
+
+    // One pool: its one thread, held through the first port, is the others' too.
+    let hold = tokio::spawn(support::get(first, "/hold"));
+    within(tokio::task::spawn_blocking(move || {
+        held_rx.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the held request runs");
+    let refused = support::get(second, "/two").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let refused = get_over_unix(&path, "/three").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    release_tx.send(()).unwrap();
+    assert_eq!(within(hold).await.unwrap().text(), "you asked for /hold");
+
+    // One shutdown: every socket closes, and the Unix socket's file goes.
+    server.stop().await;
+    for addr in [first, second] {
+        let refused = within(tokio::net::TcpStream::connect(addr)).await;
+        assert!(refused.is_err(), "{addr} still accepts after the stop");
+    }
+    assert!(!path.exists(), "the socket file is removed at the stop");
+    let all = format!("addr={first}, {second}, unix:{} ", path.display());
+    assert!(
+        logs::contains(&["syncbridge stopped", &all]),
+        "the stopped line names all three"
+    );
+}
+
+#[test]
+fn a_second_address_that_cannot_be_bound_is_an_error_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = Server::try_bind("127.0.0.1:0")
+        .and_then(|s| s.also_bind(addr))
+        .expect_err("the port is taken");
+    assert!(err.is_bind(), "{err}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+
+    let missing = std::env::temp_dir()
+        .join(format!("sb-{}-no-such-dir", std::process::id()))
+        .join("app.sock");
+    let err = Server::try_bind("127.0.0.1:0")
+        .and_then(|s| s.also_bind_unix(&missing))
+        .expect_err("no such directory");
+    assert!(err.is_bind(), "{err}");
+    assert!(err.to_string().contains("no-such-dir"), "{err}");
+}
+
+#[test]
+fn local_addr_of_a_server_on_unix_sockets_only_names_them_all() {
+    let dir = std::env::temp_dir();
+    let a = dir.join(format!("sb-{}-only-a.sock", std::process::id()));
+    let b = dir.join(format!("sb-{}-only-b.sock", std::process::id()));
+    let _ = (std::fs::remove_file(&a), std::fs::remove_file(&b));
+    let server = Server::try_bind_unix(&a)
+        .and_then(|s| s.also_bind_unix(&b))
+        .expect("bind both");
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.local_addr()))
+        .expect_err("no TCP address");
+    let message = panic.downcast_ref::<String>().expect("a formatted message");
+    let both = format!("unix:{}, unix:{}", a.display(), b.display());
+    assert!(message.contains(&both), "{message}");
+    assert!(message.contains("listen_addr"), "{message}");
+    drop(server);
+    assert!(!a.exists() && !b.exists(), "both files go with the server");
+}
