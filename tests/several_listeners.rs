@@ -98,11 +98,12 @@ async fn one_server_serves_two_ports_and_a_unix_socket_with_one_pool_and_one_shu
         assert!(refused.is_err(), "{addr} still accepts after the stop");
     }
     assert!(!path.exists(), "the socket file is removed at the stop");
-    let all = format!("addr={first}, {second}, unix:{} ", path.display());
-    assert!(
-        logs::contains(&["syncbridge stopped", &all]),
-        "the stopped line names all three"
-    );
+    for addr in &addrs {
+        assert!(
+            logs::contains(&["syncbridge stopped", &format!("addr={addr} ")]),
+            "no stopped line for {addr}"
+        );
+    }
 }
 
 #[test]
@@ -123,6 +124,123 @@ fn a_second_address_that_cannot_be_bound_is_an_error_naming_it() {
         .expect_err("no such directory");
     assert!(err.is_bind(), "{err}");
     assert!(err.to_string().contains("no-such-dir"), "{err}");
+
+    // One that does not resolve (no port) is named too, in a chain of several.
+    let err = Server::try_bind("127.0.0.1:0")
+        .and_then(|s| s.also_bind("127.0.0.1"))
+        .expect_err("no port");
+    assert!(err.is_bind(), "{err}");
+    assert!(err.to_string().contains("\"127.0.0.1\""), "{err}");
+}
+
+/// The accept queue of the IPv4 listener on `port` (`rx_queue` of its `LISTEN` line).
+#[cfg(target_os = "linux")]
+fn accept_queue(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields[1].ends_with(&local) && fields[3] == "0A" {
+            let rx = fields[4].split(':').nth(1).unwrap();
+            return usize::from_str_radix(rx, 16).unwrap();
+        }
+    }
+    panic!("no listener on port {port}");
+}
+
+fn tcp_port(addr: &ListenAddr) -> u16 {
+    match addr {
+        ListenAddr::Tcp(addr) => addr.port(),
+        other => panic!("not TCP: {other}"),
+    }
+}
+
+/// Both listeners have 10 connections queued before the server starts, each with its
+/// request sent; every request's handler is held, and `max_connections(3)` stops the
+/// accept loop at its fourth accept (which waits for a slot). Taken in turn, A B A B,
+/// that leaves 8 and 8 in the listen queues; always the first listener first, 6 and 10.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_listener_full_of_connections_does_not_starve_another() {
+    use std::io::Write;
+    let server = Server::try_bind("127.0.0.1:0")
+        .and_then(|s| s.also_bind("127.0.0.1:0"))
+        .unwrap()
+        .max_connections(3);
+    let ports: Vec<u16> = server.listen_addrs().iter().map(tcp_port).collect();
+    let mut clients = Vec::new();
+    for &port in &ports {
+        for _ in 0..10 {
+            let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
+            clients.push(client);
+        }
+    }
+    let queues = || (accept_queue(ports[0]), accept_queue(ports[1]));
+    assert_eq!(queues(), (10, 10));
+    let gate = std::sync::Arc::new(std::sync::RwLock::new(()));
+    let closed = gate.write().unwrap();
+    let server = TestServer::start_with(server, {
+        let gate = gate.clone();
+        move |_req: Request| {
+            drop(gate.read().unwrap());
+            "ok"
+        }
+    });
+    // Four accepted, the fourth waiting for a slot: the queues stay so until the gate
+    // opens.
+    let deadline = std::time::Instant::now() + support::STEP;
+    while queues().0 + queues().1 > 16 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "four not accepted: {:?}",
+            queues()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let left = queues();
+    drop(closed);
+    drop(clients);
+    assert_eq!(left, (8, 8), "accepted from each listener in turn");
+    drop(server);
+}
+
+/// A listener whose accept fails for good (a socket shut down for reading: Linux's
+/// accept then fails with `EINVAL`, as on a passed socket another holder shut down)
+/// rests between tries; the other is not held up by it, and the error names it.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_listener_whose_accept_fails_does_not_hold_up_the_others() {
+    let broken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let broken_addr = broken.local_addr().unwrap();
+    let other_handle = broken.try_clone().unwrap();
+    let server = Server::try_bind("127.0.0.1:0")
+        .and_then(|s| s.also_listener(broken))
+        .unwrap();
+    let healthy = server.local_addr();
+    socket2::SockRef::from(&other_handle)
+        .shutdown(std::net::Shutdown::Read)
+        .unwrap();
+    let server = TestServer::start_with(server, |_req: Request| "ok");
+    // With one rest for all listeners, every connection taken would be followed by
+    // 100 ms of none: 30 would take 3 s.
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        assert_eq!(support::get(healthy, "/").await.text(), "ok");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(1500),
+        "30 requests on the healthy listener took {took:?}"
+    );
+    assert!(
+        logs::eventually_contains(&["accept failed; retrying", &format!("addr={broken_addr} ")])
+            .await,
+        "the accept error names its listener"
+    );
+    server.stop().await;
 }
 
 #[test]

@@ -8,10 +8,12 @@
 //! here: a Unix socket has no peer address, no `TCP_NODELAY`, and leaves a file behind.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 #[cfg(unix)]
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// The listen backlog: room for bursts of new connections (gunicorn uses 2048).
@@ -160,39 +162,95 @@ impl Registered {
 /// and a Unix socket, or passed several sockets by systemd, has one accept loop, one
 /// pool and one shutdown for all of them, as gunicorn's several `--bind`s have.
 pub(super) struct Listeners {
-    registered: Vec<Registered>,
+    listening: Vec<Listening>,
     /// Where the next accept starts looking: the one after the last that gave a
     /// connection, so that a flood on one listener does not starve the others.
     next: usize,
 }
 
+struct Listening {
+    registered: Registered,
+    addr: ListenAddr,
+    /// Set after an accept error that is not one connection's (a file limit, a socket
+    /// shut down under the server): this listener is not tried again until it fires,
+    /// rather than spin on the error; the others go on.
+    resting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// How long a listener rests after an accept error that is not one connection's.
+pub(super) const ACCEPT_REST: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// An accept that failed, and on which listener.
+pub(super) struct AcceptFailed {
+    pub(super) addr: ListenAddr,
+    pub(super) error: io::Error,
+    /// The error concerns one connection only (reset before it was taken): the listener
+    /// is fine, and goes on at once. Otherwise it rests for [`ACCEPT_REST`].
+    pub(super) per_connection: bool,
+}
+
 impl Listeners {
-    /// Registers every listener with the current runtime (see [`Listener::register`]).
-    pub(super) fn register(listeners: Vec<Listener>) -> io::Result<Listeners> {
-        let registered = listeners
+    /// Registers every listener with the current runtime (see [`Listener::register`]);
+    /// `addrs` are where each listens, for the log lines.
+    pub(super) fn register(
+        listeners: Vec<Listener>,
+        addrs: &[ListenAddr],
+    ) -> io::Result<Listeners> {
+        let listening = listeners
             .into_iter()
-            .map(Listener::register)
+            .zip(addrs)
+            .map(|(listener, addr)| {
+                Ok(Listening {
+                    registered: listener.register()?,
+                    addr: addr.clone(),
+                    resting: None,
+                })
+            })
             .collect::<io::Result<_>>()?;
-        Ok(Listeners {
-            registered,
-            next: 0,
-        })
+        Ok(Listeners { listening, next: 0 })
     }
 
     /// The next connection from any listener, or an accept error of one of them.
-    pub(super) async fn accept(&mut self) -> io::Result<Accepted> {
+    pub(super) async fn accept(&mut self) -> Result<Accepted, AcceptFailed> {
         std::future::poll_fn(|cx| {
-            let count = self.registered.len();
+            let count = self.listening.len();
             for i in (0..count).map(|i| (self.next + i) % count) {
-                if let Poll::Ready(accepted) = self.registered[i].poll_accept(cx) {
-                    self.next = (i + 1) % count;
-                    return Poll::Ready(accepted);
+                let listening = &mut self.listening[i];
+                if let Some(rest) = &mut listening.resting {
+                    if rest.as_mut().poll(cx).is_pending() {
+                        continue;
+                    }
+                    listening.resting = None;
                 }
+                let Poll::Ready(accepted) = listening.registered.poll_accept(cx) else {
+                    continue;
+                };
+                self.next = (i + 1) % count;
+                return Poll::Ready(accepted.map_err(|error| {
+                    let per_connection = is_per_connection(&error);
+                    if !per_connection {
+                        listening.resting = Some(Box::pin(tokio::time::sleep(ACCEPT_REST)));
+                    }
+                    AcceptFailed {
+                        addr: listening.addr.clone(),
+                        error,
+                        per_connection,
+                    }
+                }));
             }
             Poll::Pending
         })
         .await
     }
+}
+
+/// Accept errors that concern one connection only; the listener is fine.
+fn is_per_connection(err: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    )
 }
 
 /// Several listen addresses as one log field or label: `127.0.0.1:8000, unix:/run/app.sock`.

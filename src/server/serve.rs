@@ -13,11 +13,11 @@ use tracing::Instrument;
 
 use super::config::http_builder;
 use super::conn::{self, ConnConfig};
-use super::listen::{Accepted, AddrList, Listener, Listeners};
+use super::listen::{Accepted, AddrList, Listener, Listeners, ACCEPT_REST};
 use super::remote::Peer;
 use super::signal::{self, ConnSignal};
 use super::stream::ConnStream;
-use super::{shutdown, Server};
+use super::{shutdown, ListenAddr, Server};
 use crate::bridge::SyncService;
 use crate::error::{Error, Kind, Result};
 use crate::handler::Handler;
@@ -91,7 +91,7 @@ impl Server {
     /// [`Error::is_no_context`] at once when polled outside a tokio runtime, or in one
     /// built without IO or without timers (tokio prints its own panic message for the
     /// missing driver first: that is how it is detected, and under `panic = "abort"` the
-    /// process aborts there instead). [`Error::is_bind`] when the listener cannot be
+    /// process aborts there instead). [`Error::is_bind`] when a listener cannot be
     /// registered with the runtime.
     pub async fn serve_async<H: Handler>(self, handler: H) -> Result<()> {
         self.run(handler).await
@@ -104,7 +104,7 @@ impl Server {
             shutdown,
             config,
         } = self;
-        let mut listeners = match register(listeners) {
+        let mut listeners = match register(listeners, &listen_addrs) {
             Ok(listeners) => listeners,
             Err(err) => {
                 // Not yet in a service, which would drop it off the runtime itself.
@@ -228,20 +228,20 @@ impl Server {
                         }
                     }
                 }
-                Err(err) if is_per_connection(&err) => {
-                    tracing::debug!(error = %err, "accept failed for one connection");
+                Err(failed) if failed.per_connection => {
+                    let (addr, error) = (failed.addr, failed.error);
+                    tracing::debug!(%addr, %error, "accept failed for one connection");
                 }
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning on the error, and
-                    // say so once a second, not at every retry, for as long as it lasts.
+                Err(failed) => {
+                    // EMFILE and friends: that listener rests instead of spinning on the
+                    // error (the others go on), and it is said once a second, not at
+                    // every retry, for as long as it lasts.
                     crate::metrics::accept_failed();
                     static ACCEPT_FAILED: Throttle = Throttle::new();
                     if let Some(left_out) = ACCEPT_FAILED.admit() {
-                        tracing::error!(error = %err, left_out, "accept failed; retrying in 100 ms");
-                    }
-                    tokio::select! {
-                        _ = shutdown.graceful.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        let (addr, error) = (failed.addr, failed.error);
+                        let rest_ms = ACCEPT_REST.as_millis() as u64;
+                        tracing::error!(%addr, %error, left_out, rest_ms, "accept failed; retrying");
                     }
                 }
             }
@@ -326,7 +326,9 @@ impl Server {
             pool.shutdown();
         }
         dropped_early.stage = Stage::Done;
-        tracing::info!(addr = %all_addrs, "syncbridge stopped");
+        for addr in &listen_addrs {
+            tracing::info!(%addr, "syncbridge stopped");
+        }
         Ok(())
     }
 }
@@ -397,7 +399,7 @@ impl Drop for DroppedEarly {
 /// Says at start when the process may open fewer files than `max_connections` asks:
 /// past that, `accept` fails with `EMFILE` and new clients wait in the backlog, which would
 /// otherwise show only as an error line under load. The margin is for what else the
-/// process holds open (the listener, the runtime's own descriptors, logs, a database).
+/// process holds open (the listeners, the runtime's own descriptors, logs, a database).
 fn warn_if_short_of_files(max_connections: usize) {
     const MARGIN: u64 = 64;
     if let Some(limit) = crate::sys::open_file_limit() {
@@ -439,7 +441,7 @@ fn warn_if_zero_timeouts(config: &super::config::Config) {
 /// Registers the listeners with the current runtime, checking first that the runtime has
 /// what the server needs: tokio would otherwise panic from deep inside, here for a
 /// missing runtime or IO driver, and at the first connection for missing timers.
-fn register(listeners: Vec<Listener>) -> Result<Listeners> {
+fn register(listeners: Vec<Listener>, addrs: &[ListenAddr]) -> Result<Listeners> {
     let no_context = |what: &str| {
         Error::new(Kind::NoContext).with_message(format!(
             "Server::serve_async {what}: build the runtime with `enable_all` (or \
@@ -452,7 +454,7 @@ fn register(listeners: Vec<Listener>) -> Result<Listeners> {
     if !crate::timer::has_timers(&runtime) {
         return Err(no_context("needs a runtime with timers"));
     }
-    match catch_unwind(AssertUnwindSafe(|| Listeners::register(listeners))) {
+    match catch_unwind(AssertUnwindSafe(|| Listeners::register(listeners, addrs))) {
         Ok(registered) => registered.map_err(|e| Error::new(Kind::Bind).with_source(e)),
         Err(_) => Err(no_context("needs a runtime with IO")),
     }
@@ -461,7 +463,7 @@ fn register(listeners: Vec<Listener>) -> Result<Listeners> {
 /// Waits for a slot under `max_connections` for a connection accepted at the limit,
 /// asking an idle connection to close every second meanwhile (one that is busy at one ask
 /// may be idle at the next), and saying so, throttled, for as long as it lasts. `None`
-/// when the shutdown began: the accepted connection is dropped with the listener.
+/// when the shutdown began: the accepted connection is dropped with the listeners.
 async fn wait_for_slot(
     slots: &Arc<Semaphore>,
     max_connections: usize,
@@ -491,13 +493,4 @@ async fn wait_for_slot(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-}
-
-/// Accept errors that concern one connection only; the listener is fine.
-fn is_per_connection(err: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        err.kind(),
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
-    )
 }
