@@ -494,17 +494,14 @@ fn is_listening(socket: &socket2::SockRef<'_>) -> std::io::Result<bool> {
     Ok(socket.peer_addr().is_err())
 }
 
-/// Takes `fd`, a listening socket systemd passed this process (checked first with
-/// [`inspect_passed_fd`]), and marks it close-on-exec as the crate's own sockets are: a
-/// program a handler starts must not inherit the listener (systemd passes it without
-/// the flag).
-///
-/// The caller takes each number at most once in the process: the returned handle closes
-/// it when dropped, and a second one would close it twice.
+/// Marks `fd`, a listening socket systemd passed this process (checked first with
+/// [`inspect_passed_fd`]), close-on-exec as the crate's own sockets are: a program a
+/// handler starts must not inherit the listener (systemd passes it without the flag).
+/// Touches nothing else, and takes nothing: done for every passed socket before any is
+/// taken, so that the take itself cannot fail halfway.
 #[cfg(unix)]
 #[allow(unsafe_code)]
-pub(crate) fn adopt_passed_fd(fd: std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
+pub(crate) fn set_cloexec(fd: std::os::fd::RawFd) -> std::io::Result<()> {
     // SAFETY (both calls): plain integers; on a number that is not open `fcntl` fails
     // with `EBADF` and touches nothing.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -515,8 +512,20 @@ pub(crate) fn adopt_passed_fd(fd: std::os::fd::RawFd) -> std::io::Result<std::os
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `fd` is open (above), a listening socket (the caller inspected it), and
-    // nothing else in the process owns it: systemd passed it to this process alone (the
-    // caller checked `LISTEN_PID`), and the caller takes it once.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    Ok(())
+}
+
+/// Takes `fd`, a listening socket systemd passed this process, checked with
+/// [`inspect_passed_fd`] and marked with [`set_cloexec`] (which found it open).
+///
+/// The caller takes each number at most once in the process: the returned handle closes
+/// it when dropped, and a second one would close it twice.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn adopt_passed_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is open (`set_cloexec` found it so), a listening socket (the caller
+    // inspected it), and nothing else in the process owns it: systemd passed it to this
+    // process alone (the caller checked `LISTEN_PID`), and the caller takes it once.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }

@@ -303,6 +303,8 @@ fn start_activated(passed: &[std::os::fd::RawFd]) -> (Running, mpsc::Receiver<St
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     if !passed.is_empty() {
+        // At most 8: the child's side below allocates nothing after the fork.
+        assert!(passed.len() <= 8, "pass at most 8 descriptors");
         command.env("LISTEN_FDS", passed.len().to_string());
         let passed = passed.to_vec();
         // SAFETY: `dup2` and `fcntl` are async-signal-safe, and touch only descriptors;

@@ -8,10 +8,10 @@
 //! `@`), which systemd sets for such a service. Without it nothing is sent: under any
 //! other supervisor, or none, this is a no-op; off Unix, always.
 //!
-//! Socket activation (`sd_listen_fds(3)`): systemd binds the socket of a `.socket` unit
-//! and passes it to the service open, from descriptor 3 on, saying how many in
-//! `$LISTEN_FDS` and for which process in `$LISTEN_PID`. The socket outlives the
-//! service: connections made while it restarts wait in its backlog.
+//! Socket activation (`sd_listen_fds(3)`): systemd binds the sockets of a `.socket` unit
+//! and passes them to the service open, from descriptor 3 on, saying how many in
+//! `$LISTEN_FDS` and for which process in `$LISTEN_PID`. The sockets outlive the
+//! service: connections made while it restarts wait in their backlog.
 
 #[cfg(unix)]
 use std::io;
@@ -138,7 +138,7 @@ const LISTEN_FDS_START: std::os::fd::RawFd = 3;
 static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The listening sockets systemd passed this process, in its order, or why there are
-/// none to serve. None is taken unless all are listening sockets.
+/// none to serve. None is taken unless all are listening sockets, and then all are.
 #[cfg(unix)]
 pub(super) fn passed_listeners() -> Result<Vec<super::Listener>, String> {
     use std::sync::atomic::Ordering;
@@ -182,13 +182,15 @@ pub(super) fn passed_listeners() -> Result<Vec<super::Listener>, String> {
         }
         unix.push(local.is_unix());
     }
+    for fd in passed.clone() {
+        crate::sys::set_cloexec(fd).map_err(|err| format!("systemd's descriptor {fd}: {err}"))?;
+    }
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err("systemd's sockets were taken already, by an earlier from_systemd".into());
     }
     let mut listeners = Vec::new();
     for (fd, unix) in passed.zip(unix) {
-        let fd = crate::sys::adopt_passed_fd(fd)
-            .map_err(|err| format!("systemd's descriptor {fd}: {err}"))?;
+        let fd = crate::sys::adopt_passed_fd(fd);
         listeners.push(if unix {
             // Its file is systemd's: the server does not remove it.
             super::Listener::Unix(fd.into(), None)
