@@ -69,7 +69,7 @@ use listen::{AddrList, Listener};
 ///     Server::bind("127.0.0.1:8000").serve(hello)
 /// }
 /// ```
-#[must_use = "a Server does nothing until `serve` or `serve_async` is called; dropping it closes its socket"]
+#[must_use = "a Server does nothing until `serve` or `serve_async` is called; dropping it closes its sockets"]
 pub struct Server {
     /// Never empty; `listen_addrs[i]` is where `listeners[i]` listens.
     listeners: Vec<Listener>,
@@ -86,7 +86,7 @@ impl Server {
     /// # Panics
     ///
     /// If the address cannot be bound. Use [`try_bind`](Server::try_bind) to handle that.
-    pub fn bind(addr: impl ToSocketAddrs) -> Server {
+    pub fn bind(addr: impl ToSocketAddrs + fmt::Debug) -> Server {
         // The OS's reason ("Address already in use") is the error's source, which its
         // `Display` leaves out by convention: a panic message must say it.
         Server::try_bind(addr).unwrap_or_else(|err| match std::error::Error::source(&err) {
@@ -100,15 +100,21 @@ impl Server {
     /// # Errors
     ///
     /// [`Error::is_bind`] when no address could be bound.
-    pub fn try_bind(addr: impl ToSocketAddrs) -> Result<Server> {
+    pub fn try_bind(addr: impl ToSocketAddrs + fmt::Debug) -> Result<Server> {
         Server::new(bind_first(addr)?)
     }
 
     /// Listens on `addr` too, bound as [`try_bind`](Server::try_bind) binds: one server,
     /// with one pool, one connection limit and one shutdown, on several sockets, as
-    /// gunicorn with several `--bind`s (an IPv4 and an IPv6 address, a port for the
-    /// health checker beside the proxy's Unix socket). Connections are taken from each
-    /// in turn, so that a flood on one does not starve the others.
+    /// gunicorn with several `--bind`s (the proxy's Unix socket and a port for a health
+    /// checker; two interfaces of several). Connections are taken from each in turn, so
+    /// that a flood on one does not starve the others, and a listener whose accept fails
+    /// (a file limit) rests 100 ms while the others go on.
+    ///
+    /// IPv4 and IPv6 on all interfaces take one socket, not two: `[::]:8000` alone
+    /// accepts both on Linux's default (`net.ipv6.bindv6only = 0`), and `0.0.0.0:8000`
+    /// beside it fails as a port in use. Handlers are not told which socket a request
+    /// came in on.
     ///
     /// Callable from any thread; it does not need a runtime.
     ///
@@ -123,12 +129,12 @@ impl Server {
     /// use syncbridge::{Request, Server};
     ///
     /// fn main() -> syncbridge::Result<()> {
-    ///     Server::try_bind("0.0.0.0:8000")?
-    ///         .also_bind("[::]:8000")?
+    ///     Server::try_bind_unix("/run/app/app.sock")?
+    ///         .also_bind("127.0.0.1:8081")?
     ///         .serve(|_req: Request| "hello\n")
     /// }
     /// ```
-    pub fn also_bind(self, addr: impl ToSocketAddrs) -> Result<Server> {
+    pub fn also_bind(self, addr: impl ToSocketAddrs + fmt::Debug) -> Result<Server> {
         let listener = bind_first(addr)?;
         self.also(listener)
     }
@@ -144,6 +150,28 @@ impl Server {
     pub fn also_bind_unix(self, path: impl AsRef<Path>) -> Result<Server> {
         let listener = bind_unix(path.as_ref())?;
         self.also(listener)
+    }
+
+    /// Listens on a listener bound elsewhere too (one with socket options of its own, one
+    /// a crate such as `listenfd` took over); otherwise as [`also_bind`](Server::also_bind).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`] when the listener cannot be made non-blocking.
+    pub fn also_listener(self, listener: std::net::TcpListener) -> Result<Server> {
+        self.also(Listener::Tcp(listener))
+    }
+
+    /// Listens on a Unix domain socket bound elsewhere too, as
+    /// [`from_unix_listener`](Server::from_unix_listener) does (its file is the binder's);
+    /// otherwise as [`also_bind`](Server::also_bind).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_bind`] when the listener cannot be made non-blocking.
+    #[cfg(unix)]
+    pub fn also_unix_listener(self, listener: std::os::unix::net::UnixListener) -> Result<Server> {
+        self.also(Listener::Unix(listener, None))
     }
 
     /// Serves on a listener bound elsewhere (socket activation, a test's port).
@@ -339,22 +367,24 @@ impl fmt::Debug for Server {
 }
 
 /// Binds the first address of `addr` that works.
-fn bind_first(addr: impl ToSocketAddrs) -> Result<Listener> {
-    let addrs = addr
-        .to_socket_addrs()
-        .map_err(|e| Error::new(Kind::Bind).with_source(e))?;
+fn bind_first(addr: impl ToSocketAddrs + fmt::Debug) -> Result<Listener> {
+    let addrs = addr.to_socket_addrs().map_err(|e| {
+        Error::new(Kind::Bind)
+            .with_message(format!("{addr:?}"))
+            .with_source(e)
+    })?;
     let mut last = None;
-    for addr in addrs {
-        match Listener::bind_tcp(addr) {
+    for resolved in addrs {
+        match Listener::bind_tcp(resolved) {
             Ok(listener) => return Ok(listener),
-            Err(err) => last = Some((addr, err)),
+            Err(err) => last = Some((resolved, err)),
         }
     }
     Err(match last {
-        Some((addr, err)) => Error::new(Kind::Bind)
-            .with_message(addr.to_string())
+        Some((resolved, err)) => Error::new(Kind::Bind)
+            .with_message(resolved.to_string())
             .with_source(err),
-        None => Error::new(Kind::Bind).with_message("no address to bind"),
+        None => Error::new(Kind::Bind).with_message(format!("{addr:?} names no address")),
     })
 }
 
