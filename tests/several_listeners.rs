@@ -244,20 +244,37 @@ async fn a_listener_whose_accept_fails_does_not_hold_up_the_others() {
 }
 
 #[test]
-fn local_addr_of_a_server_on_unix_sockets_only_names_them_all() {
+fn local_addr_of_a_server_on_unix_sockets_only_names_them_all_and_its_own_files_go() {
     let dir = std::env::temp_dir();
     let a = dir.join(format!("sb-{}-only-a.sock", std::process::id()));
     let b = dir.join(format!("sb-{}-only-b.sock", std::process::id()));
     let _ = (std::fs::remove_file(&a), std::fs::remove_file(&b));
+    let c = dir.join(format!("sb-{}-only-c.sock", std::process::id()));
+    let _ = std::fs::remove_file(&c);
+    let bound_elsewhere = std::os::unix::net::UnixListener::bind(&c).unwrap();
     let server = Server::try_bind_unix(&a)
         .and_then(|s| s.also_bind_unix(&b))
-        .expect("bind both");
+        .and_then(|s| s.also_unix_listener(bound_elsewhere))
+        .expect("bind all three");
     let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.local_addr()))
         .expect_err("no TCP address");
     let message = panic.downcast_ref::<String>().expect("a formatted message");
-    let both = format!("unix:{}, unix:{}", a.display(), b.display());
-    assert!(message.contains(&both), "{message}");
+    let all = format!(
+        "unix:{}, unix:{}, unix:{}",
+        a.display(),
+        b.display(),
+        c.display()
+    );
+    assert!(message.contains(&all), "{message}");
     assert!(message.contains("listen_addr"), "{message}");
     drop(server);
-    assert!(!a.exists() && !b.exists(), "both files go with the server");
+    assert!(
+        !a.exists() && !b.exists(),
+        "the files it bound go with the server"
+    );
+    assert!(
+        c.exists(),
+        "a listener bound elsewhere leaves its file to its binder"
+    );
+    let _ = std::fs::remove_file(&c);
 }
