@@ -12,7 +12,7 @@ use syncbridge::{ListenAddr, Request, Server};
 use tokio::net::UnixStream;
 
 /// `/hold` blocks its handler thread until the test says; anything else answers which
-/// path it was asked.
+/// path it was asked, and on which socket.
 fn handler(
     held: std::sync::mpsc::Sender<()>,
     release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
@@ -23,7 +23,11 @@ fn handler(
             let release = release.lock().unwrap();
             release.recv_timeout(support::STEP).unwrap();
         }
-        format!("you asked for {}", req.uri().path())
+        let on = match req.extensions().get::<ListenAddr>() {
+            Some(addr) => addr.to_string(),
+            None => "no socket".to_owned(),
+        };
+        format!("you asked for {} on {on}", req.uri().path())
     }
 }
 
@@ -46,7 +50,8 @@ async fn one_server_serves_two_ports_and_a_unix_socket_with_one_pool_and_one_shu
         .and_then(|s| s.also_bind_unix(&path))
         .expect("bind all three")
         .max_threads(1)
-        .queue_capacity(0);
+        .queue_capacity(0)
+        .remote_addr(true);
     let addrs = server.listen_addrs().to_vec();
     let [ListenAddr::Tcp(first), ListenAddr::Tcp(second), ListenAddr::Unix(unix)] = &addrs[..]
     else {
@@ -62,13 +67,14 @@ async fn one_server_serves_two_ports_and_a_unix_socket_with_one_pool_and_one_shu
     let (release_tx, release_rx) = std::sync::mpsc::channel();
     let server = TestServer::start_with(server, handler(held_tx, release_rx.into()));
 
-    // Each is served.
+    // Each is served, and its requests say which socket they came in on.
     let reply = support::get(first, "/one").await;
-    assert_eq!(reply.text(), "you asked for /one");
+    assert_eq!(reply.text(), format!("you asked for /one on {first}"));
     let reply = support::get(second, "/two").await;
-    assert_eq!(reply.text(), "you asked for /two");
+    assert_eq!(reply.text(), format!("you asked for /two on {second}"));
     let reply = get_over_unix(&path, "/three").await;
-    assert_eq!(reply.text(), "you asked for /three");
+    let unix = format!("unix:{}", path.display());
+    assert_eq!(reply.text(), format!("you asked for /three on {unix}"));
     for addr in &addrs {
         assert!(
             logs::contains(&["syncbridge listening", &format!("addr={addr} ")]),
@@ -89,7 +95,10 @@ async fn one_server_serves_two_ports_and_a_unix_socket_with_one_pool_and_one_shu
     let refused = get_over_unix(&path, "/three").await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     release_tx.send(()).unwrap();
-    assert_eq!(within(hold).await.unwrap().text(), "you asked for /hold");
+    assert_eq!(
+        within(hold).await.unwrap().text(),
+        format!("you asked for /hold on {first}")
+    );
 
     // One shutdown: every socket closes, and the Unix socket's file goes.
     server.stop().await;
@@ -223,7 +232,13 @@ async fn a_listener_whose_accept_fails_does_not_hold_up_the_others() {
     socket2::SockRef::from(&other_handle)
         .shutdown(std::net::Shutdown::Read)
         .unwrap();
-    let server = TestServer::start_with(server, |_req: Request| "ok");
+    // Without `remote_addr`, requests do not carry their socket (it costs each request).
+    let server = TestServer::start_with(server, |req: Request| {
+        match req.extensions().get::<ListenAddr>() {
+            None => "ok",
+            Some(_) => "a ListenAddr without remote_addr",
+        }
+    });
     // With one rest for all listeners, every connection taken would be followed by
     // 100 ms of none: 30 would take 3 s.
     let started = std::time::Instant::now();

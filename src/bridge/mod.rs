@@ -35,7 +35,7 @@ use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::offload::DropsOffRuntime;
 use crate::pool::{Admission, BlockingPool, Job, Refusal};
-use crate::server::{ClientSource, PeerExtension};
+use crate::server::{ClientSource, ListenAddr, PeerExtension};
 use crate::tasks::TaskSet;
 use crate::throttle::Throttle;
 use crate::timer::TimersKnown;
@@ -102,6 +102,9 @@ pub struct SyncService<H> {
     /// credentials), put in each request's extensions when the server was asked to
     /// (`Server::remote_addr`).
     peer: Option<PeerExtension>,
+    /// Where that connection came in (the bundled server's listener), put in each
+    /// request's extensions with the peer.
+    local: Option<Arc<ListenAddr>>,
     /// Where its requests' `ClientIp` and `ClientScheme` come from, when the server was
     /// told its trusted proxies.
     client: Option<Arc<ClientSource>>,
@@ -179,12 +182,14 @@ impl<H: Handler> SyncService<H> {
         &self,
         activity: Arc<Activity>,
         peer: Option<PeerExtension>,
+        local: Option<Arc<ListenAddr>>,
         client: Option<ClientSource>,
     ) -> Self {
         SyncService {
             shared: self.shared.clone(),
             activity: Some(activity),
             peer,
+            local,
             client: client.map(Arc::new),
         }
     }
@@ -242,6 +247,9 @@ impl<H: Handler> SyncService<H> {
         let (mut parts, body) = request.into_parts();
         if let Some(peer) = self.peer {
             peer.insert_into(&mut parts.extensions);
+        }
+        if let Some(local) = &self.local {
+            parts.extensions.insert(ListenAddr::clone(local));
         }
         if let Some(client) = &self.client {
             client.resolve(&parts.headers, &mut parts.extensions);
@@ -455,6 +463,7 @@ impl<H> Clone for SyncService<H> {
             shared: self.shared.clone(),
             activity: self.activity.clone(),
             peer: self.peer,
+            local: self.local.clone(),
             client: self.client.clone(),
         }
     }
@@ -732,6 +741,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
             }),
             activity: None,
             peer: None,
+            local: None,
             client: None,
         }
     }

@@ -389,6 +389,11 @@ impl Server {
     /// a Unix socket ([`bind_unix`](Server::bind_unix)) has no client addresses: its
     /// requests carry the peer process's `PeerCred` instead (its user, group and process
     /// ids; Unix only), read once per connection.
+    ///
+    /// With it on, each request also carries the [`ListenAddr`](super::ListenAddr) it came
+    /// in on: which of a server's several sockets ([`also_bind`](Server::also_bind)),
+    /// gunicorn's `SERVER_PORT`, for a handler that answers a health checker's port
+    /// apart from the proxy's.
     pub fn remote_addr(mut self, enabled: bool) -> Self {
         self.config.remote_addr = enabled;
         self

@@ -24,6 +24,7 @@ use super::forwarded::{ClientSource, Proxies};
 use super::remote::Peer;
 use super::signal::{ConnSignal, Word, DRAIN, FORCE};
 use super::stream::ConnStream;
+use super::ListenAddr;
 use crate::body::MIN_PROGRESS;
 use crate::bridge::{Activity, CutOff, PartialHead, SyncService};
 use crate::handler::Handler;
@@ -56,6 +57,7 @@ pub(super) struct ConnConfig {
 pub(super) async fn serve<H: Handler>(
     stream: ConnStream,
     peer: Peer,
+    local: Arc<ListenAddr>,
     config: Arc<ConnConfig>,
     service: SyncService<H>,
     _permit: OwnedSemaphorePermit,
@@ -63,6 +65,7 @@ pub(super) async fn serve<H: Handler>(
     let activity = Arc::new(Activity::new());
     let socket = stream.conn_socket();
     let peer_extension = config.remote_addr.then(|| peer.extension()).flatten();
+    let local = config.remote_addr.then_some(local);
     // Set when the header read timeout ends a request head on its way: it is answered.
     let mut late_head = false;
     // In a block of its own, so that hyper's connection (and its handle on the socket)
@@ -76,6 +79,7 @@ pub(super) async fn serve<H: Handler>(
             service.for_connection(
                 activity.clone(),
                 peer_extension,
+                local,
                 config
                     .trusted_proxies
                     .as_ref()

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 #[cfg(unix)]
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// The listen backlog: room for bursts of new connections (gunicorn uses 2048).
@@ -22,6 +23,22 @@ const LISTEN_BACKLOG: i32 = 2048;
 /// Where a [`Server`](super::Server) listens.
 ///
 /// Its `Display` is the address, or `unix:` and the path, as in the server's log lines.
+/// With [`Server::remote_addr`](super::Server::remote_addr) on, each request carries the
+/// one it came in on in its extensions.
+///
+/// # Examples
+///
+/// ```
+/// use syncbridge::{ListenAddr, Request};
+///
+/// fn handler(req: Request) -> &'static str {
+///     match req.extensions().get::<ListenAddr>() {
+///         Some(ListenAddr::Tcp(addr)) if addr.port() == 8081 => "healthy\n",
+///         _ => "hello\n",
+///     }
+/// }
+/// # let _ = handler;
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ListenAddr {
@@ -170,7 +187,8 @@ pub(super) struct Listeners {
 
 struct Listening {
     registered: Registered,
-    addr: ListenAddr,
+    /// Shared with each connection it accepts, whose requests may carry it.
+    addr: Arc<ListenAddr>,
     /// Set after an accept error that is not one connection's (a file limit, a socket
     /// shut down under the server): this listener is not tried again until it fires,
     /// rather than spin on the error; the others go on.
@@ -202,7 +220,7 @@ impl Listeners {
             .map(|(listener, addr)| {
                 Ok(Listening {
                     registered: listener.register()?,
-                    addr: addr.clone(),
+                    addr: Arc::new(addr.clone()),
                     resting: None,
                 })
             })
@@ -210,8 +228,9 @@ impl Listeners {
         Ok(Listeners { listening, next: 0 })
     }
 
-    /// The next connection from any listener, or an accept error of one of them.
-    pub(super) async fn accept(&mut self) -> Result<Accepted, AcceptFailed> {
+    /// The next connection from any listener, and where it listens; or an accept error
+    /// of one of them.
+    pub(super) async fn accept(&mut self) -> Result<(Accepted, Arc<ListenAddr>), AcceptFailed> {
         std::future::poll_fn(|cx| {
             let count = self.listening.len();
             for i in (0..count).map(|i| (self.next + i) % count) {
@@ -226,13 +245,14 @@ impl Listeners {
                     continue;
                 };
                 self.next = (i + 1) % count;
-                return Poll::Ready(accepted.map_err(|error| {
+                let addr = &listening.addr;
+                return Poll::Ready(accepted.map(|a| (a, addr.clone())).map_err(|error| {
                     let per_connection = is_per_connection(&error);
                     if !per_connection {
                         listening.resting = Some(Box::pin(tokio::time::sleep(ACCEPT_REST)));
                     }
                     AcceptFailed {
-                        addr: listening.addr.clone(),
+                        addr: ListenAddr::clone(addr),
                         error,
                         per_connection,
                     }

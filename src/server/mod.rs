@@ -113,8 +113,9 @@ impl Server {
     ///
     /// IPv4 and IPv6 on all interfaces take one socket, not two: `[::]:8000` alone
     /// accepts both on Linux's default (`net.ipv6.bindv6only = 0`), and `0.0.0.0:8000`
-    /// beside it fails as a port in use. Handlers are not told which socket a request
-    /// came in on.
+    /// beside it fails as a port in use. A handler learns which socket a request came in
+    /// on from its [`ListenAddr`] extension, with [`remote_addr`](Server::remote_addr)
+    /// on.
     ///
     /// Callable from any thread; it does not need a runtime.
     ///

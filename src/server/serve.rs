@@ -188,7 +188,7 @@ impl Server {
                 accepted = listeners.accept() => accepted,
             };
             match accepted {
-                Ok(accepted) => {
+                Ok((accepted, local)) => {
                     let peer = accepted.peer();
                     // Accepted first, then given a slot: the server then knows that someone
                     // waits for one, and asks an idle keep-alive connection to make room.
@@ -220,11 +220,11 @@ impl Server {
                         Accepted::Tcp(stream, _) => {
                             let _ = stream.set_nodelay(true);
                             crate::sys::set_notsent_lowat(&stream, NOTSENT_LOWAT);
-                            spawner.spawn(ConnStream::Tcp(stream), peer, permit);
+                            spawner.spawn(ConnStream::Tcp(stream), peer, local, permit);
                         }
                         #[cfg(unix)]
                         Accepted::Unix(stream) => {
-                            spawner.spawn(ConnStream::Unix(stream), peer, permit)
+                            spawner.spawn(ConnStream::Unix(stream), peer, local, permit)
                         }
                     }
                 }
@@ -341,13 +341,20 @@ struct ConnSpawner<H: Handler> {
 }
 
 impl<H: Handler> ConnSpawner<H> {
-    fn spawn(&self, stream: ConnStream, peer: Peer, permit: OwnedSemaphorePermit) {
+    fn spawn(
+        &self,
+        stream: ConnStream,
+        peer: Peer,
+        local: Arc<ListenAddr>,
+        permit: OwnedSemaphorePermit,
+    ) {
         // Every line logged on the connection's behalf, the handler's own included (its
         // request's span is this one), names its client.
         let span = tracing::info_span!("conn", %peer);
         let conn = conn::serve(
             stream,
             peer,
+            local,
             self.config.clone(),
             self.service.clone(),
             permit,
