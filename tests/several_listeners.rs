@@ -8,7 +8,7 @@ mod support;
 use bytes::Bytes;
 use http_body_util::Empty;
 use support::{collect, logs, within, TestServer};
-use syncbridge::{ListenAddr, Request, Server};
+use syncbridge::{ListenAddr, RemoteAddr, Request, Server};
 use tokio::net::UnixStream;
 
 /// `/hold` blocks its handler thread until the test says; anything else answers which
@@ -292,4 +292,24 @@ fn local_addr_of_a_server_on_unix_sockets_only_names_them_all_and_its_own_files_
         "a listener bound elsewhere leaves its file to its binder"
     );
     let _ = std::fs::remove_file(&c);
+}
+
+/// On one socket, `remote_addr` adds the client's address but not the socket's: it is no
+/// news there, and would cost every request.
+#[tokio::test]
+async fn a_server_on_one_socket_adds_no_listen_addr() {
+    let server = Server::bind("127.0.0.1:0").remote_addr(true);
+    let server = TestServer::start_with(server, |req: Request| {
+        let extensions = req.extensions();
+        match (
+            extensions.get::<ListenAddr>(),
+            extensions.get::<RemoteAddr>(),
+        ) {
+            (None, Some(_)) => "remote only",
+            (Some(_), _) => "a ListenAddr",
+            (None, None) => "no RemoteAddr",
+        }
+    });
+    assert_eq!(support::get(server.addr, "/").await.text(), "remote only");
+    server.stop().await;
 }

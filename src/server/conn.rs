@@ -45,6 +45,10 @@ pub(super) struct ConnConfig {
     pub(super) write_stall_timeout: Duration,
     /// Whether requests carry the peer's address (`Server::remote_addr`).
     pub(super) remote_addr: bool,
+    /// Whether they also carry the `ListenAddr` they came in on: with `remote_addr`, on
+    /// a server with several (with one, its address is no news, and a second extension
+    /// would cost each request about 500 instructions).
+    pub(super) listen_addr: bool,
     /// Which peers are trusted proxies (`Server::trusted_proxies`), when any may be.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
     pub(super) signal: ConnSignal,
@@ -65,7 +69,7 @@ pub(super) async fn serve<H: Handler>(
     let activity = Arc::new(Activity::new());
     let socket = stream.conn_socket();
     let peer_extension = config.remote_addr.then(|| peer.extension()).flatten();
-    let local = config.remote_addr.then_some(local);
+    let local = config.listen_addr.then_some(local);
     // Set when the header read timeout ends a request head on its way: it is answered.
     let mut late_head = false;
     // In a block of its own, so that hyper's connection (and its handle on the socket)

@@ -23,8 +23,8 @@ const LISTEN_BACKLOG: i32 = 2048;
 /// Where a [`Server`](super::Server) listens.
 ///
 /// Its `Display` is the address, or `unix:` and the path, as in the server's log lines.
-/// With [`Server::remote_addr`](super::Server::remote_addr) on, each request carries the
-/// one it came in on in its extensions.
+/// With [`Server::remote_addr`](super::Server::remote_addr) on, each request to a server
+/// with several sockets carries the one it came in on in its extensions.
 ///
 /// # Examples
 ///

@@ -115,7 +115,7 @@ impl Server {
     /// accepts both on Linux's default (`net.ipv6.bindv6only = 0`), and `0.0.0.0:8000`
     /// beside it fails as a port in use. A handler learns which socket a request came in
     /// on from its [`ListenAddr`] extension, with [`remote_addr`](Server::remote_addr)
-    /// on.
+    /// on (a server with one socket does not add it).
     ///
     /// Callable from any thread; it does not need a runtime.
     ///

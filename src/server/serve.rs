@@ -145,6 +145,7 @@ impl Server {
             header_read_timeout: config.header_read_timeout,
             write_stall_timeout: config.body_timeout,
             remote_addr: config.remote_addr,
+            listen_addr: config.remote_addr && listen_addrs.len() > 1,
             trusted_proxies: config.trusted_proxies.clone(),
             signal: ConnSignal::default(),
         });
