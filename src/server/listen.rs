@@ -17,6 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::throttle::Throttle;
+
 /// The listen backlog: room for bursts of new connections (gunicorn uses 2048).
 const LISTEN_BACKLOG: i32 = 2048;
 
@@ -193,6 +195,9 @@ struct Listening {
     /// shut down under the server): this listener is not tried again until it fires,
     /// rather than spin on the error; the others go on.
     resting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Its accept errors are said once a second, each listener's apart: with one for
+    /// all, the first of several failing listeners would take every line.
+    said: Throttle,
 }
 
 /// How long a listener rests after an accept error that is not one connection's.
@@ -205,6 +210,9 @@ pub(super) struct AcceptFailed {
     /// The error concerns one connection only (reset before it was taken): the listener
     /// is fine, and goes on at once. Otherwise it rests for [`ACCEPT_REST`].
     pub(super) per_connection: bool,
+    /// Whether to say so now, and how many of this listener's errors were not said since
+    /// the last line: `None` while its once-a-second throttle holds them back.
+    pub(super) say: Option<u64>,
 }
 
 impl Listeners {
@@ -222,6 +230,7 @@ impl Listeners {
                     registered: listener.register()?,
                     addr: Arc::new(addr.clone()),
                     resting: None,
+                    said: Throttle::new(),
                 })
             })
             .collect::<io::Result<_>>()?;
@@ -255,6 +264,11 @@ impl Listeners {
                         addr: ListenAddr::clone(addr),
                         error,
                         per_connection,
+                        say: if per_connection {
+                            None
+                        } else {
+                            listening.said.admit()
+                        },
                     }
                 }));
             }
@@ -264,13 +278,37 @@ impl Listeners {
     }
 }
 
-/// Accept errors that concern one connection only; the listener is fine.
+/// Accept errors that concern one connection only; the listener is fine. Among them the
+/// network errors Linux's accept(2) passes on from a connection that failed in its
+/// backlog, which it asks to retry as `EAGAIN`.
 fn is_per_connection(err: &io::Error) -> bool {
     use io::ErrorKind::*;
-    matches!(
+    if matches!(
         err.kind(),
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
-    )
+        ConnectionAborted
+            | ConnectionReset
+            | ConnectionRefused
+            | Interrupted
+            | WouldBlock
+            | NetworkDown
+            | NetworkUnreachable
+            | HostUnreachable
+    ) {
+        return true;
+    }
+    #[cfg(unix)]
+    if let Some(code) = err.raw_os_error() {
+        return [
+            libc::EPROTO,
+            libc::ENOPROTOOPT,
+            libc::EHOSTDOWN,
+            libc::EOPNOTSUPP,
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            libc::ENONET,
+        ]
+        .contains(&code);
+    }
+    false
 }
 
 /// Several listen addresses as one log field or label: `127.0.0.1:8000, unix:/run/app.sock`.

@@ -238,8 +238,7 @@ impl Server {
                     // error (the others go on), and it is said once a second, not at
                     // every retry, for as long as it lasts.
                     crate::metrics::accept_failed();
-                    static ACCEPT_FAILED: Throttle = Throttle::new();
-                    if let Some(left_out) = ACCEPT_FAILED.admit() {
+                    if let Some(left_out) = failed.say {
                         let (addr, error) = (failed.addr, failed.error);
                         let rest_ms = ACCEPT_REST.as_millis() as u64;
                         tracing::error!(%addr, %error, left_out, rest_ms, "accept failed; retrying");
