@@ -130,7 +130,8 @@ impl Server {
     /// use syncbridge::{Request, Server};
     ///
     /// fn main() -> syncbridge::Result<()> {
-    ///     Server::try_bind_unix("/run/app/app.sock")?
+    ///     // The proxy's port on every interface, the health checker's on loopback.
+    ///     Server::try_bind("0.0.0.0:8000")?
     ///         .also_bind("127.0.0.1:8081")?
     ///         .serve(|_req: Request| "hello\n")
     /// }

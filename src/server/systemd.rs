@@ -163,6 +163,11 @@ pub(super) fn passed_listeners() -> Result<Vec<super::Listener>, String> {
         Ok(n) if n > 0 && n <= std::os::fd::RawFd::MAX - LISTEN_FDS_START => n,
         _ => return Err(format!("LISTEN_FDS is {fds:?}: no socket to serve")),
     };
+    // Before anything is looked at: once taken, the descriptors are the server's, or
+    // after it closed them, whatever took their numbers since.
+    if TAKEN.load(Ordering::SeqCst) {
+        return Err("systemd's sockets were taken already, by an earlier from_systemd".into());
+    }
     let passed = LISTEN_FDS_START..LISTEN_FDS_START + count;
     // All looked at before any is taken: a descriptor that is not a listening socket is
     // someone else's (a file, the runtime's epoll), and must stay open, and so must the
