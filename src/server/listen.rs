@@ -62,6 +62,17 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+impl ListenAddr {
+    /// The TCP address, if it is one.
+    pub(super) fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(addr) => Some(*addr),
+            #[cfg(unix)]
+            ListenAddr::Unix(_) => None,
+        }
+    }
+}
+
 /// A bound listener, before it is registered with a runtime.
 pub(super) enum Listener {
     Tcp(std::net::TcpListener),

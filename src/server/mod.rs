@@ -326,11 +326,7 @@ impl Server {
     /// If the server listens on Unix sockets only, which have no such address: use
     /// [`listen_addr`](Server::listen_addr), which covers both.
     pub fn local_addr(&self) -> SocketAddr {
-        let tcp = self.listen_addrs.iter().find_map(|addr| match addr {
-            ListenAddr::Tcp(addr) => Some(*addr),
-            #[cfg(unix)]
-            ListenAddr::Unix(_) => None,
-        });
+        let tcp = self.listen_addrs.iter().find_map(ListenAddr::tcp);
         match tcp {
             Some(addr) => addr,
             None => panic!(
