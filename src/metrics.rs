@@ -88,6 +88,13 @@ pub(crate) enum ConnClosed {
     Malformed,
     /// Cut off, requests in flight, by the shutdown's deadline or a second signal.
     Shutdown,
+    /// Idle past the keep-alive timeout.
+    KeepAlive,
+    /// Nothing at all within the header read timeout: a connection never used (a
+    /// browser's unused preconnect), or an idle HTTP/1 one with no keep-alive timeout.
+    Idle,
+    /// Idle, closed to make room for a new connection at `max_connections`.
+    MadeRoom,
 }
 
 impl ConnClosed {
@@ -99,6 +106,9 @@ impl ConnClosed {
             ConnClosed::HeadTooLarge => "head_too_large",
             ConnClosed::Malformed => "malformed",
             ConnClosed::Shutdown => "shutdown",
+            ConnClosed::KeepAlive => "keep_alive",
+            ConnClosed::Idle => "idle",
+            ConnClosed::MadeRoom => "made_room",
         }
     }
 }

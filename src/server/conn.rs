@@ -189,6 +189,7 @@ pub(super) async fn serve<H: Handler>(
                 && is_idle(&activity)
                 && config.signal.grant_room()
             {
+                crate::metrics::connection_closed(ConnClosed::MadeRoom);
                 tracing::debug!(%peer, "idle connection closed to make room at the connection limit");
                 conn.as_mut().graceful_shutdown();
                 state.draining = true;
@@ -202,6 +203,7 @@ pub(super) async fn serve<H: Handler>(
                 match state.check_idle(&activity, socket, watchdog.as_mut(), cx) {
                     Idle::Busy => {}
                     Idle::Drain => {
+                        crate::metrics::connection_closed(ConnClosed::KeepAlive);
                         tracing::debug!(%peer, "keep-alive idle timeout; closing");
                         conn.as_mut().graceful_shutdown();
                         continue;
@@ -247,6 +249,7 @@ pub(super) async fn serve<H: Handler>(
                                  closed without a 408"
                             );
                         } else {
+                            crate::metrics::connection_closed(ConnClosed::Idle);
                             tracing::debug!(
                                 %peer,
                                 "no request head within the header read timeout; closing"
