@@ -238,9 +238,9 @@ pub(crate) fn task_finished(status: &'static str) {
 /// Samples a bundled server's load once a second until the handle is dropped:
 /// `syncbridge_connections` (open connections) and the pool's `syncbridge_pool_threads`,
 /// `syncbridge_pool_busy_threads` and `syncbridge_pool_queued`, each labelled with the
-/// server's `listener` (its address, or its addresses joined by `, `), so that two servers in one process do not
-/// overwrite each other's. Sampled rather than counted at each change, which would cost
-/// every request. `None` without the feature.
+/// server's `listener` (its address, or its addresses joined by `, `), so that two
+/// servers in one process do not overwrite each other's. Sampled rather than counted at
+/// each change, which would cost every request. `None` without the feature.
 pub(crate) fn sample_server(
     listener: &dyn std::fmt::Display,
     pool: &BlockingPool,

@@ -516,16 +516,18 @@ pub(crate) fn set_cloexec(fd: std::os::fd::RawFd) -> std::io::Result<()> {
 }
 
 /// Takes `fd`, a listening socket systemd passed this process, checked with
-/// [`inspect_passed_fd`] and marked with [`set_cloexec`] (which found it open).
+/// [`inspect_passed_fd`] and marked with [`set_cloexec`] (which found it open). Cannot
+/// fail: every check is the caller's, made before it takes any.
 ///
-/// The caller takes each number at most once in the process: the returned handle closes
-/// it when dropped, and a second one would close it twice.
+/// # Safety
+///
+/// `fd` is open and nothing else in the process owns it, now or later: the caller takes
+/// each number at most once (the returned handle closes it when dropped, and a second
+/// would close it twice).
 #[cfg(unix)]
 #[allow(unsafe_code)]
-pub(crate) fn adopt_passed_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+pub(crate) unsafe fn adopt_passed_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    // SAFETY: `fd` is open (`set_cloexec` found it so), a listening socket (the caller
-    // inspected it), and nothing else in the process owns it: systemd passed it to this
-    // process alone (the caller checked `LISTEN_PID`), and the caller takes it once.
+    // SAFETY: the caller's (above).
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }

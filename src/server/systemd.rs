@@ -22,10 +22,10 @@ use std::os::unix::net::UnixDatagram;
 #[cfg(unix)]
 const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
-/// Tells systemd the server accepts connections on `addr` (one address or several). Called on the runtime: a
-/// notification socket whose queue is full for a moment (systemd busy at boot) is tried
-/// again from a task of its own, every 20 ms for up to 5 s, rather than lose `READY=1`
-/// and have the unit fail its start.
+/// Tells systemd the server accepts connections on `addr` (one address or several).
+/// Called on the runtime: a notification socket whose queue is full for a moment (systemd
+/// busy at boot) is tried again from a task of its own, every 20 ms for up to 5 s, rather
+/// than lose `READY=1` and have the unit fail its start.
 pub(super) fn ready(addr: &dyn std::fmt::Display) {
     let state = format!("READY=1\nSTATUS=syncbridge listening on {addr}");
     #[cfg(unix)]
@@ -195,7 +195,11 @@ pub(super) fn passed_listeners() -> Result<Vec<super::Listener>, String> {
     }
     let mut listeners = Vec::new();
     for (fd, unix) in passed.zip(unix) {
-        let fd = crate::sys::adopt_passed_fd(fd);
+        // SAFETY: open (`set_cloexec` found it so), a listening socket (inspected above),
+        // and no one else's: systemd passed it to this process alone (`LISTEN_PID`), and
+        // `TAKEN` makes this the only take.
+        #[allow(unsafe_code)]
+        let fd = unsafe { crate::sys::adopt_passed_fd(fd) };
         listeners.push(if unix {
             // Its file is systemd's: the server does not remove it.
             super::Listener::Unix(fd.into(), None)
