@@ -1,15 +1,13 @@
-//! One server on several sockets (`also_bind`, `also_bind_unix`), as gunicorn with
-//! several `--bind`s: each is served, they share one pool and one shutdown, the log
-//! names each, and a bind that fails says which address.
+//! One server on several sockets (`also_bind`, `also_bind_unix`, `also_listener`,
+//! `also_unix_listener`), as gunicorn with several `--bind`s: each is served, they share
+//! one pool and one shutdown, each is taken in turn, one whose accept fails holds up no
+//! other, the log names each, and a bind that fails says which address.
 #![cfg(unix)]
 
 mod support;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use support::{collect, logs, within, TestServer};
+use support::{logs, within, TestServer};
 use syncbridge::{ListenAddr, RemoteAddr, Request, Server};
-use tokio::net::UnixStream;
 
 /// `/hold` blocks its handler thread until the test says; anything else answers which
 /// path it was asked, and on which socket.
@@ -29,16 +27,6 @@ fn handler(
         };
         format!("you asked for {} on {on}", req.uri().path())
     }
-}
-
-async fn get_over_unix(path: &std::path::Path, request_path: &str) -> support::Reply {
-    let stream = within(UnixStream::connect(path)).await.expect("connect");
-    let mut send = support::h1_on::<_, Empty<Bytes>>(stream).await;
-    let req = http::Request::get(request_path)
-        .header("host", "localhost")
-        .body(Empty::new())
-        .unwrap();
-    collect(within(send.send_request(req)).await.expect("response")).await
 }
 
 #[tokio::test]
@@ -72,7 +60,7 @@ async fn one_server_serves_two_ports_and_a_unix_socket_with_one_pool_and_one_shu
     assert_eq!(reply.text(), format!("you asked for /one on {first}"));
     let reply = support::get(second, "/two").await;
     assert_eq!(reply.text(), format!("you asked for /two on {second}"));
-    let reply = get_over_unix(&path, "/three").await;
+    let reply = support::get_unix(&path, "/three").await;
     let unix = format!("unix:{}", path.display());
     assert_eq!(reply.text(), format!("you asked for /three on {unix}"));
     for addr in &addrs {
@@ -92,7 +80,7 @@ async fn one_server_serves_two_ports_and_a_unix_socket_with_one_pool_and_one_shu
     .expect("the held request runs");
     let refused = support::get(second, "/two").await;
     assert_eq!(refused.status, 503, "{}", refused.text());
-    let refused = get_over_unix(&path, "/three").await;
+    let refused = support::get_unix(&path, "/three").await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     release_tx.send(()).unwrap();
     assert_eq!(

@@ -123,12 +123,6 @@ async fn h1_over(path: &Path) -> http1::SendRequest<Empty<Bytes>> {
     support::h1_on(within(UnixStream::connect(path)).await.expect("connect")).await
 }
 
-/// `GET request_path` on a fresh HTTP/1.1 connection to the socket at `path`.
-async fn get_over(path: &Path, request_path: &str) -> support::Reply {
-    let mut send = h1_over(path).await;
-    collect(within(send.send_request(get(request_path))).await.unwrap()).await
-}
-
 #[tokio::test]
 async fn serves_http1_and_http2_over_a_unix_socket_and_removes_its_file_at_stop() {
     let path = socket_path("serves");
@@ -235,7 +229,7 @@ async fn a_stale_socket_file_is_replaced_but_a_live_one_and_other_files_are_refu
         "{err}"
     );
     assert!(cause.to_lowercase().contains("in use"), "{cause}");
-    let reply = get_over(&path, "/still").await;
+    let reply = support::get_unix(&path, "/still").await;
     assert_eq!(reply.status, 200);
     server.stop().await;
 
@@ -265,7 +259,10 @@ async fn only_its_own_socket_file_is_removed() {
     let path = socket_path("handed");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let server = UnixServer::start(Server::from_unix_listener(listener).unwrap(), who);
-    assert_eq!(get_over(&path, "/handed").await.text(), "no address");
+    assert_eq!(
+        support::get_unix(&path, "/handed").await.text(),
+        "no address"
+    );
     server.stop().await;
     assert!(
         path.exists(),
@@ -374,7 +371,7 @@ async fn a_socket_bound_by_a_relative_path_is_removed_after_the_working_director
     let server = Server::try_bind_unix(&name);
     std::env::set_current_dir(&before).unwrap();
     let server = UnixServer::start(server.expect("bound"), who);
-    let reply = get_over(&dir.join(&name), "/rel").await;
+    let reply = support::get_unix(&dir.join(&name), "/rel").await;
     assert_eq!(reply.status, 200);
     server.stop().await;
     assert!(

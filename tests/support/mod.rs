@@ -309,6 +309,19 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     request(addr, "GET", path, Bytes::new()).await
 }
 
+/// `GET path` on a fresh HTTP/1.1 connection to the Unix socket at `socket`.
+#[cfg(unix)]
+pub async fn get_unix(socket: &std::path::Path, path: &str) -> Reply {
+    let stream = within(tokio::net::UnixStream::connect(socket))
+        .await
+        .expect("connect");
+    let mut send = h1_on::<_, Empty<Bytes>>(stream).await;
+    let req = http::Request::get(format!("http://localhost{path}"))
+        .body(Empty::new())
+        .unwrap();
+    collect(within(send.send_request(req)).await.expect("response")).await
+}
+
 /// A raw HTTP/1.1 response read off a socket (only `Content-Length` framing).
 #[derive(Debug)]
 pub struct RawReply {
