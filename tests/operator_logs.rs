@@ -3,9 +3,7 @@
 //! a request hyper's parser refuses, which never reaches the service, is logged too.
 mod support;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use support::{h2, logs, read_raw_response, within, TestServer};
+use support::{logs, read_raw_response, within, TestServer};
 use syncbridge::Request;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -22,14 +20,11 @@ async fn the_access_line_and_the_handlers_own_lines_name_the_client() {
     let reply = support::get(server.addr, "/traced/h1").await;
     assert_eq!(reply.status, 200);
 
-    let mut send = h2::<Empty<Bytes>>(server.addr).await;
-    let request = http::Request::get(format!("http://{}/traced/h2", server.addr))
-        .body(Empty::new())
+    let response = support::get_over(server.addr, true, "/traced/h2")
+        .await
         .unwrap();
-    let response = within(send.send_request(request)).await.unwrap();
     assert_eq!(response.status(), 200);
     support::collect(response).await;
-    drop(send);
     server.stop().await;
 
     for path in ["/traced/h1", "/traced/h2"] {

@@ -445,11 +445,9 @@ async fn a_client_that_left_before_the_stream_timeout_is_a_disconnect_not_a_time
         },
     );
     // HTTP/2: dropping the response resets its stream at once.
-    let mut send = h2::<Empty<Bytes>>(server.addr).await;
-    let request = http::Request::get(format!("http://{}/left-early", server.addr))
-        .body(Empty::new())
+    let response = support::get_over(server.addr, true, "/left-early")
+        .await
         .unwrap();
-    let response = within(send.send_request(request)).await.unwrap();
     assert_eq!(response.status(), 200);
     drop(response);
     assert!(logs::eventually_contains(&["client went away", "path=/left-early"]).await);
