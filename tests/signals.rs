@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 const CHILD: &str = "SYNCBRIDGE_SIGNALS_CHILD";
 /// Set: the child serves the socket systemd would pass it (`Server::from_systemd`).
 const ACTIVATED_CHILD: &str = "SYNCBRIDGE_SIGNALS_ACTIVATED_CHILD";
+/// Set: the child's handlers block its one runtime thread ([`stalling_child`]).
+const STALLING_CHILD: &str = "SYNCBRIDGE_SIGNALS_STALLING_CHILD";
 /// The child's connection drain deadline, in milliseconds (default 200).
 const CHILD_SHUTDOWN_MS: &str = "SYNCBRIDGE_SIGNALS_SHUTDOWN_MS";
 /// Set: the child's handler starts the shutdown itself, through the server's handle.
@@ -28,6 +30,9 @@ fn main() {
     if std::env::var_os(ACTIVATED_CHILD).is_some() {
         #[cfg(unix)]
         activated_child();
+    } else if std::env::var_os(STALLING_CHILD).is_some() {
+        #[cfg(unix)]
+        stalling_child();
     } else if std::env::var_os(CHILD).is_some() {
         child();
     } else {
@@ -39,6 +44,7 @@ fn main() {
             systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(false);
             #[cfg(target_os = "linux")]
             systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(true);
+            systemd_s_watchdog_is_pinged_until_the_runtime_stalls_and_the_stall_is_said();
             a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed();
         }
     }
@@ -94,29 +100,22 @@ fn with_child_serving(
     if handle_shutdown {
         command.env(CHILD_HANDLE_SHUTDOWN, "1");
     }
-    let mut child = command
+    let child = command
         .env(CHILD, "1")
         .env(CHILD_SHUTDOWN_MS, shutdown_ms.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the server process");
-    let stdout = lines(child.stdout.take().expect("stdout"));
-    let stderr = lines(child.stderr.take().expect("stderr"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let addr = wait_for(&stdout, "addr=");
+    checking(child, |child, stdout, stderr| {
+        let addr = wait_for(stdout, "addr=");
         let addr = addr.trim_start_matches("addr=");
         let mut conn = std::net::TcpStream::connect(addr).expect("connect");
         conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .expect("request");
-        wait_for(&stdout, "handler started");
-        check(&child, &stdout, &stderr);
-    }));
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+        wait_for(stdout, "handler started");
+        check(child, stdout, stderr);
+    });
     println!("{name} ... ok");
 }
 
@@ -182,67 +181,215 @@ fn a_sigterm_after_a_shutdown_through_the_handle_is_the_first_not_the_second() {
     });
 }
 
-/// systemd's side of `Type=notify`: a datagram socket named in the server's
-/// `$NOTIFY_SOCKET`, by path or (`abstract_name`, Linux) by an abstract name.
+/// systemd's side of `Type=notify`: a datagram socket, bound by path or (Linux) by an
+/// abstract name; a file it bound is removed when it is dropped.
+#[cfg(unix)]
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    /// What `$NOTIFY_SOCKET` says.
+    name: String,
+    file: Option<std::path::PathBuf>,
+}
+
+#[cfg(unix)]
+impl NotifySocket {
+    fn bind(test: &str, abstract_name: bool) -> NotifySocket {
+        use std::os::unix::net::UnixDatagram;
+        let name = format!("syncbridge-notify-{}-{test}", std::process::id());
+        let (socket, name, file) = if abstract_name {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+                (
+                    UnixDatagram::bind_addr(&addr).unwrap(),
+                    format!("@{name}"),
+                    None,
+                )
+            }
+            #[cfg(not(target_os = "linux"))]
+            unreachable!("abstract names are Linux's")
+        } else {
+            let path = std::env::temp_dir().join(&name);
+            let _ = std::fs::remove_file(&path);
+            let socket = UnixDatagram::bind(&path).unwrap();
+            (socket, path.display().to_string(), Some(path))
+        };
+        socket.set_read_timeout(Some(STEP)).unwrap();
+        NotifySocket { socket, name, file }
+    }
+
+    /// The next message, within [`STEP`].
+    fn received(&self) -> String {
+        let mut buf = [0u8; 512];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .expect("a message within the step");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Drops every message sent so far.
+    fn skip_sent(&self) {
+        self.socket.set_nonblocking(true).unwrap();
+        while self.socket.recv(&mut [0u8; 512]).is_ok() {}
+        self.socket.set_nonblocking(false).unwrap();
+    }
+}
+
+#[cfg(unix)]
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        if let Some(file) = &self.file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// The server as a unit of `Type=notify` runs it: `$NOTIFY_SOCKET` names `notify`, and
+/// `$WATCHDOG_USEC` and `$WATCHDOG_PID` are `usec` and `pid` (unset if `None`).
+#[cfg(unix)]
+fn notified_child(
+    mode: &str,
+    notify: &NotifySocket,
+    usec: Option<&str>,
+    pid: Option<&str>,
+) -> Child {
+    let mut command = Command::new(std::env::current_exe().expect("own path"));
+    command
+        .env(mode, "1")
+        .env("NOTIFY_SOCKET", &notify.name)
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+    if let Some(usec) = usec {
+        command.env("WATCHDOG_USEC", usec);
+    }
+    if let Some(pid) = pid {
+        command.env("WATCHDOG_PID", pid);
+    }
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server process")
+}
+
+/// Runs `check` on `child` with its output's lines, then kills it, whatever `check` did.
+#[cfg(unix)]
+fn checking(
+    mut child: Child,
+    check: impl FnOnce(&Child, &mpsc::Receiver<String>, &mpsc::Receiver<String>),
+) {
+    let stdout = lines(child.stdout.take().expect("stdout"));
+    let stderr = lines(child.stderr.take().expect("stderr"));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check(&child, &stdout, &stderr)
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// By path or (`abstract_name`, Linux) by an abstract name. Its watchdog variables are
+/// for another process (the one systemd started, which started this one): no pings.
 #[cfg(unix)]
 fn systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(abstract_name: bool) {
-    use std::os::unix::net::UnixDatagram;
-    let name = format!("syncbridge-notify-{}-{abstract_name}", std::process::id());
-    let (socket, notify_socket) = if abstract_name {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
-            (UnixDatagram::bind_addr(&addr).unwrap(), format!("@{name}"))
-        }
-        #[cfg(not(target_os = "linux"))]
-        unreachable!("abstract names are Linux's")
-    } else {
-        let path = std::env::temp_dir().join(&name);
-        let _ = std::fs::remove_file(&path);
-        let socket = UnixDatagram::bind(&path).unwrap();
-        (socket, path.display().to_string())
-    };
-    socket.set_read_timeout(Some(STEP)).unwrap();
-    let received = || {
-        let mut buf = [0u8; 512];
-        let n = socket.recv(&mut buf).expect("a message within the step");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    let mut child = Command::new(std::env::current_exe().expect("own path"))
-        .env(CHILD, "1")
-        .env("NOTIFY_SOCKET", &notify_socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the server process");
-    let stdout = lines(child.stdout.take().expect("stdout"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let addr = wait_for(&stdout, "addr=");
+    let notify = NotifySocket::bind(&format!("ready-{abstract_name}"), abstract_name);
+    let other_process = (std::process::id() + 1).to_string();
+    let child = notified_child(CHILD, &notify, Some("100000"), Some(&other_process));
+    checking(child, |child, stdout, _| {
+        let addr = wait_for(stdout, "addr=");
         let addr = addr.trim_start_matches("addr=").to_owned();
-        let ready = received();
         assert_eq!(
-            ready,
+            notify.received(),
             format!("READY=1\nSTATUS=syncbridge listening on {addr}")
         );
         // Ready means accepting: a client connects and is served at once.
         let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
         conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .expect("request");
-        wait_for(&stdout, "handler started");
-        sigterm(&child);
-        // The status only: `STOPPING=1` would stop the whole unit.
-        assert_eq!(received(), "STATUS=syncbridge shutting down");
-    }));
-    let _ = child.kill();
-    let _ = child.wait();
-    if !abstract_name {
-        let _ = std::fs::remove_file(std::env::temp_dir().join(&name));
-    }
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+        wait_for(stdout, "handler started");
+        sigterm(child);
+        // The status only: `STOPPING=1` would stop the whole unit. And no `WATCHDOG=1`
+        // before it, although a ping for this process would go at once after `READY=1`.
+        assert_eq!(notify.received(), "STATUS=syncbridge shutting down");
+    });
     println!("systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown (abstract name: {abstract_name}) ... ok");
+}
+
+/// A server whose one runtime thread a background task blocks for `STALL` on each request,
+/// as a sync call made from async code does.
+#[cfg(unix)]
+fn stalling_child() {
+    tracing_subscriber::fmt()
+        .with_env_filter("syncbridge=info")
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let server = syncbridge::Server::bind("127.0.0.1:0").worker_threads(1);
+    println!("addr={}", server.local_addr());
+    server
+        .serve(|_req: syncbridge::Request| {
+            let tasks = syncbridge::TaskSet::current().expect("a task set");
+            let _ = tasks.spawn(|_ctx| async {
+                std::thread::sleep(STALL);
+                Ok::<_, std::io::Error>(())
+            });
+            "stalling\n"
+        })
+        .expect("serve");
+}
+
+/// How long [`stalling_child`] blocks its runtime, against a watchdog limit of 400 ms.
+const STALL: Duration = Duration::from_millis(600);
+
+#[cfg(unix)]
+fn systemd_s_watchdog_is_pinged_until_the_runtime_stalls_and_the_stall_is_said() {
+    let notify = NotifySocket::bind("watchdog", false);
+    // An empty `$WATCHDOG_PID` is not "any process": sd_watchdog_enabled(3) refuses it.
+    let child = notified_child(STALLING_CHILD, &notify, Some("400000"), Some(""));
+    checking(child, |_, _, stderr| {
+        wait_for(stderr, "WATCHDOG_PID is \"\", not a process id");
+        assert!(notify.received().starts_with("READY=1\n"));
+    });
+    let child = notified_child(STALLING_CHILD, &notify, Some("400000"), None);
+    checking(child, |_, stdout, stderr| {
+        let addr = wait_for(stdout, "addr=");
+        let addr = addr.trim_start_matches("addr=").to_owned();
+        assert!(notify.received().starts_with("READY=1\n"));
+        // At once, then every 200 ms.
+        assert_eq!(notify.received(), "WATCHDOG=1");
+        assert_eq!(notify.received(), "WATCHDOG=1");
+        let conn = std::net::TcpStream::connect(&addr).expect("connect");
+        conn.set_read_timeout(Some(STEP)).unwrap();
+        assert!(get_over(conn).contains("stalling"));
+        // The stall's line: on a loaded machine a shorter hiccup may be said before it.
+        let (said, late_ms) = loop {
+            let said = wait_for(stderr, "ran no task");
+            let late_ms: u64 = field(&said, "late_ms=").parse().expect("late_ms");
+            if late_ms >= 300 {
+                break (said, late_ms);
+            }
+        };
+        assert!(late_ms < 5_000, "{said}");
+        assert_eq!(field(&said, "watchdog_ms="), "400", "{said}");
+        // And the pings go on.
+        notify.skip_sent();
+        assert_eq!(notify.received(), "WATCHDOG=1");
+    });
+    println!("systemd_s_watchdog_is_pinged_until_the_runtime_stalls_and_the_stall_is_said ... ok");
+}
+
+/// The value of a `name=value` field of a log line.
+#[cfg(unix)]
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let at = line
+        .find(name)
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len();
+    line[at..].split_whitespace().next().unwrap_or("")
 }
 
 /// A server as systemd starts it for its `.socket` unit: it serves what it was passed, or

@@ -1,4 +1,5 @@
-//! systemd's two protocols a server takes part in, as gunicorn does.
+//! The systemd protocols a server takes part in: readiness and socket activation, as
+//! gunicorn does, and the watchdog.
 //!
 //! Readiness (`sd_notify(3)`): a service of `Type=notify` is started only once it says
 //! `READY=1`, so units ordered after it (`After=`), and a `systemctl start` that waits,
@@ -8,33 +9,53 @@
 //! `@`), which systemd sets for such a service. Without it nothing is sent: under any
 //! other supervisor, or none, this is a no-op; off Unix, always.
 //!
+//! The watchdog (`sd_watchdog_enabled(3)`): a unit with `WatchdogSec=` sets
+//! `$WATCHDOG_USEC`, and kills (`SIGABRT`) and, as `Restart=` says, restarts a service
+//! that does not send `WATCHDOG=1` that often. The server pings from a task on its
+//! runtime, so the pings stop when the runtime runs no task: async code that blocks its
+//! thread (`std::thread::sleep` in a background task, a sync client called from
+//! `async fn`), which on a runtime of one worker stops every connection too.
+//!
 //! Socket activation (`sd_listen_fds(3)`): systemd binds the sockets of a `.socket` unit
 //! and passes them to the service open, from descriptor 3 on, saying how many in
 //! `$LISTEN_FDS` and for which process in `$LISTEN_PID`. The sockets outlive the
 //! service: connections made while it restarts wait in their backlog.
 
 #[cfg(unix)]
+use std::ffi::{OsStr, OsString};
+#[cfg(unix)]
 use std::io;
 #[cfg(unix)]
 use std::os::unix::net::UnixDatagram;
+#[cfg(unix)]
+use std::time::Duration;
+
+use tokio_util::task::AbortOnDropHandle;
 
 /// The variable systemd names its notification socket in.
 #[cfg(unix)]
 const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// The variables systemd says its watchdog's limit in, and for which process.
+#[cfg(unix)]
+const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+#[cfg(unix)]
+const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
-/// Tells systemd the server accepts connections on `addr` (one address or several).
-/// Called on the runtime: a notification socket whose queue is full for a moment (systemd
-/// busy at boot) is tried again from a task of its own, every 20 ms for up to 5 s, rather
-/// than lose `READY=1` and have the unit fail its start.
-pub(super) fn ready(addr: &dyn std::fmt::Display) {
+/// Tells systemd the server accepts connections on `addr` (one address or several), and,
+/// under a unit with `WatchdogSec=`, starts pinging its watchdog until the returned
+/// handle is dropped. Called on the runtime: a notification socket whose queue is full
+/// for a moment (systemd busy at boot) is tried again from a task of its own, every 20 ms
+/// for up to 5 s, rather than lose `READY=1` and have the unit fail its start.
+pub(super) fn ready(addr: &dyn std::fmt::Display) -> Option<AbortOnDropHandle<()>> {
     let state = format!("READY=1\nSTATUS=syncbridge listening on {addr}");
     #[cfg(unix)]
     if let Some(target) = notify_socket() {
         match send(&target, &state) {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                let target = target.clone();
                 tokio::spawn(async move {
                     for _ in 0..250 {
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                         match send(&target, &state) {
                             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                             sent => return said(&target, &state, sent),
@@ -45,9 +66,19 @@ pub(super) fn ready(addr: &dyn std::fmt::Display) {
             }
             sent => said(&target, &state, sent),
         }
+        let var = |name| std::env::var_os(name);
+        let pid = std::process::id();
+        return match watchdog_limit(var(WATCHDOG_USEC), var(WATCHDOG_PID), pid) {
+            Ok(limit) => limit.map(|limit| ping_watchdog(target, limit)),
+            Err(why) => {
+                tracing::warn!("{why}; the server does not ping systemd's watchdog");
+                None
+            }
+        };
     }
     #[cfg(not(unix))]
     let _ = (addr, state);
+    None
 }
 
 /// Tells systemd, for `systemctl status`, that the server is shutting down. Only the
@@ -60,6 +91,76 @@ pub(super) fn stopping() {
         let state = "STATUS=syncbridge shutting down";
         said(&target, state, send(&target, state));
     }
+}
+
+/// The watchdog's limit, if systemd set one for this process (`own_pid`): as
+/// sd_watchdog_enabled(3), a `$WATCHDOG_PID` of another process (a parent under the same
+/// unit) means none for this one. A value that is not a number is said, not guessed at.
+#[cfg(unix)]
+fn watchdog_limit(
+    usec: Option<OsString>,
+    pid: Option<OsString>,
+    own_pid: u32,
+) -> Result<Option<Duration>, String> {
+    let Some(usec) = usec else { return Ok(None) };
+    let number = |value: &OsStr| value.to_str().and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(pid) = pid {
+        match number(&pid) {
+            Some(pid) if pid == u64::from(own_pid) => {}
+            Some(_) => return Ok(None),
+            None => return Err(format!("{WATCHDOG_PID} is {pid:?}, not a process id")),
+        }
+    }
+    match number(&usec) {
+        Some(usec) if usec > 0 => Ok(Some(Duration::from_micros(usec))),
+        _ => Err(format!(
+            "{WATCHDOG_USEC} is {usec:?}, not a positive number"
+        )),
+    }
+}
+
+/// Sends `WATCHDOG=1` at once and then every half `limit` (sd_watchdog_enabled(3)'s
+/// advice), until the handle is dropped. A ping late by more than a quarter of the limit
+/// means the runtime ran no task for that long: said at warn level when it is over, as
+/// the one trace such a stall leaves short of the kill.
+#[cfg(unix)]
+fn ping_watchdog(target: OsString, limit: Duration) -> AbortOnDropHandle<()> {
+    let every = limit / 2;
+    tracing::debug!(socket = ?target, every_ms = every.as_millis() as u64, "pinging systemd's watchdog");
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            let late = ticks.tick().await.elapsed();
+            if late > limit / 4 {
+                tracing::warn!(
+                    late_ms = late.as_millis() as u64,
+                    watchdog_ms = limit.as_millis() as u64,
+                    "the runtime ran no task for {} ms, so systemd's watchdog was not pinged; \
+                     it kills the service when this reaches its WatchdogSec",
+                    late.as_millis()
+                );
+            }
+            // Said when it begins and when it ends, not at every ping: a ping that
+            // does not arrive is one systemd may kill the service for.
+            match (send(&target, "WATCHDOG=1"), failing) {
+                (Ok(()), true) => {
+                    failing = false;
+                    tracing::info!(socket = ?target, "systemd's watchdog is pinged again");
+                }
+                (Err(err), false) => {
+                    failing = true;
+                    tracing::warn!(
+                        socket = ?target, error = %err,
+                        "could not ping systemd's watchdog (WATCHDOG=1); it kills the \
+                         service if this lasts for its WatchdogSec"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }))
 }
 
 /// `$NOTIFY_SOCKET`, if set to an address sd_notify(3) sends to: an absolute path, or an
@@ -208,4 +309,38 @@ pub(super) fn passed_listeners() -> Result<Vec<super::Listener>, String> {
         });
     }
     Ok(listeners)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::watchdog_limit;
+    use std::time::Duration;
+
+    fn limit(usec: Option<&str>, pid: Option<&str>) -> Result<Option<Duration>, String> {
+        watchdog_limit(usec.map(Into::into), pid.map(Into::into), 42)
+    }
+
+    #[test]
+    fn the_watchdog_limit_is_this_process_s_or_none() {
+        let ms = |n| Ok(Some(Duration::from_millis(n)));
+        assert_eq!(limit(None, None), Ok(None));
+        assert_eq!(limit(None, Some("42")), Ok(None));
+        assert_eq!(limit(Some("30000000"), None), ms(30_000));
+        assert_eq!(limit(Some("200000"), Some("42")), ms(200));
+        // Set for the process systemd started, which then started this one.
+        assert_eq!(limit(Some("200000"), Some("41")), Ok(None));
+    }
+
+    #[test]
+    fn a_watchdog_variable_that_is_not_a_number_is_named() {
+        for (usec, pid, named) in [
+            ("0", None, "WATCHDOG_USEC is \"0\""),
+            ("-5", None, "WATCHDOG_USEC is \"-5\""),
+            ("30s", None, "WATCHDOG_USEC is \"30s\""),
+            ("200000", Some("me"), "WATCHDOG_PID is \"me\""),
+        ] {
+            let why = limit(Some(usec), pid).expect_err(usec);
+            assert!(why.starts_with(named), "{why}");
+        }
+    }
 }
