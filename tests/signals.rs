@@ -102,6 +102,7 @@ fn with_child_serving(
     }
     let child = command
         .env(CHILD, "1")
+        .env_remove("NOTIFY_SOCKET")
         .env(CHILD_SHUTDOWN_MS, shutdown_ms.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -440,15 +441,22 @@ impl Drop for Running {
 /// `$LISTEN_FDS` their number and `$LISTEN_PID` its own pid (a shell that execs it keeps
 /// its pid); with none passed, neither variable.
 #[cfg(unix)]
-fn start_activated(passed: &[std::os::fd::RawFd]) -> (Running, mpsc::Receiver<String>) {
+fn start_activated(
+    passed: &[std::os::fd::RawFd],
+    notify: Option<&NotifySocket>,
+) -> (Running, mpsc::Receiver<String>) {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new("sh");
     command
         .args(["-c", "LISTEN_PID=$$ exec \"$0\""])
         .arg(std::env::current_exe().expect("own path"))
         .env(ACTIVATED_CHILD, "1")
+        .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    if let Some(notify) = notify {
+        command.env("NOTIFY_SOCKET", &notify.name);
+    }
     if !passed.is_empty() {
         // At most 8: the child's side below allocates nothing after the fork.
         assert!(passed.len() <= 8, "pass at most 8 descriptors");
@@ -505,7 +513,7 @@ fn a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed() {
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = tcp.local_addr().unwrap();
     let early = std::net::TcpStream::connect(addr).unwrap();
-    let (child, stdout) = start_activated(&[tcp.as_raw_fd()]);
+    let (child, stdout) = start_activated(&[tcp.as_raw_fd()], None);
     drop(tcp);
     let serving = wait_for(&stdout, "serving ");
     assert!(serving.ends_with(&addr.to_string()), "{serving}");
@@ -519,7 +527,7 @@ fn a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed() {
         std::env::temp_dir().join(format!("syncbridge-activated-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let (child, stdout) = start_activated(&[unix.as_raw_fd()]);
+    let (child, stdout) = start_activated(&[unix.as_raw_fd()], None);
     drop(unix);
     wait_for(&stdout, &format!("serving unix:{}", path.display()));
     let answer = get_over(std::os::unix::net::UnixStream::connect(&path).unwrap());
@@ -528,14 +536,22 @@ fn a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed() {
     assert!(path.exists(), "the socket file is systemd's to remove");
     let _ = std::fs::remove_file(&path);
 
-    // Two sockets (two `ListenStream=` lines): one server, serving both, in their order.
+    // Two sockets (two `ListenStream=` lines): one server, serving both, in their order,
+    // and its status names both.
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = tcp.local_addr().unwrap();
     let _ = std::fs::remove_file(&path);
     let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let (child, stdout) = start_activated(&[tcp.as_raw_fd(), unix.as_raw_fd()]);
+    let notify = NotifySocket::bind("activated", false);
+    let (child, stdout) = start_activated(&[tcp.as_raw_fd(), unix.as_raw_fd()], Some(&notify));
     drop((tcp, unix));
-    wait_for(&stdout, &format!("serving {addr}, unix:{}", path.display()));
+    let both = format!("{addr}, unix:{}", path.display());
+    wait_for(&stdout, &format!("serving {both}"));
+    let ready = notify.received();
+    assert_eq!(
+        ready,
+        format!("READY=1\nSTATUS=syncbridge listening on {both}")
+    );
     let answer = get_over(std::os::unix::net::UnixStream::connect(&path).unwrap());
     assert!(answer.ends_with("activated\n"), "{answer}");
     let answer = get_over(std::net::TcpStream::connect(addr).unwrap());
@@ -547,7 +563,7 @@ fn a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed() {
     // names the one.
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let connection = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
-    let (_child, stdout) = start_activated(&[tcp.as_raw_fd(), connection.as_raw_fd()]);
+    let (_child, stdout) = start_activated(&[tcp.as_raw_fd(), connection.as_raw_fd()], None);
     let refused = wait_for(&stdout, "from_systemd: ");
     assert!(
         refused.contains("descriptor 4: not a listening stream socket"),
@@ -559,7 +575,7 @@ fn a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed() {
     // `Accept=yes` passes a connection, not the listener: refused, and said why.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let connection = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (_child, stdout) = start_activated(&[connection.as_raw_fd()]);
+    let (_child, stdout) = start_activated(&[connection.as_raw_fd()], None);
     let refused = wait_for(&stdout, "from_systemd: ");
     assert!(
         refused.contains("not a listening stream socket"),
@@ -568,14 +584,14 @@ fn a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed() {
 
     // Descriptor 3 is something else (a file, a runtime's epoll): refused, and left open.
     let file = std::fs::File::open("/dev/null").unwrap();
-    let (_child, stdout) = start_activated(&[file.as_raw_fd()]);
+    let (_child, stdout) = start_activated(&[file.as_raw_fd()], None);
     let refused = wait_for(&stdout, "from_systemd: ");
     assert!(refused.contains("descriptor 3"), "{refused}");
     let still = wait_for(&stdout, "descriptor 3 after: ");
     assert!(still.ends_with("open"), "{still}");
 
     // Started by hand, without systemd: nothing to take.
-    let (_child, stdout) = start_activated(&[]);
+    let (_child, stdout) = start_activated(&[], None);
     let refused = wait_for(&stdout, "from_systemd: ");
     assert!(
         refused.contains("LISTEN_PID and LISTEN_FDS are not set"),
