@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 const CHILD: &str = "SYNCBRIDGE_SIGNALS_CHILD";
 /// Set: the child serves the socket systemd would pass it (`Server::from_systemd`).
 const ACTIVATED_CHILD: &str = "SYNCBRIDGE_SIGNALS_ACTIVATED_CHILD";
-/// Set: the child's handlers block its one runtime thread ([`stalling_child`]).
-const STALLING_CHILD: &str = "SYNCBRIDGE_SIGNALS_STALLING_CHILD";
+/// Set: the child serves on a runtime of its own, which its requests can block
+/// ([`watchdog_child`]).
+const WATCHDOG_CHILD: &str = "SYNCBRIDGE_SIGNALS_WATCHDOG_CHILD";
 /// The child's connection drain deadline, in milliseconds (default 200).
 const CHILD_SHUTDOWN_MS: &str = "SYNCBRIDGE_SIGNALS_SHUTDOWN_MS";
 /// Set: the child's handler starts the shutdown itself, through the server's handle.
@@ -30,9 +31,9 @@ fn main() {
     if std::env::var_os(ACTIVATED_CHILD).is_some() {
         #[cfg(unix)]
         activated_child();
-    } else if std::env::var_os(STALLING_CHILD).is_some() {
+    } else if std::env::var_os(WATCHDOG_CHILD).is_some() {
         #[cfg(unix)]
-        stalling_child();
+        watchdog_child();
     } else if std::env::var_os(CHILD).is_some() {
         child();
     } else {
@@ -44,7 +45,7 @@ fn main() {
             systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(false);
             #[cfg(target_os = "linux")]
             systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(true);
-            systemd_s_watchdog_is_pinged_until_the_runtime_stalls_and_the_stall_is_said();
+            systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_stalls();
             a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed();
         }
     }
@@ -183,19 +184,22 @@ fn a_sigterm_after_a_shutdown_through_the_handle_is_the_first_not_the_second() {
 }
 
 /// systemd's side of `Type=notify`: a datagram socket, bound by path or (Linux) by an
-/// abstract name; a file it bound is removed when it is dropped.
+/// abstract name, and a thread that reads it and notes when each message came; a file it
+/// bound is removed when it is dropped.
 #[cfg(unix)]
 struct NotifySocket {
-    socket: std::os::unix::net::UnixDatagram,
+    messages: mpsc::Receiver<(Instant, String)>,
     /// What `$NOTIFY_SOCKET` says.
     name: String,
     file: Option<std::path::PathBuf>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[cfg(unix)]
 impl NotifySocket {
     fn bind(test: &str, abstract_name: bool) -> NotifySocket {
         use std::os::unix::net::UnixDatagram;
+        use std::sync::atomic::{AtomicBool, Ordering};
         let name = format!("syncbridge-notify-{}-{test}", std::process::id());
         let (socket, name, file) = if abstract_name {
             #[cfg(target_os = "linux")]
@@ -216,31 +220,54 @@ impl NotifySocket {
             let socket = UnixDatagram::bind(&path).unwrap();
             (socket, path.display().to_string(), Some(path))
         };
-        socket.set_read_timeout(Some(STEP)).unwrap();
-        NotifySocket { socket, name, file }
+        // Short, so that the thread sees `stop` soon after the test is done.
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, messages) = mpsc::channel();
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if tx.send((Instant::now(), message)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        NotifySocket {
+            messages,
+            name,
+            file,
+            stop,
+        }
     }
 
     /// The next message, within [`STEP`].
     fn received(&self) -> String {
-        let mut buf = [0u8; 512];
-        let n = self
-            .socket
-            .recv(&mut buf)
-            .expect("a message within the step");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        self.received_at().1
     }
 
-    /// Drops every message sent so far.
-    fn skip_sent(&self) {
-        self.socket.set_nonblocking(true).unwrap();
-        while self.socket.recv(&mut [0u8; 512]).is_ok() {}
-        self.socket.set_nonblocking(false).unwrap();
+    /// The next message, within [`STEP`], and when it came.
+    fn received_at(&self) -> (Instant, String) {
+        self.messages
+            .recv_timeout(STEP)
+            .expect("a message within the step")
+    }
+
+    /// Drops every message read so far, and says how many there were.
+    fn skip_received(&self) -> usize {
+        self.messages.try_iter().count()
     }
 }
 
 #[cfg(unix)]
 impl Drop for NotifySocket {
     fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(file) = &self.file {
             let _ = std::fs::remove_file(file);
         }
@@ -298,7 +325,8 @@ fn checking(
 #[cfg(unix)]
 fn systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(abstract_name: bool) {
     let notify = NotifySocket::bind(&format!("ready-{abstract_name}"), abstract_name);
-    let other_process = (std::process::id() + 1).to_string();
+    // This process's id: never the child's.
+    let other_process = std::process::id().to_string();
     let child = notified_child(CHILD, &notify, Some("100000"), Some(&other_process));
     checking(child, |child, stdout, _| {
         let addr = wait_for(stdout, "addr=");
@@ -320,67 +348,121 @@ fn systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(abstra
     println!("systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown (abstract name: {abstract_name}) ... ok");
 }
 
-/// A server whose one runtime thread a background task blocks for `STALL` on each request,
-/// as a sync call made from async code does.
+/// A server on a runtime of one thread (`serve_async` on a current-thread runtime) that
+/// outlives it. `/stall` has a background task block that thread for [`STALL`], as a sync
+/// call made from async code does; any other path holds its handler thread for
+/// [`HOLD`], so that a shutdown has a request to drain. After `serve_async` returns, the
+/// runtime idles for three of the watchdog's intervals before the process ends.
 #[cfg(unix)]
-fn stalling_child() {
+fn watchdog_child() {
     tracing_subscriber::fmt()
         .with_env_filter("syncbridge=info")
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
-    let server = syncbridge::Server::bind("127.0.0.1:0").worker_threads(1);
+    let server = syncbridge::Server::bind("127.0.0.1:0");
     println!("addr={}", server.local_addr());
-    server
-        .serve(|_req: syncbridge::Request| {
-            let tasks = syncbridge::TaskSet::current().expect("a task set");
-            let _ = tasks.spawn(|_ctx| async {
-                std::thread::sleep(STALL);
-                Ok::<_, std::io::Error>(())
-            });
-            "stalling\n"
-        })
-        .expect("serve");
+    let interval = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|usec| usec.parse().ok())
+        .map_or(Duration::ZERO, |usec| Duration::from_micros(usec) / 2);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let handler = |req: syncbridge::Request| {
+            if req.uri().path() == "/stall" {
+                let tasks = syncbridge::TaskSet::current().expect("a task set");
+                let _ = tasks.spawn(|_ctx| async {
+                    std::thread::sleep(STALL);
+                    Ok::<_, std::io::Error>(())
+                });
+                "stalling\n"
+            } else {
+                println!("holding");
+                std::thread::sleep(HOLD);
+                "held\n"
+            }
+        };
+        server.serve_async(handler).await.expect("serve");
+        println!("serve returned");
+        tokio::time::sleep(interval * 3).await;
+        println!("idled");
+    });
 }
 
-/// How long [`stalling_child`] blocks its runtime, against a watchdog limit of 400 ms.
+/// How long [`watchdog_child`] blocks its runtime, against a watchdog limit of 400 ms.
 const STALL: Duration = Duration::from_millis(600);
+/// How long [`watchdog_child`] holds a request that its shutdown drains.
+const HOLD: Duration = Duration::from_millis(1000);
 
 #[cfg(unix)]
-fn systemd_s_watchdog_is_pinged_until_the_runtime_stalls_and_the_stall_is_said() {
+fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_stalls() {
     let notify = NotifySocket::bind("watchdog", false);
     // An empty `$WATCHDOG_PID` is not "any process": sd_watchdog_enabled(3) refuses it.
-    let child = notified_child(STALLING_CHILD, &notify, Some("400000"), Some(""));
-    checking(child, |_, _, stderr| {
+    let child = notified_child(WATCHDOG_CHILD, &notify, Some("400000"), Some(""));
+    checking(child, |child, _, stderr| {
         wait_for(stderr, "WATCHDOG_PID is \"\", not a process id");
         assert!(notify.received().starts_with("READY=1\n"));
+        sigterm(child);
+        assert_eq!(notify.received(), "STATUS=syncbridge shutting down");
     });
-    let child = notified_child(STALLING_CHILD, &notify, Some("400000"), None);
-    checking(child, |_, stdout, stderr| {
+
+    let child = notified_child(WATCHDOG_CHILD, &notify, Some("400000"), None);
+    checking(child, |child, stdout, stderr| {
         let addr = wait_for(stdout, "addr=");
         let addr = addr.trim_start_matches("addr=").to_owned();
         assert!(notify.received().starts_with("READY=1\n"));
-        // At once, then every 200 ms.
-        assert_eq!(notify.received(), "WATCHDOG=1");
-        assert_eq!(notify.received(), "WATCHDOG=1");
-        let conn = std::net::TcpStream::connect(&addr).expect("connect");
+        let pinging = wait_for(stderr, "pinging systemd's watchdog");
+        assert_eq!(field(&pinging, "every_ms="), "200", "{pinging}");
+        assert_eq!(notify.received(), "WATCHDOG=1", "a first ping at once");
+
+        // A background task blocks the runtime's one thread for STALL: no ping goes for
+        // that long (systemd would have killed the service), and then the stall is said.
+        let (mut last_ping, _) = notify.received_at();
+        let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
         conn.set_read_timeout(Some(STEP)).unwrap();
-        assert!(get_over(conn).contains("stalling"));
-        // The stall's line: on a loaded machine a shorter hiccup may be said before it.
-        let (said, late_ms) = loop {
-            let said = wait_for(stderr, "ran no task");
-            let late_ms: u64 = field(&said, "late_ms=").parse().expect("late_ms");
-            if late_ms >= 300 {
-                break (said, late_ms);
-            }
-        };
-        assert!(late_ms < 5_000, "{said}");
+        conn.write_all(b"GET /stall HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .expect("request");
+        let (mut longest, sent) = (Duration::ZERO, Instant::now());
+        while longest < STALL - Duration::from_millis(50) {
+            assert!(
+                sent.elapsed() < STEP,
+                "pinged all along: {longest:?} at most between"
+            );
+            let (at, ping) = notify.received_at();
+            assert_eq!(ping, "WATCHDOG=1");
+            longest = longest.max(at - last_ping);
+            last_ping = at;
+        }
+        let said = wait_for(stderr, "ran no task");
+        let since_last_ping: u64 = field(&said, "since_last_ping_ms=").parse().unwrap();
+        assert!(since_last_ping >= 550, "{said}");
+        let late_ms: u64 = field(&said, "late_ms=").parse().unwrap();
+        assert!((300..since_last_ping).contains(&late_ms), "{said}");
         assert_eq!(field(&said, "watchdog_ms="), "400", "{said}");
-        // And the pings go on.
-        notify.skip_sent();
-        assert_eq!(notify.received(), "WATCHDOG=1");
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut answer).expect("answer");
+        assert!(answer.ends_with("stalling\n"), "{answer}");
+
+        // Pinged through the drain of a request that holds on after SIGTERM, and not
+        // once `serve_async` has returned, though its runtime goes on.
+        let mut held = std::net::TcpStream::connect(&addr).expect("connect");
+        held.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("request");
+        wait_for(stdout, "holding");
+        sigterm(child);
+        while notify.received() != "STATUS=syncbridge shutting down" {}
+        assert_eq!(notify.received(), "WATCHDOG=1", "a ping during the drain");
+        wait_for(stdout, "serve returned");
+        notify.skip_received();
+        wait_for(stdout, "idled");
+        // One may have been on its way when the server stopped.
+        let after = notify.skip_received();
+        assert!(after <= 1, "{after} pings after serve_async returned");
     });
-    println!("systemd_s_watchdog_is_pinged_until_the_runtime_stalls_and_the_stall_is_said ... ok");
+    println!("systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_stalls ... ok");
 }
 
 /// The value of a `name=value` field of a log line.

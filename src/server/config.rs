@@ -370,16 +370,21 @@ impl Server {
     /// serves; when its shutdown begins it updates only the status (`STATUS=syncbridge
     /// shutting down`, for `systemctl status`), not `STOPPING=1`, which would have
     /// systemd treat the whole service as stopping. Without `$NOTIFY_SOCKET` (or with one
-    /// that is neither an absolute path nor an `@abstract` name) nothing is sent. Under a
-    /// unit with `WatchdogSec=` (`$WATCHDOG_USEC`), it also pings systemd's watchdog
-    /// (`WATCHDOG=1`) every half of that limit from a task on the runtime, from `READY=1`
-    /// until `serve` returns: async code that blocks the runtime stops the pings, and
-    /// systemd restarts the service; a late ping is logged at warn level (see
-    /// `docs/operations.md`, "Under systemd"). Default is true; turn it off when the
-    /// program has more to start after the server, and tells systemd itself (of several
-    /// servers in one process, the first to accept makes the unit ready). A message that cannot be sent is logged at warn level, and
-    /// the server serves on; a notification queue full for a moment is tried again for
-    /// up to 5 s. Unix only; elsewhere it does nothing.
+    /// that is neither an absolute path nor an `@abstract` name) nothing is sent.
+    ///
+    /// Under a unit with `WatchdogSec=` (`$WATCHDOG_USEC`), it also pings systemd's
+    /// watchdog (`WATCHDOG=1`) every half of that limit from a task on the runtime, from
+    /// `READY=1` until `serve` returns: async code that blocks the runtime stops the
+    /// pings, and systemd kills the service (and restarts it, as its `Restart=` says). A
+    /// stall that delayed a ping is logged at warn level once the ping is out (see
+    /// `docs/operations.md`, "Under systemd").
+    ///
+    /// Default is true; turn it off when the program has more to start after the server,
+    /// and tells systemd itself (of several servers in one process, the first to accept
+    /// makes the unit ready). Off, the server pings no watchdog either: under
+    /// `WatchdogSec=` the program then pings it itself. A message that cannot be sent is
+    /// logged at warn level, and the server serves on; a notification queue full for a
+    /// moment is tried again for up to 5 s. Unix only; elsewhere it does nothing.
     pub fn notify_systemd(mut self, enabled: bool) -> Self {
         self.config.notify_systemd = enabled;
         self

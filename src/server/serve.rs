@@ -179,9 +179,11 @@ impl Server {
         warn_if_short_of_files(config.max_connections);
         warn_if_zero_timeouts(&config);
         // Pinging systemd's watchdog, if it has one, until `run` ends: through the drain too.
-        let _watchdog = match config.notify_systemd {
-            true => super::systemd::ready(&all_addrs),
-            false => None,
+        let _watchdog = if config.notify_systemd {
+            super::systemd::ready(&all_addrs);
+            super::systemd::watchdog()
+        } else {
+            None
         };
 
         loop {

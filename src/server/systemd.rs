@@ -41,18 +41,16 @@ const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 #[cfg(unix)]
 const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
-/// Tells systemd the server accepts connections on `addr` (one address or several), and,
-/// under a unit with `WatchdogSec=`, starts pinging its watchdog until the returned
-/// handle is dropped. Called on the runtime: a notification socket whose queue is full
-/// for a moment (systemd busy at boot) is tried again from a task of its own, every 20 ms
-/// for up to 5 s, rather than lose `READY=1` and have the unit fail its start.
-pub(super) fn ready(addr: &dyn std::fmt::Display) -> Option<AbortOnDropHandle<()>> {
+/// Tells systemd the server accepts connections on `addr` (one address or several).
+/// Called on the runtime: a notification socket whose queue is full for a moment (systemd
+/// busy at boot) is tried again from a task of its own, every 20 ms for up to 5 s, rather
+/// than lose `READY=1` and have the unit fail its start.
+pub(super) fn ready(addr: &dyn std::fmt::Display) {
     let state = format!("READY=1\nSTATUS=syncbridge listening on {addr}");
     #[cfg(unix)]
     if let Some(target) = notify_socket() {
         match send(&target, &state) {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                let target = target.clone();
                 tokio::spawn(async move {
                     for _ in 0..250 {
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -66,18 +64,29 @@ pub(super) fn ready(addr: &dyn std::fmt::Display) -> Option<AbortOnDropHandle<()
             }
             sent => said(&target, &state, sent),
         }
+    }
+    #[cfg(not(unix))]
+    let _ = (addr, state);
+}
+
+/// Under a unit with `WatchdogSec=`, starts pinging systemd's watchdog from a task on
+/// the runtime, until the returned handle is dropped. Called on the runtime, after
+/// [`ready`]; `None` without a watchdog for this process (or off Unix).
+pub(super) fn watchdog() -> Option<AbortOnDropHandle<()>> {
+    #[cfg(unix)]
+    {
+        let target = valid_notify_socket().ok()?; // `ready` said why not
         let var = |name| std::env::var_os(name);
         let pid = std::process::id();
-        return match watchdog_limit(var(WATCHDOG_USEC), var(WATCHDOG_PID), pid) {
+        match watchdog_limit(var(WATCHDOG_USEC), var(WATCHDOG_PID), pid) {
             Ok(limit) => limit.map(|limit| ping_watchdog(target, limit)),
             Err(why) => {
                 tracing::warn!("{why}; the server does not ping systemd's watchdog");
                 None
             }
-        };
+        }
     }
     #[cfg(not(unix))]
-    let _ = (addr, state);
     None
 }
 
@@ -93,9 +102,10 @@ pub(super) fn stopping() {
     }
 }
 
-/// The watchdog's limit, if systemd set one for this process (`own_pid`): as
-/// sd_watchdog_enabled(3), a `$WATCHDOG_PID` of another process (a parent under the same
-/// unit) means none for this one. A value that is not a number is said, not guessed at.
+/// The watchdog's limit, if systemd set one for this process (`own_pid`), read as
+/// sd_watchdog_enabled(3) reads it: the limit first, then whose it is; a `$WATCHDOG_PID`
+/// of another process (a parent under the same unit) means none for this one. A value
+/// systemd would refuse is said, not guessed at.
 #[cfg(unix)]
 fn watchdog_limit(
     usec: Option<OsString>,
@@ -103,48 +113,68 @@ fn watchdog_limit(
     own_pid: u32,
 ) -> Result<Option<Duration>, String> {
     let Some(usec) = usec else { return Ok(None) };
-    let number = |value: &OsStr| value.to_str().and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(pid) = pid {
-        match number(&pid) {
-            Some(pid) if pid == u64::from(own_pid) => {}
-            Some(_) => return Ok(None),
-            None => return Err(format!("{WATCHDOG_PID} is {pid:?}, not a process id")),
+    let number = |value: &OsStr| value.to_str().and_then(|v| v.parse::<u64>().ok());
+    let limit = match number(&usec) {
+        // `u64::MAX` is systemd's "infinity", which it refuses too.
+        Some(usec) if usec > 0 && usec < u64::MAX => Duration::from_micros(usec),
+        _ => {
+            return Err(format!(
+                "{WATCHDOG_USEC} is {usec:?}, not a positive number of microseconds"
+            ))
         }
-    }
-    match number(&usec) {
-        Some(usec) if usec > 0 => Ok(Some(Duration::from_micros(usec))),
-        _ => Err(format!(
-            "{WATCHDOG_USEC} is {usec:?}, not a positive number"
-        )),
+    };
+    match pid.map(|pid| (number(&pid), pid)) {
+        None => Ok(Some(limit)),
+        Some((Some(pid), _)) if pid == u64::from(own_pid) => Ok(Some(limit)),
+        Some((Some(pid), _)) if pid > 0 => Ok(None),
+        Some((_, pid)) => Err(format!("{WATCHDOG_PID} is {pid:?}, not a process id")),
     }
 }
 
 /// Sends `WATCHDOG=1` at once and then every half `limit` (sd_watchdog_enabled(3)'s
-/// advice), until the handle is dropped. A ping late by more than a quarter of the limit
-/// means the runtime ran no task for that long: said at warn level when it is over, as
-/// the one trace such a stall leaves short of the kill.
+/// advice), on one socket, until the handle is dropped. A tick late by more than a
+/// quarter of the limit means the runtime ran no task for at least that long: said at
+/// warn level once the ping is out, with the time since the ping before it, which is
+/// what systemd holds against the limit. A stall that ends between two ticks, or ends
+/// in the kill, leaves no such line.
 #[cfg(unix)]
 fn ping_watchdog(target: OsString, limit: Duration) -> AbortOnDropHandle<()> {
     let every = limit / 2;
-    tracing::debug!(socket = ?target, every_ms = every.as_millis() as u64, "pinging systemd's watchdog");
+    // Never under 50 ms: a limit of a few milliseconds would otherwise have the timer's
+    // own jitter said at every tick.
+    let said_late = (limit / 4).max(Duration::from_millis(50));
+    let watchdog_ms = limit.as_millis() as u64;
+    let every_ms = every.as_millis() as u64;
+    tracing::info!(socket = ?target, every_ms, watchdog_ms, "pinging systemd's watchdog");
     AbortOnDropHandle::new(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut socket = None;
+        let mut last_ping = tokio::time::Instant::now();
         let mut failing = false;
         loop {
             let late = ticks.tick().await.elapsed();
-            if late > limit / 4 {
+            // Sent before anything is logged: a log pipe that blocks is one of the
+            // stalls this is for.
+            let sent = ping(&mut socket, &target);
+            let since_last_ping = last_ping.elapsed();
+            if sent.is_ok() {
+                last_ping = tokio::time::Instant::now();
+            }
+            if late > said_late {
                 tracing::warn!(
                     late_ms = late.as_millis() as u64,
-                    watchdog_ms = limit.as_millis() as u64,
-                    "the runtime ran no task for {} ms, so systemd's watchdog was not pinged; \
-                     it kills the service when this reaches its WatchdogSec",
-                    late.as_millis()
+                    since_last_ping_ms = since_last_ping.as_millis() as u64,
+                    watchdog_ms,
+                    "the runtime ran no task for at least {} ms, and systemd's watchdog \
+                     went {} ms without a ping; systemd kills the service at watchdog_ms",
+                    late.as_millis(),
+                    since_last_ping.as_millis()
                 );
             }
             // Said when it begins and when it ends, not at every ping: a ping that
             // does not arrive is one systemd may kill the service for.
-            match (send(&target, "WATCHDOG=1"), failing) {
+            match (sent, failing) {
                 (Ok(()), true) => {
                     failing = false;
                     tracing::info!(socket = ?target, "systemd's watchdog is pinged again");
@@ -163,16 +193,27 @@ fn ping_watchdog(target: OsString, limit: Duration) -> AbortOnDropHandle<()> {
     }))
 }
 
+/// One `WATCHDOG=1` on `slot`'s socket, made there first if it holds none (or a
+/// failure to make it left none).
+#[cfg(unix)]
+fn ping(slot: &mut Option<UnixDatagram>, target: &OsStr) -> io::Result<()> {
+    let socket = match slot.take() {
+        Some(socket) => socket,
+        None => datagram_socket()?,
+    };
+    let sent = send_on(&socket, target, "WATCHDOG=1");
+    *slot = Some(socket);
+    sent
+}
+
 /// `$NOTIFY_SOCKET`, if set to an address sd_notify(3) sends to: an absolute path, or an
 /// abstract name written with a leading `@`. Anything else (a relative path, systemd's
 /// newer `vsock:`) is named in a warning and left alone.
 #[cfg(unix)]
-fn notify_socket() -> Option<std::ffi::OsString> {
-    use std::os::unix::ffi::OsStrExt;
-    let target = std::env::var_os(NOTIFY_SOCKET).filter(|t| !t.is_empty())?;
-    match target.as_bytes() {
-        [b'/', ..] | [b'@', _, ..] => Some(target),
-        _ => {
+fn notify_socket() -> Option<OsString> {
+    match valid_notify_socket() {
+        Ok(target) => Some(target),
+        Err(Some(target)) => {
             tracing::warn!(
                 socket = ?target,
                 "NOTIFY_SOCKET is neither an absolute path nor an @abstract name; systemd \
@@ -180,13 +221,25 @@ fn notify_socket() -> Option<std::ffi::OsString> {
             );
             None
         }
+        Err(None) => None,
+    }
+}
+
+/// `$NOTIFY_SOCKET` if it is an address sd_notify(3) sends to; else what it is, if set.
+#[cfg(unix)]
+fn valid_notify_socket() -> Result<OsString, Option<OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::env::var_os(NOTIFY_SOCKET).filter(|t| !t.is_empty());
+    match target.as_ref().map(|t| t.as_bytes()) {
+        Some([b'/', ..] | [b'@', _, ..]) => target.ok_or(None),
+        _ => Err(target),
     }
 }
 
 /// Logs how telling systemd `state` went. A failure is never returned: the server serves
 /// whether or not its supervisor heard.
 #[cfg(unix)]
-fn said(target: &std::ffi::OsStr, state: &str, sent: io::Result<()>) {
+fn said(target: &OsStr, state: &str, sent: io::Result<()>) {
     match sent {
         Ok(()) => tracing::debug!(socket = ?target, state, "told systemd"),
         Err(err) => tracing::warn!(
@@ -199,12 +252,23 @@ fn said(target: &std::ffi::OsStr, state: &str, sent: io::Result<()>) {
 
 /// One datagram, without waiting: the caller is on the runtime.
 #[cfg(unix)]
-fn send(target: &std::ffi::OsStr, state: &str) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
+fn send(target: &OsStr, state: &str) -> io::Result<()> {
+    send_on(&datagram_socket()?, target, state)
+}
+
+/// An unbound datagram socket that does not wait: its callers are on the runtime.
+#[cfg(unix)]
+fn datagram_socket() -> io::Result<UnixDatagram> {
     let socket = UnixDatagram::unbound()?;
     socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+#[cfg(unix)]
+fn send_on(socket: &UnixDatagram, target: &OsStr, state: &str) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     match target.as_bytes().strip_prefix(b"@") {
-        Some(name) => send_abstract(&socket, name, state),
+        Some(name) => send_abstract(socket, name, state),
         None => socket
             .send_to(state.as_bytes(), std::path::Path::new(target))
             .map(drop),
@@ -337,7 +401,17 @@ mod tests {
             ("0", None, "WATCHDOG_USEC is \"0\""),
             ("-5", None, "WATCHDOG_USEC is \"-5\""),
             ("30s", None, "WATCHDOG_USEC is \"30s\""),
+            (
+                "18446744073709551615",
+                None,
+                "WATCHDOG_USEC is \"18446744073709551615\"",
+            ),
+            (" 200000", None, "WATCHDOG_USEC is \" 200000\""),
+            // The limit is read first, as systemd reads it, whoever it is for.
+            ("0", Some("41"), "WATCHDOG_USEC is \"0\""),
             ("200000", Some("me"), "WATCHDOG_PID is \"me\""),
+            ("200000", Some(""), "WATCHDOG_PID is \"\""),
+            ("200000", Some("0"), "WATCHDOG_PID is \"0\""),
         ] {
             let why = limit(Some(usec), pid).expect_err(usec);
             assert!(why.starts_with(named), "{why}");
