@@ -4,8 +4,9 @@
 //! What it checks: a second SIGTERM cuts the shutdown short at any point, here during
 //! the background task drain that follows the connection drain's deadline, and during
 //! the connection drain itself; and the log says which cut it off. And, under systemd,
-//! that a server (`$NOTIFY_SOCKET` set) says when it is ready and when it stops, and
-//! serves the socket systemd passes it (`$LISTEN_FDS`).
+//! that a server (`$NOTIFY_SOCKET` set) says when it is ready and when it stops, pings
+//! its watchdog (`$WATCHDOG_USEC`) while it serves and its runtime runs, and serves the
+//! sockets systemd passes it (`$LISTEN_FDS`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -46,6 +47,7 @@ fn main() {
             #[cfg(target_os = "linux")]
             systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(true);
             systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_stalls();
+            a_watchdog_ping_that_finds_systemd_s_queue_full_goes_once_there_is_room();
             a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed();
         }
     }
@@ -54,11 +56,7 @@ fn main() {
 /// The server: one handler that starts a background task and blocks, both for far longer
 /// than the test may take, so only a cut-off ends the shutdown in time.
 fn child() {
-    tracing_subscriber::fmt()
-        .with_env_filter("syncbridge=info")
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    log_to_stderr();
     let shutdown_ms = std::env::var(CHILD_SHUTDOWN_MS)
         .ok()
         .and_then(|ms| ms.parse().ok())
@@ -104,14 +102,15 @@ fn with_child_serving(
     let child = command
         .env(CHILD, "1")
         .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .env(CHILD_SHUTDOWN_MS, shutdown_ms.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the server process");
     checking(child, |child, stdout, stderr| {
-        let addr = wait_for(stdout, "addr=");
-        let addr = addr.trim_start_matches("addr=");
+        let addr = child_addr(stdout);
         let mut conn = std::net::TcpStream::connect(addr).expect("connect");
         conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .expect("request");
@@ -274,19 +273,14 @@ impl Drop for NotifySocket {
     }
 }
 
-/// The server as a unit of `Type=notify` runs it: `$NOTIFY_SOCKET` names `notify`, and
+/// The server as a unit of `Type=notify` runs it: `$NOTIFY_SOCKET` is `notify_socket`, and
 /// `$WATCHDOG_USEC` and `$WATCHDOG_PID` are `usec` and `pid` (unset if `None`).
 #[cfg(unix)]
-fn notified_child(
-    mode: &str,
-    notify: &NotifySocket,
-    usec: Option<&str>,
-    pid: Option<&str>,
-) -> Child {
+fn notified_child(mode: &str, notify_socket: &str, usec: Option<&str>, pid: Option<&str>) -> Child {
     let mut command = Command::new(std::env::current_exe().expect("own path"));
     command
         .env(mode, "1")
-        .env("NOTIFY_SOCKET", &notify.name)
+        .env("NOTIFY_SOCKET", notify_socket)
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID");
     if let Some(usec) = usec {
@@ -327,10 +321,9 @@ fn systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(abstra
     let notify = NotifySocket::bind(&format!("ready-{abstract_name}"), abstract_name);
     // This process's id: never the child's.
     let other_process = std::process::id().to_string();
-    let child = notified_child(CHILD, &notify, Some("100000"), Some(&other_process));
+    let child = notified_child(CHILD, &notify.name, Some("100000"), Some(&other_process));
     checking(child, |child, stdout, _| {
-        let addr = wait_for(stdout, "addr=");
-        let addr = addr.trim_start_matches("addr=").to_owned();
+        let addr = child_addr(stdout);
         assert_eq!(
             notify.received(),
             format!("READY=1\nSTATUS=syncbridge listening on {addr}")
@@ -355,11 +348,7 @@ fn systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(abstra
 /// runtime idles for three of the watchdog's intervals before the process ends.
 #[cfg(unix)]
 fn watchdog_child() {
-    tracing_subscriber::fmt()
-        .with_env_filter("syncbridge=info")
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    log_to_stderr();
     let server = syncbridge::Server::bind("127.0.0.1:0");
     println!("addr={}", server.local_addr());
     let interval = std::env::var("WATCHDOG_USEC")
@@ -393,15 +382,17 @@ fn watchdog_child() {
 }
 
 /// How long [`watchdog_child`] blocks its runtime, against a watchdog limit of 400 ms.
+#[cfg(unix)]
 const STALL: Duration = Duration::from_millis(600);
 /// How long [`watchdog_child`] holds a request that its shutdown drains.
+#[cfg(unix)]
 const HOLD: Duration = Duration::from_millis(1000);
 
 #[cfg(unix)]
 fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_stalls() {
     let notify = NotifySocket::bind("watchdog", false);
     // An empty `$WATCHDOG_PID` is not "any process": sd_watchdog_enabled(3) refuses it.
-    let child = notified_child(WATCHDOG_CHILD, &notify, Some("400000"), Some(""));
+    let child = notified_child(WATCHDOG_CHILD, &notify.name, Some("400000"), Some(""));
     checking(child, |child, _, stderr| {
         wait_for(stderr, "WATCHDOG_PID is \"\", not a process id");
         assert!(notify.received().starts_with("READY=1\n"));
@@ -409,10 +400,9 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
         assert_eq!(notify.received(), "STATUS=syncbridge shutting down");
     });
 
-    let child = notified_child(WATCHDOG_CHILD, &notify, Some("400000"), None);
+    let child = notified_child(WATCHDOG_CHILD, &notify.name, Some("400000"), None);
     checking(child, |child, stdout, stderr| {
-        let addr = wait_for(stdout, "addr=");
-        let addr = addr.trim_start_matches("addr=").to_owned();
+        let addr = child_addr(stdout);
         assert!(notify.received().starts_with("READY=1\n"));
         let pinging = wait_for(stderr, "pinging systemd's watchdog");
         assert_eq!(field(&pinging, "every_ms="), "200", "{pinging}");
@@ -426,7 +416,8 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
         conn.write_all(b"GET /stall HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .expect("request");
         let (mut longest, sent) = (Duration::ZERO, Instant::now());
-        while longest < STALL - Duration::from_millis(50) {
+        // Half the stall: what the reader thread sees, it may see late.
+        while longest < STALL / 2 {
             assert!(
                 sent.elapsed() < STEP,
                 "pinged all along: {longest:?} at most between"
@@ -436,11 +427,19 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
             longest = longest.max(at - last_ping);
             last_ping = at;
         }
-        let said = wait_for(stderr, "ran no task");
+        // The stall's line: on a loaded machine a shorter hiccup may be said before it.
+        let (said, late_ms) = loop {
+            let said = wait_for(stderr, "ping task did not run for");
+            let late_ms: u64 = field(&said, "late_ms=").parse().unwrap();
+            if late_ms >= 300 {
+                break (said, late_ms);
+            }
+        };
         let since_last_ping: u64 = field(&said, "since_last_ping_ms=").parse().unwrap();
-        assert!(since_last_ping >= 550, "{said}");
-        let late_ms: u64 = field(&said, "late_ms=").parse().unwrap();
-        assert!((300..since_last_ping).contains(&late_ms), "{said}");
+        assert!(
+            since_last_ping >= 550 && late_ms < since_last_ping,
+            "{said}"
+        );
         assert_eq!(field(&said, "watchdog_ms="), "400", "{said}");
         let mut answer = String::new();
         std::io::Read::read_to_string(&mut conn, &mut answer).expect("answer");
@@ -463,6 +462,55 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
         assert!(after <= 1, "{after} pings after serve_async returned");
     });
     println!("systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_stalls ... ok");
+}
+
+/// systemd busy: its queue of notifications is full when the server starts, so that
+/// `READY=1` and the first ping find no room. Both go once there is, the ping within
+/// its retry, not half the limit (5 s here) later.
+#[cfg(unix)]
+fn a_watchdog_ping_that_finds_systemd_s_queue_full_goes_once_there_is_room() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::env::temp_dir().join(format!("syncbridge-full-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let filler = UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut queued = 0;
+    while filler.send_to(b"filler", &path).is_ok() {
+        queued += 1;
+        assert!(queued < 100_000, "the queue never filled");
+    }
+    let name = path.display().to_string();
+    let child = notified_child(WATCHDOG_CHILD, &name, Some("10000000"), None);
+    checking(child, |_, _, stderr| {
+        wait_for(stderr, "could not ping systemd's watchdog");
+        socket.set_read_timeout(Some(STEP)).unwrap();
+        let mut buf = [0u8; 512];
+        for _ in 0..queued {
+            let n = socket.recv(&mut buf).expect("a filler");
+            assert_eq!(&buf[..n], b"filler");
+        }
+        let room = Instant::now();
+        let mut pinged = None;
+        let mut ready = false;
+        while pinged.is_none() || !ready {
+            let n = socket
+                .recv(&mut buf)
+                .expect("READY=1 and a ping within the step");
+            match &buf[..n] {
+                b"WATCHDOG=1" => pinged = Some(room.elapsed()),
+                message => ready |= message.starts_with(b"READY=1\n"),
+            }
+        }
+        let pinged = pinged.unwrap_or_default();
+        assert!(
+            pinged < Duration::from_secs(2),
+            "pinged {pinged:?} after there was room"
+        );
+        wait_for(stderr, "systemd's watchdog is pinged again");
+    });
+    let _ = std::fs::remove_file(&path);
+    println!("a_watchdog_ping_that_finds_systemd_s_queue_full_goes_once_there_is_room ... ok");
 }
 
 /// The value of a `name=value` field of a log line.
@@ -534,6 +582,8 @@ fn start_activated(
         .arg(std::env::current_exe().expect("own path"))
         .env(ACTIVATED_CHILD, "1")
         .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     if let Some(notify) = notify {
@@ -693,6 +743,23 @@ fn lines(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
         }
     });
     rx
+}
+
+/// The address a child server prints (`addr=…`) once it is bound.
+#[cfg(unix)]
+fn child_addr(stdout: &mpsc::Receiver<String>) -> String {
+    wait_for(stdout, "addr=")
+        .trim_start_matches("addr=")
+        .to_owned()
+}
+
+/// A child server's log, at info level, on its stderr (which the test reads).
+fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter("syncbridge=info")
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// The first line that contains `needle`, within [`STEP`].

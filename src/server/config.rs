@@ -374,17 +374,19 @@ impl Server {
     ///
     /// Under a unit with `WatchdogSec=` (`$WATCHDOG_USEC`), it also pings systemd's
     /// watchdog (`WATCHDOG=1`) every half of that limit from a task on the runtime, from
-    /// `READY=1` until `serve` returns: async code that blocks the runtime stops the
-    /// pings, and systemd kills the service (and restarts it, as its `Restart=` says). A
-    /// stall that delayed a ping is logged at warn level once the ping is out (see
-    /// `docs/operations.md`, "Under systemd").
+    /// `READY=1` until `serve` returns: async code that blocks every worker of the
+    /// runtime (its only one, on one core) stops the pings, and systemd kills the service
+    /// (and restarts it, as its `Restart=` says). A stall that delayed a ping is logged at
+    /// warn level once the ping is out (see `docs/operations.md`, "Under systemd").
     ///
     /// Default is true; turn it off when the program has more to start after the server,
     /// and tells systemd itself (of several servers in one process, the first to accept
-    /// makes the unit ready). Off, the server pings no watchdog either: under
+    /// makes the unit ready, and each pings the watchdog: one whose runtime stalls goes
+    /// unnoticed while another pings). Off, the server pings no watchdog either: under
     /// `WatchdogSec=` the program then pings it itself. A message that cannot be sent is
-    /// logged at warn level, and the server serves on; a notification queue full for a
-    /// moment is tried again for up to 5 s. Unix only; elsewhere it does nothing.
+    /// logged at warn level, and the server serves on; `READY=1` finding systemd's queue
+    /// full is tried again for up to 5 s, a ping until it goes. Unix only; elsewhere it
+    /// does nothing.
     pub fn notify_systemd(mut self, enabled: bool) -> Self {
         self.config.notify_systemd = enabled;
         self

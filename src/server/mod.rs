@@ -11,9 +11,9 @@
 //!
 //! Here: binding and the `Server` itself. `config` holds the settings and the builder
 //! methods that set them, `runtime` the runtime `serve` builds, `serve` the accept loop
-//! and the shutdown, `conn` one connection's task and its watchdogs, `shutdown` the
-//! handle and the signal watcher, `systemd` the readiness message to systemd and the
-//! sockets it passes.
+//! and the shutdown, `conn` one connection's task and its timeouts, `shutdown` the
+//! handle and the signal watcher, `systemd` the readiness message to systemd, the pings
+//! of its watchdog and the sockets it passes.
 
 mod config;
 mod conn;

@@ -178,7 +178,9 @@ impl Server {
         }
         warn_if_short_of_files(config.max_connections);
         warn_if_zero_timeouts(&config);
-        // Pinging systemd's watchdog, if it has one, until `run` ends: through the drain too.
+        // Named, not `_`, so that the pings go on until `run` ends, through the drain: a
+        // server still draining is alive, and a stop systemd did not ask for (through the
+        // handle) leaves the watchdog armed.
         let _watchdog = if config.notify_systemd {
             super::systemd::ready(&all_addrs);
             super::systemd::watchdog()

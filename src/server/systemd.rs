@@ -75,7 +75,8 @@ pub(super) fn ready(addr: &dyn std::fmt::Display) {
 pub(super) fn watchdog() -> Option<AbortOnDropHandle<()>> {
     #[cfg(unix)]
     {
-        let target = valid_notify_socket().ok()?; // `ready` said why not
+        // `ready` has said why, if it is not an address.
+        let target = notify_socket_var().filter(|target| is_notify_address(target))?;
         let var = |name| std::env::var_os(name);
         let pid = std::process::id();
         match watchdog_limit(var(WATCHDOG_USEC), var(WATCHDOG_PID), pid) {
@@ -113,7 +114,12 @@ fn watchdog_limit(
     own_pid: u32,
 ) -> Result<Option<Duration>, String> {
     let Some(usec) = usec else { return Ok(None) };
-    let number = |value: &OsStr| value.to_str().and_then(|v| v.parse::<u64>().ok());
+    // Decimal, as systemd writes them; leading blanks skipped, as its parser does.
+    let number = |value: &OsStr| {
+        value
+            .to_str()
+            .and_then(|v| v.trim_start().parse::<u64>().ok())
+    };
     let limit = match number(&usec) {
         // `u64::MAX` is systemd's "infinity", which it refuses too.
         Some(usec) if usec > 0 && usec < u64::MAX => Duration::from_micros(usec),
@@ -126,23 +132,27 @@ fn watchdog_limit(
     match pid.map(|pid| (number(&pid), pid)) {
         None => Ok(Some(limit)),
         Some((Some(pid), _)) if pid == u64::from(own_pid) => Ok(Some(limit)),
-        Some((Some(pid), _)) if pid > 0 => Ok(None),
+        // Any other process id (a `pid_t`, so positive and at most `i32::MAX`).
+        Some((Some(pid), _)) if pid > 0 && pid <= i32::MAX as u64 => Ok(None),
         Some((_, pid)) => Err(format!("{WATCHDOG_PID} is {pid:?}, not a process id")),
     }
 }
 
 /// Sends `WATCHDOG=1` at once and then every half `limit` (sd_watchdog_enabled(3)'s
-/// advice), on one socket, until the handle is dropped. A tick late by more than a
-/// quarter of the limit means the runtime ran no task for at least that long: said at
-/// warn level once the ping is out, with the time since the ping before it, which is
-/// what systemd holds against the limit. A stall that ends between two ticks, or ends
-/// in the kill, leaves no such line.
+/// advice), on one socket, until the handle is dropped. A ping that finds systemd's queue
+/// full is tried again every 20 ms until it goes: one lost ping would leave systemd a gap
+/// of the whole limit. A tick late by more than a quarter of the limit means this task
+/// did not run for at least that long (a runtime blocked, or kept busy by tasks that do
+/// not yield): said at warn level once the ping is out, with the time since the ping
+/// before it, which is what systemd holds against the limit. A stall that ends between
+/// two ticks, or ends in the kill, leaves no such line.
 #[cfg(unix)]
 fn ping_watchdog(target: OsString, limit: Duration) -> AbortOnDropHandle<()> {
     let every = limit / 2;
+    let retry = Duration::from_millis(20).min(every);
     // Never under 50 ms: a limit of a few milliseconds would otherwise have the timer's
     // own jitter said at every tick.
-    let said_late = (limit / 4).max(Duration::from_millis(50));
+    let warn_after = (limit / 4).max(Duration::from_millis(50));
     let watchdog_ms = limit.as_millis() as u64;
     let every_ms = every.as_millis() as u64;
     tracing::info!(socket = ?target, every_ms, watchdog_ms, "pinging systemd's watchdog");
@@ -158,22 +168,24 @@ fn ping_watchdog(target: OsString, limit: Duration) -> AbortOnDropHandle<()> {
             // stalls this is for.
             let sent = ping(&mut socket, &target);
             let since_last_ping = last_ping.elapsed();
-            if sent.is_ok() {
-                last_ping = tokio::time::Instant::now();
+            match &sent {
+                Ok(()) => last_ping = tokio::time::Instant::now(),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => ticks.reset_after(retry),
+                Err(_) => {}
             }
-            if late > said_late {
+            if late > warn_after {
                 tracing::warn!(
                     late_ms = late.as_millis() as u64,
                     since_last_ping_ms = since_last_ping.as_millis() as u64,
                     watchdog_ms,
-                    "the runtime ran no task for at least {} ms, and systemd's watchdog \
-                     went {} ms without a ping; systemd kills the service at watchdog_ms",
+                    "the watchdog's ping task did not run for at least {} ms, and systemd \
+                     went {} ms without a ping; it kills the service at watchdog_ms",
                     late.as_millis(),
                     since_last_ping.as_millis()
                 );
             }
-            // Said when it begins and when it ends, not at every ping: a ping that
-            // does not arrive is one systemd may kill the service for.
+            // Said when it begins and when it ends, not at every try: a ping that does
+            // not arrive is one systemd may kill the service for.
             match (sent, failing) {
                 (Ok(()), true) => {
                     failing = false;
@@ -183,8 +195,8 @@ fn ping_watchdog(target: OsString, limit: Duration) -> AbortOnDropHandle<()> {
                     failing = true;
                     tracing::warn!(
                         socket = ?target, error = %err,
-                        "could not ping systemd's watchdog (WATCHDOG=1); it kills the \
-                         service if this lasts for its WatchdogSec"
+                        "could not ping systemd's watchdog (WATCHDOG=1); trying again, and \
+                         it kills the service if no ping arrives within its WatchdogSec"
                     );
                 }
                 _ => {}
@@ -197,43 +209,41 @@ fn ping_watchdog(target: OsString, limit: Duration) -> AbortOnDropHandle<()> {
 /// failure to make it left none).
 #[cfg(unix)]
 fn ping(slot: &mut Option<UnixDatagram>, target: &OsStr) -> io::Result<()> {
-    let socket = match slot.take() {
+    let socket = match slot {
         Some(socket) => socket,
-        None => datagram_socket()?,
+        None => slot.insert(datagram_socket()?),
     };
-    let sent = send_on(&socket, target, "WATCHDOG=1");
-    *slot = Some(socket);
-    sent
+    send_on(socket, target, "WATCHDOG=1")
 }
 
-/// `$NOTIFY_SOCKET`, if set to an address sd_notify(3) sends to: an absolute path, or an
-/// abstract name written with a leading `@`. Anything else (a relative path, systemd's
-/// newer `vsock:`) is named in a warning and left alone.
+/// `$NOTIFY_SOCKET`, if set to an address sd_notify(3) sends to. Anything else (a
+/// relative path, systemd's newer `vsock:`) is named in a warning and left alone.
 #[cfg(unix)]
 fn notify_socket() -> Option<OsString> {
-    match valid_notify_socket() {
-        Ok(target) => Some(target),
-        Err(Some(target)) => {
-            tracing::warn!(
-                socket = ?target,
-                "NOTIFY_SOCKET is neither an absolute path nor an @abstract name; systemd \
-                 is not told the server's state"
-            );
-            None
-        }
-        Err(None) => None,
+    let target = notify_socket_var()?;
+    if !is_notify_address(&target) {
+        tracing::warn!(
+            socket = ?target,
+            "NOTIFY_SOCKET is neither an absolute path nor an @abstract name; systemd \
+             is not told the server's state"
+        );
+        return None;
     }
+    Some(target)
 }
 
-/// `$NOTIFY_SOCKET` if it is an address sd_notify(3) sends to; else what it is, if set.
+/// `$NOTIFY_SOCKET`, if set and not empty.
 #[cfg(unix)]
-fn valid_notify_socket() -> Result<OsString, Option<OsString>> {
+fn notify_socket_var() -> Option<OsString> {
+    std::env::var_os(NOTIFY_SOCKET).filter(|target| !target.is_empty())
+}
+
+/// Whether `target` is an address sd_notify(3) sends to: an absolute path, or an abstract
+/// name written with a leading `@`.
+#[cfg(unix)]
+fn is_notify_address(target: &OsStr) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let target = std::env::var_os(NOTIFY_SOCKET).filter(|t| !t.is_empty());
-    match target.as_ref().map(|t| t.as_bytes()) {
-        Some([b'/', ..] | [b'@', _, ..]) => target.ok_or(None),
-        _ => Err(target),
-    }
+    matches!(target.as_bytes(), [b'/', ..] | [b'@', _, ..])
 }
 
 /// Logs how telling systemd `state` went. A failure is never returned: the server serves
@@ -391,6 +401,7 @@ mod tests {
         assert_eq!(limit(None, Some("42")), Ok(None));
         assert_eq!(limit(Some("30000000"), None), ms(30_000));
         assert_eq!(limit(Some("200000"), Some("42")), ms(200));
+        assert_eq!(limit(Some(" 200000"), Some(" 42")), ms(200));
         // Set for the process systemd started, which then started this one.
         assert_eq!(limit(Some("200000"), Some("41")), Ok(None));
     }
@@ -406,12 +417,17 @@ mod tests {
                 None,
                 "WATCHDOG_USEC is \"18446744073709551615\"",
             ),
-            (" 200000", None, "WATCHDOG_USEC is \" 200000\""),
+            ("0x30d40", None, "WATCHDOG_USEC is \"0x30d40\""),
             // The limit is read first, as systemd reads it, whoever it is for.
             ("0", Some("41"), "WATCHDOG_USEC is \"0\""),
             ("200000", Some("me"), "WATCHDOG_PID is \"me\""),
             ("200000", Some(""), "WATCHDOG_PID is \"\""),
             ("200000", Some("0"), "WATCHDOG_PID is \"0\""),
+            (
+                "200000",
+                Some("99999999999"),
+                "WATCHDOG_PID is \"99999999999\"",
+            ),
         ] {
             let why = limit(Some(usec), pid).expect_err(usec);
             assert!(why.starts_with(named), "{why}");
