@@ -183,14 +183,14 @@ fn a_sigterm_after_a_shutdown_through_the_handle_is_the_first_not_the_second() {
 }
 
 /// systemd's side of `Type=notify`: a datagram socket, bound by path or (Linux) by an
-/// abstract name, and a thread that reads it and notes when each message came; a file it
-/// bound is removed when it is dropped.
+/// abstract name, and a thread that reads it and notes when each message came.
 #[cfg(unix)]
 struct NotifySocket {
     messages: mpsc::Receiver<(Instant, String)>,
     /// What `$NOTIFY_SOCKET` says.
     name: String,
-    file: Option<std::path::PathBuf>,
+    /// Its file, if bound by path: removed with it.
+    _file: Option<TempFile>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -214,10 +214,9 @@ impl NotifySocket {
             #[cfg(not(target_os = "linux"))]
             unreachable!("abstract names are Linux's")
         } else {
-            let path = std::env::temp_dir().join(&name);
-            let _ = std::fs::remove_file(&path);
-            let socket = UnixDatagram::bind(&path).unwrap();
-            (socket, path.display().to_string(), Some(path))
+            let file = TempFile::new(&name);
+            let socket = UnixDatagram::bind(&file.0).unwrap();
+            (socket, file.0.display().to_string(), Some(file))
         };
         // Short, so that the thread sees `stop` soon after the test is done.
         socket
@@ -240,7 +239,7 @@ impl NotifySocket {
         NotifySocket {
             messages,
             name,
-            file,
+            _file: file,
             stop,
         }
     }
@@ -267,9 +266,6 @@ impl NotifySocket {
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(file) = &self.file {
-            let _ = std::fs::remove_file(file);
-        }
     }
 }
 
@@ -470,13 +466,13 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
 #[cfg(unix)]
 fn a_watchdog_ping_that_finds_systemd_s_queue_full_goes_once_there_is_room() {
     use std::os::unix::net::UnixDatagram;
-    let path = std::env::temp_dir().join(format!("syncbridge-full-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let socket = UnixDatagram::bind(&path).unwrap();
+    let file = TempFile::new(&format!("syncbridge-full-{}", std::process::id()));
+    let path = &file.0;
+    let socket = UnixDatagram::bind(path).unwrap();
     let filler = UnixDatagram::unbound().unwrap();
     filler.set_nonblocking(true).unwrap();
     let mut queued = 0;
-    while filler.send_to(b"filler", &path).is_ok() {
+    while filler.send_to(b"filler", path).is_ok() {
         queued += 1;
         assert!(queued < 100_000, "the queue never filled");
     }
@@ -509,8 +505,28 @@ fn a_watchdog_ping_that_finds_systemd_s_queue_full_goes_once_there_is_room() {
         );
         wait_for(stderr, "systemd's watchdog is pinged again");
     });
-    let _ = std::fs::remove_file(&path);
     println!("a_watchdog_ping_that_finds_systemd_s_queue_full_goes_once_there_is_room ... ok");
+}
+
+/// A path in the temporary directory, free when made and removed when dropped, also when
+/// a check panics.
+#[cfg(unix)]
+struct TempFile(std::path::PathBuf);
+
+#[cfg(unix)]
+impl TempFile {
+    fn new(name: &str) -> TempFile {
+        let path = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_file(&path);
+        TempFile(path)
+    }
+}
+
+#[cfg(unix)]
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The value of a `name=value` field of a log line.
@@ -655,25 +671,24 @@ fn a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed() {
     stop(child, &stdout);
 
     // A Unix socket: its file is systemd's, and stays when the server stops.
-    let path =
-        std::env::temp_dir().join(format!("syncbridge-activated-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let file = TempFile::new(&format!("syncbridge-activated-{}.sock", std::process::id()));
+    let path = &file.0;
+    let unix = std::os::unix::net::UnixListener::bind(path).unwrap();
     let (child, stdout) = start_activated(&[unix.as_raw_fd()], None);
     drop(unix);
     wait_for(&stdout, &format!("serving unix:{}", path.display()));
-    let answer = get_over(std::os::unix::net::UnixStream::connect(&path).unwrap());
+    let answer = get_over(std::os::unix::net::UnixStream::connect(path).unwrap());
     assert!(answer.ends_with("activated\n"), "{answer}");
     stop(child, &stdout);
     assert!(path.exists(), "the socket file is systemd's to remove");
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
 
     // Two sockets (two `ListenStream=` lines): one server, serving both, in their order,
     // and its status names both.
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = tcp.local_addr().unwrap();
-    let _ = std::fs::remove_file(&path);
-    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let _ = std::fs::remove_file(path);
+    let unix = std::os::unix::net::UnixListener::bind(path).unwrap();
     let notify = NotifySocket::bind("activated", false);
     let (child, stdout) = start_activated(&[tcp.as_raw_fd(), unix.as_raw_fd()], Some(&notify));
     drop((tcp, unix));
@@ -684,12 +699,11 @@ fn a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed() {
         ready,
         format!("READY=1\nSTATUS=syncbridge listening on {both}")
     );
-    let answer = get_over(std::os::unix::net::UnixStream::connect(&path).unwrap());
+    let answer = get_over(std::os::unix::net::UnixStream::connect(path).unwrap());
     assert!(answer.ends_with("activated\n"), "{answer}");
     let answer = get_over(std::net::TcpStream::connect(addr).unwrap());
     assert!(answer.ends_with("activated\n"), "{answer}");
     stop(child, &stdout);
-    let _ = std::fs::remove_file(&path);
 
     // One of two is a connection (`Accept=yes`): neither is taken, and the refusal
     // names the one.
