@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use syncbridge::{Handler, Server, ShutdownHandle};
 use tokio::net::TcpStream;
 
+pub mod child;
 pub mod logs;
 pub mod stuck;
 
