@@ -13,8 +13,8 @@
 //! `$WATCHDOG_USEC`, and kills (`SIGABRT`) and, as `Restart=` says, restarts a service
 //! that does not send `WATCHDOG=1` that often. The server pings from a task on its
 //! runtime, so the pings stop when the runtime runs no task: async code that blocks its
-//! thread (`std::thread::sleep` in a background task, a sync client called from
-//! `async fn`), which on a runtime of one worker stops every connection too.
+//! threads (`std::thread::sleep` in a background task, a sync client called from
+//! `async fn`), which stops every connection on them too.
 //!
 //! Socket activation (`sd_listen_fds(3)`): systemd binds the sockets of a `.socket` unit
 //! and passes them to the service open, from descriptor 3 on, saying how many in
