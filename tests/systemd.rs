@@ -31,6 +31,10 @@ const ACTIVATED_CHILD: &str = "SYNCBRIDGE_SYSTEMD_ACTIVATED_CHILD";
 /// Set: the child serves on a runtime of its own, which its requests can block
 /// ([`watchdog_child`]).
 const WATCHDOG_CHILD: &str = "SYNCBRIDGE_SYSTEMD_WATCHDOG_CHILD";
+/// Set: that child's server has `notify_systemd(false)`.
+const NO_READY: &str = "SYNCBRIDGE_SYSTEMD_NO_READY";
+/// Set: that child's server has `systemd_watchdog(false)`.
+const NO_WATCHDOG: &str = "SYNCBRIDGE_SYSTEMD_NO_WATCHDOG";
 
 fn main() {
     if std::env::var_os(ACTIVATED_CHILD).is_some() {
@@ -47,6 +51,7 @@ fn main() {
             systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(true);
             systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_stalls();
             a_watchdog_ping_that_finds_systemd_s_queue_full_goes_once_there_is_room();
+            readiness_and_the_watchdog_are_switched_apart();
             a_server_started_by_its_socket_unit_serves_the_sockets_systemd_passed();
         }
     }
@@ -139,13 +144,18 @@ impl Drop for NotifySocket {
     }
 }
 
-/// The server as a unit of `Type=notify` runs it: `$NOTIFY_SOCKET` is `notify_socket`, and
+/// [`watchdog_child`], run by `command` (this binary, with the child's settings), as a
+/// unit of `Type=notify` runs it: `$NOTIFY_SOCKET` is `notify_socket`, and
 /// `$WATCHDOG_USEC` and `$WATCHDOG_PID` are `usec` and `pid` (unset if `None`).
 #[cfg(unix)]
-fn notified_child(mode: &str, notify_socket: &str, usec: Option<&str>, pid: Option<&str>) -> Child {
-    let mut command = Command::new(std::env::current_exe().expect("own path"));
+fn notified_child(
+    command: &mut Command,
+    notify_socket: &str,
+    usec: Option<&str>,
+    pid: Option<&str>,
+) -> Child {
     command
-        .env(mode, "1")
+        .env(WATCHDOG_CHILD, "1")
         .env("NOTIFY_SOCKET", notify_socket)
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID");
@@ -162,6 +172,12 @@ fn notified_child(mode: &str, notify_socket: &str, usec: Option<&str>, pid: Opti
         .expect("start the server process")
 }
 
+/// A command that runs this binary again.
+#[cfg(unix)]
+fn this_binary() -> Command {
+    Command::new(std::env::current_exe().expect("own path"))
+}
+
 /// By path or (`abstract_name`, Linux) by an abstract name. Its watchdog variables are
 /// for another process (the one systemd started, which started this one): no pings.
 #[cfg(unix)]
@@ -170,7 +186,7 @@ fn systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(abstra
     // This process's id: never the child's.
     let other_process = std::process::id().to_string();
     let child = notified_child(
-        WATCHDOG_CHILD,
+        &mut this_binary(),
         &notify.name,
         Some("100000"),
         Some(&other_process),
@@ -202,7 +218,10 @@ fn systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(abstra
 #[cfg(unix)]
 fn watchdog_child() {
     log_to_stderr();
-    let server = syncbridge::Server::bind("127.0.0.1:0");
+    let switched_on = |name| std::env::var_os(name).is_none();
+    let server = syncbridge::Server::bind("127.0.0.1:0")
+        .notify_systemd(switched_on(NO_READY))
+        .systemd_watchdog(switched_on(NO_WATCHDOG));
     println!("addr={}", server.local_addr());
     let interval = std::env::var("WATCHDOG_USEC")
         .ok()
@@ -246,7 +265,7 @@ const HOLD: Duration = Duration::from_millis(1000);
 fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_stalls() {
     let notify = NotifySocket::bind("watchdog", false);
     // An empty `$WATCHDOG_PID` is not "any process": sd_watchdog_enabled(3) refuses it.
-    let child = notified_child(WATCHDOG_CHILD, &notify.name, Some("400000"), Some(""));
+    let child = notified_child(&mut this_binary(), &notify.name, Some("400000"), Some(""));
     checking(child, |child, _, stderr| {
         wait_for(stderr, "WATCHDOG_PID is \"\", not a process id");
         assert!(notify.received().starts_with("READY=1\n"));
@@ -254,7 +273,7 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
         assert_eq!(notify.received(), "STATUS=syncbridge shutting down");
     });
 
-    let child = notified_child(WATCHDOG_CHILD, &notify.name, Some("400000"), None);
+    let child = notified_child(&mut this_binary(), &notify.name, Some("400000"), None);
     checking(child, |child, stdout, stderr| {
         let addr = child_addr(stdout);
         assert!(notify.received().starts_with("READY=1\n"));
@@ -318,6 +337,49 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
     println!("systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_stalls ... ok");
 }
 
+/// Readiness and the watchdog have a switch each: a program that says `READY=1` itself
+/// still has its server's runtime watched, and one that pings itself still has the
+/// server say it is ready.
+#[cfg(unix)]
+fn readiness_and_the_watchdog_are_switched_apart() {
+    let notify = NotifySocket::bind("switched", false);
+    let child = notified_child(
+        this_binary().env(NO_READY, "1"),
+        &notify.name,
+        Some("400000"),
+        None,
+    );
+    checking(child, |child, _, stderr| {
+        wait_for(stderr, "pinging systemd's watchdog");
+        // Pinged, at once and then again, and never told `READY=1`.
+        assert_eq!(notify.received(), "WATCHDOG=1");
+        assert_eq!(notify.received(), "WATCHDOG=1");
+        sigterm(child);
+        while let Ok((_, message)) = notify.messages.recv_timeout(Duration::from_millis(300)) {
+            assert_eq!(message, "WATCHDOG=1", "the server told systemd more");
+        }
+    });
+
+    let child = notified_child(
+        this_binary().env(NO_WATCHDOG, "1"),
+        &notify.name,
+        Some("400000"),
+        None,
+    );
+    checking(child, |child, stdout, _| {
+        let addr = child_addr(stdout);
+        assert!(notify.received().starts_with("READY=1\n"));
+        let mut held = std::net::TcpStream::connect(&addr).expect("connect");
+        held.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("request");
+        wait_for(stdout, "holding");
+        sigterm(child);
+        // No ping went between, though one would at once after `READY=1`.
+        assert_eq!(notify.received(), "STATUS=syncbridge shutting down");
+    });
+    println!("readiness_and_the_watchdog_are_switched_apart ... ok");
+}
+
 /// systemd busy: its queue of notifications is full when the server starts, so that
 /// `READY=1` and the first ping find no room. Both go once there is, the ping within
 /// its retry, not half the limit (5 s here) later.
@@ -335,7 +397,7 @@ fn a_watchdog_ping_that_finds_systemd_s_queue_full_goes_once_there_is_room() {
         assert!(queued < 100_000, "the queue never filled");
     }
     let name = path.display().to_string();
-    let child = notified_child(WATCHDOG_CHILD, &name, Some("10000000"), None);
+    let child = notified_child(&mut this_binary(), &name, Some("10000000"), None);
     checking(child, |_, _, stderr| {
         wait_for(stderr, "could not ping systemd's watchdog");
         socket.set_read_timeout(Some(STEP)).unwrap();

@@ -36,6 +36,7 @@ pub(super) struct Config {
     pub(super) worker_threads: Option<usize>,
     pub(super) handle_signals: bool,
     pub(super) notify_systemd: bool,
+    pub(super) systemd_watchdog: bool,
     pub(super) remote_addr: bool,
     /// `None` until `Server::trusted_proxies` is called.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
@@ -67,6 +68,7 @@ impl Default for Config {
             worker_threads: None,
             handle_signals: true,
             notify_systemd: true,
+            systemd_watchdog: true,
             remote_addr: false,
             trusted_proxies: None,
             request_span: None,
@@ -372,23 +374,39 @@ impl Server {
     /// systemd treat the whole service as stopping. Without `$NOTIFY_SOCKET` (or with one
     /// that is neither an absolute path nor an `@abstract` name) nothing is sent.
     ///
-    /// Under a unit with `WatchdogSec=` (`$WATCHDOG_USEC`), it also pings systemd's
-    /// watchdog (`WATCHDOG=1`) every half of that limit from a task on the runtime, from
-    /// `READY=1` until `serve` returns: async code that blocks every worker of the
-    /// runtime (its only one, on one core) stops the pings, and systemd kills the service
-    /// (and restarts it, as its `Restart=` says). A stall that delayed a ping is logged at
-    /// warn level once the ping is out (see `docs/operations.md`, "Under systemd").
+    /// Under a unit with `WatchdogSec=`, the server also pings systemd's watchdog; that
+    /// has its own switch, [`systemd_watchdog`](Server::systemd_watchdog).
     ///
     /// Default is true; turn it off when the program has more to start after the server,
     /// and tells systemd itself (of several servers in one process, the first to accept
-    /// makes the unit ready, and each pings the watchdog: one whose runtime stalls goes
-    /// unnoticed while another pings). Off, the server pings no watchdog either: under
-    /// `WatchdogSec=` the program then pings it itself. A message that cannot be sent is
-    /// logged at warn level, and the server serves on; `READY=1` finding systemd's queue
-    /// full is tried again for up to 5 s, a ping until it goes. Unix only; elsewhere it
-    /// does nothing.
+    /// makes the unit ready). A message that cannot be sent is logged at warn level, and
+    /// the server serves on; `READY=1` finding systemd's queue full is tried again for up
+    /// to 5 s. Unix only; elsewhere it does nothing.
     pub fn notify_systemd(mut self, enabled: bool) -> Self {
         self.config.notify_systemd = enabled;
+        self
+    }
+
+    /// Whether the server pings systemd's watchdog. Under a unit with `WatchdogSec=`
+    /// (systemd then sets `$WATCHDOG_USEC`, and `$NOTIFY_SOCKET`), it sends `WATCHDOG=1`
+    /// at once and then every half of that limit, from a task on the runtime, from the
+    /// start of `serve` until it returns (through the drain too). So async code that
+    /// blocks every worker of the runtime (its only one, on one core) stops the pings, and
+    /// systemd kills the service (and restarts it, as its `Restart=` says); a stall that
+    /// delayed a ping is logged at warn level once the ping is out. A handler stuck on a
+    /// dependency does not stop them: handlers run on the pool. A ping that finds
+    /// systemd's queue full is tried again every 20 ms until it goes. See
+    /// `docs/operations.md`, "Under systemd".
+    ///
+    /// Default is true, whether or not the server tells systemd it is ready
+    /// ([`notify_systemd`](Server::notify_systemd)): a program that says `READY=1` itself
+    /// still has its server's runtime watched. Turn it off when the program pings the
+    /// watchdog itself, from somewhere it would rather have watched. Of several servers
+    /// in one process, each pings: one whose runtime stalls goes unnoticed while another
+    /// pings. Without `$WATCHDOG_USEC`, or with one for another process
+    /// (`$WATCHDOG_PID`), nothing is sent. Unix only; elsewhere it does nothing.
+    pub fn systemd_watchdog(mut self, enabled: bool) -> Self {
+        self.config.systemd_watchdog = enabled;
         self
     }
 

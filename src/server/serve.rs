@@ -181,11 +181,13 @@ impl Server {
         // Named, not `_`, so that the pings go on until `run` ends, through the drain: a
         // server still draining is alive, and a stop systemd did not ask for (through the
         // handle) leaves the watchdog armed.
-        let _watchdog = if config.notify_systemd {
+        if config.notify_systemd {
             super::systemd::ready(&all_addrs);
-            super::systemd::watchdog()
-        } else {
-            None
+        }
+        let _watchdog = match config.systemd_watchdog {
+            // `ready` has named a `$NOTIFY_SOCKET` that is no address, if it ran.
+            true => super::systemd::watchdog(!config.notify_systemd),
+            false => None,
         };
 
         loop {

@@ -70,13 +70,17 @@ pub(super) fn ready(addr: &dyn std::fmt::Display) {
 }
 
 /// Under a unit with `WatchdogSec=`, starts pinging systemd's watchdog from a task on
-/// the runtime, until the returned handle is dropped. Called on the runtime, after
-/// [`ready`]; `None` without a watchdog for this process (or off Unix).
-pub(super) fn watchdog() -> Option<AbortOnDropHandle<()>> {
+/// the runtime, until the returned handle is dropped. Called on the runtime; a
+/// `$NOTIFY_SOCKET` that is no address is named if `name_a_bad_socket` (not when
+/// [`ready`] has just named it). `None` without a watchdog for this process (or off
+/// Unix).
+pub(super) fn watchdog(name_a_bad_socket: bool) -> Option<AbortOnDropHandle<()>> {
     #[cfg(unix)]
     {
-        // `ready` has said why, if it is not an address.
-        let target = notify_socket_var().filter(|target| is_notify_address(target))?;
+        let target = match name_a_bad_socket {
+            true => notify_socket()?,
+            false => notify_socket_var().filter(|target| is_notify_address(target))?,
+        };
         let var = |name| std::env::var_os(name);
         let pid = std::process::id();
         match watchdog_limit(var(WATCHDOG_USEC), var(WATCHDOG_PID), pid) {
@@ -88,7 +92,10 @@ pub(super) fn watchdog() -> Option<AbortOnDropHandle<()>> {
         }
     }
     #[cfg(not(unix))]
-    None
+    {
+        let _ = name_a_bad_socket;
+        None
+    }
 }
 
 /// Tells systemd, for `systemctl status`, that the server is shutting down. Only the
