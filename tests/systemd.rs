@@ -172,6 +172,23 @@ fn notified_child(
         .expect("start the server process")
 }
 
+/// Starts a request that [`watchdog_child`] holds for [`HOLD`] on `addr`, waits until its
+/// handler runs, and sends the child SIGTERM: its shutdown then has that request to
+/// drain. The connection is returned, to be kept open meanwhile.
+#[cfg(unix)]
+fn sigterm_while_holding(
+    child: &Child,
+    stdout: &mpsc::Receiver<String>,
+    addr: &str,
+) -> std::net::TcpStream {
+    let mut held = std::net::TcpStream::connect(addr).expect("connect");
+    held.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("request");
+    wait_for(stdout, "holding");
+    sigterm(child);
+    held
+}
+
 /// A command that runs this binary again.
 #[cfg(unix)]
 fn this_binary() -> Command {
@@ -198,11 +215,7 @@ fn systemd_hears_ready_once_the_server_listens_and_its_status_at_shutdown(abstra
             format!("READY=1\nSTATUS=syncbridge listening on {addr}")
         );
         // Ready means accepting: a client connects and is served at once.
-        let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
-        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .expect("request");
-        wait_for(stdout, "holding");
-        sigterm(child);
+        let _held = sigterm_while_holding(child, stdout, &addr);
         // The status only: `STOPPING=1` would stop the whole unit. And no `WATCHDOG=1`
         // before it, although a ping for this process would go at once after `READY=1`.
         assert_eq!(notify.received(), "STATUS=syncbridge shutting down");
@@ -320,11 +333,7 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
 
         // Pinged through the drain of a request that holds on after SIGTERM, and not
         // once `serve_async` has returned, though its runtime goes on.
-        let mut held = std::net::TcpStream::connect(&addr).expect("connect");
-        held.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
-            .expect("request");
-        wait_for(stdout, "holding");
-        sigterm(child);
+        let _held = sigterm_while_holding(child, stdout, &addr);
         while notify.received() != "STATUS=syncbridge shutting down" {}
         assert_eq!(notify.received(), "WATCHDOG=1", "a ping during the drain");
         wait_for(stdout, "serve returned");
@@ -369,11 +378,7 @@ fn readiness_and_the_watchdog_are_switched_apart() {
     checking(child, |child, stdout, _| {
         let addr = child_addr(stdout);
         assert!(notify.received().starts_with("READY=1\n"));
-        let mut held = std::net::TcpStream::connect(&addr).expect("connect");
-        held.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
-            .expect("request");
-        wait_for(stdout, "holding");
-        sigterm(child);
+        let _held = sigterm_while_holding(child, stdout, &addr);
         // No ping went between, though one would at once after `READY=1`.
         assert_eq!(notify.received(), "STATUS=syncbridge shutting down");
     });
