@@ -334,7 +334,10 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
         // Pinged through the drain of a request that holds on after SIGTERM, and not
         // once `serve_async` has returned, though its runtime goes on.
         let _held = sigterm_while_holding(child, stdout, &addr);
-        while notify.received() != "STATUS=syncbridge shutting down" {}
+        let signalled = Instant::now();
+        while notify.received() != "STATUS=syncbridge shutting down" {
+            assert!(signalled.elapsed() < STEP, "no shutdown status");
+        }
         assert_eq!(notify.received(), "WATCHDOG=1", "a ping during the drain");
         wait_for(stdout, "serve returned");
         notify.skip_received();
@@ -352,30 +355,25 @@ fn systemd_s_watchdog_is_pinged_while_the_server_runs_and_not_while_its_runtime_
 #[cfg(unix)]
 fn readiness_and_the_watchdog_are_switched_apart() {
     let notify = NotifySocket::bind("switched", false);
-    let child = notified_child(
-        this_binary().env(NO_READY, "1"),
-        &notify.name,
-        Some("400000"),
-        None,
-    );
-    checking(child, |child, _, stderr| {
+    let with_off = |switch| {
+        let mut command = this_binary();
+        command.env(switch, "1");
+        notified_child(&mut command, &notify.name, Some("400000"), None)
+    };
+    checking(with_off(NO_READY), |child, stdout, stderr| {
         wait_for(stderr, "pinging systemd's watchdog");
         // Pinged, at once and then again, and never told `READY=1`.
         assert_eq!(notify.received(), "WATCHDOG=1");
         assert_eq!(notify.received(), "WATCHDOG=1");
         sigterm(child);
-        while let Ok((_, message)) = notify.messages.recv_timeout(Duration::from_millis(300)) {
+        // Nor its shutdown, which was over three intervals before the child says this.
+        wait_for(stdout, "idled");
+        for (_, message) in notify.messages.try_iter() {
             assert_eq!(message, "WATCHDOG=1", "the server told systemd more");
         }
     });
 
-    let child = notified_child(
-        this_binary().env(NO_WATCHDOG, "1"),
-        &notify.name,
-        Some("400000"),
-        None,
-    );
-    checking(child, |child, stdout, _| {
+    checking(with_off(NO_WATCHDOG), |child, stdout, _| {
         let addr = child_addr(stdout);
         assert!(notify.received().starts_with("READY=1\n"));
         let _held = sigterm_while_holding(child, stdout, &addr);

@@ -184,10 +184,11 @@ impl Server {
         if config.notify_systemd {
             super::systemd::ready(&all_addrs);
         }
-        let _watchdog = match config.systemd_watchdog {
+        let _watchdog = if config.systemd_watchdog {
             // `ready` has named a `$NOTIFY_SOCKET` that is no address, if it ran.
-            true => super::systemd::watchdog(!config.notify_systemd),
-            false => None,
+            super::systemd::watchdog(!config.notify_systemd)
+        } else {
+            None
         };
 
         loop {

@@ -77,9 +77,10 @@ pub(super) fn ready(addr: &dyn std::fmt::Display) {
 pub(super) fn watchdog(name_a_bad_socket: bool) -> Option<AbortOnDropHandle<()>> {
     #[cfg(unix)]
     {
-        let target = match name_a_bad_socket {
-            true => notify_socket()?,
-            false => notify_socket_var().filter(|target| is_notify_address(target))?,
+        let target = if name_a_bad_socket {
+            notify_socket()?
+        } else {
+            notify_socket_var().filter(|target| is_notify_address(target))?
         };
         let var = |name| std::env::var_os(name);
         let pid = std::process::id();
