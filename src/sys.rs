@@ -1,7 +1,27 @@
 //! What std cannot do for us: lower a thread's scheduling priority and policy, read the
 //! open-file limit, bound what waits unsent in a socket, make a socket's close a reset,
 //! see whether a client has sent what nobody read, and how much it has taken, count
-//! the process's threads, and take a socket systemd passed by its number.
+//! the process's threads, take a socket systemd passed by its number, and look at what
+//! a Unix socket's peer sent without taking it.
+
+/// Copies what has arrived on a Unix socket into `buf` without taking it off the socket
+/// (`recv` with `MSG_PEEK`, which tokio offers for TCP only), or `WouldBlock`: the
+/// PROXY protocol's header is read so, and not a byte past it.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+pub(crate) fn peek(socket: &impl std::os::fd::AsRawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, the most `recv` writes;
+    // the caller keeps the descriptor open.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK,
+        )
+    };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
 
 /// Sets the calling thread's nice value to the process's own plus `increment` (the
 /// kernel caps it at 19). Best effort: a failure only costs the scheduling benefit, so

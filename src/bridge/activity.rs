@@ -82,7 +82,9 @@ pub(crate) enum CutOff {
 const NOT_HELD: u64 = u64::MAX;
 
 impl Activity {
-    pub(crate) fn new() -> Self {
+    /// A connection's, from `accepted`, when it was accepted: its first request is due a
+    /// header read timeout after that, time spent on a PROXY protocol header included.
+    pub(crate) fn new(accepted: Instant) -> Self {
         Activity {
             in_flight: AtomicUsize::new(0),
             last_busy_ms: AtomicU64::new(0),
@@ -96,7 +98,7 @@ impl Activity {
             cut_off: AtomicU8::new(0),
             aborted: AtomicBool::new(false),
             had_request_body: AtomicBool::new(false),
-            epoch: Instant::now(),
+            epoch: accepted,
         }
     }
 

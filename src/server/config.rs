@@ -40,6 +40,7 @@ pub(super) struct Config {
     pub(super) remote_addr: bool,
     /// `None` until `Server::trusted_proxies` is called.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
+    pub(super) proxy_protocol: bool,
     /// `None` until `Server::request_span` is called.
     pub(super) request_span: Option<MakeSpan>,
     pub(super) http1_half_close: bool,
@@ -71,6 +72,7 @@ impl Default for Config {
             systemd_watchdog: true,
             remote_addr: false,
             trusted_proxies: None,
+            proxy_protocol: false,
             request_span: None,
             http1_half_close: false,
             tasks: TaskSet::builder(),
@@ -475,6 +477,52 @@ impl Server {
     {
         let list = proxies.into_iter().map(Into::into).collect();
         self.config.trusted_proxies = Some(Arc::new(Proxies::new(list)));
+        self
+    }
+
+    /// Whether every connection begins with a PROXY protocol header (HAProxy's, version
+    /// 1 or 2) naming its client: for a server behind a load balancer that passes TCP
+    /// through unread and names the client so (HAProxy's `send-proxy` or `send-proxy-v2`,
+    /// an AWS Network Load Balancer with proxy protocol v2 on, nginx's `proxy_protocol on`
+    /// in a `stream` block; gunicorn's `--proxy-protocol`). Default is false.
+    ///
+    /// With it on, every connection, on every socket of the server, must begin with
+    /// one, as the protocol asks: one that does not (a client that reached the port
+    /// round the balancer, or a balancer not set to send it) is closed unanswered, and
+    /// said in a warning, at most one a second. The header is due within the
+    /// [`header_read_timeout`](Server::header_read_timeout) of the connect, and the first
+    /// request within the same time in all. A header that names no client (the
+    /// balancer's own health check: version 2's `LOCAL`, version 1's `UNKNOWN`) leaves
+    /// the connection's requests its peer's. Version 2's TLVs are read and dropped.
+    ///
+    /// The client the header names becomes the connection's peer: its
+    /// [`RemoteAddr`](super::RemoteAddr) (with [`remote_addr`](Server::remote_addr)),
+    /// the `peer` of its log lines (beside `proxy`, the balancer), and the peer whose
+    /// `X-Forwarded-For` [`trusted_proxies`](Server::trusted_proxies) believes or not.
+    /// Without `trusted_proxies`, every peer's header is believed: let only the balancer
+    /// reach the port. With it, only a trusted proxy's is (any peer's on a Unix
+    /// socket); another peer's header is still required, and read, but its requests are
+    /// the peer's own, and a warning says so.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use syncbridge::{RemoteAddr, Request, Server, TrustedProxy};
+    ///
+    /// // An HAProxy backend with `server app 10.0.1.5:8000 send-proxy-v2`.
+    /// let haproxy: TrustedProxy = "10.0.0.2".parse().unwrap();
+    /// Server::bind("0.0.0.0:8000")
+    ///     .proxy_protocol(true)
+    ///     .trusted_proxies([haproxy])
+    ///     .remote_addr(true)
+    ///     .serve(|req: Request| match req.extensions().get::<RemoteAddr>() {
+    ///         Some(RemoteAddr(client)) => format!("hello, {}\n", client.ip()),
+    ///         None => "hello\n".to_owned(),
+    ///     })
+    ///     .unwrap();
+    /// ```
+    pub fn proxy_protocol(mut self, enabled: bool) -> Self {
+        self.config.proxy_protocol = enabled;
         self
     }
 

@@ -51,13 +51,17 @@ pub(super) struct ConnConfig {
     pub(super) listen_addr: bool,
     /// Which peers are trusted proxies (`Server::trusted_proxies`), when any may be.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
+    /// Whether every connection begins with a PROXY protocol header
+    /// (`Server::proxy_protocol`).
+    pub(super) proxy_protocol: bool,
     pub(super) signal: ConnSignal,
 }
 
 /// Serves one connection until it closes, idles out, or the server stops.
 ///
 /// `_permit` is the connection's slot under `max_connections`; it returns when the task
-/// ends.
+/// ends. `accepted` is when the connection was: its first request is due a header read
+/// timeout after it.
 pub(super) async fn serve<H: Handler>(
     stream: ConnStream,
     peer: Peer,
@@ -65,8 +69,9 @@ pub(super) async fn serve<H: Handler>(
     config: Arc<ConnConfig>,
     service: SyncService<H>,
     _permit: OwnedSemaphorePermit,
+    accepted: std::time::Instant,
 ) {
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(accepted));
     let socket = stream.conn_socket();
     let peer_extension = config.remote_addr.then(|| peer.extension()).flatten();
     let local = config.listen_addr.then_some(local);

@@ -273,6 +273,12 @@ impl Proxies {
     fn trust(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(ip))
     }
+
+    /// Whether `peer` is a trusted proxy: one of the list, or any Unix socket's peer.
+    pub(super) fn trust_peer(&self, peer: Peer) -> bool {
+        peer.remote_addr()
+            .is_none_or(|addr| self.trust(addr.ip().to_canonical()))
+    }
 }
 
 /// Where one connection's requests take their [`ClientIp`] and [`ClientScheme`] from:

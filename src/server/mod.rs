@@ -11,7 +11,8 @@
 //!
 //! Here: binding and the `Server` itself. `config` holds the settings and the builder
 //! methods that set them, `runtime` the runtime `serve` builds, `serve` the accept loop
-//! and the shutdown, `conn` one connection's task and its timeouts, `shutdown` the
+//! and the shutdown, `conn` one connection's task and its timeouts, `proxy_protocol` the
+//! header a TCP load balancer puts before a connection's first byte, `shutdown` the
 //! handle and the signal watcher, `systemd` the readiness message to systemd, the pings
 //! of its watchdog and the sockets it passes.
 
@@ -21,6 +22,7 @@ mod exec;
 mod forwarded;
 mod linger;
 mod listen;
+mod proxy_protocol;
 mod remote;
 mod runtime;
 mod serve;

@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::config::http_builder;
 use super::conn::{self, ConnConfig};
 use super::listen::{Accepted, AddrList, Listener, Listeners, ACCEPT_REST};
+use super::proxy_protocol::{self, Client};
 use super::remote::Peer;
 use super::signal::{self, ConnSignal};
 use super::stream::ConnStream;
@@ -147,6 +148,7 @@ impl Server {
             remote_addr: config.remote_addr,
             listen_addr: config.remote_addr && listen_addrs.len() > 1,
             trusted_proxies: config.trusted_proxies.clone(),
+            proxy_protocol: config.proxy_protocol,
             signal: ConnSignal::default(),
         });
         let signal_watcher = config.handle_signals.then(|| {
@@ -357,18 +359,41 @@ impl<H: Handler> ConnSpawner<H> {
         local: Arc<ListenAddr>,
         permit: OwnedSemaphorePermit,
     ) {
-        // Every line logged on the connection's behalf, the handler's own included (its
-        // request's span is this one), names its client.
-        let span = tracing::info_span!("conn", %peer);
-        let conn = conn::serve(
-            stream,
-            peer,
-            local,
-            self.config.clone(),
-            self.service.clone(),
-            permit,
-        );
-        self.connections.spawn(conn.instrument(span));
+        let accepted = std::time::Instant::now();
+        let (config, service) = (self.config.clone(), self.service.clone());
+        if !config.proxy_protocol {
+            // Every line logged on the connection's behalf, the handler's own included (its
+            // request's span is this one), names its client.
+            let span = tracing::info_span!("conn", %peer);
+            let conn = conn::serve(stream, peer, local, config, service, permit, accepted);
+            self.connections.spawn(conn.instrument(span));
+            return;
+        }
+        // The connection's client is known once its PROXY protocol header is read: its
+        // lines name the client, and the proxy beside it.
+        self.connections.spawn(async move {
+            let mut stream = stream;
+            let read = proxy_protocol::client_of(
+                &mut stream,
+                peer,
+                config.trusted_proxies.as_deref(),
+                config.header_read_timeout,
+                &config.signal,
+            );
+            let Some(client) = read.await else {
+                return;
+            };
+            let (client, span) = match client {
+                Client::Proxied(addr) => (
+                    Peer::Tcp(addr),
+                    tracing::info_span!("conn", peer = %addr, proxy = %peer),
+                ),
+                Client::Peer => (peer, tracing::info_span!("conn", %peer)),
+            };
+            conn::serve(stream, client, local, config, service, permit, accepted)
+                .instrument(span)
+                .await
+        });
     }
 }
 

@@ -30,6 +30,23 @@ impl ConnStream {
             ConnStream::Unix(stream) => ConnSocket::unix(stream),
         }
     }
+
+    /// Copies what has arrived into `buf` without taking it, once at least a byte has
+    /// (or the peer closed: `Ok(0)`). For the PROXY protocol's header, which must be read
+    /// without a byte of the request after it.
+    pub(super) async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ConnStream::Tcp(stream) => stream.peek(buf).await,
+            #[cfg(unix)]
+            ConnStream::Unix(stream) => {
+                stream
+                    .async_io(tokio::io::Interest::READABLE, || {
+                        crate::sys::peek(stream, &mut *buf)
+                    })
+                    .await
+            }
+        }
+    }
 }
 
 /// Runs `$call` with `$stream` bound to whichever stream it is (both are `Unpin`).

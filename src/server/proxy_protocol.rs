@@ -1,0 +1,498 @@
+//! The PROXY protocol (HAProxy's, versions 1 and 2): the header a load balancer that
+//! passes TCP through unread writes before its client's first byte, naming the client
+//! (HAProxy's `send-proxy` and `send-proxy-v2`, an AWS Network Load Balancer, nginx's
+//! `proxy_protocol on` in a `stream` block). Without it, every connection seems to come
+//! from the balancer ([`Server::proxy_protocol`](crate::Server::proxy_protocol)).
+//!
+//! The header is read before hyper sees the connection, with no byte past it: a peek
+//! shows what has arrived, and only the header's own bytes are then read, so the
+//! request after it is hyper's to read, on the same socket, as on any other connection.
+//! No buffer of ours sits in front of hyper's reads, and a connection without the
+//! setting costs nothing more.
+//!
+//! As the protocol asks, a server that expects the header requires it: a connection
+//! that does not begin with one is closed, never guessed to be a direct client (a client
+//! could otherwise send a header of its own choosing on a connection that bypasses the
+//! balancer, or be taken for one).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::forwarded::Proxies;
+use super::remote::Peer;
+use super::signal::{ConnSignal, DRAIN};
+use super::stream::ConnStream;
+use crate::throttle::Throttle;
+
+/// Version 1 begins so.
+const V1_PREFIX: &[u8] = b"PROXY ";
+/// The longest version 1 header, its CRLF included (the specification's own bound).
+const V1_MAX: usize = 107;
+/// Version 2 begins so: bytes no HTTP request, or version 1 header, begins with.
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// Version 2's fixed part: the signature, version and command, family, and length.
+const V2_FIXED: usize = 16;
+/// Version 2's longest address block: two 108-byte Unix socket paths.
+const V2_MAX_ADDRESSES: usize = 216;
+/// What is read of a header at most: any version 1 header, or version 2's fixed part and
+/// addresses. Version 2's TLVs after them (up to 64 KiB, none of which is used) are read
+/// through the same buffer and dropped, so a connection's header costs 232 bytes of
+/// stack, whatever its length.
+const BUFFER: usize = V2_FIXED + V2_MAX_ADDRESSES;
+
+/// What a header says about the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Header {
+    /// The client's address and port as the balancer saw them (the header's source).
+    Client(SocketAddr),
+    /// Nothing about a client: version 2's `LOCAL` (the balancer's own health check),
+    /// version 1's `UNKNOWN`, or a client that had no IP address (a Unix socket's, or one
+    /// of the unspecified family). The connection's own peer is the client then, as the
+    /// protocol asks.
+    Unnamed,
+}
+
+/// How far `parse` got with the bytes that have arrived.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    /// A header so far; more bytes are needed.
+    Incomplete,
+    /// Not a header, or a broken one: the connection is closed.
+    Invalid(&'static str),
+    /// A header `len` bytes long, of which what `header` says was in the bytes given.
+    Done { len: usize, header: Header },
+}
+
+const NOT_A_HEADER: &str = "the connection does not begin with a PROXY protocol header";
+
+/// Parses the start of a connection. Decides as soon as the bytes allow it: a first byte
+/// that begins neither version is refused at once.
+fn parse(buf: &[u8]) -> Parsed {
+    match buf.first() {
+        None => Parsed::Incomplete,
+        Some(b'P') => parse_v1(buf),
+        Some(b'\r') => parse_v2(buf),
+        Some(_) => Parsed::Invalid(NOT_A_HEADER),
+    }
+}
+
+/// `PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n`, or `PROXY UNKNOWN…\r\n`.
+fn parse_v1(buf: &[u8]) -> Parsed {
+    let seen = buf.len().min(V1_PREFIX.len());
+    if buf[..seen] != V1_PREFIX[..seen] {
+        return Parsed::Invalid(NOT_A_HEADER);
+    }
+    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() >= V1_MAX {
+            Parsed::Invalid(V1_TOO_LONG)
+        } else {
+            Parsed::Incomplete
+        };
+    };
+    // The prefix has no LF, so `lf` is past it.
+    if lf + 1 > V1_MAX {
+        return Parsed::Invalid(V1_TOO_LONG);
+    }
+    if buf[lf - 1] != b'\r' {
+        return Parsed::Invalid("a PROXY protocol version 1 header that does not end in CRLF");
+    }
+    match v1_fields(&buf[V1_PREFIX.len()..lf - 1]) {
+        Some(header) => Parsed::Done {
+            len: lf + 1,
+            header,
+        },
+        None => Parsed::Invalid("a PROXY protocol version 1 header with malformed fields"),
+    }
+}
+
+const V1_TOO_LONG: &str = "a PROXY protocol version 1 header without its CRLF in 107 bytes";
+
+/// The fields after `PROXY `: the protocol, then for TCP the two addresses and the two
+/// ports, one space apart.
+fn v1_fields(line: &[u8]) -> Option<Header> {
+    // Whatever follows `UNKNOWN` is to be ignored, bytes that are no text included.
+    if line == b"UNKNOWN" || line.starts_with(b"UNKNOWN ") {
+        return Some(Header::Unnamed);
+    }
+    let line = std::str::from_utf8(line).ok()?;
+    let mut fields = line.split(' ');
+    let protocol = fields.next()?;
+    let source = fields.next()?;
+    let destination = fields.next()?;
+    let source_port = port(fields.next()?)?;
+    let _destination_port = port(fields.next()?)?;
+    if fields.next().is_some() {
+        return None;
+    }
+    // The destination is checked as well as the source: a header half garbage is not
+    // believed half.
+    let ip: IpAddr = match protocol {
+        "TCP4" => {
+            destination.parse::<Ipv4Addr>().ok()?;
+            source.parse::<Ipv4Addr>().ok()?.into()
+        }
+        "TCP6" => {
+            destination.parse::<Ipv6Addr>().ok()?;
+            source.parse::<Ipv6Addr>().ok()?.into()
+        }
+        _ => return None,
+    };
+    Some(Header::Client(SocketAddr::new(ip, source_port)))
+}
+
+/// A port in decimal: digits only (`u16`'s parser would take a `+`).
+fn port(field: &str) -> Option<u16> {
+    if field.is_empty() || field.len() > 5 || !field.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    field.parse().ok()
+}
+
+/// The signature, `0x21` (version 2, `PROXY`) or `0x20` (`LOCAL`), the family and
+/// transport, the length of the rest, then the addresses and any TLVs.
+fn parse_v2(buf: &[u8]) -> Parsed {
+    let seen = buf.len().min(V2_SIGNATURE.len());
+    if buf[..seen] != V2_SIGNATURE[..seen] {
+        return Parsed::Invalid(NOT_A_HEADER);
+    }
+    if buf.len() < V2_FIXED {
+        return Parsed::Incomplete;
+    }
+    let len = V2_FIXED + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    let (version, command, family) = (buf[12] >> 4, buf[12] & 0x0f, buf[13]);
+    if version != 2 {
+        return Parsed::Invalid("a PROXY protocol version 2 header of another version");
+    }
+    match command {
+        // The balancer's own connection: its family is to be ignored.
+        0x0 => {
+            return Parsed::Done {
+                len,
+                header: Header::Unnamed,
+            }
+        }
+        0x1 => {}
+        _ => return Parsed::Invalid("a PROXY protocol version 2 header with an unknown command"),
+    }
+    // The high half is the address family (unspecified, IPv4, IPv6, Unix), the low half
+    // the transport (unspecified, stream, datagram); any other value is to be refused.
+    let addresses = match family {
+        0x00 => 0,
+        0x11 | 0x12 => 12,
+        0x21 | 0x22 => 36,
+        0x31 | 0x32 => 216,
+        _ => return Parsed::Invalid("a PROXY protocol version 2 header with an unknown family"),
+    };
+    if len < V2_FIXED + addresses {
+        return Parsed::Invalid("a PROXY protocol version 2 header shorter than its addresses");
+    }
+    let Some(block) = buf.get(V2_FIXED..V2_FIXED + addresses) else {
+        return Parsed::Incomplete;
+    };
+    let header = match family {
+        0x11 => Header::Client(SocketAddr::new(
+            Ipv4Addr::from(<[u8; 4]>::try_from(&block[..4]).expect("4 bytes")).into(),
+            u16::from_be_bytes([block[8], block[9]]),
+        )),
+        0x21 => Header::Client(SocketAddr::new(
+            Ipv6Addr::from(<[u8; 16]>::try_from(&block[..16]).expect("16 bytes")).into(),
+            u16::from_be_bytes([block[32], block[33]]),
+        )),
+        // No IP client to name (and a datagram transport is no client of an HTTP server).
+        _ => Header::Unnamed,
+    };
+    Parsed::Done { len, header }
+}
+
+/// Why a connection's header was not read.
+#[derive(Debug)]
+enum Refused {
+    /// The peer closed before a whole header came.
+    Closed,
+    Io(std::io::Error),
+    Invalid(&'static str),
+}
+
+impl From<std::io::Error> for Refused {
+    fn from(err: std::io::Error) -> Self {
+        Refused::Io(err)
+    }
+}
+
+/// Reads the header at the start of `stream`, and not a byte more.
+///
+/// Each round peeks at what has arrived past what was read so far. A whole header among
+/// it is read and the rest left in the socket; a header still incomplete is read as far
+/// as it came, so that the next peek waits for new bytes instead of seeing the same ones
+/// again.
+async fn read_header(stream: &mut ConnStream) -> Result<Header, Refused> {
+    let mut buf = [0u8; BUFFER];
+    let mut have = 0;
+    loop {
+        let seen = have + stream.peek(&mut buf[have..]).await?;
+        if seen == have {
+            return Err(Refused::Closed);
+        }
+        match parse(&buf[..seen]) {
+            // A version 1 header is refused at 107 bytes and version 2's addresses end
+            // by 232, so a full buffer has always been decided; said here as well.
+            Parsed::Incomplete if seen == BUFFER => return Err(Refused::Invalid(NOT_A_HEADER)),
+            Parsed::Incomplete => {
+                stream.read_exact(&mut buf[have..seen]).await?;
+                have = seen;
+            }
+            Parsed::Invalid(why) => return Err(Refused::Invalid(why)),
+            Parsed::Done { len, header } => {
+                let in_buf = len.min(seen);
+                stream.read_exact(&mut buf[have..in_buf]).await?;
+                // Version 2's TLVs: read and dropped.
+                let mut rest = len - in_buf;
+                while rest > 0 {
+                    let chunk = rest.min(BUFFER);
+                    stream.read_exact(&mut buf[..chunk]).await?;
+                    rest -= chunk;
+                }
+                return Ok(header);
+            }
+        }
+    }
+}
+
+/// Whom a connection's requests are from, once its header is read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Client {
+    /// The client the header named, believed.
+    Proxied(SocketAddr),
+    /// The peer itself: the header named no client, or the peer may not name one.
+    Peer,
+}
+
+/// Broken headers, and headers from peers that are no trusted proxy: at most a line a
+/// second of each, as for the server's other refusals (a port open to the world gets
+/// floods of both).
+static BROKEN: Throttle = Throttle::new();
+static UNTRUSTED: Throttle = Throttle::new();
+
+/// Reads a new connection's header, within `timeout` and before the shutdown begins,
+/// and says whom the connection's requests are from: the header's client, when `peer`
+/// may name one (a trusted proxy, or any peer when no proxies were listed), else `peer`
+/// itself. `None` when the connection is to be closed, said in a log line.
+pub(super) async fn client_of(
+    stream: &mut ConnStream,
+    peer: Peer,
+    trusted_proxies: Option<&Proxies>,
+    timeout: Duration,
+    signal: &ConnSignal,
+) -> Option<Client> {
+    let read = tokio::select! {
+        read = tokio::time::timeout(timeout, read_header(stream)) => read,
+        // A connection that has not said whom it is for has no request in flight.
+        _ = signal.reached(DRAIN) => {
+            tracing::debug!(%peer, "connection closed by the shutdown before its PROXY protocol header");
+            return None;
+        }
+    };
+    let header = match read {
+        Ok(Ok(header)) => header,
+        Ok(Err(Refused::Invalid(why))) => {
+            if let Some(left_out) = BROKEN.admit() {
+                tracing::warn!(%peer, left_out, "connection closed: {why}");
+            }
+            return None;
+        }
+        Ok(Err(Refused::Closed)) => {
+            tracing::debug!(%peer, "connection closed by its peer before a PROXY protocol header");
+            return None;
+        }
+        Ok(Err(Refused::Io(error))) => {
+            tracing::debug!(%peer, %error, "connection failed before its PROXY protocol header");
+            return None;
+        }
+        Err(_) => {
+            let timeout_ms = timeout.as_millis() as u64;
+            tracing::debug!(%peer, timeout_ms, "no PROXY protocol header within the header read timeout; closing");
+            return None;
+        }
+    };
+    match header {
+        Header::Unnamed => Some(Client::Peer),
+        Header::Client(client) => {
+            if trusted_proxies.is_none_or(|proxies| proxies.trust_peer(peer)) {
+                return Some(Client::Proxied(client));
+            }
+            if let Some(left_out) = UNTRUSTED.admit() {
+                tracing::warn!(
+                    %peer, claimed = %client, left_out,
+                    "a PROXY protocol header from a peer that is no trusted proxy; \
+                     its requests are the peer's"
+                );
+            }
+            Some(Client::Peer)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v2(command: u8, family: u8, addresses: &[u8], tlvs: &[u8]) -> Vec<u8> {
+        let mut header = V2_SIGNATURE.to_vec();
+        header.push(0x20 | command);
+        header.push(family);
+        let len = (addresses.len() + tlvs.len()) as u16;
+        header.extend_from_slice(&len.to_be_bytes());
+        header.extend_from_slice(addresses);
+        header.extend_from_slice(tlvs);
+        header
+    }
+
+    fn client(addr: &str) -> Header {
+        Header::Client(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn version_1_names_the_client_and_ends_at_its_crlf() {
+        let line = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\nGET / HTTP/1.1\r\n";
+        assert_eq!(
+            parse(line),
+            Parsed::Done {
+                len: 43,
+                header: client("203.0.113.7:51000")
+            }
+        );
+        let line = b"PROXY TCP6 2001:db8::7 2001:db8::1 51000 443\r\n";
+        assert_eq!(
+            parse(line),
+            Parsed::Done {
+                len: line.len(),
+                header: client("[2001:db8::7]:51000")
+            }
+        );
+        for unknown in [
+            &b"PROXY UNKNOWN\r\n"[..],
+            b"PROXY UNKNOWN \xff\xfe whatever\r\n",
+        ] {
+            assert_eq!(
+                parse(unknown),
+                Parsed::Done {
+                    len: unknown.len(),
+                    header: Header::Unnamed
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn version_1_waits_for_its_crlf_then_refuses_past_107_bytes() {
+        let line = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n";
+        for cut in 0..line.len() {
+            assert_eq!(parse(&line[..cut]), Parsed::Incomplete, "{cut} bytes");
+        }
+        let mut long = b"PROXY UNKNOWN ".to_vec();
+        long.resize(106, b'x');
+        assert_eq!(parse(&long), Parsed::Incomplete);
+        long.push(b'x');
+        assert!(matches!(parse(&long), Parsed::Invalid(_)));
+        // 106 bytes and the CRLF: 108.
+        long.truncate(106);
+        long.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&long), Parsed::Invalid(_)));
+        long.truncate(105);
+        long.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&long), Parsed::Done { len: 107, .. }));
+    }
+
+    #[test]
+    fn anything_else_is_refused_as_soon_as_it_differs() {
+        for start in [
+            &b"G"[..],
+            b"GET / HTTP/1.1\r\n",
+            b"PRI * HTTP/2.0\r\n",
+            b"PROXZ",
+            b"\r\n\r\n\0\r\nQUIX",
+            b"\x16\x03\x01",
+        ] {
+            assert_eq!(parse(start), Parsed::Invalid(NOT_A_HEADER), "{start:?}");
+        }
+        for broken in [
+            &b"PROXY TCP4 203.0.113.7 10.0.0.1 51000\r\n"[..],
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443 extra\r\n",
+            b"PROXY TCP4 203.0.113.7  10.0.0.1 51000 443\r\n",
+            b"PROXY TCP4 2001:db8::7 10.0.0.1 51000 443\r\n",
+            b"PROXY TCP6 2001:db8::7 10.0.0.1 51000 443\r\n",
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 +5100 443\r\n",
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 65536 443\r\n",
+            b"PROXY UDP4 203.0.113.7 10.0.0.1 51000 443\r\n",
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\n",
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\r\n",
+        ] {
+            assert!(
+                matches!(parse(broken), Parsed::Invalid(_)),
+                "{:?}",
+                String::from_utf8_lossy(broken)
+            );
+        }
+    }
+
+    #[test]
+    fn version_2_names_the_client_and_counts_its_tlvs() {
+        let ipv4 = [203, 0, 113, 7, 10, 0, 0, 1, 0xc7, 0x38, 0x01, 0xbb];
+        let header = v2(1, 0x11, &ipv4, &[0x04, 0x00, 0x01, 0xff]);
+        assert_eq!(
+            parse(&header),
+            Parsed::Done {
+                len: 32,
+                header: client("203.0.113.7:51000")
+            }
+        );
+        // The TLVs need not have arrived to decide.
+        assert!(matches!(parse(&header[..28]), Parsed::Done { len: 32, .. }));
+        assert_eq!(parse(&header[..27]), Parsed::Incomplete);
+        assert_eq!(parse(&header[..15]), Parsed::Incomplete);
+
+        let mut ipv6 = [0u8; 36];
+        ipv6[..16].copy_from_slice(&"2001:db8::7".parse::<Ipv6Addr>().unwrap().octets());
+        ipv6[32..34].copy_from_slice(&51000u16.to_be_bytes());
+        assert_eq!(
+            parse(&v2(1, 0x21, &ipv6, &[])),
+            Parsed::Done {
+                len: 52,
+                header: client("[2001:db8::7]:51000")
+            }
+        );
+        // A Unix client, the unspecified family, and LOCAL (whatever its family) name none.
+        for (command, family, addresses) in
+            [(1, 0x31, 216), (1, 0x00, 0), (0, 0x11, 12), (0, 0x77, 0)]
+        {
+            let header = v2(command, family, &vec![0; addresses], &[]);
+            assert_eq!(
+                parse(&header),
+                Parsed::Done {
+                    len: header.len(),
+                    header: Header::Unnamed
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn version_2_refuses_other_versions_commands_families_and_short_lengths() {
+        let ipv4 = [0u8; 12];
+        let mut other_version = v2(1, 0x11, &ipv4, &[]);
+        other_version[12] = 0x11;
+        let mut short = v2(1, 0x11, &ipv4, &[]);
+        short[15] = 11;
+        for broken in [
+            other_version,
+            v2(2, 0x11, &ipv4, &[]),
+            v2(1, 0x13, &ipv4, &[]),
+            v2(1, 0x41, &ipv4, &[]),
+            short,
+        ] {
+            assert!(matches!(parse(&broken), Parsed::Invalid(_)), "{broken:?}");
+        }
+    }
+}
