@@ -1,0 +1,337 @@
+//! `Server::proxy_protocol`: the PROXY protocol header (versions 1 and 2) a TCP load
+//! balancer writes before its client's bytes. The client it names is the request's
+//! peer, over HTTP/1.1 and HTTP/2, for every request of the connection; a header that
+//! names none leaves the peer; a connection without a valid header is closed
+//! unanswered; an untrusted peer's header is read but not believed; and a connection
+//! still waiting for its header is closed by the shutdown.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{closed_by_server, logs, read_raw_response, within, TestServer};
+use syncbridge::{ClientIp, RemoteAddr, Request, Server, TrustedProxy};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// The request's peer and client as the server resolved them: `PEER CLIENT_IP`, `none`
+/// for each missing.
+fn whoami(req: Request) -> String {
+    let peer = req
+        .extensions()
+        .get::<RemoteAddr>()
+        .map_or("none".to_owned(), |RemoteAddr(addr)| addr.to_string());
+    let client = req
+        .extensions()
+        .get::<ClientIp>()
+        .map_or("none".to_owned(), |ClientIp(ip)| ip.to_string());
+    format!("{peer} {client}")
+}
+
+fn proxied() -> Server {
+    Server::bind("127.0.0.1:0")
+        .proxy_protocol(true)
+        .remote_addr(true)
+}
+
+const V1_TCP4: &[u8] = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n";
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A version 2 header: `command` 1 is `PROXY`, 0 `LOCAL`.
+fn v2(command: u8, family: u8, addresses: &[u8], tlvs: &[u8]) -> Vec<u8> {
+    let mut header = V2_SIGNATURE.to_vec();
+    header.extend_from_slice(&[0x20 | command, family]);
+    header.extend_from_slice(&((addresses.len() + tlvs.len()) as u16).to_be_bytes());
+    header.extend_from_slice(addresses);
+    header.extend_from_slice(tlvs);
+    header
+}
+
+/// `PROXY` for a TCP client at 198.51.100.4:40000 (to 10.0.0.1:443), with `tlvs`.
+fn v2_tcp4(tlvs: &[u8]) -> Vec<u8> {
+    v2(
+        1,
+        0x11,
+        &[198, 51, 100, 4, 10, 0, 0, 1, 0x9c, 0x40, 0x01, 0xbb],
+        tlvs,
+    )
+}
+
+/// `GET path` on `stream`, with `extra` header lines: the response's body.
+async fn ask(stream: &mut TcpStream, path: &str, extra: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: proxied\r\n{extra}\r\n");
+    within(stream.write_all(request.as_bytes()))
+        .await
+        .expect("write");
+    let reply = read_raw_response(stream).await.expect("a response");
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    String::from_utf8(reply.body).expect("text")
+}
+
+/// A connection that has sent `start`, in pieces cut at `cuts`, each sent on its own
+/// (so that the server sees a header arrive in parts).
+async fn connect_with(addr: SocketAddr, start: &[u8], cuts: &[usize]) -> TcpStream {
+    let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    let mut from = 0;
+    for &cut in cuts.iter().chain([&start.len()]) {
+        within(stream.write_all(&start[from..cut]))
+            .await
+            .expect("write");
+        from = cut;
+        // Not for synchronisation: so that the pieces arrive apart, as a header split
+        // by the network would (the test holds whichever way they arrive).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stream
+}
+
+#[tokio::test]
+async fn the_client_a_header_names_is_the_peer_of_every_request_on_its_connection() {
+    let server = TestServer::start_with(proxied(), whoami);
+
+    // Version 1, the header and a request in one write; and a second request on the
+    // same connection, with no header before it.
+    let mut first = V1_TCP4.to_vec();
+    first.extend_from_slice(b"GET /a HTTP/1.1\r\nhost: proxied\r\n\r\n");
+    let mut stream = connect_with(server.addr, &first, &[]).await;
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(
+        String::from_utf8_lossy(&reply.body),
+        "203.0.113.7:51000 none"
+    );
+    assert_eq!(ask(&mut stream, "/b", "").await, "203.0.113.7:51000 none");
+
+    // Version 1 over IPv6, arriving in three pieces, the CRLF itself split.
+    let v1_tcp6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 51000 443\r\n";
+    let mut stream = connect_with(server.addr, v1_tcp6, &[3, v1_tcp6.len() - 1]).await;
+    assert_eq!(ask(&mut stream, "/", "").await, "[2001:db8::7]:51000 none");
+
+    // Version 2 with 1,500 bytes of TLVs (more than the server's buffer), in pieces
+    // that cut the signature, the fixed part and the TLVs.
+    // (Of bytes no HTTP request begins with: left unread, they would fail the request.)
+    let mut tlvs = vec![0xe0, 0x05, 0xd9];
+    tlvs.resize(1500, 0);
+    let header = v2_tcp4(&tlvs);
+    let mut stream = connect_with(server.addr, &header, &[5, 14, 40, 700]).await;
+    assert_eq!(ask(&mut stream, "/", "").await, "198.51.100.4:40000 none");
+
+    // Version 2, then HTTP/2 with prior knowledge.
+    let stream = connect_with(server.addr, &v2_tcp4(&[]), &[]).await;
+    let (mut send, conn) = within(http2::handshake(TokioExecutor::new(), TokioIo::new(stream)))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = http::Request::get("http://proxied/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = within(send.send_request(req)).await.expect("response");
+        let body = within(response.into_body().collect()).await.unwrap();
+        assert_eq!(&body.to_bytes()[..], b"198.51.100.4:40000 none");
+    }
+
+    // The lines logged on the connection's behalf name the client, and the balancer.
+    assert!(logs::eventually_contains(&["peer=198.51.100.4:40000", "proxy=127.0.0.1:"]).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_header_that_names_no_client_leaves_the_connection_its_peer() {
+    let server = TestServer::start_with(proxied(), whoami);
+    let unnamed = [
+        // The balancer's health check, whatever its family says.
+        v2(0, 0x11, &[9; 12], &[]),
+        v2(0, 0x00, &[], &[]),
+        // A client with no IP address: a Unix socket's, or the unspecified family.
+        v2(1, 0x31, &[0; 216], &[]),
+        v2(1, 0x00, &[], b"tlv"),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n".to_vec(),
+    ];
+    for header in unnamed {
+        let mut stream = connect_with(server.addr, &header, &[]).await;
+        let own = stream.local_addr().unwrap();
+        assert_eq!(ask(&mut stream, "/", "").await, format!("{own} none"));
+    }
+    server.stop().await;
+}
+
+/// Reads `stream` to its end: what the server sent before it closed (or reset) it.
+async fn everything_sent(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = within(tokio::io::AsyncReadExt::read_to_end(stream, &mut got)).await;
+    got
+}
+
+// The only test here that sends broken headers: their warnings are throttled to one a
+// second for the whole binary, and it counts them.
+#[tokio::test]
+async fn a_connection_without_a_valid_header_is_closed_unanswered() {
+    let timeout = Duration::from_secs(1);
+    let server = TestServer::start_with(proxied().header_read_timeout(timeout), whoami);
+
+    // A client that reached the port round the balancer: refused at its first byte, and
+    // said, naming it.
+    let mut direct = connect_with(server.addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", &[]).await;
+    let port = direct.local_addr().unwrap().port();
+    assert!(everything_sent(&mut direct).await.is_empty());
+    let peer = format!("peer=127.0.0.1:{port} ");
+    assert!(
+        logs::eventually_contains(&[
+            "WARN",
+            "connection closed: the connection does not begin with a PROXY protocol header",
+            &peer,
+            "left_out=0",
+        ])
+        .await
+    );
+
+    // Broken headers, each refused as soon as it is seen to be (the parser's own tests
+    // name each reason); their warnings fall within the second, and are counted.
+    let mut too_long = b"PROXY UNKNOWN ".to_vec();
+    too_long.resize(200, b'x');
+    let broken: [&[u8]; 5] = [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 51000\r\n",
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\n",
+        &too_long,
+        &v2(2, 0x11, &[0; 12], &[]),
+    ];
+    for start in broken {
+        let mut stream = connect_with(server.addr, start, &[]).await;
+        let got = everything_sent(&mut stream).await;
+        assert!(got.is_empty(), "{start:?}: answered {got:?}");
+    }
+
+    // A header begun and never finished, and a connection that says nothing: closed at
+    // the header read timeout, not left holding a slot.
+    let mut partial = connect_with(server.addr, &V1_TCP4[..20], &[]).await;
+    let mut silent = connect_with(server.addr, b"", &[]).await;
+    assert!(closed_by_server(&mut partial).await);
+    assert!(closed_by_server(&mut silent).await);
+    assert!(
+        logs::eventually_contains(&["no PROXY protocol header within the header read timeout"])
+            .await
+    );
+
+    // The time a header takes counts against the first request's: a header that comes
+    // in pieces over 0.6 s leaves a slow request head the other 0.4 s, not a second.
+    let connected = std::time::Instant::now();
+    let cuts: Vec<usize> = (1..30).map(|i| i * V1_TCP4.len() / 30).collect();
+    let mut slow = connect_with(server.addr, V1_TCP4, &cuts).await;
+    within(slow.write_all(b"GET / HTTP/1.1\r\n")).await.unwrap();
+    assert!(connected.elapsed() >= Duration::from_millis(600));
+    assert!(closed_by_server(&mut slow).await);
+    let closed = connected.elapsed();
+    assert!(
+        closed < Duration::from_millis(1500),
+        "closed {closed:?} after the connect"
+    );
+
+    // A second on, the next broken header is said again, with the five left out.
+    let mut late = connect_with(server.addr, &v2(1, 0x41, &[0; 12], &[]), &[]).await;
+    let port = late.local_addr().unwrap().port();
+    assert!(everything_sent(&mut late).await.is_empty());
+    let peer = format!("peer=127.0.0.1:{port} ");
+    assert!(
+        logs::eventually_contains(&["WARN", "unknown family", &peer, "left_out=5"]).await,
+        "no warning with the left-out count"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_s_header_is_read_but_not_believed() {
+    let proxies =
+        |list: &[&str]| -> Vec<TrustedProxy> { list.iter().map(|p| p.parse().unwrap()).collect() };
+
+    // The test (127.0.0.1) is no trusted proxy: its header is required and read, and its
+    // requests are its own.
+    let server =
+        TestServer::start_with(proxied().trusted_proxies(proxies(&["10.0.0.0/8"])), whoami);
+    let mut stream = connect_with(server.addr, V1_TCP4, &[]).await;
+    let own = stream.local_addr().unwrap();
+    assert_eq!(
+        ask(&mut stream, "/", "x-forwarded-for: 6.6.6.6\r\n").await,
+        format!("{own} 127.0.0.1")
+    );
+    assert!(
+        logs::eventually_contains(&["WARN", "no trusted proxy", "claimed=203.0.113.7:51000"]).await
+    );
+    server.stop().await;
+
+    // A trusted balancer: the header's client is the peer whose `X-Forwarded-For` is
+    // believed or not, as a direct peer's would be.
+    let server = TestServer::start_with(
+        proxied().trusted_proxies(proxies(&["127.0.0.1", "10.0.0.0/8"])),
+        whoami,
+    );
+    let mut stream = connect_with(server.addr, V1_TCP4, &[]).await;
+    assert_eq!(
+        ask(&mut stream, "/", "x-forwarded-for: 6.6.6.6\r\n").await,
+        "203.0.113.7:51000 203.0.113.7"
+    );
+    let from_a_proxy = b"PROXY TCP4 10.0.0.9 10.0.0.1 51000 443\r\n";
+    let mut stream = connect_with(server.addr, from_a_proxy, &[]).await;
+    assert_eq!(
+        ask(
+            &mut stream,
+            "/",
+            "x-forwarded-for: 6.6.6.6, 198.51.100.1\r\n"
+        )
+        .await,
+        "10.0.0.9:51000 198.51.100.1"
+    );
+    server.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_header_on_a_unix_socket_names_the_client() {
+    let path = std::env::temp_dir().join(format!("sb-{}-proxy-protocol.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    // Every Unix socket peer counts as a trusted proxy.
+    let server = proxied()
+        .trusted_proxies(Vec::<TrustedProxy>::new())
+        .also_bind_unix(&path)
+        .expect("bind the Unix socket");
+    let server = TestServer::start_with(server, whoami);
+    let mut stream = within(tokio::net::UnixStream::connect(&path))
+        .await
+        .expect("connect");
+    let mut start = v2_tcp4(&[]);
+    start.extend_from_slice(b"GET / HTTP/1.1\r\nhost: proxied\r\n\r\n");
+    within(stream.write_all(&start)).await.unwrap();
+    let reply = read_raw_response(&mut stream).await.expect("a response");
+    assert_eq!(
+        String::from_utf8_lossy(&reply.body),
+        "198.51.100.4:40000 198.51.100.4"
+    );
+    server.stop().await;
+    assert!(!path.exists(), "the socket file is removed at stop");
+}
+
+#[tokio::test]
+async fn the_shutdown_closes_a_connection_still_waiting_for_its_header() {
+    // The header read timeout (30 s) is far off: only the shutdown can close it.
+    let server = TestServer::start_with(proxied(), whoami);
+    let mut waiting = connect_with(server.addr, &V1_TCP4[..10], &[]).await;
+    // The server has accepted it: a full connection after it is served.
+    let mut served = connect_with(server.addr, V1_TCP4, &[]).await;
+    assert_eq!(ask(&mut served, "/", "").await, "203.0.113.7:51000 none");
+    drop(served);
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(closed_by_server(&mut waiting).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
