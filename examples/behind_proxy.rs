@@ -7,6 +7,8 @@
 //! cargo run --example behind_proxy                     # unix:/tmp/syncbridge-behind-proxy.sock
 //! cargo run --example behind_proxy -- --tcp            # 127.0.0.1:8000
 //! FORWARDED_ALLOW_IPS="127.0.0.1,10.0.0.0/8" cargo run --example behind_proxy -- --tcp
+//! cargo run --example behind_proxy -- --tcp --proxy-protocol   # behind HAProxy's
+//!                                                              # send-proxy, an AWS NLB
 //!
 //! curl --unix-socket /tmp/syncbridge-behind-proxy.sock http://app/ \
 //!      -H 'X-Forwarded-For: 6.6.6.6, 203.0.113.7' -H 'X-Forwarded-Proto: https'
@@ -36,6 +38,13 @@
 //! `FORWARDED_ALLOW_IPS` lists the proxies' addresses or networks, as for uvicorn and
 //! gunicorn (default here `127.0.0.1,::1`). On the Unix socket every peer is a trusted
 //! proxy: the socket file's permissions say who may connect.
+//!
+//! With `--proxy-protocol`, every connection must begin with a PROXY protocol header
+//! (HAProxy's `server app 127.0.0.1:8000 send-proxy` in a `mode tcp` backend), whose
+//! client, from a trusted proxy, is the connection's peer; curl plays HAProxy with
+//! `curl --haproxy-protocol http://127.0.0.1:8000/` (it names itself, though).
+//! Connections without the header are closed: plain `curl` gets a reset connection
+//! (its request is left unread), and the log says why.
 
 use syncbridge::http::uri::Scheme;
 use syncbridge::{ClientIp, ClientScheme, Request, Server, TrustedProxy};
@@ -77,8 +86,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         tcp_or_unix()?
     };
-    println!("serving on {}, trusting {proxies:?}", server.listen_addr());
+    let proxy_protocol = std::env::args().any(|arg| arg == "--proxy-protocol");
+    println!(
+        "serving on {}, trusting {proxies:?}{}",
+        server.listen_addr(),
+        if proxy_protocol {
+            ", PROXY protocol required"
+        } else {
+            ""
+        }
+    );
     server
+        .proxy_protocol(proxy_protocol)
         .trusted_proxies(proxies)
         .request_span(|req: &mut Request| {
             use tracing::field::{display, Empty};
