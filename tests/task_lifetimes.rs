@@ -491,3 +491,62 @@ fn a_task_the_drain_left_running_is_one_error_not_two_when_its_runtime_ends() {
         "a second error for task {id}"
     );
 }
+
+/// A task's value that says when it is dropped: when the set forgets its entry.
+struct Tell(Option<tokio::sync::oneshot::Sender<Instant>>);
+
+impl Drop for Tell {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Instant::now());
+        }
+    }
+}
+
+/// Spawns a task whose value is a [`Tell`], drops its handle (and with it the handle's
+/// copy of the value), and waits for it to finish (a short poll with a deadline): the
+/// entry's copy is then the only one, and the receiver says when it is dropped.
+async fn finished_telling(set: &TaskSet) -> tokio::sync::oneshot::Receiver<Instant> {
+    let (tx, dropped) = tokio::sync::oneshot::channel();
+    let tx = Mutex::new(Some(tx));
+    let handle = set
+        .spawn(move |_| {
+            let tx = tx.lock().unwrap().take();
+            async move { Ok::<_, std::io::Error>(Tell(tx)) }
+        })
+        .unwrap();
+    let id = handle.id();
+    drop(handle);
+    let deadline = Instant::now() + STEP;
+    while set.status(id) != TaskStatus::Succeeded {
+        assert!(Instant::now() < deadline, "the task did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    dropped
+}
+
+#[tokio::test]
+async fn a_finished_task_s_value_is_dropped_at_its_ttl_while_nobody_uses_the_set() {
+    let ttl = Duration::from_millis(300);
+    let set = TaskSet::builder().ttl(ttl).build();
+    let spawned = Instant::now();
+    let dropped = finished_telling(&set).await;
+    // From here on nothing spawns or looks anything up: only the sweeper can drop it.
+    let dropped_at = tokio::time::timeout(STEP, dropped)
+        .await
+        .expect("the value was still held a step after its TTL")
+        .expect("dropped once");
+    let after = dropped_at.duration_since(spawned);
+    assert!(
+        after >= ttl,
+        "dropped {after:?} after the spawn, before its TTL"
+    );
+
+    // The next task to finish gets a sweeper of its own: the first one ended with
+    // nothing left to sweep.
+    let dropped = finished_telling(&set).await;
+    tokio::time::timeout(STEP, dropped)
+        .await
+        .expect("the second value was still held a step after its TTL")
+        .expect("dropped once");
+}

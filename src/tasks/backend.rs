@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::info::{ErasedValue, TaskId, TaskInfo, TaskStatus};
 use crate::error::Result;
@@ -43,4 +44,9 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// A snapshot of the task, or `None` when unknown, expired or evicted.
     fn get(&self, id: TaskId) -> Option<TaskInfo>;
+
+    /// Drops the finished entries whose TTL has passed, and says how long until the next
+    /// one's does: `None` when no finished entry is left. A backend whose store expires
+    /// entries itself (Redis's `EXPIRE`) returns `None`.
+    fn sweep(&self) -> Option<Duration>;
 }

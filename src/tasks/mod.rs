@@ -25,6 +25,7 @@ mod registry;
 mod set;
 mod spawn;
 mod supervise;
+mod sweep;
 
 pub use handle::TaskHandle;
 pub use info::{ParseTaskIdError, TaskId, TaskInfo, TaskStatus};

@@ -1,7 +1,8 @@
 //! The in-memory task registry: bounded in size, finished entries expire after a TTL.
 //!
 //! Bounds, so that a busy server's memory cannot grow without limit:
-//! - a finished entry is kept for `ttl` after it finished, then forgotten;
+//! - a finished entry is kept for `ttl` after it finished, then forgotten: at the next
+//!   insert or lookup, or by the set's sweeper (`sweep.rs`) once the TTL ends;
 //! - at most `max_entries` entries exist; inserting into a full registry first evicts the
 //!   oldest *finished* entry (a client polling it gets "not found", as after the TTL);
 //! - when every entry is live (pending or running), nothing can be evicted without losing
@@ -102,6 +103,28 @@ impl Registry {
     fn len(&self) -> usize {
         self.lock().entries.len()
     }
+
+    fn sweep_at(&self, now: Instant) -> Option<Duration> {
+        let mut state = self.lock();
+        let expired = state.expire(now, self.ttl);
+        let next = state.finished.front().map(|&(_, finished)| {
+            // A TTL past the clock's range (`Duration::MAX`) never ends: tokio's timer
+            // takes `Duration::MAX` as "never".
+            finished
+                .checked_add(self.ttl)
+                .map_or(Duration::MAX, |expires| {
+                    expires.saturating_duration_since(now)
+                })
+        });
+        drop(state);
+        // The sweeper runs on the runtime, and a result may own what must not be dropped
+        // there (a runtime of its own, a blocking client's): dropped elsewhere, as a
+        // task's unused callback is.
+        if !expired.is_empty() {
+            crate::offload::drop_off_runtime(expired);
+        }
+        next
+    }
 }
 
 /// The bounds and a count, never the entries: a `{:?}` of a task set (or of the server
@@ -118,14 +141,18 @@ impl fmt::Debug for Registry {
 }
 
 impl State {
-    fn expire(&mut self, now: Instant, ttl: Duration) {
+    /// Removes the entries past their TTL, and gives them back (no allocation when there
+    /// are none).
+    fn expire(&mut self, now: Instant, ttl: Duration) -> Vec<TaskInfo> {
+        let mut expired = Vec::new();
         while let Some(&(id, finished)) = self.finished.front() {
             if now.saturating_duration_since(finished) < ttl {
                 break;
             }
             self.finished.pop_front();
-            self.entries.remove(&id);
+            expired.extend(self.entries.remove(&id));
         }
+        expired
     }
 }
 
@@ -156,6 +183,10 @@ impl Backend for Registry {
     fn get(&self, id: TaskId) -> Option<TaskInfo> {
         self.get_at(id, Instant::now())
     }
+
+    fn sweep(&self) -> Option<Duration> {
+        self.sweep_at(Instant::now())
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +212,31 @@ mod tests {
         assert_eq!(kept.status(), TaskStatus::Succeeded);
         assert_eq!(kept.result::<u32>(), Some(&7));
         assert!(registry.get_at(id, t0 + Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn a_sweep_drops_expired_entries_and_says_when_the_next_expires() {
+        let registry = Registry::new(10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(registry.sweep_at(t0), None, "nothing finished");
+        let (early, late, live) = (TaskId::generate(), TaskId::generate(), TaskId::generate());
+        for id in [early, late, live] {
+            registry.insert_at(id, None, t0).unwrap();
+        }
+        registry.finished_at(early, done(TaskStatus::Succeeded), t0);
+        registry.finished_at(late, done(TaskStatus::Failed), t0 + Duration::from_secs(10));
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(registry.sweep_at(at(20)), Some(Duration::from_secs(40)));
+        assert_eq!(registry.len(), 3);
+        assert_eq!(registry.sweep_at(at(60)), Some(Duration::from_secs(10)));
+        assert_eq!(registry.len(), 2, "the first expired");
+        assert_eq!(registry.sweep_at(at(75)), None, "only a live entry is left");
+        assert_eq!(registry.len(), 1);
+
+        let forever = Registry::new(10, Duration::MAX);
+        forever.insert_at(early, None, t0).unwrap();
+        forever.finished_at(early, done(TaskStatus::Succeeded), t0);
+        assert_eq!(forever.sweep_at(at(1)), Some(Duration::MAX));
     }
 
     #[test]
