@@ -95,6 +95,9 @@ pub(crate) enum ConnClosed {
     Idle,
     /// Idle, closed to make room for a new connection at `max_connections`.
     MadeRoom,
+    /// With `proxy_protocol`: no valid PROXY protocol header, or no whole one within the
+    /// header read timeout.
+    ProxyHeader,
 }
 
 impl ConnClosed {
@@ -109,6 +112,7 @@ impl ConnClosed {
             ConnClosed::KeepAlive => "keep_alive",
             ConnClosed::Idle => "idle",
             ConnClosed::MadeRoom => "made_room",
+            ConnClosed::ProxyHeader => "proxy_header",
         }
     }
 }

@@ -397,6 +397,16 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert!(support::closed_by_server(&mut second).await, "keep-alive");
     small.stop().await;
 
+    // A connection without the PROXY protocol header its server requires.
+    let proxied = TestServer::start_with(
+        Server::bind("127.0.0.1:0").proxy_protocol(true),
+        |_req: Request| "ok",
+    );
+    let mut direct = tokio::net::TcpStream::connect(proxied.addr).await.unwrap();
+    direct.write_all(request).await.unwrap();
+    assert!(support::closed_by_server(&mut direct).await, "no header");
+    proxied.stop().await;
+
     let expected = [
         ("syncbridge_requests_total{status=200}", 5),
         ("syncbridge_requests_total{status=500}", 4),
@@ -421,6 +431,10 @@ async fn a_dashboard_sees_each_outcome_once() {
         ("syncbridge_connections_closed_total{reason=idle}", 1),
         ("syncbridge_connections_closed_total{reason=made_room}", 1),
         ("syncbridge_connections_closed_total{reason=keep_alive}", 1),
+        (
+            "syncbridge_connections_closed_total{reason=proxy_header}",
+            1,
+        ),
         ("syncbridge_connection_waits_total", 1),
     ];
     for (key, count) in expected {

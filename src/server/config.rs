@@ -419,7 +419,8 @@ impl Server {
     /// benchmark's `/hello`, measured with `benches/tools/instructions.sh`). A server on
     /// a Unix socket ([`bind_unix`](Server::bind_unix)) has no client addresses: its
     /// requests carry the peer process's `PeerCred` instead (its user, group and process
-    /// ids; Unix only), read once per connection.
+    /// ids; Unix only), read once per connection, unless a PROXY protocol header names
+    /// the connection's client ([`proxy_protocol`](Server::proxy_protocol)).
     ///
     /// With it on, on a server with several sockets ([`also_bind`](Server::also_bind)),
     /// each request also carries the [`ListenAddr`](super::ListenAddr) it came in on
@@ -489,11 +490,16 @@ impl Server {
     /// With it on, every connection, on every socket of the server, must begin with
     /// one, as the protocol asks: one that does not (a client that reached the port
     /// round the balancer, or a balancer not set to send it) is closed unanswered, and
-    /// said in a warning, at most one a second. The header is due within the
+    /// said in a warning, at most one a second. That includes a health checker's own port
+    /// ([`also_bind`](Server::also_bind)): a checker that connects directly needs a
+    /// server of its own. The header is due within the
     /// [`header_read_timeout`](Server::header_read_timeout) of the connect, and the first
-    /// request within the same time in all. A header that names no client (the
-    /// balancer's own health check: version 2's `LOCAL`, version 1's `UNKNOWN`) leaves
-    /// the connection's requests its peer's. Version 2's TLVs are read and dropped.
+    /// request within the same time in all. The balancer's own connection (its health
+    /// check, version 2's `LOCAL`) is its own. A client the balancer could not name
+    /// (version 1's `UNKNOWN`, a Unix socket's client) leaves the balancer the peer, but
+    /// with `trusted_proxies` its requests get no `ClientIp` and none of their
+    /// `X-Forwarded-For` is believed: the bytes are the client's. Version 2's TLVs are
+    /// read and dropped.
     ///
     /// The client the header names becomes the connection's peer: its
     /// [`RemoteAddr`](super::RemoteAddr) (with [`remote_addr`](Server::remote_addr)),

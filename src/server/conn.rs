@@ -57,20 +57,37 @@ pub(super) struct ConnConfig {
     pub(super) signal: ConnSignal,
 }
 
+/// A connection as the accept loop hands it to its task.
+pub(super) struct NewConn {
+    pub(super) stream: ConnStream,
+    /// Whom its requests are from: the socket's peer, or the client a PROXY protocol
+    /// header named.
+    pub(super) peer: Peer,
+    /// Where its requests' `ClientIp` and `ClientScheme` come from, with
+    /// `trusted_proxies` set (`ClientSource::of` the peer, unless a PROXY protocol
+    /// header said otherwise).
+    pub(super) client_source: Option<ClientSource>,
+    pub(super) local: Arc<ListenAddr>,
+    /// Its slot under `max_connections`: it returns when the task ends.
+    pub(super) permit: OwnedSemaphorePermit,
+    /// When it was accepted: its first request is due a header read timeout after it.
+    pub(super) accepted: std::time::Instant,
+}
+
 /// Serves one connection until it closes, idles out, or the server stops.
-///
-/// `_permit` is the connection's slot under `max_connections`; it returns when the task
-/// ends. `accepted` is when the connection was: its first request is due a header read
-/// timeout after it.
 pub(super) async fn serve<H: Handler>(
-    stream: ConnStream,
-    peer: Peer,
-    local: Arc<ListenAddr>,
+    new: NewConn,
     config: Arc<ConnConfig>,
     service: SyncService<H>,
-    _permit: OwnedSemaphorePermit,
-    accepted: std::time::Instant,
 ) {
+    let NewConn {
+        stream,
+        peer,
+        client_source,
+        local,
+        permit: _permit,
+        accepted,
+    } = new;
     let activity = Arc::new(Activity::new(accepted));
     let socket = stream.conn_socket();
     let peer_extension = config.remote_addr.then(|| peer.extension()).flatten();
@@ -85,15 +102,7 @@ pub(super) async fn serve<H: Handler>(
                 io: TokioIo::new(stream),
                 activity: activity.clone(),
             },
-            service.for_connection(
-                activity.clone(),
-                peer_extension,
-                local,
-                config
-                    .trusted_proxies
-                    .as_ref()
-                    .map(|proxies| ClientSource::of(peer, proxies)),
-            ),
+            service.for_connection(activity.clone(), peer_extension, local, client_source),
         );
         let mut conn = std::pin::pin!(conn);
         let mut notified = std::pin::pin!(config.signal.notify.notified());

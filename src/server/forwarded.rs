@@ -290,6 +290,10 @@ pub(crate) enum ClientSource {
     /// A trusted proxy (or a Unix socket's peer, which has no address: `None`): the
     /// client is in its headers.
     Proxy(Option<IpAddr>, Arc<Proxies>),
+    /// A client behind a TCP balancer whose PROXY protocol header named no address for
+    /// it (HAProxy's `UNKNOWN`): the bytes are the client's own, with no proxy's headers
+    /// to believe, and its address is not known.
+    Unknown,
 }
 
 impl ClientSource {
@@ -305,6 +309,7 @@ impl ClientSource {
     pub(crate) fn resolve(&self, headers: &HeaderMap, extensions: &mut Extensions) {
         let (ip, scheme) = match self {
             ClientSource::Direct(ip) => (Some(*ip), Scheme::HTTP),
+            ClientSource::Unknown => (None, Scheme::HTTP),
             ClientSource::Proxy(peer, proxies) => (
                 forwarded_for(*peer, headers, proxies),
                 forwarded_proto(headers),

@@ -16,14 +16,13 @@
 //! balancer, or be taken for one).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
-
 use tokio::io::AsyncReadExt;
 
-use super::forwarded::Proxies;
+use super::conn::ConnConfig;
 use super::remote::Peer;
-use super::signal::{ConnSignal, DRAIN};
+use super::signal::DRAIN;
 use super::stream::ConnStream;
+use crate::metrics::ConnClosed;
 use crate::throttle::Throttle;
 
 /// Version 1 begins so.
@@ -38,8 +37,8 @@ const V2_FIXED: usize = 16;
 const V2_MAX_ADDRESSES: usize = 216;
 /// What is read of a header at most: any version 1 header, or version 2's fixed part and
 /// addresses. Version 2's TLVs after them (up to 64 KiB, none of which is used) are read
-/// through the same buffer and dropped, so a connection's header costs 232 bytes of
-/// stack, whatever its length.
+/// through the same buffer and dropped, so a connection's header costs 232 bytes in its
+/// task, whatever its length.
 const BUFFER: usize = V2_FIXED + V2_MAX_ADDRESSES;
 
 /// What a header says about the connection.
@@ -47,11 +46,12 @@ const BUFFER: usize = V2_FIXED + V2_MAX_ADDRESSES;
 enum Header {
     /// The client's address and port as the balancer saw them (the header's source).
     Client(SocketAddr),
-    /// Nothing about a client: version 2's `LOCAL` (the balancer's own health check),
-    /// version 1's `UNKNOWN`, or a client that had no IP address (a Unix socket's, or one
-    /// of the unspecified family). The connection's own peer is the client then, as the
-    /// protocol asks.
-    Unnamed,
+    /// Version 2's `LOCAL`: the balancer's own connection (its health check), whose peer
+    /// is the balancer, as the protocol asks.
+    Local,
+    /// A client the balancer could not name: version 1's `UNKNOWN`, or version 2's
+    /// unspecified or Unix family. Its bytes follow, as any client's.
+    Unknown,
 }
 
 /// How far `parse` got with the bytes that have arrived.
@@ -114,7 +114,7 @@ const V1_TOO_LONG: &str = "a PROXY protocol version 1 header without its CRLF in
 fn v1_fields(line: &[u8]) -> Option<Header> {
     // Whatever follows `UNKNOWN` is to be ignored, bytes that are no text included.
     if line == b"UNKNOWN" || line.starts_with(b"UNKNOWN ") {
-        return Some(Header::Unnamed);
+        return Some(Header::Unknown);
     }
     let line = std::str::from_utf8(line).ok()?;
     let mut fields = line.split(' ');
@@ -142,9 +142,11 @@ fn v1_fields(line: &[u8]) -> Option<Header> {
     Some(Header::Client(SocketAddr::new(ip, source_port)))
 }
 
-/// A port in decimal: digits only (`u16`'s parser would take a `+`).
+/// A port in decimal: digits only (`u16`'s parser would take a `+`), and no leading
+/// zero, which the protocol forbids.
 fn port(field: &str) -> Option<u16> {
-    if field.is_empty() || field.len() > 5 || !field.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = field.len() <= 5 && field.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (field.starts_with('0') && field != "0") {
         return None;
     }
     field.parse().ok()
@@ -170,7 +172,7 @@ fn parse_v2(buf: &[u8]) -> Parsed {
         0x0 => {
             return Parsed::Done {
                 len,
-                header: Header::Unnamed,
+                header: Header::Local,
             }
         }
         0x1 => {}
@@ -191,17 +193,17 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     let Some(block) = buf.get(V2_FIXED..V2_FIXED + addresses) else {
         return Parsed::Incomplete;
     };
+    // Over UDP too (a QUIC client of the balancer): the address is the client's.
     let header = match family {
-        0x11 => Header::Client(SocketAddr::new(
+        0x11 | 0x12 => Header::Client(SocketAddr::new(
             Ipv4Addr::from(<[u8; 4]>::try_from(&block[..4]).expect("4 bytes")).into(),
             u16::from_be_bytes([block[8], block[9]]),
         )),
-        0x21 => Header::Client(SocketAddr::new(
+        0x21 | 0x22 => Header::Client(SocketAddr::new(
             Ipv6Addr::from(<[u8; 16]>::try_from(&block[..16]).expect("16 bytes")).into(),
             u16::from_be_bytes([block[32], block[33]]),
         )),
-        // No IP client to name (and a datagram transport is no client of an HTTP server).
-        _ => Header::Unnamed,
+        _ => Header::Unknown,
     };
     Parsed::Done { len, header }
 }
@@ -265,8 +267,13 @@ async fn read_header(stream: &mut ConnStream) -> Result<Header, Refused> {
 pub(super) enum Client {
     /// The client the header named, believed.
     Proxied(SocketAddr),
-    /// The peer itself: the header named no client, or the peer may not name one.
+    /// The peer itself: the balancer's own connection (`LOCAL`), or a peer that may not
+    /// name a client.
     Peer,
+    /// A client the balancer could not name. The peer stays the balancer, but its
+    /// requests are the client's: with `trusted_proxies`, no `X-Forwarded-For` of theirs
+    /// is believed (`ClientSource::Unknown`), though the balancer is trusted.
+    Unknown,
 }
 
 /// Broken headers, and headers from peers that are no trusted proxy: at most a line a
@@ -275,21 +282,23 @@ pub(super) enum Client {
 static BROKEN: Throttle = Throttle::new();
 static UNTRUSTED: Throttle = Throttle::new();
 
-/// Reads a new connection's header, within `timeout` and before the shutdown begins,
-/// and says whom the connection's requests are from: the header's client, when `peer`
-/// may name one (a trusted proxy, or any peer when no proxies were listed), else `peer`
-/// itself. `None` when the connection is to be closed, said in a log line.
+/// Reads a new connection's header, within the header read timeout of `accepted` and
+/// before the shutdown begins, and says whom the connection's requests are from: the
+/// header's client, when `peer` may name one (a trusted proxy, or any peer when no
+/// proxies were listed), else `peer` itself. `None` when the connection is to be
+/// closed, said in a log line.
 pub(super) async fn client_of(
     stream: &mut ConnStream,
     peer: Peer,
-    trusted_proxies: Option<&Proxies>,
-    timeout: Duration,
-    signal: &ConnSignal,
+    config: &ConnConfig,
+    accepted: std::time::Instant,
 ) -> Option<Client> {
+    let timeout = config.header_read_timeout;
+    let deadline = tokio::time::Instant::from_std(accepted) + timeout;
     let read = tokio::select! {
-        read = tokio::time::timeout(timeout, read_header(stream)) => read,
+        read = tokio::time::timeout_at(deadline, read_header(stream)) => read,
         // A connection that has not said whom it is for has no request in flight.
-        _ = signal.reached(DRAIN) => {
+        _ = config.signal.reached(DRAIN) => {
             tracing::debug!(%peer, "connection closed by the shutdown before its PROXY protocol header");
             return None;
         }
@@ -297,6 +306,7 @@ pub(super) async fn client_of(
     let header = match read {
         Ok(Ok(header)) => header,
         Ok(Err(Refused::Invalid(why))) => {
+            crate::metrics::connection_closed(ConnClosed::ProxyHeader);
             if let Some(left_out) = BROKEN.admit() {
                 tracing::warn!(%peer, left_out, "connection closed: {why}");
             }
@@ -311,17 +321,25 @@ pub(super) async fn client_of(
             return None;
         }
         Err(_) => {
+            crate::metrics::connection_closed(ConnClosed::ProxyHeader);
             let timeout_ms = timeout.as_millis() as u64;
             tracing::debug!(%peer, timeout_ms, "no PROXY protocol header within the header read timeout; closing");
             return None;
         }
     };
+    let may_name = || {
+        config
+            .trusted_proxies
+            .as_ref()
+            .is_none_or(|proxies| proxies.trust_peer(peer))
+    };
     match header {
-        Header::Unnamed => Some(Client::Peer),
+        Header::Local => Some(Client::Peer),
+        Header::Unknown if may_name() => Some(Client::Unknown),
+        // An untrusted peer's requests are its own, whatever it says.
+        Header::Unknown => Some(Client::Peer),
+        Header::Client(client) if may_name() => Some(Client::Proxied(client)),
         Header::Client(client) => {
-            if trusted_proxies.is_none_or(|proxies| proxies.trust_peer(peer)) {
-                return Some(Client::Proxied(client));
-            }
             if let Some(left_out) = UNTRUSTED.admit() {
                 tracing::warn!(
                     %peer, claimed = %client, left_out,
@@ -379,7 +397,7 @@ mod tests {
                 parse(unknown),
                 Parsed::Done {
                     len: unknown.len(),
-                    header: Header::Unnamed
+                    header: Header::Unknown
                 }
             );
         }
@@ -425,6 +443,8 @@ mod tests {
             b"PROXY TCP6 2001:db8::7 10.0.0.1 51000 443\r\n",
             b"PROXY TCP4 203.0.113.7 10.0.0.1 +5100 443\r\n",
             b"PROXY TCP4 203.0.113.7 10.0.0.1 65536 443\r\n",
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 051000 443\r\n",
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 5100 0443\r\n",
             b"PROXY UDP4 203.0.113.7 10.0.0.1 51000 443\r\n",
             b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\n",
             b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\r\n",
@@ -463,16 +483,28 @@ mod tests {
                 header: client("[2001:db8::7]:51000")
             }
         );
-        // A Unix client, the unspecified family, and LOCAL (whatever its family) name none.
-        for (command, family, addresses) in
-            [(1, 0x31, 216), (1, 0x00, 0), (0, 0x11, 12), (0, 0x77, 0)]
-        {
+        // A UDP client is named too.
+        assert_eq!(
+            parse(&v2(1, 0x12, &ipv4, &[])),
+            Parsed::Done {
+                len: 28,
+                header: client("203.0.113.7:51000")
+            }
+        );
+        // A Unix client and the unspecified family name none; LOCAL (whatever its
+        // family) is the balancer's own.
+        for (command, family, addresses, named) in [
+            (1, 0x31, 216, Header::Unknown),
+            (1, 0x00, 0, Header::Unknown),
+            (0, 0x11, 12, Header::Local),
+            (0, 0x77, 0, Header::Local),
+        ] {
             let header = v2(command, family, &vec![0; addresses], &[]);
             assert_eq!(
                 parse(&header),
                 Parsed::Done {
                     len: header.len(),
-                    header: Header::Unnamed
+                    header: named
                 }
             );
         }

@@ -11,8 +11,11 @@ use std::net::SocketAddr;
 /// peer: behind a reverse proxy that is the proxy, and the client is in a header the
 /// proxy sets (`X-Forwarded-For`), believed only from a proxy the server was told to
 /// trust: see [`ClientIp`](crate::ClientIp) and
-/// [`Server::trusted_proxies`](crate::Server::trusted_proxies). On a Unix socket there is
-/// no address, and the request carries a `PeerCred` (Unix only) instead. A
+/// [`Server::trusted_proxies`](crate::Server::trusted_proxies). Behind a TCP balancer
+/// that names its client in a PROXY protocol header
+/// ([`Server::proxy_protocol`](crate::Server::proxy_protocol)), it is that client, on a
+/// Unix socket too. On a Unix socket without one there is no address, and the request
+/// carries a `PeerCred` (Unix only) instead. A
 /// [`SyncService`](crate::SyncService) embedded in another server
 /// passes on that server's extensions instead (axum's `ConnectInfo`, when the app is
 /// served with `into_make_service_with_connect_info`).
@@ -43,7 +46,9 @@ pub struct RemoteAddr(pub SocketAddr);
 /// ([`bind_unix`](crate::Server::bind_unix)) puts one in every request's extensions when
 /// asked to with [`Server::remote_addr`](crate::Server::remote_addr), in place of the
 /// [`RemoteAddr`] such a client does not have. Behind a proxy it names the proxy's
-/// process, as `RemoteAddr` names the proxy. On the few Unix targets where tokio cannot
+/// process, as `RemoteAddr` names the proxy; a connection whose PROXY protocol header
+/// names its client ([`Server::proxy_protocol`](crate::Server::proxy_protocol)) carries
+/// that client's `RemoteAddr` instead. On the few Unix targets where tokio cannot
 /// read credentials and reports user and group 0 (Hurd, Fuchsia, ESP-IDF, NuttX, the
 /// Vita), requests carry none rather than a false root.
 ///

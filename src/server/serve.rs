@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::config::http_builder;
-use super::conn::{self, ConnConfig};
+use super::conn::{self, ConnConfig, NewConn};
+use super::forwarded::ClientSource;
 use super::listen::{Accepted, AddrList, Listener, Listeners, ACCEPT_REST};
 use super::proxy_protocol::{self, Client};
 use super::remote::Peer;
@@ -361,11 +362,23 @@ impl<H: Handler> ConnSpawner<H> {
     ) {
         let accepted = std::time::Instant::now();
         let (config, service) = (self.config.clone(), self.service.clone());
+        let new = move |stream, peer, client_source| NewConn {
+            stream,
+            peer,
+            client_source,
+            local,
+            permit,
+            accepted,
+        };
         if !config.proxy_protocol {
             // Every line logged on the connection's behalf, the handler's own included (its
             // request's span is this one), names its client.
             let span = tracing::info_span!("conn", %peer);
-            let conn = conn::serve(stream, peer, local, config, service, permit, accepted);
+            let client_source = config
+                .trusted_proxies
+                .as_ref()
+                .map(|p| ClientSource::of(peer, p));
+            let conn = conn::serve(new(stream, peer, client_source), config, service);
             self.connections.spawn(conn.instrument(span));
             return;
         }
@@ -373,26 +386,35 @@ impl<H: Handler> ConnSpawner<H> {
         // lines name the client, and the proxy beside it.
         self.connections.spawn(async move {
             let mut stream = stream;
-            let read = proxy_protocol::client_of(
-                &mut stream,
-                peer,
-                config.trusted_proxies.as_deref(),
-                config.header_read_timeout,
-                &config.signal,
-            );
+            let read = proxy_protocol::client_of(&mut stream, peer, &config, accepted);
             let Some(client) = read.await else {
                 return;
             };
-            let (client, span) = match client {
-                Client::Proxied(addr) => (
-                    Peer::Tcp(addr),
-                    tracing::info_span!("conn", peer = %addr, proxy = %peer),
-                ),
-                Client::Peer => (peer, tracing::info_span!("conn", %peer)),
+            let proxies = config.trusted_proxies.as_ref();
+            let (conn, span) = match client {
+                Client::Proxied(addr) => {
+                    let client = Peer::Tcp(addr);
+                    let source = proxies.map(|p| ClientSource::of(client, p));
+                    let span = tracing::info_span!("conn", peer = %addr, proxy = %peer);
+                    (new(stream, client, source), span)
+                }
+                Client::Peer => {
+                    let source = proxies.map(|p| ClientSource::of(peer, p));
+                    (
+                        new(stream, peer, source),
+                        tracing::info_span!("conn", %peer),
+                    )
+                }
+                // The client's own bytes follow, and no proxy's headers: none is believed.
+                Client::Unknown => {
+                    let source = proxies.map(|_| ClientSource::Unknown);
+                    (
+                        new(stream, peer, source),
+                        tracing::info_span!("conn", %peer),
+                    )
+                }
             };
-            conn::serve(stream, client, local, config, service, permit, accepted)
-                .instrument(span)
-                .await
+            conn::serve(conn, config, service).instrument(span).await
         });
     }
 }
