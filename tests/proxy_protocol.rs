@@ -319,10 +319,13 @@ async fn a_header_on_a_unix_socket_names_the_client() {
     let path = std::env::temp_dir().join(format!("sb-{}-proxy-protocol.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     // Every Unix socket peer counts as a trusted proxy.
-    let server = proxied()
-        .trusted_proxies(Vec::<TrustedProxy>::new())
+    // Bound before the setting, so that it applies there too.
+    let server = Server::bind("127.0.0.1:0")
         .also_bind_unix(&path)
-        .expect("bind the Unix socket");
+        .expect("bind the Unix socket")
+        .proxy_protocol(true)
+        .remote_addr(true)
+        .trusted_proxies(Vec::<TrustedProxy>::new());
     let server = TestServer::start_with(server, whoami);
     // Whole, and in pieces that cut the signature, the addresses and the TLVs: the
     // peek on a Unix socket waits for more, as on TCP.
@@ -360,4 +363,43 @@ async fn the_shutdown_closes_a_connection_still_waiting_for_its_header() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_socket_bound_after_the_setting_takes_plain_connections() {
+    // The balancer's port, then a port for a health checker that connects directly.
+    let server = proxied().also_bind("127.0.0.1:0").expect("a second port");
+    let syncbridge::ListenAddr::Tcp(health) = server.listen_addrs()[1] else {
+        panic!("a TCP port");
+    };
+    let server = TestServer::start_with(server, whoami);
+    assert!(
+        logs::eventually_contains(&[
+            "syncbridge listening",
+            &format!("addr={} ", server.addr),
+            "proxy_protocol=true"
+        ])
+        .await
+    );
+    assert!(logs::eventually_contains(&["syncbridge listening", &format!("addr={health} ")]).await);
+    assert!(!logs::contains(&[
+        &format!("addr={health} "),
+        "proxy_protocol"
+    ]));
+
+    // Plain on the second: its peer is its own.
+    let reply = support::get(health, "/").await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().starts_with("127.0.0.1:"), "{}", reply.text());
+    // A header there is no header but a broken request.
+    let mut stream = connect_with(health, V1_TCP4, &[]).await;
+    within(stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut stream).await.expect("an answer");
+    assert_eq!(reply.status, 400);
+    // Still required on the first.
+    let mut stream = connect_with(server.addr, V1_TCP4, &[]).await;
+    assert_eq!(ask(&mut stream, "/", "").await, "203.0.113.7:51000 none");
+    server.stop().await;
 }

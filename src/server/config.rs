@@ -40,7 +40,9 @@ pub(super) struct Config {
     pub(super) remote_addr: bool,
     /// `None` until `Server::trusted_proxies` is called.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
-    pub(super) proxy_protocol: bool,
+    /// How many of the server's listeners, the first ones, require a PROXY protocol
+    /// header: those bound when `Server::proxy_protocol(true)` was called.
+    pub(super) proxy_protocol_listeners: usize,
     /// `None` until `Server::request_span` is called.
     pub(super) request_span: Option<MakeSpan>,
     pub(super) http1_half_close: bool,
@@ -72,7 +74,7 @@ impl Default for Config {
             systemd_watchdog: true,
             remote_addr: false,
             trusted_proxies: None,
-            proxy_protocol: false,
+            proxy_protocol_listeners: 0,
             request_span: None,
             http1_half_close: false,
             tasks: TaskSet::builder(),
@@ -481,18 +483,24 @@ impl Server {
         self
     }
 
-    /// Whether every connection begins with a PROXY protocol header (HAProxy's, version
-    /// 1 or 2) naming its client: for a server behind a load balancer that passes TCP
-    /// through unread and names the client so (HAProxy's `send-proxy` or `send-proxy-v2`,
-    /// an AWS Network Load Balancer with proxy protocol v2 on, nginx's `proxy_protocol on`
-    /// in a `stream` block; gunicorn's `--proxy-protocol`). Default is false.
+    /// Whether each connection on the sockets bound so far begins with a PROXY protocol
+    /// header (HAProxy's, version 1 or 2) naming its client: for a server behind a load
+    /// balancer that passes TCP through unread and names the client so (HAProxy's
+    /// `send-proxy` or `send-proxy-v2`, an AWS Network Load Balancer with proxy protocol
+    /// v2 on, nginx's `proxy_protocol on` in a `stream` block; gunicorn's
+    /// `--proxy-protocol`). Default is false.
     ///
-    /// With it on, every connection, on every socket of the server, must begin with
-    /// one, as the protocol asks: one that does not (a client that reached the port
-    /// round the balancer, or a balancer not set to send it) is closed unanswered, and
-    /// said in a warning, at most one a second. That includes a health checker's own port
-    /// ([`also_bind`](Server::also_bind)): a checker that connects directly needs a
-    /// server of its own. The header is due within the
+    /// It applies to the sockets the server has when it is called, as nginx's
+    /// `proxy_protocol` applies to one `listen` line: a socket added after it
+    /// ([`also_bind`](Server::also_bind), say a port for a health checker that connects
+    /// directly, as a kubelet's probe does) takes plain connections. Their `syncbridge
+    /// listening` lines say which sockets require it (`proxy_protocol=true`); `false`
+    /// turns it off on all.
+    ///
+    /// On such a socket every connection must begin with one, as the protocol asks: one
+    /// that does not (a client that reached the port round the balancer, or a balancer
+    /// not set to send it) is closed unanswered, and said in a warning, at most one a
+    /// second. The header is due within the
     /// [`header_read_timeout`](Server::header_read_timeout) of the connect, and the first
     /// request within the same time in all. The balancer's own connection (its health
     /// check, version 2's `LOCAL`) is its own. A client the balancer could not name
@@ -515,20 +523,23 @@ impl Server {
     /// ```no_run
     /// use syncbridge::{RemoteAddr, Request, Server, TrustedProxy};
     ///
-    /// // An HAProxy backend with `server app 10.0.1.5:8000 send-proxy-v2`.
+    /// # fn main() -> syncbridge::Result<()> {
+    /// // An HAProxy backend with `server app 10.0.1.5:8000 send-proxy-v2`, and a
+    /// // health check port the balancer's header does not come to.
     /// let haproxy: TrustedProxy = "10.0.0.2".parse().unwrap();
     /// Server::bind("0.0.0.0:8000")
     ///     .proxy_protocol(true)
+    ///     .also_bind("0.0.0.0:8081")?
     ///     .trusted_proxies([haproxy])
     ///     .remote_addr(true)
     ///     .serve(|req: Request| match req.extensions().get::<RemoteAddr>() {
     ///         Some(RemoteAddr(client)) => format!("hello, {}\n", client.ip()),
     ///         None => "hello\n".to_owned(),
     ///     })
-    ///     .unwrap();
+    /// # }
     /// ```
     pub fn proxy_protocol(mut self, enabled: bool) -> Self {
-        self.config.proxy_protocol = enabled;
+        self.config.proxy_protocol_listeners = if enabled { self.listeners.len() } else { 0 };
         self
     }
 

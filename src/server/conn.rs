@@ -51,9 +51,6 @@ pub(super) struct ConnConfig {
     pub(super) listen_addr: bool,
     /// Which peers are trusted proxies (`Server::trusted_proxies`), when any may be.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
-    /// Whether every connection begins with a PROXY protocol header
-    /// (`Server::proxy_protocol`).
-    pub(super) proxy_protocol: bool,
     pub(super) signal: ConnSignal,
 }
 

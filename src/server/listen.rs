@@ -209,6 +209,9 @@ struct Listening {
     /// Its accept errors are said once a second, each listener's apart: with one for
     /// all, the first of several failing listeners would take every line.
     said: Throttle,
+    /// Whether its connections begin with a PROXY protocol header
+    /// (`Server::proxy_protocol`).
+    proxy_protocol: bool,
 }
 
 /// How long a listener rests after an accept error that is not one connection's.
@@ -242,15 +245,26 @@ impl Listeners {
                     addr: Arc::new(addr.clone()),
                     resting: None,
                     said: Throttle::new(),
+                    proxy_protocol: false,
                 })
             })
             .collect::<io::Result<_>>()?;
         Ok(Listeners { listening, next: 0 })
     }
 
-    /// The next connection from any listener, and where it listens; or an accept error
-    /// of one of them.
-    pub(super) async fn accept(&mut self) -> Result<(Accepted, Arc<ListenAddr>), AcceptFailed> {
+    /// Makes the first `count` listeners (those bound before `Server::proxy_protocol`)
+    /// require a PROXY protocol header on each connection.
+    pub(super) fn require_proxy_protocol(&mut self, count: usize) {
+        for listening in self.listening.iter_mut().take(count) {
+            listening.proxy_protocol = true;
+        }
+    }
+
+    /// The next connection from any listener, where it listens, and whether it begins
+    /// with a PROXY protocol header; or an accept error of one of them.
+    pub(super) async fn accept(
+        &mut self,
+    ) -> Result<(Accepted, Arc<ListenAddr>, bool), AcceptFailed> {
         std::future::poll_fn(|cx| {
             let count = self.listening.len();
             for i in (0..count).map(|i| (self.next + i) % count) {
@@ -265,8 +279,9 @@ impl Listeners {
                     continue;
                 };
                 self.next = (i + 1) % count;
-                let addr = &listening.addr;
-                return Poll::Ready(accepted.map(|a| (a, addr.clone())).map_err(|error| {
+                let (addr, proxy_protocol) = (&listening.addr, listening.proxy_protocol);
+                let accepted = accepted.map(|a| (a, addr.clone(), proxy_protocol));
+                return Poll::Ready(accepted.map_err(|error| {
                     let per_connection = is_per_connection(&error);
                     if !per_connection {
                         listening.resting = Some(Box::pin(tokio::time::sleep(ACCEPT_REST)));

@@ -107,7 +107,10 @@ impl Server {
             config,
         } = self;
         let mut listeners = match register(listeners, &listen_addrs) {
-            Ok(listeners) => listeners,
+            Ok(mut listeners) => {
+                listeners.require_proxy_protocol(config.proxy_protocol_listeners);
+                listeners
+            }
             Err(err) => {
                 // Not yet in a service, which would drop it off the runtime itself.
                 crate::offload::drop_off_runtime(handler);
@@ -149,7 +152,6 @@ impl Server {
             remote_addr: config.remote_addr,
             listen_addr: config.remote_addr && listen_addrs.len() > 1,
             trusted_proxies: config.trusted_proxies.clone(),
-            proxy_protocol: config.proxy_protocol,
             signal: ConnSignal::default(),
         });
         let signal_watcher = config.handle_signals.then(|| {
@@ -176,8 +178,14 @@ impl Server {
             service,
         };
         let slots = Arc::new(Semaphore::new(config.max_connections));
-        for addr in &listen_addrs {
-            tracing::info!(%addr, max_threads = pool.max_threads(), "syncbridge listening");
+        for (i, addr) in listen_addrs.iter().enumerate() {
+            let max_threads = pool.max_threads();
+            if i < config.proxy_protocol_listeners {
+                let proxy_protocol = true;
+                tracing::info!(%addr, max_threads, proxy_protocol, "syncbridge listening");
+            } else {
+                tracing::info!(%addr, max_threads, "syncbridge listening");
+            }
         }
         warn_if_short_of_files(config.max_connections);
         warn_if_zero_timeouts(&config);
@@ -201,7 +209,7 @@ impl Server {
                 accepted = listeners.accept() => accepted,
             };
             match accepted {
-                Ok((accepted, local)) => {
+                Ok((accepted, local, proxy_protocol)) => {
                     let peer = accepted.peer();
                     // Accepted first, then given a slot: the server then knows that someone
                     // waits for one, and asks an idle keep-alive connection to make room.
@@ -233,11 +241,13 @@ impl Server {
                         Accepted::Tcp(stream, _) => {
                             let _ = stream.set_nodelay(true);
                             crate::sys::set_notsent_lowat(&stream, NOTSENT_LOWAT);
-                            spawner.spawn(ConnStream::Tcp(stream), peer, local, permit);
+                            let stream = ConnStream::Tcp(stream);
+                            spawner.spawn(stream, peer, local, permit, proxy_protocol);
                         }
                         #[cfg(unix)]
                         Accepted::Unix(stream) => {
-                            spawner.spawn(ConnStream::Unix(stream), peer, local, permit)
+                            let stream = ConnStream::Unix(stream);
+                            spawner.spawn(stream, peer, local, permit, proxy_protocol)
                         }
                     }
                 }
@@ -359,6 +369,7 @@ impl<H: Handler> ConnSpawner<H> {
         peer: Peer,
         local: Arc<ListenAddr>,
         permit: OwnedSemaphorePermit,
+        proxy_protocol: bool,
     ) {
         let accepted = std::time::Instant::now();
         let (config, service) = (self.config.clone(), self.service.clone());
@@ -370,7 +381,7 @@ impl<H: Handler> ConnSpawner<H> {
             permit,
             accepted,
         };
-        if !config.proxy_protocol {
+        if !proxy_protocol {
             // Every line logged on the connection's behalf, the handler's own included (its
             // request's span is this one), names its client.
             let span = tracing::info_span!("conn", %peer);
