@@ -493,7 +493,7 @@ fn a_task_the_drain_left_running_is_one_error_not_two_when_its_runtime_ends() {
 }
 
 /// A task's value that says when it is dropped: when the set forgets its entry.
-struct Tell(Option<tokio::sync::oneshot::Sender<Instant>>);
+struct Tell(Option<mpsc::Sender<Instant>>);
 
 impl Drop for Tell {
     fn drop(&mut self) {
@@ -503,11 +503,11 @@ impl Drop for Tell {
     }
 }
 
-/// Spawns a task whose value is a [`Tell`], drops its handle (and with it the handle's
-/// copy of the value), and waits for it to finish (a short poll with a deadline): the
-/// entry's copy is then the only one, and the receiver says when it is dropped.
-async fn finished_telling(set: &TaskSet) -> tokio::sync::oneshot::Receiver<Instant> {
-    let (tx, dropped) = tokio::sync::oneshot::channel();
+/// Spawns a task whose value is a [`Tell`] and joins it, dropping the copy the join
+/// gives: the set's entry then holds the only one, and the receiver says when it goes.
+/// Needs no timers.
+async fn finished_telling(set: &TaskSet) -> mpsc::Receiver<Instant> {
+    let (tx, dropped) = mpsc::channel();
     let tx = Mutex::new(Some(tx));
     let handle = set
         .spawn(move |_| {
@@ -515,13 +515,7 @@ async fn finished_telling(set: &TaskSet) -> tokio::sync::oneshot::Receiver<Insta
             async move { Ok::<_, std::io::Error>(Tell(tx)) }
         })
         .unwrap();
-    let id = handle.id();
-    drop(handle);
-    let deadline = Instant::now() + STEP;
-    while set.status(id) != TaskStatus::Succeeded {
-        assert!(Instant::now() < deadline, "the task did not finish");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    drop(handle.join().await.expect("the task succeeded"));
     dropped
 }
 
@@ -532,21 +526,82 @@ async fn a_finished_task_s_value_is_dropped_at_its_ttl_while_nobody_uses_the_set
     let spawned = Instant::now();
     let dropped = finished_telling(&set).await;
     // From here on nothing spawns or looks anything up: only the sweeper can drop it.
-    let dropped_at = tokio::time::timeout(STEP, dropped)
-        .await
-        .expect("the value was still held a step after its TTL")
-        .expect("dropped once");
+    let dropped_at = dropped
+        .recv_timeout(STEP)
+        .expect("the value was still held a step after its TTL");
     let after = dropped_at.duration_since(spawned);
     assert!(
         after >= ttl,
         "dropped {after:?} after the spawn, before its TTL"
     );
 
-    // The next task to finish gets a sweeper of its own: the first one ended with
+    // The next task to finish has its set held again: the sweeper let go of it with
     // nothing left to sweep.
     let dropped = finished_telling(&set).await;
-    tokio::time::timeout(STEP, dropped)
-        .await
-        .expect("the second value was still held a step after its TTL")
-        .expect("dropped once");
+    dropped
+        .recv_timeout(STEP)
+        .expect("the second value was still held a step after its TTL");
+}
+
+#[tokio::test]
+async fn a_dropped_set_s_values_go_with_it_not_at_their_ttl() {
+    let set = TaskSet::builder().ttl(Duration::from_secs(3600)).build();
+    let dropped = finished_telling(&set).await;
+    // The sweeper holds the set weakly: dropping it drops its entries, now.
+    drop(set);
+    dropped
+        .recv_timeout(STEP)
+        .expect("the value outlived its set");
+}
+
+#[test]
+fn a_value_is_dropped_at_its_ttl_though_its_runtime_has_no_timers_and_is_not_driven() {
+    logs::install();
+    // The task runs inside `block_on`; after it, nobody drives the runtime, which is
+    // kept. The sweep needs neither timers nor the runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let set = TaskSet::builder()
+        .runtime(runtime.handle().clone())
+        .ttl(Duration::from_millis(300))
+        .build();
+    let dropped = runtime.block_on(finished_telling(&set));
+    dropped
+        .recv_timeout(STEP)
+        .expect("the value was still held a step after its TTL");
+    drop(runtime);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_value_of_a_burst_is_dropped_though_tasks_finish_while_the_sweeper_lets_go() {
+    // A TTL of a millisecond: the sweeper often finds nothing left and lets go of the set
+    // just as another task finishes, the race its second look is for.
+    let set = TaskSet::builder()
+        .ttl(Duration::from_millis(1))
+        .max_entries(100_000)
+        .build();
+    let (tx, dropped) = mpsc::channel();
+    let mut handles = Vec::new();
+    for _ in 0..2000 {
+        let tx = Mutex::new(Some(tx.clone()));
+        let handle = set
+            .spawn(move |_| {
+                let tx = tx.lock().unwrap().take();
+                async move { Ok::<_, std::io::Error>(Tell(tx)) }
+            })
+            .unwrap();
+        handles.push(handle);
+        if handles.len() == 100 {
+            for handle in handles.drain(..) {
+                drop(handle.join().await.expect("the task succeeded"));
+            }
+        }
+    }
+    drop(tx);
+    for n in 0..2000 {
+        if dropped.recv_timeout(STEP).is_err() {
+            panic!("{n} of 2000 values dropped; the rest still held a step after their TTL");
+        }
+    }
 }

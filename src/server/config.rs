@@ -654,8 +654,9 @@ impl Server {
         self
     }
 
-    /// How long a finished task's status and result are kept for lookups; then they are
-    /// dropped, whether or not anything uses the task set after. Default is one hour.
+    /// How long a finished task's status and result are kept for lookups; then the
+    /// server's copy is dropped, whether or not anything uses the task set after (see
+    /// [`TaskSetBuilder::ttl`](crate::TaskSetBuilder::ttl)). Default is one hour.
     pub fn task_ttl(mut self, ttl: Duration) -> Self {
         self.config.tasks = self.config.tasks.ttl(ttl);
         self

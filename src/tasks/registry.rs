@@ -46,29 +46,35 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // No user code runs under the lock, so it is never poisoned by a panic there.
+        // No user code runs under the lock, so it is never poisoned by a panic there: the
+        // entries it removes (and the results in them) are dropped after it, by `let_go`.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn insert_at(&self, id: TaskId, name: Option<Arc<str>>, now: Instant) -> Result<()> {
         let mut state = self.lock();
-        state.expire(now, self.ttl);
+        let mut gone = state.expire(now, self.ttl);
+        let mut inserted = Ok(());
         if state.entries.len() >= self.max_entries {
             match state.finished.pop_front() {
                 Some((oldest, _)) => {
-                    state.entries.remove(&oldest);
+                    gone.extend(state.entries.remove(&oldest));
                     tracing::debug!(task_id = %oldest, "task registry full; evicted the oldest finished entry");
                 }
                 None => {
-                    return Err(Error::new(Kind::Overloaded).with_message(format!(
+                    inserted = Err(Error::new(Kind::Overloaded).with_message(format!(
                         "the task registry holds {} live tasks, its limit",
                         state.entries.len()
                     )))
                 }
             }
         }
-        state.entries.insert(id, TaskInfo::pending(id, name));
-        Ok(())
+        if inserted.is_ok() {
+            state.entries.insert(id, TaskInfo::pending(id, name));
+        }
+        drop(state);
+        let_go(gone);
+        inserted
     }
 
     fn finished_at(&self, id: TaskId, outcome: Outcome, now: Instant) -> Option<TaskInfo> {
@@ -88,8 +94,11 @@ impl Registry {
 
     fn get_at(&self, id: TaskId, now: Instant) -> Option<TaskInfo> {
         let mut state = self.lock();
-        state.expire(now, self.ttl);
-        state.entries.get(&id).cloned()
+        let gone = state.expire(now, self.ttl);
+        let info = state.entries.get(&id).cloned();
+        drop(state);
+        let_go(gone);
+        info
     }
 
     fn update(&self, id: TaskId, f: impl FnOnce(&mut TaskInfo)) {
@@ -106,10 +115,10 @@ impl Registry {
 
     fn sweep_at(&self, now: Instant) -> Option<Duration> {
         let mut state = self.lock();
-        let expired = state.expire(now, self.ttl);
+        let gone = state.expire(now, self.ttl);
         let next = state.finished.front().map(|&(_, finished)| {
-            // A TTL past the clock's range (`Duration::MAX`) never ends: tokio's timer
-            // takes `Duration::MAX` as "never".
+            // A TTL past the clock's range (`Duration::MAX`) never ends: `Duration::MAX`,
+            // which the sweeper takes as "never".
             finished
                 .checked_add(self.ttl)
                 .map_or(Duration::MAX, |expires| {
@@ -117,12 +126,7 @@ impl Registry {
                 })
         });
         drop(state);
-        // The sweeper runs on the runtime, and a result may own what must not be dropped
-        // there (a runtime of its own, a blocking client's): dropped elsewhere, as a
-        // task's unused callback is.
-        if !expired.is_empty() {
-            crate::offload::drop_off_runtime(expired);
-        }
+        let_go(gone);
         next
     }
 }
@@ -137,6 +141,15 @@ impl fmt::Debug for Registry {
             .field("ttl", &self.ttl)
             .field("entries", &self.len())
             .finish()
+    }
+}
+
+/// Drops entries the registry let go of, after its lock: a result's `Drop` is user code,
+/// and may own what must not be dropped on a runtime thread (a runtime of its own, a
+/// blocking client's), so it goes off the runtime, as a task's unused callback does.
+fn let_go(gone: Vec<TaskInfo>) {
+    if !gone.is_empty() {
+        crate::offload::drop_off_runtime(gone);
     }
 }
 

@@ -118,8 +118,8 @@ pub(super) struct Shared {
     /// Whether the drain gave up on tasks that did not stop after cancellation, and
     /// named them: their supervisors are then dropped with the runtime, which is no news.
     pub(super) left_running: AtomicBool,
-    /// Whether a sweeper of expired entries runs (`sweep.rs`).
-    pub(super) sweeping: Arc<AtomicBool>,
+    /// Whether the sweeper holds the set, for its finished entries (`sweep.rs`).
+    pub(super) sweeping: AtomicBool,
 }
 
 impl TaskSet {
@@ -522,9 +522,10 @@ impl TaskSetBuilder {
     }
 
     /// How long a finished task's entry (status, value, error) is kept; after that its id
-    /// is [`TaskStatus::NotFound`], and its value is dropped, whether or not anything uses
-    /// the set after (a sweeper task on the runtime the task finished on does it; on a
-    /// runtime without timers, the next spawn or lookup). Default is one hour.
+    /// is [`TaskStatus::NotFound`], and the entry's copy of the value is dropped, whether
+    /// or not anything uses the set after (by the process's `syncbridge-sweep` thread,
+    /// within 50 ms of the TTL; a [`TaskHandle`] or [`TaskInfo`] still held keeps its own
+    /// copy). Default is one hour.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -605,7 +606,7 @@ impl TaskSetBuilder {
                 joining: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
                 left_running: AtomicBool::new(false),
-                sweeping: Arc::new(AtomicBool::new(false)),
+                sweeping: AtomicBool::new(false),
             }),
         }
     }

@@ -2,88 +2,189 @@
 //! expire entries too, but after a burst and then silence, up to `max_entries` results
 //! (each as large as its task made it) would stay in memory until the set was used again.
 //!
-//! At most one sweeper per set, a task on the runtime its tasks finish on, asleep until
-//! the oldest finished entry's TTL ends. It ends once no finished entry is left, and the
-//! next task to finish starts another: an idle set has no task and no timer. It holds the
-//! set weakly, so a set nobody else holds is not kept for a TTL by its sweeper.
+//! ```text
+//! a task's entry is final -> its set, weakly, with when its oldest finished entry expires
+//!   -> the process's "syncbridge-sweep" thread, asleep until the earliest set is due
+//!   -> that set's expired entries dropped; due again at its next expiry, or let go
+//! ```
+//!
+//! A plain thread, not a task on a runtime: a set may be used from several runtimes (one
+//! of which nobody drives any more), or from one without timers, and the results it drops
+//! may own what must not be dropped on a runtime thread (a runtime of their own). It
+//! holds a set only weakly, so a set dropped by everyone else is gone at once, results
+//! and all; it starts at the first finished task and ends after `IDLE` with nothing to
+//! sweep.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-
-use tokio::runtime::Handle;
+use std::cmp::Ordering as By;
+use std::collections::BinaryHeap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use super::set::{Shared, TaskSet};
+use crate::error::panic_message;
 
-/// Starts the set's sweeper, unless one runs. Called by a task's supervisor once its
-/// entry is final, on the task's runtime. A runtime without timers gets none: its
-/// entries expire at the next spawn or lookup, as before.
+/// How long the thread waits with nothing to sweep before it ends.
+const IDLE: Duration = Duration::from_secs(10);
+/// The least time between two sweeps of one set: a burst whose tasks finished over a
+/// second expires in a few sweeps, not one per task.
+const MIN_GAP: Duration = Duration::from_millis(50);
+
+static SWEEPER: Sweeper = Sweeper {
+    state: Mutex::new(State {
+        due: BinaryHeap::new(),
+        running: false,
+        next_seq: 0,
+    }),
+    wake: Condvar::new(),
+};
+
+struct Sweeper {
+    state: Mutex<State>,
+    /// Rung when a set is due earlier than the thread sleeps for.
+    wake: Condvar,
+}
+
+struct State {
+    /// Each set that has finished entries, once (its `sweeping` flag says so), with when
+    /// the oldest of them expires.
+    due: BinaryHeap<Due>,
+    /// Whether the thread runs.
+    running: bool,
+    next_seq: u64,
+}
+
+struct Due {
+    at: Instant,
+    /// Ties broken in scheduling order.
+    seq: u64,
+    set: Weak<Shared>,
+}
+
+/// Called by a task's supervisor once its entry is final: the set is held for the sweep,
+/// unless it is already.
 pub(super) fn sweep_later(set: &TaskSet) {
-    let shared = &set.shared;
-    if shared.sweeping.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    // Dropped unless the sweeper takes it: the flag is then free again.
-    let owner = Sweeping {
-        flag: shared.sweeping.clone(),
-        held: true,
-    };
-    let Ok(runtime) = Handle::try_current() else {
-        return;
-    };
-    if shared.timers.has_timers(&runtime) {
-        runtime.spawn(sweep(Arc::downgrade(shared), owner));
+    if !set.shared.sweeping.swap(true, Ordering::SeqCst) {
+        schedule_next(&set.shared);
     }
 }
 
-async fn sweep(set: Weak<Shared>, mut owner: Sweeping) {
+/// Drops `set`'s expired entries, then holds it again for its next expiry; or, with no
+/// finished entry left, lets go of it. Called by whoever holds the set's flag.
+fn schedule_next(set: &Arc<Shared>) {
+    let mut released = false;
     loop {
-        let wait = {
-            let Some(shared) = set.upgrade() else {
-                return;
-            };
-            match shared.backend.sweep() {
-                Some(wait) => wait,
-                None => {
-                    owner.release();
-                    // A task that finished after that sweep, and before the release, found
-                    // the flag still set and left its entry to this sweeper: one more look
-                    // (the registry's lock orders the two).
-                    if shared.backend.sweep().is_none() || !owner.retake() {
-                        return;
-                    }
-                    continue;
-                }
+        match set.backend.sweep() {
+            // Another caller took the flag after the release below, and holds the set.
+            Some(_) if released && set.sweeping.swap(true, Ordering::SeqCst) => return,
+            Some(wait) => return SWEEPER.hold(Arc::downgrade(set), wait),
+            None if released => return,
+            // A task that finished after that sweep, and before this release, found the
+            // flag still set and left its entry to this caller: one more look (the
+            // registry's lock orders the two).
+            None => {
+                set.sweeping.store(false, Ordering::SeqCst);
+                released = true;
             }
-        };
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// The set's "a sweeper runs" flag, held by the sweeper: cleared when it ends, however it
-/// ends (a runtime shut down drops it asleep), so that the next finished task starts
-/// another.
-struct Sweeping {
-    flag: Arc<AtomicBool>,
-    held: bool,
-}
-
-impl Sweeping {
-    fn release(&mut self) {
-        self.held = false;
-        self.flag.store(false, Ordering::SeqCst);
-    }
-
-    /// Takes the flag back, unless another sweeper has it now.
-    fn retake(&mut self) -> bool {
-        self.held = !self.flag.swap(true, Ordering::SeqCst);
-        self.held
-    }
-}
-
-impl Drop for Sweeping {
-    fn drop(&mut self) {
-        if self.held {
-            self.flag.store(false, Ordering::SeqCst);
         }
     }
 }
+
+impl Sweeper {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No user code runs under the lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds `set` for a sweep after `wait`, starting the thread if it is not running.
+    fn hold(&self, set: Weak<Shared>, wait: Duration) {
+        // A TTL past the clock's range never ends: nothing to hold the set for (its flag
+        // stays set, so it is not offered again).
+        let Some(at) = Instant::now().checked_add(wait.max(MIN_GAP)) else {
+            return;
+        };
+        let mut state = self.lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.due.push(Due { at, seq, set });
+        if !state.running {
+            match std::thread::Builder::new()
+                .name("syncbridge-sweep".into())
+                .spawn(|| SWEEPER.run())
+            {
+                Ok(_) => state.running = true,
+                // The set stays held; the next task to finish tries again. Meanwhile its
+                // entries expire at the next spawn or lookup.
+                Err(error) => tracing::warn!(%error, "could not start the task sweeper thread"),
+            }
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    fn run(&self) {
+        let mut state = self.lock();
+        loop {
+            // Sets dropped since are gone already, results and all.
+            state.due.retain(|due| due.set.strong_count() > 0);
+            let now = Instant::now();
+            let Some(next) = state.due.peek() else {
+                let (woken, waited) = self
+                    .wake
+                    .wait_timeout(state, IDLE)
+                    .unwrap_or_else(|e| e.into_inner());
+                state = woken;
+                if waited.timed_out() && state.due.is_empty() {
+                    state.running = false;
+                    return;
+                }
+                continue;
+            };
+            if next.at > now {
+                let wait = next.at - now;
+                state = self
+                    .wake
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            let due = state.due.pop().expect("peeked");
+            drop(state);
+            if let Some(set) = due.set.upgrade() {
+                // A result's `Drop` that panics is its own bug; the set is let go of, and
+                // is held again when its next task finishes.
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| schedule_next(&set))) {
+                    set.sweeping.store(false, Ordering::SeqCst);
+                    tracing::error!(
+                        panic = %panic_message(&*payload),
+                        "a task result expired by the sweeper panicked in its Drop"
+                    );
+                }
+            }
+            state = self.lock();
+        }
+    }
+}
+
+// The earliest first: `BinaryHeap` is a max-heap.
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> By {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<By> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Due {}
