@@ -366,28 +366,36 @@ async fn the_shutdown_closes_a_connection_still_waiting_for_its_header() {
 }
 
 #[tokio::test]
-async fn a_socket_bound_after_the_setting_takes_plain_connections() {
-    // The balancer's port, then a port for a health checker that connects directly.
-    let server = proxied().also_bind("127.0.0.1:0").expect("a second port");
+async fn a_direct_socket_takes_plain_connections_and_every_other_requires_the_header() {
+    // The balancer's port, a port for a health checker that connects directly, and one
+    // more bound after the setting, which applies there too.
+    let server = Server::bind("127.0.0.1:0")
+        .also_bind_direct("127.0.0.1:0")
+        .expect("a second port")
+        .proxy_protocol(true)
+        .remote_addr(true)
+        .also_bind("127.0.0.1:0")
+        .expect("a third port");
+    let syncbridge::ListenAddr::Tcp(third) = server.listen_addrs()[2] else {
+        panic!("a TCP port");
+    };
     let syncbridge::ListenAddr::Tcp(health) = server.listen_addrs()[1] else {
         panic!("a TCP port");
     };
     let server = TestServer::start_with(server, whoami);
-    assert!(
-        logs::eventually_contains(&[
-            "syncbridge listening",
-            &format!("addr={} ", server.addr),
-            "proxy_protocol=true"
-        ])
-        .await
-    );
-    assert!(logs::eventually_contains(&["syncbridge listening", &format!("addr={health} ")]).await);
-    assert!(!logs::contains(&[
-        &format!("addr={health} "),
-        "proxy_protocol"
-    ]));
+    for (addr, required) in [(server.addr, true), (health, false), (third, true)] {
+        assert!(
+            logs::eventually_contains(&[
+                "syncbridge listening",
+                &format!("addr={addr} "),
+                &format!("proxy_protocol={required}"),
+            ])
+            .await,
+            "{addr}"
+        );
+    }
 
-    // Plain on the second: its peer is its own.
+    // Plain on the direct port: its peer is its own.
     let reply = support::get(health, "/").await;
     assert_eq!(reply.status, 200);
     assert!(reply.text().starts_with("127.0.0.1:"), "{}", reply.text());
@@ -398,8 +406,10 @@ async fn a_socket_bound_after_the_setting_takes_plain_connections() {
         .unwrap();
     let reply = read_raw_response(&mut stream).await.expect("an answer");
     assert_eq!(reply.status, 400);
-    // Still required on the first.
-    let mut stream = connect_with(server.addr, V1_TCP4, &[]).await;
-    assert_eq!(ask(&mut stream, "/", "").await, "203.0.113.7:51000 none");
+    // Required on the other two, whenever they were bound.
+    for addr in [server.addr, third] {
+        let mut stream = connect_with(addr, V1_TCP4, &[]).await;
+        assert_eq!(ask(&mut stream, "/", "").await, "203.0.113.7:51000 none");
+    }
     server.stop().await;
 }

@@ -40,9 +40,10 @@ pub(super) struct Config {
     pub(super) remote_addr: bool,
     /// `None` until `Server::trusted_proxies` is called.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
-    /// How many of the server's listeners, the first ones, require a PROXY protocol
-    /// header: those bound when `Server::proxy_protocol(true)` was called.
-    pub(super) proxy_protocol_listeners: usize,
+    pub(super) proxy_protocol: bool,
+    /// The listeners (by index) bound with `Server::also_bind_direct`: no PROXY protocol
+    /// header on them, whatever `proxy_protocol` says.
+    pub(super) direct_sockets: Vec<usize>,
     /// `None` until `Server::request_span` is called.
     pub(super) request_span: Option<MakeSpan>,
     pub(super) http1_half_close: bool,
@@ -74,7 +75,8 @@ impl Default for Config {
             systemd_watchdog: true,
             remote_addr: false,
             trusted_proxies: None,
-            proxy_protocol_listeners: 0,
+            proxy_protocol: false,
+            direct_sockets: Vec::new(),
             request_span: None,
             http1_half_close: false,
             tasks: TaskSet::builder(),
@@ -483,21 +485,20 @@ impl Server {
         self
     }
 
-    /// Whether each connection on the sockets bound so far begins with a PROXY protocol
-    /// header (HAProxy's, version 1 or 2) naming its client: for a server behind a load
-    /// balancer that passes TCP through unread and names the client so (HAProxy's
-    /// `send-proxy` or `send-proxy-v2`, an AWS Network Load Balancer with proxy protocol
-    /// v2 on, nginx's `proxy_protocol on` in a `stream` block; gunicorn's
-    /// `--proxy-protocol`). Default is false.
+    /// Whether each connection begins with a PROXY protocol header (HAProxy's, version 1
+    /// or 2) naming its client: for a server behind a load balancer that passes TCP
+    /// through unread and names the client so (HAProxy's `send-proxy` or
+    /// `send-proxy-v2`, an AWS Network Load Balancer with proxy protocol v2 on, nginx's
+    /// `proxy_protocol on` in a `stream` block; gunicorn's `--proxy-protocol`). Default
+    /// is false.
     ///
-    /// It applies to the sockets the server has when it is called, as nginx's
-    /// `proxy_protocol` applies to one `listen` line: a socket added after it
-    /// ([`also_bind`](Server::also_bind), say a port for a health checker that connects
-    /// directly, as a kubelet's probe does) takes plain connections. Their `syncbridge
-    /// listening` lines say which sockets require it (`proxy_protocol=true`); `false`
-    /// turns it off on all.
+    /// It applies to every socket of the server, whenever it was bound (the sockets
+    /// systemd passes included), but one bound with
+    /// [`also_bind_direct`](Server::also_bind_direct): a port for clients that connect
+    /// directly, such as a kubelet's probes. The `syncbridge listening` lines say which
+    /// sockets require it (`proxy_protocol=true` or `false`).
     ///
-    /// On such a socket every connection must begin with one, as the protocol asks: one
+    /// There every connection must begin with one, as the protocol asks: one
     /// that does not (a client that reached the port round the balancer, or a balancer
     /// not set to send it) is closed unanswered, and said in a warning, at most one a
     /// second. The header is due within the
@@ -524,12 +525,12 @@ impl Server {
     /// use syncbridge::{RemoteAddr, Request, Server, TrustedProxy};
     ///
     /// # fn main() -> syncbridge::Result<()> {
-    /// // An HAProxy backend with `server app 10.0.1.5:8000 send-proxy-v2`, and a
-    /// // health check port the balancer's header does not come to.
+    /// // An HAProxy backend with `server app 10.0.1.5:8000 send-proxy-v2`, and a port
+    /// // for health checks that connect directly.
     /// let haproxy: TrustedProxy = "10.0.0.2".parse().unwrap();
     /// Server::bind("0.0.0.0:8000")
+    ///     .also_bind_direct("0.0.0.0:8081")?
     ///     .proxy_protocol(true)
-    ///     .also_bind("0.0.0.0:8081")?
     ///     .trusted_proxies([haproxy])
     ///     .remote_addr(true)
     ///     .serve(|req: Request| match req.extensions().get::<RemoteAddr>() {
@@ -539,7 +540,7 @@ impl Server {
     /// # }
     /// ```
     pub fn proxy_protocol(mut self, enabled: bool) -> Self {
-        self.config.proxy_protocol_listeners = if enabled { self.listeners.len() } else { 0 };
+        self.config.proxy_protocol = enabled;
         self
     }
 

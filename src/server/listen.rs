@@ -252,11 +252,11 @@ impl Listeners {
         Ok(Listeners { listening, next: 0 })
     }
 
-    /// Makes the first `count` listeners (those bound before `Server::proxy_protocol`)
-    /// require a PROXY protocol header on each connection.
-    pub(super) fn require_proxy_protocol(&mut self, count: usize) {
-        for listening in self.listening.iter_mut().take(count) {
-            listening.proxy_protocol = true;
+    /// Makes every listener but the `direct` ones (by index) require a PROXY protocol
+    /// header on each connection.
+    pub(super) fn require_proxy_protocol(&mut self, direct: &[usize]) {
+        for (i, listening) in self.listening.iter_mut().enumerate() {
+            listening.proxy_protocol = !direct.contains(&i);
         }
     }
 

@@ -143,6 +143,41 @@ impl Server {
         self.also(listener)
     }
 
+    /// Listens on `addr` too, for clients that connect directly rather than through the
+    /// load balancer: its connections never begin with a PROXY protocol header, whatever
+    /// [`proxy_protocol`](Server::proxy_protocol) says (nginx's `listen` line without
+    /// `proxy_protocol`). For a health checker that probes the server itself, as a
+    /// kubelet does, beside the balancer's port. Otherwise as
+    /// [`also_bind`](Server::also_bind); without `proxy_protocol` it is the same.
+    ///
+    /// Callable from any thread; it does not need a runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`also_bind`](Server::also_bind)'s.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use syncbridge::{Request, Server};
+    ///
+    /// fn main() -> syncbridge::Result<()> {
+    ///     // The balancer's port, each connection with its header; the probes' without.
+    ///     Server::try_bind("0.0.0.0:8000")?
+    ///         .also_bind_direct("0.0.0.0:8081")?
+    ///         .proxy_protocol(true)
+    ///         .serve(|_req: Request| "hello\n")
+    /// }
+    /// ```
+    pub fn also_bind_direct(self, addr: impl ToSocketAddrs + fmt::Debug) -> Result<Server> {
+        let mut server = self.also_bind(addr)?;
+        server
+            .config
+            .direct_sockets
+            .push(server.listeners.len() - 1);
+        Ok(server)
+    }
+
     /// Listens on a Unix domain socket at `path` too, bound as
     /// [`try_bind_unix`](Server::try_bind_unix) binds; otherwise as
     /// [`also_bind`](Server::also_bind).

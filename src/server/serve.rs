@@ -108,7 +108,9 @@ impl Server {
         } = self;
         let mut listeners = match register(listeners, &listen_addrs) {
             Ok(mut listeners) => {
-                listeners.require_proxy_protocol(config.proxy_protocol_listeners);
+                if config.proxy_protocol {
+                    listeners.require_proxy_protocol(&config.direct_sockets);
+                }
                 listeners
             }
             Err(err) => {
@@ -180,8 +182,8 @@ impl Server {
         let slots = Arc::new(Semaphore::new(config.max_connections));
         for (i, addr) in listen_addrs.iter().enumerate() {
             let max_threads = pool.max_threads();
-            if i < config.proxy_protocol_listeners {
-                let proxy_protocol = true;
+            if config.proxy_protocol {
+                let proxy_protocol = !config.direct_sockets.contains(&i);
                 tracing::info!(%addr, max_threads, proxy_protocol, "syncbridge listening");
             } else {
                 tracing::info!(%addr, max_threads, "syncbridge listening");
