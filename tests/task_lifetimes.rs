@@ -544,6 +544,19 @@ async fn a_finished_task_s_value_is_dropped_at_its_ttl_while_nobody_uses_the_set
 }
 
 #[tokio::test]
+async fn a_set_due_sooner_than_the_sweeper_sleeps_for_is_swept_on_time() {
+    // The sweep thread, shared by every set, asleep for an hour's TTL...
+    let patient = TaskSet::builder().ttl(Duration::from_secs(3600)).build();
+    let _not_yet = finished_telling(&patient).await;
+    // ...is woken for a set due in 300 ms.
+    let hasty = TaskSet::builder().ttl(Duration::from_millis(300)).build();
+    let dropped = finished_telling(&hasty).await;
+    dropped
+        .recv_timeout(STEP)
+        .expect("the value was still held a step after its TTL");
+}
+
+#[tokio::test]
 async fn a_dropped_set_s_values_go_with_it_not_at_their_ttl() {
     let set = TaskSet::builder().ttl(Duration::from_secs(3600)).build();
     let dropped = finished_telling(&set).await;
@@ -604,4 +617,38 @@ async fn every_value_of_a_burst_is_dropped_though_tasks_finish_while_the_sweeper
             panic!("{n} of 2000 values dropped; the rest still held a step after their TTL");
         }
     }
+}
+
+/// A task value whose `Drop` panics: a bug of the user's, which must not take the sweep
+/// thread (shared by every set) down with it.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        support::panic_quietly("a task value's Drop panicked");
+    }
+}
+
+#[tokio::test]
+async fn a_value_that_panics_when_dropped_is_logged_and_the_sweep_goes_on() {
+    logs::install();
+    let set = TaskSet::builder().ttl(Duration::from_millis(100)).build();
+    let handle = set
+        .spawn(|_| async { Ok::<_, std::io::Error>(PanicsOnDrop) })
+        .unwrap();
+    // The join's copy goes here; the entry's is the last, which the sweep drops.
+    drop(handle.join().await.expect("the task succeeded"));
+    assert!(
+        logs::eventually_contains(&[
+            "ERROR",
+            "a task's result panicked in its Drop",
+            "a task value's Drop panicked"
+        ])
+        .await
+    );
+    // The thread goes on: the next value is dropped at its TTL too.
+    let dropped = finished_telling(&set).await;
+    dropped
+        .recv_timeout(STEP)
+        .expect("the value was still held a step after its TTL");
 }

@@ -2,7 +2,7 @@
 //!
 //! Bounds, so that a busy server's memory cannot grow without limit:
 //! - a finished entry is kept for `ttl` after it finished, then forgotten: at the next
-//!   insert or lookup, or by the set's sweeper (`sweep.rs`) once the TTL ends;
+//!   insert or lookup, or by the sweep thread (`sweep.rs`) once the TTL ends;
 //! - at most `max_entries` entries exist; inserting into a full registry first evicts the
 //!   oldest *finished* entry (a client polling it gets "not found", as after the TTL);
 //! - when every entry is live (pending or running), nothing can be evicted without losing
@@ -10,12 +10,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::backend::{Backend, Outcome};
 use super::info::{TaskId, TaskInfo, TaskStatus};
-use crate::error::{Error, Kind, Result};
+use crate::error::{panic_message, Error, Kind, Result};
 
 /// The default cap on entries, live and finished.
 pub(crate) const DEFAULT_MAX_ENTRIES: usize = 10_000;
@@ -146,10 +147,27 @@ impl fmt::Debug for Registry {
 
 /// Drops entries the registry let go of, after its lock: a result's `Drop` is user code,
 /// and may own what must not be dropped on a runtime thread (a runtime of its own, a
-/// blocking client's), so it goes off the runtime, as a task's unused callback does.
+/// blocking client's), so it goes off the runtime, as a task's unused callback does; and
+/// may panic, which is logged here rather than unwind through a spawn or the sweep.
 fn let_go(gone: Vec<TaskInfo>) {
-    if !gone.is_empty() {
-        crate::offload::drop_off_runtime(gone);
+    if gone.is_empty() {
+        return;
+    }
+    let dropped = catch_unwind(AssertUnwindSafe(|| crate::offload::drop_off_runtime(gone)));
+    if let Err(payload) = dropped {
+        tracing::error!(
+            panic = %panic_message(&*payload),
+            "a task's result panicked in its Drop"
+        );
+    }
+}
+
+/// A set dropped drops its entries as the registry lets go of any: off the runtime.
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let gone = state.entries.drain().map(|(_, info)| info).collect();
+        let_go(gone);
     }
 }
 

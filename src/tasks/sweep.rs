@@ -36,6 +36,7 @@ static SWEEPER: Sweeper = Sweeper {
         due: BinaryHeap::new(),
         running: false,
         next_seq: 0,
+        pruned: None,
     }),
     wake: Condvar::new(),
 };
@@ -53,6 +54,8 @@ struct State {
     /// Whether the thread runs.
     running: bool,
     next_seq: u64,
+    /// When sets dropped since were last taken out of `due`.
+    pruned: Option<Instant>,
 }
 
 struct Due {
@@ -114,21 +117,41 @@ impl Sweeper {
                 .spawn(|| SWEEPER.run())
             {
                 Ok(_) => state.running = true,
-                // The set stays held; the next task to finish tries again. Meanwhile its
-                // entries expire at the next spawn or lookup.
-                Err(error) => tracing::warn!(%error, "could not start the task sweeper thread"),
+                Err(error) => {
+                    // Every set let go of (with no thread, only failed starts held any),
+                    // so that the next task to finish tries again. Meanwhile entries
+                    // expire at the next spawn or lookup.
+                    for due in state.due.drain() {
+                        if let Some(set) = due.set.upgrade() {
+                            set.sweeping.store(false, Ordering::SeqCst);
+                        }
+                    }
+                    tracing::warn!(%error, "could not start the task sweeper thread");
+                    return;
+                }
             }
         }
+        // Only a new earliest changes how long the thread sleeps.
+        let earliest = state.due.peek().is_some_and(|due| due.seq == seq);
         drop(state);
-        self.wake.notify_one();
+        if earliest {
+            self.wake.notify_one();
+        }
     }
 
     fn run(&self) {
         let mut state = self.lock();
         loop {
-            // Sets dropped since are gone already, results and all.
-            state.due.retain(|due| due.set.strong_count() > 0);
             let now = Instant::now();
+            // Sets dropped since are gone already, results and all; what is left of them
+            // here is an allocation each, until their time. Taken out once a second at most.
+            if state
+                .pruned
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+            {
+                state.due.retain(|due| due.set.strong_count() > 0);
+                state.pruned = Some(now);
+            }
             let Some(next) = state.due.peek() else {
                 let (woken, waited) = self
                     .wake
@@ -152,16 +175,20 @@ impl Sweeper {
             }
             let due = state.due.pop().expect("peeked");
             drop(state);
-            if let Some(set) = due.set.upgrade() {
-                // A result's `Drop` that panics is its own bug; the set is let go of, and
-                // is held again when its next task finishes.
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| schedule_next(&set))) {
-                    set.sweeping.store(false, Ordering::SeqCst);
-                    tracing::error!(
-                        panic = %panic_message(&*payload),
-                        "a task result expired by the sweeper panicked in its Drop"
-                    );
+            // The registry catches a result's `Drop` that panics; this is for a bug of
+            // ours, so that the thread, which every set shares, goes on. The set (the last
+            // handle on it, perhaps) is dropped inside.
+            let swept = catch_unwind(AssertUnwindSafe(|| {
+                if let Some(set) = due.set.upgrade() {
+                    schedule_next(&set);
                 }
+            }));
+            if let Err(payload) = swept {
+                tracing::error!(
+                    panic = %panic_message(&*payload),
+                    "the task sweeper panicked; the set it swept may keep expired entries \
+                     until its next spawn or lookup"
+                );
             }
             state = self.lock();
         }
