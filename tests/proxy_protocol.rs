@@ -413,3 +413,79 @@ async fn a_direct_socket_takes_plain_connections_and_every_other_requires_the_he
     }
     server.stop().await;
 }
+
+/// The request's client as `trusted_proxies` resolved it: `IP SCHEME`.
+fn client_and_scheme(req: Request) -> String {
+    let ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .map_or("none".to_owned(), |ClientIp(ip)| ip.to_string());
+    let scheme = req
+        .extensions()
+        .get::<syncbridge::ClientScheme>()
+        .map_or("none".to_owned(), |scheme| scheme.0.to_string());
+    format!("{ip} {scheme}")
+}
+
+/// `PP2_TYPE_SSL` with the `client` flags given: HAProxy's `send-proxy-v2-ssl`.
+fn ssl_tlv(client: u8) -> Vec<u8> {
+    vec![0x20, 0x00, 0x05, client, 0, 0, 0, 0]
+}
+
+#[tokio::test]
+async fn a_header_that_says_the_client_came_over_tls_makes_its_scheme_https() {
+    let trusting =
+        |list: &[&str]| -> Vec<TrustedProxy> { list.iter().map(|p| p.parse().unwrap()).collect() };
+    let server = TestServer::start_with(
+        proxied().trusted_proxies(trusting(&["127.0.0.1", "10.0.0.0/8"])),
+        client_and_scheme,
+    );
+    let from_a_proxy = |tlvs: &[u8]| {
+        v2(
+            1,
+            0x11,
+            &[10, 0, 0, 9, 10, 0, 0, 1, 0x9c, 0x40, 0x01, 0xbb],
+            tlvs,
+        )
+    };
+    // The header's own word, after other TLVs, in pieces that cut the TLV.
+    let alpn = [0x01, 0x00, 0x02, b'h', b'2'];
+    let cases: [(Vec<u8>, &[usize], &str, &str); 6] = [
+        (
+            v2_tcp4(&[&alpn[..], &ssl_tlv(0x01)].concat()),
+            &[30, 36],
+            "",
+            "198.51.100.4 https",
+        ),
+        (v2_tcp4(&ssl_tlv(0x00)), &[], "", "198.51.100.4 http"),
+        (v2_tcp4(&[]), &[], "", "198.51.100.4 http"),
+        // A client-side proxy in front of the balancer: its X-Forwarded-Proto decides,
+        // and the header's word stands in for a missing one.
+        (
+            from_a_proxy(&ssl_tlv(0x01)),
+            &[],
+            "x-forwarded-proto: http\r\n",
+            "10.0.0.9 http",
+        ),
+        (from_a_proxy(&ssl_tlv(0x01)), &[], "", "10.0.0.9 https"),
+        // A client the balancer could not name, over TLS.
+        (v2(1, 0x00, &[], &ssl_tlv(0x01)), &[], "", "none https"),
+    ];
+    for (header, cuts, extra, expected) in cases {
+        let mut stream = connect_with(server.addr, &header, cuts).await;
+        assert_eq!(ask(&mut stream, "/", extra).await, expected, "{header:?}");
+    }
+    server.stop().await;
+
+    // From a peer that is no trusted proxy, the word is not believed either. (A header
+    // that names no client: one that did would set off the untrusted-peer warning,
+    // whose throttle another test here counts on.)
+    let server = TestServer::start_with(
+        proxied().trusted_proxies(trusting(&["10.0.0.0/8"])),
+        client_and_scheme,
+    );
+    let header = v2(1, 0x00, &[], &ssl_tlv(0x01));
+    let mut stream = connect_with(server.addr, &header, &[]).await;
+    assert_eq!(ask(&mut stream, "/", "").await, "127.0.0.1 http");
+    server.stop().await;
+}

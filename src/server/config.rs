@@ -507,8 +507,11 @@ impl Server {
     /// check, version 2's `LOCAL`) is its own. A client the balancer could not name
     /// (version 1's `UNKNOWN`, a Unix socket's client) leaves the balancer the peer, but
     /// with `trusted_proxies` its requests get no `ClientIp` and none of their
-    /// `X-Forwarded-For` is believed: the bytes are the client's. Version 2's TLVs are
-    /// read and dropped.
+    /// `X-Forwarded-For` is believed: the bytes are the client's. Of version 2's TLVs
+    /// only one is used: `PP2_TYPE_SSL` with `PP2_CLIENT_SSL` (HAProxy's
+    /// `send-proxy-v2-ssl`, ending TLS in front) makes the client's
+    /// [`ClientScheme`](super::ClientScheme) `https` with `trusted_proxies`, unless a
+    /// trusted proxy the header names sends an `X-Forwarded-Proto` of its own.
     ///
     /// The client the header names becomes the connection's peer: its
     /// [`RemoteAddr`](super::RemoteAddr) (with [`remote_addr`](Server::remote_addr)),

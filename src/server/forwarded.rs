@@ -282,9 +282,19 @@ impl Proxies {
 }
 
 /// Where one connection's requests take their [`ClientIp`] and [`ClientScheme`] from:
-/// fixed by its peer when it is accepted.
+/// fixed by its peer (or its PROXY protocol header) when it is accepted.
 #[derive(Clone, Debug)]
-pub(crate) enum ClientSource {
+pub(crate) struct ClientSource {
+    via: Via,
+    /// Whether the client's connection was TLS as far as the server can tell without a
+    /// proxy's header: a PROXY protocol header's `PP2_CLIENT_SSL` (HAProxy's
+    /// `send-proxy-v2-ssl`, ending TLS in front). The scheme, unless a trusted proxy's
+    /// `X-Forwarded-Proto` says otherwise.
+    tls: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Via {
     /// A peer that is no trusted proxy: the client is the peer, whatever its headers say.
     Direct(IpAddr),
     /// A trusted proxy (or a Unix socket's peer, which has no address: `None`): the
@@ -298,21 +308,40 @@ pub(crate) enum ClientSource {
 
 impl ClientSource {
     pub(super) fn of(peer: Peer, proxies: &Arc<Proxies>) -> Self {
-        match peer.remote_addr().map(|addr| addr.ip().to_canonical()) {
-            Some(ip) if !proxies.trust(ip) => ClientSource::Direct(ip),
-            ip => ClientSource::Proxy(ip, proxies.clone()),
+        let via = match peer.remote_addr().map(|addr| addr.ip().to_canonical()) {
+            Some(ip) if !proxies.trust(ip) => Via::Direct(ip),
+            ip => Via::Proxy(ip, proxies.clone()),
+        };
+        ClientSource { via, tls: false }
+    }
+
+    /// A client a PROXY protocol header could not name (see [`Via::Unknown`]).
+    pub(super) fn unknown() -> Self {
+        ClientSource {
+            via: Via::Unknown,
+            tls: false,
         }
+    }
+
+    /// With the client's connection TLS, as a PROXY protocol header said.
+    pub(super) fn over_tls(self, tls: bool) -> Self {
+        ClientSource { tls, ..self }
     }
 
     /// Puts the request's [`ClientIp`] (when known) and [`ClientScheme`] in
     /// `extensions`.
     pub(crate) fn resolve(&self, headers: &HeaderMap, extensions: &mut Extensions) {
-        let (ip, scheme) = match self {
-            ClientSource::Direct(ip) => (Some(*ip), Scheme::HTTP),
-            ClientSource::Unknown => (None, Scheme::HTTP),
-            ClientSource::Proxy(peer, proxies) => (
+        let own = if self.tls {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let (ip, scheme) = match &self.via {
+            Via::Direct(ip) => (Some(*ip), own),
+            Via::Unknown => (None, own),
+            Via::Proxy(peer, proxies) => (
                 forwarded_for(*peer, headers, proxies),
-                forwarded_proto(headers),
+                forwarded_proto(headers).unwrap_or(own),
             ),
         };
         if let Some(ip) = ip {
@@ -378,22 +407,23 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
-/// The scheme a trusted proxy's last `X-Forwarded-Proto` value names; HTTP without one.
-fn forwarded_proto(headers: &HeaderMap) -> Scheme {
-    let Some(value) = elements_from_the_right(headers, &X_FORWARDED_PROTO).next() else {
-        return Scheme::HTTP;
-    };
-    if value.eq_ignore_ascii_case(b"https") || value.eq_ignore_ascii_case(b"wss") {
-        Scheme::HTTPS
-    } else {
-        if !(value.eq_ignore_ascii_case(b"http") || value.eq_ignore_ascii_case(b"ws")) {
-            tracing::debug!(
-                value = %String::from_utf8_lossy(value),
-                "X-Forwarded-Proto names no known scheme; taken as http"
-            );
-        }
-        Scheme::HTTP
-    }
+/// The scheme a trusted proxy's last `X-Forwarded-Proto` value names (`http` for one it
+/// does not know); `None` without one.
+fn forwarded_proto(headers: &HeaderMap) -> Option<Scheme> {
+    let value = elements_from_the_right(headers, &X_FORWARDED_PROTO).next()?;
+    Some(
+        if value.eq_ignore_ascii_case(b"https") || value.eq_ignore_ascii_case(b"wss") {
+            Scheme::HTTPS
+        } else {
+            if !(value.eq_ignore_ascii_case(b"http") || value.eq_ignore_ascii_case(b"ws")) {
+                tracing::debug!(
+                    value = %String::from_utf8_lossy(value),
+                    "X-Forwarded-Proto names no known scheme; taken as http"
+                );
+            }
+            Scheme::HTTP
+        },
+    )
 }
 
 #[cfg(test)]

@@ -36,9 +36,9 @@ const V2_FIXED: usize = 16;
 /// Version 2's longest address block: two 108-byte Unix socket paths.
 const V2_MAX_ADDRESSES: usize = 216;
 /// What is read of a header at most: any version 1 header, or version 2's fixed part and
-/// addresses. Version 2's TLVs after them (up to 64 KiB, none of which is used) are read
-/// through the same buffer and dropped, so a connection's header costs 232 bytes in its
-/// task, whatever its length.
+/// addresses. Version 2's TLVs after them (up to 64 KiB, one byte of which is used) are
+/// read through the same buffer and dropped, so a connection's header costs 232 bytes in
+/// its task, whatever its length.
 const BUFFER: usize = V2_FIXED + V2_MAX_ADDRESSES;
 
 /// What a header says about the connection.
@@ -180,12 +180,8 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     }
     // The high half is the address family (unspecified, IPv4, IPv6, Unix), the low half
     // the transport (unspecified, stream, datagram); any other value is to be refused.
-    let addresses = match family {
-        0x00 => 0,
-        0x11 | 0x12 => 12,
-        0x21 | 0x22 => 36,
-        0x31 | 0x32 => 216,
-        _ => return Parsed::Invalid("a PROXY protocol version 2 header with an unknown family"),
+    let Some(addresses) = v2_addresses(family) else {
+        return Parsed::Invalid("a PROXY protocol version 2 header with an unknown family");
     };
     if len < V2_FIXED + addresses {
         return Parsed::Invalid("a PROXY protocol version 2 header shorter than its addresses");
@@ -208,6 +204,72 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     Parsed::Done { len, header }
 }
 
+/// The size of version 2's address block for `family`: the high half is the address
+/// family (unspecified, IPv4, IPv6, Unix), the low half the transport (unspecified,
+/// stream, datagram); `None` for any other value, which is to be refused.
+fn v2_addresses(family: u8) -> Option<usize> {
+    match family {
+        0x00 => Some(0),
+        0x11 | 0x12 => Some(12),
+        0x21 | 0x22 => Some(36),
+        0x31 | 0x32 => Some(216),
+        _ => None,
+    }
+}
+
+/// Where a version 2 `PROXY` header's TLVs begin, past its addresses; `None` for any
+/// other header (version 1's have none, and `LOCAL`'s are the balancer's own).
+fn tlvs_start(header: &[u8]) -> Option<usize> {
+    if !header.starts_with(V2_SIGNATURE) || header.get(12)? & 0x0f != 0x1 {
+        return None;
+    }
+    v2_addresses(*header.get(13)?).map(|addresses| V2_FIXED + addresses)
+}
+
+/// `PP2_TYPE_SSL`: the TLV HAProxy's `send-proxy-v2-ssl` adds when it ended TLS from the
+/// client, whose first byte has `PP2_CLIENT_SSL` set if the client's connection was TLS.
+const PP2_TYPE_SSL: u8 = 0x20;
+const PP2_CLIENT_SSL: u8 = 0x01;
+
+/// Walks version 2's TLVs as they are read, a piece at a time (they may be longer than
+/// the buffer), for the one that says the client came over TLS. Nothing else in them is
+/// used; a TLV cut short by the header's end is ignored.
+#[derive(Debug, Default)]
+struct ClientTls {
+    /// A TLV's type and length, as far as they came.
+    head: [u8; 3],
+    head_len: usize,
+    /// What is left of the current TLV's value; 0 while a head is read.
+    value_left: usize,
+    /// The next value byte is `PP2_TYPE_SSL`'s first, its `client` flags.
+    ssl_flags_next: bool,
+    tls: bool,
+}
+
+impl ClientTls {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some(&byte) = bytes.first() {
+            if self.value_left == 0 {
+                self.head[self.head_len] = byte;
+                self.head_len += 1;
+                bytes = &bytes[1..];
+                if self.head_len == self.head.len() {
+                    self.head_len = 0;
+                    self.value_left = usize::from(u16::from_be_bytes([self.head[1], self.head[2]]));
+                    self.ssl_flags_next = self.head[0] == PP2_TYPE_SSL;
+                }
+                continue;
+            }
+            if std::mem::take(&mut self.ssl_flags_next) {
+                self.tls = byte & PP2_CLIENT_SSL != 0;
+            }
+            let value = self.value_left.min(bytes.len());
+            self.value_left -= value;
+            bytes = &bytes[value..];
+        }
+    }
+}
+
 /// Why a connection's header was not read.
 #[derive(Debug)]
 enum Refused {
@@ -223,13 +285,14 @@ impl From<std::io::Error> for Refused {
     }
 }
 
-/// Reads the header at the start of `stream`, and not a byte more.
+/// Reads the header at the start of `stream`, and not a byte more: what it says, and
+/// whether it says the client's connection was TLS.
 ///
 /// Each round peeks at what has arrived past what was read so far. A whole header among
 /// it is read and the rest left in the socket; a header still incomplete is read as far
 /// as it came, so that the next peek waits for new bytes instead of seeing the same ones
 /// again.
-async fn read_header(stream: &mut ConnStream) -> Result<Header, Refused> {
+async fn read_header(stream: &mut ConnStream) -> Result<(Header, bool), Refused> {
     let mut buf = [0u8; BUFFER];
     let mut have = 0;
     loop {
@@ -249,14 +312,22 @@ async fn read_header(stream: &mut ConnStream) -> Result<Header, Refused> {
             Parsed::Done { len, header } => {
                 let in_buf = len.min(seen);
                 stream.read_exact(&mut buf[have..in_buf]).await?;
-                // Version 2's TLVs: read and dropped.
+                // Version 2's TLVs: walked for the client's TLS, through the same buffer.
+                let start = tlvs_start(&buf[..in_buf]);
+                let mut tls = ClientTls::default();
+                if let Some(start) = start {
+                    tls.feed(&buf[start.min(in_buf)..in_buf]);
+                }
                 let mut rest = len - in_buf;
                 while rest > 0 {
                     let chunk = rest.min(BUFFER);
                     stream.read_exact(&mut buf[..chunk]).await?;
+                    if start.is_some() {
+                        tls.feed(&buf[..chunk]);
+                    }
                     rest -= chunk;
                 }
-                return Ok(header);
+                return Ok((header, tls.tls));
             }
         }
     }
@@ -265,15 +336,16 @@ async fn read_header(stream: &mut ConnStream) -> Result<Header, Refused> {
 /// Whom a connection's requests are from, once its header is read.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Client {
-    /// The client the header named, believed.
-    Proxied(SocketAddr),
+    /// The client the header named, believed, and whether it says the client's
+    /// connection was TLS.
+    Proxied { addr: SocketAddr, tls: bool },
     /// The peer itself: the balancer's own connection (`LOCAL`), or a peer that may not
     /// name a client.
     Peer,
     /// A client the balancer could not name. The peer stays the balancer, but its
     /// requests are the client's: with `trusted_proxies`, no `X-Forwarded-For` of theirs
-    /// is believed (`ClientSource::Unknown`), though the balancer is trusted.
-    Unknown,
+    /// is believed (`ClientSource::unknown`), though the balancer is trusted.
+    Unknown { tls: bool },
 }
 
 /// Broken headers, and headers from peers that are no trusted proxy: at most a line a
@@ -303,8 +375,8 @@ pub(super) async fn client_of(
             return None;
         }
     };
-    let header = match read {
-        Ok(Ok(header)) => header,
+    let (header, tls) = match read {
+        Ok(Ok(read)) => read,
         Ok(Err(Refused::Invalid(why))) => {
             crate::metrics::connection_closed(ConnClosed::ProxyHeader);
             if let Some(left_out) = BROKEN.admit() {
@@ -335,10 +407,10 @@ pub(super) async fn client_of(
     };
     match header {
         Header::Local => Some(Client::Peer),
-        Header::Unknown if may_name() => Some(Client::Unknown),
+        Header::Unknown if may_name() => Some(Client::Unknown { tls }),
         // An untrusted peer's requests are its own, whatever it says.
         Header::Unknown => Some(Client::Peer),
-        Header::Client(client) if may_name() => Some(Client::Proxied(client)),
+        Header::Client(addr) if may_name() => Some(Client::Proxied { addr, tls }),
         Header::Client(client) => {
             if let Some(left_out) = UNTRUSTED.admit() {
                 tracing::warn!(
@@ -508,6 +580,45 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn the_ssl_tlv_says_whether_the_client_came_over_tls_in_any_pieces() {
+        // ALPN, then PP2_TYPE_SSL with PP2_CLIENT_SSL, then a unique id.
+        let tlvs = [
+            &[0x01, 0x00, 0x02, b'h', b'2'][..],
+            &[0x20, 0x00, 0x05, 0x01, 0, 0, 0, 0],
+            &[0x05, 0x00, 0x01, 0x07],
+        ]
+        .concat();
+        let tls_of = |pieces: &[&[u8]]| {
+            let mut walk = ClientTls::default();
+            for piece in pieces {
+                walk.feed(piece);
+            }
+            walk.tls
+        };
+        for a in 0..=tlvs.len() {
+            for b in a..=tlvs.len() {
+                assert!(
+                    tls_of(&[&tlvs[..a], &tlvs[a..b], &tlvs[b..]]),
+                    "cut at {a}, {b}"
+                );
+            }
+        }
+        // Its flags without PP2_CLIENT_SSL; an empty one; none; and 0x20 inside another
+        // TLV's value, which is no type byte.
+        assert!(!tls_of(&[&[0x20, 0x00, 0x05, 0x00, 0, 0, 0, 0]]));
+        assert!(!tls_of(&[&[0x20, 0x00, 0x00, 0x05, 0x00, 0x01, 0x01]]));
+        assert!(!tls_of(&[&[0x05, 0x00, 0x01, 0x07]]));
+        assert!(!tls_of(&[&[0x05, 0x00, 0x03, 0x20, 0x00, 0x01, 0x01]]));
+
+        // Looked for after a `PROXY` header's addresses only.
+        let ipv4 = [0u8; 12];
+        assert_eq!(tlvs_start(&v2(1, 0x11, &ipv4, &tlvs)), Some(28));
+        assert_eq!(tlvs_start(&v2(1, 0x21, &[0; 36], &tlvs)), Some(52));
+        assert_eq!(tlvs_start(&v2(0, 0x11, &ipv4, &tlvs)), None);
+        assert_eq!(tlvs_start(b"PROXY UNKNOWN\r\n"), None);
     }
 
     #[test]

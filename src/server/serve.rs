@@ -405,9 +405,9 @@ impl<H: Handler> ConnSpawner<H> {
             };
             let proxies = config.trusted_proxies.as_ref();
             let (conn, span) = match client {
-                Client::Proxied(addr) => {
+                Client::Proxied { addr, tls } => {
                     let client = Peer::Tcp(addr);
-                    let source = proxies.map(|p| ClientSource::of(client, p));
+                    let source = proxies.map(|p| ClientSource::of(client, p).over_tls(tls));
                     let span = tracing::info_span!("conn", peer = %addr, proxy = %peer);
                     (new(stream, client, source), span)
                 }
@@ -419,8 +419,8 @@ impl<H: Handler> ConnSpawner<H> {
                     )
                 }
                 // The client's own bytes follow, and no proxy's headers: none is believed.
-                Client::Unknown => {
-                    let source = proxies.map(|_| ClientSource::Unknown);
+                Client::Unknown { tls } => {
+                    let source = proxies.map(|_| ClientSource::unknown().over_tls(tls));
                     (
                         new(stream, peer, source),
                         tracing::info_span!("conn", %peer),
