@@ -22,15 +22,9 @@ use tokio::net::TcpStream;
 /// The request's peer and client as the server resolved them: `PEER CLIENT_IP`, `none`
 /// for each missing.
 fn whoami(req: Request) -> String {
-    let peer = req
-        .extensions()
-        .get::<RemoteAddr>()
-        .map_or("none".to_owned(), |RemoteAddr(addr)| addr.to_string());
-    let client = req
-        .extensions()
-        .get::<ClientIp>()
-        .map_or("none".to_owned(), |ClientIp(ip)| ip.to_string());
-    format!("{peer} {client}")
+    let peer = req.extensions().get::<RemoteAddr>().map(|p| p.0);
+    let client = req.extensions().get::<ClientIp>().map(|c| c.0);
+    format!("{} {}", support::shown(peer), support::shown(client))
 }
 
 fn proxied() -> Server {
@@ -414,19 +408,6 @@ async fn a_direct_socket_takes_plain_connections_and_every_other_requires_the_he
     server.stop().await;
 }
 
-/// The request's client as `trusted_proxies` resolved it: `IP SCHEME`.
-fn client_and_scheme(req: Request) -> String {
-    let ip = req
-        .extensions()
-        .get::<ClientIp>()
-        .map_or("none".to_owned(), |ClientIp(ip)| ip.to_string());
-    let scheme = req
-        .extensions()
-        .get::<syncbridge::ClientScheme>()
-        .map_or("none".to_owned(), |scheme| scheme.0.to_string());
-    format!("{ip} {scheme}")
-}
-
 /// `PP2_TYPE_SSL` with the `client` flags given: HAProxy's `send-proxy-v2-ssl`.
 fn ssl_tlv(client: u8) -> Vec<u8> {
     vec![0x20, 0x00, 0x05, client, 0, 0, 0, 0]
@@ -438,7 +419,7 @@ async fn a_header_that_says_the_client_came_over_tls_makes_its_scheme_https() {
         |list: &[&str]| -> Vec<TrustedProxy> { list.iter().map(|p| p.parse().unwrap()).collect() };
     let server = TestServer::start_with(
         proxied().trusted_proxies(trusting(&["127.0.0.1", "10.0.0.0/8"])),
-        client_and_scheme,
+        support::client_ip_and_scheme,
     );
     let from_a_proxy = |tlvs: &[u8]| {
         v2(
@@ -482,7 +463,7 @@ async fn a_header_that_says_the_client_came_over_tls_makes_its_scheme_https() {
     // whose throttle another test here counts on.)
     let server = TestServer::start_with(
         proxied().trusted_proxies(trusting(&["10.0.0.0/8"])),
-        client_and_scheme,
+        support::client_ip_and_scheme,
     );
     let header = v2(1, 0x00, &[], &ssl_tlv(0x01));
     let mut stream = connect_with(server.addr, &header, &[]).await;

@@ -519,6 +519,14 @@ async fn finished_telling(set: &TaskSet) -> mpsc::Receiver<Instant> {
     dropped
 }
 
+/// When the set dropped the value `dropped` tells of; fails the test if it still holds it
+/// a step after its TTL.
+fn dropped_within_a_step(dropped: mpsc::Receiver<Instant>) -> Instant {
+    dropped
+        .recv_timeout(STEP)
+        .expect("the value was still held a step after its TTL")
+}
+
 #[tokio::test]
 async fn a_finished_task_s_value_is_dropped_at_its_ttl_while_nobody_uses_the_set() {
     let ttl = Duration::from_millis(300);
@@ -526,9 +534,7 @@ async fn a_finished_task_s_value_is_dropped_at_its_ttl_while_nobody_uses_the_set
     let spawned = Instant::now();
     let dropped = finished_telling(&set).await;
     // From here on nothing spawns or looks anything up: only the sweeper can drop it.
-    let dropped_at = dropped
-        .recv_timeout(STEP)
-        .expect("the value was still held a step after its TTL");
+    let dropped_at = dropped_within_a_step(dropped);
     let after = dropped_at.duration_since(spawned);
     assert!(
         after >= ttl,
@@ -538,9 +544,7 @@ async fn a_finished_task_s_value_is_dropped_at_its_ttl_while_nobody_uses_the_set
     // The next task to finish has its set held again: the sweeper let go of it with
     // nothing left to sweep.
     let dropped = finished_telling(&set).await;
-    dropped
-        .recv_timeout(STEP)
-        .expect("the second value was still held a step after its TTL");
+    dropped_within_a_step(dropped);
 }
 
 #[tokio::test]
@@ -551,9 +555,7 @@ async fn a_set_due_sooner_than_the_sweeper_sleeps_for_is_swept_on_time() {
     // ...is woken for a set due in 300 ms.
     let hasty = TaskSet::builder().ttl(Duration::from_millis(300)).build();
     let dropped = finished_telling(&hasty).await;
-    dropped
-        .recv_timeout(STEP)
-        .expect("the value was still held a step after its TTL");
+    dropped_within_a_step(dropped);
 }
 
 #[tokio::test]
@@ -562,9 +564,7 @@ async fn a_dropped_set_s_values_go_with_it_not_at_their_ttl() {
     let dropped = finished_telling(&set).await;
     // The sweeper holds the set weakly: dropping it drops its entries, now.
     drop(set);
-    dropped
-        .recv_timeout(STEP)
-        .expect("the value outlived its set");
+    dropped_within_a_step(dropped);
 }
 
 #[test]
@@ -580,9 +580,7 @@ fn a_value_is_dropped_at_its_ttl_though_its_runtime_has_no_timers_and_is_not_dri
         .ttl(Duration::from_millis(300))
         .build();
     let dropped = runtime.block_on(finished_telling(&set));
-    dropped
-        .recv_timeout(STEP)
-        .expect("the value was still held a step after its TTL");
+    dropped_within_a_step(dropped);
     drop(runtime);
 }
 
@@ -648,7 +646,5 @@ async fn a_value_that_panics_when_dropped_is_logged_and_the_sweep_goes_on() {
     );
     // The thread goes on: the next value is dropped at its TTL too.
     let dropped = finished_telling(&set).await;
-    dropped
-        .recv_timeout(STEP)
-        .expect("the value was still held a step after its TTL");
+    dropped_within_a_step(dropped);
 }

@@ -6,21 +6,11 @@ mod support;
 use std::net::SocketAddr;
 
 use support::TestServer;
-use syncbridge::{ClientIp, ClientScheme, Request, Server, TrustedProxy};
+use syncbridge::{Request, Server, TrustedProxy};
 
-/// Names the request's client as the server resolved it: `IP SCHEME`, `none` for each
-/// missing.
-fn client(req: Request) -> String {
-    let ip = req
-        .extensions()
-        .get::<ClientIp>()
-        .map_or("none".to_owned(), |ClientIp(ip)| ip.to_string());
-    let scheme = req
-        .extensions()
-        .get::<ClientScheme>()
-        .map_or("none".to_owned(), |ClientScheme(s)| s.to_string());
-    format!("{ip} {scheme}")
-}
+// Names the request's client as the server resolved it: `IP SCHEME`, `none` for each
+// missing.
+use support::client_ip_and_scheme as client;
 
 fn proxies(list: &[&str]) -> Vec<TrustedProxy> {
     list.iter().map(|p| p.parse().unwrap()).collect()

@@ -90,6 +90,19 @@ impl Drop for TestServer {
     }
 }
 
+/// A handler naming the request's client as `Server::trusted_proxies` resolved it:
+/// `IP SCHEME`, `none` for each missing.
+pub fn client_ip_and_scheme(req: syncbridge::Request) -> String {
+    let ip = req.extensions().get::<syncbridge::ClientIp>().map(|c| c.0);
+    let scheme = req.extensions().get::<syncbridge::ClientScheme>();
+    format!("{} {}", shown(ip), shown(scheme.map(|s| &s.0)))
+}
+
+/// `value` as text, or `none`.
+pub fn shown<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or("none".to_owned(), |v| v.to_string())
+}
+
 /// Panics with `message` as `panic!(message)` does, but without running the panic hook.
 /// For the tests' deliberate panics: under load and with `RUST_BACKTRACE=1`, the default
 /// hook's backtrace of a large debug binary takes seconds, which a test would count
