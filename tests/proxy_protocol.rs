@@ -408,6 +408,14 @@ async fn a_direct_socket_takes_plain_connections_and_every_other_requires_the_he
     server.stop().await;
 }
 
+/// `PP2_TYPE_NOOP` of `len` bytes: padding.
+fn noop_tlv(len: u16) -> Vec<u8> {
+    let mut tlv = vec![0x04];
+    tlv.extend_from_slice(&len.to_be_bytes());
+    tlv.resize(3 + usize::from(len), 0);
+    tlv
+}
+
 /// `PP2_TYPE_SSL` with the `client` flags given: HAProxy's `send-proxy-v2-ssl`.
 fn ssl_tlv(client: u8) -> Vec<u8> {
     vec![0x20, 0x00, 0x05, client, 0, 0, 0, 0]
@@ -429,12 +437,20 @@ async fn a_header_that_says_the_client_came_over_tls_makes_its_scheme_https() {
             tlvs,
         )
     };
-    // The header's own word, after other TLVs, in pieces that cut the TLV.
+    // The header's own word, after other TLVs.
     let alpn = [0x01, 0x00, 0x02, b'h', b'2'];
-    let cases: [(Vec<u8>, &[usize], &str, &str); 6] = [
+    let cases: [(Vec<u8>, &[usize], &str, &str); 7] = [
         (
             v2_tcp4(&[&alpn[..], &ssl_tlv(0x01)].concat()),
             &[30, 36],
+            "",
+            "198.51.100.4 https",
+        ),
+        // Straddling the server's 232-byte buffer, past 199 bytes of padding: its type
+        // and length come in two of the buffer's reads.
+        (
+            v2_tcp4(&[&noop_tlv(199)[..], &ssl_tlv(0x01)].concat()),
+            &[],
             "",
             "198.51.100.4 https",
         ),

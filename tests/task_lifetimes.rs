@@ -627,24 +627,45 @@ impl Drop for PanicsOnDrop {
     }
 }
 
-#[tokio::test]
-async fn a_value_that_panics_when_dropped_is_logged_and_the_sweep_goes_on() {
-    logs::install();
-    let set = TaskSet::builder().ttl(Duration::from_millis(100)).build();
+/// Spawns a task whose value is a [`PanicsOnDrop`] and joins it, dropping the join's
+/// copy: the set's entry holds the last.
+async fn finished_panicking(set: &TaskSet) {
     let handle = set
         .spawn(|_| async { Ok::<_, std::io::Error>(PanicsOnDrop) })
         .unwrap();
-    // The join's copy goes here; the entry's is the last, which the sweep drops.
     drop(handle.join().await.expect("the task succeeded"));
-    assert!(
-        logs::eventually_contains(&[
-            "ERROR",
-            "a task's result panicked in its Drop",
-            "a task value's Drop panicked"
-        ])
-        .await
-    );
-    // The thread goes on: the next value is dropped at its TTL too.
+}
+
+/// Waits (a short poll with a deadline) until `n` panicking drops have been logged.
+async fn panics_logged(n: usize) {
+    let panicked = [
+        "ERROR",
+        "a task's result panicked",
+        "a task value's Drop panicked",
+    ];
+    let deadline = Instant::now() + STEP;
+    while logs::count(&panicked) < n {
+        assert!(Instant::now() < deadline, "{n} panicking drops not logged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_value_that_panics_when_dropped_is_logged_and_the_sweep_goes_on() {
+    logs::install();
+    // Two, dropped together with their set: a second panic while the first unwinds
+    // would abort the process, were they dropped as one.
+    let set = TaskSet::builder().ttl(Duration::from_secs(3600)).build();
+    finished_panicking(&set).await;
+    finished_panicking(&set).await;
+    drop(set);
+    panics_logged(2).await;
+
+    // One more at its TTL, by the sweep thread, which goes on: the next value is
+    // dropped at its TTL too.
+    let set = TaskSet::builder().ttl(Duration::from_millis(100)).build();
+    finished_panicking(&set).await;
+    panics_logged(3).await;
     let dropped = finished_telling(&set).await;
     dropped_within_a_step(dropped);
 }

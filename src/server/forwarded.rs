@@ -239,9 +239,10 @@ pub struct ClientIp(pub IpAddr);
 /// `wsgi.url_scheme`.
 ///
 /// From a trusted proxy it is what the last `X-Forwarded-Proto` value says, the one
-/// the nearest proxy wrote (`https` or `wss`: HTTPS; `http` or `ws`: HTTP); otherwise,
-/// and for any other value, HTTP, the scheme of the connection itself (the server
-/// speaks no TLS). Behind two proxies, the outer one ending TLS, the inner one must
+/// the nearest proxy wrote (`https` or `wss`: HTTPS; `http` or `ws`: HTTP; any other
+/// value: HTTP); otherwise, the scheme of the connection itself: HTTP (the server
+/// speaks no TLS), or HTTPS when a PROXY protocol header says the client's connection to
+/// the balancer was TLS ([`Server::proxy_protocol`](crate::Server::proxy_protocol)). Behind two proxies, the outer one ending TLS, the inner one must
 /// pass the outer one's value on, not write its own `http`. gunicorn's other default
 /// scheme headers (`X-Forwarded-Protocol: ssl`, `X-Forwarded-Ssl: on`) are not read.
 ///

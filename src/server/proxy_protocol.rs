@@ -36,9 +36,9 @@ const V2_FIXED: usize = 16;
 /// Version 2's longest address block: two 108-byte Unix socket paths.
 const V2_MAX_ADDRESSES: usize = 216;
 /// What is read of a header at most: any version 1 header, or version 2's fixed part and
-/// addresses. Version 2's TLVs after them (up to 64 KiB, one byte of which is used) are
-/// read through the same buffer and dropped, so a connection's header costs 232 bytes in
-/// its task, whatever its length.
+/// addresses. Version 2's TLVs after them (up to 64 KiB) are read through the same buffer,
+/// and only `PP2_TYPE_SSL`'s flags kept, so a connection's header costs 232 bytes in its
+/// task, whatever its length.
 const BUFFER: usize = V2_FIXED + V2_MAX_ADDRESSES;
 
 /// What a header says about the connection.
@@ -231,9 +231,13 @@ fn tlvs_start(header: &[u8]) -> Option<usize> {
 const PP2_TYPE_SSL: u8 = 0x20;
 const PP2_CLIENT_SSL: u8 = 0x01;
 
+/// `PP2_TYPE_SSL`'s value is at least its `client` flags and a 4-byte `verify`.
+const PP2_SSL_MIN_LEN: usize = 5;
+
 /// Walks version 2's TLVs as they are read, a piece at a time (they may be longer than
 /// the buffer), for the one that says the client came over TLS. Nothing else in them is
-/// used; a TLV cut short by the header's end is ignored.
+/// used. A `PP2_TYPE_SSL` counts only whole and of its least length: one cut short by the
+/// header's end, or too short, says nothing.
 #[derive(Debug, Default)]
 struct ClientTls {
     /// A TLV's type and length, as far as they came.
@@ -241,8 +245,9 @@ struct ClientTls {
     head_len: usize,
     /// What is left of the current TLV's value; 0 while a head is read.
     value_left: usize,
-    /// The next value byte is `PP2_TYPE_SSL`'s first, its `client` flags.
-    ssl_flags_next: bool,
+    /// In a `PP2_TYPE_SSL` of at least its least length: its flags once seen, kept
+    /// until its value is whole.
+    ssl: Option<Option<u8>>,
     tls: bool,
 }
 
@@ -256,16 +261,22 @@ impl ClientTls {
                 if self.head_len == self.head.len() {
                     self.head_len = 0;
                     self.value_left = usize::from(u16::from_be_bytes([self.head[1], self.head[2]]));
-                    self.ssl_flags_next = self.head[0] == PP2_TYPE_SSL;
+                    let ssl = self.head[0] == PP2_TYPE_SSL && self.value_left >= PP2_SSL_MIN_LEN;
+                    self.ssl = ssl.then_some(None);
                 }
                 continue;
             }
-            if std::mem::take(&mut self.ssl_flags_next) {
-                self.tls = byte & PP2_CLIENT_SSL != 0;
+            if let Some(flags @ None) = &mut self.ssl {
+                *flags = Some(byte);
             }
             let value = self.value_left.min(bytes.len());
             self.value_left -= value;
             bytes = &bytes[value..];
+            if self.value_left == 0 {
+                if let Some(Some(flags)) = self.ssl.take() {
+                    self.tls = flags & PP2_CLIENT_SSL != 0;
+                }
+            }
         }
     }
 }
@@ -606,17 +617,22 @@ mod tests {
                 );
             }
         }
-        // Its flags without PP2_CLIENT_SSL; an empty one; none; and 0x20 inside another
+        // Its flags without PP2_CLIENT_SSL; an empty one; one shorter than its flags and
+        // `verify`; one cut short by the header's end; none; and 0x20 inside another
         // TLV's value, which is no type byte.
         assert!(!tls_of(&[&[0x20, 0x00, 0x05, 0x00, 0, 0, 0, 0]]));
         assert!(!tls_of(&[&[0x20, 0x00, 0x00, 0x05, 0x00, 0x01, 0x01]]));
+        assert!(!tls_of(&[&[0x20, 0x00, 0x01, 0x01]]));
+        assert!(!tls_of(&[&[0x20, 0x00, 0x05, 0x01, 0, 0]]));
         assert!(!tls_of(&[&[0x05, 0x00, 0x01, 0x07]]));
-        assert!(!tls_of(&[&[0x05, 0x00, 0x03, 0x20, 0x00, 0x01, 0x01]]));
+        assert!(!tls_of(&[&[0x05, 0x00, 0x03, 0x20, 0x00, 0x05, 0x01]]));
 
         // Looked for after a `PROXY` header's addresses only.
         let ipv4 = [0u8; 12];
         assert_eq!(tlvs_start(&v2(1, 0x11, &ipv4, &tlvs)), Some(28));
         assert_eq!(tlvs_start(&v2(1, 0x21, &[0; 36], &tlvs)), Some(52));
+        assert_eq!(tlvs_start(&v2(1, 0x00, &[], &tlvs)), Some(16));
+        assert_eq!(tlvs_start(&v2(1, 0x31, &[0; 216], &tlvs)), Some(232));
         assert_eq!(tlvs_start(&v2(0, 0x11, &ipv4, &tlvs)), None);
         assert_eq!(tlvs_start(b"PROXY UNKNOWN\r\n"), None);
     }

@@ -147,18 +147,29 @@ impl fmt::Debug for Registry {
 
 /// Drops entries the registry let go of, after its lock: a result's `Drop` is user code,
 /// and may own what must not be dropped on a runtime thread (a runtime of its own, a
-/// blocking client's), so it goes off the runtime, as a task's unused callback does; and
-/// may panic, which is logged here rather than unwind through a spawn or the sweep.
+/// blocking client's), so it goes off the runtime, as a task's unused callback does.
 fn let_go(gone: Vec<TaskInfo>) {
-    if gone.is_empty() {
-        return;
+    if !gone.is_empty() {
+        crate::offload::drop_off_runtime(Gone(gone));
     }
-    let dropped = catch_unwind(AssertUnwindSafe(|| crate::offload::drop_off_runtime(gone)));
-    if let Err(payload) = dropped {
-        tracing::error!(
-            panic = %panic_message(&*payload),
-            "a task's result panicked in its Drop"
-        );
+}
+
+/// Entries let go of, dropped one at a time: a result whose `Drop` panics is logged, and
+/// the next is still dropped. (A `Vec` dropped whole would abort the process at a second
+/// such panic, one during the first's unwinding, and a type whose `Drop` panics usually
+/// does so every time.)
+struct Gone(Vec<TaskInfo>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        for info in self.0.drain(..) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(info))) {
+                tracing::error!(
+                    panic = %panic_message(&*payload),
+                    "a task's result panicked in its Drop"
+                );
+            }
+        }
     }
 }
 

@@ -175,20 +175,19 @@ impl Sweeper {
             }
             let due = state.due.pop().expect("peeked");
             drop(state);
-            // The registry catches a result's `Drop` that panics; this is for a bug of
-            // ours, so that the thread, which every set shares, goes on. The set (the last
-            // handle on it, perhaps) is dropped inside.
-            let swept = catch_unwind(AssertUnwindSafe(|| {
-                if let Some(set) = due.set.upgrade() {
-                    schedule_next(&set);
+            if let Some(set) = due.set.upgrade() {
+                // The registry catches a result's `Drop` that panics; this is for a bug of
+                // ours, so that the thread, which every set shares, goes on, and the set
+                // is let go of, to be held again when its next task finishes.
+                let swept = catch_unwind(AssertUnwindSafe(|| schedule_next(&set)));
+                if let Err(payload) = swept {
+                    set.sweeping.store(false, Ordering::SeqCst);
+                    tracing::error!(
+                        panic = %panic_message(&*payload),
+                        "the task sweeper panicked; the set it swept is let go of until its \
+                         next task finishes"
+                    );
                 }
-            }));
-            if let Err(payload) = swept {
-                tracing::error!(
-                    panic = %panic_message(&*payload),
-                    "the task sweeper panicked; the set it swept may keep expired entries \
-                     until its next spawn or lookup"
-                );
             }
             state = self.lock();
         }
