@@ -14,8 +14,13 @@
 //! that does not begin with one is closed, never guessed to be a direct client (a client
 //! could otherwise send a header of its own choosing on a connection that bypasses the
 //! balancer, or be taken for one).
+//!
+//! Of version 2's TLVs only one is read: HAProxy's `PP2_TYPE_SSL`, which says whether the
+//! client's connection to the balancer was TLS (the scheme a balancer that ends TLS in
+//! `mode tcp` cannot put in a header).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use tokio::io::AsyncReadExt;
 
 use super::conn::ConnConfig;
