@@ -120,11 +120,12 @@ impl Sweeper {
                 Err(error) => {
                     // Every set let go of (with no thread, only failed starts held any),
                     // so that the next task to finish tries again. Meanwhile entries
-                    // expire at the next spawn or lookup.
-                    for due in state.due.drain() {
-                        if let Some(set) = due.set.upgrade() {
-                            set.sweeping.store(false, Ordering::SeqCst);
-                        }
+                    // expire at the next spawn or lookup. After the lock: a set whose
+                    // last handle this is drops its results here.
+                    let held: Vec<Due> = state.due.drain().collect();
+                    drop(state);
+                    for set in held.iter().filter_map(|due| due.set.upgrade()) {
+                        set.sweeping.store(false, Ordering::SeqCst);
                     }
                     tracing::warn!(%error, "could not start the task sweeper thread");
                     return;
