@@ -350,7 +350,7 @@ async fn read_header(stream: &mut ConnStream) -> Result<(Header, bool), Refused>
 }
 
 /// Whom a connection's requests are from, once its header is read.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Client {
     /// The client the header named, believed, and whether it says the client's
     /// connection was TLS.

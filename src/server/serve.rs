@@ -404,29 +404,20 @@ impl<H: Handler> ConnSpawner<H> {
                 return;
             };
             let proxies = config.trusted_proxies.as_ref();
-            let (conn, span) = match client {
+            let source = match client {
                 Client::Proxied { addr, tls } => {
                     let client = Peer::Tcp(addr);
                     let source = proxies.map(|p| ClientSource::of(client, p).over_tls(tls));
                     let span = tracing::info_span!("conn", peer = %addr, proxy = %peer);
-                    (new(stream, client, source), span)
+                    let conn = new(stream, client, source);
+                    return conn::serve(conn, config, service).instrument(span).await;
                 }
-                Client::Peer => {
-                    let source = proxies.map(|p| ClientSource::of(peer, p));
-                    (
-                        new(stream, peer, source),
-                        tracing::info_span!("conn", %peer),
-                    )
-                }
+                Client::Peer => proxies.map(|p| ClientSource::of(peer, p)),
                 // The client's own bytes follow, and no proxy's headers: none is believed.
-                Client::Unknown { tls } => {
-                    let source = proxies.map(|_| ClientSource::unknown().over_tls(tls));
-                    (
-                        new(stream, peer, source),
-                        tracing::info_span!("conn", %peer),
-                    )
-                }
+                Client::Unknown { tls } => proxies.map(|_| ClientSource::unknown().over_tls(tls)),
             };
+            let span = tracing::info_span!("conn", %peer);
+            let conn = new(stream, peer, source);
             conn::serve(conn, config, service).instrument(span).await
         });
     }
