@@ -35,8 +35,8 @@ pub use pool::{BlockingPool, BlockingPoolBuilder, PoolStats};
 #[cfg(unix)]
 pub use server::PeerCred;
 pub use server::{
-    ClientIp, ClientScheme, ListenAddr, ParseTrustedProxyError, RemoteAddr, Server, ShutdownHandle,
-    TrustedProxy,
+    ClientIp, ClientScheme, ForwardedHeaders, ListenAddr, ParseTrustedProxyError, RemoteAddr,
+    Server, ShutdownHandle, TrustedProxy,
 };
 pub use tasks::{
     ParseTaskIdError, TaskBuilder, TaskContext, TaskHandle, TaskId, TaskInfo, TaskSet,

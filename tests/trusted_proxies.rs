@@ -1,12 +1,13 @@
 //! `Server::trusted_proxies`: the client behind a reverse proxy, from its
-//! `X-Forwarded-For` and `X-Forwarded-Proto`, believed only from a trusted proxy.
+//! `X-Forwarded-For` and `X-Forwarded-Proto` (or RFC 7239's `Forwarded`), believed only from a
+//! trusted proxy.
 
 mod support;
 
 use std::net::SocketAddr;
 
 use support::TestServer;
-use syncbridge::{Request, Server, TrustedProxy};
+use syncbridge::{ForwardedHeaders, Request, Server, TrustedProxy};
 
 // Names the request's client as the server resolved it: `IP SCHEME`, `none` for each
 // missing.
@@ -117,5 +118,56 @@ async fn a_dual_stack_listeners_ipv4_peer_is_matched_as_ipv4() {
     let forged = [("x-forwarded-for", "::ffff:203.0.113.9")];
     assert_eq!(client_seen(addr, false, &forged).await, "203.0.113.9 http");
     assert_eq!(client_seen(addr, false, &[]).await, "127.0.0.1 http");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn told_so_the_server_reads_forwarded_and_no_x_forwarded_header() {
+    // HAProxy's `option forwarded` appends its element; the client wrote the first one,
+    // and X-Forwarded-* headers the proxy passes on unread.
+    let server = TestServer::start_with(
+        // Told after `trusted_proxies`: the order of the two calls does not matter.
+        Server::bind("127.0.0.1:0")
+            .trusted_proxies(proxies(&["127.0.0.1", "10.0.0.0/8"]))
+            .forwarded_headers(ForwardedHeaders::Forwarded),
+        client,
+    );
+    let behind_two = [(
+        "forwarded",
+        "for=6.6.6.6;proto=http, for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.2",
+    )];
+    for http2 in [false, true] {
+        assert_eq!(
+            client_seen(server.addr, http2, &behind_two).await,
+            "2001:db8::7 https",
+            "http2: {http2}"
+        );
+        assert_eq!(
+            client_seen(server.addr, http2, &FORWARDED).await,
+            "127.0.0.1 http",
+            "http2: {http2}"
+        );
+    }
+    server.stop().await;
+
+    // Told before: the same. Without it, `Forwarded` is the client's own text.
+    let told_first = Server::bind("127.0.0.1:0")
+        .forwarded_headers(ForwardedHeaders::Forwarded)
+        .trusted_proxies(proxies(&["127.0.0.1"]));
+    let server = TestServer::start_with(told_first, client);
+    let one = [("forwarded", "for=203.0.113.7;proto=https")];
+    assert_eq!(
+        client_seen(server.addr, false, &one).await,
+        "203.0.113.7 https"
+    );
+    server.stop().await;
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").trusted_proxies(proxies(&["127.0.0.1"])),
+        client,
+    );
+    assert_eq!(
+        client_seen(server.addr, false, &one).await,
+        "127.0.0.1 http"
+    );
     server.stop().await;
 }

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::exec::StreamExecutor;
-use super::forwarded::{Proxies, TrustedProxy};
+use super::forwarded::{ForwardedHeaders, Proxies, TrustedProxy};
 use super::Server;
 use crate::bridge::{MakeSpan, DEFAULT_BODY_TIMEOUT, DEFAULT_HEAD_GRACE, DEFAULT_MAX_BODY_SIZE};
 use crate::handler::Request;
@@ -40,6 +40,8 @@ pub(super) struct Config {
     pub(super) remote_addr: bool,
     /// `None` until `Server::trusted_proxies` is called.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
+    /// What the trusted proxies write, kept for a later `trusted_proxies` call.
+    pub(super) forwarded_headers: ForwardedHeaders,
     pub(super) proxy_protocol: bool,
     /// The listeners (by index) bound with `Server::also_bind_direct`: no PROXY protocol
     /// header on them, whatever `proxy_protocol` says.
@@ -75,6 +77,7 @@ impl Default for Config {
             systemd_watchdog: true,
             remote_addr: false,
             trusted_proxies: None,
+            forwarded_headers: ForwardedHeaders::XForwarded,
             proxy_protocol: false,
             direct_sockets: Vec::new(),
             request_span: None,
@@ -437,7 +440,8 @@ impl Server {
         self
     }
 
-    /// The reverse proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` the server
+    /// The reverse proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` (or, with
+    /// [`forwarded_headers`](Server::forwarded_headers), `Forwarded`) the server
     /// believes (uvicorn's `--forwarded-allow-ips`; gunicorn's `forwarded_allow_ips`
     /// trusts only the scheme headers). Once called, every request carries a
     /// [`ClientScheme`](super::ClientScheme) and, when the client is known, a
@@ -481,7 +485,50 @@ impl Server {
         I::Item: Into<TrustedProxy>,
     {
         let list = proxies.into_iter().map(Into::into).collect();
-        self.config.trusted_proxies = Some(Arc::new(Proxies::new(list)));
+        let proxies = Proxies::new(list, self.config.forwarded_headers);
+        self.config.trusted_proxies = Some(Arc::new(proxies));
+        self
+    }
+
+    /// Which headers the [`trusted_proxies`](Server::trusted_proxies) name the client in:
+    /// `X-Forwarded-For` and `X-Forwarded-Proto` (the default), or RFC 7239's
+    /// `Forwarded` ([`ForwardedHeaders::Forwarded`](super::ForwardedHeaders::Forwarded)).
+    /// One kind only, never both: a proxy that writes one passes the other on as the
+    /// client wrote it. Without `trusted_proxies` neither is read. Either order of the
+    /// two calls does the same.
+    ///
+    /// `Forwarded`'s elements are read from the right, past each trusted proxy, as
+    /// `X-Forwarded-For`'s entries are: the client is the `for` of the rightmost element
+    /// that names no trusted proxy, and its [`ClientScheme`](super::ClientScheme) the
+    /// `proto` of that same element (the one written by the proxy the client connected
+    /// to), or the connection's own scheme when it has none. An element that names no
+    /// address (`for=unknown`, `for=_hidden`, no `for`, or not RFC 7239's syntax) ends
+    /// the walk: the client is the trusted hop after it. IPv6 addresses are read
+    /// quoted and bracketed (`for="[2001:db8::1]:4711"`) as RFC 7239 writes them, or
+    /// bare as some proxies do. `by` and `host` are not read.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::net::Ipv4Addr;
+    ///
+    /// use syncbridge::{ClientIp, ForwardedHeaders, Request, Server};
+    ///
+    /// // HAProxy on this machine, with `option forwarded`.
+    /// Server::bind("127.0.0.1:8000")
+    ///     .trusted_proxies([Ipv4Addr::LOCALHOST])
+    ///     .forwarded_headers(ForwardedHeaders::Forwarded)
+    ///     .serve(|req: Request| match req.extensions().get::<ClientIp>() {
+    ///         Some(ClientIp(ip)) => format!("hello, {ip}\n"),
+    ///         None => "hello\n".to_owned(),
+    ///     })
+    ///     .unwrap();
+    /// ```
+    pub fn forwarded_headers(mut self, headers: ForwardedHeaders) -> Self {
+        self.config.forwarded_headers = headers;
+        if let Some(proxies) = &mut self.config.trusted_proxies {
+            *proxies = Arc::new(proxies.writing(headers));
+        }
         self
     }
 

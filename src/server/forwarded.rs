@@ -1,6 +1,7 @@
 //! The client behind a reverse proxy: which peers are trusted proxies
 //! ([`Server::trusted_proxies`](crate::Server::trusted_proxies)), and what their
-//! `X-Forwarded-For` and `X-Forwarded-Proto` say about the client.
+//! `X-Forwarded-For` and `X-Forwarded-Proto`, or their `Forwarded`
+//! ([`ForwardedHeaders`]), say about the client.
 //!
 //! `X-Forwarded-For` is a list every proxy appends its own peer to; its first entries are
 //! whatever the client wrote. So it is read from the right: each entry a trusted proxy
@@ -8,6 +9,7 @@
 //! client (uvicorn's `--forwarded-allow-ips`, whose `ProxyHeadersMiddleware` walks it
 //! so; gunicorn's `forwarded_allow_ips` decides only whether the scheme headers are
 //! believed). Reading the leftmost entry would let any client choose its address.
+//! `Forwarded` (RFC 7239) is a list of the same kind, walked the same way.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,6 +20,7 @@ use http::header::HeaderName;
 use http::uri::Scheme;
 use http::{Extensions, HeaderMap};
 
+use super::forwarded_elements::{self, Element};
 use super::remote::Peer;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -262,17 +265,49 @@ pub struct ClientIp(pub IpAddr);
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ClientScheme(pub Scheme);
 
-/// The proxies a server trusts, shared by its connections.
+/// Which headers a server's trusted proxies name the client in
+/// ([`Server::forwarded_headers`](crate::Server::forwarded_headers)). One kind only: the
+/// other reaches the handler as the client wrote it, and believing it would let the
+/// client choose its address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForwardedHeaders {
+    /// `X-Forwarded-For` and `X-Forwarded-Proto`, which nginx
+    /// (`$proxy_add_x_forwarded_for`), HAProxy (`option forwardfor`), Envoy, Traefik,
+    /// Caddy and the clouds' load balancers write. The default.
+    #[default]
+    XForwarded,
+    /// `Forwarded` (RFC 7239), its `for` and `proto` parameters: HAProxy's
+    /// `option forwarded` (2.8 and later), nginx with a `map` that appends
+    /// `for=$remote_addr` to the client's header.
+    Forwarded,
+}
+
+/// The proxies a server trusts, shared by its connections, and the headers they write.
 #[derive(Debug)]
-pub(crate) struct Proxies(Box<[TrustedProxy]>);
+pub(crate) struct Proxies {
+    list: Box<[TrustedProxy]>,
+    headers: ForwardedHeaders,
+}
 
 impl Proxies {
-    pub(super) fn new(list: Vec<TrustedProxy>) -> Self {
-        Proxies(list.into_boxed_slice())
+    pub(super) fn new(list: Vec<TrustedProxy>, headers: ForwardedHeaders) -> Self {
+        Proxies {
+            list: list.into_boxed_slice(),
+            headers,
+        }
+    }
+
+    /// The same proxies, writing `headers`.
+    pub(super) fn writing(&self, headers: ForwardedHeaders) -> Self {
+        Proxies {
+            list: self.list.clone(),
+            headers,
+        }
     }
 
     fn trust(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(ip))
+        self.list.iter().any(|net| net.contains(ip))
     }
 
     /// Whether `peer` is a trusted proxy: one of the list, or any Unix socket's peer.
@@ -340,10 +375,16 @@ impl ClientSource {
         let (ip, scheme) = match &self.via {
             Via::Direct(ip) => (Some(*ip), own),
             Via::Unknown => (None, own),
-            Via::Proxy(peer, proxies) => (
-                forwarded_for(*peer, headers, proxies),
-                forwarded_proto(headers).unwrap_or(own),
-            ),
+            Via::Proxy(peer, proxies) => match proxies.headers {
+                ForwardedHeaders::XForwarded => (
+                    forwarded_for(*peer, headers, proxies),
+                    forwarded_proto(headers).unwrap_or(own),
+                ),
+                ForwardedHeaders::Forwarded => {
+                    let (ip, scheme) = forwarded(*peer, headers, proxies);
+                    (ip, scheme.unwrap_or(own))
+                }
+            },
         };
         if let Some(ip) = ip {
             extensions.insert(ClientIp(ip));
@@ -412,19 +453,53 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
 /// does not know); `None` without one.
 fn forwarded_proto(headers: &HeaderMap) -> Option<Scheme> {
     let value = elements_from_the_right(headers, &X_FORWARDED_PROTO).next()?;
-    Some(
-        if value.eq_ignore_ascii_case(b"https") || value.eq_ignore_ascii_case(b"wss") {
-            Scheme::HTTPS
-        } else {
-            if !(value.eq_ignore_ascii_case(b"http") || value.eq_ignore_ascii_case(b"ws")) {
-                tracing::debug!(
-                    value = %String::from_utf8_lossy(value),
-                    "X-Forwarded-Proto names no known scheme; taken as http"
-                );
-            }
-            Scheme::HTTP
-        },
-    )
+    Some(scheme_named(value, "X-Forwarded-Proto"))
+}
+
+/// The client and its scheme a trusted proxy `peer`'s `Forwarded` names: its elements
+/// read from the right, past each trusted proxy, as `X-Forwarded-For`'s entries are. The
+/// scheme is the `proto` of the element the walk ends on: the one the proxy that received
+/// the client's own connection wrote about it (`None` when it has none).
+fn forwarded(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    proxies: &Proxies,
+) -> (Option<IpAddr>, Option<Scheme>) {
+    let mut nearest = (peer, None);
+    for raw in forwarded_elements::elements_from_the_right(headers).take(MAX_HOPS) {
+        let element = Element::parse(raw).unwrap_or_default();
+        let scheme = element
+            .proto
+            .as_deref()
+            .map(|proto| scheme_named(proto, "Forwarded's proto"));
+        let node = element.for_node.as_deref().unwrap_or_default();
+        let Some(ip) = std::str::from_utf8(node).ok().and_then(parse_entry) else {
+            tracing::debug!(
+                element = %String::from_utf8_lossy(raw),
+                "Forwarded element names no address; the client is taken to be the hop after it"
+            );
+            return (nearest.0, scheme);
+        };
+        if !proxies.trust(ip) {
+            return (Some(ip), scheme);
+        }
+        nearest = (Some(ip), scheme);
+    }
+    nearest
+}
+
+/// The scheme a proxy's `value` names: `https` or `wss` HTTPS, anything else HTTP.
+fn scheme_named(value: &[u8], header: &'static str) -> Scheme {
+    if value.eq_ignore_ascii_case(b"https") || value.eq_ignore_ascii_case(b"wss") {
+        return Scheme::HTTPS;
+    }
+    if !(value.eq_ignore_ascii_case(b"http") || value.eq_ignore_ascii_case(b"ws")) {
+        tracing::debug!(
+            value = %String::from_utf8_lossy(value),
+            "{header} names no known scheme; taken as http"
+        );
+    }
+    Scheme::HTTP
 }
 
 #[cfg(test)]
@@ -432,7 +507,8 @@ mod tests {
     use super::*;
 
     fn proxies(list: &[&str]) -> Proxies {
-        Proxies::new(list.iter().map(|p| p.parse().unwrap()).collect())
+        let list = list.iter().map(|p| p.parse().unwrap()).collect();
+        Proxies::new(list, ForwardedHeaders::XForwarded)
     }
 
     fn headers<L: AsRef<[u8]>>(name: &HeaderName, lines: &[L]) -> HeaderMap {
@@ -581,6 +657,138 @@ mod tests {
             ),
             ip("10.0.0.9")
         );
+    }
+
+    /// The client and scheme a `Forwarded` walk from the trusted peer `127.0.0.1` finds.
+    fn forwarded_client(lines: &[&str]) -> (Option<IpAddr>, Option<Scheme>) {
+        let trusted = proxies(&["127.0.0.1", "10.0.0.0/8"]);
+        let headers = headers(&http::header::FORWARDED, lines);
+        forwarded(ip("127.0.0.1"), &headers, &trusted)
+    }
+
+    #[test]
+    fn reads_forwarded_from_the_right_past_trusted_hops() {
+        let https = Some(Scheme::HTTPS);
+        let http = Some(Scheme::HTTP);
+        let cases: [(&[&str], &str, Option<Scheme>); 13] = [
+            // RFC 7239's own examples, the client's own element first.
+            (
+                &["for=6.6.6.6, for=192.0.2.60;proto=https;by=203.0.113.43"],
+                "192.0.2.60",
+                https.clone(),
+            ),
+            (
+                &["for=\"[2001:db8:cafe::17]:4711\""],
+                "2001:db8:cafe::17",
+                None,
+            ),
+            (&["For=\"192.0.2.43:47011\""], "192.0.2.43", None),
+            // Over several lines; the scheme is that of the client's own element.
+            (
+                &["for=198.51.100.17;proto=https", "for=10.0.0.2;proto=http"],
+                "198.51.100.17",
+                https.clone(),
+            ),
+            (&[], "127.0.0.1", None),
+            // Every hop trusted: the leftmost, with its scheme.
+            (
+                &["for=10.0.0.3;proto=http, for=10.0.0.2"],
+                "10.0.0.3",
+                http.clone(),
+            ),
+            // No address: the hop after it, with the scheme of the element that said so.
+            (
+                &["for=203.0.113.7, for=unknown;proto=https, for=10.0.0.2"],
+                "10.0.0.2",
+                https.clone(),
+            ),
+            (&["for=_hidden"], "127.0.0.1", None),
+            (&["proto=https"], "127.0.0.1", https.clone()),
+            (
+                &["for=203.0.113.7, for=1.2.3.4;for=10.0.0.9"],
+                "127.0.0.1",
+                None,
+            ),
+            // Bare IPv6, as some proxies write it, and an IPv4-mapped one.
+            (&["for=2001:db8::7;proto=wss"], "2001:db8::7", https.clone()),
+            (&["for=\"[::ffff:203.0.113.7]\""], "203.0.113.7", None),
+            // A client's unclosed quote spoils its own element only.
+            (
+                &["for=\"6.6.6.6, for=203.0.113.7;proto=https"],
+                "203.0.113.7",
+                https,
+            ),
+        ];
+        for (lines, client, scheme) in cases {
+            assert_eq!(forwarded_client(lines), (ip(client), scheme), "{lines:?}");
+        }
+        let long = vec!["for=10.0.0.9"; MAX_HOPS + 5].join(",");
+        let with_client = format!("for=203.0.113.7,{long}");
+        assert_eq!(forwarded_client(&[&with_client]), (ip("10.0.0.9"), None));
+    }
+
+    #[test]
+    fn reads_only_the_kind_of_header_it_was_told() {
+        let resolve = |kind: ForwardedHeaders, name: &HeaderName, line: &str| {
+            let trusted = Arc::new(proxies(&["127.0.0.1"]).writing(kind));
+            let peer = Peer::Tcp(SocketAddr::new(ip("127.0.0.1").unwrap(), 1));
+            let mut extensions = Extensions::new();
+            ClientSource::of(peer, &trusted).resolve(&headers(name, &[line]), &mut extensions);
+            let client = extensions.get::<ClientIp>().map(|c| c.0.to_string());
+            (
+                client.unwrap(),
+                extensions.get::<ClientScheme>().unwrap().0.clone(),
+            )
+        };
+        let forwarded = &http::header::FORWARDED;
+        let xff = &X_FORWARDED_FOR;
+        let xfp = &X_FORWARDED_PROTO;
+        let local = "127.0.0.1".to_owned();
+        let named = "203.0.113.7".to_owned();
+        let cases = [
+            (
+                ForwardedHeaders::Forwarded,
+                forwarded,
+                "for=203.0.113.7;proto=https",
+                named.clone(),
+                Scheme::HTTPS,
+            ),
+            (
+                ForwardedHeaders::Forwarded,
+                xff,
+                "203.0.113.7",
+                local.clone(),
+                Scheme::HTTP,
+            ),
+            (
+                ForwardedHeaders::Forwarded,
+                xfp,
+                "https",
+                local.clone(),
+                Scheme::HTTP,
+            ),
+            (
+                ForwardedHeaders::XForwarded,
+                forwarded,
+                "for=203.0.113.7;proto=https",
+                local,
+                Scheme::HTTP,
+            ),
+            (
+                ForwardedHeaders::XForwarded,
+                xff,
+                "203.0.113.7",
+                named,
+                Scheme::HTTP,
+            ),
+        ];
+        for (kind, name, line, client, scheme) in cases {
+            assert_eq!(
+                resolve(kind, name, line),
+                (client, scheme),
+                "{kind:?} {name}: {line}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!
 //! Here: binding and the `Server` itself. `config` holds the settings and the builder
 //! methods that set them, `runtime` the runtime `serve` builds, `serve` the accept loop
-//! and the shutdown, `conn` one connection's task and its timeouts, `proxy_protocol` the
+//! and the shutdown, `conn` one connection's task and its timeouts, `forwarded` the
+//! client behind trusted proxies (`forwarded_elements` splits RFC 7239's header into
+//! its elements), `proxy_protocol` the
 //! header a TCP load balancer puts before a connection's first byte, `shutdown` the
 //! handle and the signal watcher, `systemd` the readiness message to systemd, the pings
 //! of its watchdog and the sockets it passes.
@@ -20,6 +22,7 @@ mod config;
 mod conn;
 mod exec;
 mod forwarded;
+mod forwarded_elements;
 mod linger;
 mod listen;
 mod proxy_protocol;
@@ -37,7 +40,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
 pub(crate) use forwarded::ClientSource;
-pub use forwarded::{ClientIp, ClientScheme, ParseTrustedProxyError, TrustedProxy};
+pub use forwarded::{
+    ClientIp, ClientScheme, ForwardedHeaders, ParseTrustedProxyError, TrustedProxy,
+};
 pub use listen::ListenAddr;
 #[cfg(unix)]
 pub use remote::PeerCred;
