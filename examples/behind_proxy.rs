@@ -9,6 +9,8 @@
 //! FORWARDED_ALLOW_IPS="127.0.0.1,10.0.0.0/8" cargo run --example behind_proxy -- --tcp
 //! cargo run --example behind_proxy -- --tcp --proxy-protocol   # behind HAProxy's
 //!                                                              # send-proxy, an AWS NLB
+//! cargo run --example behind_proxy -- --tcp --forwarded        # behind HAProxy's
+//!                                                              # option forwarded
 //!
 //! curl --unix-socket /tmp/syncbridge-behind-proxy.sock http://app/ \
 //!      -H 'X-Forwarded-For: 6.6.6.6, 203.0.113.7' -H 'X-Forwarded-Proto: https'
@@ -45,9 +47,17 @@
 //! `curl --haproxy-protocol http://127.0.0.1:8000/` (it names itself, though).
 //! Connections without the header are closed: plain `curl` gets a reset connection
 //! (its request is left unread), and the log says why.
+//!
+//! With `--forwarded`, the proxies' RFC 7239 `Forwarded` is read instead of the
+//! `X-Forwarded-*` headers (HAProxy 2.8's `option forwarded` in an `http` backend):
+//!
+//! ```text
+//! curl http://127.0.0.1:8000/ -H 'Forwarded: for=6.6.6.6, proto=https;for=203.0.113.7'
+//! # you are 203.0.113.7, over https
+//! ```
 
 use syncbridge::http::uri::Scheme;
-use syncbridge::{ClientIp, ClientScheme, Request, Server, TrustedProxy};
+use syncbridge::{ClientIp, ClientScheme, ForwardedHeaders, Request, Server, TrustedProxy};
 
 fn whoami(req: Request) -> String {
     // In `conn{peer=unix}:request{id=…}`: nginx's log line has the same id.
@@ -87,8 +97,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tcp_or_unix()?
     };
     let proxy_protocol = std::env::args().any(|arg| arg == "--proxy-protocol");
+    let headers = if std::env::args().any(|arg| arg == "--forwarded") {
+        ForwardedHeaders::Forwarded
+    } else {
+        ForwardedHeaders::XForwarded
+    };
     println!(
-        "serving on {}, trusting {proxies:?}{}",
+        "serving on {}, trusting {proxies:?} ({headers:?}){}",
         server.listen_addr(),
         if proxy_protocol {
             ", PROXY protocol required"
@@ -99,6 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     server
         .proxy_protocol(proxy_protocol)
         .trusted_proxies(proxies)
+        .forwarded_headers(headers)
         .request_span(|req: &mut Request| {
             use tracing::field::{display, Empty};
             let span = tracing::info_span!("request", id = Empty, client = Empty);
