@@ -163,6 +163,42 @@ async fn a_header_that_names_no_client_leaves_the_connection_its_peer() {
     server.stop().await;
 }
 
+/// The CPU time (user and system, in clock ticks) each thread of this process has used,
+/// by its id.
+#[cfg(target_os = "linux")]
+fn cpu_by_thread() -> std::collections::HashMap<String, u64> {
+    let mut by_thread = std::collections::HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        // A thread that ended since the directory was read has no `stat` left.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `utime` and `stime` are the 12th and 13th fields after the thread's name.
+        let (_, fields) = stat.rsplit_once(')').unwrap();
+        let ticks: u64 = fields
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|field| field.parse::<u64>().unwrap())
+            .sum();
+        by_thread.insert(task.file_name().to_string_lossy().into_owned(), ticks);
+    }
+    by_thread
+}
+
+/// The most CPU time any thread alive at `before` has used since, at Linux's 100 ticks a
+/// second (`USER_HZ`).
+#[cfg(target_os = "linux")]
+fn busiest_thread_since(before: &std::collections::HashMap<String, u64>) -> Duration {
+    let ticks = cpu_by_thread()
+        .into_iter()
+        // A thread id reused since by a new thread may show fewer ticks.
+        .filter_map(|(thread, now)| now.checked_sub(*before.get(&thread)?))
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 /// Reads `stream` to its end: what the server sent before it closed (or reset) it.
 async fn everything_sent(stream: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
@@ -214,7 +250,20 @@ async fn a_connection_without_a_valid_header_is_closed_unanswered() {
     // the header read timeout, not left holding a slot.
     let mut partial = connect_with(server.addr, &V1_TCP4[..20], &[]).await;
     let mut silent = connect_with(server.addr, b"", &[]).await;
+    #[cfg(target_os = "linux")]
+    let (cpu_before, waiting) = (cpu_by_thread(), std::time::Instant::now());
     assert!(closed_by_server(&mut partial).await);
+    // Waiting for the rest of a header costs no CPU: a read loop that went round again
+    // at once (peeking the same 20 bytes) would keep a runtime thread busy until the
+    // timeout.
+    #[cfg(target_os = "linux")]
+    {
+        let (busiest, waited) = (busiest_thread_since(&cpu_before), waiting.elapsed());
+        assert!(
+            busiest * 3 < waited,
+            "a thread used {busiest:?} of CPU in the {waited:?} a header was awaited"
+        );
+    }
     assert!(closed_by_server(&mut silent).await);
     assert!(
         logs::eventually_contains(&["no PROXY protocol header within the header read timeout"])
