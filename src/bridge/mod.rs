@@ -51,6 +51,15 @@ use reply::Reply;
 /// The longest `Retry-After` sent, in seconds: a day.
 const MAX_RETRY_AFTER_SECS: u64 = 86_400;
 
+/// `after` as a `Retry-After` value: whole seconds, rounded up, from 1 (`0` would invite
+/// an instant retry) to a day.
+pub(crate) fn retry_after_value(after: Duration) -> HeaderValue {
+    let secs = after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0));
+    HeaderValue::from(secs.clamp(1, MAX_RETRY_AFTER_SECS))
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A `tower::Service` and `hyper::service::Service` that runs a blocking [`Handler`] on a
@@ -710,10 +719,6 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// Builds the service. Callable from anywhere; starts no thread.
     pub fn build(self) -> SyncService<H> {
         crate::metrics::describe();
-        let secs = self
-            .retry_after
-            .as_secs()
-            .saturating_add(u64::from(self.retry_after.subsec_nanos() > 0));
         let pinned = self.runtime.map(|runtime| {
             Arc::new(Context {
                 runtime,
@@ -728,7 +733,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
                 pool: self.pool.unwrap_or_default(),
                 max_body_size: self.max_body_size,
                 max_header_size: self.max_header_size,
-                retry_after: HeaderValue::from(secs.clamp(1, MAX_RETRY_AFTER_SECS)),
+                retry_after: retry_after_value(self.retry_after),
                 body_timeout: self.body_timeout,
                 head_grace: self.head_grace,
                 handler_timeout: self.handler_timeout,
