@@ -98,6 +98,9 @@ pub(crate) enum ConnClosed {
     /// With `proxy_protocol`: no valid PROXY protocol header, or no whole one within the
     /// header read timeout.
     ProxyHeader,
+    /// Its client held the most connections it may (`max_connections_per_client`): its
+    /// first request answered `503`.
+    ClientLimit,
 }
 
 impl ConnClosed {
@@ -113,6 +116,7 @@ impl ConnClosed {
             ConnClosed::Idle => "idle",
             ConnClosed::MadeRoom => "made_room",
             ConnClosed::ProxyHeader => "proxy_header",
+            ConnClosed::ClientLimit => "client_limit",
         }
     }
 }

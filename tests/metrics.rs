@@ -407,13 +407,29 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert!(support::closed_by_server(&mut direct).await, "no header");
     proxied.stop().await;
 
+    // A client over its cap of one connection: answered by the server itself, counted
+    // as no request.
+    let capped = TestServer::start_with(
+        Server::bind("127.0.0.1:0").max_connections_per_client(1),
+        |_req: Request| "ok",
+    );
+    let mut first = tokio::net::TcpStream::connect(capped.addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    let reply = support::read_raw_response(&mut first).await;
+    assert_eq!(reply.map(|r| r.status), Some(200));
+    let mut over = tokio::net::TcpStream::connect(capped.addr).await.unwrap();
+    over.write_all(request).await.unwrap();
+    let reply = support::read_raw_response(&mut over).await;
+    assert_eq!(reply.map(|r| r.status), Some(503));
+    capped.stop().await;
+
     let expected = [
-        ("syncbridge_requests_total{status=200}", 5),
+        ("syncbridge_requests_total{status=200}", 6),
         ("syncbridge_requests_total{status=500}", 4),
         ("syncbridge_requests_total{status=503}", 1),
         ("syncbridge_requests_total{status=504}", 2),
         ("syncbridge_requests_total{status=499}", 1),
-        ("syncbridge_request_duration_seconds", 13),
+        ("syncbridge_request_duration_seconds", 14),
         ("syncbridge_requests_refused_total{reason=pool_full}", 2),
         ("syncbridge_handler_timeouts_total", 1),
         ("syncbridge_stream_timeouts_total", 1),
@@ -433,6 +449,10 @@ async fn a_dashboard_sees_each_outcome_once() {
         ("syncbridge_connections_closed_total{reason=keep_alive}", 1),
         (
             "syncbridge_connections_closed_total{reason=proxy_header}",
+            1,
+        ),
+        (
+            "syncbridge_connections_closed_total{reason=client_limit}",
             1,
         ),
         ("syncbridge_connection_waits_total", 1),

@@ -535,3 +535,28 @@ async fn a_header_that_says_the_client_came_over_tls_makes_its_scheme_https() {
     assert_eq!(ask(&mut stream, "/", "").await, "127.0.0.1 http");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_client_a_header_names_is_the_one_counted_against_its_cap() {
+    let server = TestServer::start_with(proxied().max_connections_per_client(1), whoami);
+    // The balancer's connection for 203.0.113.7 takes the client's one place.
+    let mut first = connect_with(server.addr, V1_TCP4, &[]).await;
+    assert_eq!(ask(&mut first, "/", "").await, "203.0.113.7:51000 none");
+
+    // A second one for the same client: answered 503.
+    let mut second = connect_with(server.addr, V1_TCP4, &[]).await;
+    within(second.write_all(b"GET / HTTP/1.1\r\nhost: proxied\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut second).await.expect("an answer");
+    assert_eq!(reply.status, 503, "{}", reply.head);
+
+    // Another client through the same balancer, and the balancer's own health check
+    // (`LOCAL`: the balancer, 127.0.0.1, is the client): each is served.
+    let mut other = connect_with(server.addr, &v2_tcp4(&[]), &[]).await;
+    assert_eq!(ask(&mut other, "/", "").await, "198.51.100.4:40000 none");
+    let mut local = connect_with(server.addr, &v2(0, 0x11, &[0; 12], &[]), &[]).await;
+    let own = local.local_addr().unwrap();
+    assert_eq!(ask(&mut local, "/", "").await, format!("{own} none"));
+    server.stop().await;
+}

@@ -22,6 +22,8 @@ pub(super) struct Config {
     pub(super) pool: BlockingPoolBuilder,
     pub(super) shared_pool: Option<BlockingPool>,
     pub(super) max_connections: usize,
+    /// `None` until `Server::max_connections_per_client` is called.
+    pub(super) max_connections_per_client: Option<usize>,
     pub(super) http2_max_concurrent_streams: u32,
     pub(super) header_read_timeout: Duration,
     pub(super) keep_alive_timeout: Option<Duration>,
@@ -60,6 +62,7 @@ impl Default for Config {
             pool: BlockingPool::builder().trim_memory_when_idle(true),
             shared_pool: None,
             max_connections: 10_000,
+            max_connections_per_client: None,
             http2_max_concurrent_streams: 100,
             header_read_timeout: Duration::from_secs(30),
             keep_alive_timeout: Some(Duration::from_secs(30)),
@@ -158,7 +161,8 @@ impl Server {
         self
     }
 
-    /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout),
+    /// The `Retry-After` sent with the server's `503`s (pool full, queue timeout, a
+    /// client over [`max_connections_per_client`](Self::max_connections_per_client)),
     /// rounded up to whole seconds, at least 1 (`0` would invite an instant retry) and at
     /// most a day (86,400). Default is 1 second. At the connection limit there is no
     /// `503`: new connections wait for a slot (see
@@ -184,8 +188,49 @@ impl Server {
     /// Each connection is an open file: on Linux the server warns at start when the
     /// process's open-file limit (`ulimit -n`, often 1,024) is below this plus a margin of
     /// 64, since past it `accept` fails and new clients wait in the backlog all the same.
+    ///
+    /// One client can hold every slot (busy connections, or ones still sending their
+    /// first request, are not closed to make room): cap each client's share with
+    /// [`max_connections_per_client`](Self::max_connections_per_client).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.config.max_connections = n.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// The most connections one client may hold open at once, as nginx's `limit_conn`.
+    /// A client is an IP address: the peer's, or the client a believed PROXY protocol
+    /// header names ([`proxy_protocol`](Self::proxy_protocol)); for IPv6, the address's
+    /// /64 network, which one host usually holds whole. Past the cap, the client's new
+    /// connection is answered `503 Service Unavailable` with `Retry-After`
+    /// ([`retry_after`](Self::retry_after)) to its first request and closed, its open
+    /// ones served as before; said with a throttled `warn` naming the client, and
+    /// counted in `syncbridge_connections_closed_total{reason="client_limit"}`. The
+    /// refused connection holds its slot under `max_connections` for as long as that
+    /// takes: its first request is due within the header read timeout, and the shutdown
+    /// closes it unanswered. The handler does not see the request, and no access line
+    /// is logged for it.
+    ///
+    /// Not counted: the [`trusted_proxies`](Self::trusted_proxies), whose connections
+    /// carry many clients' requests (their clients' `X-Forwarded-For` is not counted
+    /// either: put the cap in the proxy), a Unix socket's peers, and a client a PROXY
+    /// protocol header could not name. Default: no cap. At least 1. Clients behind one
+    /// NAT share an address, and so share the cap: a cap of a few connections suits a
+    /// server that faces browsers (six or so each over HTTP/1, one over HTTP/2), not
+    /// one behind a carrier's NAT.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use syncbridge::{Request, Server};
+    ///
+    /// Server::bind("127.0.0.1:8000")
+    ///     .max_connections(10_000)
+    ///     .max_connections_per_client(64)
+    ///     .serve(|_req: Request| "hello\n")
+    ///     .unwrap();
+    /// ```
+    pub fn max_connections_per_client(mut self, n: usize) -> Self {
+        self.config.max_connections_per_client = Some(n.max(1));
         self
     }
 

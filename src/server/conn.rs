@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
+use super::client_limit::{ClientLimit, ClientSlot};
 use super::exec::{PanicLog, StreamExecutor};
 use super::forwarded::{ClientSource, Proxies};
 use super::remote::Peer;
@@ -51,6 +52,8 @@ pub(super) struct ConnConfig {
     pub(super) listen_addr: bool,
     /// Which peers are trusted proxies (`Server::trusted_proxies`), when any may be.
     pub(super) trusted_proxies: Option<Arc<Proxies>>,
+    /// Each client's open connections, with `Server::max_connections_per_client`.
+    pub(super) client_limit: Option<Arc<ClientLimit>>,
     pub(super) signal: ConnSignal,
 }
 
@@ -67,6 +70,9 @@ pub(super) struct NewConn {
     pub(super) local: Arc<ListenAddr>,
     /// Its slot under `max_connections`: it returns when the task ends.
     pub(super) permit: OwnedSemaphorePermit,
+    /// Its place in its client's count under `max_connections_per_client`, when counted:
+    /// given back when the task ends.
+    pub(super) client_slot: Option<ClientSlot>,
     /// When it was accepted: its first request is due a header read timeout after it.
     pub(super) accepted: std::time::Instant,
 }
@@ -83,6 +89,7 @@ pub(super) async fn serve<H: Handler>(
         client_source,
         local,
         permit: _permit,
+        client_slot: _client_slot,
         accepted,
     } = new;
     let activity = Arc::new(Activity::new(accepted));

@@ -18,6 +18,7 @@
 //! handle and the signal watcher, `systemd` the readiness message to systemd, the pings
 //! of its watchdog and the sockets it passes.
 
+mod client_limit;
 mod config;
 mod conn;
 mod exec;

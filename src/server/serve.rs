@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::client_limit::{self, ClientLimit};
 use super::config::http_builder;
 use super::conn::{self, ConnConfig, NewConn};
 use super::forwarded::ClientSource;
@@ -154,6 +155,10 @@ impl Server {
             remote_addr: config.remote_addr,
             listen_addr: config.remote_addr && listen_addrs.len() > 1,
             trusted_proxies: config.trusted_proxies.clone(),
+            client_limit: config.max_connections_per_client.map(|cap| {
+                let retry_after = crate::bridge::retry_after_value(config.retry_after);
+                Arc::new(ClientLimit::new(cap, retry_after))
+            }),
             signal: ConnSignal::default(),
         });
         let signal_watcher = config.handle_signals.then(|| {
@@ -375,24 +380,35 @@ impl<H: Handler> ConnSpawner<H> {
     ) {
         let accepted = std::time::Instant::now();
         let (config, service) = (self.config.clone(), self.service.clone());
-        let new = move |stream, peer, client_source| NewConn {
+        let new = move |stream, peer, client_source, client_slot| NewConn {
             stream,
             peer,
             client_source,
             local,
             permit,
+            client_slot,
             accepted,
         };
         if !proxy_protocol {
             // Every line logged on the connection's behalf, the handler's own included (its
             // request's span is this one), names its client.
             let span = tracing::info_span!("conn", %peer);
-            let client_source = config
-                .trusted_proxies
-                .as_ref()
-                .map(|p| ClientSource::of(peer, p));
-            let conn = conn::serve(new(stream, peer, client_source), config, service);
-            self.connections.spawn(conn.instrument(span));
+            match span.in_scope(|| client_limit::admit(&config, peer)) {
+                Ok(client_slot) => {
+                    let client_source = config
+                        .trusted_proxies
+                        .as_ref()
+                        .map(|p| ClientSource::of(peer, p));
+                    let conn = new(stream, peer, client_source, client_slot);
+                    let conn = conn::serve(conn, config, service);
+                    self.connections.spawn(conn.instrument(span));
+                }
+                Err(over) => {
+                    let conn = new(stream, peer, None, None);
+                    let answer = async move { over.answer(conn, &config).await };
+                    self.connections.spawn(answer.instrument(span));
+                }
+            }
             return;
         }
         // The connection's client is known once its PROXY protocol header is read: its
@@ -404,21 +420,39 @@ impl<H: Handler> ConnSpawner<H> {
                 return;
             };
             let proxies = config.trusted_proxies.as_ref();
-            let source = match client {
+            let (client, source, span) = match client {
                 Client::Proxied { addr, tls } => {
                     let client = Peer::Tcp(addr);
                     let source = proxies.map(|p| ClientSource::of(client, p).over_tls(tls));
                     let span = tracing::info_span!("conn", peer = %addr, proxy = %peer);
-                    let conn = new(stream, client, source);
-                    return conn::serve(conn, config, service).instrument(span).await;
+                    (Some(client), source, span)
                 }
-                Client::Peer => proxies.map(|p| ClientSource::of(peer, p)),
-                // The client's own bytes follow, and no proxy's headers: none is believed.
-                Client::Unknown { tls } => proxies.map(|_| ClientSource::unknown().over_tls(tls)),
+                Client::Peer => {
+                    let source = proxies.map(|p| ClientSource::of(peer, p));
+                    (Some(peer), source, tracing::info_span!("conn", %peer))
+                }
+                // The client's own bytes follow, and no proxy's headers: none is believed,
+                // and the client, unknown, is counted against no cap.
+                Client::Unknown { tls } => {
+                    let source = proxies.map(|_| ClientSource::unknown().over_tls(tls));
+                    (None, source, tracing::info_span!("conn", %peer))
+                }
             };
-            let span = tracing::info_span!("conn", %peer);
-            let conn = new(stream, peer, source);
-            conn::serve(conn, config, service).instrument(span).await
+            let admitted = match client {
+                Some(client) => span.in_scope(|| client_limit::admit(&config, client)),
+                None => Ok(None),
+            };
+            let client = client.unwrap_or(peer);
+            match admitted {
+                Ok(client_slot) => {
+                    let conn = new(stream, client, source, client_slot);
+                    conn::serve(conn, config, service).instrument(span).await
+                }
+                Err(over) => {
+                    let conn = new(stream, client, None, None);
+                    over.answer(conn, &config).instrument(span).await
+                }
+            }
         });
     }
 }

@@ -1,0 +1,158 @@
+//! `Server::max_connections_per_client`: a client past its cap gets `503` with
+//! `Retry-After` on its new connection, over HTTP/1.1 and HTTP/2, while its open
+//! connections are served; a connection that ends gives its place back; trusted proxies
+//! are not counted.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{closed_by_server, logs, read_raw_response, within, TestServer};
+use syncbridge::{Request, Server, TrustedProxy};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn hello(_req: Request) -> &'static str {
+    "hello\n"
+}
+
+/// `GET /` on `send`'s connection: the status.
+async fn status_on(send: &mut http1::SendRequest<Empty<Bytes>>) -> u16 {
+    let req = http::Request::get("http://localhost/")
+        .body(Empty::new())
+        .unwrap();
+    let response = within(send.send_request(req)).await.expect("a response");
+    let reply = support::collect(response).await;
+    reply.status.as_u16()
+}
+
+/// An HTTP/1.1 connection that has been answered `200` once, kept open.
+async fn held(addr: SocketAddr) -> http1::SendRequest<Empty<Bytes>> {
+    let mut send = support::h1(addr).await;
+    assert_eq!(status_on(&mut send).await, 200);
+    send
+}
+
+#[tokio::test]
+async fn a_client_past_its_cap_is_answered_503_and_its_open_connections_are_served() {
+    logs::install();
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_connections_per_client(2)
+            .retry_after(Duration::from_secs(3)),
+        hello,
+    );
+    let mut first = held(server.addr).await;
+    let _second = held(server.addr).await;
+
+    // HTTP/1.1: the answer, and the connection closed after it.
+    let mut third = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(third.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let reply = read_raw_response(&mut third).await.expect("an answer");
+    assert_eq!(reply.status, 503, "{}", reply.head);
+    let head = reply.head.to_ascii_lowercase();
+    assert!(head.contains("retry-after: 3\r\n"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(closed_by_server(&mut third).await);
+    assert!(
+        logs::eventually_contains(&[
+            "WARN",
+            "a client holds the most connections it may; its new one is answered 503 and closed",
+            "client=127.0.0.1",
+            "open=2",
+            "cap=2",
+        ])
+        .await
+    );
+
+    // HTTP/2: the answer, then a GOAWAY that ends the connection.
+    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut send, conn) = within(http2::handshake(TokioExecutor::new(), TokioIo::new(stream)))
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://localhost/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let reply = support::collect(within(send.send_request(req)).await.unwrap()).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers["retry-after"], "3");
+    assert!(!reply.headers.contains_key("connection"));
+    // The GOAWAY ends it while the client would still send.
+    within(conn).await.unwrap().expect("a clean end");
+    drop(send);
+
+    // The client's open connections are served as before.
+    assert_eq!(status_on(&mut first).await, 200);
+
+    // Once one of them ends, a new one takes its place (as soon as the server has seen
+    // the end: a few tries may come first).
+    drop(first);
+    within(async {
+        loop {
+            let reply = support::get(server.addr, "/").await;
+            if reply.status == 200 {
+                break;
+            }
+            assert_eq!(reply.status, 503);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_connections_are_not_counted() {
+    let proxies: Vec<TrustedProxy> = vec!["127.0.0.1".parse().unwrap()];
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_connections_per_client(1)
+            .trusted_proxies(proxies),
+        hello,
+    );
+    let _first = held(server.addr).await;
+    let _second = held(server.addr).await;
+    let _third = held(server.addr).await;
+    server.stop().await;
+}
+
+/// A connection from `ip` (another address of the loopback network on Linux: another
+/// client as far as the server can tell).
+#[cfg(target_os = "linux")]
+async fn connect_from(ip: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((ip, 0))).unwrap();
+    within(socket.connect(addr)).await.expect("connect")
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn another_client_is_served_and_a_shutdown_closes_a_refused_connection() {
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").max_connections_per_client(1),
+        hello,
+    );
+    let _first = held(server.addr).await;
+    // Refused, and waiting for its request.
+    let mut refused = within(TcpStream::connect(server.addr)).await.unwrap();
+    within(refused.write_all(b"GET / HTTP/1.1\r\n"))
+        .await
+        .unwrap();
+    // Accepted after it, so the refused one is past the accept loop too.
+    let other = connect_from([127, 0, 0, 2], server.addr).await;
+    let mut other = support::h1_on(other).await;
+    assert_eq!(status_on(&mut other).await, 200);
+    drop(other);
+
+    let stopped = tokio::spawn(server.stop());
+    assert!(closed_by_server(&mut refused).await);
+    within(stopped).await.unwrap();
+}
