@@ -503,8 +503,10 @@ impl Server {
     /// The headers themselves reach the handler as they came, trusted or not: read the
     /// client from the extensions, not from them. List only proxies that overwrite
     /// `X-Forwarded-Proto` (nginx: `proxy_set_header X-Forwarded-Proto $scheme;`) and
-    /// append to `X-Forwarded-For` (`$proxy_add_x_forwarded_for`); a proxy that passes
-    /// on the client's own values lets the client choose them.
+    /// append to `X-Forwarded-For` (`$proxy_add_x_forwarded_for`), or, with
+    /// [`forwarded_headers`](Server::forwarded_headers), that append their own element
+    /// to `Forwarded` (HAProxy's `option forwarded`; nginx only through a `map`); a proxy
+    /// that passes on the client's own values lets the client choose them.
     ///
     /// # Examples
     ///

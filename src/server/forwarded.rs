@@ -220,6 +220,11 @@ impl std::error::Error for ParseTrustedProxyError {}
 /// request from a Unix socket's peer carries none unless the header names an address
 /// the walk reaches.
 ///
+/// With [`Server::forwarded_headers`](crate::Server::forwarded_headers) set to
+/// [`ForwardedHeaders::Forwarded`], the list is RFC 7239's `Forwarded` instead, each
+/// element's `for` an entry, walked the same way (an element with no `for`, or one that
+/// is not RFC 7239's syntax, names no address).
+///
 /// # Examples
 ///
 /// ```
@@ -237,7 +242,7 @@ impl std::error::Error for ParseTrustedProxyError {}
 pub struct ClientIp(pub IpAddr);
 
 /// The scheme the client's request came in with (`https` behind a proxy that ends TLS),
-/// as the nearest trusted proxy reports it, once the server knows which peers are
+/// as the trusted proxies report it, once the server knows which peers are
 /// proxies ([`Server::trusted_proxies`](crate::Server::trusted_proxies)): gunicorn's
 /// `wsgi.url_scheme`.
 ///
@@ -245,9 +250,17 @@ pub struct ClientIp(pub IpAddr);
 /// the nearest proxy wrote (`https` or `wss`: HTTPS; `http` or `ws`: HTTP; any other
 /// value: HTTP); otherwise, the scheme of the connection itself: HTTP (the server
 /// speaks no TLS), or HTTPS when a PROXY protocol header says the client's connection to
-/// the balancer was TLS ([`Server::proxy_protocol`](crate::Server::proxy_protocol)). Behind two proxies, the outer one ending TLS, the inner one must
-/// pass the outer one's value on, not write its own `http`. gunicorn's other default
-/// scheme headers (`X-Forwarded-Protocol: ssl`, `X-Forwarded-Ssl: on`) are not read.
+/// the balancer was TLS ([`Server::proxy_protocol`](crate::Server::proxy_protocol)).
+/// Behind two proxies, the outer one ending TLS, the inner one must pass the outer one's
+/// value on, not write its own `http`. gunicorn's other default scheme headers
+/// (`X-Forwarded-Protocol: ssl`, `X-Forwarded-Ssl: on`) are not read.
+///
+/// With [`ForwardedHeaders::Forwarded`] it is the `proto` of the `Forwarded` element the
+/// walk for the [`ClientIp`] ends on: the element naming the client, written by the
+/// proxy the client connected to, or the first that names no address (written by the
+/// trusted proxy that could not name its client). Each proxy appends its own element,
+/// so none passes another's `proto` on. Without a `proto` there: the connection's own
+/// scheme, as above.
 ///
 /// # Examples
 ///
@@ -449,6 +462,27 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
+/// A `Forwarded` node's address: an `X-Forwarded-For` entry's forms, or an address
+/// with an obfuscated port (`192.0.2.7:_p1`, `[2001:db8::7]:_p1`: RFC 7239's
+/// `obfport`, which HAProxy's `for_port-expr` may write).
+fn node_address(node: &str) -> Option<IpAddr> {
+    if let Some(ip) = parse_entry(node) {
+        return Some(ip);
+    }
+    let (addr, port) = node.rsplit_once(":_")?;
+    let obfport = port
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !obfport || port.is_empty() {
+        return None;
+    }
+    let ip = match addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+        Some(v6) => IpAddr::V6(v6.parse().ok()?),
+        None => IpAddr::V4(addr.parse().ok()?),
+    };
+    Some(ip.to_canonical())
+}
+
 /// The scheme a trusted proxy's last `X-Forwarded-Proto` value names (`http` for one it
 /// does not know); `None` without one.
 fn forwarded_proto(headers: &HeaderMap) -> Option<Scheme> {
@@ -473,7 +507,7 @@ fn forwarded(
             .as_deref()
             .map(|proto| scheme_named(proto, "Forwarded's proto"));
         let node = element.for_node.as_deref().unwrap_or_default();
-        let Some(ip) = std::str::from_utf8(node).ok().and_then(parse_entry) else {
+        let Some(ip) = std::str::from_utf8(node).ok().and_then(node_address) else {
             tracing::debug!(
                 element = %String::from_utf8_lossy(raw),
                 "Forwarded element names no address; the client is taken to be the hop after it"
@@ -670,7 +704,7 @@ mod tests {
     fn reads_forwarded_from_the_right_past_trusted_hops() {
         let https = Some(Scheme::HTTPS);
         let http = Some(Scheme::HTTP);
-        let cases: [(&[&str], &str, Option<Scheme>); 13] = [
+        let cases: Vec<(&[&str], &str, Option<Scheme>)> = vec![
             // RFC 7239's own examples, the client's own element first.
             (
                 &["for=6.6.6.6, for=192.0.2.60;proto=https;by=203.0.113.43"],
@@ -713,11 +747,20 @@ mod tests {
             (&["for=2001:db8::7;proto=wss"], "2001:db8::7", https.clone()),
             (&["for=\"[::ffff:203.0.113.7]\""], "203.0.113.7", None),
             // A client's unclosed quote spoils its own element only.
+            (&["for=\"6.6.6.6, for=203.0.113.7;proto=https"], "203.0.113.7", https.clone()),
+            // An obfuscated port (RFC 7239's `obfport`).
+            (&["for=\"192.0.2.7:_p1\";proto=https"], "192.0.2.7", https.clone()),
+            (&["for=\"[2001:db8::7]:_x.y-z\""], "2001:db8::7", None),
+            (&["for=\"192.0.2.7:_\""], "127.0.0.1", None),
+            (&["for=\"2001:db8::7:_p1\""], "127.0.0.1", None),
+            // HAProxy appends to the client's last line once that line's first
+            // parameters pass its check: whatever the client put after them stays.
             (
-                &["for=\"6.6.6.6, for=203.0.113.7;proto=https"],
+                &["proto=http;host=\"a\";by=1.1.1.1;for=1.1.1.1;x=\", proto=https;for=203.0.113.7"],
                 "203.0.113.7",
-                https,
+                https.clone(),
             ),
+            (&["for=\"\\, for=\"[2001:db8::7]\""], "2001:db8::7", None),
         ];
         for (lines, client, scheme) in cases {
             assert_eq!(forwarded_client(lines), (ip(client), scheme), "{lines:?}");
@@ -725,6 +768,14 @@ mod tests {
         let long = vec!["for=10.0.0.9"; MAX_HOPS + 5].join(",");
         let with_client = format!("for=203.0.113.7,{long}");
         assert_eq!(forwarded_client(&[&with_client]), (ip("10.0.0.9"), None));
+        // Bytes that are not ASCII (hyper passes them on) left of the proxy's element.
+        let spoiled: &[u8] = b"for=\"\xff\\\", proto=https;for=203.0.113.7";
+        let trusted = proxies(&["127.0.0.1"]);
+        let headers = headers(&http::header::FORWARDED, &[spoiled]);
+        assert_eq!(
+            forwarded(ip("127.0.0.1"), &headers, &trusted),
+            (ip("203.0.113.7"), Some(Scheme::HTTPS))
+        );
     }
 
     #[test]
