@@ -99,7 +99,7 @@ pub(crate) enum ConnClosed {
     /// header read timeout.
     ProxyHeader,
     /// Its client held the most connections it may (`max_connections_per_client`): its
-    /// first request answered `503`.
+    /// first request answered `503`, or, past four such at once, closed unanswered.
     ClientLimit,
 }
 

@@ -11,6 +11,7 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
 use super::conn::{ConnConfig, NewConn};
+use super::linger::{drain_then_close, LINGER};
 use super::remote::Peer;
 use super::signal::{DRAIN, FORCE};
 use crate::metrics::ConnClosed;
@@ -43,14 +45,37 @@ impl ClientKey {
     }
 }
 
+/// The most connections of one client being answered `503` at once: past them, its new
+/// connections are closed unanswered, so that one client holds at most its cap and
+/// these of the server's slots.
+const MAX_REFUSING: usize = 4;
+
 /// Each client's open connections, for the clients with any, and the cap.
 #[derive(Debug)]
 pub(super) struct ClientLimit {
     cap: usize,
-    /// One entry per client with a connection open: at most `max_connections` entries.
-    open: Mutex<HashMap<ClientKey, usize>>,
+    /// One entry per client with a connection open or being refused: each holds a slot
+    /// under `max_connections`, so there are at most that many entries.
+    open: Mutex<HashMap<ClientKey, Counts>>,
     /// The `Retry-After` of the `503` a connection over the cap gets.
     retry_after: HeaderValue,
+}
+
+/// One client's connections: those served, and those being answered `503`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    served: usize,
+    refusing: usize,
+}
+
+/// What a new connection of a client may do.
+#[derive(Debug)]
+enum Taken {
+    Served(ClientSlot),
+    /// Past the cap: answered `503`, holding its place among the refused.
+    Refused(ClientSlot),
+    /// Past the cap with `MAX_REFUSING` being answered already: closed at once.
+    Closed,
 }
 
 impl ClientLimit {
@@ -62,21 +87,29 @@ impl ClientLimit {
         }
     }
 
-    /// A slot for one more connection of `client`, or how many it holds already when
-    /// that is the cap.
-    fn take(self: &Arc<Self>, client: IpAddr) -> Result<ClientSlot, usize> {
+    /// Counts one more connection of `client`, as served if it may be, else as refused;
+    /// and how many it has served (the cap, when refused).
+    fn take(self: &Arc<Self>, client: IpAddr) -> (Taken, usize) {
         let key = ClientKey::of(client);
         // Nothing panics under the lock: a poisoned one holds whole counts.
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(key).or_insert(0);
-        if *count >= self.cap {
-            return Err(*count);
-        }
-        *count += 1;
-        Ok(ClientSlot {
+        let counts = open.entry(key).or_default();
+        let served = counts.served;
+        let slot = |refused| ClientSlot {
             limit: self.clone(),
             key,
-        })
+            refused,
+        };
+        let taken = if served < self.cap {
+            counts.served += 1;
+            Taken::Served(slot(false))
+        } else if counts.refusing < MAX_REFUSING {
+            counts.refusing += 1;
+            Taken::Refused(slot(true))
+        } else {
+            Taken::Closed
+        };
+        (taken, served)
     }
 }
 
@@ -86,6 +119,8 @@ impl ClientLimit {
 pub(super) struct ClientSlot {
     limit: Arc<ClientLimit>,
     key: ClientKey,
+    /// Counted among the client's refused connections, not its served ones.
+    refused: bool,
 }
 
 impl Drop for ClientSlot {
@@ -95,10 +130,14 @@ impl Drop for ClientSlot {
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Entry::Occupied(mut count) = open.entry(self.key) {
-            *count.get_mut() -= 1;
-            if *count.get() == 0 {
-                count.remove();
+        if let Entry::Occupied(mut counts) = open.entry(self.key) {
+            let count = match self.refused {
+                false => &mut counts.get_mut().served,
+                true => &mut counts.get_mut().refusing,
+            };
+            *count = count.saturating_sub(1);
+            if *counts.get() == Counts::default() {
+                counts.remove();
             }
         }
     }
@@ -122,75 +161,143 @@ pub(super) fn admit(config: &ConnConfig, client: Peer) -> Result<Option<ClientSl
     {
         return Ok(None);
     }
-    limit.take(addr.ip()).map(Some).map_err(|open| {
-        static OVER_CAP: Throttle = Throttle::new();
-        if let Some(left_out) = OVER_CAP.admit() {
+    let (taken, open) = limit.take(addr.ip());
+    let refused = match taken {
+        Taken::Served(slot) => return Ok(Some(slot)),
+        Taken::Refused(slot) => Some(slot),
+        Taken::Closed => None,
+    };
+    static OVER_CAP: Throttle = Throttle::new();
+    if let Some(left_out) = OVER_CAP.admit() {
+        let (client, cap) = (addr.ip(), limit.cap);
+        if refused.is_some() {
             tracing::warn!(
-                client = %addr.ip(),
+                %client,
                 open,
-                cap = limit.cap,
+                cap,
                 left_out,
                 "a client holds the most connections it may; its new one is answered 503 \
                  and closed"
             );
+        } else {
+            tracing::warn!(
+                %client,
+                open,
+                cap,
+                refusing = MAX_REFUSING,
+                left_out,
+                "a client holds the most connections it may, and more are being refused; \
+                 its new one is closed unanswered"
+            );
         }
-        OverCap {
-            retry_after: limit.retry_after.clone(),
-        }
+    }
+    Err(OverCap {
+        retry_after: limit.retry_after.clone(),
+        slot: refused,
     })
 }
+
+/// Over which protocol a refused connection's request was answered.
+const NOT_YET: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
 
 /// A connection whose client holds the most it may.
 #[derive(Debug)]
 pub(super) struct OverCap {
     retry_after: HeaderValue,
+    /// Its place among its client's refused connections; `None` when there are too many
+    /// of those: it is closed unanswered.
+    slot: Option<ClientSlot>,
 }
 
 impl OverCap {
     /// Answers the connection's first request `503` with `Retry-After` and closes it:
-    /// `Connection: close` on HTTP/1, a GOAWAY after the answer on HTTP/2. The request
-    /// is due within the header read timeout, as any first request; its answer is
-    /// bounded by the body timeout, as any a client does not read; the shutdown closes
-    /// it unanswered.
+    /// `Connection: close` on HTTP/1, a GOAWAY after the answer on HTTP/2, and over
+    /// HTTP/1 what the client still sends (a request body) is read and dropped for up to
+    /// 2 s before the close, so that the client reads the answer rather than a reset.
+    /// The request is due within the header read timeout of the accept, as any first
+    /// request; while it is awaited the connection is closed unanswered when a new
+    /// connection waits for its slot under `max_connections`, or the shutdown begins.
+    /// Its answer is bounded by the body timeout, as any a client does not read.
     pub(super) async fn answer(self, conn: NewConn, config: &ConnConfig) {
         crate::metrics::connection_closed(ConnClosed::ClientLimit);
-        // Its slot under `max_connections` is held until the end, as any connection's.
+        // Its slot under `max_connections`, and its place among the refused, are held
+        // until the end, as any connection's.
         let NewConn {
             stream,
             permit: _permit,
+            accepted,
             ..
         } = conn;
+        let OverCap {
+            retry_after,
+            slot: Some(_slot),
+        } = self
+        else {
+            return;
+        };
+        let socket = stream.conn_socket();
+        // Set by the service as it answers: over which protocol.
         let answered = Arc::new(Notify::new());
+        let over = Arc::new(AtomicU8::new(NOT_YET));
         let service = {
-            let answered = answered.clone();
+            let (answered, over) = (answered.clone(), over.clone());
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let protocol = if req.version() < Version::HTTP_2 {
+                    HTTP1
+                } else {
+                    HTTP2
+                };
+                over.store(protocol, Ordering::Relaxed);
                 answered.notify_one();
-                let answer = too_many(req.version(), self.retry_after.clone());
+                let answer = too_many(req.version(), retry_after.clone());
                 async move { Ok::<_, Infallible>(answer) }
             })
         };
-        let conn = config.http.serve_connection(TokioIo::new(stream), service);
-        let mut conn = std::pin::pin!(conn);
-        let first_request = tokio::time::timeout(config.header_read_timeout, async {
-            tokio::select! {
-                _ = conn.as_mut() => false,
-                _ = answered.notified() => true,
-            }
-        });
-        let answering = tokio::select! {
-            biased;
-            _ = config.signal.reached(DRAIN) => false,
-            answering = first_request => answering.unwrap_or(false),
+        let unread = {
+            let conn = config.http.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let due = tokio::time::Instant::from_std(accepted + config.header_read_timeout);
+            // Whether the connection ended (`true`), or its first request is being
+            // answered; `None` when it is given up unanswered.
+            let first_request = tokio::time::timeout_at(due, async {
+                tokio::select! {
+                    _ = conn.as_mut() => true,
+                    _ = answered.notified() => false,
+                }
+            });
+            let ended = tokio::select! {
+                biased;
+                _ = config.signal.reached(DRAIN) => None,
+                _ = config.signal.room_granted() => None,
+                ended = first_request => ended.ok(),
+            };
+            let written = match ended {
+                None => return,
+                // hyper may answer, and close for the answer's `Connection: close`, in
+                // one poll.
+                Some(true) => over.load(Ordering::Relaxed) != NOT_YET,
+                Some(false) => {
+                    // No request after it: HTTP/1 closes after the answer, HTTP/2 says
+                    // GOAWAY.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        biased;
+                        _ = config.signal.reached(FORCE) => false,
+                        ended = tokio::time::timeout(config.write_stall_timeout, conn.as_mut()) => {
+                            ended.is_ok()
+                        }
+                    }
+                }
+            };
+            // Looked at while hyper still holds the socket open. (HTTP/2 resets what
+            // it does not read, stream by stream.)
+            let lingers = written && over.load(Ordering::Relaxed) == HTTP1;
+            lingers.then(|| socket.if_unread_input(true)).flatten()
         };
-        if !answering {
-            return;
-        }
-        // No request after it: HTTP/1 closes after the answer, HTTP/2 says GOAWAY.
-        conn.as_mut().graceful_shutdown();
-        tokio::select! {
-            biased;
-            _ = config.signal.reached(FORCE) => {}
-            _ = tokio::time::timeout(config.write_stall_timeout, conn) => {}
+        if let Some(socket) = unread {
+            drain_then_close(socket, LINGER, config.signal.reached(DRAIN)).await;
         }
     }
 }
@@ -218,20 +325,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn says_connection_close_over_http1_only() {
+        for (version, close) in [
+            (Version::HTTP_10, true),
+            (Version::HTTP_11, true),
+            (Version::HTTP_2, false),
+        ] {
+            let answer = too_many(version, HeaderValue::from(7));
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(answer.headers()[RETRY_AFTER], "7");
+            assert_eq!(
+                answer.headers().contains_key(CONNECTION),
+                close,
+                "{version:?}"
+            );
+        }
+    }
+
+    #[test]
     fn counts_each_client_up_to_the_cap_and_forgets_it_at_none() {
         let limit = Arc::new(ClientLimit::new(2, HeaderValue::from(1)));
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let first = limit.take(ip("192.0.2.1")).unwrap();
-        let second = limit.take(ip("::ffff:192.0.2.1")).unwrap();
-        assert_eq!(limit.take(ip("192.0.2.1")).unwrap_err(), 2);
+        let served = |taken: (Taken, usize)| match taken {
+            (Taken::Served(slot), _) => slot,
+            other => panic!("not served: {other:?}"),
+        };
+        let first = served(limit.take(ip("192.0.2.1")));
+        let second = served(limit.take(ip("::ffff:192.0.2.1")));
+        // Past the cap: refused, and past the refused ones too, closed.
+        let refused: Vec<_> = (0..MAX_REFUSING)
+            .map(|_| match limit.take(ip("192.0.2.1")) {
+                (Taken::Refused(slot), 2) => slot,
+                other => panic!("not refused: {other:?}"),
+            })
+            .collect();
+        assert!(matches!(limit.take(ip("192.0.2.1")), (Taken::Closed, 2)));
         // Another client, and an IPv6 one's /64 as one client.
-        let other = limit.take(ip("192.0.2.2")).unwrap();
-        let v6 = limit.take(ip("2001:db8::1")).unwrap();
-        let v6_too = limit.take(ip("2001:db8::ffff:1")).unwrap();
-        assert_eq!(limit.take(ip("2001:db8::2")).unwrap_err(), 2);
-        assert!(limit.take(ip("2001:db8:0:1::1")).is_ok());
+        let other = served(limit.take(ip("192.0.2.2")));
+        let v6 = served(limit.take(ip("2001:db8::1")));
+        let v6_too = served(limit.take(ip("2001:db8::ffff:1")));
+        assert!(matches!(
+            limit.take(ip("2001:db8::2")),
+            (Taken::Refused(_), 2)
+        ));
+        served(limit.take(ip("2001:db8:0:1::1")));
+        // A served connection's end makes room for one more; a refused one's, for one
+        // more refused.
         drop(first);
-        let third = limit.take(ip("192.0.2.1")).unwrap();
+        let third = served(limit.take(ip("192.0.2.1")));
+        drop(refused);
+        assert!(matches!(
+            limit.take(ip("192.0.2.1")),
+            (Taken::Refused(_), 2)
+        ));
         drop((second, third, other, v6, v6_too));
         let open = limit.open.lock().unwrap();
         assert!(open.is_empty(), "{open:?}");

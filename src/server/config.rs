@@ -197,18 +197,28 @@ impl Server {
         self
     }
 
-    /// The most connections one client may hold open at once, as nginx's `limit_conn`.
-    /// A client is an IP address: the peer's, or the client a believed PROXY protocol
-    /// header names ([`proxy_protocol`](Self::proxy_protocol)); for IPv6, the address's
-    /// /64 network, which one host usually holds whole. Past the cap, the client's new
-    /// connection is answered `503 Service Unavailable` with `Retry-After`
-    /// ([`retry_after`](Self::retry_after)) to its first request and closed, its open
-    /// ones served as before; said with a throttled `warn` naming the client, and
-    /// counted in `syncbridge_connections_closed_total{reason="client_limit"}`. The
-    /// refused connection holds its slot under `max_connections` for as long as that
-    /// takes: its first request is due within the header read timeout, and the shutdown
-    /// closes it unanswered. The handler does not see the request, and no access line
-    /// is logged for it.
+    /// The most connections one client may hold open at once, as nginx's `limit_conn`
+    /// keyed by the client's address. A client is an IP address: the peer's, or the
+    /// client a believed PROXY protocol header names
+    /// ([`proxy_protocol`](Self::proxy_protocol)); for IPv6, the address's /64 network
+    /// (a host can take any address of its network's /64, so a cap per address would
+    /// hold no one back; a /64 is usually a whole network, and shares the cap as a NAT
+    /// does). Past the cap, the client's new connection is answered `503 Service
+    /// Unavailable` with `Retry-After` ([`retry_after`](Self::retry_after)) to its first
+    /// request and closed, its open ones served as before; said with a throttled `warn`
+    /// naming the client, and counted in
+    /// `syncbridge_connections_closed_total{reason="client_limit"}`. The handler does not
+    /// see the request, and no access line is logged for it.
+    ///
+    /// A refused connection holds its slot under `max_connections` while it is
+    /// answered: its first request is due within the header read timeout of its accept,
+    /// and until it comes the connection gives its slot up to a new one waiting for it
+    /// (as an idle connection does) and to the shutdown; the answer then has the body
+    /// timeout to go out (and over HTTP/1 up to 2 s more, while what the client still
+    /// sends, a request body, is read and dropped, so that the client reads the answer
+    /// rather than a reset). At most four of a client's connections are answered so at
+    /// once; past them its new ones are closed unanswered. So one client holds at most
+    /// its cap and four of the server's slots.
     ///
     /// Not counted: the [`trusted_proxies`](Self::trusted_proxies), whose connections
     /// carry many clients' requests (their clients' `X-Forwarded-For` is not counted

@@ -88,6 +88,19 @@ impl ConnSignal {
         self.room_wanted.swap(false, Ordering::AcqRel)
     }
 
+    /// Completes once the caller is granted a request for room: for a connection that
+    /// may close whenever a new one waits for its slot.
+    pub(super) async fn room_granted(&self) {
+        loop {
+            // Made before the flag is read, as in `reached`.
+            let asked = self.notify.notified();
+            if self.room_wanted() && self.grant_room() {
+                return;
+            }
+            asked.await;
+        }
+    }
+
     /// Completes once the level is `level` or higher.
     pub(super) async fn reached(&self, level: u8) {
         loop {
