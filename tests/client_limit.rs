@@ -205,14 +205,20 @@ async fn a_request_body_sent_before_the_answer_is_read_does_not_lose_it() {
     );
     let _served = held(server.addr).await;
     // A client that writes its whole upload before it reads (as proxies and many SDKs
-    // do): more than the sockets' buffers hold, so the server must read it.
-    const BODY: usize = 16 << 20;
-    let mut over = sent(
-        server.addr,
-        format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {BODY}\r\n\r\n").as_bytes(),
-    )
-    .await;
-    within(over.write_all(&vec![b'x'; BODY]))
+    // do): more than the sockets' buffers can hold (the client's send buffer is kept
+    // small, the server's receive buffer grows to at most `tcp_rmem`'s last figure), so
+    // the server must read it.
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(6 << 20);
+    let body = (16 << 20).max(2 * rmem_max);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(64 << 10).unwrap();
+    let mut over = within(socket.connect(server.addr)).await.unwrap();
+    let head = format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {body}\r\n\r\n");
+    within(over.write_all(head.as_bytes())).await.unwrap();
+    within(over.write_all(&vec![b'x'; body]))
         .await
         .expect("the whole body written");
     let reply = read_raw_response(&mut over).await.expect("an answer");
@@ -256,5 +262,21 @@ async fn a_refused_connection_awaiting_its_request_gives_its_slot_to_a_waiting_o
     release.send(()).unwrap();
     assert_eq!(read_raw_response(&mut busy).await.unwrap().status, 200);
     drop(other);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_header_read_timeout_of_duration_max_still_answers_a_refused_connection() {
+    // `Duration::MAX` means no limit: the first request's deadline must not overflow.
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_connections_per_client(1)
+            .header_read_timeout(Duration::MAX),
+        hello,
+    );
+    let _served = held(server.addr).await;
+    let mut over = sent(server.addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let reply = read_raw_response(&mut over).await.expect("an answer");
+    assert_eq!(reply.status, 503);
     server.stop().await;
 }

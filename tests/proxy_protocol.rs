@@ -560,3 +560,11 @@ async fn the_client_a_header_names_is_the_one_counted_against_its_cap() {
     assert_eq!(ask(&mut local, "/", "").await, format!("{own} none"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_header_read_timeout_of_duration_max_means_no_limit_for_the_header() {
+    let server = TestServer::start_with(proxied().header_read_timeout(Duration::MAX), whoami);
+    let mut stream = connect_with(server.addr, V1_TCP4, &[]).await;
+    assert_eq!(ask(&mut stream, "/", "").await, "203.0.113.7:51000 none");
+    server.stop().await;
+}

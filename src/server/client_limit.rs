@@ -11,12 +11,13 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
@@ -238,11 +239,13 @@ impl OverCap {
             return;
         };
         let socket = stream.conn_socket();
-        // Set by the service as it answers: over which protocol.
+        // Set by the service as it answers: over which protocol, and whether the request
+        // has a body (which the client may still be sending).
         let answered = Arc::new(Notify::new());
         let over = Arc::new(AtomicU8::new(NOT_YET));
+        let with_body = Arc::new(AtomicBool::new(false));
         let service = {
-            let (answered, over) = (answered.clone(), over.clone());
+            let (answered, over, with_body) = (answered.clone(), over.clone(), with_body.clone());
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let protocol = if req.version() < Version::HTTP_2 {
                     HTTP1
@@ -250,6 +253,7 @@ impl OverCap {
                     HTTP2
                 };
                 over.store(protocol, Ordering::Relaxed);
+                with_body.store(!req.body().is_end_stream(), Ordering::Relaxed);
                 answered.notify_one();
                 let answer = too_many(req.version(), retry_after.clone());
                 async move { Ok::<_, Infallible>(answer) }
@@ -258,11 +262,15 @@ impl OverCap {
         let unread = {
             let conn = config.http.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
-            let due = tokio::time::Instant::from_std(accepted + config.header_read_timeout);
+            let accepted = tokio::time::Instant::from_std(accepted);
+            let due = super::conn::later(accepted, config.header_read_timeout);
             // Whether the connection ended (`true`), or its first request is being
             // answered; `None` when it is given up unanswered.
             let first_request = tokio::time::timeout_at(due, async {
+                // hyper first: a poll that calls the service sees its notice in the same
+                // round, so a request being answered is never given up below.
                 tokio::select! {
+                    biased;
                     _ = conn.as_mut() => true,
                     _ = answered.notified() => false,
                 }
@@ -294,7 +302,10 @@ impl OverCap {
             // Looked at while hyper still holds the socket open. (HTTP/2 resets what
             // it does not read, stream by stream.)
             let lingers = written && over.load(Ordering::Relaxed) == HTTP1;
-            lingers.then(|| socket.if_unread_input(true)).flatten()
+            let more_may_come = with_body.load(Ordering::Relaxed);
+            lingers
+                .then(|| socket.if_unread_input(more_may_come))
+                .flatten()
         };
         if let Some(socket) = unread {
             drain_then_close(socket, LINGER, config.signal.reached(DRAIN)).await;

@@ -679,7 +679,7 @@ fn goaway_sent<'a>(
 /// `now + after`, for any `after`: a limit too large for the clock (`Duration::MAX`) is a
 /// check a year from now, which is as good as never; a zero limit is a check a
 /// millisecond from now (tokio's granularity), not a timer that fires on every poll.
-fn later(now: Instant, after: Duration) -> Instant {
+pub(super) fn later(now: Instant, after: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
     now + after.clamp(Duration::from_millis(1), FAR)
 }

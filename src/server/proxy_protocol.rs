@@ -382,7 +382,8 @@ pub(super) async fn client_of(
     accepted: std::time::Instant,
 ) -> Option<Client> {
     let timeout = config.header_read_timeout;
-    let deadline = tokio::time::Instant::from_std(accepted) + timeout;
+    // `later`: a timeout of `Duration::MAX` (no limit) must not overflow the instant.
+    let deadline = super::conn::later(tokio::time::Instant::from_std(accepted), timeout);
     let read = tokio::select! {
         read = tokio::time::timeout_at(deadline, read_header(stream)) => read,
         // A connection that has not said whom it is for has no request in flight.

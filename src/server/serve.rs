@@ -589,6 +589,8 @@ async fn wait_for_slot(
             biased;
             _ = shutdown.cancelled() => return None,
             permit = slots.clone().acquire_owned() => {
+                // The one accept loop asks for room: none is wanted once it has a slot.
+                signal.withdraw_room_request();
                 return Some(permit.expect("semaphore never closed"));
             }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -88,6 +88,12 @@ impl ConnSignal {
         self.room_wanted.swap(false, Ordering::AcqRel)
     }
 
+    /// Withdraws a request for room that a slot freed by other means has met: else the
+    /// next idle connection (or refused one) would close for nobody.
+    pub(super) fn withdraw_room_request(&self) {
+        self.room_wanted.store(false, Ordering::Release);
+    }
+
     /// Completes once the caller is granted a request for room: for a connection that
     /// may close whenever a new one waits for its slot.
     pub(super) async fn room_granted(&self) {
