@@ -41,6 +41,21 @@ async fn held(addr: SocketAddr) -> http1::SendRequest<Empty<Bytes>> {
     send
 }
 
+/// `server` with a cap of one connection per client, serving `hello`, and the one
+/// connection the test client may have, held.
+async fn at_its_cap(server: Server) -> (TestServer, http1::SendRequest<Empty<Bytes>>) {
+    let server = TestServer::start_with(server.max_connections_per_client(1), hello);
+    let first = held(server.addr).await;
+    (server, first)
+}
+
+/// A connection that has sent `bytes` and waits.
+async fn sent(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = within(TcpStream::connect(addr)).await.unwrap();
+    within(stream.write_all(bytes)).await.unwrap();
+    stream
+}
+
 #[tokio::test]
 async fn a_client_past_its_cap_is_answered_503_and_its_open_connections_are_served() {
     logs::install();
@@ -144,16 +159,9 @@ async fn connect_from(ip: [u8; 4], addr: SocketAddr) -> TcpStream {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn another_client_is_served_and_a_shutdown_closes_a_refused_connection() {
-    let server = TestServer::start_with(
-        Server::bind("127.0.0.1:0").max_connections_per_client(1),
-        hello,
-    );
-    let _first = held(server.addr).await;
+    let (server, _first) = at_its_cap(Server::bind("127.0.0.1:0")).await;
     // Refused, and waiting for its request.
-    let mut refused = within(TcpStream::connect(server.addr)).await.unwrap();
-    within(refused.write_all(b"GET / HTTP/1.1\r\n"))
-        .await
-        .unwrap();
+    let mut refused = sent(server.addr, b"GET / HTTP/1.1\r\n").await;
     // Accepted after it, so the refused one is past the accept loop too.
     let other = connect_from([127, 0, 0, 2], server.addr).await;
     let mut other = support::h1_on(other).await;
@@ -165,20 +173,9 @@ async fn another_client_is_served_and_a_shutdown_closes_a_refused_connection() {
     within(stopped).await.unwrap();
 }
 
-/// A connection that has sent `bytes` and waits.
-async fn sent(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
-    let mut stream = within(TcpStream::connect(addr)).await.unwrap();
-    within(stream.write_all(bytes)).await.unwrap();
-    stream
-}
-
 #[tokio::test]
 async fn past_four_refused_connections_a_clients_next_is_closed_at_once() {
-    let server = TestServer::start_with(
-        Server::bind("127.0.0.1:0").max_connections_per_client(1),
-        hello,
-    );
-    let _served = held(server.addr).await;
+    let (server, _served) = at_its_cap(Server::bind("127.0.0.1:0")).await;
     // Four refused, each awaiting the rest of its request (for the header read timeout,
     // 30 s).
     let mut refused = Vec::new();
@@ -199,11 +196,7 @@ async fn past_four_refused_connections_a_clients_next_is_closed_at_once() {
 
 #[tokio::test]
 async fn a_request_body_sent_before_the_answer_is_read_does_not_lose_it() {
-    let server = TestServer::start_with(
-        Server::bind("127.0.0.1:0").max_connections_per_client(1),
-        hello,
-    );
-    let _served = held(server.addr).await;
+    let (server, _served) = at_its_cap(Server::bind("127.0.0.1:0")).await;
     // A client that writes its whole upload before it reads (as proxies and many SDKs
     // do): more than the sockets' buffers can hold (the client's send buffer is kept
     // small, the server's receive buffer grows to at most `tcp_rmem`'s last figure), so
@@ -268,13 +261,8 @@ async fn a_refused_connection_awaiting_its_request_gives_its_slot_to_a_waiting_o
 #[tokio::test]
 async fn a_header_read_timeout_of_duration_max_still_answers_a_refused_connection() {
     // `Duration::MAX` means no limit: the first request's deadline must not overflow.
-    let server = TestServer::start_with(
-        Server::bind("127.0.0.1:0")
-            .max_connections_per_client(1)
-            .header_read_timeout(Duration::MAX),
-        hello,
-    );
-    let _served = held(server.addr).await;
+    let with_no_limit = Server::bind("127.0.0.1:0").header_read_timeout(Duration::MAX);
+    let (server, _served) = at_its_cap(with_no_limit).await;
     let mut over = sent(server.addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
     let reply = read_raw_response(&mut over).await.expect("an answer");
     assert_eq!(reply.status, 503);

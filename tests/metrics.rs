@@ -185,6 +185,18 @@ fn wait_for(changes: &mpsc::Receiver<(String, f64)>, key: &str, wanted: impl Fn(
     }
 }
 
+/// A connection whose `GET /` got `status`, left open.
+async fn answered(addr: std::net::SocketAddr, status: u16) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = support::read_raw_response(&mut stream).await;
+    assert_eq!(reply.map(|r| r.status), Some(status));
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dashboard_sees_each_outcome_once() {
     let (recorder, changes) = recorder();
@@ -385,10 +397,7 @@ async fn a_dashboard_sees_each_outcome_once() {
         |_req: Request| "ok",
     );
     let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
-    let mut first = tokio::net::TcpStream::connect(small.addr).await.unwrap();
-    first.write_all(request).await.unwrap();
-    let reply = support::read_raw_response(&mut first).await;
-    assert_eq!(reply.map(|r| r.status), Some(200));
+    let mut first = answered(small.addr, 200).await;
     let mut second = tokio::net::TcpStream::connect(small.addr).await.unwrap();
     second.write_all(request).await.unwrap();
     assert!(support::closed_by_server(&mut first).await, "made room");
@@ -413,14 +422,8 @@ async fn a_dashboard_sees_each_outcome_once() {
         Server::bind("127.0.0.1:0").max_connections_per_client(1),
         |_req: Request| "ok",
     );
-    let mut first = tokio::net::TcpStream::connect(capped.addr).await.unwrap();
-    first.write_all(request).await.unwrap();
-    let reply = support::read_raw_response(&mut first).await;
-    assert_eq!(reply.map(|r| r.status), Some(200));
-    let mut over = tokio::net::TcpStream::connect(capped.addr).await.unwrap();
-    over.write_all(request).await.unwrap();
-    let reply = support::read_raw_response(&mut over).await;
-    assert_eq!(reply.map(|r| r.status), Some(503));
+    let _first = answered(capped.addr, 200).await;
+    let _over = answered(capped.addr, 503).await;
     capped.stop().await;
 
     let expected = [
