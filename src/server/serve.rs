@@ -393,7 +393,8 @@ impl<H: Handler> ConnSpawner<H> {
             // Every line logged on the connection's behalf, the handler's own included (its
             // request's span is this one), names its client.
             let span = tracing::info_span!("conn", %peer);
-            match span.in_scope(|| client_limit::admit(&config, peer)) {
+            // Its warning, if refused, names the client itself: no span entered for it.
+            match client_limit::admit(&config, peer) {
                 Ok(client_slot) => {
                     let client_source = config
                         .trusted_proxies
