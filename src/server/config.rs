@@ -10,7 +10,8 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::exec::StreamExecutor;
-use super::forwarded::{ForwardedHeaders, Proxies, TrustedProxy};
+use super::forwarded::{ForwardedHeaders, Proxies};
+use super::trusted_proxy::TrustedProxy;
 use super::Server;
 use crate::bridge::{MakeSpan, DEFAULT_BODY_TIMEOUT, DEFAULT_HEAD_GRACE, DEFAULT_MAX_BODY_SIZE};
 use crate::handler::Request;

@@ -11,9 +11,10 @@
 //!
 //! Here: binding and the `Server` itself. `config` holds the settings and the builder
 //! methods that set them, `runtime` the runtime `serve` builds, `serve` the accept loop
-//! and the shutdown, `conn` one connection's task and its timeouts, `forwarded` the
-//! client behind trusted proxies (`forwarded_elements` splits RFC 7239's header into
-//! its elements), `proxy_protocol` the
+//! and the shutdown, `conn` one connection's task and its timeouts, `client_limit` the
+//! cap on one client's connections, `forwarded` the client behind trusted proxies
+//! (`trusted_proxy` an address or network trusted, `forwarded_elements` RFC 7239's
+//! header split into its elements), `proxy_protocol` the
 //! header a TCP load balancer puts before a connection's first byte, `shutdown` the
 //! handle and the signal watcher, `systemd` the readiness message to systemd, the pings
 //! of its watchdog and the sockets it passes.
@@ -34,6 +35,7 @@ mod shutdown;
 mod signal;
 mod stream;
 mod systemd;
+mod trusted_proxy;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -41,15 +43,14 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
 pub(crate) use forwarded::ClientSource;
-pub use forwarded::{
-    ClientIp, ClientScheme, ForwardedHeaders, ParseTrustedProxyError, TrustedProxy,
-};
+pub use forwarded::{ClientIp, ClientScheme, ForwardedHeaders};
 pub use listen::ListenAddr;
 #[cfg(unix)]
 pub use remote::PeerCred;
 pub(crate) use remote::PeerExtension;
 pub use remote::RemoteAddr;
 pub use shutdown::ShutdownHandle;
+pub use trusted_proxy::{ParseTrustedProxyError, TrustedProxy};
 
 use crate::error::{Error, Kind, Result};
 use config::Config;
