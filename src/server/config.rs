@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::exec::StreamExecutor;
-use super::forwarded::{ForwardedHeaders, Proxies};
+use super::forwarded::ForwardedHeaders;
 use super::trusted_proxy::TrustedProxy;
 use super::Server;
 use crate::bridge::{MakeSpan, DEFAULT_BODY_TIMEOUT, DEFAULT_HEAD_GRACE, DEFAULT_MAX_BODY_SIZE};
@@ -42,8 +42,8 @@ pub(super) struct Config {
     pub(super) systemd_watchdog: bool,
     pub(super) remote_addr: bool,
     /// `None` until `Server::trusted_proxies` is called.
-    pub(super) trusted_proxies: Option<Arc<Proxies>>,
-    /// What the trusted proxies write, kept for a later `trusted_proxies` call.
+    pub(super) trusted_proxies: Option<Vec<TrustedProxy>>,
+    /// What the trusted proxies write.
     pub(super) forwarded_headers: ForwardedHeaders,
     pub(super) proxy_protocol: bool,
     /// The listeners (by index) bound with `Server::also_bind_direct`: no PROXY protocol
@@ -542,9 +542,7 @@ impl Server {
         I: IntoIterator,
         I::Item: Into<TrustedProxy>,
     {
-        let list = proxies.into_iter().map(Into::into).collect();
-        let proxies = Proxies::new(list, self.config.forwarded_headers);
-        self.config.trusted_proxies = Some(Arc::new(proxies));
+        self.config.trusted_proxies = Some(proxies.into_iter().map(Into::into).collect());
         self
     }
 
@@ -584,9 +582,6 @@ impl Server {
     /// ```
     pub fn forwarded_headers(mut self, headers: ForwardedHeaders) -> Self {
         self.config.forwarded_headers = headers;
-        if let Some(proxies) = &mut self.config.trusted_proxies {
-            *proxies = Arc::new(proxies.writing(headers));
-        }
         self
     }
 

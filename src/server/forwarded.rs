@@ -135,14 +135,6 @@ impl Proxies {
         }
     }
 
-    /// The same proxies, writing `headers`.
-    pub(super) fn writing(&self, headers: ForwardedHeaders) -> Self {
-        Proxies {
-            list: self.list.clone(),
-            headers,
-        }
-    }
-
     fn trust(&self, ip: IpAddr) -> bool {
         self.list.iter().any(|net| net.contains(ip))
     }
@@ -550,7 +542,10 @@ mod tests {
     #[test]
     fn reads_only_the_kind_of_header_it_was_told() {
         let resolve = |kind: ForwardedHeaders, name: &HeaderName, line: &str| {
-            let trusted = Arc::new(proxies(&["127.0.0.1"]).writing(kind));
+            let trusted = Arc::new(Proxies::new(
+                vec![std::net::Ipv4Addr::LOCALHOST.into()],
+                kind,
+            ));
             let peer = Peer::Tcp(SocketAddr::new(ip("127.0.0.1").unwrap(), 1));
             let mut extensions = Extensions::new();
             ClientSource::of(peer, &trusted).resolve(&headers(name, &[line]), &mut extensions);

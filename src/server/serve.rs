@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::client_limit::{self, ClientLimit};
 use super::config::http_builder;
 use super::conn::{self, ConnConfig, NewConn};
-use super::forwarded::ClientSource;
+use super::forwarded::{ClientSource, Proxies};
 use super::listen::{Accepted, AddrList, Listener, Listeners, ACCEPT_REST};
 use super::proxy_protocol::{self, Client};
 use super::remote::Peer;
@@ -154,7 +154,11 @@ impl Server {
             write_stall_timeout: config.body_timeout,
             remote_addr: config.remote_addr,
             listen_addr: config.remote_addr && listen_addrs.len() > 1,
-            trusted_proxies: config.trusted_proxies.clone(),
+            // Both settings known now, whichever order they were made in.
+            trusted_proxies: config
+                .trusted_proxies
+                .clone()
+                .map(|list| Arc::new(Proxies::new(list, config.forwarded_headers))),
             client_limit: config.max_connections_per_client.map(|cap| {
                 let retry_after = crate::bridge::retry_after_value(config.retry_after);
                 Arc::new(ClientLimit::new(cap, retry_after))
