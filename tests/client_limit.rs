@@ -195,6 +195,26 @@ async fn past_four_refused_connections_a_clients_next_is_closed_at_once() {
 }
 
 #[tokio::test]
+async fn a_refused_connection_whose_bytes_are_not_http_is_closed_and_said() {
+    let (server, _served) = at_its_cap(Server::bind("127.0.0.1:0")).await;
+    let mut garbage = sent(server.addr, b"\x16\x03\x01 not http\r\n\r\n").await;
+    let port = garbage.local_addr().unwrap().port();
+    // hyper answers 400 on its own, and ends the connection with its error.
+    let reply = read_raw_response(&mut garbage).await.expect("an answer");
+    assert_eq!(reply.status, 400);
+    assert!(closed_by_server(&mut garbage).await);
+    assert!(
+        logs::eventually_contains(&[
+            "DEBUG",
+            "connection refused for its client's cap ended with an error",
+            &format!("peer=127.0.0.1:{port}"),
+        ])
+        .await
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_request_body_sent_before_the_answer_is_read_does_not_lose_it() {
     let (server, _served) = at_its_cap(Server::bind("127.0.0.1:0")).await;
     // A client that writes its whole upload before it reads (as proxies and many SDKs

@@ -271,7 +271,10 @@ impl OverCap {
                 // round, so a request being answered is never given up below.
                 tokio::select! {
                     biased;
-                    _ = conn.as_mut() => true,
+                    ended = conn.as_mut() => {
+                        said_if_failed(ended);
+                        true
+                    }
                     _ = answered.notified() => false,
                 }
             });
@@ -294,7 +297,7 @@ impl OverCap {
                         biased;
                         _ = config.signal.reached(FORCE) => false,
                         ended = tokio::time::timeout(config.write_stall_timeout, conn.as_mut()) => {
-                            ended.is_ok()
+                            ended.map(said_if_failed).is_ok()
                         }
                     }
                 }
@@ -310,6 +313,15 @@ impl OverCap {
         if let Some(socket) = unread {
             drain_then_close(socket, LINGER, config.signal.reached(DRAIN)).await;
         }
+    }
+}
+
+/// Says (at `debug`, as `conn` does for errors that are no one's but the client's) why
+/// hyper ended a refused connection, if with an error: the client's bytes were not HTTP,
+/// or it left. The connection is counted as refused already.
+fn said_if_failed(ended: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(error) = ended {
+        tracing::debug!(%error, "connection refused for its client's cap ended with an error");
     }
 }
 
