@@ -2,7 +2,9 @@
 //! drain the connections, cut off the rest at the deadline, drain background tasks),
 //! and what a `serve_async` future dropped before the end leaves behind.
 
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,7 +102,15 @@ impl Server {
         self.run(handler).await
     }
 
-    async fn run<H: Handler>(self, handler: H) -> Result<()> {
+    /// The server's future, boxed: it is the largest state machine of the crate (the
+    /// accept loop and the shutdown, 36 KiB of code), and an `async fn`'s body is a
+    /// closure, which rustc copies into each codegen unit that polls or drops it: three
+    /// copies without the box, one with it.
+    fn run<H: Handler>(self, handler: H) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+        Box::pin(self.serving(handler))
+    }
+
+    async fn serving<H: Handler>(self, handler: H) -> Result<()> {
         let Server {
             listeners,
             listen_addrs,
