@@ -70,7 +70,8 @@ async fn a_client_past_its_cap_is_answered_503_and_its_open_connections_are_serv
 
     // HTTP/1.1: the answer, and the connection closed after it.
     let mut third = within(TcpStream::connect(server.addr)).await.unwrap();
-    within(third.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"))
+    let port = third.local_addr().unwrap().port();
+    within(third.write_all(b"GET /third HTTP/1.1\r\nhost: x\r\n\r\n"))
         .await
         .unwrap();
     let reply = read_raw_response(&mut third).await.expect("an answer");
@@ -79,6 +80,16 @@ async fn a_client_past_its_cap_is_answered_503_and_its_open_connections_are_serv
     assert!(head.contains("retry-after: 3\r\n"), "{head}");
     assert!(head.contains("connection: close\r\n"), "{head}");
     assert!(closed_by_server(&mut third).await);
+    // Its access line, as any request's the server answers itself, names its client.
+    assert!(
+        logs::eventually_contains(&[
+            "INFO",
+            "path=/third",
+            "status=503",
+            &format!("peer=127.0.0.1:{port}"),
+        ])
+        .await
+    );
     // Said, throttled to a line a second for the whole binary: refused again until this
     // test's line is through.
     within(async {

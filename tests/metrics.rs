@@ -416,8 +416,8 @@ async fn a_dashboard_sees_each_outcome_once() {
     assert!(support::closed_by_server(&mut direct).await, "no header");
     proxied.stop().await;
 
-    // A client over its cap of one connection: answered by the server itself, counted
-    // as no request.
+    // A client over its cap of one connection: answered `503` by the server itself, not
+    // the handler, and counted as a request so answered (as nginx's `limit_conn` logs it).
     let capped = TestServer::start_with(
         Server::bind("127.0.0.1:0").max_connections_per_client(1),
         |_req: Request| "ok",
@@ -429,10 +429,10 @@ async fn a_dashboard_sees_each_outcome_once() {
     let expected = [
         ("syncbridge_requests_total{status=200}", 6),
         ("syncbridge_requests_total{status=500}", 4),
-        ("syncbridge_requests_total{status=503}", 1),
+        ("syncbridge_requests_total{status=503}", 2),
         ("syncbridge_requests_total{status=504}", 2),
         ("syncbridge_requests_total{status=499}", 1),
-        ("syncbridge_request_duration_seconds", 14),
+        ("syncbridge_request_duration_seconds", 15),
         ("syncbridge_requests_refused_total{reason=pool_full}", 2),
         ("syncbridge_handler_timeouts_total", 1),
         ("syncbridge_stream_timeouts_total", 1),

@@ -17,6 +17,7 @@ mod future;
 mod head;
 mod job;
 mod pump;
+mod refused;
 mod reply;
 
 use std::convert::Infallible;
@@ -29,6 +30,7 @@ use http::HeaderValue;
 
 pub(crate) use activity::{Activity, CutOff, PartialHead};
 pub use future::SyncServiceFuture;
+pub(crate) use refused::RefusedConnection;
 
 use crate::body::{channel, Body, BridgeBody, Completion, Http2Flow, OwnedLine, BYTES_IN_FLIGHT};
 use crate::context::Context;
@@ -47,6 +49,28 @@ pub(crate) use head::{content_length, declared_length};
 use job::RequestJob;
 use pump::Pump;
 use reply::Reply;
+
+/// The completion of a request the service answers itself, without the handler, from
+/// `start`.
+fn answered_here(
+    parts: http::request::Parts,
+    start: Instant,
+    activity: Option<Arc<Activity>>,
+) -> Completion {
+    Completion {
+        line: Arc::new(OwnedLine {
+            method: parts.method,
+            uri: parts.uri,
+        }),
+        status: http::StatusCode::OK,
+        start,
+        bytes: 0,
+        expected: None,
+        complete: false,
+        http2: Http2Flow::Off,
+        activity,
+    }
+}
 
 /// The longest `Retry-After` sent, in seconds: a day.
 const MAX_RETRY_AFTER_SECS: u64 = 86_400;
@@ -117,6 +141,9 @@ pub struct SyncService<H> {
     /// Where its requests' `ClientIp` and `ClientScheme` come from, when the server was
     /// told its trusted proxies.
     client: Option<Arc<ClientSource>>,
+    /// Set when the bundled server refuses the connection: its requests are answered at
+    /// once, by this, not the handler.
+    refused: Option<Arc<RefusedConnection>>,
 }
 
 pub(crate) struct Shared<H> {
@@ -200,6 +227,25 @@ impl<H: Handler> SyncService<H> {
             peer,
             local,
             client: client.map(Arc::new),
+            refused: None,
+        }
+    }
+
+    /// The clone that answers every request of a connection the bundled server refuses
+    /// with `refused`'s answer, not the handler's: the request still gets its access line
+    /// and is counted, as any the service answers itself.
+    pub(crate) fn for_refused_connection(
+        &self,
+        activity: Arc<Activity>,
+        refused: Arc<RefusedConnection>,
+    ) -> Self {
+        SyncService {
+            shared: self.shared.clone(),
+            activity: Some(activity),
+            peer: None,
+            local: None,
+            client: None,
+            refused: Some(refused),
         }
     }
 
@@ -236,6 +282,9 @@ impl<H: Handler> SyncService<H> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
+        if let Some(refused) = &self.refused {
+            return self.refuse(refused, request);
+        }
         if request.version() != http::Version::HTTP_10 {
             return self.admit(request);
         }
@@ -243,6 +292,32 @@ impl<H: Handler> SyncService<H> {
         let mut future = self.admit(request);
         future.answers_http10(keep_alive);
         future
+    }
+
+    /// Answers a request of a refused connection: the request is over, whatever its
+    /// body (what hyper does with a body left unread, the connection's task knows).
+    #[cold]
+    fn refuse<B>(
+        &self,
+        refused: &RefusedConnection,
+        request: http::Request<B>,
+    ) -> SyncServiceFuture<B>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let start = Instant::now();
+        let (parts, body) = request.into_parts();
+        if let Some(activity) = &self.activity {
+            activity.request_started(parts.version);
+            if !body.is_end_stream() {
+                activity.request_body_seen();
+            }
+        }
+        let answer = refused.answer(parts.version, self.shared.retry_after.clone());
+        let completion = answered_here(parts, start, self.activity.clone());
+        SyncServiceFuture::ready(answer.map(BridgeBody::full), completion)
     }
 
     /// Refuses `request` at once (a head too large, a body declared too large, a head
@@ -268,19 +343,7 @@ impl<H: Handler> SyncService<H> {
         }
         let start = Instant::now();
         let activity = self.activity.clone();
-        let refused = |parts: http::request::Parts| Completion {
-            line: Arc::new(OwnedLine {
-                method: parts.method,
-                uri: parts.uri,
-            }),
-            status: http::StatusCode::OK,
-            start,
-            bytes: 0,
-            expected: None,
-            complete: false,
-            http2: Http2Flow::Off,
-            activity: activity.clone(),
-        };
+        let refused = |parts| answered_here(parts, start, activity.clone());
         let shared = &self.shared;
 
         // The bundled server's head checks look at `Host`; its size limit walks every
@@ -474,6 +537,7 @@ impl<H> Clone for SyncService<H> {
             peer: self.peer,
             local: self.local.clone(),
             client: self.client.clone(),
+            refused: self.refused.clone(),
         }
     }
 }
@@ -748,6 +812,7 @@ impl<H: Handler> SyncServiceBuilder<H> {
             peer: None,
             local: None,
             client: None,
+            refused: None,
         }
     }
 }

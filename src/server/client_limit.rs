@@ -9,23 +9,19 @@
 //! `limit_conn` does this job in front of a server; this is it for a server on its own.
 
 use std::collections::hash_map::{Entry, HashMap};
-use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode, Version};
-use http_body::Body as _;
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
-use tokio::sync::Notify;
 
-use super::conn::{ConnConfig, NewConn};
+use super::conn::{ConnConfig, NewConn, WatchedIo};
 use super::linger::{drain_then_close, LINGER};
 use super::remote::Peer;
 use super::signal::{DRAIN, FORCE};
+use crate::bridge::{Activity, RefusedConnection, SyncService};
+use crate::handler::Handler;
 use crate::metrics::ConnClosed;
 use crate::throttle::Throttle;
 
@@ -58,8 +54,6 @@ pub(super) struct ClientLimit {
     /// One entry per client with a connection open or being refused: each holds a slot
     /// under `max_connections`, so there are at most that many entries.
     open: Mutex<HashMap<ClientKey, Counts>>,
-    /// The `Retry-After` of the `503` a connection over the cap gets.
-    retry_after: HeaderValue,
 }
 
 /// One client's connections: those served, and those being answered `503`.
@@ -80,11 +74,10 @@ enum Taken {
 }
 
 impl ClientLimit {
-    pub(super) fn new(cap: usize, retry_after: HeaderValue) -> Self {
+    pub(super) fn new(cap: usize) -> Self {
         ClientLimit {
             cap: cap.max(1),
             open: Mutex::new(HashMap::new()),
-            retry_after,
         }
     }
 
@@ -192,21 +185,12 @@ pub(super) fn admit(config: &ConnConfig, client: Peer) -> Result<Option<ClientSl
             );
         }
     }
-    Err(OverCap {
-        retry_after: limit.retry_after.clone(),
-        slot: refused,
-    })
+    Err(OverCap { slot: refused })
 }
-
-/// Over which protocol a refused connection's request was answered.
-const NOT_YET: u8 = 0;
-const HTTP1: u8 = 1;
-const HTTP2: u8 = 2;
 
 /// A connection whose client holds the most it may.
 #[derive(Debug)]
 pub(super) struct OverCap {
-    retry_after: HeaderValue,
     /// Its place among its client's refused connections; `None` when there are too many
     /// of those: it is closed unanswered.
     slot: Option<ClientSlot>,
@@ -221,7 +205,16 @@ impl OverCap {
     /// request; while it is awaited the connection is closed unanswered when a new
     /// connection waits for its slot under `max_connections`, or the shutdown begins.
     /// Its answer is bounded by the body timeout, as any a client does not read.
-    pub(super) async fn answer(self, conn: NewConn, config: &ConnConfig) {
+    ///
+    /// `service` answers (`SyncService::for_refused_connection`), not a service of its
+    /// own: hyper's connection is then the one every connection is served with, compiled
+    /// once (a second one was 130 KB of code).
+    pub(super) async fn answer<H: Handler>(
+        self,
+        conn: NewConn,
+        config: &ConnConfig,
+        service: SyncService<H>,
+    ) {
         crate::metrics::connection_closed(ConnClosed::ClientLimit);
         // Its slot under `max_connections`, and its place among the refused, are held
         // until the end, as any connection's.
@@ -231,36 +224,18 @@ impl OverCap {
             accepted,
             ..
         } = conn;
-        let OverCap {
-            retry_after,
-            slot: Some(_slot),
-        } = self
-        else {
+        let OverCap { slot: Some(_slot) } = self else {
             return;
         };
         let socket = stream.conn_socket();
-        // Set by the service as it answers: over which protocol, and whether the request
-        // has a body (which the client may still be sending).
-        let answered = Arc::new(Notify::new());
-        let over = Arc::new(AtomicU8::new(NOT_YET));
-        let with_body = Arc::new(AtomicBool::new(false));
-        let service = {
-            let (answered, over, with_body) = (answered.clone(), over.clone(), with_body.clone());
-            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let protocol = if req.version() < Version::HTTP_2 {
-                    HTTP1
-                } else {
-                    HTTP2
-                };
-                over.store(protocol, Ordering::Relaxed);
-                with_body.store(!req.body().is_end_stream(), Ordering::Relaxed);
-                answered.notify_one();
-                let answer = too_many(req.version(), retry_after.clone());
-                async move { Ok::<_, Infallible>(answer) }
-            })
-        };
+        // The service tells it whether it answered, over which protocol, and whether the
+        // request had a body (which the client may still be sending).
+        let activity = Arc::new(Activity::new(accepted));
+        let refused = Arc::new(RefusedConnection::new(too_many));
+        let service = service.for_refused_connection(activity.clone(), refused.clone());
         let unread = {
-            let conn = config.http.serve_connection(TokioIo::new(stream), service);
+            let io = WatchedIo::new(stream, activity.clone());
+            let conn = config.http.serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
             let accepted = tokio::time::Instant::from_std(accepted);
             let due = super::conn::later(accepted, config.header_read_timeout);
@@ -275,7 +250,7 @@ impl OverCap {
                         said_if_failed(ended);
                         true
                     }
-                    _ = answered.notified() => false,
+                    _ = refused.answered() => false,
                 }
             });
             let ended = tokio::select! {
@@ -288,7 +263,7 @@ impl OverCap {
                 None => return,
                 // hyper may answer, and close for the answer's `Connection: close`, in
                 // one poll.
-                Some(true) => over.load(Ordering::Relaxed) != NOT_YET,
+                Some(true) => refused.was_answered(),
                 Some(false) => {
                     // No request after it: HTTP/1 closes after the answer, HTTP/2 says
                     // GOAWAY.
@@ -304,8 +279,8 @@ impl OverCap {
             };
             // Looked at while hyper still holds the socket open. (HTTP/2 resets what
             // it does not read, stream by stream.)
-            let lingers = written && over.load(Ordering::Relaxed) == HTTP1;
-            let more_may_come = with_body.load(Ordering::Relaxed);
+            let lingers = written && !activity.is_http2();
+            let more_may_come = activity.had_request_body();
             lingers
                 .then(|| socket.if_unread_input(more_may_come))
                 .flatten()
@@ -326,9 +301,9 @@ fn said_if_failed(ended: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
 }
 
 /// The `503` a connection over its client's cap gets.
-fn too_many(version: Version, retry_after: HeaderValue) -> Response<Full<Bytes>> {
+fn too_many(version: Version, retry_after: HeaderValue) -> Response<Bytes> {
     let body = "Service Unavailable: too many connections from this client, retry later\n";
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut response = Response::new(Bytes::from_static(body.as_bytes()));
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let headers = response.headers_mut();
     headers.insert(
@@ -367,7 +342,7 @@ mod tests {
 
     #[test]
     fn counts_each_client_up_to_the_cap_and_forgets_it_at_none() {
-        let limit = Arc::new(ClientLimit::new(2, HeaderValue::from(1)));
+        let limit = Arc::new(ClientLimit::new(2));
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let served = |taken: (Taken, usize)| match taken {
             (Taken::Served(slot), _) => slot,

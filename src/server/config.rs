@@ -209,7 +209,9 @@ impl Server {
     /// request and closed, its open ones served as before; said with a throttled `warn`
     /// naming the client, and counted in
     /// `syncbridge_connections_closed_total{reason="client_limit"}`. The handler does not
-    /// see the request, and no access line is logged for it.
+    /// see the request; the request has its access line (status `503`) and is counted
+    /// in the request metrics, as any answer the server makes itself (nginx logs
+    /// `limit_conn`'s so too).
     ///
     /// A refused connection holds its slot under `max_connections` while it is
     /// answered: its first request is due within the header read timeout of its accept,

@@ -102,10 +102,7 @@ pub(super) async fn serve<H: Handler>(
     // is dropped before a close in stages.
     let unread = {
         let conn = config.http.serve_connection(
-            WatchedIo {
-                io: TokioIo::new(stream),
-                activity: activity.clone(),
-            },
+            WatchedIo::new(stream, activity.clone()),
             service.for_connection(activity.clone(), peer_extension, local, client_source),
         );
         let mut conn = std::pin::pin!(conn);
@@ -697,12 +694,19 @@ impl Limits {
 /// The connection's socket as hyper sees it, telling `Activity` whether hyper waits to
 /// write: a response handed to hyper whole counts as done for the bridge while the
 /// client may still be reading it, and a slow reader is not an idle connection.
-struct WatchedIo {
+pub(super) struct WatchedIo {
     io: TokioIo<ConnStream>,
     activity: Arc<Activity>,
 }
 
 impl WatchedIo {
+    pub(super) fn new(stream: ConnStream, activity: Arc<Activity>) -> Self {
+        WatchedIo {
+            io: TokioIo::new(stream),
+            activity,
+        }
+    }
+
     fn watch<T>(&self, polled: Poll<T>) -> Poll<T> {
         self.activity.set_write_blocked(polled.is_pending());
         polled

@@ -169,10 +169,9 @@ impl Server {
                 .trusted_proxies
                 .clone()
                 .map(|list| Arc::new(Proxies::new(list, config.forwarded_headers))),
-            client_limit: config.max_connections_per_client.map(|cap| {
-                let retry_after = crate::bridge::retry_after_value(config.retry_after);
-                Arc::new(ClientLimit::new(cap, retry_after))
-            }),
+            client_limit: config
+                .max_connections_per_client
+                .map(|cap| Arc::new(ClientLimit::new(cap))),
             signal: ConnSignal::default(),
         });
         let signal_watcher = config.handle_signals.then(|| {
@@ -420,7 +419,7 @@ impl<H: Handler> ConnSpawner<H> {
                 }
                 Err(over) => {
                     let conn = new(stream, peer, None, None);
-                    let answer = async move { over.answer(conn, &config).await };
+                    let answer = async move { over.answer(conn, &config, service).await };
                     self.connections.spawn(answer.instrument(span));
                 }
             }
@@ -465,7 +464,7 @@ impl<H: Handler> ConnSpawner<H> {
                 }
                 Err(over) => {
                     let conn = new(stream, client, None, None);
-                    over.answer(conn, &config).instrument(span).await
+                    over.answer(conn, &config, service).instrument(span).await
                 }
             }
         });
