@@ -282,9 +282,6 @@ impl<H: Handler> SyncService<H> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        if let Some(refused) = &self.refused {
-            return self.refuse(refused, request);
-        }
         if request.version() != http::Version::HTTP_10 {
             return self.admit(request);
         }
@@ -296,11 +293,15 @@ impl<H: Handler> SyncService<H> {
 
     /// Answers a request of a refused connection: the request is over, whatever its
     /// body (what hyper does with a body left unread, the connection's task knows).
+    /// Called by `admit` with the request in parts, so that a request's path pays one
+    /// branch for it and no copy of the request.
     #[cold]
+    #[inline(never)]
     fn refuse<B>(
         &self,
         refused: &RefusedConnection,
-        request: http::Request<B>,
+        parts: http::request::Parts,
+        body: &B,
     ) -> SyncServiceFuture<B>
     where
         B: http_body::Body + Send + 'static,
@@ -308,7 +309,6 @@ impl<H: Handler> SyncService<H> {
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
-        let (parts, body) = request.into_parts();
         if let Some(activity) = &self.activity {
             activity.request_started(parts.version);
             if !body.is_end_stream() {
@@ -329,6 +329,9 @@ impl<H: Handler> SyncService<H> {
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = request.into_parts();
+        if let Some(refused) = &self.refused {
+            return self.refuse(refused, parts, &body);
+        }
         if let Some(peer) = self.peer {
             peer.insert_into(&mut parts.extensions);
         }
