@@ -46,6 +46,9 @@ pub(crate) enum Refused {
     SingleThreadFull,
     /// The request waited for a `SingleThread` past its queue timeout.
     SingleThreadTimeout,
+    /// Its connection's client held the most connections it may
+    /// (`Server::max_connections_per_client`).
+    ClientLimit,
 }
 
 impl From<Refusal> for Refused {
@@ -186,6 +189,7 @@ impl Refused {
             Refused::QueueTimeout => "queue_timeout",
             Refused::SingleThreadFull => "single_thread_full",
             Refused::SingleThreadTimeout => "single_thread_timeout",
+            Refused::ClientLimit => "client_limit",
         }
     }
 }

@@ -9,6 +9,8 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,11 +61,21 @@ async fn sent(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
 #[tokio::test]
 async fn a_client_past_its_cap_is_answered_503_and_its_open_connections_are_served() {
     logs::install();
+    // The server answers a refused connection's requests itself: the handler sees only
+    // the served ones.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = {
+        let calls = calls.clone();
+        move |req: Request| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            hello(req)
+        }
+    };
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0")
             .max_connections_per_client(2)
             .retry_after(Duration::from_secs(3)),
-        hello,
+        counted,
     );
     let mut first = held(server.addr).await;
     let _second = held(server.addr).await;
@@ -107,13 +119,27 @@ async fn a_client_past_its_cap_is_answered_503_and_its_open_connections_are_serv
     })
     .await;
 
+    // HTTP/1.0 asking to keep the connection: told it closes, and closed.
+    let mut old = sent(
+        server.addr,
+        b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    let reply = read_raw_response(&mut old).await.expect("an answer");
+    assert_eq!(reply.status, 503, "{}", reply.head);
+    let head = reply.head.to_ascii_lowercase();
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(!head.contains("keep-alive"), "{head}");
+    assert!(closed_by_server(&mut old).await);
+
     // HTTP/2: the answer, then a GOAWAY that ends the connection.
     let stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let port = stream.local_addr().unwrap().port();
     let (mut send, conn) = within(http2::handshake(TokioExecutor::new(), TokioIo::new(stream)))
         .await
         .expect("h2 handshake");
     let conn = tokio::spawn(conn);
-    let req = http::Request::get("http://localhost/")
+    let req = http::Request::get("http://localhost/over-h2")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let reply = support::collect(within(send.send_request(req)).await.unwrap()).await;
@@ -122,6 +148,15 @@ async fn a_client_past_its_cap_is_answered_503_and_its_open_connections_are_serv
     // The GOAWAY ends it while the client would still send.
     within(conn).await.unwrap().expect("a clean end");
     drop(send);
+    assert!(
+        logs::eventually_contains(&[
+            "INFO",
+            "path=/over-h2",
+            "status=503",
+            &format!("peer=127.0.0.1:{port}"),
+        ])
+        .await
+    );
 
     // The client's open connections are served as before.
     assert_eq!(status_on(&mut first).await, 200);
@@ -140,6 +175,8 @@ async fn a_client_past_its_cap_is_answered_503_and_its_open_connections_are_serv
         }
     })
     .await;
+    // The two held connections' first requests, the first's second, and the new one's.
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
     server.stop().await;
 }
 

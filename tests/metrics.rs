@@ -434,6 +434,7 @@ async fn a_dashboard_sees_each_outcome_once() {
         ("syncbridge_requests_total{status=499}", 1),
         ("syncbridge_request_duration_seconds", 15),
         ("syncbridge_requests_refused_total{reason=pool_full}", 2),
+        ("syncbridge_requests_refused_total{reason=client_limit}", 1),
         ("syncbridge_handler_timeouts_total", 1),
         ("syncbridge_stream_timeouts_total", 1),
         ("syncbridge_handler_failures_total{kind=panic}", 2),

@@ -1098,3 +1098,12 @@ async fn with_half_close_on_a_client_that_closes_its_sending_side_is_answered() 
     assert_eq!(reply.body, b"stored hello");
     server.stop().await;
 }
+
+/// `serve_async`'s future may be spawned (`Send`) and shared between threads (`Sync`):
+/// a check at compile time, which a future that stopped being either would fail.
+#[test]
+fn serve_asyncs_future_is_send_and_sync() {
+    fn send_and_sync<T: Send + Sync>(_: &T) {}
+    let future = Server::bind("127.0.0.1:0").serve_async(|_req: Request| "hello");
+    send_and_sync(&future);
+}

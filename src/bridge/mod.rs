@@ -315,6 +315,7 @@ impl<H: Handler> SyncService<H> {
                 activity.request_body_seen();
             }
         }
+        crate::metrics::refused(crate::metrics::Refused::ClientLimit);
         let answer = refused.answer(parts.version, self.shared.retry_after.clone());
         let completion = answered_here(parts, start, self.activity.clone());
         SyncServiceFuture::ready(answer.map(BridgeBody::full), completion)

@@ -20,7 +20,7 @@ use super::conn::{ConnConfig, NewConn, WatchedIo};
 use super::linger::{drain_then_close, LINGER};
 use super::remote::Peer;
 use super::signal::{DRAIN, FORCE};
-use crate::bridge::{Activity, RefusedConnection, SyncService};
+use crate::bridge::{Activity, CutOff, RefusedConnection, SyncService};
 use crate::handler::Handler;
 use crate::metrics::ConnClosed;
 use crate::throttle::Throttle;
@@ -268,11 +268,19 @@ impl OverCap {
                     // No request after it: HTTP/1 closes after the answer, HTTP/2 says
                     // GOAWAY.
                     conn.as_mut().graceful_shutdown();
+                    // Cut off, its answer says why in its own line (as any request's).
                     tokio::select! {
                         biased;
-                        _ = config.signal.reached(FORCE) => false,
+                        _ = config.signal.reached(FORCE) => {
+                            activity.cut_off(CutOff::Shutdown);
+                            false
+                        }
                         ended = tokio::time::timeout(config.write_stall_timeout, conn.as_mut()) => {
-                            ended.map(said_if_failed).is_ok()
+                            let ended = ended.map(said_if_failed);
+                            if ended.is_err() {
+                                activity.cut_off(CutOff::StalledClient);
+                            }
+                            ended.is_ok()
                         }
                     }
                 }

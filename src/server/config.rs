@@ -208,10 +208,12 @@ impl Server {
     /// Unavailable` with `Retry-After` ([`retry_after`](Self::retry_after)) to its first
     /// request and closed, its open ones served as before; said with a throttled `warn`
     /// naming the client, and counted in
-    /// `syncbridge_connections_closed_total{reason="client_limit"}`. The handler does not
-    /// see the request; the request has its access line (status `503`) and is counted
-    /// in the request metrics, as any answer the server makes itself (nginx logs
-    /// `limit_conn`'s so too).
+    /// `syncbridge_connections_closed_total{reason="client_limit"}`. Over HTTP/2 each
+    /// request the client sent before the GOAWAY is answered so. The handler does not
+    /// see them; each has its access line (status `503`) and is counted in the request
+    /// metrics, as a refusal (`syncbridge_requests_refused_total{reason="client_limit"}`)
+    /// among them, as any answer the server makes itself (nginx logs `limit_conn`'s so
+    /// too).
     ///
     /// A refused connection holds its slot under `max_connections` while it is
     /// answered: its first request is due within the header read timeout of its accept,

@@ -106,7 +106,11 @@ impl Server {
     /// accept loop and the shutdown, 36 KiB of code), and an `async fn`'s body is a
     /// closure, which rustc copies into each codegen unit that polls or drops it: three
     /// copies without the box, one with it.
-    fn run<H: Handler>(self, handler: H) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+    /// `Sync` as the future was before it was boxed (nothing in it is shared).
+    fn run<H: Handler>(
+        self,
+        handler: H,
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + Sync>> {
         Box::pin(self.serving(handler))
     }
 
