@@ -8,8 +8,16 @@ use std::time::{Duration, Instant};
 /// `Activity::write_blocked_since_ms` when the socket is not full.
 const NOT_BLOCKED: u64 = u64::MAX;
 
-/// `Activity::head_since_ms` when no request head is on its way.
-const NO_HEAD: u64 = u64::MAX;
+/// `Activity::head`'s top bit: a read with no request in flight has returned since the
+/// connection task last looked (`head_begun`).
+const READ_WHILE_IDLE: u64 = 1 << 63;
+
+/// `Activity::head`'s other bits: milliseconds since `epoch` when the next request's
+/// head began to arrive, or `NO_HEAD`.
+const STAMP: u64 = !READ_WHILE_IDLE;
+
+/// `Activity::head`'s stamp when no request head is on its way.
+const NO_HEAD: u64 = STAMP;
 
 /// What the bundled server knows of one connection: requests in flight, when the last
 /// one ended, and whether it speaks HTTP/2; for its keep-alive and header timeouts. And,
@@ -19,14 +27,16 @@ pub(crate) struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` when the last request ended (0: the connection's start).
     last_busy_ms: AtomicU64,
-    /// Milliseconds since `epoch` when the next request's head began to arrive (bytes
-    /// read with no request in flight), or `NO_HEAD`. 0 at first: a connection's first
-    /// request is due from its start.
-    head_since_ms: AtomicU64,
-    /// Whether a read with no request in flight has returned since the connection task
-    /// last looked (`head_begun`). The task stamps `head_since_ms` only if the head is
-    /// still incomplete then, so that a head that comes whole costs no clock read.
-    read_while_idle: AtomicBool,
+    /// In its `STAMP` bits, milliseconds since `epoch` when the next request's head
+    /// began to arrive (bytes read with no request in flight), or `NO_HEAD`; 0 at first:
+    /// a connection's first request is due from its start. In its `READ_WHILE_IDLE` bit,
+    /// whether a read with no request in flight has returned since the connection task
+    /// last looked (`head_begun`): the task stamps the head only if it is still
+    /// incomplete then, so that a head that comes whole costs no clock read. One word,
+    /// so that the task's stamp and a body's clear from another thread (a request body
+    /// read after its response: what was read was its bytes) cannot cross: the stamp is
+    /// written only if nothing changed since the read was seen.
+    head: AtomicU64,
     /// Whether a read with no request in flight has ever returned: for a connection's
     /// first request, due from its start, whether any of its head came (a browser's
     /// unused preconnect sends none).
@@ -88,8 +98,7 @@ impl Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             last_busy_ms: AtomicU64::new(0),
-            head_since_ms: AtomicU64::new(0),
-            read_while_idle: AtomicBool::new(false),
+            head: AtomicU64::new(0),
             head_read: AtomicBool::new(false),
             bodies_after_response: AtomicUsize::new(0),
             http2: AtomicBool::new(false),
@@ -111,8 +120,7 @@ impl Activity {
         // The head read with no request in flight was this one's, even if the request is
         // done again before the connection task looks (hyper may write a quick response
         // in the same poll).
-        self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
-        self.read_while_idle.store(false, Ordering::Relaxed);
+        self.head.store(NO_HEAD, Ordering::Relaxed);
     }
 
     pub(crate) fn request_done(&self) {
@@ -136,7 +144,8 @@ impl Activity {
     /// response: what is read meanwhile is that body, not the next request's head.
     pub(crate) fn body_moved(&self) {
         self.touch();
-        self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
+        // The stamp cleared, a read seen or not: its bits all set are `NO_HEAD`.
+        self.head.fetch_or(STAMP, Ordering::Relaxed);
     }
 
     /// Records whether the last write found the socket full. The clock is read only when
@@ -213,7 +222,7 @@ impl Activity {
     /// end): with no request in flight, the next request's head may have begun.
     pub(crate) fn read_returned(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0 {
-            self.read_while_idle.store(true, Ordering::Relaxed);
+            self.head.fetch_or(READ_WHILE_IDLE, Ordering::Relaxed);
         }
     }
 
@@ -221,33 +230,53 @@ impl Activity {
     /// request head began to arrive since the last call and is still incomplete (no
     /// request in flight), in which case its time counts from now.
     pub(crate) fn head_begun(&self) -> bool {
-        // Plain loads and stores: the connection task is the only reader of the flag and
-        // the only one to set it. The flag and the stamp are cleared from elsewhere too,
-        // by a body read on after its response (`body_moved` and `BodyAfterResponse`, the
-        // pump's task): a stamp written just after such a clear is cleared again at the
-        // body's next move or its end, and if neither comes the body has stalled, which
-        // the header timeout may then bound from that stamp.
-        if !self.read_while_idle.load(Ordering::Relaxed) {
-            return false;
+        self.head_begun_with(|| {})
+    }
+
+    /// `head_begun`, with `meanwhile` run between its look and its stamp: where a body
+    /// read after its response may clear both from another thread (its tests).
+    fn head_begun_with(&self, meanwhile: impl FnOnce()) -> bool {
+        // Only the connection task sets the stamp. A body read on after its response
+        // clears it (`body_moved`, `BodyAfterResponse`, the pump's task), and with its
+        // end the read seen: then what was read was the body's, and a stamp written
+        // after that clear would stand, and answer `408` on a connection that is only
+        // idle. So the stamp replaces the very word looked at, or nothing.
+        let mut seen = self.head.load(Ordering::Relaxed);
+        let mut meanwhile = Some(meanwhile);
+        loop {
+            if seen & READ_WHILE_IDLE == 0 {
+                return false;
+            }
+            let stamp = seen & STAMP;
+            let idle = self.in_flight() == 0;
+            let (new, stamped) = if !idle || stamp != NO_HEAD {
+                (stamp, false)
+            } else {
+                // Never 0, which stands for the connection's start (its first request).
+                (self.now_ms().max(1), true)
+            };
+            if let Some(meanwhile) = meanwhile.take() {
+                meanwhile();
+            }
+            match self
+                .head
+                .compare_exchange(seen, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    if idle {
+                        self.head_read.store(true, Ordering::Relaxed);
+                    }
+                    return stamped;
+                }
+                Err(now) => seen = now,
+            }
         }
-        self.read_while_idle.store(false, Ordering::Relaxed);
-        if self.in_flight() > 0 {
-            return false;
-        }
-        self.head_read.store(true, Ordering::Relaxed);
-        if self.head_since_ms.load(Ordering::Relaxed) != NO_HEAD {
-            return false;
-        }
-        // Never 0, which stands for the connection's start (its first request).
-        self.head_since_ms
-            .store(self.now_ms().max(1), Ordering::Relaxed);
-        true
     }
 
     /// How long the request head on its way has been arriving (since the connection's
     /// start, for its first), if one is.
     pub(crate) fn head_arriving_for(&self) -> Option<Duration> {
-        let since = self.head_since_ms.load(Ordering::Relaxed);
+        let since = self.head.load(Ordering::Relaxed) & STAMP;
         (since != NO_HEAD).then(|| self.since(since))
     }
 
@@ -258,7 +287,7 @@ impl Activity {
         if self.is_http2() || self.bodies_after_response.load(Ordering::Relaxed) > 0 {
             return None;
         }
-        match self.head_since_ms.load(Ordering::Relaxed) {
+        match self.head.load(Ordering::Relaxed) & STAMP {
             NO_HEAD => None,
             // Due from the connection's start: something came only if a read returned.
             0 => self
@@ -381,8 +410,57 @@ impl Drop for BodyAfterResponse {
         // What its reads stamped (a drain's deadline, `head_begun`), or would have, was
         // the body's, not a head's: left, it would answer `408` on a connection that is
         // only idle.
-        self.0.read_while_idle.store(false, Ordering::Relaxed);
-        self.0.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
+        self.0.head.store(NO_HEAD, Ordering::Relaxed);
         self.0.bodies_after_response.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_seen_then_cleared_by_a_body_ending_stamps_no_head() {
+        let activity = Arc::new(Activity::new(Instant::now()));
+        // A request, answered; its body is read on after the response.
+        activity.request_started(http::Version::HTTP_11);
+        let body = activity.body_after_response();
+        activity.request_done();
+        // The connection reads the body's last bytes, with no request in flight.
+        activity.read_returned();
+        // The connection task looks; meanwhile the body ends on the pump's thread.
+        let stamped = activity.head_begun_with(|| drop(body));
+        assert!(!stamped);
+        assert_eq!(activity.head_arriving_for(), None);
+        assert_eq!(activity.partial_head(), None);
+    }
+
+    #[test]
+    fn a_read_with_no_request_in_flight_stamps_the_next_head() {
+        let activity = Arc::new(Activity::new(Instant::now()));
+        activity.request_started(http::Version::HTTP_11);
+        activity.request_done();
+        assert!(!activity.head_begun(), "nothing read");
+        activity.read_returned();
+        assert!(activity.head_begun());
+        assert_eq!(activity.partial_head(), Some(PartialHead::Http1));
+        // Looked at once: the stamp stands, and is not made again.
+        activity.read_returned();
+        assert!(!activity.head_begun());
+        assert!(activity.head_arriving_for().is_some());
+        // The head came whole: its request clears it.
+        activity.request_started(http::Version::HTTP_11);
+        assert_eq!(activity.head_arriving_for(), None);
+    }
+
+    #[test]
+    fn a_body_moving_clears_the_stamp_but_not_a_read_seen() {
+        let activity = Arc::new(Activity::new(Instant::now()));
+        activity.request_started(http::Version::HTTP_11);
+        activity.request_done();
+        activity.read_returned();
+        activity.body_moved();
+        assert_eq!(activity.head_arriving_for(), None);
+        assert!(activity.head_begun(), "the read is still seen");
     }
 }
