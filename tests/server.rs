@@ -834,6 +834,70 @@ async fn at_the_connection_limit_an_idle_keep_alive_connection_makes_room_for_a_
 }
 
 #[tokio::test]
+async fn a_slot_freed_by_a_connection_that_ends_closes_no_idle_connection_for_no_one() {
+    // At the limit the server asks an idle connection to make room for the one waiting.
+    // When a busy connection ends by itself instead, the waiting one takes its slot, and
+    // the request for room must go with it: left standing, the next connection to go
+    // idle would be closed for no one.
+    let (started_tx, started) = mpsc::sync_channel(4);
+    let (release_a, a) = mpsc::sync_channel::<()>(1);
+    let (release_b, b) = mpsc::sync_channel::<()>(1);
+    let (started_tx, a, b) = (Mutex::new(started_tx), Mutex::new(a), Mutex::new(b));
+    let server = TestServer::start_with(
+        Server::bind("127.0.0.1:0")
+            .max_connections(2)
+            .keep_alive_timeout(Some(Duration::from_secs(60)))
+            .header_read_timeout(Duration::from_secs(60)),
+        move |req: Request| {
+            let gate = match req.uri().path() {
+                "/a" => Some(&a),
+                "/b" => Some(&b),
+                _ => None,
+            };
+            if let Some(gate) = gate {
+                started_tx.lock().unwrap().send(()).unwrap();
+                let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            }
+            "done"
+        },
+    );
+    let sent = |request: &'static [u8]| async move {
+        let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+        within(stream.write_all(request)).await.unwrap();
+        stream
+    };
+    // Both slots busy: one connection closes after its response, the other is kept.
+    let mut closing = sent(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let started = recv_blocking(started).await;
+    let mut kept = sent(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let _started = recv_blocking(started).await;
+    // A third waits for a slot; the server asks for room, and no connection is idle.
+    let mut waiting = sent(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let early =
+        tokio::time::timeout(Duration::from_millis(300), read_raw_response(&mut waiting)).await;
+    assert!(early.is_err(), "served past the limit");
+
+    // The closing connection's end frees its slot, and the waiting one is served.
+    release_a.send(()).unwrap();
+    assert_eq!(read_raw_response(&mut closing).await.unwrap().status, 200);
+    assert!(closed_by_server(&mut closing).await);
+    assert_eq!(read_raw_response(&mut waiting).await.unwrap().status, 200);
+    // The kept one's request ends too: two idle connections, no one waiting, both kept.
+    release_b.send(()).unwrap();
+    assert_eq!(read_raw_response(&mut kept).await.unwrap().status, 200);
+    for stream in [&mut waiting, &mut kept] {
+        let _ = within(stream.write_all(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+        let reply = read_raw_response(stream).await;
+        assert_eq!(
+            reply.map(|r| r.status),
+            Some(200),
+            "an idle connection closed for no one"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn queued_request_body_is_not_read_until_a_handler_takes_it() {
     use std::io::Read;
     use tokio::io::AsyncReadExt;
