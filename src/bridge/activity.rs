@@ -284,7 +284,8 @@ impl Activity {
     /// (`head_arriving_for`) and bytes for it were read, not a request body read after
     /// its response. What the header read timeout may answer `408`.
     pub(crate) fn partial_head(&self) -> Option<PartialHead> {
-        if self.is_http2() || self.bodies_after_response.load(Ordering::Relaxed) > 0 {
+        // Acquire: a body's end seen here comes with its clear of the stamp (its drop).
+        if self.is_http2() || self.bodies_after_response.load(Ordering::Acquire) > 0 {
             return None;
         }
         match self.head.load(Ordering::Relaxed) & STAMP {
@@ -411,7 +412,8 @@ impl Drop for BodyAfterResponse {
         // the body's, not a head's: left, it would answer `408` on a connection that is
         // only idle.
         self.0.head.store(NO_HEAD, Ordering::Relaxed);
-        self.0.bodies_after_response.fetch_sub(1, Ordering::Relaxed);
+        // Release: whoever sees it gone sees the clear above (`partial_head`).
+        self.0.bodies_after_response.fetch_sub(1, Ordering::Release);
     }
 }
 
