@@ -254,6 +254,25 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
+    /// A request's, from its arrival at `start`, before its response is known.
+    #[inline]
+    pub(crate) fn new(
+        line: Arc<dyn RequestLine>,
+        start: Instant,
+        activity: Option<Arc<Activity>>,
+    ) -> Self {
+        Completion {
+            line,
+            status: StatusCode::OK,
+            start,
+            bytes: 0,
+            expected: None,
+            complete: false,
+            http2: Http2Flow::Off,
+            activity,
+        }
+    }
+
     pub(crate) fn method(&self) -> &Method {
         self.line.method()
     }

@@ -13,7 +13,7 @@ mod request;
 mod response;
 
 pub use bridge::BridgeBody;
-pub(crate) use bridge::{Completion, Http2Flow, OwnedLine, RequestLine};
+pub(crate) use bridge::{Completion, OwnedLine, RequestLine};
 pub(crate) use channel::{FaultProbe, MIN_PROGRESS};
 pub(crate) use produce::{produce, Produced};
 pub use request::Body;

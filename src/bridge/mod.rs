@@ -32,7 +32,7 @@ pub(crate) use activity::{Activity, CutOff, PartialHead};
 pub use future::SyncServiceFuture;
 pub(crate) use refused::RefusedConnection;
 
-use crate::body::{channel, Body, BridgeBody, Completion, Http2Flow, OwnedLine, BYTES_IN_FLIGHT};
+use crate::body::{channel, Body, BridgeBody, Completion, OwnedLine, BYTES_IN_FLIGHT};
 use crate::context::Context;
 use crate::handler::{Handler, Request};
 use crate::offload::DropsOffRuntime;
@@ -57,19 +57,11 @@ fn answered_here(
     start: Instant,
     activity: Option<Arc<Activity>>,
 ) -> Completion {
-    Completion {
-        line: Arc::new(OwnedLine {
-            method: parts.method,
-            uri: parts.uri,
-        }),
-        status: http::StatusCode::OK,
-        start,
-        bytes: 0,
-        expected: None,
-        complete: false,
-        http2: Http2Flow::Off,
-        activity,
-    }
+    let line = Arc::new(OwnedLine {
+        method: parts.method,
+        uri: parts.uri,
+    });
+    Completion::new(line, start, activity)
 }
 
 /// The longest `Retry-After` sent, in seconds: a day.
@@ -417,16 +409,7 @@ impl<H: Handler> SyncService<H> {
             start,
         ));
         let cell: Arc<dyn Reply> = job.clone();
-        let completion = Completion {
-            line: job.clone(),
-            status: http::StatusCode::OK,
-            start,
-            bytes: 0,
-            expected: None,
-            complete: false,
-            http2: Http2Flow::Off,
-            activity,
-        };
+        let completion = Completion::new(job.clone(), start, activity);
 
         match shared.pool.try_submit(Job::Shared(job)) {
             Ok(admission) => {
