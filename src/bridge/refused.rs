@@ -1,7 +1,8 @@
 //! A connection the bundled server refuses whole (its client holds the most it may:
 //! `server::client_limit`): the service answers each of its requests itself, at once,
-//! counts it as refused (`client_limit`), and tells the connection's task that it did. Served by the same hyper connection as
-//! any other, so that hyper's HTTP/1 and HTTP/2 code is compiled once, not twice.
+//! counts it as refused (`client_limit`), and tells the connection's task that it did.
+//! Served by the same hyper connection as any other, so that hyper's HTTP/1 and HTTP/2
+//! code is compiled once, not twice.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

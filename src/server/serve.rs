@@ -105,8 +105,8 @@ impl Server {
     /// The server's future, boxed: it is the largest state machine of the crate (the
     /// accept loop and the shutdown, 36 KiB of code), and an `async fn`'s body is a
     /// closure, which rustc copies into each codegen unit that polls or drops it: three
-    /// copies without the box, one with it.
-    /// `Sync` as the future was before it was boxed (nothing in it is shared).
+    /// copies without the box, one with it. `Send` and `Sync`, as the future was before
+    /// it was boxed.
     fn run<H: Handler>(
         self,
         handler: H,
