@@ -181,6 +181,22 @@ async fn a_client_past_its_cap_is_answered_503_and_its_open_connections_are_serv
 }
 
 #[tokio::test]
+async fn an_ipv6_client_is_counted_as_one_too() {
+    // Over IPv6 loopback (`::1`), where the machine has it: a client's key is its
+    // address's /64, which a unit test covers; this is the path over real sockets.
+    let Ok(bound) = Server::try_bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback here: skipped");
+        return;
+    };
+    let server = TestServer::start_with(bound.max_connections_per_client(1), hello);
+    assert!(server.addr.is_ipv6());
+    let mut first = held(server.addr).await;
+    assert_eq!(support::get(server.addr, "/").await.status, 503);
+    assert_eq!(status_on(&mut first).await, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_trusted_proxys_connections_are_not_counted() {
     let proxies: Vec<TrustedProxy> = vec!["127.0.0.1".parse().unwrap()];
     let server = TestServer::start_with(
