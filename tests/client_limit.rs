@@ -1,10 +1,10 @@
 //! `Server::max_connections_per_client`: a client past its cap gets `503` with
 //! `Retry-After` on its new connection, over HTTP/1.1 and HTTP/2, while its open
 //! connections are served; a connection that ends gives its place back; trusted proxies
-//! are not counted; a client cannot hold more slots through refused connections (at
-//! most four are answered at once, and one awaiting its request gives its slot up to a
-//! connection waiting for one); and a request body sent before the answer is read does
-//! not turn it into a reset.
+//! are not counted; an IPv6 client (over `::1`) is counted too; a client cannot hold
+//! more slots through refused connections (at most four are answered at once, and one
+//! awaiting its request gives its slot up to a connection waiting for one); and a
+//! request body sent before the answer is read does not turn it into a reset.
 
 mod support;
 
