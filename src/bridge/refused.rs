@@ -7,39 +7,27 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{HeaderValue, Version};
+use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode, Version};
 use tokio::sync::Notify;
 
-/// Makes the answer to a refused connection's request, from the request's version and
-/// the service's `Retry-After`.
-pub(crate) type Answer = fn(Version, HeaderValue) -> http::Response<Bytes>;
-
-/// A connection whose requests the service answers with `answer`, not the handler.
-#[derive(Debug)]
+/// A connection whose requests the service answers `503` itself, not the handler.
+#[derive(Debug, Default)]
 pub(crate) struct RefusedConnection {
-    answer: Answer,
     answered: AtomicBool,
     notify: Notify,
 }
 
 impl RefusedConnection {
-    pub(crate) fn new(answer: Answer) -> Self {
-        RefusedConnection {
-            answer,
-            answered: AtomicBool::new(false),
-            notify: Notify::new(),
-        }
+    pub(crate) fn new() -> Self {
+        RefusedConnection::default()
     }
 
     /// The answer to one of its requests; the connection's task hears of it.
-    pub(super) fn answer(
-        &self,
-        version: Version,
-        retry_after: HeaderValue,
-    ) -> http::Response<Bytes> {
+    pub(super) fn answer(&self, version: Version, retry_after: HeaderValue) -> Response<Bytes> {
         self.answered.store(true, Ordering::Release);
         self.notify.notify_one();
-        (self.answer)(version, retry_after)
+        too_many(version, retry_after)
     }
 
     /// Whether a request of it has been answered.
@@ -51,5 +39,46 @@ impl RefusedConnection {
     /// waiter, the connection's task).
     pub(crate) async fn answered(&self) {
         self.notify.notified().await
+    }
+}
+
+/// The `503` a connection over its client's cap gets, by the request's version.
+fn too_many(version: Version, retry_after: HeaderValue) -> Response<Bytes> {
+    let body = "Service Unavailable: too many connections from this client, retry later\n";
+    let mut response = Response::new(Bytes::from_static(body.as_bytes()));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(RETRY_AFTER, retry_after);
+    // HTTP/2 has no such header: its GOAWAY says it.
+    if version < Version::HTTP_2 {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn says_connection_close_over_http1_only() {
+        for (version, close) in [
+            (Version::HTTP_10, true),
+            (Version::HTTP_11, true),
+            (Version::HTTP_2, false),
+        ] {
+            let answer = too_many(version, HeaderValue::from(7));
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(answer.headers()[RETRY_AFTER], "7");
+            assert_eq!(
+                answer.headers().contains_key(CONNECTION),
+                close,
+                "{version:?}"
+            );
+        }
     }
 }

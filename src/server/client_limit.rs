@@ -1,7 +1,7 @@
 //! The most connections one client may hold open at once
 //! ([`Server::max_connections_per_client`](crate::Server::max_connections_per_client)):
-//! a count of each client's open connections, and the answer a connection past the cap
-//! gets.
+//! a count of each client's open connections, and how a connection past the cap is
+//! answered (its `503` is the service's: `bridge::RefusedConnection`).
 //!
 //! Without a cap one client can take every slot under `max_connections`: a connection
 //! that is busy, or still sending its first request, is never closed to make room (the
@@ -11,10 +11,6 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-
-use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Response, StatusCode, Version};
 
 use super::conn::{ConnConfig, NewConn, WatchedIo};
 use super::linger::{drain_then_close, LINGER};
@@ -231,7 +227,7 @@ impl OverCap {
         // The service tells it whether it answered, over which protocol, and whether the
         // request had a body (which the client may still be sending).
         let activity = Arc::new(Activity::new(accepted));
-        let refused = Arc::new(RefusedConnection::new(too_many));
+        let refused = Arc::new(RefusedConnection::new());
         let service = service.for_refused_connection(activity.clone(), refused.clone());
         let unread = {
             let io = WatchedIo::new(stream, activity.clone());
@@ -308,45 +304,9 @@ fn said_if_failed(ended: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     }
 }
 
-/// The `503` a connection over its client's cap gets.
-fn too_many(version: Version, retry_after: HeaderValue) -> Response<Bytes> {
-    let body = "Service Unavailable: too many connections from this client, retry later\n";
-    let mut response = Response::new(Bytes::from_static(body.as_bytes()));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(RETRY_AFTER, retry_after);
-    // HTTP/2 has no such header: its GOAWAY says it.
-    if version < Version::HTTP_2 {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn says_connection_close_over_http1_only() {
-        for (version, close) in [
-            (Version::HTTP_10, true),
-            (Version::HTTP_11, true),
-            (Version::HTTP_2, false),
-        ] {
-            let answer = too_many(version, HeaderValue::from(7));
-            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(answer.headers()[RETRY_AFTER], "7");
-            assert_eq!(
-                answer.headers().contains_key(CONNECTION),
-                close,
-                "{version:?}"
-            );
-        }
-    }
 
     #[test]
     fn counts_each_client_up_to_the_cap_and_forgets_it_at_none() {
