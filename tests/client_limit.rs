@@ -3,8 +3,9 @@
 //! connections are served; a connection that ends gives its place back; trusted proxies
 //! are not counted; an IPv6 client (over `::1`) is counted too; a client cannot hold
 //! more slots through refused connections (at most four are answered at once, and one
-//! awaiting its request gives its slot up to a connection waiting for one); and a
-//! request body sent before the answer is read does not turn it into a reset.
+//! awaiting its request gives its slot up to a connection waiting for one); a request
+//! body sent before the answer is read does not turn it into a reset; and a client that
+//! takes no answer is closed at the body timeout, or at the shutdown's deadline.
 
 mod support;
 
@@ -351,4 +352,110 @@ async fn a_header_read_timeout_of_duration_max_still_answers_a_refused_connectio
     let reply = read_raw_response(&mut over).await.expect("an answer");
     assert_eq!(reply.status, 503);
     server.stop().await;
+}
+
+/// An HTTP/2 connection that opens only `window` bytes of flow-control window per
+/// stream, and its client's port: an answer longer than that (the refusal's is 73
+/// bytes) waits on a client that never reads, as the client keeps answering the
+/// server's frames.
+async fn h2_taking_no_more_than(
+    addr: SocketAddr,
+    window: u32,
+) -> (
+    http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<()>,
+    u16,
+) {
+    let stream = within(TcpStream::connect(addr)).await.unwrap();
+    let port = stream.local_addr().unwrap().port();
+    let (send, conn) = within(
+        http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .handshake(TokioIo::new(stream)),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, conn, port)
+}
+
+/// Sends `GET path` on `send`, and asserts the refusal's head came.
+async fn refused_head(
+    send: &mut http2::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let req = http::Request::get(format!("http://localhost{path}"))
+        .body(Empty::new())
+        .unwrap();
+    let held = within(send.send_request(req)).await.expect("a head");
+    assert_eq!(held.status(), 503);
+    held
+}
+
+/// Asserts the held answer never arrived whole, and its connection was closed. (Reading
+/// it opens the window: only once the server has closed the connection.)
+async fn assert_cut_off(
+    held: http::Response<hyper::body::Incoming>,
+    conn: tokio::task::JoinHandle<()>,
+) {
+    use http_body_util::BodyExt;
+    let body = within(held.into_body().collect()).await;
+    assert!(body.is_err(), "the held answer arrived whole");
+    within(conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_client_that_takes_no_answer_is_closed_at_the_body_timeout() {
+    logs::install();
+    let (server, _served) =
+        at_its_cap(Server::bind("127.0.0.1:0").body_timeout(Duration::from_millis(300))).await;
+    let (mut send, conn, port) = h2_taking_no_more_than(server.addr, 8).await;
+    let held = refused_head(&mut send, "/refused-and-stalled").await;
+    // Said as a stall on any connection is, naming its client.
+    assert!(
+        logs::eventually_contains(&[
+            "WARN",
+            "client refused for its cap took too little of its 503 for the body timeout; \
+             connection closed",
+            "timeout_ms=300",
+            &format!("peer=127.0.0.1:{port}"),
+        ])
+        .await
+    );
+    assert_cut_off(held, conn).await;
+    // Its request was answered: hyper took the whole answer, the client did not.
+    assert!(logs::contains(&[
+        "INFO",
+        "path=/refused-and-stalled",
+        "status=503",
+        &format!("peer=127.0.0.1:{port}"),
+    ]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_client_that_takes_no_answer_does_not_hold_the_shutdown_past_its_deadline() {
+    logs::install();
+    // The body timeout (30 s) is not reached: only the deadline ends it.
+    let (mut server, _served) =
+        at_its_cap(Server::bind("127.0.0.1:0").shutdown_timeout(Duration::from_millis(200))).await;
+    let (mut send, conn, _) = h2_taking_no_more_than(server.addr, 8).await;
+    let held = refused_head(&mut send, "/refused-at-shutdown").await;
+    let t0 = std::time::Instant::now();
+    server.handle.shutdown();
+    within(server.join()).await.expect("serve returned Ok");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_cut_off(held, conn).await;
+    // Counted in the server's line (the idle connection closed at the drain).
+    assert!(logs::contains(&[
+        "WARN",
+        "shutdown deadline reached; cutting off the remaining connections",
+        "connections=1",
+    ]));
 }

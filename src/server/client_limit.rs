@@ -264,7 +264,11 @@ impl OverCap {
                     // No request after it: HTTP/1 closes after the answer, HTTP/2 says
                     // GOAWAY.
                     conn.as_mut().graceful_shutdown();
-                    // Cut off, its answer says why in its own line (as any request's).
+                    // Cut off, a request still in flight (its answer not yet handed to
+                    // hyper) says why in its own line, as any request's. The answer is
+                    // small, so hyper has usually taken it whole, and the request is done:
+                    // a stall is then said here. The shutdown's cut-off is counted in the
+                    // server's own line.
                     tokio::select! {
                         biased;
                         _ = config.signal.reached(FORCE) => {
@@ -275,6 +279,7 @@ impl OverCap {
                             let ended = ended.map(said_if_failed);
                             if ended.is_err() {
                                 activity.cut_off(CutOff::StalledClient);
+                                said_stalled(config);
                             }
                             ended.is_ok()
                         }
@@ -292,6 +297,23 @@ impl OverCap {
         if let Some(socket) = unread {
             drain_then_close(socket, LINGER, config.signal.reached(DRAIN)).await;
         }
+    }
+}
+
+/// Says that a refused connection's client took too little of its `503` for the body
+/// timeout (an HTTP/2 client that opens no window for it, or one whose socket stays
+/// full), as `conn` says it of any connection. Throttled: a client past its cap is one
+/// that opens many connections.
+#[cold]
+fn said_stalled(config: &ConnConfig) {
+    static STALLED: Throttle = Throttle::new();
+    if let Some(left_out) = STALLED.admit() {
+        tracing::warn!(
+            timeout_ms = config.write_stall_timeout.as_millis() as u64,
+            left_out,
+            "client refused for its cap took too little of its 503 for the body timeout; \
+             connection closed"
+        );
     }
 }
 
