@@ -354,33 +354,6 @@ async fn a_header_read_timeout_of_duration_max_still_answers_a_refused_connectio
     server.stop().await;
 }
 
-/// An HTTP/2 connection that opens only `window` bytes of flow-control window per
-/// stream, and its client's port: an answer longer than that (the refusal's is 73
-/// bytes) waits on a client that never reads, as the client keeps answering the
-/// server's frames.
-async fn h2_taking_no_more_than(
-    addr: SocketAddr,
-    window: u32,
-) -> (
-    http2::SendRequest<Empty<Bytes>>,
-    tokio::task::JoinHandle<()>,
-    u16,
-) {
-    let stream = within(TcpStream::connect(addr)).await.unwrap();
-    let port = stream.local_addr().unwrap().port();
-    let (send, conn) = within(
-        http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(window)
-            .handshake(TokioIo::new(stream)),
-    )
-    .await
-    .expect("h2 handshake");
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (send, conn, port)
-}
-
 /// Sends `GET path` on `send`, and asserts the refusal's head came.
 async fn refused_head(
     send: &mut http2::SendRequest<Empty<Bytes>>,
@@ -411,7 +384,9 @@ async fn a_refused_client_that_takes_no_answer_is_closed_at_the_body_timeout() {
     logs::install();
     let (server, _served) =
         at_its_cap(Server::bind("127.0.0.1:0").body_timeout(Duration::from_millis(300))).await;
-    let (mut send, conn, port) = h2_taking_no_more_than(server.addr, 8).await;
+    // The refusal's answer (73 bytes) waits on a client that never reads.
+    let (mut send, conn, client) = support::h2_with_window(server.addr, 8).await;
+    let port = client.port();
     let held = refused_head(&mut send, "/refused-and-stalled").await;
     // Said as a stall on any connection is, naming its client.
     assert!(
@@ -441,7 +416,7 @@ async fn a_refused_client_that_takes_no_answer_does_not_hold_the_shutdown_past_i
     // The body timeout (30 s) is not reached: only the deadline ends it.
     let (mut server, _served) =
         at_its_cap(Server::bind("127.0.0.1:0").shutdown_timeout(Duration::from_millis(200))).await;
-    let (mut send, conn, _) = h2_taking_no_more_than(server.addr, 8).await;
+    let (mut send, conn, _) = support::h2_with_window(server.addr, 8).await;
     let held = refused_head(&mut send, "/refused-at-shutdown").await;
     let t0 = std::time::Instant::now();
     server.handle.shutdown();

@@ -180,36 +180,6 @@ async fn a_connection_whose_client_reads_none_of_a_full_response_is_closed() {
     server.stop().await;
 }
 
-/// An HTTP/2 client that opens only `window` bytes of flow-control window per stream, so
-/// a response larger than that waits on it. The returned task ends when the connection
-/// does, or when a GOAWAY has come (hyper's client stops there); the address is the
-/// client's, as the server's lines name it.
-async fn h2_with_window(
-    addr: std::net::SocketAddr,
-    window: u32,
-) -> (
-    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
-    tokio::task::JoinHandle<()>,
-    std::net::SocketAddr,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let stream = within(TcpStream::connect(addr)).await.unwrap();
-    let local = stream.local_addr().unwrap();
-    let (send, conn) = within(
-        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(window)
-            .handshake(TokioIo::new(stream)),
-    )
-    .await
-    .expect("h2 handshake");
-    // The client keeps answering the server's frames (pings, settings); it only never
-    // reads a response body, so it never opens the window again.
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (send, conn, local)
-}
-
 /// Sends `GET path` on `send` and returns the response, its body unread.
 async fn h2_get(
     send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
@@ -256,7 +226,7 @@ async fn assert_cut_off(
 #[tokio::test]
 async fn an_http2_client_that_opens_no_window_for_a_full_response_is_closed() {
     let server = TestServer::start_with(one_connection(None), sized_at("/big", 1024 * 1024));
-    let (mut send, conn, _) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, conn, _) = support::h2_with_window(server.addr, 16 * 1024).await;
     // A connection in use for a while: one whole response, a pause longer than the
     // server's idle re-check (a second, for a body timeout that short), in which it
     // looks at the idle connection, then one held back.
@@ -280,7 +250,7 @@ async fn an_http2_client_that_opens_no_window_for_a_streamed_response_is_closed(
         }
         Response::new(ResponseBody::from_chunks(Endless(tx.clone())))
     });
-    let (mut send, conn, _) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, conn, _) = support::h2_with_window(server.addr, 16 * 1024).await;
     let held = h2_get(&mut send, "/endless").await;
 
     report(rx).await; // the producer stopped at the body timeout
@@ -299,7 +269,7 @@ async fn an_http2_connection_closed_for_idleness_is_closed_when_its_client_takes
         one_connection(Some(Duration::from_millis(500))),
         sized_at("/held", 60 * 1024),
     );
-    let (mut send, conn, _) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, conn, _) = support::h2_with_window(server.addr, 16 * 1024).await;
     let held = h2_get(&mut send, "/held").await;
 
     assert_eq!(get(server.addr, "/small").await.text(), "small");
@@ -342,7 +312,7 @@ async fn an_http2_client_that_reads_a_large_chunk_steadily_is_not_cut_off() {
         let chunks = [Bytes::from(vec![b'c'; LARGE]), Bytes::from_static(b"!")];
         Response::new(ResponseBody::from_chunks(chunks.into_iter().map(Ok)))
     });
-    let (mut send, _conn, _) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, _conn, _) = support::h2_with_window(server.addr, 16 * 1024).await;
     let mut body = h2_get(&mut send, "/large").await.into_body();
     let mut received = 0;
     while let Some(frame) = within(body.frame()).await {
@@ -402,7 +372,7 @@ async fn an_http2_response_held_back_is_cut_off_though_other_streams_move() {
     use http_body_util::BodyExt;
     support::logs::install();
     let server = TestServer::start_with(one_connection(None), sized_at("/big", 1024 * 1024));
-    let (mut send, conn, client) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, conn, client) = support::h2_with_window(server.addr, 16 * 1024).await;
     let held = h2_get(&mut send, "/big").await;
     // Meanwhile the client takes small responses whole, four every body timeout: the
     // connection moves, the held response does not. It is cut off after a body timeout
@@ -459,7 +429,7 @@ async fn an_http2_connection_closed_for_a_held_response_lets_its_other_requests_
         }
         big(req)
     });
-    let (mut send, conn, client) = h2_with_window(server.addr, 16 * 1024).await;
+    let (mut send, conn, client) = support::h2_with_window(server.addr, 16 * 1024).await;
     let held = h2_get(&mut send, "/big").await;
     let mut gated_send = send.clone();
     let gated = tokio::spawn(async move { h2_get(&mut gated_send, "/gate").await });

@@ -236,6 +236,35 @@ where
     send
 }
 
+/// An HTTP/2 connection (h2c) whose client opens only `window` bytes of flow-control
+/// window per stream, so a response larger than that waits on it: the client keeps
+/// answering the server's frames (pings, settings), but opens a stream's window again
+/// only as its body is read. The returned task ends when the connection does, or when a
+/// GOAWAY has come (hyper's client stops there); the address is the client's, as the
+/// server's lines name it.
+pub async fn h2_with_window(
+    addr: SocketAddr,
+    window: u32,
+) -> (
+    http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<()>,
+    SocketAddr,
+) {
+    let stream = within(TcpStream::connect(addr)).await.expect("connect");
+    let local = stream.local_addr().unwrap();
+    let (send, conn) = within(
+        http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .handshake(TokioIo::new(stream)),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, conn, local)
+}
+
 /// Sends a bodiless `GET path` on a fresh connection, over HTTP/2 (h2c) or HTTP/1.1,
 /// under [`within`]: the response head, or the client's error.
 pub async fn get_over(
