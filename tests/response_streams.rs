@@ -295,7 +295,11 @@ async fn a_stream_past_the_stream_timeout_frees_its_thread_and_is_cut_off() {
     // A client that asks for an endless download and reads no more than its head: the
     // producer fills what the channel and the socket hold, and waits. The body timeout
     // (30 s) would let it wait that long, and a reader this slow but steady for ever.
-    let mut stalled = within(TcpStream::connect(server.addr)).await.unwrap();
+    // Its receive buffer is small: what it can still read once the response is aborted
+    // is then what its own kernel holds, if the server drops what it holds.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stalled = within(socket.connect(server.addr)).await.unwrap();
     within(stalled.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n"))
         .await
         .unwrap();
@@ -317,13 +321,18 @@ async fn a_stream_past_the_stream_timeout_frees_its_thread_and_is_cut_off() {
     assert_eq!(after.text(), "after");
 
     // The download was cut off, not ended: no last chunk, and the access line says so.
-    // (What was queued may or may not reach the client: the reset can discard what its
-    // kernel had not handed over yet.)
+    // At once: what the server held of it (a 256 KiB channel, hyper's buffer, its
+    // socket's) was dropped, not handed to a client this slow over minutes.
     let mut rest = Vec::new();
     let end = within(stalled.read_to_end(&mut rest)).await;
     assert!(
         !rest.ends_with(b"0\r\n\r\n"),
         "ended as a whole body ({end:?})"
+    );
+    assert!(
+        rest.len() < 128 * 1024,
+        "{} bytes read after the abort ({end:?})",
+        rest.len()
     );
     assert!(logs::eventually_contains(&["path=/endless", "status=200", "complete=false"]).await);
 
@@ -452,6 +461,42 @@ async fn a_client_that_left_before_the_stream_timeout_is_a_disconnect_not_a_time
     drop(response);
     assert!(logs::eventually_contains(&["client went away", "path=/left-early"]).await);
     assert!(!logs::contains(&["stream timeout", "path=/left-early"]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn over_http2_a_stream_past_the_stream_timeout_is_reset_after_what_hyper_holds() {
+    // One thread: `/after` is served only once the stream's producer has ended.
+    let pool = syncbridge::BlockingPool::builder().max_threads(1).build();
+    let server = TestServer::start_with(
+        syncbridge::Server::bind("127.0.0.1:0")
+            .pool(pool)
+            .stream_timeout(Duration::from_millis(300)),
+        endless_or_late,
+    );
+    // A client that reads nothing of the download yet: 16 KiB go out, and the producer
+    // fills the 256 KiB channel and waits.
+    let (mut send, _conn, _) = support::h2_with_window(server.addr, 16 * 1024).await;
+    let req = http::Request::get("http://localhost/endless")
+        .body(Empty::new())
+        .unwrap();
+    let response = within(send.send_request(req)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The stream timeout has failed the producer, its thread is free.
+    assert_eq!(support::get(server.addr, "/after").await.text(), "after");
+
+    // Read on: what hyper had taken comes, then the reset; not what the channel held.
+    let mut body = response.into_body();
+    let mut read = 0;
+    let end = loop {
+        match within(body.frame()).await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(err)) => break Err(err),
+            None => break Ok(()),
+        }
+    };
+    assert!(end.is_err(), "a whole body after {read} bytes");
+    assert!(read < 192 * 1024, "{read} bytes read ({end:?})");
     server.stop().await;
 }
 

@@ -511,7 +511,8 @@ impl Sender {
         self.shared.lock().head = Head::Held;
     }
 
-    /// Ends the stream with an error: the receiver sees it after the queued chunks. True
+    /// Ends the stream with an error: the receiver sees it after the queued chunks, or at
+    /// once for the stream timeout (`Unsent::Expired`), the queued chunks dropped. True
     /// when the head is still held, nothing was sent and the receiver is still there:
     /// the head is then failed too, and the receiver's side answers the failure in its
     /// place, as `why` says.
@@ -523,6 +524,12 @@ impl Sender {
     ) -> bool {
         self.finished = true;
         let mut state = self.shared.lock();
+        if why == Unsent::Expired {
+            // Past the stream timeout the response is aborted, not sent on: what is
+            // queued would reach a slow client long after it (and keep its memory).
+            state.queue.clear();
+            state.queued_bytes = 0;
+        }
         let instead = state.head == Head::Held
             && state.queue.is_empty()
             && state.taken == 0
@@ -892,6 +899,26 @@ mod tests {
             tx.blocking_send(Bytes::from_static(b"c")),
             Err(SendError::Expired)
         );
+    }
+
+    #[test]
+    fn a_stream_failed_for_its_end_by_drops_what_is_queued() {
+        // A failure of another kind comes after the queued chunks; the stream timeout's
+        // goes first: the response is aborted, not sent on to a slow client.
+        for (why, first) in [(Unsent::ProducerFailed, "a"), (Unsent::Expired, "")] {
+            let (tx, rx) = channel(16, None);
+            tx.blocking_send(Bytes::from_static(b"a")).unwrap();
+            tx.blocking_send(Bytes::from_static(b"b")).unwrap();
+            assert!(!tx.fail_before_head(io::ErrorKind::TimedOut, "failed", why));
+            match rx.try_recv() {
+                Poll::Ready(Some(Ok(chunk))) => assert_eq!(chunk, first, "{why:?}"),
+                Poll::Ready(Some(Err(err))) => {
+                    assert!(first.is_empty(), "{why:?}: {err}");
+                    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+                }
+                other => panic!("{why:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -47,6 +47,25 @@ pub(crate) enum Produced {
     },
 }
 
+impl Produced {
+    /// Whether the stream timeout aborted the response after its head went out: its
+    /// queued chunks were dropped, and the connection may be closed at once.
+    pub(crate) fn aborted_for_the_stream_timeout(&self) -> bool {
+        matches!(
+            self,
+            Produced::Expired {
+                replaced: false,
+                ..
+            } | Produced::Panicked {
+                replaced: false,
+                by_client: false,
+                expired: true,
+                ..
+            }
+        )
+    }
+}
+
 /// Drives `producer` into `tx` until it ends, the receiver goes away, or it fails.
 /// `declared` is the response's `Content-Length`, if the handler set one: a body that
 /// goes past it, or ends short of it, is aborted as a failure of the producer (hyper's

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 /// `Activity::write_blocked_since_ms` when the socket is not full.
@@ -61,6 +62,13 @@ pub(crate) struct Activity {
     /// client still sends a body nobody read (an early `413`, a handler that did not
     /// read it), and closes it in stages (`server::linger`).
     had_request_body: AtomicBool,
+    /// Set by an HTTP/1 streamed response's producer thread when the stream timeout
+    /// aborts it: the connection task then closes the connection at once, with a reset,
+    /// not once the client has taken what hyper and the socket still hold of it (which a
+    /// slow reader takes minutes over).
+    abort_wanted: AtomicBool,
+    /// The connection task's waker, registered when it changes: what `abort_now` wakes.
+    task: Mutex<Option<Waker>>,
     epoch: Instant,
 }
 
@@ -107,6 +115,8 @@ impl Activity {
             cut_off: AtomicU8::new(0),
             aborted: AtomicBool::new(false),
             had_request_body: AtomicBool::new(false),
+            abort_wanted: AtomicBool::new(false),
+            task: Mutex::new(None),
             epoch: accepted,
         }
     }
@@ -192,6 +202,31 @@ impl Activity {
     /// Whether a response body on the connection broke off.
     pub(crate) fn has_aborted_response(&self) -> bool {
         self.aborted.load(Ordering::Relaxed)
+    }
+
+    /// Asks the connection task to close the (HTTP/1) connection now, with a reset: a
+    /// streamed response on it was aborted for the stream timeout. Called from the
+    /// producer's thread.
+    pub(crate) fn abort_now(&self) {
+        self.response_aborted();
+        // Set before the waker is looked at, and read by the task after it registered
+        // its waker (under the same lock): one of the two sees the other.
+        self.abort_wanted.store(true, Ordering::SeqCst);
+        // No code that can panic runs under the lock.
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+
+    /// Registers the connection task's waker for `abort_now`; call when it changes.
+    pub(crate) fn register_task(&self, waker: &Waker) {
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+    }
+
+    /// Whether `abort_now` was called.
+    pub(crate) fn abort_wanted(&self) -> bool {
+        self.abort_wanted.load(Ordering::SeqCst)
     }
 
     /// Marks the connection as one that carried a request body.

@@ -9,7 +9,7 @@ use http::{Method, Uri};
 
 use super::answer;
 use super::reply::{GivenUp, Reply, ReplyCell};
-use super::{MakeSpan, Shared};
+use super::{Activity, MakeSpan, Shared};
 use crate::body::{
     channel, produce, BridgeBody, FaultProbe, Produced, RequestLine, ResponseKind, BYTES_IN_FLIGHT,
 };
@@ -39,10 +39,11 @@ pub(super) struct RequestJob<H> {
     /// Tells whether the handler's reads of the request body met the client's failure
     /// (streamed bodies).
     body_fault: Option<FaultProbe>,
-    /// Whether the bundled server watches the socket a streamed response goes to
-    /// (HTTP/1): the producer then leaves the client's stalls to it (`server::conn`),
-    /// which sees what the client takes where the body channel sees only hyper's writes.
-    socket_watched: bool,
+    /// The connection, when the bundled server watches the socket a streamed response
+    /// goes to (HTTP/1): the producer then leaves the client's stalls to it
+    /// (`server::conn`), which sees what the client takes where the body channel sees
+    /// only hyper's writes; and a stream timeout's abort closes it at once.
+    watched: Option<Arc<Activity>>,
     submitted_at: Instant,
     /// The span current where the request was handed in (a host's request span, such as
     /// tower-http's `TraceLayer`'s), entered on the handler thread: the handler's own
@@ -60,7 +61,7 @@ impl<H> RequestJob<H> {
         context: Option<Arc<Context>>,
         request: Request,
         body_fault: Option<FaultProbe>,
-        socket_watched: bool,
+        watched: Option<Arc<Activity>>,
         submitted_at: Instant,
     ) -> Self {
         RequestJob {
@@ -71,7 +72,7 @@ impl<H> RequestJob<H> {
             uri: request.uri().clone(),
             request: Mutex::new(Some(request)),
             body_fault,
-            socket_watched,
+            watched,
             submitted_at,
             span: tracing::Span::current(),
         }
@@ -231,7 +232,7 @@ impl<H: Handler> RequestJob<H> {
                 // Linux reports only with 64 KiB or less unsent: a client reading tens of
                 // KiB/s would look stalled to the channel. The connection's watch cuts
                 // off a client that takes too little, and this producer with it.
-                let stall_limit = (!self.socket_watched).then_some(shared.body_timeout);
+                let stall_limit = self.watched.is_none().then_some(shared.body_timeout);
                 let end_by = shared
                     .stream_timeout
                     .and_then(|timeout| self.submitted_at.checked_add(timeout));
@@ -257,6 +258,11 @@ impl<H: Handler> RequestJob<H> {
                 let produced = context::enter(self.context.as_ref(), || {
                     produce(producer, tx, declared, self.body_fault.as_ref())
                 });
+                if let Some(activity) = &self.watched {
+                    if produced.aborted_for_the_stream_timeout() {
+                        activity.abort_now();
+                    }
+                }
                 log_produced(produced, method, uri, cell.is_abandoned());
             }
         }

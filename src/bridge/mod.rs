@@ -368,7 +368,10 @@ impl<H: Handler> SyncService<H> {
         if let Some(refusal) = conform::refusal(&parts, hosts) {
             return SyncServiceFuture::ready(refuse(&parts, refusal), refused(parts));
         }
-        let socket_watched = bundled && parts.version <= http::Version::HTTP_11;
+        let watched = match &self.activity {
+            Some(activity) if parts.version <= http::Version::HTTP_11 => Some(activity.clone()),
+            _ => None,
+        };
         let (body, pump, fault_probe) = if body.is_end_stream() {
             // No body (most GETs): no `Content-Length` to look up either.
             (Body::empty(), None, None)
@@ -405,7 +408,7 @@ impl<H: Handler> SyncService<H> {
             self.context(),
             Request::from_parts(parts, body),
             fault_probe,
-            socket_watched,
+            watched,
             start,
         ));
         let cell: Arc<dyn Reply> = job.clone();
@@ -712,11 +715,14 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut) (every write: an empty
     /// one, a heartbeat's, and one a writer only gathers), and a write waiting for the
     /// client to take more fails at once, so a producer that writes is free by the
-    /// deadline however slowly its client reads. The response is aborted (HTTP/1: the
-    /// connection is closed before the body's end, with a reset over TCP; HTTP/2: the
-    /// stream is reset), whatever the producer makes of the failed write, and a line at
-    /// warn level says so (throttled: one a second at most, with how many were left
-    /// out). A producer that had sent nothing yet, its head still held for its first
+    /// deadline however slowly its client reads. The response is aborted, whatever the
+    /// producer makes of the failed write, and what it had queued is dropped: on the
+    /// bundled server over HTTP/1 the connection is closed at once, with a reset over
+    /// TCP (what hyper and the socket still held never reaches the client); over HTTP/2
+    /// the stream is reset once the client has taken what hyper had of it already (at
+    /// most two 64 KiB chunks); embedded, hyper's own buffer and the socket's still go
+    /// out before the host's HTTP/1 closes the connection. A line at warn level says so
+    /// (throttled: one a second at most, with how many were left out). A producer that had sent nothing yet, its head still held for its first
     /// bytes ([`head_grace`](Self::head_grace)), is answered `504 Gateway Timeout`
     /// instead. A client that left first is a disconnect, as without the limit.
     ///

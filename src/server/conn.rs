@@ -156,6 +156,14 @@ pub(super) async fn serve<H: Handler>(
                 .is_some_and(|w| w.will_wake(cx.waker()));
             if fresh {
                 state.registered = Some(cx.waker().clone());
+                activity.register_task(cx.waker());
+            }
+            // A streamed response aborted for the stream timeout: closed now, not once
+            // its slow client has taken what hyper and the socket still hold (HTTP/1
+            // only, where the connection carries nothing else; HTTP/2 resets the stream).
+            if activity.abort_wanted() {
+                socket.reset_on_close();
+                return Poll::Ready(None);
             }
 
             let word = config.signal.word();
