@@ -290,6 +290,13 @@ async fn the_legacy_handler_and_its_ensure_sync_log_inside_the_hosts_request_spa
                 "{line:?} not logged in the span of request {id}"
             );
         }
+        // Its access line too, written as hyper drops the response body: outside the
+        // host's span unless the service enters it.
+        let status = format!("status={status}");
+        assert!(
+            support::logs::eventually_contains(&[&status, "complete=true", &span]).await,
+            "the access line of request {id} not in its span"
+        );
     }
     // The crate's own line about the panic names the request too.
     assert!(support::logs::contains(&[

@@ -222,12 +222,17 @@ impl fmt::Debug for BridgeBody {
 pub(crate) trait RequestLine: Send + Sync {
     fn method(&self) -> &Method;
     fn uri(&self) -> &Uri;
+    /// The span current where the request was handed in: embedded, the host's request
+    /// span, which the lines logged as the request ends (its access line, an abandoned
+    /// request's) are in, as the bundled server's are in its connection's.
+    fn span(&self) -> &tracing::Span;
 }
 
 /// A request line of its own, for requests refused before they reach the pool.
 pub(crate) struct OwnedLine {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
+    pub(crate) span: tracing::Span,
 }
 
 impl RequestLine for OwnedLine {
@@ -236,6 +241,9 @@ impl RequestLine for OwnedLine {
     }
     fn uri(&self) -> &Uri {
         &self.uri
+    }
+    fn span(&self) -> &tracing::Span {
+        &self.span
     }
 }
 
@@ -305,6 +313,9 @@ impl Drop for Completion {
             Some(expected) => self.bytes == expected,
             None => self.complete,
         };
+        // Embedded, the host's request span (the bundled server's connection span is
+        // entered already: the connection task drops the body).
+        let _host_span = self.activity.is_none().then(|| self.line.span().enter());
         if let Some(activity) = &self.activity {
             if let Http2Flow::Watched { slot, .. } = self.http2 {
                 activity.unwatch_held(slot);

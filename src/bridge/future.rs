@@ -547,6 +547,8 @@ impl<B> Drop for SyncServiceFuture<B> {
                     // access log still has each).
                     static ABANDONED: Throttle = Throttle::new();
                     if let Some(left_out) = ABANDONED.admit() {
+                        // Embedded, in the host's request span, as the access line is.
+                        let _host_span = c.activity.is_none().then(|| c.line.span().enter());
                         let handler_ran = !withdrawn && cell.was_claimed();
                         tracing::info!(
                             method = %c.method(), path = %c.path(), handler_ran, left_out,

@@ -110,6 +110,9 @@ impl<H: Handler> RequestLine for RequestJob<H> {
     fn uri(&self) -> &Uri {
         &self.uri
     }
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
 }
 
 impl<H: Handler> SharedJob for RequestJob<H> {

@@ -57,9 +57,17 @@ fn answered_here(
     start: Instant,
     activity: Option<Arc<Activity>>,
 ) -> Completion {
+    // Embedded, the host's request span, for the request's access line; the bundled
+    // server's connection span is entered where that is written.
+    let span = if activity.is_some() {
+        tracing::Span::none()
+    } else {
+        tracing::Span::current()
+    };
     let line = Arc::new(OwnedLine {
         method: parts.method,
         uri: parts.uri,
+        span,
     });
     Completion::new(line, start, activity)
 }
