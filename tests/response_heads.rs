@@ -389,7 +389,7 @@ async fn a_request_body_that_stalls_while_the_head_is_held_is_answered_408() {
             logs::eventually_contains(&[
                 "WARN",
                 &tag,
-                "client sent no request body data for the body timeout; answered 408"
+                "client sent too little request body data for the body timeout; answered 408"
             ])
             .await,
             "{path}"

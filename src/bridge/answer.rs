@@ -47,7 +47,8 @@ pub(super) fn client_fault(
                 method = %method,
                 path = %uri.path(),
                 timeout_ms = body_timeout.as_millis() as u64,
-                "client sent no request body data for the body timeout; answered 408"
+                min_bytes = crate::body::channel::MIN_PROGRESS,
+                "client sent too little request body data for the body timeout; answered 408"
             );
             closing(
                 StatusCode::REQUEST_TIMEOUT,

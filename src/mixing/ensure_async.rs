@@ -89,6 +89,12 @@ where
 /// ([`SyncService::pool`](crate::SyncService::pool)) so that async routes and sync
 /// handlers share one limit, or a pool of their own so that they cannot starve each other.
 ///
+/// Not from a future that one of `pool`'s own handlers waits for in
+/// [`ensure_sync`](crate::ensure_sync): that handler holds a thread of `pool` while it
+/// waits, and with every thread so held the closure waits in the queue for a thread that
+/// waits for it, until the queue timeout fails it. Nested calls belong on another pool
+/// (`ensure_async`'s own is one).
+///
 /// # Where it may be called from
 ///
 /// As [`ensure_async`]: the future must be polled inside a tokio runtime.
