@@ -47,7 +47,10 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// ([`is_overloaded`](crate::Error::is_overloaded): a full task pool or registry) or is
 /// going away ([`is_shutdown`](crate::Error::is_shutdown)) becomes `503` with
 /// `Retry-After` instead, logged at warn: `?` on `spawn_blocking` or `ensure_sync` gives
-/// the client the answer that tells it to come back.
+/// the client the answer that tells it to come back. [`syncbridge::Result`](crate::Result)
+/// carries only the crate's own errors (it has no `From<io::Error>`): a handler that `?`s
+/// both those and others returns `Result<T, Box<dyn std::error::Error + Send + Sync>>`
+/// (or anyhow's), and the `503` is still found inside.
 ///
 /// # Where it runs
 ///
