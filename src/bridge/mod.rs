@@ -730,9 +730,9 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// the stream is reset once the client has taken what hyper had of it already (at
     /// most two 64 KiB chunks); embedded, hyper's own buffer and the socket's still go
     /// out before the host's HTTP/1 closes the connection. A line at warn level says so
-    /// (throttled: one a second at most, with how many were left out). A producer that had sent nothing yet, its head still held for its first
-    /// bytes ([`head_grace`](Self::head_grace)), is answered `504 Gateway Timeout`
-    /// instead. A client that left first is a disconnect, as without the limit.
+    /// (throttled: one a second at most, with how many were left out). A producer that
+    /// had sent nothing yet, its head still held for its first bytes
+    /// ([`head_grace`](Self::head_grace)), is answered `504 Gateway Timeout` instead. A client that left first is a disconnect, as without the limit.
     ///
     /// Only the producer's writes are timed: one that works an hour between two writes
     /// keeps its thread that hour, and fails at the next write; one that reads the
