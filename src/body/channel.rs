@@ -142,6 +142,18 @@ enum Head {
     FailedUnsent(Unsent),
 }
 
+/// How [`Sender::fail_before_head`] ended a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// The head was held and nothing sent: the receiver's side answers the failure in
+    /// its place.
+    Replaced,
+    /// The receiver was there, and meets the failure: the response is aborted.
+    Aborted,
+    /// The receiver had gone: nobody meets it.
+    Unread,
+}
+
 /// Why a held head never went out, and so what is answered in its place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unsent {
@@ -512,16 +524,16 @@ impl Sender {
     }
 
     /// Ends the stream with an error: the receiver sees it after the queued chunks, or at
-    /// once for the stream timeout (`Unsent::Expired`), the queued chunks dropped. True
-    /// when the head is still held, nothing was sent and the receiver is still there:
-    /// the head is then failed too, and the receiver's side answers the failure in its
-    /// place, as `why` says.
+    /// once for the stream timeout (`Unsent::Expired`), the queued chunks dropped. When
+    /// the head is still held, nothing was sent and the receiver is still there, the
+    /// head is failed too, and the receiver's side answers the failure in its place, as
+    /// `why` says (`Failed::Replaced`).
     pub(crate) fn fail_before_head(
         mut self,
         kind: io::ErrorKind,
         message: impl Into<Arc<str>>,
         why: Unsent,
-    ) -> bool {
+    ) -> Failed {
         self.finished = true;
         let mut state = self.shared.lock();
         if why == Unsent::Expired {
@@ -530,10 +542,11 @@ impl Sender {
             state.queue.clear();
             state.queued_bytes = 0;
         }
-        let instead = state.head == Head::Held
-            && state.queue.is_empty()
-            && state.taken == 0
-            && !self.shared.receiver_gone();
+        // Looked at under the lock: a receiver that takes the last bytes and goes does
+        // so before or after this, not during it.
+        let gone = self.shared.receiver_gone();
+        let instead =
+            state.head == Head::Held && state.queue.is_empty() && state.taken == 0 && !gone;
         if instead {
             state.head = Head::FailedUnsent(why);
         }
@@ -543,7 +556,11 @@ impl Sender {
         let wake = state.receiver_wake();
         drop(state);
         wake.fire(&self.shared.condvar);
-        instead
+        match (instead, gone) {
+            (true, _) => Failed::Replaced,
+            (false, false) => Failed::Aborted,
+            (false, true) => Failed::Unread,
+        }
     }
 
     /// Whether the receiver has been dropped.
@@ -909,7 +926,10 @@ mod tests {
             let (tx, rx) = channel(16, None);
             tx.blocking_send(Bytes::from_static(b"a")).unwrap();
             tx.blocking_send(Bytes::from_static(b"b")).unwrap();
-            assert!(!tx.fail_before_head(io::ErrorKind::TimedOut, "failed", why));
+            assert_eq!(
+                tx.fail_before_head(io::ErrorKind::TimedOut, "failed", why),
+                Failed::Aborted
+            );
             match rx.try_recv() {
                 Poll::Ready(Some(Ok(chunk))) => assert_eq!(chunk, first, "{why:?}"),
                 Poll::Ready(Some(Err(err))) => {
@@ -1007,7 +1027,10 @@ mod tests {
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         assert!(rx.poll_head(&mut cx).is_pending());
-        assert!(tx.fail_before_head(other(), "refused", Unsent::ProducerFailed));
+        assert_eq!(
+            tx.fail_before_head(other(), "refused", Unsent::ProducerFailed),
+            Failed::Replaced
+        );
         assert_eq!(
             rx.poll_head(&mut cx),
             Poll::Ready(HeadCall::FailedInstead(Unsent::ProducerFailed))
@@ -1019,11 +1042,14 @@ mod tests {
         // The client's failure (an echo's request body that stalled) keeps its kind.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
-        assert!(tx.fail_before_head(
-            io::ErrorKind::TimedOut,
-            "stalled",
-            Unsent::ByClient(io::ErrorKind::TimedOut)
-        ));
+        assert_eq!(
+            tx.fail_before_head(
+                io::ErrorKind::TimedOut,
+                "stalled",
+                Unsent::ByClient(io::ErrorKind::TimedOut)
+            ),
+            Failed::Replaced
+        );
         assert_eq!(
             rx.poll_head(&mut cx),
             Poll::Ready(HeadCall::FailedInstead(Unsent::ByClient(
@@ -1035,14 +1061,20 @@ mod tests {
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         assert_eq!(rx.let_head_go(), HeadCall::Send);
-        assert!(!tx.fail_before_head(other(), "too late", Unsent::ProducerFailed));
+        assert_eq!(
+            tx.fail_before_head(other(), "too late", Unsent::ProducerFailed),
+            Failed::Aborted
+        );
         assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
 
         // Bytes sent: they go out with the head, whatever comes after them.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         tx.blocking_send(Bytes::from_static(b"first")).unwrap();
-        assert!(!tx.fail_before_head(other(), "after the first bytes", Unsent::ProducerFailed));
+        assert_eq!(
+            tx.fail_before_head(other(), "after the first bytes", Unsent::ProducerFailed),
+            Failed::Aborted
+        );
         assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
 
         // A clean end with nothing sent lets the head go; so does a head never held.
@@ -1051,13 +1083,19 @@ mod tests {
         tx.finish();
         assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
         let (tx, rx) = channel(1024, None);
-        assert!(!tx.fail_before_head(other(), "not held", Unsent::ProducerFailed));
+        assert_eq!(
+            tx.fail_before_head(other(), "not held", Unsent::ProducerFailed),
+            Failed::Aborted
+        );
         assert_eq!(rx.poll_head(&mut cx), Poll::Ready(HeadCall::Send));
 
         // Nobody to answer: no head failed, so nothing claims a 500 was sent.
         let (tx, rx) = channel(1024, None);
         tx.hold_head();
         drop(rx);
-        assert!(!tx.fail_before_head(other(), "client left", Unsent::ProducerFailed));
+        assert_eq!(
+            tx.fail_before_head(other(), "client left", Unsent::ProducerFailed),
+            Failed::Unread
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::{Bytes, BytesMut};
 
-use super::channel::{ByClient, FaultProbe, SendError, Sender, Unsent};
+use super::channel::{ByClient, Failed, FaultProbe, SendError, Sender, Unsent};
 use super::{Producer, CHUNK_SIZE};
 use crate::error::panic_message;
 
@@ -33,7 +33,12 @@ pub(crate) enum Produced {
     /// The stream timeout passed after `bytes`: a send failed, and the response was
     /// aborted to free the thread; or, `replaced`, its head had not gone out and the
     /// request is answered `504` in its place.
-    Expired { bytes: u64, replaced: bool },
+    Expired {
+        bytes: u64,
+        replaced: bool,
+        /// The stream failed with its receiver there: the client meets the abort.
+        aborted: bool,
+    },
     /// The producer panicked; `replaced` as for `Failed`. `by_client`: its reads of the
     /// request body had met the client's failure, and a head replaced is answered as
     /// that failure (`408`, `400`), not `500`.
@@ -44,24 +49,25 @@ pub(crate) enum Produced {
         /// Its write had failed for the stream timeout (a producer that unwraps its
         /// writes): a head replaced is answered `504`.
         expired: bool,
+        /// The stream failed with its receiver there: the client meets the abort.
+        aborted: bool,
     },
 }
 
 impl Produced {
-    /// Whether the stream timeout aborted the response after its head went out: its
-    /// queued chunks were dropped, and the connection may be closed at once.
+    /// Whether the stream timeout aborted the response after its head went out, its
+    /// receiver still there (not one hyper had taken whole and let go of): its queued
+    /// chunks were dropped, and the connection may be closed at once.
     pub(crate) fn aborted_for_the_stream_timeout(&self) -> bool {
         matches!(
             self,
-            Produced::Expired {
-                replaced: false,
-                ..
-            } | Produced::Panicked {
-                replaced: false,
-                by_client: false,
-                expired: true,
-                ..
-            }
+            Produced::Expired { aborted: true, .. }
+                | Produced::Panicked {
+                    aborted: true,
+                    by_client: false,
+                    expired: true,
+                    ..
+                }
         )
     }
 }
@@ -93,14 +99,15 @@ pub(crate) fn produce(
         // then ended cleanly: the client must not take a cut-off body for a whole one). A
         // client that left meanwhile is a disconnect, below.
         Ok(_) if tx.expired() && !tx.is_closed() => {
-            let replaced = tx.fail_before_head(
+            let failed = tx.fail_before_head(
                 io::ErrorKind::TimedOut,
                 "the response went on past the stream timeout",
                 Unsent::Expired,
             );
             Produced::Expired {
                 bytes: sent,
-                replaced,
+                replaced: failed == Failed::Replaced,
+                aborted: failed == Failed::Aborted,
             }
         }
         Ok(_) if overran => failed(
@@ -148,16 +155,17 @@ pub(crate) fn produce(
                 None => Unsent::ProducerFailed,
             };
             // Not a clean end: the response is aborted, or answered in its place.
-            let replaced = tx.fail_before_head(
+            let failed = tx.fail_before_head(
                 client.unwrap_or(io::ErrorKind::Other),
                 "the response body's producer panicked",
                 why,
             );
             Produced::Panicked {
                 msg,
-                replaced,
+                replaced: failed == Failed::Replaced,
                 by_client: client.is_some(),
                 expired,
+                aborted: failed == Failed::Aborted,
             }
         }
     }
@@ -165,7 +173,8 @@ pub(crate) fn produce(
 
 /// Ends the stream with the client's failure of `kind` that the producer met.
 fn by_client(tx: Sender, bytes: u64, kind: io::ErrorKind, err: io::Error) -> Produced {
-    let replaced = tx.fail_before_head(kind, err.to_string(), Unsent::ByClient(kind));
+    let replaced =
+        tx.fail_before_head(kind, err.to_string(), Unsent::ByClient(kind)) == Failed::Replaced;
     Produced::ByClient {
         bytes,
         err,
@@ -175,7 +184,8 @@ fn by_client(tx: Sender, bytes: u64, kind: io::ErrorKind, err: io::Error) -> Pro
 
 /// Ends the stream with the producer's failure.
 fn failed(tx: Sender, err: io::Error) -> Produced {
-    let replaced = tx.fail_before_head(err.kind(), err.to_string(), Unsent::ProducerFailed);
+    let replaced = tx.fail_before_head(err.kind(), err.to_string(), Unsent::ProducerFailed)
+        == Failed::Replaced;
     Produced::Failed { err, replaced }
 }
 

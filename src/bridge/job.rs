@@ -349,7 +349,9 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
             "stream timeout passed before the response's head went out, its request given \
              up already; producer stopped"
         ),
-        Produced::Expired { bytes, replaced } => {
+        Produced::Expired {
+            bytes, replaced, ..
+        } => {
             // Any slow client sets it off: throttled.
             static EXPIRED: Throttle = Throttle::new();
             if let Some(left_out) = EXPIRED.admit() {
@@ -391,6 +393,7 @@ fn log_produced(produced: Produced, method: &Method, uri: &Uri, abandoned: bool)
             replaced: true,
             by_client: false,
             expired: true,
+            ..
         } if !abandoned => tracing::error!(
             method = %method, path = %uri.path(), panic = %msg,
             "response body producer panicked on its write the stream timeout failed, \
