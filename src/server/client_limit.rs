@@ -216,6 +216,7 @@ impl OverCap {
         // until the end, as any connection's.
         let NewConn {
             stream,
+            peer,
             permit: _permit,
             accepted,
             ..
@@ -279,7 +280,7 @@ impl OverCap {
                             let ended = ended.map(said_if_failed);
                             if ended.is_err() {
                                 activity.cut_off(CutOff::StalledClient);
-                                said_stalled(config);
+                                said_stalled(peer, config);
                             }
                             ended.is_ok()
                         }
@@ -300,18 +301,22 @@ impl OverCap {
     }
 }
 
-/// Says that a refused connection's client took too little of its `503` for the body
-/// timeout (an HTTP/2 client that opens no window for it, or one whose socket stays
-/// full), as `conn` says it of any connection. Throttled: a client past its cap is one
-/// that opens many connections.
+/// Says that a refused connection was still open the body timeout after its `503`, as
+/// `conn` says it of any connection: its client took too little of it (an HTTP/2 client
+/// that opens no window for it), or does not answer HTTP/2's closing PING (clients on
+/// Python's h2, such as httpx). With `peer` as a field of its own, as `conn`'s
+/// connection-level lines: the connection's span is off above `info`. Throttled: a client
+/// past its cap is one that opens many connections.
 #[cold]
-fn said_stalled(config: &ConnConfig) {
+fn said_stalled(peer: Peer, config: &ConnConfig) {
     static STALLED: Throttle = Throttle::new();
     if let Some(left_out) = STALLED.admit() {
         tracing::warn!(
+            %peer,
             timeout_ms = config.write_stall_timeout.as_millis() as u64,
             left_out,
-            "client refused for its cap took too little of its 503 for the body timeout; \
+            "connection refused for its client's cap still open the body timeout after its \
+             503 (its client took too little of it, or does not answer the closing PING); \
              connection closed"
         );
     }

@@ -65,6 +65,19 @@ impl TestServer {
         self.join().await.expect("serve failed");
     }
 
+    /// Shuts down and waits for `serve` to return, which must take less than 5 s: for a
+    /// server whose shutdown deadline must cut off what a longer timeout would wait for.
+    pub async fn stop_by_its_deadline(&mut self) {
+        let t0 = std::time::Instant::now();
+        self.handle.shutdown();
+        within(self.join()).await.expect("serve returned Ok");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
+    }
+
     /// Waits (at most [`STEP`]) for `serve` to return, after a shutdown from elsewhere.
     pub async fn join(&mut self) -> syncbridge::Result<()> {
         let thread = self.thread.take().expect("joined once");
