@@ -390,12 +390,11 @@ impl Server {
 
     /// How long a streamed response may go on, from its request's arrival; past it the
     /// producer's writes fail (one waiting on the client at once), its thread is free,
-    /// and the response is aborted (the HTTP/1 connection closed at once, with a reset;
-    /// the HTTP/2 stream reset once the client has taken what hyper holds of it, at most
-    /// two 64 KiB chunks), or answered `504` if it had sent nothing yet. For a client that
-    /// reads a long download slowly but steadily, which the body timeout lets through,
-    /// holding a thread for as long as it takes.
-    /// Default is no limit; zero means no limit. See
+    /// and the response is aborted (the HTTP/1 connection closed at once, with a reset
+    /// over TCP on Linux; the HTTP/2 stream reset once the client has taken what hyper
+    /// holds of it, at most two 64 KiB chunks), or answered `504` if it had sent nothing
+    /// yet. For a client that reads a long download slowly but steadily, which the body
+    /// timeout lets through, holding a thread for as long as it takes. Default is no limit; zero means no limit. See
     /// [`SyncServiceBuilder::stream_timeout`].
     ///
     /// [`SyncServiceBuilder::stream_timeout`]: crate::SyncServiceBuilder::stream_timeout
