@@ -248,6 +248,60 @@ async fn a_chunked_body_past_a_host_limit_layer_gets_413_not_400() {
     app.stop().await;
 }
 
+/// `legacy` at `/legacy`, behind what tower-http's `TraceLayer` does by default, with
+/// the `x-request-id` each request brings in its span to tell requests apart.
+fn traced_at_legacy<H: syncbridge::Handler>(legacy: syncbridge::SyncService<H>) -> axum::Router {
+    let traced = tower::ServiceBuilder::new()
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &http::Request<axum::body::Body>| {
+                    let id = req.headers()["x-request-id"].to_str().unwrap().to_owned();
+                    tracing::info_span!(target: "app", "request", id)
+                },
+            ),
+        )
+        .service(legacy);
+    axum::Router::new().nest_service("/legacy", traced)
+}
+
+#[tokio::test]
+async fn a_request_whose_client_left_is_said_inside_the_hosts_request_span() {
+    use tokio::io::AsyncWriteExt;
+    let (started_tx, started) = std::sync::mpsc::sync_channel::<()>(1);
+    let (release, release_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let gate = std::sync::Mutex::new((started_tx, release_rx));
+    let legacy = syncbridge::SyncService::new(move |_req: syncbridge::Request| {
+        let gate = gate.lock().unwrap();
+        gate.0.send(()).unwrap();
+        let _ = gate.1.recv_timeout(support::STEP);
+        "too late"
+    });
+    let app = serve(traced_at_legacy(legacy)).await;
+    let mut gone = within(tokio::net::TcpStream::connect(app.addr))
+        .await
+        .unwrap();
+    let head = b"GET /legacy/wait HTTP/1.1\r\nhost: x\r\nx-request-id: r-left\r\n\r\n";
+    within(gone.write_all(head)).await.unwrap();
+    within(tokio::task::spawn_blocking(move || {
+        started.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the handler started");
+    // The client leaves while its handler runs: hyper drops the request's future, and
+    // then its response, after the host's span was last entered.
+    drop(gone);
+    let span = "in {request id=\"r-left\" }";
+    for line in ["request abandoned before its response", "status=499"] {
+        assert!(
+            support::logs::eventually_contains(&[line, span]).await,
+            "{line:?} not logged in the span of the request"
+        );
+    }
+    release.send(()).unwrap();
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_legacy_handler_and_its_ensure_sync_log_inside_the_hosts_request_span() {
     let legacy = syncbridge::SyncService::new(
@@ -262,18 +316,7 @@ async fn the_legacy_handler_and_its_ensure_sync_log_inside_the_hosts_request_spa
             Ok("logged")
         },
     );
-    // What tower-http's `TraceLayer` does by default, with an id to tell requests apart.
-    let traced = tower::ServiceBuilder::new()
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(
-                |req: &http::Request<axum::body::Body>| {
-                    let id = req.headers()["x-request-id"].to_str().unwrap().to_owned();
-                    tracing::info_span!(target: "app", "request", id)
-                },
-            ),
-        )
-        .service(legacy);
-    let app = serve(axum::Router::new().nest_service("/legacy", traced)).await;
+    let app = serve(traced_at_legacy(legacy)).await;
     for (id, path, status) in [("r-1", "/legacy/ok", 200), ("r-2", "/legacy/panic", 500)] {
         let mut send = h1::<Empty<Bytes>>(app.addr).await;
         let req = http::Request::get(path)
