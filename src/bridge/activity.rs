@@ -63,9 +63,9 @@ pub(crate) struct Activity {
     /// read it), and closes it in stages (`server::linger`).
     had_request_body: AtomicBool,
     /// Set by an HTTP/1 streamed response's producer thread when the stream timeout
-    /// aborts it: the connection task then closes the connection at once, with a reset,
-    /// not once the client has taken what hyper and the socket still hold of it (which a
-    /// slow reader takes minutes over).
+    /// aborts it: the connection task then closes the connection at once (with a reset
+    /// over TCP on Linux), not once the client has taken what hyper and the socket still
+    /// hold of it (which a slow reader takes minutes over).
     abort_wanted: AtomicBool,
     /// The connection task's waker, registered when it changes: what `abort_now` wakes.
     task: Mutex<Option<Waker>>,

@@ -726,12 +726,12 @@ impl<H: Handler> SyncServiceBuilder<H> {
     /// deadline however slowly its client reads. The response is aborted, whatever the
     /// producer makes of the failed write, and what it had queued is dropped: on the
     /// bundled server over HTTP/1 the connection is closed at once, with a reset over
-    /// TCP on Linux (what hyper and the socket still held never reaches the client); over HTTP/2
-    /// the stream is reset once the client has taken what hyper had of it already (at
-    /// most two 64 KiB chunks); embedded, hyper's own buffer and the socket's still go
-    /// out before the host's HTTP/1 closes the connection. A line at warn level says so
-    /// (throttled: one a second at most, with how many were left out). A producer that
-    /// had sent nothing yet, its head still held for its first bytes
+    /// TCP on Linux (what hyper and the socket still held never reaches the client);
+    /// over HTTP/2 the stream is reset once the client has taken what hyper had of it
+    /// already (at most two 64 KiB chunks); embedded, hyper's own buffer and the socket's
+    /// still go out before the host's HTTP/1 closes the connection. A line at warn level
+    /// says so (throttled: one a second at most, with how many were left out). A producer
+    /// that had sent nothing yet, its head still held for its first bytes
     /// ([`head_grace`](Self::head_grace)), is answered `504 Gateway Timeout` instead. A
     /// client that left first is a disconnect, as without the limit.
     ///
