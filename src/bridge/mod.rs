@@ -301,7 +301,6 @@ impl<H: Handler> SyncService<H> {
         &self,
         refused: &RefusedConnection,
         parts: http::request::Parts,
-        body: &B,
     ) -> SyncServiceFuture<B>
     where
         B: http_body::Body + Send + 'static,
@@ -309,12 +308,6 @@ impl<H: Handler> SyncService<H> {
         B::Error: Into<BoxError>,
     {
         let start = Instant::now();
-        if let Some(activity) = &self.activity {
-            activity.request_started(parts.version);
-            if !body.is_end_stream() {
-                activity.request_body_seen();
-            }
-        }
         crate::metrics::refused(crate::metrics::Refused::ClientLimit);
         let answer = refused.answer(parts.version, self.shared.retry_after.clone());
         let completion = answered_here(parts, start, self.activity.clone());
@@ -330,8 +323,15 @@ impl<H: Handler> SyncService<H> {
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = request.into_parts();
+        if let Some(activity) = &self.activity {
+            activity.request_started(parts.version);
+            // A body the server may leave unread, the connection closing under it.
+            if !body.is_end_stream() {
+                activity.request_body_seen();
+            }
+        }
         if let Some(refused) = &self.refused {
-            return self.refuse(refused, parts, &body);
+            return self.refuse(refused, parts);
         }
         if let Some(peer) = self.peer {
             peer.insert_into(&mut parts.extensions);
@@ -342,9 +342,6 @@ impl<H: Handler> SyncService<H> {
         if let Some(client) = &self.client {
             client.resolve(&parts.headers, &mut parts.extensions);
         }
-        if let Some(activity) = &self.activity {
-            activity.request_started(parts.version);
-        }
         let start = Instant::now();
         let activity = self.activity.clone();
         let refused = |parts| answered_here(parts, start, activity.clone());
@@ -353,12 +350,6 @@ impl<H: Handler> SyncService<H> {
         // The bundled server's head checks look at `Host`; its size limit walks every
         // header anyway, and finds it on the way (no lookup of its own).
         let bundled = self.activity.is_some();
-        if let Some(activity) = &self.activity {
-            // A body the server may leave unread, the connection closing under it.
-            if !body.is_end_stream() {
-                activity.request_body_seen();
-            }
-        }
         let mut hosts = None;
         if let Some(limit) = shared.max_header_size {
             let (size, found) = head_size(&parts);
