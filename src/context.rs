@@ -17,7 +17,7 @@ pub(crate) struct Context {
     /// The persistent runtime that drives the server's connections.
     pub(crate) runtime: Handle,
     /// The server's background task set, for `TaskSet::current()`; `None` for a
-    /// `SyncService` used without the bundled server.
+    /// `SyncService` built without `SyncServiceBuilder::tasks`.
     pub(crate) tasks: Option<TaskSet>,
 }
 

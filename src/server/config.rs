@@ -460,7 +460,7 @@ impl Server {
     /// Whether the server pings systemd's watchdog. Under a unit with `WatchdogSec=`
     /// (systemd then sets `$WATCHDOG_USEC`, and `$NOTIFY_SOCKET`), it sends `WATCHDOG=1`
     /// at once and then every half of that limit, from a task on the runtime, from the
-    /// start of `serve` until it returns (through the drain too). So async code that
+    /// moment it listens (and says `READY=1`) until `serve` returns (through the drain too). So async code that
     /// blocks every worker of the runtime (its only one, on one core) stops the pings, and
     /// systemd kills the service (and restarts it, as its `Restart=` says); a stall that
     /// delayed a ping is logged at warn level once the ping is out. A handler stuck on a
@@ -836,7 +836,7 @@ pub(super) fn http_builder(config: &Config, streams: TaskTracker) -> auto::Build
 /// names, empty values), under 7 times, plus h2's four pseudo-headers (their 32 bytes
 /// each and their values, which the service counts as the request line): 1 KiB covers
 /// them. h2 still refuses, unlogged, a list past that. It is also how much of a header
-/// block h2 buffers while it arrives (224 KiB at the default).
+/// block h2 buffers while it arrives (225 KiB at the default).
 fn http2_header_list_size(max_header_size: usize) -> u32 {
     let size = max_header_size.saturating_mul(7).saturating_add(1024);
     u32::try_from(size).unwrap_or(u32::MAX)
