@@ -242,7 +242,7 @@ impl<F> fmt::Debug for PerThread<F> {
 /// Serve it like any [`Handler`]; `call` blocks the calling thread (a pool thread) until
 /// the dedicated thread answers. Called from async code (a `spawn_blocking` thread
 /// included), where that wait would block the runtime, it answers `500` at once and logs
-/// why (see [`call`](Handler::call) below).
+/// why (see its `call`, under "Trait Implementations").
 ///
 /// # Examples
 ///
