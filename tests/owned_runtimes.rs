@@ -111,6 +111,34 @@ async fn an_ensure_async_closure_that_never_ran_is_dropped_cleanly() {
 }
 
 #[tokio::test]
+async fn an_ensure_async_closure_refused_or_never_polled_is_dropped_cleanly() {
+    // Refused by a full pool (its one thread busy, its one place in the queue taken): the
+    // documented error, not tokio's panic as the closure is dropped.
+    let pool = BlockingPool::builder()
+        .max_threads(1)
+        .queue_capacity(1)
+        .build();
+    let (busy, release_tx) = support::occupy_one_thread(&pool).await;
+    let mut queued = Box::pin(ensure_async_on(&pool, || ()));
+    assert!((&mut queued).now_or_never().is_none());
+    let (client, full_report) = sync_client();
+    let err = within(ensure_async_on(&pool, move || drop(client)))
+        .await
+        .expect_err("a full pool refuses");
+    assert!(err.is_overloaded(), "{err}");
+    assert!(dropped_cleanly(full_report).await);
+
+    // Dropped before its first poll (a `select!` branch not taken).
+    let (client, unpolled_report) = sync_client();
+    drop(ensure_async_on(&pool, move || drop(client)));
+    assert!(dropped_cleanly(unpolled_report).await);
+
+    release_tx.send(()).unwrap();
+    within(busy).await.unwrap().unwrap();
+    within(queued).await.expect("the queued closure ran");
+}
+
+#[tokio::test]
 async fn a_task_whose_closure_and_unused_callback_own_runtimes_succeeds_and_calls_back() {
     let tasks = TaskSet::new();
     let (closure_client, closure_report) = sync_client();

@@ -47,6 +47,8 @@ use crate::throttle::Throttle;
 ///
 /// Dropping the future before `f` starts means `f` never runs. Once `f` runs it cannot be
 /// stopped: it finishes on its thread and its result is dropped, as with `spawn_blocking`.
+/// An `f` that never runs (refused, timed out, or its future dropped) is dropped off the
+/// runtime's threads, so it may own a runtime of its own (a sync database client).
 ///
 /// # Errors
 ///
@@ -125,7 +127,7 @@ where
     let span = tracing::Span::current();
     let pool = pool.clone();
     EnsureAsyncFuture {
-        inner: Box::pin(run(pool, span, f)),
+        inner: Box::pin(run(pool, span, Unrun(Some(f)))),
     }
 }
 
@@ -158,6 +160,21 @@ fn default_pool() -> &'static BlockingPool {
     })
 }
 
+/// The caller's closure until a pool thread takes it up. Dropped unrun, it goes off the
+/// runtime, whichever way that happens: the future dropped before its first poll (a
+/// `select!` branch not taken), the pool refusing the job, the job taken back from the
+/// queue. A closure may own a runtime of its own (a sync database or HTTP client), and
+/// tokio panics when one is dropped on a runtime thread.
+struct Unrun<F: Send + 'static>(Option<F>);
+
+impl<F: Send + 'static> Drop for Unrun<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            crate::offload::drop_off_runtime(f);
+        }
+    }
+}
+
 /// Takes the closure back if the future goes away before a thread has taken it up, which
 /// also takes it out of the pool's queue: work nobody waits for any more neither runs
 /// later, unseen, nor holds a place there (new calls would be refused meanwhile).
@@ -182,7 +199,7 @@ impl Drop for AbandonOnDrop {
     }
 }
 
-async fn run<F, T>(pool: BlockingPool, span: tracing::Span, f: F) -> Result<T>
+async fn run<F, T>(pool: BlockingPool, span: tracing::Span, mut f: Unrun<F>) -> Result<T>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -201,6 +218,8 @@ where
     let (tx, rx) = tokio::sync::oneshot::channel::<std::result::Result<T, String>>();
 
     let (job, withdrawable) = Job::withdrawable(move || {
+        // Always there: the job runs once, and only it takes `f` out.
+        let Some(f) = f.0.take() else { return };
         let outcome =
             span.in_scope(|| context::enter(Some(&ctx), || catch_unwind(AssertUnwindSafe(f))));
         let outcome = outcome.map_err(|payload| {
