@@ -356,16 +356,19 @@ impl Inner {
                                     < free.saturating_add(self.config.queue_capacity) =>
                         {
                             state.queue.push_back(job);
-                            // As a submit that queues: one thread looking at the queue is
-                            // enough, and only a parked one (gone idle since the submit
-                            // looked) is called on, a start having just failed.
-                            if state.searching == 0 && state.idle > 0 {
-                                then = self.claim(&mut state);
-                            }
                             None
                         }
                         other => other,
                     };
+                    // As a submit that queues: one thread looking at the queue is enough,
+                    // and only a parked one is called on, a start having just failed. One
+                    // may have parked since the start was asked for, and jobs submitted
+                    // meanwhile were queued for the thread that did not start (admitted
+                    // `Started`, so with no queue timeout): without this they would wait
+                    // for its keep-alive, or for a running job to end.
+                    if !state.queue.is_empty() && state.searching == 0 && state.idle > 0 {
+                        then = self.claim(&mut state);
+                    }
                     self.unlock(state);
                     // A notify at most: cannot fail.
                     let _ = self.act(then);

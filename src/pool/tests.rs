@@ -301,6 +301,51 @@ fn a_job_stranded_by_a_failed_thread_start_is_taken_up_by_the_next_submit() {
     assert_eq!(ran, [Some("next"), Some("stranded")]);
 }
 
+/// A job submitted while a thread start is on its way is queued for that thread and
+/// admitted `Started`. If the start fails, a thread that parked meanwhile is called on
+/// for it, rather than finding it only at its keep-alive.
+#[test]
+fn a_job_queued_for_a_thread_that_failed_to_start_wakes_a_parked_one() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let pool = BlockingPool::builder()
+        .max_threads(3)
+        .queue_capacity(4)
+        .keep_alive(Duration::from_secs(60))
+        .build();
+    let (first_tx, first_rx) = mpsc::channel::<()>();
+    pool.try_submit(Job::boxed(move || first_tx.send(()).unwrap()))
+        .ok()
+        .unwrap();
+    first_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.inner.lock().idle != 1 {
+        assert!(Instant::now() < deadline, "the thread never parked");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A start asked for (as a worker's `claim` does with nobody parked then), still on
+    // its way while the next job comes in.
+    let start = {
+        let mut state = pool.inner.lock();
+        state.idle -= 1; // set aside, so that `claim` picks a start
+        let start = pool.inner.claim(&mut state);
+        state.idle += 1;
+        start
+    };
+    assert!(matches!(start, Wake::Spawn(None)));
+    let (ran_tx, ran_rx) = mpsc::channel::<()>();
+    assert_eq!(
+        pool.try_submit(Job::boxed(move || ran_tx.send(()).unwrap()))
+            .ok(),
+        Some(Admission::Started)
+    );
+    assert_eq!(pool.stats().queued, 1);
+    pool.inner.fail_spawns.store(1, SeqCst);
+    assert!(pool.inner.act(start).is_err());
+    ran_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the parked thread took the job");
+}
+
 #[test]
 fn wait_idle_wakes_when_the_last_queued_job_ends_and_forgets_dropped_waiters() {
     let runtime = tokio::runtime::Builder::new_current_thread()
