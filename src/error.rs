@@ -218,14 +218,25 @@ impl fmt::Display for Chain<'_> {
 /// The most sources [`Chain`] shows.
 const MAX_SOURCES: usize = 16;
 
-/// Turns a panic payload into the message it carried, for logs and errors.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+/// Turns a panic payload into the message it carried, for logs and errors, and lets go of
+/// it. A payload is a `&str` or a `String` but for `panic_any` and `resume_unwind`; one of
+/// another type is dropped under a guard of its own, so that a `Drop` that panics in turn
+/// does not unwind past the guard that caught the first panic (a `SingleThread`'s thread
+/// would die with it, a pool thread with its counts left high).
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
+        return (*s).to_owned();
+    }
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(other) => {
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(other)));
+            if let Err(again) = dropped {
+                // Whose `Drop` may panic too: leaked, not dropped.
+                std::mem::forget(again);
+            }
+            "Box<dyn Any>".to_owned()
+        }
     }
 }
 
@@ -263,5 +274,23 @@ mod tests {
             "failed to bind the listening socket: 127.0.0.1:1"
         );
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    /// A `panic_any` payload whose `Drop` panics, and whose second payload does too.
+    struct PanicsOnDrop(u8);
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            if self.0 > 0 {
+                std::panic::resume_unwind(Box::new(PanicsOnDrop(self.0 - 1)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_payload_whose_drop_panics_is_let_go_of_without_unwinding() {
+        assert_eq!(panic_message(Box::new("static")), "static");
+        assert_eq!(panic_message(Box::new(String::from("owned"))), "owned");
+        assert_eq!(panic_message(Box::new(PanicsOnDrop(2))), "Box<dyn Any>");
     }
 }

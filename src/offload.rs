@@ -95,7 +95,7 @@ fn drop_thread() -> Option<&'static SyncSender<Dropped>> {
                 for value in rx {
                     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(value))) {
                         tracing::error!(
-                            panic = %panic_message(&*payload),
+                            panic = %panic_message(payload),
                             "a value dropped off the runtime panicked in its Drop"
                         );
                     }

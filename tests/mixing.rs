@@ -525,6 +525,34 @@ async fn single_thread_panic_answers_500_and_keeps_the_thread() {
     server.stop().await;
 }
 
+/// What a handler panics with (`panic_any`) and whose `Drop` panics in turn.
+struct PayloadPanicsOnDrop;
+
+impl Drop for PayloadPanicsOnDrop {
+    fn drop(&mut self) {
+        support::panic_quietly("the panic payload's drop panicked on purpose");
+    }
+}
+
+#[tokio::test]
+async fn single_thread_keeps_its_thread_past_a_panic_payload_whose_drop_panics() {
+    let handler = SingleThread::spawn(|| {
+        let counter = Rc::new(Cell::new(0u32));
+        move |req: Request| {
+            counter.set(counter.get() + 1);
+            if req.uri().path() == "/panic" {
+                std::panic::resume_unwind(Box::new(PayloadPanicsOnDrop));
+            }
+            counter.get().to_string()
+        }
+    })
+    .unwrap();
+    let server = start(handler);
+    assert_eq!(get(server.addr, "/panic").await.status, 500);
+    assert_eq!(get(server.addr, "/").await.text(), "2");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn single_thread_handler_can_use_ensure_sync() {
     let handler = SingleThread::spawn(|| {

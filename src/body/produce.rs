@@ -144,7 +144,7 @@ pub(crate) fn produce(
             None => failed(tx, err),
         },
         Err(payload) => {
-            let msg = panic_message(&*payload);
+            let msg = panic_message(payload);
             let client = request_body.and_then(FaultProbe::client_fault);
             // A producer that unwraps its writes panics on the one the stream timeout
             // failed: that is what its request is answered as.

@@ -177,7 +177,7 @@ impl<H: Handler> RequestJob<H> {
         let mut response = match outcome {
             Ok(response) => response,
             Err(payload) => {
-                let panic = panic_message(&*payload);
+                let panic = panic_message(payload);
                 crate::metrics::handler_failed(HandlerFailure::Panic);
                 // A panic is a bug to see whatever became of the request; the line says
                 // whether the client got the `500`.
@@ -470,7 +470,7 @@ fn make_request_span(make: &MakeSpan, request: &mut Request) -> Option<tracing::
             if let Some(left_out) = PANICKED.admit() {
                 tracing::error!(
                     method = %request.method(), path = %request.uri().path(),
-                    panic = %panic_message(&*payload), left_out,
+                    panic = %panic_message(payload), left_out,
                     "the server's request_span function panicked; the request is served \
                      without its span"
                 );

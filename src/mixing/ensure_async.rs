@@ -223,7 +223,7 @@ where
         let outcome =
             span.in_scope(|| context::enter(Some(&ctx), || catch_unwind(AssertUnwindSafe(f))));
         let outcome = outcome.map_err(|payload| {
-            let message = panic_message(&*payload);
+            let message = panic_message(payload);
             // Logged here, inside the caller's span, even if nobody awaits the result.
             span.in_scope(|| tracing::error!(panic = %message, "ensure_async closure panicked"));
             message

@@ -228,7 +228,7 @@ where
 
 pub(crate) fn join_error(err: JoinError, what: &str) -> Error {
     if err.is_panic() {
-        let message = panic_message(&*err.into_panic());
+        let message = panic_message(err.into_panic());
         tracing::error!(panic = %message, "future run by {what} panicked");
         Error::new(Kind::Panicked).with_message(message)
     } else {

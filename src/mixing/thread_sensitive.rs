@@ -110,7 +110,7 @@ fn drop_instances(instances: impl IntoIterator<Item = Instance>) {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(instance))) {
             tracing::error!(
                 thread = %std::thread::current().name().unwrap_or("unnamed"),
-                panic = %panic_message(&*payload),
+                panic = %panic_message(payload),
                 "a per-thread handler instance panicked while being dropped"
             );
         }
@@ -492,7 +492,7 @@ impl SingleThreadBuilder {
                 let handler = match catch_unwind(AssertUnwindSafe(factory)) {
                     Ok(handler) => handler,
                     Err(payload) => {
-                        let _ = ready_tx.send(Err(panic_message(&*payload)));
+                        let _ = ready_tx.send(Err(panic_message(payload)));
                         return;
                     }
                 };
@@ -561,7 +561,7 @@ fn serve_one(handler: &dyn Fn(Request) -> Response, call: Call, name: &str, in_h
     let response = outcome.unwrap_or_else(|payload| {
         crate::metrics::handler_failed(HandlerFailure::Panic);
         tracing::error!(
-            thread = %name, %method, %path, panic = %panic_message(&*payload),
+            thread = %name, %method, %path, panic = %panic_message(payload),
             "single-thread handler panicked; answered 500, thread kept"
         );
         internal_error()
@@ -579,7 +579,7 @@ fn serve_here(handler: &dyn Fn(Request) -> Response, request: Request, name: &st
     catch_unwind(AssertUnwindSafe(|| handler(request))).unwrap_or_else(|payload| {
         crate::metrics::handler_failed(HandlerFailure::Panic);
         tracing::error!(
-            thread = %name, %method, %path, panic = %panic_message(&*payload),
+            thread = %name, %method, %path, panic = %panic_message(payload),
             "single-thread handler panicked in a call to itself; answered 500"
         );
         internal_error()

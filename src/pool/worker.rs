@@ -110,7 +110,7 @@ impl Inner {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job.run())) {
                 tracing::error!(
                     pool = %self.config.name,
-                    panic = %crate::error::panic_message(&*payload),
+                    panic = %crate::error::panic_message(payload),
                     "a pool job panicked outside its own guard; the thread goes on"
                 );
             }

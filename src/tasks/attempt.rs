@@ -167,7 +167,7 @@ where
             let attempt = match outcome {
                 Ok(Ok(value)) => Attempt::Ok(value),
                 Ok(Err(err)) => Attempt::Err(Arc::from(err.into())),
-                Err(payload) => Attempt::Panicked(panic_message(&*payload)),
+                Err(payload) => Attempt::Panicked(panic_message(payload)),
             };
             // Only a failure may need the closure again. Done with, it is dropped here on
             // the pool thread: it may own a runtime, which a runtime thread cannot drop.
@@ -279,7 +279,7 @@ where
             self.set.shared.backend.started(ctx.id, ctx.attempt);
             let future = match catch_unwind(AssertUnwindSafe(|| (self.make)(ctx))) {
                 Ok(future) => future,
-                Err(payload) => return Attempt::Panicked(panic_message(&*payload)),
+                Err(payload) => return Attempt::Panicked(panic_message(payload)),
             };
             tokio::select! {
                 biased;
@@ -287,7 +287,7 @@ where
                 outcome = AssertUnwindSafe(future).catch_unwind() => match outcome {
                     Ok(Ok(value)) => Attempt::Ok(value),
                     Ok(Err(err)) => Attempt::Err(Arc::from(err.into())),
-                    Err(payload) => Attempt::Panicked(panic_message(&*payload)),
+                    Err(payload) => Attempt::Panicked(panic_message(payload)),
                 },
             }
         })

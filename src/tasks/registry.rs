@@ -165,7 +165,7 @@ impl Drop for Gone {
         for info in self.0.drain(..) {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(info))) {
                 tracing::error!(
-                    panic = %panic_message(&*payload),
+                    panic = %panic_message(payload),
                     "a task's result panicked in its Drop"
                 );
             }

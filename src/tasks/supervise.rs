@@ -366,7 +366,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
                         tracing::error!(
                             task_id = %id,
                             callback = which,
-                            panic = %panic_message(&*payload),
+                            panic = %panic_message(payload),
                             "background task callback panicked"
                         );
                     }

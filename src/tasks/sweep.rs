@@ -184,7 +184,7 @@ impl Sweeper {
                 if let Err(payload) = swept {
                     set.sweeping.store(false, Ordering::SeqCst);
                     tracing::error!(
-                        panic = %panic_message(&*payload),
+                        panic = %panic_message(payload),
                         "the task sweeper panicked; the set it swept is let go of until its \
                          next task finishes"
                     );
