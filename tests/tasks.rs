@@ -537,6 +537,61 @@ async fn a_task_span_follows_from_the_request_span_that_spawned_it() {
     server.stop().await;
 }
 
+/// A task whose work is done but whose callback still runs at the drain deadline is not
+/// "cancelled": the lines say its callbacks are what is left, and that they are cut off
+/// if the process exits.
+#[tokio::test]
+async fn a_task_held_by_its_callback_at_the_drain_deadline_is_said_to_be_so() {
+    logs::install();
+    let set = TaskSet::builder().build();
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (finished_tx, finished_rx) = mpsc::channel::<()>();
+    let handle = set
+        .task()
+        .name("notify-client")
+        .on_done(move |_info| {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(STEP);
+            let _ = finished_tx.send(());
+        })
+        .spawn(|_ctx| async { Ok::<_, BoxError>(()) })
+        .unwrap();
+    let id = handle.id();
+    within(tokio::task::spawn_blocking(move || {
+        started_rx.recv_timeout(STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the callback started");
+
+    let abandoned = within(set.shutdown(Duration::from_millis(20))).await;
+    assert_eq!(abandoned, [id]);
+    assert_eq!(set.status(id), TaskStatus::Succeeded);
+    let task = format!("task_id={id}");
+    assert!(logs::contains(&[
+        "WARN",
+        &task,
+        "callbacks still running or queued at the drain deadline",
+        "status=succeeded",
+        "name=\"notify-client\"",
+    ]));
+    assert!(logs::contains(&[
+        "ERROR",
+        &task,
+        "callbacks did not end within the drain"
+    ]));
+    assert!(!logs::contains(&[&task, "cancelling it"]));
+    assert!(!logs::contains(&[&task, "did not stop after cancellation"]));
+    release_tx.send(()).unwrap();
+    within(tokio::task::spawn_blocking(move || {
+        finished_rx.recv_timeout(STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("the callback ran to its end");
+}
+
 #[tokio::test]
 async fn shutdown_cancels_tasks_past_the_drain_deadline_and_reports_each_id() {
     logs::install();

@@ -295,12 +295,22 @@ impl TaskSet {
             abandoned.sort();
             for id in &abandoned {
                 let info = self.info(*id);
-                tracing::warn!(
-                    task_id = %id,
-                    name = info.as_ref().and_then(TaskInfo::name),
-                    status = %info.as_ref().map_or(TaskStatus::NotFound, TaskInfo::status),
-                    "background task abandoned at the drain deadline; cancelling it"
-                );
+                let name = info.as_ref().and_then(TaskInfo::name);
+                let status = info.as_ref().map_or(TaskStatus::NotFound, TaskInfo::status);
+                if status.is_finished() {
+                    // Its work ended and is recorded; its callbacks hold it live, and a
+                    // token does not stop them.
+                    tracing::warn!(
+                        task_id = %id, name, %status,
+                        "background task's callbacks still running or queued at the drain \
+                         deadline; they are cut off if the process exits"
+                    );
+                } else {
+                    tracing::warn!(
+                        task_id = %id, name, %status,
+                        "background task abandoned at the drain deadline; cancelling it"
+                    );
+                }
             }
             shared.root.cancel();
             let stopped = tokio::select! {
@@ -309,11 +319,20 @@ impl TaskSet {
             };
             if !stopped {
                 shared.left_running.store(true, Ordering::Relaxed);
-                for id in shared.live().keys() {
-                    tracing::error!(
-                        task_id = %id,
-                        "background task did not stop after cancellation; left running"
-                    );
+                let left: Vec<TaskId> = shared.live().keys().copied().collect();
+                for id in left {
+                    if self.status(id).is_finished() {
+                        tracing::error!(
+                            task_id = %id,
+                            "background task's callbacks did not end within the drain; left \
+                             running, they are cut off if the process exits"
+                        );
+                    } else {
+                        tracing::error!(
+                            task_id = %id,
+                            "background task did not stop after cancellation; left running"
+                        );
+                    }
                 }
             }
         }

@@ -169,7 +169,8 @@ impl Drop for Unfinished {
             Stage::CallbacksHanded => tracing::warn!(
                 task_id = %id,
                 "background task's supervisor dropped (the runtime shut down) while its \
-                 callbacks run; they run on, and the task is no longer counted live"
+                 callbacks run or wait for a callback thread; they run on until the process \
+                 exits, and the task is no longer counted live"
             ),
             // `finish` took it out of the live map itself, with the reply.
             Stage::Done => return,
