@@ -340,7 +340,9 @@ impl<'a> TaskBuilder<'a> {
         // is held across awaits, which must stay `Send`.
         let callbacks = (self.on_error, self.on_done);
         let has_callbacks = callbacks.0.is_some() || callbacks.1.is_some();
-        tracing::debug!(parent: &span, task_id = %id, "background task spawned");
+        // In the caller's span (a request's): what ties the request to the tasks it spawned,
+        // the task's own span only following from it.
+        tracing::debug!(task_id = %id, name = self.name.as_deref(), "background task spawned");
         let future = CURRENT_SET.scope(self.set.clone(), supervisor.run(work, callbacks));
         self.set
             .shared
