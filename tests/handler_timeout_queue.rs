@@ -62,7 +62,7 @@ async fn a_handler_reading_its_body_at_the_timeout_is_answered_504_and_its_reads
         .await
         .expect("the handler's read ended");
     assert!(
-        error.contains("given up before its body ended"),
+        error.contains("given up before its body was read to the end"),
         "the handler's read failed with: {error}"
     );
     drop(parts);

@@ -74,8 +74,8 @@ impl<B> Pump<B> {
         if let Some(tx) = self.tx.take() {
             tx.fail_by_client(
                 io::ErrorKind::ConnectionAborted,
-                "the request was given up before its body ended (client left, or a deadline \
-                 or shutdown)",
+                "the request was given up before its body was read to the end (client left, \
+                 or a deadline or shutdown)",
             );
         }
     }

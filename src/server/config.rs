@@ -723,7 +723,9 @@ impl Server {
     /// still get the response (hyper's `half_close`). Default is `false`, as hyper,
     /// nginx (its `499`) and Go: the end of the client's stream counts as the client
     /// gone, so a request still queued for a handler thread is dropped unrun, and one
-    /// whose handler runs has its response dropped.
+    /// whose handler runs has its response dropped and its reads of the request body
+    /// fail (`ConnectionAborted`), even with the whole body sent: the body is read from
+    /// the connection only as the handler reads it.
     ///
     /// Turn it on for clients that half-close on purpose (`nc -N`, some webhook senders
     /// and HTTP/1.0-era tools): their requests then run and are answered as gunicorn
