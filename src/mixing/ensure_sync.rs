@@ -127,7 +127,12 @@ where
 ///
 /// The runtime must be driven while the call waits: a multi-thread runtime always is; a
 /// current-thread runtime only while its thread is inside `block_on`. Waiting on a
-/// current-thread runtime whose thread is itself blocked waits until that thread moves.
+/// current-thread runtime whose thread is itself blocked waits until that thread moves,
+/// and for ever if that thread is the caller's own (outside its `block_on`), or if the
+/// runtime is kept but never driven again: only its shutdown ends the wait then
+/// ([`Error::is_shutdown`]). The same holds for [`ensure_sync`] from an
+/// [`ensure_async`](crate::ensure_async) closure whose caller, on such a runtime, gave up
+/// on it and left `block_on`.
 ///
 /// # Errors
 ///

@@ -456,7 +456,10 @@ impl SingleThreadBuilder {
     }
 
     /// How long a request may wait for the thread before it is answered `503` instead.
-    /// Default is 30 seconds, as the pool's queue timeout.
+    /// Default is 30 seconds, as the pool's queue timeout. The wait includes the hand-over
+    /// to an idle thread (a wake-up: microseconds, milliseconds on a busy machine), so a
+    /// timeout of a few milliseconds or less also refuses requests the thread would have
+    /// taken at once.
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.queue_timeout = timeout;
         self
