@@ -11,6 +11,7 @@ mod bridge;
 mod context;
 mod error;
 mod handler;
+mod long_poll;
 mod metrics;
 mod mixing;
 mod offload;

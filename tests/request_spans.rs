@@ -169,3 +169,25 @@ async fn the_span_function_may_read_the_body_and_do_what_a_handler_may() {
     }
     server.stop().await;
 }
+
+/// A future run by `ensure_sync` that blocks its runtime thread stalls every connection on
+/// that thread without failing: the server says so, in the request's span, with how long.
+#[tokio::test]
+async fn a_future_that_blocks_its_runtime_thread_is_said_in_its_requests_span() {
+    logs::install();
+    let server = TestServer::start_with(with_request_ids(), |_req: Request| {
+        syncbridge::ensure_sync(async {
+            std::thread::sleep(std::time::Duration::from_millis(150)); // a sync call, by mistake
+            "slept"
+        })
+    });
+    let reply = get(server.addr, false, "/", &[("x-request-id", "rid-blocks")]).await;
+    assert_eq!(reply, (200, "slept".to_owned()));
+    server.stop().await;
+    assert!(logs::contains(&[
+        "WARN",
+        "in {request id=rid-blocks }",
+        "a future run by ensure_sync held its runtime thread that long in one poll",
+        "took_ms=",
+    ]));
+}

@@ -537,6 +537,27 @@ async fn a_task_span_follows_from_the_request_span_that_spawned_it() {
     server.stop().await;
 }
 
+/// An async task that calls blocking code holds a runtime thread, and every connection on
+/// it, for as long: said with the task's id.
+#[tokio::test]
+async fn an_async_task_that_blocks_its_runtime_thread_is_said_with_its_id() {
+    logs::install();
+    let set = TaskSet::builder().build();
+    let handle = set
+        .spawn(|_ctx| async {
+            std::thread::sleep(Duration::from_millis(150)); // a sync call, by mistake
+            Ok::<_, BoxError>(())
+        })
+        .unwrap();
+    let id = handle.id();
+    within(handle.join()).await.expect("the task succeeded");
+    assert!(logs::contains(&[
+        "WARN",
+        &format!("task_id={id}"),
+        "an async background task held its runtime thread that long in one poll",
+    ]));
+}
+
 /// A task whose work is done but whose callback still runs at the drain deadline is not
 /// "cancelled": the lines say its callbacks are what is left, and that they are cut off
 /// if the process exits.

@@ -18,6 +18,7 @@ use tokio::task::JoinError;
 
 use crate::context;
 use crate::error::{panic_message, Error, Kind, Result};
+use crate::long_poll::PollTimed;
 
 /// Runs `future` to completion on the server's persistent runtime and returns its output,
 /// blocking the calling thread until then.
@@ -66,6 +67,12 @@ use crate::error::{panic_message, Error, Kind, Result};
 /// The call waits as long as the future runs: bound it inside, for instance with
 /// `tokio::time::timeout`. It ends early with [`Error::is_shutdown`] if the runtime shuts
 /// down under it.
+///
+/// The future runs on the runtime's threads, so blocking code in it (`std::thread::sleep`,
+/// a sync client) holds one of them, and every connection it drives, for as long. A poll
+/// that takes 100 ms or more is logged at `warn` in the caller's span (`a future run by
+/// ensure_sync held its runtime thread that long in one poll`, with `took_ms`). Blocking
+/// code belongs in the handler itself, or in [`ensure_async`](crate::ensure_async).
 ///
 /// # Errors
 ///
@@ -225,7 +232,7 @@ where
     // A task of its own, not `Handle::block_on`: see the module docs. It runs in the
     // caller's span (on a handler thread, the request's), as `ensure_async`'s closure does.
     let task = handle.spawn(tracing::Instrument::instrument(
-        future,
+        PollTimed::new(future, "a future run by ensure_sync"),
         tracing::Span::current(),
     ));
     park_on(task).map_err(|err| join_error(err, "ensure_sync"))
