@@ -223,6 +223,10 @@ const MAX_SOURCES: usize = 16;
 /// another type is dropped under a guard of its own, so that a `Drop` that panics in turn
 /// does not unwind past the guard that caught the first panic (a `SingleThread`'s thread
 /// would die with it, a pool thread with its counts left high).
+///
+/// Callable from any thread. Call it before a `tracing` macro, not inside one: a field is
+/// evaluated only when its event is enabled (or its throttle admits it), and the payload
+/// must be let go of here either way.
 pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         return (*s).to_owned();

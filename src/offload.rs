@@ -94,8 +94,9 @@ fn drop_thread() -> Option<&'static SyncSender<Dropped>> {
             .spawn(move || {
                 for value in rx {
                     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(value))) {
+                        let panic = panic_message(payload);
                         tracing::error!(
-                            panic = %panic_message(payload),
+                            %panic,
                             "a value dropped off the runtime panicked in its Drop"
                         );
                     }

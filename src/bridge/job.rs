@@ -466,11 +466,13 @@ fn make_request_span(make: &MakeSpan, request: &mut Request) -> Option<tracing::
     match catch_unwind(AssertUnwindSafe(|| (make.0)(request))) {
         Ok(span) => Some(span),
         Err(payload) => {
+            // Let go of whether or not the line is written (`panic_message`).
+            let panic = panic_message(payload);
             static PANICKED: Throttle = Throttle::new();
             if let Some(left_out) = PANICKED.admit() {
                 tracing::error!(
                     method = %request.method(), path = %request.uri().path(),
-                    panic = %panic_message(payload), left_out,
+                    %panic, left_out,
                     "the server's request_span function panicked; the request is served \
                      without its span"
                 );

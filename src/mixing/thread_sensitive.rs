@@ -108,9 +108,10 @@ impl Drop for Instances {
 fn drop_instances(instances: impl IntoIterator<Item = Instance>) {
     for instance in instances {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(instance))) {
+            let panic = panic_message(payload);
             tracing::error!(
                 thread = %std::thread::current().name().unwrap_or("unnamed"),
-                panic = %panic_message(payload),
+                %panic,
                 "a per-thread handler instance panicked while being dropped"
             );
         }
@@ -563,8 +564,9 @@ fn serve_one(handler: &dyn Fn(Request) -> Response, call: Call, name: &str, in_h
     });
     let response = outcome.unwrap_or_else(|payload| {
         crate::metrics::handler_failed(HandlerFailure::Panic);
+        let panic = panic_message(payload);
         tracing::error!(
-            thread = %name, %method, %path, panic = %panic_message(payload),
+            thread = %name, %method, %path, %panic,
             "single-thread handler panicked; answered 500, thread kept"
         );
         internal_error()
@@ -581,8 +583,9 @@ fn serve_here(handler: &dyn Fn(Request) -> Response, request: Request, name: &st
     let path = request.uri().path().to_owned();
     catch_unwind(AssertUnwindSafe(|| handler(request))).unwrap_or_else(|payload| {
         crate::metrics::handler_failed(HandlerFailure::Panic);
+        let panic = panic_message(payload);
         tracing::error!(
-            thread = %name, %method, %path, panic = %panic_message(payload),
+            thread = %name, %method, %path, %panic,
             "single-thread handler panicked in a call to itself; answered 500"
         );
         internal_error()
@@ -595,4 +598,32 @@ fn service_unavailable() -> Response {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `panic_any` payload whose `Drop` panics in turn.
+    struct PayloadPanicsOnDrop;
+
+    impl Drop for PayloadPanicsOnDrop {
+        fn drop(&mut self) {
+            std::panic::resume_unwind(Box::new("the payload's drop panicked"));
+        }
+    }
+
+    /// With no subscriber the panic's line is not written, and its fields are not
+    /// evaluated: the payload must still be let go of under its guard, not after it.
+    #[test]
+    fn a_panic_payload_whose_drop_panics_is_contained_with_no_subscriber() {
+        let handler = |_req: Request| -> Response {
+            std::panic::resume_unwind(Box::new(PayloadPanicsOnDrop))
+        };
+        let response =
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+                serve_here(&handler, Request::new(crate::Body::empty()), "test")
+            });
+        assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

@@ -108,9 +108,10 @@ impl Inner {
             // `Drop` or `Display` of a user type), so the counters stay right and the
             // thread lives on.
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job.run())) {
+                let panic = crate::error::panic_message(payload);
                 tracing::error!(
                     pool = %self.config.name,
-                    panic = %crate::error::panic_message(payload),
+                    %panic,
                     "a pool job panicked outside its own guard; the thread goes on"
                 );
             }

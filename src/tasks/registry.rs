@@ -164,8 +164,9 @@ impl Drop for Gone {
     fn drop(&mut self) {
         for info in self.0.drain(..) {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| drop(info))) {
+                let panic = panic_message(payload);
                 tracing::error!(
-                    panic = %panic_message(payload),
+                    %panic,
                     "a task's result panicked in its Drop"
                 );
             }

@@ -364,10 +364,11 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
             context::enter(Some(&context), || {
                 for (which, callback) in callbacks {
                     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(&info))) {
+                        let panic = panic_message(payload);
                         tracing::error!(
                             task_id = %id,
                             callback = which,
-                            panic = %panic_message(payload),
+                            %panic,
                             "background task callback panicked"
                         );
                     }

@@ -183,8 +183,9 @@ impl Sweeper {
                 let swept = catch_unwind(AssertUnwindSafe(|| schedule_next(&set)));
                 if let Err(payload) = swept {
                     set.sweeping.store(false, Ordering::SeqCst);
+                    let panic = panic_message(payload);
                     tracing::error!(
-                        panic = %panic_message(payload),
+                        %panic,
                         "the task sweeper panicked; the set it swept is let go of until its \
                          next task finishes"
                     );
