@@ -528,6 +528,17 @@ async fn a_task_span_follows_from_the_request_span_that_spawned_it() {
         ]),
         "no follows-from edge from the request span to task {id}"
     );
+    // The spawn itself is said in the request's span: what ties the request to its task.
+    assert!(
+        logs::contains(&[
+            "DEBUG",
+            "in {request path=\"/traced\" }",
+            &format!("task_id={id}"),
+            "name=\"follower\"",
+            "background task spawned",
+        ]),
+        "the spawn of task {id} not said in its request's span"
+    );
     let unnamed_line = ["FOLLOWS task", &format!("task_id={unnamed}")];
     assert!(logs::contains(&unnamed_line), "no span for task {unnamed}");
     assert!(
@@ -593,7 +604,7 @@ async fn a_task_held_by_its_callback_at_the_drain_deadline_is_said_to_be_so() {
     assert!(logs::contains(&[
         "WARN",
         &task,
-        "callbacks still running or queued at the drain deadline",
+        "callbacks still running or queued at the drain deadline; not cancelled",
         "status=succeeded",
         "name=\"notify-client\"",
     ]));

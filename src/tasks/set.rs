@@ -102,7 +102,7 @@ pub(super) struct Shared {
     /// Tasks spawned and not yet ended, with their tokens: for `cancel` by id and for
     /// naming every abandoned task at shutdown. A task stays here until its callbacks
     /// have run, after its registry entry is final (and may be evicted).
-    live: Mutex<HashMap<TaskId, CancellationToken>>,
+    live: Mutex<HashMap<TaskId, Live>>,
     /// The most tasks `live` holds: the registry's `max_entries`. The registry cannot
     /// bound tasks whose entries are final but whose callbacks wait for room.
     max_live: usize,
@@ -229,7 +229,7 @@ impl TaskSet {
     /// live, and cancelling it changes nothing. Callable from anywhere.
     pub fn cancel(&self, id: TaskId) -> bool {
         // Cloned out so that cancelling (which wakes other tasks) runs outside the lock.
-        let token = self.shared.live().get(&id).cloned();
+        let token = self.shared.live().get(&id).map(|live| live.token.clone());
         match token {
             Some(token) => {
                 tracing::info!(task_id = %id, "background task cancellation requested");
@@ -291,19 +291,26 @@ impl TaskSet {
         };
         let mut abandoned = Vec::new();
         if !drained {
-            abandoned = shared.live().keys().copied().collect::<Vec<_>>();
+            let left: Vec<(TaskId, bool)> = shared
+                .live()
+                .iter()
+                .map(|(id, live)| (*id, live.ended))
+                .collect();
+            abandoned = left.iter().map(|(id, _)| *id).collect();
             abandoned.sort();
-            for id in &abandoned {
-                let info = self.info(*id);
+            for (id, ended) in left {
+                let info = self.info(id);
                 let name = info.as_ref().and_then(TaskInfo::name);
                 let status = info.as_ref().map_or(TaskStatus::NotFound, TaskInfo::status);
-                if status.is_finished() {
+                // Not the registry's status: its entry may be evicted, or expired, while
+                // its callbacks run.
+                if ended {
                     // Its work ended and is recorded; its callbacks hold it live, and a
                     // token does not stop them.
                     tracing::warn!(
                         task_id = %id, name, %status,
                         "background task's callbacks still running or queued at the drain \
-                         deadline; they are cut off if the process exits"
+                         deadline; not cancelled (a token does not stop them)"
                     );
                 } else {
                     tracing::warn!(
@@ -319,13 +326,18 @@ impl TaskSet {
             };
             if !stopped {
                 shared.left_running.store(true, Ordering::Relaxed);
-                let left: Vec<TaskId> = shared.live().keys().copied().collect();
-                for id in left {
-                    if self.status(id).is_finished() {
+                let left: Vec<(TaskId, bool)> = shared
+                    .live()
+                    .iter()
+                    .map(|(id, live)| (*id, live.ended))
+                    .collect();
+                for (id, ended) in left {
+                    if ended {
                         tracing::error!(
                             task_id = %id,
-                            "background task's callbacks did not end within the drain; left \
-                             running, they are cut off if the process exits"
+                            "background task's callbacks did not end within the drain: one \
+                             still waiting for room will not run, one running or queued is cut \
+                             off if the process exits"
                         );
                     } else {
                         tracing::error!(
@@ -440,7 +452,7 @@ pub(crate) fn with_current<F: Future>(set: TaskSet, future: F) -> impl Future<Ou
 }
 
 impl Shared {
-    pub(super) fn live(&self) -> MutexGuard<'_, HashMap<TaskId, CancellationToken>> {
+    pub(super) fn live(&self) -> MutexGuard<'_, HashMap<TaskId, Live>> {
         // Only map operations run under the lock.
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -642,10 +654,31 @@ pub(super) fn register_live(set: &TaskSet, id: TaskId, token: CancellationToken)
             live.len()
         )));
     }
-    live.insert(id, token);
+    live.insert(
+        id,
+        Live {
+            token,
+            ended: false,
+        },
+    );
     Ok(())
+}
+
+/// Marks a live task's work as ended and recorded: only its callbacks hold it live now.
+pub(super) fn mark_ended(set: &TaskSet, id: TaskId) {
+    if let Some(live) = set.shared.live().get_mut(&id) {
+        live.ended = true;
+    }
 }
 
 pub(super) fn unregister_live(set: &TaskSet, id: TaskId) {
     set.shared.live().remove(&id);
+}
+
+/// A live task: its token, for `cancel` and the drain, and whether its work has ended
+/// (the drain does not cancel what is left of such a task, its callbacks).
+#[derive(Debug)]
+pub(super) struct Live {
+    token: CancellationToken,
+    ended: bool,
 }

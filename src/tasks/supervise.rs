@@ -303,6 +303,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         crate::metrics::task_finished(status.as_str());
         let info = self.set.shared.backend.finished(id, outcome);
         self.unfinished.stage = Stage::Recorded;
+        super::set::mark_ended(&self.set, id);
         super::sweep::sweep_later(&self.set);
         let mut callbacks = Vec::new();
         if status != TaskStatus::Succeeded {
