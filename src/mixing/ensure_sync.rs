@@ -18,7 +18,7 @@ use tokio::task::JoinError;
 
 use crate::context;
 use crate::error::{panic_message, Error, Kind, Result};
-use crate::long_poll::PollTimed;
+use crate::long_poll::{PollTimed, Runs};
 
 /// Runs `future` to completion on the server's persistent runtime and returns its output,
 /// blocking the calling thread until then.
@@ -232,7 +232,7 @@ where
     // A task of its own, not `Handle::block_on`: see the module docs. It runs in the
     // caller's span (on a handler thread, the request's), as `ensure_async`'s closure does.
     let task = handle.spawn(tracing::Instrument::instrument(
-        PollTimed::new(future, "a future run by ensure_sync"),
+        PollTimed::new(future, Runs::EnsureSync),
         tracing::Span::current(),
     ));
     park_on(task).map_err(|err| join_error(err, "ensure_sync"))

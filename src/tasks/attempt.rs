@@ -16,6 +16,7 @@ use super::set::TaskSet;
 use super::spawn::TaskContext;
 use crate::context;
 use crate::error::panic_message;
+use crate::long_poll::{PollTimed, Runs};
 use crate::pool::{BlockingPool, Job, Withdrawable};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -284,7 +285,12 @@ where
             tokio::select! {
                 biased;
                 _ = token.cancelled() => Attempt::Cancelled,
-                outcome = AssertUnwindSafe(future).catch_unwind() => match outcome {
+                // Only the user's future is timed: the supervisor's own work (its locks,
+                // its lines) and the future's drop at a cancellation are not its code.
+                outcome = PollTimed::new(
+                    AssertUnwindSafe(future).catch_unwind(),
+                    Runs::AsyncTask,
+                ) => match outcome {
                     Ok(Ok(value)) => Attempt::Ok(value),
                     Ok(Err(err)) => Attempt::Err(Arc::from(err.into())),
                     Err(payload) => Attempt::Panicked(panic_message(payload)),

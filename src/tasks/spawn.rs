@@ -19,7 +19,6 @@ use super::info::{TaskId, TaskInfo};
 use super::set::{register_live, unregister_live, TaskSet, CURRENT_SET};
 use super::supervise::{Supervisor, Unfinished};
 use crate::error::{Error, Result};
-use crate::long_poll::PollTimed;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub(super) type Callback = Box<dyn FnOnce(&TaskInfo) + Send + 'static>;
@@ -345,10 +344,10 @@ impl<'a> TaskBuilder<'a> {
         // the task's own span only following from it.
         tracing::debug!(task_id = %id, name = self.name.as_deref(), "background task spawned");
         let future = CURRENT_SET.scope(self.set.clone(), supervisor.run(work, callbacks));
-        self.set.shared.tracker.spawn_on(
-            PollTimed::new(future, "an async background task").instrument(span),
-            &runtime,
-        );
+        self.set
+            .shared
+            .tracker
+            .spawn_on(future.instrument(span), &runtime);
         drop(tracked); // the supervisor is tracked from here on
         TaskHandle {
             id,
