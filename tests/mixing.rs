@@ -126,14 +126,6 @@ fn ensure_sync_inside_multi_thread_task_is_async_context() {
     assert!(err.is_async_context(), "{err:?}");
 }
 
-#[tokio::test]
-async fn ensure_sync_inside_tokio_test_is_async_context_at_once() {
-    // Returns without blocking. Had it blocked, this current-thread runtime would be stuck
-    // for good (`within` could not fire either): the failure would be a hang.
-    let result = within(async { ensure_sync(async { 1 }) }).await;
-    assert!(result.unwrap_err().is_async_context());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensure_sync_in_spawn_blocking_is_async_context() {
     // tokio marks its blocking threads as inside the runtime; documented alternative:

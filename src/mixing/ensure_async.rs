@@ -164,7 +164,8 @@ fn default_pool() -> &'static BlockingPool {
 /// runtime, whichever way that happens: the future dropped before its first poll (a
 /// `select!` branch not taken), the pool refusing the job, the job taken back from the
 /// queue. A closure may own a runtime of its own (a sync database or HTTP client), and
-/// tokio panics when one is dropped on a runtime thread.
+/// tokio panics when one is dropped on a runtime thread. Its drop may run anywhere (the
+/// caller's task, a pool thread, the drop thread): `drop_off_runtime` looks where.
 struct Unrun<F: Send + 'static>(Option<F>);
 
 impl<F: Send + 'static> Drop for Unrun<F> {
