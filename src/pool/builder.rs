@@ -77,7 +77,9 @@ impl BlockingPoolBuilder {
     }
 
     /// How long a thread waits for work before it exits. Default is 10 seconds, as tokio's
-    /// blocking pool. `Duration::MAX` keeps threads for ever. The last thread to leave
+    /// blocking pool. `Duration::MAX` keeps threads for ever, also once every handle to
+    /// the pool is dropped (nothing else stops them): a pool built per component or per
+    /// test wants a finite keep-alive. The last thread to leave
     /// hands the allocator's free memory back to the OS, unless
     /// [`trim_memory_when_idle`](Self::trim_memory_when_idle) is off.
     pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
