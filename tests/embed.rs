@@ -375,3 +375,59 @@ async fn a_task_set_given_to_the_service_is_the_legacy_handlers_current_one() {
     within(tasks.shutdown(Duration::from_secs(5))).await;
     assert_eq!(tasks.status(id), syncbridge::TaskStatus::Succeeded);
 }
+
+/// A producer that takes no notice of its failed writes, behind a host with no watch on
+/// its connections: one write fails for a client that took nothing for the body timeout,
+/// and the client then reads on. The body must not end as if whole, with a hole where
+/// that write was: the response is aborted instead.
+#[tokio::test]
+async fn a_stream_that_lost_a_chunk_to_a_stalled_client_is_not_passed_off_as_whole() {
+    use syncbridge::{Request, Response, ResponseBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 512; // 32 MiB: more than the socket buffers hold (up to 4 MiB each)
+    let (failed_tx, failed_rx) = std::sync::mpsc::channel::<()>();
+    let failed_tx = std::sync::Mutex::new(failed_tx);
+    let legacy = syncbridge::SyncService::builder(move |_req: Request| {
+        let failed_tx = failed_tx.lock().unwrap().clone();
+        Response::new(ResponseBody::from_writer(move |w| {
+            let chunk = vec![b'z'; CHUNK];
+            let mut told = false;
+            for _ in 0..CHUNKS {
+                let wrote = w.write_all(&chunk).and_then(|()| w.flush());
+                if wrote.is_err() && !told {
+                    told = true;
+                    let _ = failed_tx.send(());
+                }
+            }
+            Ok(())
+        }))
+    })
+    .body_timeout(Duration::from_millis(300))
+    .build();
+    let server = serve(axum::Router::new().route_service("/stream", legacy)).await;
+
+    // A client with a small receive buffer that reads nothing until a write has failed.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stream = within(socket.connect(server.addr)).await.unwrap();
+    let request = b"GET /stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    within(stream.write_all(request)).await.unwrap();
+    within(tokio::task::spawn_blocking(move || {
+        failed_rx.recv_timeout(support::STEP)
+    }))
+    .await
+    .unwrap()
+    .expect("a write failed for the stalled client");
+
+    let mut received = Vec::new();
+    let _ = within(stream.read_to_end(&mut received)).await;
+    let body = received.iter().filter(|&&b| b == b'z').count();
+    assert!(
+        !received.ends_with(b"0\r\n\r\n"),
+        "ended as a whole body with {body} of {} bytes",
+        CHUNK * CHUNKS
+    );
+    assert!(body < CHUNK * CHUNKS, "{body} bytes");
+    server.stop().await;
+}

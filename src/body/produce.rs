@@ -91,9 +91,10 @@ pub(crate) fn produce(
         sent: 0,
         declared,
         overran: false,
+        stalled: false,
     };
     let result = catch_unwind(AssertUnwindSafe(|| run(producer, &mut out)));
-    let (sent, overran) = (out.sent, out.overran);
+    let (sent, overran, stalled) = (out.sent, out.overran, out.stalled);
     match result {
         // Checked first: the producer may have wrapped the error, or swallowed it (and
         // then ended cleanly: the client must not take a cut-off body for a whole one). A
@@ -110,6 +111,14 @@ pub(crate) fn produce(
                 aborted: failed == Failed::Aborted,
             }
         }
+        // A chunk was lost to a client that took nothing for the body timeout: whatever
+        // the producer made of it, and however the client reads on, the body has a hole.
+        Ok(_) if stalled && !tx.is_closed() => by_client(
+            tx,
+            sent,
+            io::ErrorKind::TimedOut,
+            send_error(SendError::Stalled),
+        ),
         Ok(_) if overran => failed(
             tx,
             wrong_length(format!(
@@ -128,6 +137,8 @@ pub(crate) fn produce(
                      Content-Length declares"
                 )),
             ),
+            // A producer that took no notice of its failed writes, its client gone.
+            None if tx.is_closed() => Produced::Disconnected(sent),
             _ => {
                 tx.finish();
                 Produced::Complete(sent)
@@ -214,6 +225,10 @@ struct Out<'a> {
     declared: Option<u64>,
     /// The producer tried to send more than `declared`.
     overran: bool,
+    /// A send failed for a client that took nothing for the body timeout. Every later
+    /// send fails the same way: the chunk it carried is lost, so a body sent on after it
+    /// would reach a client that reads again with a hole in it.
+    stalled: bool,
 }
 
 impl Out<'_> {
@@ -237,6 +252,9 @@ impl Out<'_> {
     /// `TimedOut` once it has passed: a heartbeat loop, or a writer gathering small
     /// writes, must not run on past it unseen.
     fn still_read(&self) -> io::Result<()> {
+        if self.stalled {
+            return Err(send_error(SendError::Stalled));
+        }
         if self.tx.is_closed() && self.declared != Some(self.sent) {
             return Err(send_error(SendError::Closed));
         }
@@ -245,8 +263,14 @@ impl Out<'_> {
 
     fn send(&mut self, chunk: Bytes) -> io::Result<()> {
         self.check_room(chunk.len())?;
+        if self.stalled {
+            return Err(send_error(SendError::Stalled));
+        }
         let n = chunk.len() as u64;
-        self.tx.blocking_send(chunk).map_err(send_error)?;
+        self.tx.blocking_send(chunk).map_err(|err| {
+            self.stalled |= err == SendError::Stalled;
+            send_error(err)
+        })?;
         self.sent += n;
         Ok(())
     }
