@@ -101,7 +101,8 @@ async fn a_writer_that_gathers_small_writes_hears_at_its_next_write_that_the_cli
     within(stream.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
         .unwrap();
-    // The head goes out before the producer runs; nothing of the body is flushed yet.
+    // The head goes out at the end of the head grace (100 ms), while the producer runs;
+    // nothing of the body is flushed yet.
     let mut head = Vec::new();
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let mut buf = [0u8; 1024];

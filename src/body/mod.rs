@@ -23,7 +23,7 @@ pub(crate) use response::{Producer, ResponseKind};
 /// The most bytes in one chunk read from a response reader or written through a writer.
 pub(crate) const CHUNK_SIZE: usize = 64 * 1024;
 
-/// The most body bytes in flight in one direction of one request (plus one chunk when
-/// a single chunk is larger): 256 KiB, four 64 KiB response chunks, whatever the body's
-/// size.
+/// The most body bytes in flight in one direction of one request, plus one chunk: a
+/// chunk goes in while fewer than this are queued, so up to 256 KiB − 1 plus one chunk
+/// (≤ 64 KiB from a reader or writer, about 320 KiB in all), whatever the body's size.
 pub(crate) const BYTES_IN_FLIGHT: usize = 256 * 1024;
