@@ -50,6 +50,13 @@ fn handler(
                 std::thread::sleep(Duration::from_millis(200));
                 w.write_all(b"world")
             }),
+            "/fails-after-all" => (Some(5), |w| {
+                w.write_all(b"hello")?;
+                w.flush()?;
+                // As above: HTTP/1 hyper has the declared length and drops the body.
+                std::thread::sleep(Duration::from_millis(200));
+                Err(std::io::Error::other("the audit log failed after the body"))
+            }),
             _ => (Some(10), |w| w.write_all(b"hello")),
         };
         let mut response = Response::new(ResponseBody::from_writer(move |w| {
@@ -189,6 +196,43 @@ async fn a_write_past_the_content_length_after_it_all_went_out_is_still_the_hand
     assert!(
         logs::eventually_contains(&["ERROR", "path=/over-after-flush", "Content-Length declares"])
             .await
+    );
+    server.stop().await;
+}
+
+/// A producer that fails once its whole declared length went out: its own error, not
+/// the client leaving (HTTP/1 hyper let go of the body because it had it all), and over
+/// HTTP/2, where the error resets the stream, not a complete response.
+#[tokio::test]
+async fn an_error_after_the_whole_declared_body_is_the_handlers_and_not_complete_over_http2() {
+    logs::install();
+    let (tx, outcomes) = mpsc::channel();
+    let server = TestServer::start(handler(tx));
+    let response = within(h1(server.addr).await.send_request(get("/fails-after-all")))
+        .await
+        .expect("a response head");
+    let body = within(response.into_body().collect()).await.unwrap();
+    assert_eq!(&body.to_bytes()[..], b"hello");
+    assert_eq!(
+        outcome_of(&outcomes, "/fails-after-all"),
+        Err(std::io::ErrorKind::Other)
+    );
+    assert!(
+        logs::eventually_contains(&["ERROR", "path=/fails-after-all", "audit log failed"]).await,
+        "taken for the client leaving"
+    );
+    // Over HTTP/1 the client has all it was told to expect: whole.
+    assert!(logs::eventually_contains(&["path=/fails-after-all", "complete=true"]).await);
+
+    let response = within(h2(server.addr).await.send_request(get("/fails-after-all")))
+        .await
+        .expect("a response head");
+    let body = within(response.into_body().collect()).await;
+    assert!(body.is_err(), "the stream was not reset");
+    let _ = outcome_of(&outcomes, "/fails-after-all");
+    assert!(
+        logs::eventually_contains(&["path=/fails-after-all", "complete=false"]).await,
+        "the reset response counted complete"
     );
     server.stop().await;
 }

@@ -144,11 +144,17 @@ impl BridgeBody {
         polled
     }
 
-    /// Tells the connection its response broke off (see `Activity::response_aborted`).
+    /// Marks the response not complete, even with its declared length sent (HTTP/2 resets
+    /// the stream for the error), and tells the connection it broke off (see
+    /// `Activity::response_aborted`).
     #[cold]
-    fn aborted(&self) {
-        if let Some(activity) = self.completion.as_ref().and_then(|c| c.activity.as_ref()) {
-            activity.response_aborted();
+    fn aborted(&mut self) {
+        if let Some(c) = &mut self.completion {
+            c.expected = None;
+            c.complete = false;
+            if let Some(activity) = &c.activity {
+                activity.response_aborted();
+            }
         }
     }
 

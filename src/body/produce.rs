@@ -147,8 +147,10 @@ pub(crate) fn produce(
         // The client's doing, not the producer's (the channels mark such errors).
         Ok(Err(err)) if ByClient::is(&err) => by_client(tx, sent, err.kind(), err),
         // Whatever the producer made of it (a `BrokenPipe`, or its own error wrapping
-        // one), a write failed because nobody reads the response any more.
-        Ok(Err(_)) if tx.is_closed() => Produced::Disconnected(sent),
+        // one), a write failed because nobody reads the response any more. Not with its
+        // whole declared length out, which is why HTTP/1 hyper let go: the error is the
+        // producer's own, as a write past that length is.
+        Ok(Err(_)) if tx.is_closed() && declared != Some(sent) => Produced::Disconnected(sent),
         Ok(Err(err)) => match request_body.and_then(FaultProbe::client_fault) {
             // The producer wrapped the client's failure in an error of its own.
             Some(kind) => by_client(tx, sent, kind, err),
