@@ -110,8 +110,10 @@ struct State {
     /// How many bytes the receiver has taken in all.
     taken_bytes: u64,
     /// Open from the receiver's first wait until it has taken `MIN_PROGRESS` more bytes:
-    /// how many it had taken then, and the deadline for the rest (`None`: no limit).
-    recv_window: Option<(u64, Option<Instant>)>,
+    /// how many it had taken then, and how much of the stall limit its waits have left
+    /// (`None`: no limit). Only time spent waiting counts: a handler slow with what it
+    /// has is not its client stalling.
+    recv_window: Option<(u64, Option<Duration>)>,
     /// Whether the receiver has asked for a chunk and found none: a sender that waits for
     /// that (`poll_asked`) learns someone reads.
     asked: bool,
@@ -656,9 +658,14 @@ impl Receiver {
                 state = self.shared.lock();
                 continue;
             }
-            // The window, and its deadline, carry over from wait to wait (and call to
-            // call) until enough has come: a byte now and then does not reset it.
-            let (from, mut deadline) = state.recv_window.unwrap_or((state.taken_bytes, None));
+            // The window, and what its waits have left of the limit, carry over from wait
+            // to wait (and call to call) until enough has come: a byte now and then does
+            // not renew it, and the handler's own time between reads does not use it up.
+            let (from, left) = state
+                .recv_window
+                .unwrap_or((state.taken_bytes, self.shared.stall_limit));
+            // A limit too large for the clock (`Duration::MAX`) means no limit.
+            let mut deadline = left.and_then(|left| Instant::now().checked_add(left));
             state.blocked_receiver = true;
             state = match self.shared.wait(state, &mut deadline) {
                 Ok(state) => state,
@@ -676,7 +683,8 @@ impl Receiver {
                 }
             };
             state.blocked_receiver = false;
-            state.recv_window = Some((from, deadline));
+            let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            state.recv_window = Some((from, left));
         }
     }
 
@@ -871,6 +879,31 @@ mod tests {
             rx.blocking_recv().unwrap().unwrap_err().kind(),
             io::ErrorKind::TimedOut
         );
+    }
+
+    /// The stall limit counts the receiver's waits, not the handler's time between its
+    /// reads: a handler slow with what it got does not use up its client's limit.
+    #[test]
+    fn a_receivers_time_between_reads_does_not_count_against_its_client() {
+        let limit = Duration::from_millis(200);
+        let (tx, rx) = channel(64 * 1024, Some(limit));
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+        let producer = thread::spawn(move || {
+            // A piece after a short wait, the next after the receiver's long work.
+            thread::sleep(limit / 4);
+            tx.blocking_send(Bytes::from_static(b"first")).unwrap();
+            sent_rx.recv().unwrap();
+            thread::sleep(limit / 4);
+            tx.blocking_send(Bytes::from_static(b"second")).unwrap();
+            tx.finish();
+        });
+        assert_eq!(&rx.blocking_recv().unwrap().unwrap()[..], b"first");
+        // The handler's own work, past the whole limit, before it reads again.
+        thread::sleep(limit * 2);
+        sent_tx.send(()).unwrap();
+        let second = rx.blocking_recv().unwrap().expect("not a stall");
+        assert_eq!(&second[..], b"second");
+        producer.join().unwrap();
     }
 
     #[test]
