@@ -146,6 +146,11 @@ where
                 if tx.poll_asked(cx).is_pending() {
                     return PumpPoll::Pending;
                 }
+                // Ready for a reader gone since `poll_ready` too: a fetch now would send
+                // `100 Continue` for a body nobody reads.
+                if tx.is_closed() {
+                    return self.reader_dropped(cx);
+                }
                 self.wanted = true;
             }
             let polled = self.body.as_mut().poll_frame(cx);
