@@ -1025,6 +1025,44 @@ async fn an_idle_http2_client_that_stops_answering_is_still_closed_at_the_keep_a
     server.stop().await;
 }
 
+/// An idle HTTP/2 connection whose client does not answer the shutdown's GOAWAY PING (as
+/// httpx's does not) is closed a short grace later, not at the shutdown's deadline: the
+/// server stops long before its 30 s.
+#[tokio::test]
+async fn an_idle_http2_client_that_stops_answering_does_not_hold_the_shutdown_to_its_deadline() {
+    // The grace is the body timeout where that is shorter than 5 s.
+    let mut server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").body_timeout(Duration::from_millis(500)),
+        |_req: Request| "ok",
+    );
+    let tcp = within(TcpStream::connect(server.addr)).await.unwrap();
+    // `h2` itself, not hyper's client, which drives the connection from a task of its own
+    // and so answers pings whatever the test does.
+    let (client, conn) = within(h2::client::handshake(tcp)).await.unwrap();
+    let (pause, paused) = tokio::sync::oneshot::channel::<()>();
+    let driven = tokio::spawn(async move {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = &mut conn => {}
+            _ = paused => std::future::pending::<()>().await,
+        }
+    });
+    let mut client = within(client.ready()).await.unwrap();
+    let req = http::Request::get(format!("http://{}/", server.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(req, true).unwrap();
+    let mut body = within(response).await.unwrap().into_body();
+    while let Some(chunk) = within(body.data()).await {
+        chunk.unwrap();
+    }
+    // From here nothing reads the connection: the GOAWAY and its PING go unanswered.
+    pause.send(()).unwrap();
+
+    server.stop_by_its_deadline().await;
+    driven.abort();
+}
+
 #[test]
 fn serve_async_on_a_runtime_without_io_or_timers_or_none_is_a_clear_error() {
     // tokio would panic from inside: at once without a runtime or IO, and in every

@@ -112,6 +112,8 @@ pub(super) async fn serve<H: Handler>(
             seen: Word::default(),
             draining: false,
             idle_close: false,
+            closing_since: None,
+            recheck: false,
             held_goaway: None,
             registered: None,
             taken: None,
@@ -186,6 +188,10 @@ pub(super) async fn serve<H: Handler>(
                     conn.as_mut().graceful_shutdown();
                     state.draining = true;
                 }
+                if level == DRAIN && state.closing_since.is_none() {
+                    state.closing_since = Some(Instant::now());
+                    state.recheck = true;
+                }
                 if word != state.seen {
                     // The old `Notified` completed; wait for the next word on a new one.
                     state.seen = word;
@@ -217,12 +223,15 @@ pub(super) async fn serve<H: Handler>(
                 conn.as_mut().graceful_shutdown();
                 state.draining = true;
                 state.idle_close = true;
+                state.closing_since = Some(Instant::now());
+                state.recheck = true;
                 continue; // hyper may be able to finish now
             }
 
             // A request head begun on an idle connection has its own deadline.
             let head_begun = activity.head_begun();
-            if fresh || head_begun || watchdog.is_elapsed() {
+            let recheck = std::mem::take(&mut state.recheck);
+            if fresh || head_begun || recheck || watchdog.is_elapsed() {
                 match state.check_idle(&activity, socket, watchdog.as_mut(), cx) {
                     Idle::Busy => {}
                     Idle::Drain => {
@@ -297,6 +306,16 @@ pub(super) async fn serve<H: Handler>(
                         // unsent, passing off a body framed by the close as whole if the
                         // client ever read on, and keep that in the kernel until it did.
                         socket.reset_on_close();
+                        return Poll::Ready(None);
+                    }
+                    Idle::ClosingUnanswered => {
+                        // Everyday with some clients (httpx): at debug.
+                        tracing::debug!(
+                            %peer,
+                            "idle HTTP/2 connection closing for the shutdown or to make room \
+                             has not ended (its client has not answered the closing PING); \
+                             closed"
+                        );
                         return Poll::Ready(None);
                     }
                     Idle::DrainStalled => {
@@ -376,6 +395,12 @@ struct Watch {
     draining: bool,
     /// Whether the watchdog itself began the graceful close, for the keep-alive timeout.
     idle_close: bool,
+    /// When the shutdown's drain, or a request for room, began this connection's graceful
+    /// close: an idle HTTP/2 one then has `CLOSING_IDLE_GRACE` to end.
+    closing_since: Option<Instant>,
+    /// Whether the next poll looks at the connection's times whatever its timer says (a
+    /// close just began, whose grace the timer does not know yet).
+    recheck: bool,
     /// When the watchdog sent a GOAWAY for a response the client held back.
     held_goaway: Option<Instant>,
     /// The waker the signal and the timer hold.
@@ -458,7 +483,19 @@ enum Idle {
     /// An HTTP/2 connection closing for idleness is still open the write stall limit
     /// after the keep-alive timeout.
     DrainStalled,
+    /// An idle HTTP/2 connection closing for the shutdown, or to make room, is still open
+    /// `CLOSING_IDLE_GRACE` later.
+    ClosingUnanswered,
 }
+
+/// How long an HTTP/2 connection with nothing in flight, closing for the shutdown or to
+/// make room, may take to end (at most the body timeout). h2 ends it once its client
+/// answers the closing GOAWAY's PING, which some clients never do (Python's h2, under
+/// httpx): without this it would hold the shutdown to its deadline, or its slot for
+/// ever. Go's server closes such a connection as soon as its GOAWAY is out; the grace
+/// is for requests already on their way, and for a response h2 still holds for a client
+/// that reads it.
+const CLOSING_IDLE_GRACE: Duration = Duration::from_secs(5);
 
 /// Whether a connection has nothing in flight, no request head on its way (HTTP/1, or
 /// any connection before its first request) and no response waiting in its socket: one
@@ -520,7 +557,11 @@ impl Watch {
                 // HTTP/2 flow watch can expire before it ends; look again later, counting
                 // idleness from now at the earliest.
                 activity.touch();
-                let next = later(now, self.limits.shortest());
+                let mut next = later(now, self.limits.shortest());
+                if self.closing_since.is_some() && activity.is_http2() {
+                    // Its last request may end soon, leaving it to its grace (below).
+                    next = next.min(later(now, IDLE_RECHECK));
+                }
                 match activity.longest_held() {
                     // Past the GOAWAY, the deadline above decides.
                     Some(held) if held >= stall && goaway_deadline.is_none() => return Idle::Held,
@@ -571,6 +612,16 @@ impl Watch {
                 if drain_limit.is_some_and(|limit| idle >= limit) {
                     return Idle::DrainStalled;
                 }
+                let closing_left =
+                    self.closing_since
+                        .filter(|_| activity.is_http2())
+                        .map(|since| {
+                            let grace = CLOSING_IDLE_GRACE.min(self.limits.write_stall);
+                            grace.saturating_sub(now.saturating_duration_since(since))
+                        });
+                if closing_left == Some(Duration::ZERO) {
+                    return Idle::ClosingUnanswered;
+                }
                 // Looked at again within a body timeout whatever the limits above: a
                 // request that starts meanwhile may leave a response waiting on its
                 // client, which must be seen in time (at most two body timeouts). Not
@@ -589,6 +640,7 @@ impl Watch {
                     keep_alive_left,
                     drain_limit.map(|limit| limit - idle),
                     head_left,
+                    closing_left,
                 ]
                 .into_iter()
                 .flatten()
