@@ -114,6 +114,7 @@ pub(super) async fn serve<H: Handler>(
             idle_close: false,
             closing_since: None,
             recheck: false,
+            notified_done: false,
             held_goaway: None,
             registered: None,
             taken: None,
@@ -170,7 +171,7 @@ pub(super) async fn serve<H: Handler>(
 
             let word = config.signal.word();
             let level = word.level();
-            if word != state.seen || fresh {
+            if word != state.seen || fresh || state.notified_done {
                 if level >= FORCE {
                     let in_flight = activity.in_flight();
                     if in_flight > 0 {
@@ -192,15 +193,24 @@ pub(super) async fn serve<H: Handler>(
                     state.closing_since = Some(Instant::now());
                     state.recheck = true;
                 }
-                if word != state.seen {
+                if word != state.seen || state.notified_done {
                     // The old `Notified` completed; wait for the next word on a new one.
                     state.seen = word;
+                    state.notified_done = false;
                     notified.set(config.signal.notify.notified());
                 }
                 // Registers the waker. The `Notified` existed before the load above, so a
                 // change since then completes it; the second load catches a change
                 // between that load and a `Notified` made just now.
-                if notified.as_mut().poll(cx).is_ready() || config.signal.word() != word {
+                if notified.as_mut().poll(cx).is_ready() {
+                    // Completed by a notify that came after the word it told of was read
+                    // (the signal stores, then notifies): the word is seen already, so
+                    // the next pass replaces it anyway. A completed one never wakes the
+                    // task again.
+                    state.notified_done = true;
+                    continue;
+                }
+                if config.signal.word() != word {
                     continue;
                 }
                 if closing {
@@ -401,6 +411,9 @@ struct Watch {
     /// Whether the next poll looks at the connection's times whatever its timer says (a
     /// close just began, whose grace the timer does not know yet).
     recheck: bool,
+    /// Whether the signal's `Notified` has completed and must be replaced, whether or not
+    /// the word changed since it was last read.
+    notified_done: bool,
     /// When the watchdog sent a GOAWAY for a response the client held back.
     held_goaway: Option<Instant>,
     /// The waker the signal and the timer hold.
