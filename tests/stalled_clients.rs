@@ -663,3 +663,29 @@ async fn a_connection_past_its_held_response_goaway_is_closed_with_nothing_in_fl
     assert!(closed.is_ok(), "the server never closed the connection");
     server.stop().await;
 }
+
+/// A client can hold back many HTTP/2 responses on each of its connections: the close is
+/// said once, and so, at `warn`, is one of the requests cut off with it; the others at
+/// `debug` (their access lines say `complete=false`).
+#[tokio::test]
+async fn a_connection_cut_off_for_held_responses_says_one_of_its_requests_at_warn() {
+    support::logs::install();
+    let server = TestServer::start_with(one_connection(None), sized_at("/big", 1 << 20));
+    let (mut send, _conn, client) = support::h2_with_window(server.addr, 16 * 1024).await;
+    let first = h2_get(&mut send, "/big").await;
+    let second = h2_get(&mut send, "/big").await;
+    wait_for_held_close(client).await;
+    let peer = format!("peer={client}");
+    let others = ["DEBUG", "with others on its connection", "path=/big", &peer];
+    assert!(support::logs::eventually_contains(&others).await);
+    let said = [
+        "WARN",
+        "request cut off before its response was complete",
+        "path=/big",
+        &peer,
+    ];
+    assert_eq!(support::logs::count(&said), 1);
+    assert_eq!(support::logs::count(&others), 1);
+    drop((first, second));
+    server.stop().await;
+}

@@ -355,11 +355,28 @@ impl Completion {
                 %method, %path, bytes,
                 "request cut off by the shutdown before its response was complete"
             ),
-            CutOff::StalledClient => tracing::warn!(
-                %method, %path, bytes,
-                "request cut off before its response was complete: its connection was \
-                 closed for a client that held back a response for the body timeout"
-            ),
+            CutOff::StalledClient => {
+                let first = self
+                    .activity
+                    .as_ref()
+                    .is_none_or(|activity| activity.first_to_say_cut_off());
+                if first {
+                    tracing::warn!(
+                        %method, %path, bytes,
+                        "request cut off before its response was complete: its connection \
+                         was closed for a client that held back a response for the body \
+                         timeout"
+                    );
+                } else {
+                    // The connection's others: at debug (their access lines say
+                    // `complete=false`).
+                    tracing::debug!(
+                        %method, %path, bytes,
+                        "request cut off before its response was complete, with others on \
+                         its connection closed for a stalled client"
+                    );
+                }
+            }
         }
     }
 }

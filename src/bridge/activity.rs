@@ -20,6 +20,10 @@ const STAMP: u64 = !READ_WHILE_IDLE;
 /// `Activity::head`'s stamp when no request head is on its way.
 const NO_HEAD: u64 = STAMP;
 
+/// In `Activity::cut_off`, beside the `CutOff`: a request cut off with the connection has
+/// said so at `warn`.
+const CUT_OFF_SAID: u8 = 0x80;
+
 /// What the bundled server knows of one connection: requests in flight, when the last
 /// one ended, and whether it speaks HTTP/2; for its keep-alive and header timeouts. And,
 /// for its body timeout, whether the client takes what is written to it.
@@ -187,11 +191,19 @@ impl Activity {
 
     /// Why the server closed the connection itself, if it did.
     pub(crate) fn cut_off_by(&self) -> Option<CutOff> {
-        match self.cut_off.load(Ordering::Relaxed) {
+        match self.cut_off.load(Ordering::Relaxed) & !CUT_OFF_SAID {
             1 => Some(CutOff::Shutdown),
             2 => Some(CutOff::StalledClient),
             _ => None,
         }
+    }
+
+    /// True for the first request of the connection to ask: the one whose cut-off is
+    /// said at `warn`. A client can hold back a hundred HTTP/2 responses on each of its
+    /// connections; their closes are said once each, and so, at `warn`, is one request of
+    /// each.
+    pub(crate) fn first_to_say_cut_off(&self) -> bool {
+        self.cut_off.fetch_or(CUT_OFF_SAID, Ordering::Relaxed) & CUT_OFF_SAID == 0
     }
 
     /// Marks a response body on the connection as broken off.
