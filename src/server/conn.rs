@@ -218,6 +218,11 @@ pub(super) async fn serve<H: Handler>(
                 }
             }
 
+            // A request head begun on an idle connection has its own deadline; stamped
+            // before the room check below, which must not take a connection with a head on
+            // its way for an idle one.
+            let head_begun = activity.head_begun();
+
             // The connection limit is reached and a new client waits: an idle keep-alive
             // connection is a cache, closed to make room (RFC 9112 §9.5 lets a server
             // close one at any time; nginx does the same). Looked at on every poll, not
@@ -238,8 +243,6 @@ pub(super) async fn serve<H: Handler>(
                 continue; // hyper may be able to finish now
             }
 
-            // A request head begun on an idle connection has its own deadline.
-            let head_begun = activity.head_begun();
             let recheck = std::mem::take(&mut state.recheck);
             if fresh || head_begun || recheck || watchdog.is_elapsed() {
                 match state.check_idle(&activity, socket, watchdog.as_mut(), cx) {
