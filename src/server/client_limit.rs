@@ -296,7 +296,7 @@ impl OverCap {
                 .flatten()
         };
         if let Some(socket) = unread {
-            drain_then_close(socket, LINGER, config.signal.reached(DRAIN)).await;
+            drain_then_close(socket, LINGER, config.signal.reached(FORCE)).await;
         }
     }
 }

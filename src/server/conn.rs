@@ -392,7 +392,9 @@ pub(super) async fn serve<H: Handler>(
         } else {
             LINGER
         };
-        drain_then_close(socket, linger, config.signal.reached(DRAIN)).await;
+        // Lingering is bounded (`LINGER`): a graceful drain waits for it, as for the
+        // response it lets the client read; the shutdown's cut does not.
+        drain_then_close(socket, linger, config.signal.reached(FORCE)).await;
     }
 }
 

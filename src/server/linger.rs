@@ -32,7 +32,8 @@ const DRAIN_BUFFER: usize = 64 * 1024;
 
 /// Half-closes `socket` (hyper has usually done so already), then reads and discards
 /// until the client closes its side, an error, `linger` ([`LINGER`] but after a `408`),
-/// or `shutdown` (a server that stops does not wait on it), and closes it. The
+/// or `shutdown` (the shutdown's cut: a graceful drain waits for a linger, as short as it
+/// is, so that the answer it protects reaches a proxy), and closes it. The
 /// connection keeps its slot under `max_connections` meanwhile.
 pub(super) async fn drain_then_close(
     socket: SecondHandle,
