@@ -223,7 +223,10 @@ impl Server {
     /// sends, a request body, is read and dropped, so that the client reads the answer
     /// rather than a reset). At most four of a client's connections are answered so at
     /// once; past them its new ones are closed unanswered. So one client holds at most
-    /// its cap and four of the server's slots.
+    /// its cap and four of the server's slots. On a [`proxy_protocol`](Self::proxy_protocol)
+    /// listener a connection is counted only once its header has named its client: until
+    /// then (at most the header read timeout) it holds a slot counted against nobody, so
+    /// such a listener should take connections from the balancer alone.
     ///
     /// Not counted: the [`trusted_proxies`](Self::trusted_proxies), whose connections
     /// carry many clients' requests (their clients' `X-Forwarded-For` is not counted
