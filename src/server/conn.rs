@@ -333,7 +333,8 @@ pub(super) async fn serve<H: Handler>(
                     }
                     Idle::DrainStalled => {
                         // Once per idle connection of some clients (httpx, below): throttled.
-                        crate::metrics::connection_closed(ConnClosed::StalledClient);
+                        // Not counted again: its close was, as `keep_alive` or `made_room`,
+                        // when it began.
                         static DRAIN_STALLED: Throttle = Throttle::new();
                         if let Some(left_out) = DRAIN_STALLED.admit() {
                             tracing::warn!(
