@@ -988,40 +988,50 @@ async fn zero_client_timeouts_are_accepted_and_warned_of_at_start() {
     assert!(support::logs::contains(&["WARN", "body_timeout is zero"]));
 }
 
+/// Paused after its first response: `h2` itself, not hyper's client, which drives the
+/// connection from a task of its own and so answers pings whatever the test does. The
+/// returned task holds the connection open, unread, until aborted.
+async fn h2_client_paused_after_one_request(
+    addr: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let tcp = within(TcpStream::connect(addr)).await.unwrap();
+    let (client, conn) = within(h2::client::handshake(tcp)).await.unwrap();
+    let (pause, paused) = tokio::sync::oneshot::channel::<()>();
+    let driven = tokio::spawn(async move {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = &mut conn => {}
+            _ = paused => std::future::pending::<()>().await,
+        }
+    });
+    let mut client = within(client.ready()).await.unwrap();
+    let req = http::Request::get(format!("http://{addr}/"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(req, true).unwrap();
+    let mut body = within(response).await.unwrap().into_body();
+    while let Some(chunk) = within(body.data()).await {
+        chunk.unwrap();
+    }
+    // From here nothing reads the connection: a GOAWAY and its PING go unanswered.
+    pause.send(()).unwrap();
+    driven
+}
+
 #[tokio::test]
 async fn an_idle_http2_client_that_stops_answering_is_still_closed_at_the_keep_alive_timeout() {
-    use hyper::client::conn::http2;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
-    // One connection at a time: a second client is served only once the first is closed.
+    // One connection at a time: a second client is served only once the first is closed,
+    // a body timeout after its keep-alive close.
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0")
             .max_connections(1)
-            .keep_alive_timeout(Some(Duration::from_millis(200))),
+            .keep_alive_timeout(Some(Duration::from_millis(200)))
+            .body_timeout(Duration::from_millis(500)),
         |_req: Request| "ok",
     );
-    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
-    let (mut send, conn) = within(http2::handshake(TokioExecutor::new(), TokioIo::new(stream)))
-        .await
-        .unwrap();
-    let (pause, paused) = tokio::sync::oneshot::channel::<()>();
-    let client = tokio::spawn(async move {
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            _ = &mut conn => return,
-            _ = paused => {}
-        }
-        // The connection stays open, but nothing reads it: the server's GOAWAY and the
-        // ping that goes with it are never answered.
-        std::future::pending::<()>().await;
-    });
-    let req = http::Request::get("/").body(Empty::<Bytes>::new()).unwrap();
-    let response = within(send.send_request(req)).await.unwrap();
-    assert_eq!(support::collect(response).await.text(), "ok");
-    pause.send(()).unwrap();
-
+    let paused = h2_client_paused_after_one_request(server.addr).await;
     assert_eq!(get(server.addr, "/").await.text(), "ok");
-    client.abort();
+    paused.abort();
     server.stop().await;
 }
 
@@ -1035,32 +1045,9 @@ async fn an_idle_http2_client_that_stops_answering_does_not_hold_the_shutdown_to
         Server::bind("127.0.0.1:0").body_timeout(Duration::from_millis(500)),
         |_req: Request| "ok",
     );
-    let tcp = within(TcpStream::connect(server.addr)).await.unwrap();
-    // `h2` itself, not hyper's client, which drives the connection from a task of its own
-    // and so answers pings whatever the test does.
-    let (client, conn) = within(h2::client::handshake(tcp)).await.unwrap();
-    let (pause, paused) = tokio::sync::oneshot::channel::<()>();
-    let driven = tokio::spawn(async move {
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            _ = &mut conn => {}
-            _ = paused => std::future::pending::<()>().await,
-        }
-    });
-    let mut client = within(client.ready()).await.unwrap();
-    let req = http::Request::get(format!("http://{}/", server.addr))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(req, true).unwrap();
-    let mut body = within(response).await.unwrap().into_body();
-    while let Some(chunk) = within(body.data()).await {
-        chunk.unwrap();
-    }
-    // From here nothing reads the connection: the GOAWAY and its PING go unanswered.
-    pause.send(()).unwrap();
-
+    let paused = h2_client_paused_after_one_request(server.addr).await;
     server.stop_by_its_deadline().await;
-    driven.abort();
+    paused.abort();
 }
 
 #[test]
