@@ -1196,3 +1196,15 @@ fn serve_asyncs_future_is_send_and_sync() {
     let future = Server::bind("127.0.0.1:0").serve_async(|_req: Request| "hello");
     send_and_sync(&future);
 }
+
+/// A handler's `Err` inside a `(StatusCode, Result)` is a `500` on the wire, as its log
+/// line says, not the tuple's status.
+#[tokio::test]
+async fn an_error_inside_a_status_tuple_is_answered_500() {
+    let server = TestServer::start(|_req: Request| {
+        let stored: std::io::Result<String> = Err(std::io::Error::other("the insert failed"));
+        (http::StatusCode::CREATED, stored)
+    });
+    assert_eq!(get(server.addr, "/").await.status, 500);
+    server.stop().await;
+}

@@ -140,6 +140,8 @@ pub(super) fn handler_error(
         return;
     }
     if !unavailable {
+        // A `(StatusCode, Result)` tuple set its status over the `Err`'s 500.
+        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
         tracing::error!(
             method = %method,
             path = %uri.path(),

@@ -111,7 +111,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// an error saying so is logged. The handler itself never runs on that runtime's threads.
 /// Called outside any runtime, such a request is answered `503` the same way (logged),
 /// and a handler that runs has no runtime to reach (`ensure_sync` fails with
-/// `is_no_context`).
+/// `is_no_context`) unless [`SyncServiceBuilder::runtime`] pinned one.
 ///
 /// Each request's handler reaches the runtime that called the service for that request,
 /// so one service may be called from several runtimes (a start-up check on a runtime of
@@ -625,7 +625,8 @@ impl<H: Handler> SyncServiceBuilder<H> {
     }
 
     /// The largest request head (request line and headers) accepted, in bytes; a larger
-    /// one is answered `431 Request Header Fields Too Large`. Default is no limit of the
+    /// one is answered `431 Request Header Fields Too Large`, or `414 URI Too Long` when
+    /// the request target alone is over it. Default is no limit of the
     /// service's own: the server in front of it (hyper, axum) has one.
     pub fn max_header_size(mut self, bytes: usize) -> Self {
         self.max_header_size = Some(bytes);
