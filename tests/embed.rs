@@ -282,12 +282,7 @@ async fn a_request_whose_client_left_is_said_inside_the_hosts_request_span() {
         .unwrap();
     let head = b"GET /legacy/wait HTTP/1.1\r\nhost: x\r\nx-request-id: r-left\r\n\r\n";
     within(gone.write_all(head)).await.unwrap();
-    within(tokio::task::spawn_blocking(move || {
-        started.recv_timeout(support::STEP)
-    }))
-    .await
-    .unwrap()
-    .expect("the handler started");
+    support::received(started, "the handler started").await;
     // The client leaves while its handler runs: hyper drops the request's future, and
     // then its response, after the host's span was last entered.
     drop(gone);
@@ -413,12 +408,7 @@ async fn a_stream_that_lost_a_chunk_to_a_stalled_client_is_not_passed_off_as_who
     let mut stream = within(socket.connect(server.addr)).await.unwrap();
     let request = b"GET /stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
     within(stream.write_all(request)).await.unwrap();
-    within(tokio::task::spawn_blocking(move || {
-        failed_rx.recv_timeout(support::STEP)
-    }))
-    .await
-    .unwrap()
-    .expect("a write failed for the stalled client");
+    support::received(failed_rx, "a write failed for the stalled client").await;
 
     let mut received = Vec::new();
     let _ = within(stream.read_to_end(&mut received)).await;

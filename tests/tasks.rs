@@ -590,12 +590,7 @@ async fn a_task_held_by_its_callback_at_the_drain_deadline_is_said_to_be_so() {
         .spawn(|_ctx| async { Ok::<_, BoxError>(()) })
         .unwrap();
     let id = handle.id();
-    within(tokio::task::spawn_blocking(move || {
-        started_rx.recv_timeout(STEP)
-    }))
-    .await
-    .unwrap()
-    .expect("the callback started");
+    support::received(started_rx, "the callback started").await;
 
     let abandoned = within(set.shutdown(Duration::from_millis(20))).await;
     assert_eq!(abandoned, [id]);
@@ -616,12 +611,7 @@ async fn a_task_held_by_its_callback_at_the_drain_deadline_is_said_to_be_so() {
     assert!(!logs::contains(&[&task, "cancelling it"]));
     assert!(!logs::contains(&[&task, "did not stop after cancellation"]));
     release_tx.send(()).unwrap();
-    within(tokio::task::spawn_blocking(move || {
-        finished_rx.recv_timeout(STEP)
-    }))
-    .await
-    .unwrap()
-    .expect("the callback ran to its end");
+    support::received(finished_rx, "the callback ran to its end").await;
 }
 
 #[tokio::test]

@@ -170,6 +170,19 @@ pub fn flags_when_run<A>() -> (
     (ran, closure)
 }
 
+/// What a handler thread (or a task, a callback) sends on `rx`, waited for off the test's
+/// runtime, whose thread a blocking wait would hold, for at most [`STEP`]; `what` says
+/// what never came.
+pub async fn received<T: Send + 'static>(
+    rx: std::sync::mpsc::Receiver<T>,
+    what: &'static str,
+) -> T {
+    within(tokio::task::spawn_blocking(move || rx.recv_timeout(STEP)))
+        .await
+        .expect("the waiting task")
+        .expect(what)
+}
+
 /// Takes `pool`'s thread with a closure that runs until released; returns its task and
 /// the release once it runs.
 pub async fn occupy_one_thread(
