@@ -154,14 +154,15 @@ fn tcp_port(addr: &ListenAddr) -> u16 {
 
 /// Both listeners have 10 connections queued before the server starts, each with its
 /// request sent, and `max_connections(1)` serves them one at a time, in the order the
-/// accept loop takes them. Taken in turn, the two alternate until one runs out; always
-/// the first listener first, all ten of its requests come before the other's first.
+/// accept loop takes them. Taken in turn, the second's first request comes before the
+/// first's ten are done, and from there the two alternate until the first runs out;
+/// always the first listener first, all ten of its requests come before the other's.
 ///
-/// tokio learns that a listener has connections waiting only when its IO driver turns
-/// after the listener is registered: the first registered may be taken from once or
-/// twice before the second is known to be ready (in CI it took four in a row),
-/// so the second's first request may come as late as the fourth. From there they
-/// alternate: tokio forgets a listener's readiness only when an accept finds it empty.
+/// How many come first from the first is left open: tokio learns that a listener has
+/// connections waiting only when its IO driver turns after the listener is registered,
+/// and the first registered may be taken from until then (in CI it took four in a row).
+/// Once both are known ready they alternate: tokio forgets a listener's readiness only
+/// when an accept finds it empty.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_listener_full_of_connections_does_not_starve_another() {
@@ -206,8 +207,8 @@ fn a_listener_full_of_connections_does_not_starve_another() {
     drop(server);
     let second_from = order.iter().position(|path| path == "/second").unwrap();
     assert!(
-        second_from <= 3,
-        "the second listener's first request came only after {second_from} of the first's: {order:?}"
+        second_from < 10,
+        "the second listener was served only after the first ran out: {order:?}"
     );
     // Strictly in turn from there, until the first listener's ten are served.
     let firsts_before = order[..second_from].len();
