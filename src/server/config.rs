@@ -612,10 +612,13 @@ impl Server {
     /// second. The header is due within the
     /// [`header_read_timeout`](Server::header_read_timeout) of the connect, and the first
     /// request within the same time in all. The balancer's own connection (its health
-    /// check, version 2's `LOCAL`) is its own. A client the balancer could not name
-    /// (version 1's `UNKNOWN`, a Unix socket's client) leaves the balancer the peer, but
-    /// with `trusted_proxies` its requests get no `ClientIp` and none of their
-    /// `X-Forwarded-For` is believed: the bytes are the client's. Of version 2's TLVs
+    /// check, version 2's `LOCAL`) is its own, and with `trusted_proxies` none of its
+    /// `X-Forwarded-For` is believed: HAProxy also sends `LOCAL` for a client it
+    /// cannot name (one on a Unix socket), whose bytes are the client's. A client the
+    /// balancer could not name in version 1 (`UNKNOWN`) leaves the balancer the peer,
+    /// but with `trusted_proxies` its requests get no `ClientIp` and none of their
+    /// `X-Forwarded-For` is believed, for the same reason. An IPv4 client named as
+    /// IPv6 (`::ffff:203.0.113.7`) is the IPv4 client. Of version 2's TLVs
     /// only one is used: `PP2_TYPE_SSL` with `PP2_CLIENT_SSL` (HAProxy's
     /// `send-proxy-v2-ssl`, ending TLS in front) makes the client's
     /// [`ClientScheme`](super::ClientScheme) `https` with `trusted_proxies`, unless a

@@ -160,7 +160,8 @@ pub(crate) struct ClientSource {
 
 #[derive(Clone, Debug)]
 enum Via {
-    /// A peer that is no trusted proxy: the client is the peer, whatever its headers say.
+    /// A peer that is no trusted proxy, or a balancer's own connection (a PROXY protocol
+    /// `LOCAL`): the client is the peer, whatever its headers say.
     Direct(IpAddr),
     /// A trusted proxy (or a Unix socket's peer, which has no address: `None`): the
     /// client is in its headers.
@@ -176,6 +177,17 @@ impl ClientSource {
         let via = match peer.remote_addr().map(|addr| addr.ip().to_canonical()) {
             Some(ip) if !proxies.trust(ip) => Via::Direct(ip),
             ip => Via::Proxy(ip, proxies.clone()),
+        };
+        ClientSource { via, tls: false }
+    }
+
+    /// The peer itself, whatever its headers say, trusted proxy or not (a PROXY
+    /// protocol `LOCAL` connection): a Unix socket's peer, with no address, gets no
+    /// `ClientIp`.
+    pub(super) fn direct(peer: Peer) -> Self {
+        let via = match peer.remote_addr() {
+            Some(addr) => Via::Direct(addr.ip().to_canonical()),
+            None => Via::Unknown,
         };
         ClientSource { via, tls: false }
     }

@@ -140,7 +140,9 @@ fn v1_fields(line: &[u8]) -> Option<Header> {
         }
         "TCP6" => {
             destination.parse::<Ipv6Addr>().ok()?;
-            source.parse::<Ipv6Addr>().ok()?.into()
+            // An IPv4 client HAProxy maps into IPv6 (`::ffff:a.b.c.d`, when it reaches
+            // us over IPv6) is the IPv4 client, as `ClientIp` and the caps take it.
+            source.parse::<Ipv6Addr>().ok()?.to_canonical()
         }
         _ => return None,
     };
@@ -201,7 +203,7 @@ fn parse_v2(buf: &[u8]) -> Parsed {
             u16::from_be_bytes([block[8], block[9]]),
         )),
         0x21 | 0x22 => Header::Client(SocketAddr::new(
-            Ipv6Addr::from(<[u8; 16]>::try_from(&block[..16]).expect("16 bytes")).into(),
+            Ipv6Addr::from(<[u8; 16]>::try_from(&block[..16]).expect("16 bytes")).to_canonical(),
             u16::from_be_bytes([block[32], block[33]]),
         )),
         _ => Header::Unknown,
@@ -355,9 +357,14 @@ pub(super) enum Client {
     /// The client the header named, believed, and whether it says the client's
     /// connection was TLS.
     Proxied { addr: SocketAddr, tls: bool },
-    /// The peer itself: the balancer's own connection (`LOCAL`), or a peer that may not
-    /// name a client.
+    /// The peer itself: a peer that may not name a client.
     Peer,
+    /// A version 2 `LOCAL` header: the balancer's own connection (a health check), so
+    /// the peer, but with none of its forwarding headers believed. HAProxy also sends
+    /// `LOCAL` for a client it relays but cannot name (one on a Unix socket), whose
+    /// bytes, `X-Forwarded-For` included, are the client's: believed, they would let it
+    /// name itself. A balancer's health check sends no such header anyway.
+    Local,
     /// A client the balancer could not name. The peer stays the balancer, but its
     /// requests are the client's: with `trusted_proxies`, no `X-Forwarded-For` of theirs
     /// is believed (`ClientSource::unknown`), though the balancer is trusted.
@@ -423,7 +430,7 @@ pub(super) async fn client_of(
             .is_none_or(|proxies| proxies.trust_peer(peer))
     };
     match header {
-        Header::Local => Some(Client::Peer),
+        Header::Local => Some(Client::Local),
         Header::Unknown if may_name() => Some(Client::Unknown { tls }),
         // An untrusted peer's requests are its own, whatever it says.
         Header::Unknown => Some(Client::Peer),
@@ -490,6 +497,30 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn an_ipv4_client_mapped_into_ipv6_is_named_as_the_ipv4_client() {
+        let line = b"PROXY TCP6 ::ffff:203.0.113.7 2001:db8::1 51000 443\r\n";
+        assert_eq!(
+            parse(line),
+            Parsed::Done {
+                len: line.len(),
+                header: client("203.0.113.7:51000")
+            }
+        );
+        let mut addresses = [0; 36];
+        addresses[10..12].copy_from_slice(&[0xff, 0xff]);
+        addresses[12..16].copy_from_slice(&[203, 0, 113, 7]);
+        addresses[32..34].copy_from_slice(&51000u16.to_be_bytes());
+        let header = v2(1, 0x21, &addresses, &[]);
+        assert_eq!(
+            parse(&header),
+            Parsed::Done {
+                len: header.len(),
+                header: client("203.0.113.7:51000")
+            }
+        );
     }
 
     #[test]

@@ -449,6 +449,10 @@ impl<H: Handler> ConnSpawner<H> {
                     let source = proxies.map(|p| ClientSource::of(peer, p));
                     (Some(peer), source, tracing::info_span!("conn", %peer))
                 }
+                Client::Local => {
+                    let source = proxies.map(|_| ClientSource::direct(peer));
+                    (Some(peer), source, tracing::info_span!("conn", %peer))
+                }
                 // The client's own bytes follow, and no proxy's headers: none is believed,
                 // and the client, unknown, is counted against no cap.
                 Client::Unknown { tls } => {
