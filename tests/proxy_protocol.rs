@@ -563,6 +563,51 @@ async fn the_client_a_header_names_is_the_one_counted_against_its_cap() {
     server.stop().await;
 }
 
+/// At the connection limit, a connection with not a byte of its header yet makes room as
+/// an idle one does (an AWS NLB sends the header only with its client's first bytes, so a
+/// client that connects and says nothing is one); one with part of its header keeps its
+/// slot. The header read timeout is a minute: a slot held to it would fail the step.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_connection_with_no_header_yet_makes_room_at_the_limit_and_one_with_part_keeps_its_slot()
+{
+    let server = TestServer::start_with(
+        proxied()
+            .max_connections(1)
+            .header_read_timeout(Duration::from_secs(60)),
+        whoami,
+    );
+    let connect = || async { within(TcpStream::connect(server.addr)).await.unwrap() };
+
+    // Part of a header, then a connection waiting for the slot: the part keeps it, and
+    // once whole is served; then, idle, it makes room.
+    let mut partial = connect().await;
+    within(partial.write_all(b"PROXY TCP4 203.0.113.7 "))
+        .await
+        .unwrap();
+    support::accepted_by_server(server.addr, partial.local_addr().unwrap()).await;
+    let mut waiting = connect_with(server.addr, &v2_tcp4(&[]), &[]).await;
+    support::accepted_by_server(server.addr, waiting.local_addr().unwrap()).await;
+    within(partial.write_all(b"10.0.0.1 51000 443\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(ask(&mut partial, "/", "").await, "203.0.113.7:51000 none");
+    assert_eq!(ask(&mut waiting, "/", "").await, "198.51.100.4:40000 none");
+
+    // A silent connection takes the slot `waiting` makes room with; the next one gets it
+    // from the silent one at once.
+    let mut silent = connect().await;
+    support::accepted_by_server(server.addr, silent.local_addr().unwrap()).await;
+    let mut next = connect_with(server.addr, V1_TCP4, &[]).await;
+    assert_eq!(ask(&mut next, "/", "").await, "203.0.113.7:51000 none");
+    assert!(closed_by_server(&mut silent).await);
+    assert!(
+        logs::eventually_contains(&["DEBUG", "make room", "before its PROXY protocol header"])
+            .await
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_header_read_timeout_of_duration_max_means_no_limit_for_the_header() {
     let server = TestServer::start_with(proxied().header_read_timeout(Duration::MAX), whoami);

@@ -225,8 +225,11 @@ impl Server {
     /// once; past them its new ones are closed unanswered. So one client holds at most
     /// its cap and four of the server's slots. On a [`proxy_protocol`](Self::proxy_protocol)
     /// listener a connection is counted only once its header has named its client: until
-    /// then (at most the header read timeout) it holds a slot counted against nobody, so
-    /// such a listener should take connections from the balancer alone.
+    /// then (at most the header read timeout) it holds a slot counted against nobody.
+    /// One with not a byte of its header yet gives its slot up to a connection waiting
+    /// for one, as an idle connection does: an AWS Network Load Balancer, by default,
+    /// sends the header only with its client's first bytes, so each client connection
+    /// that says nothing is one. One with part of a header keeps its slot.
     ///
     /// Not counted: the [`trusted_proxies`](Self::trusted_proxies), whose connections
     /// carry many clients' requests (their clients' `X-Forwarded-For` is not counted
@@ -526,6 +529,12 @@ impl Server {
     /// [`forwarded_headers`](Server::forwarded_headers), that append their own element
     /// to `Forwarded` (HAProxy's `option forwarded`; nginx only through a `map`); a proxy
     /// that passes on the client's own values lets the client choose them.
+    ///
+    /// Every host a listed network holds may name a client, in these headers and, with
+    /// [`proxy_protocol`](Server::proxy_protocol), in a PROXY protocol header: list the
+    /// proxies' own addresses or subnets, not a whole private network whose other
+    /// hosts can reach the port (a security group open to the VPC lets each of them
+    /// choose its `ClientIp`).
     ///
     /// # Examples
     ///

@@ -20,6 +20,7 @@
 //! `mode tcp` cannot put in a header).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::AsyncReadExt;
 
@@ -310,7 +311,12 @@ impl From<std::io::Error> for Refused {
 /// it is read and the rest left in the socket; a header still incomplete is read as far
 /// as it came, so that the next peek waits for new bytes instead of seeing the same ones
 /// again.
-async fn read_header(stream: &mut ConnStream) -> Result<(Header, bool), Refused> {
+///
+/// `begun` is set once the first byte has come.
+async fn read_header(
+    stream: &mut ConnStream,
+    begun: &AtomicBool,
+) -> Result<(Header, bool), Refused> {
     let mut buf = [0u8; BUFFER];
     let mut have = 0;
     loop {
@@ -318,6 +324,7 @@ async fn read_header(stream: &mut ConnStream) -> Result<(Header, bool), Refused>
         if seen == have {
             return Err(Refused::Closed);
         }
+        begun.store(true, Ordering::Relaxed);
         match parse(&buf[..seen]) {
             // A version 1 header is refused at 107 bytes and version 2's addresses end
             // by 232, so a full buffer has always been decided; said here as well.
@@ -377,6 +384,26 @@ pub(super) enum Client {
 static BROKEN: Throttle = Throttle::new();
 static UNTRUSTED: Throttle = Throttle::new();
 
+/// Completes once this connection, with not a byte of its header yet, is granted a
+/// request for room at the connection limit: as idle as a connection can be, it makes
+/// room as an idle keep-alive one does (and as one on a plain socket that has sent
+/// nothing). An AWS Network Load Balancer sends the header only with its client's first
+/// bytes (its default `header_placement`), so without this a client that connects and
+/// says nothing would hold a slot until the header read timeout, counted against no
+/// client's cap (its client is not known yet). Once a byte has come, it is a head on its
+/// way, and keeps its slot.
+async fn room_before_first_byte(config: &ConnConfig, begun: &AtomicBool) {
+    let signal = &config.signal;
+    loop {
+        // Made before the flags are read, as in `ConnSignal::room_granted`.
+        let asked = signal.notify.notified();
+        if !begun.load(Ordering::Relaxed) && signal.room_wanted() && signal.grant_room() {
+            return;
+        }
+        asked.await;
+    }
+}
+
 /// Reads a new connection's header, within the header read timeout of `accepted` and
 /// before the shutdown begins, and says whom the connection's requests are from: the
 /// header's client, when `peer` may name one (a trusted proxy, or any peer when no
@@ -391,11 +418,21 @@ pub(super) async fn client_of(
     let timeout = config.header_read_timeout;
     // `later`: a timeout of `Duration::MAX` (no limit) must not overflow the instant.
     let deadline = super::conn::later(tokio::time::Instant::from_std(accepted), timeout);
+    let begun = AtomicBool::new(false);
     let read = tokio::select! {
-        read = tokio::time::timeout_at(deadline, read_header(stream)) => read,
+        read = tokio::time::timeout_at(deadline, read_header(stream, &begun)) => read,
         // A connection that has not said whom it is for has no request in flight.
         _ = config.signal.reached(DRAIN) => {
             tracing::debug!(%peer, "connection closed by the shutdown before its PROXY protocol header");
+            return None;
+        }
+        _ = room_before_first_byte(config, &begun) => {
+            crate::metrics::connection_closed(ConnClosed::MadeRoom);
+            tracing::debug!(
+                %peer,
+                "connection closed to make room at the connection limit before its PROXY \
+                 protocol header"
+            );
             return None;
         }
     };

@@ -489,3 +489,28 @@ pub fn block_on_without_runtime<F: std::future::Future>(fut: F) -> F::Output {
         std::thread::park_timeout(std::time::Duration::from_millis(100));
     }
 }
+
+/// Waits, for at most [`STEP`], until the server listening on `server` has accepted the
+/// TCP connection the client made from `client` (IPv4 only): in `/proc/net/tcp` a
+/// connection still in the accept queue has no inode, an accepted one has its socket's.
+/// For a test that needs one connection taken before it makes the next.
+#[cfg(target_os = "linux")]
+pub async fn accepted_by_server(server: SocketAddr, client: SocketAddr) {
+    let (local, remote) = (
+        format!(":{:04X}", server.port()),
+        format!(":{:04X}", client.port()),
+    );
+    let accepted = || {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[1].ends_with(&local) && fields[2].ends_with(&remote) && fields[9] != "0"
+        })
+    };
+    within(async {
+        while !accepted() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
