@@ -77,6 +77,22 @@ impl<T> DropsOffRuntime<T> {
     }
 }
 
+impl<T> DropsOffRuntime<T> {
+    /// The value, to use in place.
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.value
+            .as_mut()
+            .expect("taken only by `into_inner` and `drop`")
+    }
+
+    /// The value back, for a caller that lets go of it where it may.
+    pub(crate) fn into_inner(mut self) -> T {
+        self.value
+            .take()
+            .expect("taken only by `into_inner` and `drop`")
+    }
+}
+
 impl<T> Drop for DropsOffRuntime<T> {
     fn drop(&mut self) {
         if let Some(value) = self.value.take() {

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use support::{get, within, TestServer, STEP};
+use support::{get, logs, within, TestServer, STEP};
 use syncbridge::{ensure_async_on, BlockingPool, Request, Server, TaskSet, TaskStatus};
 
 /// Stands for a sync client: owns a runtime, and says when it is dropped whether that
@@ -164,4 +164,103 @@ async fn a_task_whose_closure_and_unused_callback_own_runtimes_succeeds_and_call
     assert_eq!(status, TaskStatus::Succeeded);
     assert!(dropped_cleanly(closure_report).await);
     assert!(dropped_cleanly(callback_report).await);
+}
+
+/// An async task's closure that owns a runtime: let go of when the task ends, on the
+/// runtime thread its supervisor runs on, it is dropped off that thread, and the task's
+/// success stands (its value joined, its callback run).
+#[tokio::test]
+async fn an_async_task_whose_closure_owns_a_runtime_succeeds_and_calls_back() {
+    let tasks = TaskSet::new();
+    let (client, report) = sync_client();
+    let (done_tx, done_rx) = mpsc::channel();
+    let handle = tasks
+        .task()
+        .on_done(move |info| done_tx.send(info.status()).unwrap())
+        .spawn(move |_ctx| {
+            let _uses = &client;
+            async { Ok::<_, std::io::Error>(7) }
+        })
+        .expect("spawned");
+    let value = within(handle.join()).await.expect("the task succeeded");
+    assert_eq!(*value, 7);
+    let status = support::received(done_rx, "on_done never ran").await;
+    assert_eq!(status, TaskStatus::Succeeded);
+    assert!(dropped_cleanly(report).await);
+}
+
+/// A task that outlives its set's shutdown finds the callback pool shut: its callback,
+/// which owns a runtime, is dropped unrun off the runtime, and the task's own outcome
+/// still reaches its handle.
+#[tokio::test]
+async fn a_callback_a_shutdown_left_unrun_is_dropped_cleanly() {
+    logs::install();
+    let tasks = TaskSet::new();
+    let (client, report) = sync_client();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let handle = tasks
+        .task()
+        .on_done(move |_info| drop(client))
+        .spawn_blocking(move |_ctx| {
+            started_tx.send(()).unwrap();
+            // Deaf to its token: it ends when the test says, after the shutdown.
+            let _ = release_rx.recv_timeout(STEP);
+            Ok::<_, std::io::Error>(1)
+        })
+        .expect("spawned");
+    let id = handle.id();
+    support::received(started_rx, "the task never started").await;
+    assert_eq!(within(tasks.shutdown(Duration::ZERO)).await, vec![id]);
+    release_tx.send(()).unwrap();
+    assert_eq!(*within(handle.join()).await.expect("its outcome"), 1);
+    assert!(dropped_cleanly(report).await);
+    let task_id = format!("task_id={id}");
+    assert!(
+        logs::eventually_contains(&["callbacks not run", "callback pool has shut down", &task_id])
+            .await
+    );
+}
+
+/// A failed task's error, where its handle was let go of: the registry keeps only its
+/// text, so the supervisor's reply is its last holder. It is dropped off the runtime (it
+/// may own one), and not under the set's lock: its `Drop` may use the set.
+#[tokio::test]
+async fn an_error_nobody_joins_is_dropped_off_the_runtime_outside_the_sets_lock() {
+    #[derive(Debug)]
+    struct Failure(mpsc::Sender<bool>, TaskSet);
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("failed on purpose")
+        }
+    }
+    impl std::error::Error for Failure {}
+    impl Drop for Failure {
+        fn drop(&mut self) {
+            let off_runtime = tokio::runtime::Handle::try_current().is_err();
+            // Hangs if the set's lock is held on this thread.
+            let _ = self.1.live();
+            let _ = self.0.send(off_runtime);
+        }
+    }
+    // The set on a runtime of its own, never dropped: a `Drop` that deadlocks holds that
+    // runtime's thread, not the test's, whose timeout then says so.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(runtime));
+    let tasks = TaskSet::builder().runtime(runtime.handle().clone()).build();
+    let (dropped_tx, dropped_rx) = mpsc::channel();
+    let set = tasks.clone();
+    let handle = tasks
+        .spawn(move |_ctx| {
+            let failure = Failure(dropped_tx.clone(), set.clone());
+            async move { Err::<(), _>(failure) }
+        })
+        .expect("spawned");
+    drop(handle);
+    let off_runtime = support::received(dropped_rx, "the error was never dropped").await;
+    assert!(off_runtime, "dropped on a runtime thread");
 }

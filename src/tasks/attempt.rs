@@ -11,12 +11,14 @@ use futures_util::FutureExt;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::info::TaskId;
 use super::joins;
 use super::set::TaskSet;
 use super::spawn::TaskContext;
 use crate::context;
 use crate::error::panic_message;
 use crate::long_poll::{PollTimed, Runs};
+use crate::offload::DropsOffRuntime;
 use crate::pool::{BlockingPool, Job, Withdrawable};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -58,6 +60,7 @@ impl<F: Send + 'static, T: Send + 'static> Drop for BlockingWork<F, T> {
 
 /// An attempt handed to the pool: its outcome comes back on `rx`.
 pub(super) struct Submitted<F: Send + 'static, T: Send + 'static> {
+    id: TaskId,
     rx: oneshot::Receiver<(Option<F>, Attempt<T>)>,
     /// To take it back, queue place and all, when it is given up before a thread took it.
     job: Withdrawable,
@@ -74,6 +77,13 @@ impl<F: Send + 'static, T: Send + 'static> Drop for Submitted<F, T> {
     fn drop(&mut self) {
         if !self.job.take_back(&self.pool) {
             if let Ok(returned) = self.rx.try_recv() {
+                // Sent in the instant its task's timeout gave up on it: the pool thread's
+                // send succeeded, so only here is it known to go unread.
+                tracing::warn!(
+                    task_id = %self.id,
+                    "background task returned after its supervisor stopped waiting (its \
+                     timeout, or the runtime's shutdown); its outcome is discarded"
+                );
                 crate::offload::drop_off_runtime(returned);
             }
         }
@@ -135,6 +145,7 @@ where
         gate: Option<GateWaiter>,
     ) -> std::result::Result<Submitted<F, T>, F> {
         let (tx, rx) = oneshot::channel();
+        let ctx_id = ctx.id;
         let set = self.set.clone();
         let runtime = self.runtime.clone();
         let span = self.span.clone();
@@ -189,6 +200,7 @@ where
         });
         match self.set.shared.pool.try_submit(job) {
             Ok(_) => Ok(Submitted {
+                id: ctx_id,
                 rx,
                 job: withdrawable,
                 pool: self.set.shared.pool.clone(),
@@ -260,7 +272,9 @@ where
 
 /// A future factory; each attempt's future runs inside the supervisor's own task.
 pub(super) struct AsyncWork<F> {
-    pub(super) make: F,
+    /// Let go of on a runtime thread, when the task ends: it may own a runtime of its
+    /// own (a blocking client a future calls through `spawn_blocking`).
+    pub(super) make: DropsOffRuntime<F>,
     pub(super) set: TaskSet,
 }
 
@@ -278,7 +292,8 @@ where
                 return Attempt::Cancelled;
             }
             self.set.shared.backend.started(ctx.id, ctx.attempt);
-            let future = match catch_unwind(AssertUnwindSafe(|| (self.make)(ctx))) {
+            let make = self.make.get_mut();
+            let future = match catch_unwind(AssertUnwindSafe(|| make(ctx))) {
                 Ok(future) => future,
                 Err(payload) => return Attempt::Panicked(panic_message(payload)),
             };

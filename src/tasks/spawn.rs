@@ -19,6 +19,7 @@ use super::info::{TaskId, TaskInfo};
 use super::set::{register_live, unregister_live, TaskSet, CURRENT_SET};
 use super::supervise::{Supervisor, Unfinished};
 use crate::error::{Error, Result};
+use crate::offload::DropsOffRuntime;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub(super) type Callback = Box<dyn FnOnce(&TaskInfo) + Send + 'static>;
@@ -258,7 +259,7 @@ impl<'a> TaskBuilder<'a> {
             return Err(self.refused(err, make));
         }
         let work = AsyncWork {
-            make,
+            make: DropsOffRuntime::new(make),
             set: self.set.clone(),
         };
         Ok(self.launch(prepared, work))
@@ -338,8 +339,10 @@ impl<'a> TaskBuilder<'a> {
         };
         // Kept out of the supervisor: boxed `FnOnce`s are not `Sync`, and `&Supervisor`
         // is held across awaits, which must stay `Send`.
-        let callbacks = (self.on_error, self.on_done);
-        let has_callbacks = callbacks.0.is_some() || callbacks.1.is_some();
+        let has_callbacks = self.on_error.is_some() || self.on_done.is_some();
+        // Unrun, they are dropped off the runtime (they may own one): a supervisor
+        // dropped with its runtime drops them on one of its threads.
+        let callbacks = DropsOffRuntime::new((self.on_error, self.on_done));
         // In the caller's span (a request's): what ties the request to the tasks it spawned,
         // the task's own span only following from it.
         tracing::debug!(task_id = %id, name = self.name.as_deref(), "background task spawned");

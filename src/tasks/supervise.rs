@@ -28,6 +28,7 @@ use super::set::{unregister_live, TaskSet};
 use super::spawn::{Callback, TaskContext};
 use crate::context;
 use crate::error::{panic_message, Chain, Error, Kind, Result};
+use crate::offload::{drop_off_runtime, DropsOffRuntime};
 use crate::pool::Job;
 
 /// The longest wait between two attempts, however many retries came before.
@@ -160,6 +161,8 @@ impl Drop for Unfinished {
                 crate::metrics::task_finished("lost");
                 let lost = outcome(TaskStatus::Failed, None, Some(Arc::from(message)));
                 self.set.shared.backend.finished(id, lost);
+                // Its entry expires with the TTL like any other's.
+                super::sweep::sweep_later(&self.set);
             }
             Stage::Recorded => tracing::error!(
                 task_id = %id,
@@ -179,11 +182,14 @@ impl Drop for Unfinished {
     }
 }
 
+/// A task's info and the callbacks to run with it, by name (`on_error`, `on_done`).
+type PendingCallbacks = (Option<TaskInfo>, Vec<(&'static str, Callback)>);
+
 impl<T: Send + Sync + 'static> Supervisor<T> {
     pub(super) async fn run<W: Work<T>>(
         self,
         mut work: W,
-        callbacks: (Option<Callback>, Option<Callback>),
+        callbacks: DropsOffRuntime<(Option<Callback>, Option<Callback>)>,
     ) {
         let start = Instant::now();
         let attempts = self.attempts(&mut work);
@@ -218,7 +224,8 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
             if self.token.is_cancelled() {
                 return Ended::Cancelled(Some(failure));
             }
-            if attempt > self.retries {
+            // `u32::MAX` retries end at `u32::MAX` attempts rather than overflow.
+            if attempt > self.retries || attempt == u32::MAX {
                 return Ended::Failed(failure);
             }
             let delay = backoff(self.backoff, attempt);
@@ -243,7 +250,7 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         mut self,
         ended: Ended<T>,
         start: Instant,
-        (on_error, on_done): (Option<Callback>, Option<Callback>),
+        callbacks: DropsOffRuntime<(Option<Callback>, Option<Callback>)>,
     ) {
         let id = self.id;
         let elapsed_ms = start.elapsed().as_millis() as u64;
@@ -305,37 +312,45 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
         self.unfinished.stage = Stage::Recorded;
         super::set::mark_ended(&self.set, id);
         super::sweep::sweep_later(&self.set);
+        let (on_error, on_done) = callbacks.into_inner();
         let mut callbacks = Vec::new();
         if status != TaskStatus::Succeeded {
             callbacks.extend(on_error.map(|cb| ("on_error", cb)));
         } else if let Some(unused) = on_error {
             // A callback may own a runtime (a blocking HTTP client): not dropped here.
-            crate::offload::drop_off_runtime(unused);
+            drop_off_runtime(unused);
         }
         callbacks.extend(on_done.map(|cb| ("on_done", cb)));
-        self.run_callbacks(info, callbacks).await;
+        self.run_callbacks(DropsOffRuntime::new((info, callbacks)))
+            .await;
         self.unfinished.stage = Stage::Done;
         // Out of the live map and replied to under the one lock: whoever joins sees the
         // task gone, and whoever sees it gone (`live`, `cancel`) finds the reply there.
         let mut live = self.set.shared.live();
         live.remove(&id);
         // Nobody may be waiting: the outcome is recorded and logged above either way.
-        let _ = self.reply.send(reply);
+        let unsent = self.reply.send(reply).err();
         drop(live);
+        // With no handle left, this may be the value's (or the error's) last holder: it
+        // may own a runtime, and its `Drop` may use the set, whose lock is let go above.
+        if let Some(unsent) = unsent {
+            drop_off_runtime(unsent);
+        }
     }
 
-    async fn run_callbacks(
-        &mut self,
-        info: Option<TaskInfo>,
-        callbacks: Vec<(&'static str, Callback)>,
-    ) {
+    /// Runs the callbacks with the task's info on the callback pool. Whatever of them is
+    /// let go of here, unrun (or the info alone: it holds the task's value), goes off the
+    /// runtime, as does the supervisor dropped meanwhile with its runtime: they may own a
+    /// runtime of their own.
+    async fn run_callbacks(&mut self, mut pending: DropsOffRuntime<PendingCallbacks>) {
+        let (info, callbacks) = pending.get_mut();
         if callbacks.is_empty() {
             return;
         }
-        let Some(info) = info else {
+        if info.is_none() {
             tracing::error!(task_id = %self.id, "background task entry vanished before its callbacks; not run");
             return;
-        };
+        }
         let id = self.id;
         let span = self.span.clone();
         let context = self.set.context(self.runtime.clone());
@@ -355,11 +370,13 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
             }
         };
         let (ran_tx, ran_rx) = oneshot::channel::<()>();
+        let (info, callbacks) = pending.into_inner();
+        let info = info.expect("looked at above");
         // Callbacks may block (the example POSTs to a callback URL), so they run on a
         // thread of the set's callback pool, never a runtime worker: bounded like the
         // tasks, apart from them (a task joining this one must not hold the thread these
         // callbacks wait for), and a plain thread where `ensure_sync` works.
-        let mut job = Job::boxed(move || {
+        let job = Job::boxed(move || {
             let _entered = span.enter();
             let _in_callback = InCallback::enter();
             context::enter(Some(&context), || {
@@ -378,16 +395,20 @@ impl<T: Send + Sync + 'static> Supervisor<T> {
             drop(permit);
             let _ = ran_tx.send(());
         });
+        let mut job = DropsOffRuntime::new(job);
         let pool = &self.set.shared.callbacks;
         loop {
-            match pool.try_submit(job) {
+            match pool.try_submit(job.into_inner()) {
                 Ok(_) => break,
-                Err(_) if pool.is_shutdown() => return tracing::error!(task_id = %id, "{NOT_RUN}"),
+                Err(back) if pool.is_shutdown() => {
+                    drop_off_runtime(back);
+                    return tracing::error!(task_id = %id, "{NOT_RUN}");
+                }
                 // The permit leaves room in the queue (which has at least one place):
                 // refused, a thread failed to start (logged by the pool). Wait before
                 // the next try rather than spin on it.
                 Err(back) => {
-                    job = back;
+                    job = DropsOffRuntime::new(back);
                     match crate::timer::sleep(CALLBACK_RETRY, Some(&self.set.shared.timers)) {
                         Some(wait) => wait.await,
                         // No timers (logged once): take a turn instead.
