@@ -30,6 +30,7 @@ pub struct TaskHandle<T> {
 
 impl<T> TaskHandle<T> {
     /// The task's id, for [`TaskSet::status`](crate::TaskSet::status) and [`TaskSet::info`](crate::TaskSet::info) in a later request.
+    /// Callable from anywhere.
     pub fn id(&self) -> TaskId {
         self.id
     }

@@ -158,7 +158,9 @@ pub(crate) type ErasedValue = Arc<dyn Any + Send + Sync>;
 ///
 /// Obtained from [`TaskSet::info`](crate::TaskSet::info) or passed to a task's
 /// callbacks. The value is type-erased: read it back with [`result`](TaskInfo::result)
-/// and the type the task returned.
+/// and the type the task returned. Its methods are plain reads, callable from anywhere.
+/// The value it holds is kept alive as long as it is: drop it where the value may be
+/// dropped (a value that owns a runtime, off the runtime's threads).
 #[derive(Clone)]
 pub struct TaskInfo {
     pub(crate) id: TaskId,

@@ -169,6 +169,7 @@ impl TaskSet {
     }
 
     /// Options for one task: name, timeout, retries, callbacks. See [`TaskBuilder`].
+    /// Callable from anywhere; its `spawn` methods say where they may be.
     pub fn task(&self) -> TaskBuilder<'_> {
         TaskBuilder::new(self)
     }
@@ -240,19 +241,22 @@ impl TaskSet {
         }
     }
 
-    /// How many tasks are live (pending, running or in their callbacks).
+    /// How many tasks are live (pending, running or in their callbacks). Callable from
+    /// anywhere (a lock held for a moment; no runtime needed).
     pub fn live(&self) -> usize {
         self.shared.live().len()
     }
 
-    /// The task pool's load.
+    /// The task pool's load. Callable from anywhere.
     pub fn pool(&self) -> &BlockingPool {
         &self.shared.pool
     }
 
     /// Stops taking tasks, waits for the live ones up to `deadline`, then cancels the rest
-    /// through their tokens and logs each abandoned id at `warn`. Returns the abandoned
-    /// ids (empty when everything finished in time).
+    /// through their tokens and logs each abandoned id at `warn`. Returns the ids of the
+    /// tasks still live at the deadline (empty when everything finished in time): those
+    /// cancelled, and those whose work had ended while their callbacks still ran or
+    /// waited for a thread, which are not cancelled (their lines say so).
     ///
     /// After it starts, spawning fails with [`Error::is_shutdown`]. Tasks cancelled at the
     /// deadline get up to one more second to notice; a blocking closure that ignores its

@@ -28,7 +28,8 @@ pub(super) type Callback = Box<dyn FnOnce(&TaskInfo) + Send + 'static>;
 /// through which it is asked to stop.
 ///
 /// A blocking task should check [`is_cancelled`](TaskContext::is_cancelled) between
-/// steps; an async task may await [`cancelled`](TaskContext::cancelled).
+/// steps; an async task may await [`cancelled`](TaskContext::cancelled). Its methods but
+/// `cancelled` (async code) are plain reads, callable from anywhere.
 #[derive(Clone, Debug)]
 pub struct TaskContext {
     pub(super) id: TaskId,
@@ -147,7 +148,9 @@ impl<'a> TaskBuilder<'a> {
     /// Runs `callback` once the task has ended, whatever the outcome, with the final
     /// registry entry. It runs inside the server's context, before [`TaskHandle::join`]
     /// returns, on a thread of the set's callback pool: never a runtime worker, at most
-    /// [`max_threads`](crate::TaskSetBuilder::max_threads) at once, apart from the
+    /// [`max_threads`](crate::TaskSetBuilder::max_threads) at once, and at most
+    /// [`queue_capacity`](crate::TaskSetBuilder::queue_capacity) (at least one) tasks'
+    /// callbacks running or waiting for a thread, apart from the
     /// tasks' own threads (so a task that joins another never holds the thread that
     /// one's callbacks need). It may block, and may call what a handler thread may
     /// ([`ensure_sync`](crate::ensure_sync), [`TaskSet::current`](crate::TaskSet::current)).
