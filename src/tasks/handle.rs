@@ -72,7 +72,12 @@ impl<T> TaskHandle<T> {
     /// callback holds one (with every thread held so, none would ever run). Look its
     /// outcome up with [`TaskSet::status`](crate::TaskSet::status) instead, or give it
     /// no callbacks. Waiting on [`join`](Self::join) through `ensure_sync` there has the
-    /// same hazard and is not caught.
+    /// same hazard and is not caught. Nor is this one: a callback that joins a blocking
+    /// task (one without callbacks) waits for a thread of the task pool, and if every
+    /// such thread waits in a join for a task whose callbacks wait for the room in the
+    /// callback pool that the joining callback holds (with a
+    /// [`queue_capacity`](crate::TaskSetBuilder::queue_capacity) of a few), none ends
+    /// until the drain. Keep joins out of callbacks, or size both pools for them.
     ///
     /// # Errors
     ///
