@@ -133,9 +133,11 @@ async fn a_hosts_timeout_layer_does_not_time_a_streams_producer() {
     let (open, gate) = gate();
     let router = axum::Router::new()
         .nest_service("/legacy", SyncService::new(handler(gate)))
+        // 2 s: twenty times the 100 ms head grace the service future waits out, so a slow
+        // machine's scheduling cannot reach it; the producer is held past it below.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_millis(200),
+            Duration::from_secs(2),
         ));
     let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .await
@@ -153,8 +155,9 @@ async fn a_hosts_timeout_layer_does_not_time_a_streams_producer() {
         200,
         "the layer's timeout covers the handler only"
     );
-    // Past the layer's 200 ms, the producer still waiting: the stream is the client's.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the layer's 2 s, the producer still waiting: the stream is the client's. (A
+    // service future that waited for the producer would have been answered 408 by now.)
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     open.send(()).unwrap();
     let body = within(response.into_body().collect()).await.unwrap();
     assert_eq!(&body.to_bytes()[..], b"event");
