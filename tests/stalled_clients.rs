@@ -304,11 +304,16 @@ async fn an_http2_client_that_reads_a_large_chunk_steadily_is_not_cut_off() {
     // body's next chunk as soon as it has handed the last one to h2, then waits for room
     // for it): the client takes a frame every few milliseconds, so the large chunk takes
     // several body timeouts to go out.
-    // 4 MiB at 16 KiB per 10 ms: 2.6 s, well past the close a stall would get (the
-    // first look a second after the connection came, plus a body timeout or two).
-    const LARGE: usize = 4 * 1024 * 1024;
+    // A body timeout of its own, 1 s, a hundred times the client's pace: the client runs
+    // on the test's one runtime thread, which a loaded machine can hold up for longer
+    // than the 300 ms the other tests use. 6 MiB at 16 KiB per 10 ms or more: 3.9 s at
+    // the least, past the close a stall would get (the first look a second after the
+    // connection came, plus a body timeout or two).
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    const LARGE: usize = 6 * 1024 * 1024;
     const SIZE: usize = LARGE + 1;
-    let server = TestServer::start_with(one_connection(None), |_req: Request| {
+    let server = one_connection(None).body_timeout(TIMEOUT);
+    let server = TestServer::start_with(server, |_req: Request| {
         let chunks = [Bytes::from(vec![b'c'; LARGE]), Bytes::from_static(b"!")];
         Response::new(ResponseBody::from_chunks(chunks.into_iter().map(Ok)))
     });
