@@ -197,6 +197,9 @@ async fn answered(addr: std::net::SocketAddr, status: u16) -> tokio::net::TcpStr
     stream
 }
 
+/// The dashboard test's server's stream timeout.
+const STREAM_TIMEOUT: Duration = Duration::from_millis(500);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dashboard_sees_each_outcome_once() {
     let (recorder, changes) = recorder();
@@ -209,10 +212,14 @@ async fn a_dashboard_sees_each_outcome_once() {
         .max_threads(1)
         .queue_capacity(0)
         .build();
+    // The stream timeout counts from a request's arrival: 500 ms leaves a producer that
+    // fails at once (`/stream-error`) ample time to fail before it, on a loaded machine
+    // too. The handler timeout, 2 s, is as far past `/late-stream`'s sleep, which it must
+    // not cut short; it is also how long `/hold` waits for its 504.
     let server = Server::bind("127.0.0.1:0")
         .pool(pool.clone())
-        .handler_timeout(Duration::from_millis(300))
-        .stream_timeout(Duration::from_millis(50))
+        .handler_timeout(Duration::from_secs(2))
+        .stream_timeout(STREAM_TIMEOUT)
         .header_read_timeout(Duration::from_millis(300));
     // The same pool reported under a name of its own, as an embedded service's would be.
     let pool_gauges = pool.report_gauges("embedded").expect("in a runtime");
@@ -246,9 +253,11 @@ async fn a_dashboard_sees_each_outcome_once() {
                     Err(std::io::Error::other("the export failed"))
                 }))),
                 // Returns its stream past the stream timeout (within the handler
-                // timeout): its first write fails, and it is answered 504.
+                // timeout): its first write fails, and it is answered 504. Past it
+                // whatever the machine's pace: the timeout counts from the request's
+                // arrival, before the handler started.
                 "/late-stream" => {
-                    std::thread::sleep(Duration::from_millis(120));
+                    std::thread::sleep(STREAM_TIMEOUT + Duration::from_millis(200));
                     Ok(Response::new(ResponseBody::from_chunks(std::iter::once(
                         Ok(bytes::Bytes::from_static(b"too late")),
                     ))))
@@ -389,11 +398,12 @@ async fn a_dashboard_sees_each_outcome_once() {
         .is_nan());
 
     // Idle connections closed by a server at its limit of one: the first to make room
-    // for the second, the second past the keep-alive timeout. (Two more 200s.)
+    // for the second, the second past the keep-alive timeout. (Two more 200s.) 2 s: the
+    // first must still be idle, not closed for its keep-alive, when the second comes.
     let small = TestServer::start_with(
         Server::bind("127.0.0.1:0")
             .max_connections(1)
-            .keep_alive_timeout(Some(Duration::from_millis(500))),
+            .keep_alive_timeout(Some(Duration::from_secs(2))),
         |_req: Request| "ok",
     );
     let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
