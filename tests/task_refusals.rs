@@ -46,9 +46,11 @@ async fn a_retry_that_finds_the_pool_full_still_has_its_closure_for_the_next_one
     let calls = Arc::new(AtomicU32::new(0));
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let counted = calls.clone();
+    // The first retry waits 1.5 s (the second twice that): the thread must be taken
+    // before then (below), which on a loaded machine may take a good part of a second.
     let task = set
         .task()
-        .retries(3, Duration::from_millis(500))
+        .retries(3, Duration::from_millis(1500))
         .spawn_blocking(move |ctx| {
             counted.fetch_add(1, Ordering::SeqCst);
             if ctx.attempt() == 1 {
@@ -60,10 +62,15 @@ async fn a_retry_that_finds_the_pool_full_still_has_its_closure_for_the_next_one
         .unwrap();
     let id = task.id();
     within(failed_rx.recv()).await.unwrap();
-    // The first attempt's thread is free again; take it before the second attempt, half
-    // a second from now.
+    // The first attempt's thread is free again; take it before the second attempt, a
+    // backoff from now.
     assert_eq!(within(set.pool().wait_idle(STEP)).await.busy, 0);
     let (holder, release) = occupy(&set).await;
+    assert_eq!(
+        set.info(id).unwrap().attempts(),
+        1,
+        "the thread was taken only after the second attempt had started"
+    );
     let refused = format!("task_id={id}");
     assert!(
         support::logs::eventually_contains(&[
