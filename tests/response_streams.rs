@@ -487,8 +487,12 @@ async fn producers_that_only_ask_whether_to_go_on_stop_at_the_stream_timeout() {
 #[tokio::test]
 async fn a_client_that_left_before_the_stream_timeout_is_a_disconnect_not_a_timeout() {
     logs::install();
+    // The stream timeout, 1 s, leaves the first chunk ample time to come before it; the
+    // producer's next write, 2.5 s after that chunk, is well past it. The client's reset
+    // has until that write to reach the server (a send is a disconnect once the client
+    // is gone, whatever the time): 2.5 s, not the stream timeout's 1 s.
     let server = TestServer::start_with(
-        syncbridge::Server::bind("127.0.0.1:0").stream_timeout(Duration::from_millis(300)),
+        syncbridge::Server::bind("127.0.0.1:0").stream_timeout(Duration::from_secs(1)),
         |_: Request| {
             // A chunk now, the next only after the limit: no write in between to hear
             // that the client left.
@@ -498,7 +502,7 @@ async fn a_client_that_left_before_the_stream_timeout_is_a_disconnect_not_a_time
                 match n {
                     1 => Some(Ok(Bytes::from_static(b"a"))),
                     2 => {
-                        std::thread::sleep(Duration::from_millis(500));
+                        std::thread::sleep(Duration::from_millis(2500));
                         Some(Ok(Bytes::from_static(b"b")))
                     }
                     _ => None,
