@@ -544,7 +544,11 @@ async fn a_client_taking_far_less_than_the_socket_holds_per_body_timeout_is_not_
     // it lets the server write again. Before, the server saw only those writes, and the
     // producer's channel saw only hyper's takes: this client was cut off within a few
     // timeouts, as one that read nothing.
-    const PIECE: usize = 16 * 1024;
+    // 4 KiB every 125 ms, not 16 KiB every 500 ms: the same rate, but a read held up on a
+    // loaded machine must be late by most of a timeout, not half of one, to leave a
+    // timeout without progress.
+    const PIECE: usize = 4 * 1024;
+    const BUFFER: u32 = 16 * 1024;
     const TIMEOUT: Duration = Duration::from_secs(1);
     let server = streaming_32_mib(TIMEOUT);
     support::logs::install();
@@ -553,7 +557,7 @@ async fn a_client_taking_far_less_than_the_socket_holds_per_body_timeout_is_not_
     // is free (about 128 KiB with default buffers, on loopback), and a client reading
     // this slowly from a fast link shows progress only that often.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(PIECE as u32).unwrap();
+    socket.set_recv_buffer_size(BUFFER).unwrap();
     let mut stream = within(socket.connect(server.addr)).await.unwrap();
     let client = format!("peer={}", stream.local_addr().unwrap());
     // A request a little after the connect, as from any real client: the connection's
@@ -564,7 +568,7 @@ async fn a_client_taking_far_less_than_the_socket_holds_per_body_timeout_is_not_
     within(stream.write_all(b"GET /download HTTP/1.1\r\nhost: x\r\n\r\n"))
         .await
         .unwrap();
-    let taken = read_at_pace(&mut stream, PIECE, Duration::from_millis(500), TIMEOUT * 5).await;
+    let taken = read_at_pace(&mut stream, PIECE, Duration::from_millis(125), TIMEOUT * 5).await;
     drop(stream);
     server.stop().await;
     assert!(
