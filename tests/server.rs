@@ -729,8 +729,16 @@ async fn without_a_keep_alive_timeout_an_idle_http1_connection_closes_at_the_hea
 
 /// A server at `max_connections(1)` whose one connection (the first returned) runs a
 /// request until `release` gets a message, and a second connection that has sent its
-/// request and gone unanswered for 300 ms: it waits for a slot.
-async fn one_busy_one_waiting() -> (TestServer, TcpStream, TcpStream, mpsc::SyncSender<()>) {
+/// request and gone unanswered for 300 ms: it waits for a slot. The instant is from just
+/// before the second connection was made: the server asks for room from its accept on,
+/// once a second.
+async fn one_busy_one_waiting() -> (
+    TestServer,
+    TcpStream,
+    TcpStream,
+    mpsc::SyncSender<()>,
+    Instant,
+) {
     let (gate, started, release) = gate();
     let server =
         TestServer::start_with(Server::bind("127.0.0.1:0").max_connections(1), gated(gate));
@@ -739,6 +747,7 @@ async fn one_busy_one_waiting() -> (TestServer, TcpStream, TcpStream, mpsc::Sync
         .await
         .unwrap();
     let _started = recv_blocking(started).await;
+    let connecting = Instant::now();
     let mut second = within(TcpStream::connect(server.addr)).await.unwrap();
     within(second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
@@ -746,19 +755,26 @@ async fn one_busy_one_waiting() -> (TestServer, TcpStream, TcpStream, mpsc::Sync
     let early =
         tokio::time::timeout(Duration::from_millis(300), read_raw_response(&mut second)).await;
     assert!(early.is_err(), "second connection served past the limit");
-    (server, first, second, release)
+    (server, first, second, release, connecting)
 }
 
 #[tokio::test]
 async fn connections_past_the_limit_wait_while_every_connection_is_busy() {
     // The first connection's request is in flight: the second waits, unserved.
-    let (server, mut first, mut second, release) = one_busy_one_waiting().await;
+    let (server, mut first, mut second, release, connecting) = one_busy_one_waiting().await;
 
     // The first finishes its request and is idle: it makes room for the second at once,
-    // not when the server next asks for room (once a second, from 300 ms before this).
+    // not when the server next asks for room (once a second from the second's accept).
+    // Released 1.1 s after the second's connect, just after the server's second ask
+    // (when the accept came within 100 ms of the connect, as it does but on a stalled
+    // machine): the next ask is 900 ms on or more, past the 800 ms allowed here, which
+    // leaves a loaded machine ample time to serve the second once the first is idle.
+    tokio::time::sleep_until((connecting + Duration::from_millis(1100)).into()).await;
+    let released = Instant::now();
     release.send(()).unwrap();
     assert_eq!(read_raw_response(&mut first).await.unwrap().status, 200);
-    let reply = tokio::time::timeout(Duration::from_millis(500), read_raw_response(&mut second))
+    let left = Duration::from_millis(800).saturating_sub(released.elapsed());
+    let reply = tokio::time::timeout(left, read_raw_response(&mut second))
         .await
         .expect("not served as soon as the first was idle")
         .expect("served once the first was idle");
@@ -776,7 +792,7 @@ async fn connections_past_the_limit_wait_while_every_connection_is_busy() {
 
 #[tokio::test]
 async fn a_connection_waiting_for_a_slot_when_the_shutdown_begins_is_closed_and_named() {
-    let (server, mut first, mut waiting, release) = one_busy_one_waiting().await;
+    let (server, mut first, mut waiting, release, _) = one_busy_one_waiting().await;
     let peer = format!("peer={}", waiting.local_addr().unwrap());
 
     // The shutdown closes the waiting connection at once; the busy one drains.
