@@ -566,8 +566,11 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout_wi
         Server::bind("127.0.0.1:0").header_read_timeout(Duration::from_millis(300)),
         |_req: Request| "ok",
     );
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    // Before the connect: the timeout counts from the accept, which a connect that
+    // returns late may follow by any time. (250 ms: the server's clock is read in whole
+    // milliseconds.)
     let t0 = Instant::now();
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
     assert_eq!(bytes_until_close(&mut stream).await, b"");
     assert!(
         t0.elapsed() >= Duration::from_millis(250),
@@ -662,15 +665,19 @@ async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 async fn an_idle_http1_connection_waits_out_the_keep_alive_timeout_not_the_header_read_timeout() {
     // Behind a proxy that pools connections for 60 s, an operator raises the keep-alive
     // timeout over it without giving slow request heads more time.
+    // A keep-alive timeout of 3 s: the idle wait below is far within it, however late
+    // its sleep ends, and it is fifteen header read timeouts.
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0")
             .header_read_timeout(Duration::from_millis(200))
-            .keep_alive_timeout(Some(Duration::from_millis(1500))),
+            .keep_alive_timeout(Some(Duration::from_secs(3))),
         |_req: Request| "ok",
     );
     let mut stream = served_once(server.addr).await;
     // Idle for three header read timeouts, well within the keep-alive timeout.
     tokio::time::sleep(Duration::from_millis(600)).await;
+    // Before the request: the keep-alive timeout counts from its end, after this.
+    let t0 = Instant::now();
     within(stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
         .await
         .unwrap();
@@ -678,10 +685,11 @@ async fn an_idle_http1_connection_waits_out_the_keep_alive_timeout_not_the_heade
         .await
         .expect("the same connection still serves");
     assert_eq!(reply.status, 200);
-    let t0 = Instant::now();
     assert!(closed_by_server(&mut stream).await);
+    // Closed by the keep-alive timeout (3 s), not the header read timeout (200 ms):
+    // a little under 3 s for the server's whole milliseconds.
     assert!(
-        t0.elapsed() >= Duration::from_millis(1000),
+        t0.elapsed() >= Duration::from_millis(2900),
         "closed after {:?}, before the keep-alive timeout",
         t0.elapsed()
     );
