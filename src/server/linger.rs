@@ -72,6 +72,7 @@ pub(super) async fn drain_then_close(
     tracing::debug!(
         drained,
         client_closed,
+        linger_ms = linger.as_millis() as u64,
         "drained a closing connection's unread request bytes"
     );
 }
