@@ -1,6 +1,7 @@
 //! 256 MiB each way with the memory the process holds bounded. In a test binary of its
 //! own: the assertion reads the whole process's peak memory, so unrelated tests running
-//! beside it in the same process would blur it.
+//! beside it in the same process would blur it. For the same reason the two run one
+//! after the other, each from a peak reset to what the process holds then.
 mod support;
 
 use std::io::Read;
@@ -18,8 +19,22 @@ const BIG: u64 = 256 * 1024 * 1024;
 /// What the transfer may add to the process's peak memory (client and server together).
 const MEMORY_BOUND: u64 = 48 * 1024 * 1024;
 
+/// Held by each test for its whole run: the peak is the process's, and the tests of a
+/// binary run at once unless told otherwise.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What the process holds now, with its peak (`VmHWM`) reset to it (Linux's
+/// `clear_refs`), so that an earlier test's transfer is not counted.
+fn memory_with_the_peak_reset() -> u64 {
+    std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak memory");
+    let (peak, rss) = support::memory();
+    assert!(peak <= rss + 4 * 1024 * 1024, "the peak was not reset");
+    rss
+}
+
 #[tokio::test]
 async fn upload_of_256_mib_streams_with_bounded_memory() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start_with(
         Server::bind("127.0.0.1:0").max_body_size(BIG),
         |mut req: Request| {
@@ -33,7 +48,7 @@ async fn upload_of_256_mib_streams_with_bounded_memory() {
             }
         },
     );
-    let (_, rss_before) = support::memory();
+    let rss_before = memory_with_the_peak_reset();
     let chunk = Bytes::from(vec![7u8; 1 << 20]);
     let chunks = stream::iter(
         (0..BIG >> 20).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))),
@@ -62,13 +77,14 @@ async fn upload_of_256_mib_streams_with_bounded_memory() {
 
 #[tokio::test]
 async fn download_of_256_mib_streams_with_bounded_memory() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start(|_req: Request| {
         let mut response =
             Response::new(ResponseBody::from_reader(std::io::repeat(b'x').take(BIG)));
         response.headers_mut().insert("content-length", BIG.into());
         response
     });
-    let (_, rss_before) = support::memory();
+    let rss_before = memory_with_the_peak_reset();
     let mut send = h1(server.addr).await;
     let req = http::Request::get("/big")
         .header("host", "x")
