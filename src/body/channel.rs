@@ -821,8 +821,10 @@ mod tests {
 
     #[test]
     fn a_sender_waits_on_while_the_receiver_takes_a_large_chunk_in_pieces() {
-        let (tx, rx) = channel(16, Some(Duration::from_millis(100)));
-        tx.blocking_send(Bytes::from(vec![1u8; 1024])).unwrap();
+        // A limit of 500 ms, twenty-five of the reader's 20 ms steps: a reader thread held
+        // up on a loaded machine is not taken for a stalled one.
+        let (tx, rx) = channel(16, Some(Duration::from_millis(500)));
+        tx.blocking_send(Bytes::from(vec![1u8; 5 * 1024])).unwrap();
         let reader = thread::spawn(move || {
             let waker = futures_util::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
@@ -836,12 +838,12 @@ mod tests {
                 thread::sleep(Duration::from_millis(20));
             }
         });
-        // Sixteen pieces at one per 20 ms: room comes after three stall limits, but
-        // the receiver takes something within each.
+        // Eighty pieces at one per 20 ms or more: room comes after three stall limits,
+        // but the receiver takes something within each.
         tx.blocking_send(Bytes::from_static(b"end"))
             .expect("a slow reader is not a stalled one");
         tx.finish();
-        assert_eq!(reader.join().unwrap(), 1027);
+        assert_eq!(reader.join().unwrap(), 5 * 1024 + 3);
     }
 
     #[test]
@@ -885,15 +887,17 @@ mod tests {
     /// reads: a handler slow with what it got does not use up its client's limit.
     #[test]
     fn a_receivers_time_between_reads_does_not_count_against_its_client() {
-        let limit = Duration::from_millis(200);
+        // The two waits below share one limit (a few bytes do not renew it): each a
+        // tenth of it, which leaves 400 ms for the threads' scheduling.
+        let limit = Duration::from_millis(500);
         let (tx, rx) = channel(64 * 1024, Some(limit));
         let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
         let producer = thread::spawn(move || {
             // A piece after a short wait, the next after the receiver's long work.
-            thread::sleep(limit / 4);
+            thread::sleep(limit / 10);
             tx.blocking_send(Bytes::from_static(b"first")).unwrap();
             sent_rx.recv().unwrap();
-            thread::sleep(limit / 4);
+            thread::sleep(limit / 10);
             tx.blocking_send(Bytes::from_static(b"second")).unwrap();
             tx.finish();
         });
@@ -908,11 +912,12 @@ mod tests {
 
     #[test]
     fn a_receiver_fed_small_pieces_steadily_waits_past_many_limits() {
-        // 1 KiB every 5 ms: `MIN_PROGRESS` well within each limit, in pieces far smaller,
-        // for longer than the limit in all.
-        let limit = Duration::from_millis(300);
+        // 1 KiB every 5 ms: `MIN_PROGRESS` well within each limit (a tenth of it, which a
+        // loaded machine's pauses leave), in pieces far smaller, for longer than the limit
+        // in all (256 pieces: 1.3 s at the least, past two limits).
+        let limit = Duration::from_millis(600);
         let (tx, rx) = channel(64 * 1024, Some(limit));
-        let pieces = 128;
+        let pieces = 256;
         let producer = thread::spawn(move || {
             for _ in 0..pieces {
                 tx.blocking_send(Bytes::from(vec![b'x'; 1024])).unwrap();
@@ -932,7 +937,9 @@ mod tests {
 
     #[test]
     fn a_full_sender_waits_at_most_until_its_end_by_then_every_send_fails() {
-        let end_by = Instant::now() + Duration::from_millis(50);
+        // 500 ms: the first send, and the check after it, come before the end on a loaded
+        // machine too.
+        let end_by = Instant::now() + Duration::from_millis(500);
         // A stall limit far longer: the end comes first.
         let (tx, rx) = channel_until(1, Some(Duration::from_secs(30)), Some(end_by));
         tx.blocking_send(Bytes::from_static(b"a")).unwrap();
