@@ -28,10 +28,11 @@ async fn fanout_takes_about_one_call_not_three() {
         "answered in {took:?}, before the calls could finish"
     );
     // The handler's own figure: the client's includes connecting and the server's first
-    // request, which a loaded machine stretches.
+    // request, which a loaded machine stretches. Under 3N: the three calls one after the
+    // other take 3N at the least (the test below), and a loaded machine has 2N to spare.
     let handler_ms = handler_ms(&reply.text());
     assert!(
-        handler_ms < 2 * N.as_millis(),
+        handler_ms < 3 * N.as_millis(),
         "took {handler_ms} ms: the calls did not run concurrently"
     );
     server.stop().await;
