@@ -134,7 +134,10 @@ async fn host_timeout_layer_answers_408_for_a_slow_legacy_handler() {
 async fn the_host_can_wait_for_a_legacy_handler_its_timeout_layer_gave_up_on() {
     let pool = axum_embed::legacy_pool();
     let server = serve(axum_embed::app_on(pool.clone(), Duration::from_millis(100))).await;
-    let reply = get(server.addr, "/legacy/wait?ms=1500").await;
+    // A handler of 4 s: still running at the check below, which comes a 100 ms timeout
+    // and a shutdown after the request, however slowly; and done well within the 8 s
+    // wait after it.
+    let reply = get(server.addr, "/legacy/wait?ms=4000").await;
     assert_eq!(reply.status, 408);
     server.stop().await;
 
