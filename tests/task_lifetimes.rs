@@ -283,10 +283,12 @@ async fn a_timed_out_closure_still_running_when_the_drain_ends_is_named() {
     let (started_tx, started_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     // Ignores its token: it keeps its thread past the timeout until released. The timeout
-    // leaves the pool thread ample time to take the closure up first.
+    // leaves the pool thread ample time to take the closure up first: 2 s, which a
+    // loaded machine's queue does not use up (at 500 ms the task could time out queued,
+    // its closure never run).
     let task = set
         .task()
-        .timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
         .spawn_blocking(move |_| {
             started_tx.send(()).unwrap();
             let _ = release_rx.recv_timeout(STEP);
