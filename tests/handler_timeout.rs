@@ -4,11 +4,11 @@
 //! warnings are throttled per process: the other cases are in `handler_timeout_queue`.)
 mod support;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use support::stuck::{get, start, started, TIMEOUT};
+use support::stuck::{get, start, start_with_timeout, started, TIMEOUT};
 use support::{h1, h2, logs, within};
 use syncbridge::Server;
 
@@ -73,12 +73,18 @@ async fn a_handler_that_does_not_answer_in_time_is_answered_504_and_its_late_ans
 #[tokio::test]
 async fn a_streamed_body_whose_head_waits_past_the_timeout_is_not_cut_off() {
     // The head is held for the first bytes (a long grace), which come after the handler
-    // timeout: the handler answered in time, and its body is not timed.
-    let setup = start(Server::bind("127.0.0.1:0").head_grace(support::STEP));
+    // timeout: the handler answered in time, and its body is not timed. A handler
+    // timeout of 1 s, not 300 ms: the handler must be reached and answer within it,
+    // which a loaded machine may delay.
+    let timeout = Duration::from_secs(1);
+    let setup = start_with_timeout(
+        Server::bind("127.0.0.1:0").head_grace(support::STEP),
+        timeout,
+    );
     let addr = setup.server.addr;
     let release = setup.release.clone();
     let response = tokio::spawn(async move { support::get(addr, "/stream").await });
-    tokio::time::sleep(TIMEOUT * 2).await;
+    tokio::time::sleep(timeout * 2).await;
     release.send(()).unwrap();
     let response = within(response).await.unwrap();
     assert_eq!(response.status, 200);

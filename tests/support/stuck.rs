@@ -82,12 +82,17 @@ pub struct Setup {
 }
 
 pub fn start(server: Server) -> Setup {
+    start_with_timeout(server, TIMEOUT)
+}
+
+/// [`start`] with a handler timeout of `timeout` in place of [`TIMEOUT`].
+pub fn start_with_timeout(server: Server, timeout: Duration) -> Setup {
     logs::install();
     let (started_tx, started) = unbounded_channel();
     let (release, release_rx) = mpsc::channel();
     let (read_error_tx, read_error) = unbounded_channel();
     let server = TestServer::start_with(
-        server.handler_timeout(TIMEOUT),
+        server.handler_timeout(timeout),
         handler(started_tx, Arc::new(Mutex::new(release_rx)), read_error_tx),
     );
     Setup {
