@@ -283,14 +283,16 @@ async fn a_refused_connection_whose_bytes_are_not_http_is_closed_and_said() {
 async fn a_request_body_sent_before_the_answer_is_read_does_not_lose_it() {
     let (server, _served) = at_its_cap(Server::bind("127.0.0.1:0")).await;
     // A client that writes its whole upload before it reads (as proxies and many SDKs
-    // do): more than the sockets' buffers can hold (the client's send buffer is kept
-    // small, the server's receive buffer grows to at most `tcp_rmem`'s last figure), so
-    // the server must read it.
-    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+    // do): more than the sockets' buffers can hold unread, so the server must read it.
+    // The client's send buffer is kept small, and the server's receive buffer grows past
+    // `tcp_rmem`'s default (its second figure) only as the server reads. 16 MiB is far
+    // past both, and little enough for the server's 2 s linger to take on a loaded
+    // two-core machine (64 MiB, twice `tcp_rmem`'s maximum, sometimes was not).
+    let rmem_default: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
         .ok()
-        .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
-        .unwrap_or(6 << 20);
-    let body = (16 << 20).max(2 * rmem_max);
+        .and_then(|text| text.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(128 << 10);
+    let body = (16 << 20).max(8 * rmem_default);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_send_buffer_size(64 << 10).unwrap();
     let mut over = within(socket.connect(server.addr)).await.unwrap();
