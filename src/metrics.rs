@@ -145,7 +145,7 @@ pub(crate) fn accept_failed() {
 }
 
 /// A response that began at `start` ended (the access line):
-/// `syncbridge_requests_total{status}` and `syncbridge_request_duration_seconds`.
+/// `syncbridge_requests_total{status}` and `syncbridge_request_duration_seconds{class}`.
 #[inline]
 pub(crate) fn request_done(status: StatusCode, start: Instant) {
     #[cfg(feature = "metrics")]
@@ -156,8 +156,10 @@ pub(crate) fn request_done(status: StatusCode, start: Instant) {
             recorder.register_counter(requests_key(status), &METADATA)
         })
         .increment(1);
-        ::metrics::histogram!("syncbridge_request_duration_seconds")
-            .record(start.elapsed().as_secs_f64());
+        ::metrics::with_recorder(|recorder| {
+            recorder.register_histogram(duration_key(status), &METADATA)
+        })
+        .record(start.elapsed().as_secs_f64());
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (status, start);
@@ -176,6 +178,22 @@ fn requests_key(status: StatusCode) -> &'static ::metrics::Key {
     KEYS[slot].get_or_init(|| {
         let label = ::metrics::Label::from_static_parts("status", status_label(status));
         ::metrics::Key::from_parts("syncbridge_requests_total", vec![label])
+    })
+}
+
+/// `syncbridge_request_duration_seconds{class}`'s key for `status`'s class (`1xx` to
+/// `5xx`, `other` for 600 to 999), kept as [`requests_key`]'s are. The class keeps the
+/// server's instant answers (`503` at admission, `413`) out of the handlers' latency
+/// without a series per status.
+#[cfg(feature = "metrics")]
+fn duration_key(status: StatusCode) -> &'static ::metrics::Key {
+    use std::sync::OnceLock;
+    const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+    static KEYS: [OnceLock<::metrics::Key>; 6] = [const { OnceLock::new() }; 6];
+    let slot = usize::from(status.as_u16() / 100).saturating_sub(1).min(5);
+    KEYS[slot].get_or_init(|| {
+        let label = ::metrics::Label::from_static_parts("class", CLASSES[slot]);
+        ::metrics::Key::from_parts("syncbridge_request_duration_seconds", vec![label])
     })
 }
 
@@ -418,7 +436,7 @@ pub(crate) fn describe() {
     describe_histogram!(
         "syncbridge_request_duration_seconds",
         Unit::Seconds,
-        "Time from a request's arrival to the end of its response body"
+        "Time from a request's arrival to the end of its response body, by status class"
     );
     describe_counter!(
         "syncbridge_requests_refused_total",
