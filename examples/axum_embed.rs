@@ -86,9 +86,10 @@ pub fn app_on(pool: BlockingPool, timeout: Duration) -> Router {
 }
 
 /// An async route's blocking call that failed: `503` with `Retry-After` when the pool had
-/// no room in time, else a logged `500` (a panic in the call) with a generic body.
+/// no room in time or is shutting down (another instance may take the retry), else a
+/// logged `500` (a panic in the call) with a generic body.
 fn blocking_call_failed(err: &syncbridge::Error) -> Response {
-    if err.is_overloaded() || err.is_timeout() {
+    if err.is_overloaded() || err.is_timeout() || err.is_shutdown() {
         tracing::warn!(error = %err, "blocking call refused; answered 503");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
