@@ -236,9 +236,13 @@ fn notify(url: &str, info: &TaskInfo) {
 }
 
 /// A minimal HTTP/1.1 POST over a `TcpStream` (http:// only), returning the status code.
-/// The whole delivery, connect included, is bounded by `CALLBACK_TIMEOUT`, and only the
+/// The delivery from the connect on is bounded by `CALLBACK_TIMEOUT`, and only the
 /// status line of the answer is read: a receiver that never answers, or answers without
-/// end, holds a callback thread no longer than that.
+/// end, holds a callback thread no longer than that. The host name's lookup before it is
+/// not: `std` resolves with the system's resolver, whose own limits apply (`timeout` and
+/// `attempts` in `/etc/resolv.conf`, 5 s and 2 by default, per name server). A service
+/// that calls back arbitrary hosts would resolve with a resolver it can bound, or take
+/// addresses only.
 ///
 /// The URL is the client's: a real service would also check where it points (an
 /// allow-list, no private addresses) before connecting.
