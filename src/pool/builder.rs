@@ -1,7 +1,7 @@
 //! A pool's limits, and the builder that sets them.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{BlockingPool, Inner, State};
@@ -82,6 +82,10 @@ impl BlockingPoolBuilder {
     /// test wants a finite keep-alive. The last thread to leave
     /// hands the allocator's free memory back to the OS, unless
     /// [`trim_memory_when_idle`](Self::trim_memory_when_idle) is off.
+    ///
+    /// The thread that waited least is given the next job, so after a burst a lighter
+    /// load keeps busy only the threads it needs, and the others exit at their
+    /// keep-alive while it goes on.
     pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
         self.config.keep_alive = keep_alive;
         self
@@ -174,14 +178,12 @@ impl BlockingPoolBuilder {
                     queue: VecDeque::new(),
                     threads: 0,
                     running: 0,
-                    idle: 0,
+                    parked: Vec::new(),
                     searching: 0,
-                    wakeups: 0,
                     shutdown: false,
                     peak_threads: 0,
                     idle_waiters: 0,
                 }),
-                condvar: Condvar::new(),
                 went_idle: Default::default(),
                 config: self.config,
                 #[cfg(test)]

@@ -5,7 +5,11 @@
 //! once (the bridge answers `503` + `Retry-After`), so neither memory nor latency grows
 //! without bound under overload. Threads are started on demand and exit after
 //! `keep_alive` without work, so an idle server holds no threads here; the last one to
-//! leave may hand the allocator's free memory back to the OS (`worker`).
+//! leave may hand the allocator's free memory back to the OS (`worker`). The thread
+//! parked last is woken first: after a burst, a lighter load keeps the same few threads
+//! (and their warm stacks and caches) busy while the others reach their keep-alive and
+//! exit. Woken in turn, as from one shared condvar, every thread of the burst would be
+//! used now and then and none would ever leave.
 //!
 //! Its parts: `job` is what is submitted (and how a submitter takes it back), `worker`
 //! is a pool thread's life, `builder` holds the limits. This module holds the state they
@@ -13,7 +17,8 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -32,6 +37,7 @@ pub use builder::BlockingPoolBuilder;
 use builder::PoolConfig;
 pub(crate) use job::{Admission, Job, JobId, SharedJob, Withdrawable};
 pub(crate) use worker::job_finishing;
+use worker::Parker;
 
 /// A bounded pool of threads for blocking work, with a bounded wait queue.
 ///
@@ -59,7 +65,6 @@ pub struct BlockingPool {
 
 struct Inner {
     state: Mutex<State>,
-    condvar: Condvar,
     /// Tells [`BlockingPool::wait_idle`] callers that the last job ended. Notified only
     /// while one waits (`State::idle_waiters`), so a job's end costs nothing otherwise.
     went_idle: Notify,
@@ -71,20 +76,18 @@ struct Inner {
 
 struct State {
     queue: VecDeque<Job>,
-    /// Threads alive. Always `running + idle + searching`.
+    /// Threads alive. Always `running + parked.len() + searching`.
     threads: usize,
     /// Threads running a job.
     running: usize,
-    /// Threads parked on the condvar and not claimed by a submitter.
-    idle: usize,
+    /// Threads parked and not claimed by a submitter, the one parked last on top: a
+    /// submitter wakes the top one (`claim`). At most `max_threads` entries.
+    parked: Vec<Arc<Parker>>,
     /// Threads that will look at the queue before they park: woken or new threads on
     /// their way, and threads whose job is finishing. While one exists, a submit only
     /// pushes: no wake-up, no new thread. This is what keeps a burst of fast requests on
     /// one or two threads instead of waking (or spawning) a thread per request.
     searching: usize,
-    /// Wake-ups sent to parked threads and not yet consumed: tells a claimed thread from
-    /// a spurious or timed-out wake-up.
-    wakeups: usize,
     shutdown: bool,
     /// Peak of `threads`, for stats and tests.
     peak_threads: usize,
@@ -112,7 +115,8 @@ impl State {
 /// What a caller must do after releasing the lock.
 enum Wake {
     Nothing,
-    Notify,
+    /// Wake this parked thread, already claimed (taken off `parked`, counted searching).
+    Notify(Arc<Parker>),
     Spawn(Option<Job>),
 }
 
@@ -217,7 +221,7 @@ impl BlockingPool {
             Admission::Queued
         };
         let wake = if state.searching == 0
-            && state.idle == 0
+            && state.parked.is_empty()
             && state.threads < config.max_threads
             && state.queue.is_empty()
         {
@@ -283,8 +287,12 @@ impl BlockingPool {
     /// Stops taking work and lets idle threads exit. Running jobs finish on their own;
     /// queued jobs still run. Callable from any thread.
     pub(crate) fn shutdown(&self) {
-        self.inner.lock().shutdown = true;
-        self.inner.condvar.notify_all();
+        let mut state = self.inner.lock();
+        state.shutdown = true;
+        // Each sees `shutdown` once it has the lock, and leaves `parked` itself.
+        for parked in &state.parked {
+            parked.condvar.notify_one();
+        }
     }
 }
 
@@ -307,11 +315,10 @@ impl Inner {
     /// Gets one more thread looking at the queue: a parked one if any, else a new one
     /// (below the limit). Called with the lock held; the caller acts on the result.
     fn claim(&self, state: &mut State) -> Wake {
-        if state.idle > 0 {
-            state.idle -= 1;
+        if let Some(parked) = state.parked.pop() {
+            parked.claimed.store(true, Relaxed);
             state.searching += 1;
-            state.wakeups += 1;
-            Wake::Notify
+            Wake::Notify(parked)
         } else if state.threads < self.config.max_threads {
             state.threads += 1;
             state.searching += 1;
@@ -327,8 +334,8 @@ impl Inner {
     fn act(self: &Arc<Self>, wake: Wake) -> Result<(), Option<Job>> {
         match wake {
             Wake::Nothing => Ok(()),
-            Wake::Notify => {
-                self.condvar.notify_one();
+            Wake::Notify(parked) => {
+                parked.condvar.notify_one();
                 Ok(())
             }
             Wake::Spawn(first) => {
@@ -366,7 +373,7 @@ impl Inner {
                     // meanwhile were queued for the thread that did not start (admitted
                     // `Started`, so with no queue timeout): without this they would wait
                     // for its keep-alive, or for a running job to end.
-                    if !state.queue.is_empty() && state.searching == 0 && state.idle > 0 {
+                    if !state.queue.is_empty() && state.searching == 0 && !state.parked.is_empty() {
                         then = self.claim(&mut state);
                     }
                     self.unlock(state);

@@ -58,6 +58,62 @@ fn idle_threads_exit_after_keep_alive() {
     wait_until(&pool, "thread did not exit", |stats| stats.threads == 0);
 }
 
+/// After a burst, a lighter load is taken by the thread parked last, again and again:
+/// the burst's other threads are never woken, so they reach their keep-alive and exit
+/// while the load goes on. Woken in turn, each would be used every eighth job and kept.
+#[test]
+fn after_a_burst_a_light_load_keeps_one_thread_and_lets_the_others_go() {
+    const BURST: usize = 8;
+    let pool = BlockingPool::builder()
+        .max_threads(BURST)
+        .keep_alive(Duration::from_millis(300))
+        .build();
+    let held: Vec<_> = (0..BURST).map(|_| held_job()).collect();
+    let mut releases = Vec::new();
+    for (job, started, release) in held {
+        assert_eq!(pool.try_submit(job).ok(), Some(Admission::Started));
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        releases.push(release);
+    }
+    assert_eq!(pool.stats().threads, BURST);
+    drop(releases);
+
+    // One job at a time, each submitted once every thread is parked, so that each wakes
+    // one: the light load.
+    let parked_all = |pool: &BlockingPool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = pool.inner.lock();
+            if state.parked.len() == state.threads {
+                return;
+            }
+            drop(state);
+            assert!(Instant::now() < deadline, "the threads never parked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let run_on = |pool: &BlockingPool| {
+        parked_all(pool);
+        let (tx, rx) = mpsc::channel();
+        let job = Job::boxed(move || tx.send(std::thread::current().id()).unwrap());
+        assert!(pool.try_submit(job).is_ok());
+        rx.recv_timeout(Duration::from_secs(5)).expect("job ran")
+    };
+    let mut used: Vec<_> = (0..4 * BURST).map(|_| run_on(&pool)).collect();
+    used.dedup();
+    assert_eq!(used.len(), 1, "jobs ran on {} threads in turn", used.len());
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.stats().threads > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} threads kept by the light load",
+            pool.stats().threads
+        );
+        run_on(&pool);
+    }
+}
+
 /// Runs an empty job on `pool` and waits until it has run.
 fn run_one(pool: &BlockingPool) {
     let (tx, rx) = mpsc::channel();
@@ -318,7 +374,7 @@ fn a_job_queued_for_a_thread_that_failed_to_start_wakes_a_parked_one() {
         .unwrap();
     first_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pool.inner.lock().idle != 1 {
+    while pool.inner.lock().parked.len() != 1 {
         assert!(Instant::now() < deadline, "the thread never parked");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -326,9 +382,9 @@ fn a_job_queued_for_a_thread_that_failed_to_start_wakes_a_parked_one() {
     // its way while the next job comes in.
     let start = {
         let mut state = pool.inner.lock();
-        state.idle -= 1; // set aside, so that `claim` picks a start
+        let parked = std::mem::take(&mut state.parked); // set aside: `claim` picks a start
         let start = pool.inner.claim(&mut state);
-        state.idle += 1;
+        state.parked = parked;
         start
     };
     assert!(matches!(start, Wake::Spawn(None)));

@@ -2,7 +2,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::{Inner, Job, State, Wake};
@@ -30,6 +32,17 @@ pub(crate) fn job_finishing() {
             }
         }
     });
+}
+
+/// A parked pool thread's own place to wait, so that a submitter wakes the thread it
+/// chooses (the one parked last) rather than whichever a shared condvar picks.
+#[derive(Default)]
+pub(super) struct Parker {
+    /// Waited on with the pool's lock.
+    pub(super) condvar: Condvar,
+    /// Set by the submitter that took this thread off `parked`: tells its wake-up from a
+    /// spurious or timed-out one. Read and written under the pool's lock only.
+    pub(super) claimed: AtomicBool,
 }
 
 impl Inner {
@@ -72,6 +85,7 @@ impl Inner {
         crate::sys::set_thread_nice(self.config.nice);
         crate::sys::set_thread_batch(self.config.batch);
         WORKER.with(|worker| *worker.borrow_mut() = Some(self.clone()));
+        let parker = Arc::new(Parker::default());
         let mut next = first;
         let mut state = self.lock();
         loop {
@@ -92,7 +106,7 @@ impl Inner {
                         (job, wake)
                     }
                     None => {
-                        let (guard, again) = self.park(state);
+                        let (guard, again) = self.park(state, &parker);
                         state = guard;
                         if !again {
                             break;
@@ -137,46 +151,64 @@ impl Inner {
         }
     }
 
-    /// Parks a searching thread that found the queue empty. Returns true when it should
-    /// look at the queue again (claimed, or timed out with work waiting), false when the
-    /// thread should exit (kept alive long enough, or shut down).
-    fn park<'a>(&'a self, mut state: MutexGuard<'a, State>) -> (MutexGuard<'a, State>, bool) {
+    /// Parks a searching thread that found the queue empty, on top of `parked`, waiting
+    /// on its own `parker`. Returns true when it should look at the queue again (claimed,
+    /// or timed out with work waiting), false when the thread should exit (kept alive
+    /// long enough, or shut down).
+    fn park<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        parker: &Arc<Parker>,
+    ) -> (MutexGuard<'a, State>, bool) {
         state.searching -= 1;
         if state.shutdown {
             return (state, false);
         }
-        state.idle += 1;
+        parker.claimed.store(false, Relaxed);
+        state.parked.push(parker.clone());
         // A keep-alive too large for the clock (`Duration::MAX`) means for ever.
         let deadline = Instant::now().checked_add(self.config.keep_alive);
         loop {
             state = match deadline {
-                None => self.condvar.wait(state).unwrap_or_else(|e| e.into_inner()),
+                None => parker
+                    .condvar
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        state.idle -= 1;
+                        unpark(&mut state, parker);
                         if state.queue.is_empty() {
                             return (state, false);
                         }
                         state.searching += 1;
                         return (state, true);
                     }
-                    self.condvar
+                    parker
+                        .condvar
                         .wait_timeout(state, deadline - now)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
             };
-            if state.wakeups > 0 {
-                // A submitter claimed this thread: it already moved it to `searching`.
-                state.wakeups -= 1;
+            if parker.claimed.load(Relaxed) {
+                // A submitter took it off `parked` and counted it searching already.
                 return (state, true);
             }
             if state.shutdown {
-                state.idle -= 1;
+                unpark(&mut state, parker);
                 return (state, false);
             }
         }
+    }
+}
+
+/// Takes an unclaimed `parker` off `parked`, where a thread that leaves it by itself (its
+/// keep-alive over, or a shutdown) still is. The threads that time out are the ones
+/// parked longest, near the bottom: found from there.
+fn unpark(state: &mut State, parker: &Arc<Parker>) {
+    if let Some(at) = state.parked.iter().position(|p| Arc::ptr_eq(p, parker)) {
+        state.parked.remove(at);
     }
 }
 

@@ -124,8 +124,10 @@ impl Server {
         self
     }
 
-    /// How long an idle handler thread lives. Default is 10 seconds. When the last one
-    /// leaves, the allocator's free memory is handed back to the OS
+    /// How long an idle handler thread lives. Default is 10 seconds. The thread idle the
+    /// shortest takes the next request, so after a burst the threads a lighter load does
+    /// not need exit even while it goes on. When the last one leaves, the allocator's
+    /// free memory is handed back to the OS
     /// ([`trim_memory_when_idle`](Server::trim_memory_when_idle)).
     pub fn thread_keep_alive(mut self, keep_alive: Duration) -> Self {
         self.config.pool = self.config.pool.keep_alive(keep_alive);
