@@ -72,6 +72,44 @@ async fn a_request_body_that_stops_arriving_is_answered_408_and_frees_the_thread
 }
 
 #[tokio::test]
+async fn an_echo_that_swallows_its_stalled_request_body_is_not_passed_off_as_whole() {
+    use std::io::BufRead;
+    // A line echo written the way clippy suggests (`map_while(Result::ok)`): the read that
+    // fails for the stall ends its lines, and the producer ends cleanly.
+    let server = TestServer::start_with(one_thread(), |req: Request| {
+        let lines = std::io::BufReader::new(req.into_body())
+            .lines()
+            .map_while(Result::ok);
+        Response::new(ResponseBody::from_chunks(
+            lines.map(|line| Ok(Bytes::from(line + "\n"))),
+        ))
+    });
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let head = "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nline1\n";
+    within(stream.write_all(head.as_bytes())).await.unwrap();
+    // ... and nothing more: the echo's next read fails at the body timeout.
+    // Read until the body's last chunk, or the connection's end (a close or a reset).
+    let mut got = Vec::new();
+    within(async {
+        while !got.ends_with(b"0\r\n\r\n") {
+            match stream.read_buf(&mut got).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("line1"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a body cut short by its request's stall ended as whole: {text}"
+    );
+    assert_eq!(get(server.addr, "/hello").await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_request_body_sent_at_a_trickle_is_answered_408_and_frees_the_thread() {
     let (tx, rx) = mpsc::channel();
     let server = TestServer::start_with(one_thread(), reports_its_read(tx));

@@ -126,6 +126,19 @@ pub(crate) fn produce(
                 declared.unwrap_or_default()
             )),
         ),
+        // The producer met the client's failure in the request body it read, and took
+        // it for the body's end (`lines().map_while(Result::ok)`): what it sent is cut
+        // short of what the whole request would have made, and is not passed off as
+        // whole, as a handler's answer is not.
+        Ok(Ok(())) if !tx.is_closed() && client_fault(request_body).is_some() => {
+            let kind = client_fault(request_body).unwrap_or(io::ErrorKind::Other);
+            let err = io::Error::new(
+                kind,
+                "the request body failed for its client; the response's producer took \
+                 that for the body's end",
+            );
+            by_client(tx, sent, kind, err)
+        }
         Ok(Ok(())) => match declared {
             // Short, but the client left: a producer that took no notice of its failed
             // writes.
@@ -151,14 +164,14 @@ pub(crate) fn produce(
         // whole declared length out, which is why HTTP/1 hyper let go: the error is the
         // producer's own, as a write past that length is.
         Ok(Err(_)) if tx.is_closed() && declared != Some(sent) => Produced::Disconnected(sent),
-        Ok(Err(err)) => match request_body.and_then(FaultProbe::client_fault) {
+        Ok(Err(err)) => match client_fault(request_body) {
             // The producer wrapped the client's failure in an error of its own.
             Some(kind) => by_client(tx, sent, kind, err),
             None => failed(tx, err),
         },
         Err(payload) => {
             let msg = panic_message(payload);
-            let client = request_body.and_then(FaultProbe::client_fault);
+            let client = client_fault(request_body);
             // A producer that unwraps its writes panics on the one the stream timeout
             // failed: that is what its request is answered as.
             let expired = tx.expired() && !tx.is_closed();
@@ -182,6 +195,11 @@ pub(crate) fn produce(
             }
         }
     }
+}
+
+/// The client's failure the producer's reads of the request body met, if any.
+fn client_fault(request_body: Option<&FaultProbe>) -> Option<io::ErrorKind> {
+    request_body.and_then(FaultProbe::client_fault)
 }
 
 /// Ends the stream with the client's failure of `kind` that the producer met.
