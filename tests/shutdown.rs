@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use support::{get, within, TestServer};
 use syncbridge::{Request, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -223,4 +224,56 @@ async fn a_serve_async_future_dropped_while_serving_closes_its_connections_and_s
         "WARN",
         "serve_async dropped while serving"
     ]));
+}
+
+#[tokio::test]
+async fn a_response_tail_still_unsent_at_the_deadline_is_said_when_cut_off() {
+    // `/big/N` answers N KiB. hyper takes a body whole (its access line is written) while
+    // its client reads none of it, as long as the rest fits in the socket and hyper's
+    // buffer (up to two 64 KiB frames). How much the socket holds depends on the machine,
+    // so sizes are tried upwards, each on a connection of its own, until one is no longer
+    // taken whole: the largest taken leaves its tail in hyper's buffer.
+    let mut server = TestServer::start_with(
+        Server::bind("127.0.0.1:0").shutdown_timeout(Duration::from_millis(300)),
+        |req: Request| {
+            let kib: usize = req.uri().path()[5..].parse().unwrap();
+            bytes::Bytes::from(vec![b'x'; kib << 10])
+        },
+    );
+    let mut taken_whole = Vec::new();
+    for kib in (64..=1024).step_by(32) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = within(socket.connect(server.addr)).await.unwrap();
+        let request = format!("GET /big/{kib} HTTP/1.1\r\nhost: x\r\n\r\n");
+        within(client.write_all(request.as_bytes())).await.unwrap();
+        let path = format!("path=/big/{kib} ");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !support::logs::contains(&[&path, "complete=true"]) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !support::logs::contains(&[&path, "complete=true"]) {
+            break;
+        }
+        taken_whole.push((kib, client));
+    }
+    assert!(taken_whole.len() > 1, "no body was taken whole");
+
+    server.stop_by_its_deadline().await;
+    // No request was in flight any more, yet part of a response was lost: said, with the
+    // client's address, and the client cannot take what it got for the whole body.
+    let (kib, mut client) = taken_whole.pop().unwrap();
+    let port = client.local_addr().unwrap().port();
+    assert!(
+        support::logs::contains(&[
+            "WARN",
+            "connection cut off by the shutdown",
+            &format!("peer=127.0.0.1:{port}"),
+            "unsent_response=true",
+        ]),
+        "the cut-off tail of /big/{kib} is not said"
+    );
+    let mut got = Vec::new();
+    let _ = within(client.read_to_end(&mut got)).await;
+    assert!(got.len() < kib << 10, "{} bytes of {kib} KiB", got.len());
 }

@@ -174,10 +174,24 @@ pub(super) async fn serve<H: Handler>(
             if word != state.seen || fresh || state.notified_done {
                 if level >= FORCE {
                     let in_flight = activity.in_flight();
-                    if in_flight > 0 {
+                    // A response hyper took whole counts as ended (its access line is
+                    // written), but its last bytes may still wait in hyper's buffer
+                    // behind a full socket: dropped with the connection, they are lost.
+                    let unsent = in_flight == 0 && activity.write_blocked_for().is_some();
+                    if in_flight > 0 || unsent {
                         crate::metrics::connection_closed(ConnClosed::Shutdown);
                         // The server's own line says why: the deadline, or a second signal.
-                        tracing::warn!(%peer, in_flight, "connection cut off by the shutdown");
+                        tracing::warn!(
+                            %peer,
+                            in_flight,
+                            unsent_response = unsent,
+                            "connection cut off by the shutdown"
+                        );
+                    }
+                    if unsent {
+                        // As for a stalled client: a clean close would let a body framed
+                        // by the close pass for whole.
+                        socket.reset_on_close();
                     }
                     // Its requests, dropped with `conn`, are the server's doing, not the
                     // client's.
