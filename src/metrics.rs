@@ -89,7 +89,8 @@ pub(crate) enum ConnClosed {
     HeadTooLarge,
     /// hyper's parser refused a request (`400`).
     Malformed,
-    /// Cut off, requests in flight, by the shutdown's deadline or a second signal.
+    /// Cut off by the shutdown's deadline or a second signal, with requests in flight or
+    /// (HTTP/1) a response's tail hyper had not written yet.
     Shutdown,
     /// Idle past the keep-alive timeout.
     KeepAlive,

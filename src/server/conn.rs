@@ -177,7 +177,12 @@ pub(super) async fn serve<H: Handler>(
                     // A response hyper took whole counts as ended (its access line is
                     // written), but its last bytes may still wait in hyper's buffer
                     // behind a full socket: dropped with the connection, they are lost.
-                    let unsent = in_flight == 0 && activity.write_blocked_for().is_some();
+                    // HTTP/1 only: h2 frames its streams, and what it holds behind a full
+                    // socket may be only its GOAWAY and PING, a whole response ahead of
+                    // them in the kernel, which a reset would throw away.
+                    let unsent = in_flight == 0
+                        && !activity.is_http2()
+                        && activity.write_blocked_for().is_some();
                     if in_flight > 0 || unsent {
                         crate::metrics::connection_closed(ConnClosed::Shutdown);
                         // The server's own line says why: the deadline, or a second signal.
