@@ -66,7 +66,7 @@ fn after_a_burst_a_light_load_keeps_one_thread_and_lets_the_others_go() {
     const BURST: usize = 8;
     let pool = BlockingPool::builder()
         .max_threads(BURST)
-        .keep_alive(Duration::from_millis(300))
+        .keep_alive(Duration::from_secs(1))
         .build();
     let held: Vec<_> = (0..BURST).map(|_| held_job()).collect();
     let mut releases = Vec::new();
