@@ -126,43 +126,43 @@ pub(crate) fn produce(
                 declared.unwrap_or_default()
             )),
         ),
-        // The producer met the client's failure in the request body it read, and took
-        // it for the body's end (`lines().map_while(Result::ok)`): what it sent is cut
-        // short of what the whole request would have made, and is not passed off as
-        // whole, as a handler's answer is not.
-        // Not with its whole declared length out: hyper ends the body there whatever
-        // follows, and the client has all of it.
-        Ok(Ok(()))
-            if !tx.is_closed()
-                && declared != Some(sent)
-                && client_fault(request_body).is_some() =>
-        {
-            let kind = client_fault(request_body).unwrap_or(io::ErrorKind::Other);
-            let err = io::Error::new(
-                kind,
-                "the request body failed for its client; the response's producer took \
-                 that for the body's end",
-            );
-            by_client(tx, sent, kind, err)
-        }
-        Ok(Ok(())) => match declared {
-            // Short, but the client left: a producer that took no notice of its failed
-            // writes.
-            Some(declared) if sent < declared && tx.is_closed() => Produced::Disconnected(sent),
-            Some(declared) if sent < declared => failed(
-                tx,
-                wrong_length(format!(
-                    "the response body ended after {sent} of the {declared} bytes its \
-                     Content-Length declares"
-                )),
-            ),
-            // A producer that took no notice of its failed writes, its client gone.
-            None if tx.is_closed() => Produced::Disconnected(sent),
-            _ => {
-                tx.finish();
-                Produced::Complete(sent)
+        Ok(Ok(())) => {
+            // The producer met the client's failure in the request body it read, and
+            // took it for the body's end (`lines().map_while(Result::ok)`): what it sent
+            // is cut short of what the whole request would have made, and is not passed
+            // off as whole, as a handler's answer is not. Not with its whole declared
+            // length out: hyper ends the body there whatever follows, and the client has
+            // all of it.
+            let swallowed = (!tx.is_closed() && declared != Some(sent))
+                .then(|| client_fault(request_body))
+                .flatten();
+            if let Some(kind) = swallowed {
+                let err = io::Error::new(
+                    kind,
+                    "the request body failed for its client; the response's producer took \
+                     that for the body's end",
+                );
+                return by_client(tx, sent, kind, err);
             }
-        },
+            match declared {
+                // Short, but the client left: a producer that took no notice of its failed
+                // writes.
+                Some(declared) if sent < declared && tx.is_closed() => Produced::Disconnected(sent),
+                Some(declared) if sent < declared => failed(
+                    tx,
+                    wrong_length(format!(
+                        "the response body ended after {sent} of the {declared} bytes its \
+                         Content-Length declares"
+                    )),
+                ),
+                // A producer that took no notice of its failed writes, its client gone.
+                None if tx.is_closed() => Produced::Disconnected(sent),
+                _ => {
+                    tx.finish();
+                    Produced::Complete(sent)
+                }
+            }
+        }
         // The client's doing, not the producer's (the channels mark such errors).
         Ok(Err(err)) if ByClient::is(&err) => by_client(tx, sent, err.kind(), err),
         // Whatever the producer made of it (a `BrokenPipe`, or its own error wrapping
